@@ -1,0 +1,186 @@
+// Autograd wiring: C++ torch::autograd::Functions registered at the Autograd key. Each forward
+// redispatches below autograd (so CPU, CUDA and fake kernels all serve), each backward calls the
+// hand-derived backward op through the dispatcher, whose own autograd refuses double backward.
+#include "traces.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace torch_ws {
+namespace {
+
+using at::Tensor;
+using std::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// The problem's inputs as saved for the backward: tensors in save_for_backward (an absent bias
+// is saved as an undefined tensor), option strings in saved_data.
+struct SavedProblem {
+  Tensor x, target, w1, w2;
+  optional<Tensor> b1, b2;
+  std::string activation, reduction;
+};
+
+void save_problem(AutogradContext* ctx, const Tensor& x, const Tensor& target, const Tensor& w1,
+                  const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+                  c10::string_view activation, c10::string_view reduction,
+                  variable_list extra = {}) {
+  variable_list to_save = {x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())};
+  to_save.insert(to_save.end(), extra.begin(), extra.end());
+  ctx->save_for_backward(to_save);
+  ctx->saved_data["activation"] = std::string(activation);
+  ctx->saved_data["reduction"] = std::string(reduction);
+}
+
+// Returns the saved problem; `extra` receives the tensors saved after the six inputs.
+SavedProblem load_problem(AutogradContext* ctx, variable_list* extra = nullptr) {
+  variable_list saved = ctx->get_saved_variables();
+  auto optional_of = [](const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; };
+  SavedProblem p{saved[0], saved[1], saved[2], saved[4], optional_of(saved[3]),
+                 optional_of(saved[5]), ctx->saved_data["activation"].toStringRef(),
+                 ctx->saved_data["reduction"].toStringRef()};
+  if (extra) extra->assign(saved.begin() + 6, saved.end());
+  return p;
+}
+
+// Maps the backward op's (x, w1, b1, w2, b2) gradients onto the forward's eight arguments.
+variable_list input_grads(const MlpGrads& grads, const SavedProblem& p, bool need_grad_x) {
+  const auto& [grad_x, grad_w1, grad_b1, grad_w2, grad_b2] = grads;
+  return {need_grad_x ? grad_x : Tensor(), Tensor(), grad_w1, p.b1 ? grad_b1 : Tensor(), grad_w2,
+          p.b2 ? grad_b2 : Tensor(), Tensor(), Tensor()};
+}
+
+Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
+  return grad.defined() ? grad : at::zeros({}, like.options());
+}
+
+class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
+                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                               const optional<Tensor>& b2, c10::string_view activation,
+                               c10::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<decltype(hessian_traces_kernel)>("torch_ws::hessian_traces");
+    auto [trace, trace_sq] = op.call(x, target, w1, b1, w2, b2, activation, reduction);
+    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction);
+    return {trace, trace_sq};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    SavedProblem p = load_problem(ctx);
+    const bool need_grad_x = ctx->needs_input_grad(0);
+    static auto op = find_op<decltype(hessian_traces_backward_kernel)>(
+        "torch_ws::_hessian_traces_backward");
+    MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), grad_or_zero(grad_outputs[1], p.x),
+                             p.x, p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction,
+                             need_grad_x);
+    return input_grads(grads, p, need_grad_x);
+  }
+};
+
+class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
+                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                               const optional<Tensor>& b2, c10::string_view activation,
+                               c10::string_view reduction) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op =
+        find_op<decltype(ws_bound_with_traces_kernel)>("torch_ws::_ws_bound_with_traces");
+    auto [bound, trace, trace_sq] = op.call(x, target, w1, b1, w2, b2, activation, reduction);
+    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction, {trace, trace_sq});
+    return {bound};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list traces;
+    SavedProblem p = load_problem(ctx, &traces);
+    const bool need_grad_x = ctx->needs_input_grad(0);
+    static auto op =
+        find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward");
+    MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), traces[0], traces[1], p.x,
+                             p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction,
+                             need_grad_x);
+    return input_grads(grads, p, need_grad_x);
+  }
+};
+
+// Autograd for the backward ops themselves: they run, but differentiating through them (double
+// backward, e.g. create_graph=True followed by another backward) raises.
+template <typename Signature>
+class BackwardOpFunction : public torch::autograd::Function<BackwardOpFunction<Signature>> {
+ public:
+  template <typename... Args>
+  static variable_list forward(AutogradContext* ctx, const char* op_name, const Args&... args) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["op"] = std::string(op_name);
+    auto [g0, g1, g2, g3, g4] = find_op<Signature>(op_name).call(args...);
+    return {g0, g1, g2, g3, g4};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list) {
+    TORCH_CHECK(false, ctx->saved_data["op"].toStringRef(),
+                ": double backward is not supported; torch_ws differentiates the bound once "
+                "(first-order training with it as a regularizer), not its gradient");
+  }
+};
+
+MlpGrads to_grads(const variable_list& v) {
+  return {v[0], v[1], v[2], v[3], v[4]};
+}
+
+std::tuple<Tensor, Tensor> hessian_traces_autograd(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction) {
+  variable_list out =
+      HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction);
+  return {out[0], out[1]};
+}
+
+Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1,
+                         const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+                         c10::string_view activation, c10::string_view reduction) {
+  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction)[0];
+}
+
+MlpGrads hessian_traces_backward_autograd(
+    const Tensor& grad_trace, const Tensor& grad_trace_sq, const Tensor& x, const Tensor& target,
+    const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction, bool need_grad_x) {
+  using Fn = BackwardOpFunction<decltype(hessian_traces_backward_kernel)>;
+  return to_grads(Fn::apply("torch_ws::_hessian_traces_backward", grad_trace,
+                                      grad_trace_sq, x, target, w1, b1, w2, b2, activation,
+                                      reduction, need_grad_x));
+}
+
+MlpGrads ws_bound_backward_autograd(
+    const Tensor& grad_bound, const Tensor& trace, const Tensor& trace_sq, const Tensor& x,
+    const Tensor& target, const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+    const optional<Tensor>& b2, c10::string_view activation, c10::string_view reduction,
+    bool need_grad_x) {
+  using Fn = BackwardOpFunction<decltype(ws_bound_backward_kernel)>;
+  return to_grads(Fn::apply("torch_ws::_ws_bound_backward", grad_bound, trace,
+                                      trace_sq, x, target, w1, b1, w2, b2, activation, reduction,
+                                      need_grad_x));
+}
+
+}  // namespace
+}  // namespace torch_ws
+
+TORCH_LIBRARY_IMPL(torch_ws, Autograd, m) {
+  m.impl("hessian_traces", &torch_ws::hessian_traces_autograd);
+  m.impl("ws_bound", &torch_ws::ws_bound_autograd);
+  m.impl("_hessian_traces_backward", &torch_ws::hessian_traces_backward_autograd);
+  m.impl("_ws_bound_backward", &torch_ws::ws_bound_backward_autograd);
+}

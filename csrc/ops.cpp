@@ -1,0 +1,40 @@
+// The op catalogue: every torch_ws schema in one place, and the CPU/CUDA kernel registrations.
+// Autograd wiring lives in autograd.cpp, fake (meta) kernels in torch_ws/_fake.py.
+#include "traces.h"
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(torch_ws, m) {
+  // Public ops.
+  m.def(
+      "hessian_traces(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation=\"tanh\", str reduction=\"mean\") -> (Tensor, Tensor)");
+  m.def(
+      "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation=\"tanh\", str reduction=\"mean\") -> Tensor");
+  // Internal: the bound plus its float64 traces, which the bound's backward needs.
+  m.def(
+      "_ws_bound_with_traces(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction) -> (Tensor, Tensor, Tensor)");
+  // The hand-derived backward ops (math.md §6). They return the gradients of
+  // (x, w1, b1, w2, b2); grad_x is empty unless need_grad_x, absent biases get empty gradients.
+  m.def(
+      "_hessian_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, Tensor x, Tensor target, "
+      "Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str activation, str reduction, "
+      "bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_ws_bound_backward(Tensor grad_bound, Tensor trace, Tensor trace_sq, Tensor x, "
+      "Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str activation, "
+      "str reduction, bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// The kernels are device-agnostic ATen, so one implementation serves both keys.
+#define TORCH_WS_REGISTER_KERNELS(m)                                               \
+  m.impl("hessian_traces", &torch_ws::hessian_traces_kernel);                     \
+  m.impl("ws_bound", &torch_ws::ws_bound_kernel);                                 \
+  m.impl("_ws_bound_with_traces", &torch_ws::ws_bound_with_traces_kernel);        \
+  m.impl("_hessian_traces_backward", &torch_ws::hessian_traces_backward_kernel);  \
+  m.impl("_ws_bound_backward", &torch_ws::ws_bound_backward_kernel)
+
+TORCH_LIBRARY_IMPL(torch_ws, CPU, m) { TORCH_WS_REGISTER_KERNELS(m); }
+TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) { TORCH_WS_REGISTER_KERNELS(m); }

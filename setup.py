@@ -1,0 +1,30 @@
+"""Builds the C++ extension torch_ws._C (the ops register themselves when it is imported).
+
+Install with `pip install --no-build-isolation -e .` so that the extension is compiled against the
+torch already installed; `DEBUG=1` builds with -O0 -g.
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+debug = os.environ.get("DEBUG", "0") == "1"
+cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+cxx_flags += ["-std=c++17", "-fdiagnostics-color=always"]
+
+# The same sources as the LibTorch library built by CMakeLists.txt, plus the Python module stub.
+sources = sorted(glob.glob("csrc/*.cpp"))
+
+setup(
+    ext_modules=[
+        CppExtension(
+            "torch_ws._C",
+            sources,
+            include_dirs=[os.path.abspath("include")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-g"] if debug else [],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,60 @@
+"""Every bad input raises an exception whose message says what was expected and what arrived,
+through the Python wrapper and through torch.ops directly (the checks live in C++)."""
+import pytest
+import torch
+from testing import make_problem
+
+import torch_ws
+
+
+def good():
+    p = make_problem(n=6, d=3, h=4)
+    return dict(x=p.x, target=p.target, w1=p.w1, b1=p.b1, w2=p.w2, b2=p.b2,
+                activation="tanh", reduction="mean")
+
+
+def with_(**changes):
+    args = good()
+    args.update(changes)
+    return args
+
+
+f64 = torch.float64
+CASES = {
+    "x rank": (lambda: with_(x=torch.randn(6, 3, 1, dtype=f64)), r"expected x of shape \(N, D\), got a 3-d tensor"),
+    "w1 rank": (lambda: with_(w1=torch.randn(12, dtype=f64)), r"expected w1 of shape \(H, D\).*got a 1-d"),
+    "w2 rank": (lambda: with_(w2=torch.randn(4, dtype=f64)), r"expected w2 of shape \(1, H\).*got a 1-d"),
+    "x/w1 width": (lambda: with_(w1=torch.randn(4, 5, dtype=f64)), r"w1 has 5 input columns but x has D = 3"),
+    "b1 width": (lambda: with_(b1=torch.randn(5, dtype=f64)), r"expected b1 of shape \(H,\) = \[4\], got shape \[5\]"),
+    "w2 width": (lambda: with_(w2=torch.randn(1, 5, dtype=f64)), r"w2 has 5 columns but w1 has H = 4"),
+    "b2 width": (lambda: with_(b2=torch.randn(2, dtype=f64)), r"expected b2 of shape \(1,\) = \[1\], got shape \[2\]"),
+    "target length": (lambda: with_(target=torch.zeros(5, dtype=f64)), r"expected target of shape \(N,\) or \(N, 1\) with N = 6, got shape \[5\]"),
+    "target rank": (lambda: with_(target=torch.zeros(6, 2, dtype=f64)), r"expected target of shape .* got shape \[6, 2\]"),
+    "two output rows": (lambda: with_(w2=torch.randn(2, 4, dtype=f64)), r"exactly one output row .* got shape \[2, 4\]"),
+    "unknown activation": (lambda: with_(activation="relu"), r"unknown activation 'relu'; expected one of: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh"),
+    "unknown reduction": (lambda: with_(reduction="max"), r"unknown reduction 'max'; expected one of: mean, sum"),
+    "mixed dtypes": (lambda: with_(w2=torch.randn(1, 4, dtype=torch.float32)), r"one dtype; x is Double but w2 is Float"),
+    "integer x": (lambda: with_(x=torch.ones(6, 3, dtype=torch.int64)), r"expected x to be float32 or float64, got Long"),
+    "integer target": (lambda: with_(target=torch.ones(6, dtype=torch.int64)), r"expected target to be float32 or float64, got Long"),
+    "half": (lambda: with_(x=torch.ones(6, 3, dtype=torch.float16)), r"expected x to be float32 or float64, got Half"),
+    "empty batch": (lambda: with_(x=torch.zeros(0, 3, dtype=f64), target=torch.zeros(0, dtype=f64)), r"non-empty batch \(N >= 1\), got x of shape \[0, 3\]"),
+    "zero hidden": (lambda: with_(w1=torch.zeros(0, 3, dtype=f64), b1=None, w2=torch.zeros(1, 0, dtype=f64)), r"at least one hidden unit"),
+    "target above 1": (lambda: with_(target=torch.tensor([0, 1, 2, 0, 1, 0], dtype=f64)), r"targets in \[0, 1\].*got values in \[0, 2\]"),
+    "target below 0": (lambda: with_(target=torch.tensor([0, 1, -1, 0, 1, 0], dtype=f64)), r"targets in \[0, 1\].*got values in \[-1, 1\]"),
+    "target requires grad": (lambda: with_(target=torch.zeros(6, dtype=f64, requires_grad=True)), r"target requires grad"),
+    "mixed devices": (lambda: with_(w1=torch.randn(4, 3, dtype=f64, device="meta")), r"one device; x is on cpu but w1 is on meta"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("entry", ["python", "torch.ops"])
+def test_bad_input_raises_a_clear_error(case, entry):
+    make_args, message = CASES[case]
+    args = make_args()
+    fn = torch_ws.ws_bound if entry == "python" else torch.ops.torch_ws.ws_bound
+    with pytest.raises(RuntimeError, match=message):
+        fn(**args)
+    # The traces op shares the checks.
+    fn = torch_ws.hessian_traces if entry == "python" else torch.ops.torch_ws.hessian_traces
+    with pytest.raises(RuntimeError, match=message):
+        fn(**args)

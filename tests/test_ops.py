@@ -1,0 +1,244 @@
+"""The core ops against independent truths: an explicit Hessian from torch.func.hessian (float64),
+third-order autograd through it for gradients, gradcheck, and torch.library.opcheck."""
+import math
+
+import pytest
+import torch
+from testing import (
+    ACTIVATIONS,
+    BIAS_CONFIGS,
+    REDUCTIONS,
+    all_configs,
+    make_problem,
+    rel_err,
+)
+
+import torch_ws
+from torch_ws import reference
+
+
+def config_id(cfg):
+    act, red, (b1, b2), soft = cfg
+    return f"{act}-{red}-b1{int(b1)}b2{int(b2)}-{'soft' if soft else 'hard'}"
+
+
+@pytest.mark.parametrize("cfg", all_configs(), ids=config_id)
+def test_values_match_explicit_hessian(cfg):
+    act, red, bias, soft = cfg
+    p = make_problem(n=8, d=3, h=4, bias=bias, soft_targets=soft, seed=1)
+    hess = reference.explicit_hessian(*p.args(), act, red)
+    trace, trace_sq = torch_ws.hessian_traces(*p.args(), act, red)
+    assert hess.shape[0] == torch_ws.num_params(p.w1, p.b1, p.w2, p.b2)
+    assert rel_err(trace, hess.trace()) <= 1e-8
+    assert rel_err(trace_sq, (hess * hess).sum()) <= 1e-8
+
+    eig = torch.linalg.eigvalsh(hess)
+    bound = torch_ws.ws_bound(*p.args(), act, red)
+    expected = reference.ws_upper_from_traces(hess.trace(), (hess * hess).sum(), hess.shape[0])
+    assert rel_err(bound, expected) <= 1e-8
+    assert eig.max() <= bound + 1e-12 * bound.abs()
+
+    bounds = torch_ws.ws_bounds(*p.args(), act, red)
+    tol = 1e-10 * eig.abs().max()
+    assert bounds.lambda_max_lower - tol <= eig.max() <= bounds.lambda_max_upper + tol
+    assert bounds.lambda_min_lower - tol <= eig.min() <= bounds.lambda_min_upper + tol
+    assert eig.max() - eig.min() <= bounds.spread_upper + tol
+    assert rel_err(bounds.lambda_max_upper, bound) <= 1e-12
+
+
+def grads_via_explicit_hessian(p, act, red, which):
+    """Gradients of tr H, tr H² or the bound by third-order autograd through torch.func.hessian."""
+    hess = reference.explicit_hessian(*p.args(), act, red)
+    value = {
+        "trace": lambda: hess.trace(),
+        "trace_sq": lambda: (hess * hess).sum(),
+        "bound": lambda: reference.ws_upper_from_traces(
+            hess.trace(), (hess * hess).sum(), hess.shape[0]
+        ),
+    }[which]()
+    return torch.autograd.grad(value, p.differentiable())
+
+
+def grads_via_op(p, act, red, which):
+    if which == "bound":
+        value = torch_ws.ws_bound(*p.args(), act, red)
+    else:
+        value = torch_ws.hessian_traces(*p.args(), act, red)[which == "trace_sq"]
+    return torch.autograd.grad(value, p.differentiable())
+
+
+@pytest.mark.parametrize("cfg", all_configs(), ids=config_id)
+@pytest.mark.parametrize("which", ["trace", "trace_sq", "bound"])
+def test_gradients_match_autograd_through_explicit_hessian(cfg, which):
+    act, red, bias, soft = cfg
+    p = make_problem(n=6, d=2, h=3, bias=bias, soft_targets=soft, seed=2, requires_grad=True)
+    expected = grads_via_explicit_hessian(p, act, red, which)
+    actual = grads_via_op(p, act, red, which)
+    names = ["x", "w1", "b1", "w2", "b2"]
+    names = [n for n, t in zip(names, (p.x, p.w1, p.b1, p.w2, p.b2)) if t is not None]
+    for name, a, e in zip(names, actual, expected):
+        assert a.shape == e.shape, name
+        assert rel_err(a, e) <= 1e-6, f"{name}: rel err {rel_err(a, e):.2e}"
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_gradcheck_both_ops(act):
+    p = make_problem(n=5, d=2, h=3, seed=3, soft_targets=True, requires_grad=True)
+
+    def traces(x, w1, b1, w2, b2):
+        return torch_ws.hessian_traces(x, p.target, w1, b1, w2, b2, act, "mean")
+
+    def bound(x, w1, b1, w2, b2):
+        return torch_ws.ws_bound(x, p.target, w1, b1, w2, b2, act, "sum")
+
+    inputs = (p.x, p.w1, p.b1, p.w2, p.b2)
+    assert torch.autograd.gradcheck(traces, inputs)
+    assert torch.autograd.gradcheck(bound, inputs)
+
+
+@pytest.mark.parametrize("bias", BIAS_CONFIGS[:2])
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("op_name", ["hessian_traces", "ws_bound"])
+def test_opcheck(op_name, requires_grad, bias):
+    op = getattr(torch.ops.torch_ws, op_name).default
+    for dtype in (torch.float32, torch.float64):
+        p = make_problem(n=6, d=3, h=4, bias=bias, dtype=dtype, requires_grad=requires_grad)
+        torch.library.opcheck(op, p.args() + ("tanh", "mean"))
+        torch.library.opcheck(op, p.args(), {"activation": "silu", "reduction": "sum"})
+
+
+@pytest.mark.parametrize("red", REDUCTIONS)
+def test_float32_matches_float64(red):
+    p64 = make_problem(n=40, d=5, h=8, seed=4, soft_targets=True, requires_grad=True)
+    p32 = make_problem(n=40, d=5, h=8, seed=4, soft_targets=True, dtype=torch.float32, requires_grad=True)
+    for fn in (torch_ws.ws_bound, lambda *a: torch_ws.hessian_traces(*a)[1]):
+        v64, v32 = fn(*p64.args(), "tanh", red), fn(*p32.args(), "tanh", red)
+        assert v32.dtype == torch.float32 and v64.dtype == torch.float64
+        assert rel_err(v32, v64) <= 1e-5
+        g64 = torch.autograd.grad(v64, p64.differentiable())
+        g32 = torch.autograd.grad(v32, p32.differentiable())
+        for a, e in zip(g32, g64):
+            assert a.dtype == torch.float32
+            assert rel_err(a, e) <= 1e-4
+
+
+def test_non_contiguous_inputs_give_the_same_result():
+    p = make_problem(n=9, d=4, h=5, seed=5)
+    bound = torch_ws.ws_bound(*p.args())
+    # Transposed storage and strided views with the same values.
+    x_nc = p.x.t().contiguous().t()
+    w1_nc = torch.stack([p.w1, p.w1], dim=-1)[..., 0]
+    target_nc = torch.stack([p.target, p.target], dim=1)[:, :1]
+    assert not x_nc.is_contiguous() and not w1_nc.is_contiguous()
+    assert not target_nc.is_contiguous()
+    bound_nc = torch_ws.ws_bound(x_nc, target_nc, w1_nc, p.b1, p.w2, p.b2)
+    assert rel_err(bound_nc, bound) <= 1e-14
+
+
+def test_target_of_shape_n_by_1_is_accepted():
+    p = make_problem(n=9, d=4, h=5, seed=6)
+    a = torch_ws.ws_bound(*p.args())
+    b = torch_ws.ws_bound(p.x, p.target.unsqueeze(1), p.w1, p.b1, p.w2, p.b2)
+    assert a == b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_saturated_network_and_large_logits_stay_finite(act, dtype):
+    # Weights of size 1e3 push every logit and pre-activation far into saturation.
+    p = make_problem(n=10, d=3, h=4, seed=7, scale=1e3, dtype=dtype, requires_grad=True)
+    bound = torch_ws.ws_bound(*p.args(), act)
+    traces = torch_ws.hessian_traces(*p.args(), act)
+    assert torch.isfinite(bound) and all(torch.isfinite(t) for t in traces)
+    for g in torch.autograd.grad(bound, p.differentiable()):
+        assert torch.isfinite(g).all()
+
+
+def test_gradient_at_zero_spread_is_the_gradient_of_the_mean():
+    # A network that fits every target with huge margins has s = e = 0 to rounding: the Hessian
+    # is zero, s = 0, and the bound's gradient must be m's (finite), not 0/0.
+    p = make_problem(n=6, d=2, h=3, seed=8, requires_grad=True)
+    with torch.no_grad():
+        p.target.copy_((p.x[:, 0] > 0).double())
+        p.w1.zero_()
+        p.w1[:, 0] = 50.0
+        p.b1.zero_()
+        p.w2.fill_(1e3)
+        p.b2.fill_(-1.5e3)
+    bound = torch_ws.ws_bound(*p.args(), "tanh")
+    trace, _ = torch_ws.hessian_traces(*p.args(), "tanh")
+    assert bound == 0
+    grads = torch.autograd.grad(bound, p.differentiable())
+    expected = torch.autograd.grad(trace / torch_ws.num_params(p.w1, p.b1, p.w2, p.b2), p.differentiable())
+    for g, e in zip(grads, expected):
+        assert torch.isfinite(g).all()
+        assert torch.equal(g, e)
+
+
+def test_nan_input_propagates_to_nan():
+    p = make_problem(n=6, d=2, h=3, seed=9)
+    p.x[2, 1] = float("nan")
+    assert torch.isnan(torch_ws.ws_bound(*p.args()))
+    assert all(torch.isnan(t) for t in torch_ws.hessian_traces(*p.args()))
+    q = make_problem(n=6, d=2, h=3, seed=9)
+    q.target[0] = float("nan")
+    assert torch.isnan(torch_ws.ws_bound(*q.args()))
+
+
+def test_double_backward_raises_a_clear_error():
+    p = make_problem(n=6, d=2, h=3, seed=10, requires_grad=True)
+    for value in (torch_ws.ws_bound(*p.args()), torch_ws.hessian_traces(*p.args())[0]):
+        (g,) = torch.autograd.grad(value, [p.w1], create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward is not supported"):
+            g.sum().backward()
+
+
+def test_unused_trace_output_gets_zero_gradient():
+    p = make_problem(n=6, d=2, h=3, seed=11, requires_grad=True)
+    trace, _ = torch_ws.hessian_traces(*p.args())
+    (g,) = torch.autograd.grad(trace, [p.w2])
+    hess = reference.explicit_hessian(*p.args())
+    (e,) = torch.autograd.grad(hess.trace(), [p.w2])
+    assert rel_err(g, e) <= 1e-8
+
+
+def test_gradient_reaches_x_only_when_asked():
+    p = make_problem(n=6, d=2, h=3, seed=12, requires_grad=True)
+    p.x.requires_grad_(False)
+    torch_ws.ws_bound(*p.args()).backward()
+    assert p.x.grad is None and p.w1.grad is not None and p.b2.grad is not None
+
+
+def test_ws_bounds_fields():
+    p = make_problem(n=8, d=3, h=4, seed=13)
+    b = torch_ws.ws_bounds(*p.args(), "sigmoid")
+    n = b.num_params
+    assert n == 3 * 4 + 4 + 4 + 1
+    m = b.trace.double() / n
+    s = math.sqrt(float(b.trace_sq) / n - float(m) ** 2)
+    assert math.isclose(float(b.lambda_max_upper), float(m) + s * math.sqrt(n - 1), rel_tol=1e-12)
+    assert math.isclose(float(b.spread_upper), s * math.sqrt(2 * n), rel_tol=1e-12)
+
+
+def test_torch_compile_traces_a_training_step():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    reg = torch_ws.HSRRegularizer(model)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,)).float()
+
+    def objective(x, y):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+        return loss + 0.1 * reg(x, y)
+
+    # fullgraph: the op must trace without graph breaks; AOTAutograd builds the backward
+    # from the op's registered autograd, which calls the backward op's fake kernel.
+    compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
+    out = compiled(x, y)
+    out.backward()
+    grads = [q.grad.clone() for q in model.parameters()]
+    model.zero_grad()
+    eager = objective(x, y)
+    eager.backward()
+    assert torch.allclose(out, eager)
+    for g, q in zip(grads, model.parameters()):
+        assert torch.allclose(g, q.grad, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,80 @@
+"""Shared test helpers: the dtype/config lists and problem builders every test module imports."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import torch_ws
+
+DTYPES = (torch.float32, torch.float64)
+ACTIVATIONS = torch_ws.ACTIVATIONS
+REDUCTIONS = torch_ws.REDUCTIONS
+# (b1 present, b2 present)
+BIAS_CONFIGS = ((True, True), (False, False), (True, False), (False, True))
+
+
+@dataclass
+class Problem:
+    """One MLP + data set, the six positional arguments of every op."""
+
+    x: torch.Tensor
+    target: torch.Tensor
+    w1: torch.Tensor
+    b1: Optional[torch.Tensor]
+    w2: torch.Tensor
+    b2: Optional[torch.Tensor]
+
+    def args(self):
+        return (self.x, self.target, self.w1, self.b1, self.w2, self.b2)
+
+    def differentiable(self):
+        """The tensors a gradient is taken with respect to (x and the present parameters)."""
+        return [t for t in (self.x, self.w1, self.b1, self.w2, self.b2) if t is not None]
+
+
+def make_problem(
+    n=7,
+    d=3,
+    h=4,
+    *,
+    bias=(True, True),
+    soft_targets=False,
+    dtype=torch.float64,
+    seed=0,
+    requires_grad=False,
+    scale=1.0,
+) -> Problem:
+    """A random problem; weights scaled by ``scale`` (large values saturate the network)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        t = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        return t.requires_grad_(requires_grad)
+
+    x = randn(n, d)
+    if soft_targets:
+        target = torch.rand(n, generator=gen, dtype=torch.float64).to(dtype)
+    else:
+        target = torch.randint(0, 2, (n,), generator=gen).to(dtype)
+    return Problem(
+        x,
+        target,
+        randn(h, d),
+        randn(h) if bias[0] else None,
+        randn(1, h),
+        randn(1) if bias[1] else None,
+    )
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / max(‖expected‖, tiny), in float64."""
+    a, e = actual.detach().double(), expected.detach().double()
+    return float((a - e).norm() / e.norm().clamp_min(1e-300))
+
+
+def all_configs():
+    """Every (activation, reduction, bias, soft_targets) combination."""
+    return list(itertools.product(ACTIVATIONS, REDUCTIONS, BIAS_CONFIGS, (False, True)))

@@ -1,0 +1,26 @@
+"""torch_ws: closed-form Hessian traces and Wolkowicz-Styan eigenvalue bounds for 3-layer MLPs.
+
+For ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, 1))`` trained with ``BCEWithLogitsLoss``,
+the traces tr(H) and tr(H²) of the loss Hessian have closed forms in N×N Gram matrices of the
+data, so the Wolkowicz-Styan upper bound on the largest Hessian eigenvalue costs a few matrix
+products, never an n×n Hessian. The ops are C++ (``torch.ops.torch_ws.*``) with a hand-derived
+backward, so the bound can be trained against directly (HSR regularization).
+"""
+import torch
+
+from . import _C  # noqa: F401  (loads the C++ library, which registers torch.ops.torch_ws)
+from . import _fake  # noqa: F401  (fake kernels for torch.compile and opcheck)
+from .ops import ACTIVATIONS, REDUCTIONS, WSBounds, hessian_traces, num_params, ws_bound, ws_bounds
+from .regularizer import HSRRegularizer
+
+__all__ = [
+    "ACTIVATIONS",
+    "REDUCTIONS",
+    "WSBounds",
+    "HSRRegularizer",
+    "hessian_traces",
+    "num_params",
+    "ws_bound",
+    "ws_bounds",
+]
+__version__ = "0.1.0"

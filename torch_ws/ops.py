@@ -1,0 +1,139 @@
+"""Thin, documented Python entry points to the ``torch.ops.torch_ws`` C++ ops."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+#: Activations the closed form supports (the C++ table in csrc/activations.h is the source).
+ACTIVATIONS = ("linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh")
+#: Loss reductions, as in ``torch.nn.BCEWithLogitsLoss``.
+REDUCTIONS = ("mean", "sum")
+
+
+def hessian_traces(
+    x: Tensor,
+    target: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    activation: str = "tanh",
+    reduction: str = "mean",
+) -> tuple[Tensor, Tensor]:
+    """Exact (tr H, tr H²) of the loss Hessian with respect to all parameters, in closed form.
+
+    The model is ``Linear(D, H) → activation → Linear(H, 1)`` with ``BCEWithLogitsLoss``; H is
+    the n×n Hessian of that loss with respect to θ = (w1, b1, w2, b2), n = :func:`num_params`.
+    tr H is the sum of its eigenvalues, tr H² = ‖H‖_F² the sum of their squares; the cost is
+    O(N²(D + H)) time and O(N²) memory, never n×n.
+
+    Args:
+        x: inputs, (N, D), float32 or float64.
+        target: labels in [0, 1] (soft labels allowed), (N,) or (N, 1); must not require grad.
+        w1, b1: ``nn.Linear(D, H)`` weight (H, D) and bias (H,) or ``None`` (no bias parameter).
+        w2, b2: ``nn.Linear(H, 1)`` weight (1, H) and bias (1,) or ``None``.
+        activation: one of :data:`ACTIVATIONS` (smooth activations only; ReLU has no φ'').
+        reduction: ``"mean"`` or ``"sum"`` over the batch, as in ``BCEWithLogitsLoss``.
+
+    Returns:
+        ``(trace, trace_sq)``, 0-dim tensors of the input dtype, accumulated in float64 and
+        differentiable with respect to x, w1, b1, w2 and b2 (once: no double backward).
+        NaN inputs give NaN results.
+    """
+    return torch.ops.torch_ws.hessian_traces.default(
+        x, target, w1, b1, w2, b2, activation, reduction
+    )
+
+
+def ws_bound(
+    x: Tensor,
+    target: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    activation: str = "tanh",
+    reduction: str = "mean",
+) -> Tensor:
+    """Wolkowicz-Styan upper bound λ_sup ≥ λ_max of the loss Hessian, differentiable.
+
+    λ_sup = m + s·√(n−1), where m = tr(H)/n is the mean eigenvalue and
+    s = √(tr(H²)/n − m²) their standard deviation (clamped at 0). It is close to
+    ‖H‖_F when one eigenvalue dominates, the usual shape of a trained network's Hessian.
+    Its gradient (hand-derived, in C++) is the steepest-descent direction toward flatter minima
+    used by HSR regularization; at s = 0 the gradient of m is used.
+
+    Arguments are those of :func:`hessian_traces`. Returns a 0-dim tensor of the input dtype.
+    """
+    return torch.ops.torch_ws.ws_bound.default(x, target, w1, b1, w2, b2, activation, reduction)
+
+
+def num_params(w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor]) -> int:
+    """n = H·D + H·[b1] + H + [b2]: the number of parameters, i.e. the Hessian's size."""
+    hidden, in_dim = w1.shape
+    return hidden * in_dim + (hidden if b1 is not None else 0) + w2.shape[-1] + (
+        1 if b2 is not None else 0
+    )
+
+
+class WSBounds(NamedTuple):
+    """All Wolkowicz-Styan bounds on the loss Hessian's spectrum (math.md §5).
+
+    ``lambda_max_lower ≤ λ_max ≤ lambda_max_upper``, ``lambda_min_lower ≤ λ_min ≤
+    lambda_min_upper`` and ``λ_max − λ_min ≤ spread_upper``; ``trace`` = tr H,
+    ``trace_sq`` = tr H², ``num_params`` = n.
+    """
+
+    lambda_max_upper: Tensor
+    lambda_max_lower: Tensor
+    lambda_min_lower: Tensor
+    lambda_min_upper: Tensor
+    spread_upper: Tensor
+    trace: Tensor
+    trace_sq: Tensor
+    num_params: int
+
+
+def ws_bounds(
+    x: Tensor,
+    target: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    activation: str = "tanh",
+    reduction: str = "mean",
+) -> WSBounds:
+    """Every Wolkowicz-Styan bound on the extreme eigenvalues of the loss Hessian.
+
+    With m = tr(H)/n and s = √(tr(H²)/n − m²):
+    m + s/√(n−1) ≤ λ_max ≤ m + s√(n−1),  m − s√(n−1) ≤ λ_min ≤ m − s/√(n−1),
+    λ_max − λ_min ≤ s√(2n). Arguments are those of :func:`hessian_traces`; every field is
+    differentiable (through the traces' C++ backward), computed in float64 and returned in the
+    input dtype.
+    """
+    trace, trace_sq = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction)
+    n = num_params(w1, b1, w2, b2)
+    t, t2 = trace.double(), trace_sq.double()
+    mean = t / n
+    spread_sq = t2 / n - mean * mean
+    positive = spread_sq > 0
+    # sqrt's gradient at 0 is infinite: route s = 0 through a constant so the gradient is m's.
+    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
+    root = math.sqrt(n - 1)
+    out = dict(
+        lambda_max_upper=mean + spread * root,
+        lambda_max_lower=mean + spread / root,
+        lambda_min_lower=mean - spread * root,
+        lambda_min_upper=mean - spread / root,
+        spread_upper=spread * math.sqrt(2 * n),
+    )
+    return WSBounds(
+        **{k: v.to(x.dtype) for k, v in out.items()},
+        trace=trace,
+        trace_sq=trace_sq,
+        num_params=n,
+    )

@@ -1,0 +1,137 @@
+"""Slow references for tests, benchmarks and experiments; not the product.
+
+- :func:`explicit_hessian`: the n×n loss Hessian by ``torch.func.hessian`` (the ground truth).
+- :func:`ws_bound_explicit`: the WS bound from that Hessian (differentiable by third-order
+  autograd: the "double-backprop" baseline).
+- :func:`hessian_traces_closed_form` / :func:`ws_bound_closed_form`: math.md §4–§5 in plain
+  PyTorch ops, differentiated by autograd (the "plain-PyTorch" baseline and second opinion).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: φ for each activation name, as the equivalent PyTorch function.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "linear": lambda a: a,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softplus": F.softplus,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "gelu_tanh": lambda a: F.gelu(a, approximate="tanh"),
+}
+
+
+def mlp_logits(x, w1, b1, w2, b2, activation: str) -> Tensor:
+    """z = Linear(H,1)(φ(Linear(D,H)(x))), shape (N,)."""
+    hidden = ACTIVATION_FUNCTIONS[activation](F.linear(x, w1, b1))
+    return F.linear(hidden, w2, b2).squeeze(-1)
+
+
+def mlp_loss(x, target, w1, b1, w2, b2, activation: str, reduction: str) -> Tensor:
+    """The BCE-with-logits loss whose Hessian torch_ws bounds."""
+    return F.binary_cross_entropy_with_logits(
+        mlp_logits(x, w1, b1, w2, b2, activation), target.reshape(-1), reduction=reduction
+    )
+
+
+def flatten_params(w1, b1, w2, b2) -> Tensor:
+    """θ = (W1 row-major, b1, w2, b2), the order of the rows and columns of the Hessian."""
+    return torch.cat([p.reshape(-1) for p in (w1, b1, w2, b2) if p is not None])
+
+
+def unflatten_params(theta: Tensor, w1, b1, w2, b2):
+    """Inverse of :func:`flatten_params`, shaped like the given tensors (None stays None)."""
+    out, offset = [], 0
+    for p in (w1, b1, w2, b2):
+        if p is None:
+            out.append(None)
+            continue
+        out.append(theta[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return out
+
+
+def explicit_hessian(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean") -> Tensor:
+    """The n×n Hessian of the loss in θ (see :func:`flatten_params`), by ``torch.func.hessian``.
+
+    Differentiable in x and the parameters (the result keeps autograd history)."""
+    theta = flatten_params(w1, b1, w2, b2)
+
+    def loss_of(theta_):
+        return mlp_loss(x, target, *unflatten_params(theta_, w1, b1, w2, b2), activation, reduction)
+
+    return torch.func.hessian(loss_of)(theta)
+
+
+def ws_upper_from_traces(trace: Tensor, trace_sq: Tensor, n: int) -> Tensor:
+    """λ_sup = m + s√(n−1) from traces, with the s = 0 gradient defined as m's."""
+    mean = trace / n
+    spread_sq = trace_sq / n - mean * mean
+    positive = spread_sq > 0
+    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
+    return mean + math.sqrt(n - 1) * spread
+
+
+def ws_bound_explicit(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean") -> Tensor:
+    """The WS bound from the explicit Hessian (tr H and ‖H‖_F²): O(n²) memory, third-order
+    autograd when differentiated."""
+    hess = explicit_hessian(x, target, w1, b1, w2, b2, activation, reduction)
+    return ws_upper_from_traces(hess.diagonal().sum(), (hess * hess).sum(), hess.shape[0])
+
+
+def _activation_derivatives(activation: str, pre: Tensor) -> list[Tensor]:
+    """φ, φ', φ'' at ``pre``, by autograd of the PyTorch φ with create_graph, so the reference
+    shares no derivative formula with the C++ table (and stays differentiable)."""
+    with torch.enable_grad():
+        a = pre if pre.requires_grad else pre.detach().requires_grad_(True)
+        out = [ACTIVATION_FUNCTIONS[activation](a)]
+        for _ in range(2):
+            current = out[-1]
+            if current.requires_grad:
+                (current,) = torch.autograd.grad(current.sum(), a, create_graph=True)
+            else:  # the previous derivative was constant (linear φ)
+                current = torch.zeros_like(a)
+            out.append(current)
+    return out
+
+
+def hessian_traces_closed_form(
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean"
+) -> tuple[Tensor, Tensor]:
+    """(tr H, tr H²) by math.md §4 written in plain PyTorch ops (autograd differentiates it)."""
+    n_samples = x.shape[0]
+    target = target.reshape(-1)
+    c = 1.0 / n_samples if reduction == "mean" else 1.0
+    pre = F.linear(x, w1, b1)
+    phi0, phi1, phi2 = _activation_derivatives(activation, pre)
+    w = w2.reshape(-1)
+    U, V = phi1 * w, phi2 * w
+    z = phi0 @ w + (b2 if b2 is not None else 0.0)
+    y = torch.sigmoid(z)
+    s = c * y * torch.sigmoid(-z)
+    e = c * (y - target)
+    K = x @ x.T + (1.0 if b1 is not None else 0.0)
+    R = phi0 @ phi0.T + (1.0 if b2 is not None else 0.0)
+    Q = U @ U.T
+    G = K * Q + R
+    KK = K * K
+    B = KK * ((U * U) @ V.T) + 2 * K * ((U * phi0) @ phi1.T)
+    C = KK * (V @ V.T) + 2 * K * (phi1 @ phi1.T)
+    trace = (s * G.diagonal() + e * K.diagonal() * V.sum(1)).sum(dtype=torch.float64)
+    trace_sq = (s @ (G * G) @ s + 2 * s @ B @ e + e @ C @ e).to(torch.float64)
+    return trace.to(x.dtype), trace_sq.to(x.dtype)
+
+
+def ws_bound_closed_form(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean") -> Tensor:
+    """λ_sup from :func:`hessian_traces_closed_form` (plain PyTorch + autograd)."""
+    from .ops import num_params
+
+    trace, trace_sq = hessian_traces_closed_form(x, target, w1, b1, w2, b2, activation, reduction)
+    n = num_params(w1, b1, w2, b2)
+    return ws_upper_from_traces(trace.double(), trace_sq.double(), n).to(x.dtype)
