@@ -1,0 +1,60 @@
+// torch_ws C++ API: closed-form Hessian traces and Wolkowicz-Styan bounds for
+// Linear(D,H) → φ → Linear(H,1) with binary cross-entropy, usable from LibTorch without Python.
+//
+// Every function calls the registered ops through the dispatcher, so LibTorch autograd works:
+// `torch_ws::ws_bound(...).backward()` fills the parameters' .grad().
+#pragma once
+
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/module.h>
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+
+namespace torch_ws {
+
+// λ_sup = m + s·√(n−1) ≥ λ_max of the loss Hessian (m = tr H / n, s² = tr H²/n − m²).
+// x (N, D); target (N,) or (N, 1) in [0, 1]; w1 (H, D); b1 (H,) or nullopt; w2 (1, H);
+// b2 (1,) or nullopt. activation: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh;
+// reduction: mean or sum (as in BCEWithLogitsLoss). Bad input throws c10::Error.
+at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                    const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
+                    std::string_view reduction = "mean");
+
+// (tr H, tr H²) of the loss Hessian; arguments as for ws_bound.
+std::tuple<at::Tensor, at::Tensor> hessian_traces(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
+    std::string_view reduction = "mean");
+
+// HSR regularization: the WS bound of a three-layer MLP at its current parameters.
+//   torch::nn::Sequential model(torch::nn::Linear(2, 10), torch::nn::Tanh(), torch::nn::Linear(10, 1));
+//   torch_ws::HSRRegularizer reg(model);
+//   auto loss = bce(model->forward(x).squeeze(-1), y) + rho * reg(x, y);
+// Supported activations: Identity, Sigmoid, Tanh, Softplus (beta 1, threshold 20), GELU
+// ("none" or "tanh"), SiLU; anything else throws c10::Error naming them.
+class HSRRegularizer {
+ public:
+  explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean");
+  HSRRegularizer(torch::nn::Linear hidden, const std::shared_ptr<torch::nn::Module>& activation,
+                 torch::nn::Linear output, std::string reduction = "mean");
+
+  // The bound on the current parameters, differentiable into them (and into x).
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& target) const;
+
+  const std::string& activation() const { return activation_; }
+  const std::string& reduction() const { return reduction_; }
+
+ private:
+  torch::nn::Linear hidden_, output_;
+  std::string activation_, reduction_;
+};
+
+}  // namespace torch_ws

@@ -1,0 +1,158 @@
+// C++ tests of the LibTorch API (run by ctest): the bound's gradient against central finite
+// differences of the C++ bound itself, in float64; bad input raises c10::Error with a clear
+// message; the HSRRegularizer matches ws_bound and fills .grad().
+#include <torch/torch.h>
+#include <torch_ws/torch_ws.h>
+
+#include <cmath>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace {
+
+int passed = 0, failed = 0;
+
+void check(bool ok, const std::string& what) {
+  if (ok) {
+    ++passed;
+  } else {
+    ++failed;
+    std::cerr << "FAILED: " << what << "\n";
+  }
+}
+
+void expect_error(const std::function<void()>& fn, const std::string& fragment,
+                  const std::string& what) {
+  try {
+    fn();
+    check(false, what + " (no exception)");
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    check(msg.find(fragment) != std::string::npos, what + ": message was: " + msg);
+  }
+}
+
+struct Problem {
+  torch::Tensor x, target, w1, b1, w2, b2;
+};
+
+Problem make_problem(int64_t n, int64_t d, int64_t h) {
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  Problem p;
+  p.x = torch::randn({n, d}, opts);
+  p.target = torch::randint(0, 2, {n}, opts);
+  p.w1 = torch::randn({h, d}, opts);
+  p.b1 = torch::randn({h}, opts);
+  p.w2 = torch::randn({1, h}, opts);
+  p.b2 = torch::randn({1}, opts);
+  return p;
+}
+
+double bound_of(const Problem& p, const std::string& act) {
+  return torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, act).item<double>();
+}
+
+// Gradient of the bound via the op's backward against central differences, entry by entry.
+void test_gradient_against_finite_differences(const std::string& act) {
+  torch::manual_seed(0);
+  Problem p = make_problem(6, 2, 3);
+  std::vector<torch::Tensor*> leaves = {&p.x, &p.w1, &p.b1, &p.w2, &p.b2};
+  for (auto* t : leaves) t->requires_grad_(true);
+  auto bound = torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, act);
+  bound.backward();
+
+  torch::NoGradGuard no_grad;
+  const double step = 1e-6;
+  double max_err = 0;
+  for (auto* t : leaves) {
+    auto flat = t->view(-1);
+    auto grad = t->grad().view(-1);
+    for (int64_t i = 0; i < flat.numel(); ++i) {
+      const double orig = flat[i].item<double>();
+      flat[i] = orig + step;
+      const double up = bound_of(p, act);
+      flat[i] = orig - step;
+      const double down = bound_of(p, act);
+      flat[i] = orig;
+      const double fd = (up - down) / (2 * step);
+      const double err = std::abs(fd - grad[i].item<double>()) / std::max(1.0, std::abs(fd));
+      max_err = std::max(max_err, err);
+    }
+  }
+  check(max_err < 1e-6, act + ": gradient vs finite differences, max error " +
+                            std::to_string(max_err));
+  check(std::isfinite(bound.item<double>()), act + ": finite bound");
+}
+
+void test_traces_consistent_with_bound() {
+  torch::manual_seed(1);
+  Problem p = make_problem(8, 3, 4);
+  auto [trace, trace_sq] = torch_ws::hessian_traces(p.x, p.target, p.w1, p.b1, p.w2, p.b2);
+  const double n = 3 * 4 + 4 + 4 + 1;
+  const double m = trace.item<double>() / n;
+  const double s = std::sqrt(trace_sq.item<double>() / n - m * m);
+  const double expected = m + s * std::sqrt(n - 1);
+  const double bound = bound_of(p, "tanh");
+  check(std::abs(bound - expected) <= 1e-12 * std::abs(expected), "bound from traces");
+}
+
+void test_bad_input() {
+  Problem p = make_problem(6, 3, 4);
+  expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "relu"); },
+               "unknown activation 'relu'; expected one of: linear, sigmoid, tanh", "activation");
+  expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, torch::randn({2, 4}, torch::kFloat64), p.b2); },
+               "exactly one output row", "two output rows");
+  expect_error([&] { torch_ws::ws_bound(p.x.to(torch::kFloat32), p.target, p.w1, p.b1, p.w2, p.b2); },
+               "one dtype", "mixed dtypes");
+  expect_error([&] { torch_ws::ws_bound(p.x, p.target * 3, p.w1, p.b1, p.w2, p.b2); },
+               "targets in [0, 1]", "target range");
+  expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh", "max"); },
+               "unknown reduction 'max'", "reduction");
+  expect_error([&] { torch_ws::ws_bound(p.x.slice(0, 0, 0), p.target.slice(0, 0, 0), p.w1, p.b1, p.w2, p.b2); },
+               "non-empty batch", "empty batch");
+}
+
+void test_regularizer() {
+  torch::manual_seed(2);
+  torch::nn::Sequential model(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 1));
+  model->to(torch::kFloat64);
+  torch_ws::HSRRegularizer reg(model);
+  auto x = torch::randn({10, 3}, torch::kFloat64);
+  auto y = torch::randint(0, 2, {10}, torch::kFloat64);
+  auto* l1 = model->ptr(0)->as<torch::nn::Linear>();
+  auto* l2 = model->ptr(2)->as<torch::nn::Linear>();
+  auto value = reg(x, y);
+  auto direct = torch_ws::ws_bound(x, y, l1->weight, l1->bias, l2->weight, l2->bias, "tanh");
+  check(torch::equal(value, direct), "regularizer equals ws_bound");
+  value.backward();
+  bool all_grads = true;
+  for (const auto& param : model->parameters()) {
+    all_grads = all_grads && param.grad().defined() && param.grad().abs().sum().item<double>() > 0;
+  }
+  check(all_grads, "regularizer gradient reaches every parameter");
+  check(reg.activation() == "tanh", "activation read from the model");
+
+  torch::nn::Sequential relu(torch::nn::Linear(3, 5), torch::nn::ReLU(), torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(relu); }, "ReLU is not smooth", "ReLU refused");
+  torch::nn::Sequential wide(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 2));
+  expect_error([&] { torch_ws::HSRRegularizer r(wide); }, "Linear(H, 1)", "two outputs refused");
+  torch::nn::Sequential gelu(torch::nn::Linear(3, 5),
+                             torch::nn::GELU(torch::nn::GELUOptions().approximate("tanh")),
+                             torch::nn::Linear(5, 1));
+  check(torch_ws::HSRRegularizer(gelu).activation() == "gelu_tanh", "GELU tanh detected");
+}
+
+}  // namespace
+
+int main() {
+  for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
+    test_gradient_against_finite_differences(act);
+  }
+  test_traces_consistent_with_bound();
+  test_bad_input();
+  test_regularizer();
+  std::cout << passed << " passed, " << failed << " failed\n";
+  return failed == 0 ? 0 : 1;
+}
