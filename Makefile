@@ -43,8 +43,9 @@ test-cpp: cpp
 
 test: test-python test-cpp
 
+# The papers' experiments, quick size, into reports/ (report.md, figures, results.json).
 demo: build
-	$(PYTHON) examples/demo.py
+	$(PYTHON) -m torch_ws reproduce --quick --out reports/reproduce
 
 clean:
 	rm -rf build torch_ws/*.so *.egg-info

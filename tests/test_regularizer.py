@@ -1,0 +1,154 @@
+"""HSRRegularizer: equals the op on the model's parameters, bounds the real model's Hessian,
+reaches every parameter, refuses what it cannot handle, and lowers sharpness in training."""
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+import torch_ws
+from torch_ws import reference
+
+SMOOTH_MODULES = [
+    (nn.Identity(), "linear"),
+    (nn.Sigmoid(), "sigmoid"),
+    (nn.Tanh(), "tanh"),
+    (nn.Softplus(), "softplus"),
+    (nn.GELU(), "gelu"),
+    (nn.GELU(approximate="tanh"), "gelu_tanh"),
+    (nn.SiLU(), "silu"),
+]
+
+
+def mlp(act, d=3, h=5, bias=True):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d, h, bias=bias), act, nn.Linear(h, 1, bias=bias)).double()
+
+
+def data(n=12, d=3):
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, d, generator=gen, dtype=torch.float64), torch.randint(0, 2, (n,), generator=gen).double()
+
+
+@pytest.mark.parametrize("module,name", SMOOTH_MODULES, ids=[n for _, n in SMOOTH_MODULES])
+def test_regularizer_bounds_the_real_models_hessian(module, name):
+    model = mlp(module)
+    reg = torch_ws.HSRRegularizer(model)
+    assert reg.activation == name
+    x, y = data()
+    # Independent truth: the explicit Hessian of the nn.Module's own loss.
+    params = dict(model.named_parameters())
+    names = list(params)
+    shapes = [p.shape for p in params.values()]
+    theta = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def loss_of(flat):
+        chunks = torch.split(flat, [s.numel() for s in shapes])
+        new = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+        out = torch.func.functional_call(model, new, (x,)).squeeze(-1)
+        return nn.functional.binary_cross_entropy_with_logits(out, y)
+
+    hess = torch.func.hessian(loss_of)(theta)
+    expected = reference.ws_upper_from_traces(hess.trace(), (hess * hess).sum(), hess.shape[0])
+    value = reg(x, y)
+    assert torch.allclose(value, expected, rtol=1e-9)
+    assert torch.linalg.eigvalsh(hess).max() <= value * (1 + 1e-12)
+    direct = torch_ws.ws_bound(x, y, model[0].weight, model[0].bias, model[2].weight, model[2].bias, name)
+    assert torch.equal(value, direct)
+
+
+def test_gradients_reach_every_parameter_and_x():
+    model = mlp(nn.Tanh())
+    reg = torch_ws.HSRRegularizer(model)
+    x, y = data()
+    x.requires_grad_(True)
+    reg(x, y).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # No parameters of its own: it must not duplicate the model's in an optimizer.
+    assert list(reg.parameters()) == []
+
+
+def test_three_modules_separately_and_no_bias_and_sum_reduction():
+    model = mlp(nn.SiLU(), bias=False)
+    reg = torch_ws.HSRRegularizer(model[0], model[1], model[2], reduction="sum")
+    x, y = data()
+    expected = torch_ws.ws_bound(x, y, model[0].weight, None, model[2].weight, None, "silu", "sum")
+    assert torch.equal(reg(x, y), expected)
+    assert "num_params=20" in repr(reg) and "'silu'" in repr(reg) and "'sum'" in repr(reg)
+
+
+def test_integer_labels_and_column_targets_are_accepted():
+    model = mlp(nn.Tanh())
+    reg = torch_ws.HSRRegularizer(model)
+    x, y = data()
+    assert torch.equal(reg(x, y.long()), reg(x, y.unsqueeze(1)))
+
+
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: mlp(nn.ReLU()), r"ReLU is not smooth"),
+        (lambda: mlp(nn.ELU()), r"ELU is not smooth"),
+        (lambda: mlp(nn.Softplus(beta=2.0)), r"Softplus only with beta=1"),
+        (lambda: mlp(nn.Softsign()), r"unsupported activation Softsign; expected one of: nn.Identity"),
+        (lambda: nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)), r"nn.Linear\(H, 1\).*out_features=2"),
+        (lambda: nn.Sequential(nn.Linear(3, 5), nn.Tanh()), r"with 2 modules"),
+        (lambda: nn.Sequential(nn.Conv1d(3, 5, 1), nn.Tanh(), nn.Linear(5, 1)), r"first layer must be nn.Linear, got Conv1d"),
+        (lambda: nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(4, 1)), r"hidden layer has 5 units but the output layer expects 4"),
+    ],
+)
+def test_unsupported_models_raise_clear_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        torch_ws.HSRRegularizer(build())
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum'\), got 'max'"):
+        torch_ws.HSRRegularizer(mlp(nn.Tanh()), reduction="max")
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam])
+def test_works_with_optimizers(optimizer):
+    model = mlp(nn.Tanh())
+    reg = torch_ws.HSRRegularizer(model)
+    opt = optimizer(model.parameters(), lr=1e-2)
+    x, y = data()
+    before = reg(x, y).item()
+    for _ in range(5):
+        opt.zero_grad()
+        reg(x, y).backward()
+        opt.step()
+    assert reg(x, y).item() < before
+
+
+def _train(seed, rho, steps=400, lr=0.5):
+    """Full-batch GD on two Gaussian classes (2-10-1 tanh); returns the exact λ_max at the end."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 60
+    x = torch.cat([torch.randn(n // 2, 2, generator=gen) * 1.4 - 1, torch.randn(n // 2, 2, generator=gen) * 1.4 + 1]).double()
+    y = torch.cat([torch.zeros(n // 2), torch.ones(n // 2)]).double()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 10), nn.Tanh(), nn.Linear(10, 1)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    reg = torch_ws.HSRRegularizer(model)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+        (loss + rho * reg(x, y) if rho else loss).backward()
+        opt.step()
+    params = (model[0].weight, model[0].bias, model[2].weight, model[2].bias)
+    with torch.no_grad():
+        hess = reference.explicit_hessian(x, y, *[p.detach() for p in params], "tanh")
+    return float(torch.linalg.eigvalsh(hess).max())
+
+
+def test_hsr_lowers_the_exact_lambda_max_of_training():
+    seeds = range(6)
+    plain = [_train(s, rho=0.0) for s in seeds]
+    hsr = [_train(s, rho=0.2) for s in seeds]
+    assert statistics.median(hsr) < 0.8 * statistics.median(plain), (plain, hsr)

@@ -1,0 +1,62 @@
+"""`torch-ws reproduce` end to end on a tiny configuration: every figure and the JSON."""
+import json
+
+import pytest
+
+from torch_ws.__main__ import main
+from torch_ws.reproduce import ReproduceConfig, run
+
+FIGURES = [
+    "bound_vs_lambda_max.png", "bound_histogram.png", "training_dynamics.png", "landscapes.png",
+    "f1_high_vs_low_bound.png", "plain_vs_hsr.png", "bound_vs_norms.png", "width_comparison.png",
+]
+
+
+def test_reproduce_writes_every_figure_and_the_json(tmp_path):
+    cfg = ReproduceConfig(runs=4, max_steps=150, train_size=30, test_size=100, widths=(3, 10),
+                          activations=("tanh",), record_points=4, progress=False)
+    results = run(cfg, tmp_path, jobs=1)
+    for name in FIGURES:
+        assert (tmp_path / name).stat().st_size > 1000, name
+    report = (tmp_path / "report.md").read_text()
+    for name in FIGURES:
+        assert f"({name})" in report
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["runs"] == 4
+    points = saved["points"]
+    assert points and {p["hsr"] for p in points} == {False, True}
+    for p in points:
+        # The closed-form bound is an upper bound of the exact spectrum at every analysed point.
+        assert p["bound"] >= p["lambda_max"] * (1 - 1e-9)
+        assert p["lambda_min_lower"] <= p["lambda_min"] * (1 + 1e-9) + 1e-12
+        assert 0 <= p["test_f1"] <= 1
+    assert set(saved["summary"]) == {"configs", "high_low", "plain_vs_hsr", "width"}
+    assert results["seconds"] == saved["seconds"]
+
+
+def test_reproduce_is_deterministic_for_a_seed(tmp_path):
+    cfg = dict(runs=2, max_steps=40, train_size=20, test_size=50, widths=(3,), activations=("sigmoid",),
+               record_points=2, progress=False)
+    a = run(ReproduceConfig(**cfg), tmp_path / "a", jobs=1)["points"]
+    b = run(ReproduceConfig(**cfg), tmp_path / "b", jobs=1)["points"]
+    assert a == b
+
+
+def test_cli_breast_cancer(tmp_path, capsys):
+    assert main(["reproduce", "--dataset", "breast_cancer", "--runs", "2", "--max-steps", "30",
+                 "--widths", "3", "10", "--activations", "tanh", "--train-size", "40",
+                 "--jobs", "1", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert "report.md" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["dataset"] == "breast_cancer"
+    assert (tmp_path / "landscapes.png").exists()
+
+
+def test_cli_rejects_unknown_activation(tmp_path, capsys):
+    assert main(["reproduce", "--activations", "relu", "--out", str(tmp_path)]) == 2
+    assert "unknown activation" in capsys.readouterr().err
+
+
+def test_cli_rejects_unknown_dataset(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--dataset", "mnist"])

@@ -1,0 +1,67 @@
+"""Command line: `torch-ws reproduce ...` (also `python -m torch_ws reproduce ...`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .reproduce.config import ReproduceConfig
+from .reproduce.data import DATASETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torch-ws", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("reproduce", help="rerun the papers' experiments and write a report folder",
+                         description="Train many 3-layer MLPs to critical points with and without HSR "
+                                     "regularization, measure the WS bound against the exact Hessian "
+                                     "spectrum, and write report.md, PNG figures and results.json.")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a few minutes on 2 cores (default)")
+    size.add_argument("--full", action="store_true", help="paper-sized (500 initializations per setting; hours)")
+    rep.add_argument("--out", default="reports/reproduce", help="report folder (default: %(default)s)")
+    rep.add_argument("--dataset", choices=DATASETS, help="default: gaussians")
+    rep.add_argument("--seed", type=int, help="master seed; results are deterministic for it")
+    rep.add_argument("--runs", type=int, help="initializations per (width, activation)")
+    rep.add_argument("--train-size", type=int)
+    rep.add_argument("--test-size", type=int)
+    rep.add_argument("--widths", type=int, nargs="+")
+    rep.add_argument("--activations", nargs="+")
+    rep.add_argument("--max-steps", type=int)
+    rep.add_argument("--grad-tol", type=float)
+    rep.add_argument("--rho", type=float, help="HSR strength ρ in L + ρ·λ_sup")
+    rep.add_argument("--lr-range", type=float, nargs=2)
+    rep.add_argument("--jobs", type=int, help="worker processes (default: up to 2)")
+    rep.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the `torch-ws` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "reproduce":
+        from .reproduce import run
+
+        overrides = {k: v for k, v in dict(
+            dataset=args.dataset, seed=args.seed, runs=args.runs, train_size=args.train_size,
+            test_size=args.test_size, max_steps=args.max_steps, grad_tol=args.grad_tol, rho=args.rho,
+            widths=tuple(args.widths) if args.widths else None,
+            activations=tuple(args.activations) if args.activations else None,
+            lr_range=tuple(args.lr_range) if args.lr_range else None,
+        ).items() if v is not None}
+        overrides["progress"] = not args.no_progress
+        if args.dataset == "breast_cancer" and args.train_size is None:
+            overrides["train_size"] = 100
+        cfg = (ReproduceConfig.full if args.full else ReproduceConfig.quick)(**overrides)
+        import torch_ws  # noqa: F401  (validates activations against the C++ table below)
+
+        unknown = [a for a in cfg.activations if a not in torch_ws.ACTIVATIONS]
+        if unknown:
+            print(f"torch-ws: unknown activation(s) {unknown}; expected {torch_ws.ACTIVATIONS}", file=sys.stderr)
+            return 2
+        results = run(cfg, args.out, jobs=args.jobs)
+        print(f"wrote {args.out}/report.md ({results['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

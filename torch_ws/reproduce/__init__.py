@@ -1,0 +1,5 @@
+"""Reproduction of the papers' experiments: `torch-ws reproduce` (see :func:`run`)."""
+from .config import ReproduceConfig
+from .experiment import run
+
+__all__ = ["ReproduceConfig", "run"]

@@ -1,0 +1,60 @@
+"""report.md: the configuration, the numbers and the figures, with what they show."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def _f(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def write_report(cfg, results: dict, figures: dict, out: Path) -> None:
+    s = results["summary"]
+    lines = [
+        "# torch-ws reproduction of the WS-bound and HSR experiments",
+        "",
+        f"Data set `{cfg.dataset}` ({cfg.train_size} training, {cfg.test_size} test points), "
+        f"widths {list(cfg.widths)}, activations {list(cfg.activations)}, {cfg.runs} initializations "
+        f"per setting, full-batch GD with lr ~ U{tuple(cfg.lr_range)}, critical point when "
+        f"‖∇‖ < {cfg.grad_tol:g} within {cfg.max_steps} steps, duplicates closer than "
+        f"{cfg.dedup_tol:g} removed, HSR with ρ = {cfg.rho:g}. Seed {cfg.seed}; "
+        f"{results['seconds']} s on {results['machine']['jobs']} processes, torch {results['machine']['torch']}.",
+        "",
+    ]
+    if results["used_final_iterates"]:
+        lines += ["**Note:** some settings had fewer than 3 runs reach the gradient threshold; "
+                  "for those, every non-diverged final iterate was analysed instead.", ""]
+    lines += ["## Runs", "", "| setting | runs | converged | diverged | analysed |", "|---|---|---|---|---|"]
+    for key, c in results["counts"].items():
+        lines.append(f"| {key} | {c['runs']} | {c['converged']} | {c['diverged']} | {c['analysed']} |")
+    lines += ["", "## Is the bound tight?", "",
+              "| setting (plain GD) | points | median bound | median λ_max | median bound/λ_max | worst bound/λ_max | Spearman | bound ≥ λ_max everywhere |",
+              "|---|---|---|---|---|---|---|---|"]
+    for cfg_name, c in s["configs"].items():
+        lines.append(f"| {cfg_name} | {c['points']} | {_f(c['median_bound'])} | {_f(c['median_lambda_max'])} | "
+                     f"{_f(c['median_ratio'])} | {_f(c['max_ratio'])} | {_f(c['spearman'], 2)} | {c['bound_holds']} |")
+    hl = s["high_low"]
+    lines += ["", "## Sharpness and test performance", "",
+              f"High-bound group (above the {cfg.high_quantile:.0%} quantile within each setting): "
+              f"{hl['high_n']} points, median test F1 {_f(hl['high_median_f1'])}; low-bound group: "
+              f"{hl['low_n']} points, median {_f(hl['low_median_f1'])}; two-sided Mann-Whitney "
+              f"p = {_f(hl['mann_whitney_p'], 2)}.", "",
+              "## Plain gradient descent vs HSR", "",
+              "| metric | pairs | plain median | HSR median | HSR lower in | Wilcoxon p | Mann-Whitney p |",
+              "|---|---|---|---|---|---|---|"]
+    for metric, c in s["plain_vs_hsr"].items():
+        lines.append(f"| {metric} | {c['pairs']} | {_f(c['plain_median'])} | {_f(c['hsr_median'])} | "
+                     f"{_f(c['hsr_lower_fraction'] * 100 if c['pairs'] else math.nan, 3)}% | "
+                     f"{_f(c['wilcoxon_p'], 2)} | {_f(c['mann_whitney_p'], 2)} |")
+    if s.get("width"):
+        w = s["width"]
+        lines += ["", f"Hidden width: median bound {_f(w['median_bound'][0])} at H = {w['widths'][0]} vs "
+                      f"{_f(w['median_bound'][1])} at H = {w['widths'][1]} (Mann-Whitney p = {_f(w['mann_whitney_p'], 2)})."]
+    lines += ["", "## Figures", ""]
+    for name, (file, caption) in figures.items():
+        lines += [f"### {name.replace('_', ' ')}", "", caption, "", f"![{name}]({file})", ""]
+    lines += ["All numbers are in `results.json` (every critical point and trajectory)."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
