@@ -63,6 +63,15 @@ Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad : at::zeros({}, like.options());
 }
 
+// The forward that autograd runs: bound, float64 traces, packed tr(H²) adjoints.
+std::tuple<Tensor, Tensor, Tensor, Tensor> forward_with_adjoints(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction) {
+  static auto op = find_op<decltype(forward_with_adjoints_kernel)>("torch_ws::_forward_with_adjoints");
+  return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+}
+
 class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
@@ -70,20 +79,23 @@ class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunc
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = find_op<decltype(hessian_traces_kernel)>("torch_ws::hessian_traces");
-    auto [trace, trace_sq] = op.call(x, target, w1, b1, w2, b2, activation, reduction);
-    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction);
-    return {trace, trace_sq};
+    auto [bound, trace, trace_sq, adjoints] =
+        forward_with_adjoints(x, target, w1, b1, w2, b2, activation, reduction);
+    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction, {adjoints});
+    // copy=true: for float64 inputs .to() would hand back the inner op's output itself, and a
+    // Function's outputs must be its own.
+    return {trace.to(x.scalar_type(), false, true), trace_sq.to(x.scalar_type(), false, true)};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    SavedProblem p = load_problem(ctx);
+    variable_list extra;
+    SavedProblem p = load_problem(ctx, &extra);
     const bool need_grad_x = ctx->needs_input_grad(0);
     static auto op = find_op<decltype(hessian_traces_backward_kernel)>(
         "torch_ws::_hessian_traces_backward");
     MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), grad_or_zero(grad_outputs[1], p.x),
-                             p.x, p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction,
-                             need_grad_x);
+                             extra[0], p.x, p.target, p.w1, p.b1, p.w2, p.b2, p.activation,
+                             p.reduction, need_grad_x);
     return input_grads(grads, p, need_grad_x);
   }
 };
@@ -95,25 +107,33 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op =
-        find_op<decltype(ws_bound_with_traces_kernel)>("torch_ws::_ws_bound_with_traces");
-    auto [bound, trace, trace_sq] = op.call(x, target, w1, b1, w2, b2, activation, reduction);
-    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction, {trace, trace_sq});
+    auto [bound, trace, trace_sq, adjoints] =
+        forward_with_adjoints(x, target, w1, b1, w2, b2, activation, reduction);
+    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction,
+                 {trace, trace_sq, adjoints});
     return {bound};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    variable_list traces;
-    SavedProblem p = load_problem(ctx, &traces);
+    variable_list extra;
+    SavedProblem p = load_problem(ctx, &extra);
     const bool need_grad_x = ctx->needs_input_grad(0);
     static auto op =
         find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward");
-    MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), traces[0], traces[1], p.x,
-                             p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction,
+    MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), extra[0], extra[1], extra[2],
+                             p.x, p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction,
                              need_grad_x);
     return input_grads(grads, p, need_grad_x);
   }
 };
+
+// Whether autograd will record this call; if not, the plain kernels skip the adjoint work.
+bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
+                  const Tensor& w2, const optional<Tensor>& b2) {
+  return torch::autograd::GradMode::is_enabled() &&
+         (x.requires_grad() || w1.requires_grad() || w2.requires_grad() ||
+          (b1 && b1->requires_grad()) || (b2 && b2->requires_grad()));
+}
 
 // Autograd for the backward ops themselves: they run, but differentiating through them (double
 // backward, e.g. create_graph=True followed by another backward) raises.
@@ -143,6 +163,11 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction) {
+  if (!records_grad(x, w1, b1, w2, b2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<decltype(hessian_traces_kernel)>("torch_ws::hessian_traces");
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+  }
   variable_list out =
       HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction);
   return {out[0], out[1]};
@@ -151,27 +176,33 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
 Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1,
                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
                          c10::string_view activation, c10::string_view reduction) {
+  if (!records_grad(x, w1, b1, w2, b2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<decltype(ws_bound_kernel)>("torch_ws::ws_bound");
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+  }
   return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction)[0];
 }
 
 MlpGrads hessian_traces_backward_autograd(
-    const Tensor& grad_trace, const Tensor& grad_trace_sq, const Tensor& x, const Tensor& target,
+    const Tensor& grad_trace, const Tensor& grad_trace_sq, const Tensor& trace_sq_adjoints,
+    const Tensor& x, const Tensor& target,
     const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
     c10::string_view activation, c10::string_view reduction, bool need_grad_x) {
   using Fn = BackwardOpFunction<decltype(hessian_traces_backward_kernel)>;
   return to_grads(Fn::apply("torch_ws::_hessian_traces_backward", grad_trace,
-                                      grad_trace_sq, x, target, w1, b1, w2, b2, activation,
+                                      grad_trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation,
                                       reduction, need_grad_x));
 }
 
 MlpGrads ws_bound_backward_autograd(
-    const Tensor& grad_bound, const Tensor& trace, const Tensor& trace_sq, const Tensor& x,
-    const Tensor& target, const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+    const Tensor& grad_bound, const Tensor& trace, const Tensor& trace_sq,
+    const Tensor& trace_sq_adjoints, const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
     const optional<Tensor>& b2, c10::string_view activation, c10::string_view reduction,
     bool need_grad_x) {
   using Fn = BackwardOpFunction<decltype(ws_bound_backward_kernel)>;
   return to_grads(Fn::apply("torch_ws::_ws_bound_backward", grad_bound, trace,
-                                      trace_sq, x, target, w1, b1, w2, b2, activation, reduction,
+                                      trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation, reduction,
                                       need_grad_x));
 }
 

@@ -12,27 +12,31 @@ TORCH_LIBRARY(torch_ws, m) {
   m.def(
       "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "str activation=\"tanh\", str reduction=\"mean\") -> Tensor");
-  // Internal: the bound plus its float64 traces, which the bound's backward needs.
+  // Internal, run by autograd: the bound, the float64 traces, and the adjoints of tr(H²) with
+  // respect to the per-sample arrays packed as (N, 4H + D + 2) (traces.h), so the backward never
+  // recomputes a Gram matrix.
   m.def(
-      "_ws_bound_with_traces(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
-      "Tensor? b2, str activation, str reduction) -> (Tensor, Tensor, Tensor)");
+      "_forward_with_adjoints(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction) -> (Tensor, Tensor, Tensor, Tensor)");
   // The hand-derived backward ops (math.md §6). They return the gradients of
   // (x, w1, b1, w2, b2); grad_x is empty unless need_grad_x, absent biases get empty gradients.
   m.def(
-      "_hessian_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, Tensor x, Tensor target, "
-      "Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str activation, str reduction, "
-      "bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "_hessian_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, "
+      "Tensor trace_sq_adjoints, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction, bool need_grad_x) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "_ws_bound_backward(Tensor grad_bound, Tensor trace, Tensor trace_sq, Tensor x, "
-      "Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str activation, "
-      "str reduction, bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "_ws_bound_backward(Tensor grad_bound, Tensor trace, Tensor trace_sq, "
+      "Tensor trace_sq_adjoints, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction, bool need_grad_x) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The kernels are device-agnostic ATen, so one implementation serves both keys.
 #define TORCH_WS_REGISTER_KERNELS(m)                                               \
   m.impl("hessian_traces", &torch_ws::hessian_traces_kernel);                     \
   m.impl("ws_bound", &torch_ws::ws_bound_kernel);                                 \
-  m.impl("_ws_bound_with_traces", &torch_ws::ws_bound_with_traces_kernel);        \
+  m.impl("_forward_with_adjoints", &torch_ws::forward_with_adjoints_kernel);      \
   m.impl("_hessian_traces_backward", &torch_ws::hessian_traces_backward_kernel);  \
   m.impl("_ws_bound_backward", &torch_ws::ws_bound_backward_kernel)
 

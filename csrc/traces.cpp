@@ -1,62 +1,131 @@
-// Forward: tr(H), tr(H²) and the Wolkowicz-Styan bound in closed form (math.md §2, §4, §5).
+// Forward: per-sample features, tr H, the whole-matrix pairwise engine, and the forward kernels.
 #include "traces.h"
 
+#include <c10/util/Exception.h>
+
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace torch_ws {
 
-Intermediates compute_intermediates(const MlpProblem& p, bool for_backward) {
-  Intermediates f;
-  const at::Tensor& x = p.x;
+SampleFeatures sample_features(const MlpProblem& p, bool for_backward) {
+  SampleFeatures f;
+  f.x = p.x.contiguous();
   const at::Tensor& w2 = p.w2;  // (H,)
-
   // A = X W1ᵀ + b1, then φ and its derivatives (φ''' only for the backward's chain through Φ2).
-  at::Tensor pre = p.b1 ? at::addmm(*p.b1, x, p.w1.t()) : at::mm(x, p.w1.t());
+  at::Tensor pre = p.b1 ? at::addmm(*p.b1, f.x, p.w1.t()) : at::mm(f.x, p.w1.t());
   ActivationValues act = activation_values(p.activation, pre, for_backward ? 3 : 2);
-  f.phi0 = act.phi0;
-  f.phi1 = act.phi1;
-  f.phi2 = act.phi2;
+  f.phi0 = act.phi0.contiguous();
+  f.phi1 = act.phi1.contiguous();
+  f.phi2 = act.phi2.contiguous();
   f.phi3 = act.phi3;
   f.U = f.phi1 * w2;
   f.V = f.phi2 * w2;
-
-  // §2: z = Φ0 w2ᵀ + b2; s and e are the loss's second and first derivatives in the logit.
+  // z = Φ0 w2ᵀ + b2; s and e are the loss's second and first derivatives in the logit.
   at::Tensor z = at::mv(f.phi0, w2);
   if (p.b2) z = z + *p.b2;
   f.scale = p.reduction == Reduction::Mean ? 1.0 / static_cast<double>(p.num_samples()) : 1.0;
   f.y = at::sigmoid(z);
   f.s = f.scale * (f.y * at::sigmoid(-z));  // σ(z)σ(−z): no cancellation when σ saturates
   f.e = f.scale * (f.y - p.target);
-
-  // §2 Gram matrices; the bias "1" is the constant input that a bias multiplies.
-  f.K = at::mm(x, x.t());
-  if (p.b1) f.K.add_(1);
-  f.Q = at::mm(f.U, f.U.t());
-  f.R = at::mm(f.phi0, f.phi0.t());
-  if (p.b2) f.R.add_(1);
-  f.G = f.K * f.Q + f.R;
-
-  // §4: the residual terms of tr(H²).
-  f.P1 = at::mm(f.U * f.U, f.V.t());
-  f.P2 = at::mm(f.U * f.phi0, f.phi1.t());
-  f.P3 = at::mm(f.V, f.V.t());
-  f.P4 = at::mm(f.phi1, f.phi1.t());
-  f.KK = f.K * f.K;
-  f.B = f.KK * f.P1 + 2 * f.K * f.P2;
-  f.C = f.KK * f.P3 + 2 * f.K * f.P4;
+  f.has_b1 = p.b1.has_value();
+  f.has_b2 = p.b2.has_value();
   return f;
 }
 
-std::tuple<at::Tensor, at::Tensor> traces_float64(const Intermediates& f) {
-  // §4: tr(H) = Σ_i s_i G_ii + e_i K_ii (Φ2 w2ᵀ)_i
-  at::Tensor trace =
-      (f.s * f.G.diagonal() + f.e * f.K.diagonal() * f.V.sum(1)).sum(at::kDouble);
-  // §4: tr(H²) = sᵀ(G∘G)s + 2sᵀBe + eᵀCe, summed entry by entry in float64.
+at::Tensor trace_float64(const SampleFeatures& f) {
+  at::Tensor k = (f.x * f.x).sum(1) + (f.has_b1 ? 1 : 0);          // K_ii
+  at::Tensor g = k * (f.U * f.U).sum(1) + (f.phi0 * f.phi0).sum(1) + (f.has_b2 ? 1 : 0);  // G_ii
+  return (f.s * g + f.e * k * f.V.sum(1)).sum(at::kDouble);
+}
+
+at::Tensor TraceSqAdjoints::pack() const {
+  return at::cat({U, V, phi0, phi1, x, s.unsqueeze(1), e.unsqueeze(1)}, 1);
+}
+
+TraceSqAdjoints TraceSqAdjoints::unpack(const at::Tensor& packed, int64_t hidden, int64_t in_dim) {
+  TORCH_CHECK(packed.dim() == 2 && packed.size(1) == 4 * hidden + in_dim + 2,
+              "torch_ws: saved tr(H²) adjoints of shape ", packed.sizes(),
+              " do not match H = ", hidden, ", D = ", in_dim);
+  auto cols = [&](int64_t start, int64_t width) { return packed.narrow(1, start, width); };
+  const int64_t h = hidden;
+  return {cols(0, h), cols(h, h), cols(2 * h, h), cols(3 * h, h), cols(4 * h, in_dim),
+          packed.select(1, 4 * h + in_dim), packed.select(1, 4 * h + in_dim + 1)};
+}
+
+PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints) {
+  // Gram matrices (math.md §2) and the residual terms of tr(H²) (§4), all N×N.
+  at::Tensor K = at::mm(f.x, f.x.t());
+  if (f.has_b1) K.add_(1);
+  at::Tensor Q = at::mm(f.U, f.U.t());
+  at::Tensor R = at::mm(f.phi0, f.phi0.t());
+  if (f.has_b2) R.add_(1);
+  at::Tensor G = K * Q + R;
+  at::Tensor UU = f.U * f.U, Uphi0 = f.U * f.phi0;
+  at::Tensor P1 = at::mm(UU, f.V.t()), P2 = at::mm(Uphi0, f.phi1.t());
+  at::Tensor P3 = at::mm(f.V, f.V.t()), P4 = at::mm(f.phi1, f.phi1.t());
+  at::Tensor KK = K * K;
+  at::Tensor B = KK * P1 + 2 * K * P2;
+  at::Tensor C = KK * P3 + 2 * K * P4;
+
+  // tr(H²) = sᵀ(G∘G)s + 2sᵀBe + eᵀCe, summed entry by entry in float64.
   at::Tensor s_col = f.s.unsqueeze(1), s_row = f.s.unsqueeze(0);
   at::Tensor e_col = f.e.unsqueeze(1), e_row = f.e.unsqueeze(0);
-  at::Tensor integrand = s_col * (f.G * f.G * s_row + 2 * f.B * e_row) + e_col * f.C * e_row;
-  at::Tensor trace_sq = integrand.sum(at::kDouble);
-  return {trace, trace_sq};
+  PairwiseResult out;
+  out.trace_sq = (s_col * (G * G * s_row + 2 * B * e_row) + e_col * C * e_row).sum(at::kDouble);
+  if (!with_adjoints) return out;
+
+  // Reverse mode through the lines above (math.md §6), upstream gradient 1.
+  TraceSqAdjoints a;
+  a.s = 2 * (at::mv(G * G, f.s) + at::mv(B, f.e));
+  a.e = 2 * (at::mv(B.t(), f.s) + at::mv(C, f.e));  // C is symmetric
+  at::Tensor G_bar = 2 * (s_col * G * s_row);          // symmetric
+  at::Tensor B_bar = 2 * (s_col * e_row);              // not symmetric
+  at::Tensor C_bar = e_col * e_row;                    // symmetric
+  // G = K∘Q + R;  B = KK∘P1 + 2K∘P2;  C = KK∘P3 + 2K∘P4.
+  at::Tensor K_bar = G_bar * Q + 2 * B_bar * (K * P1 + P2) + 2 * C_bar * (K * P3 + P4);
+  at::Tensor Q_bar = G_bar * K;                  // symmetric
+  at::Tensor P1_bar = B_bar * KK, P2_bar = 2 * B_bar * K;
+  at::Tensor P3_bar = C_bar * KK, P4_bar = 2 * C_bar * K;  // symmetric
+  // Each Gram product P = L Rᵀ sends back L̄ = P̄R and R̄ = P̄ᵀL.
+  at::Tensor P2_bar_phi1 = at::mm(P2_bar, f.phi1);
+  a.U = 2 * at::mm(Q_bar, f.U) + 2 * f.U * at::mm(P1_bar, f.V) + f.phi0 * P2_bar_phi1;
+  a.V = at::mm(P1_bar.t(), UU) + 2 * at::mm(P3_bar, f.V);
+  a.phi0 = 2 * at::mm(G_bar, f.phi0) + f.U * P2_bar_phi1;  // R̄ = Ḡ
+  a.phi1 = at::mm(P2_bar.t(), Uphi0) + 2 * at::mm(P4_bar, f.phi1);
+  a.x = at::mm(K_bar + K_bar.t(), f.x);
+  out.adjoints = std::move(a);
+  return out;
+}
+
+int64_t tile_size_for(int64_t num_samples) {
+  if (const char* env = std::getenv("TORCH_WS_TILE_SIZE")) {
+    const std::string value(env);
+    if (!value.empty() && value != "0" && value != "auto" && value != "whole") {
+      int64_t tile = 0;
+      try {
+        tile = std::stoll(value);
+      } catch (const std::exception&) {
+      }
+      TORCH_CHECK(tile > 0, "torch_ws: TORCH_WS_TILE_SIZE must be a positive integer, 'auto' or "
+                  "'whole', got '", value, "'");
+      return tile;
+    }
+  }
+  // One tile (no per-tile overhead) for small problems; otherwise tiles whose dozen T×T work
+  // arrays stay cache-sized while their T×T×H products still run near the BLAS peak.
+  constexpr int64_t kSingleTileLimit = 512, kTile = 256;
+  return num_samples <= kSingleTileLimit ? num_samples : kTile;
+}
+
+PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints) {
+  const char* env = std::getenv("TORCH_WS_TILE_SIZE");
+  const bool whole = env && std::string(env) == "whole";
+  if (f.x.is_cpu() && !whole) {
+    return pairwise_tiled_cpu(f, with_adjoints, tile_size_for(f.x.size(0)));
+  }
+  return pairwise_whole(f, with_adjoints);
 }
 
 at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& trace_sq,
@@ -68,33 +137,51 @@ at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& tra
   return mean + std::sqrt(n - 1) * spread;
 }
 
+namespace {
+
+// The traces of a checked problem, float64, and (optionally) the adjoints of tr(H²).
+struct TracesResult {
+  at::Tensor trace, trace_sq;
+  std::optional<TraceSqAdjoints> adjoints;
+};
+
+TracesResult traces(const MlpProblem& p, bool with_adjoints) {
+  SampleFeatures f = sample_features(p, /*for_backward=*/false);
+  PairwiseResult pairwise = pairwise_trace_sq(f, with_adjoints);
+  return {trace_float64(f), pairwise.trace_sq, std::move(pairwise.adjoints)};
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> hessian_traces_kernel(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
     const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
     c10::string_view activation, c10::string_view reduction) {
   MlpProblem p = check_problem("torch_ws.hessian_traces", x, target, w1, b1, w2, b2, activation,
                                reduction);
-  auto [trace, trace_sq] = traces_float64(compute_intermediates(p, /*for_backward=*/false));
-  return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_bound_with_traces_kernel(
-    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
-    c10::string_view activation, c10::string_view reduction) {
-  MlpProblem p =
-      check_problem("torch_ws.ws_bound", x, target, w1, b1, w2, b2, activation, reduction);
-  auto [trace, trace_sq] = traces_float64(compute_intermediates(p, /*for_backward=*/false));
-  at::Tensor bound = ws_upper_bound_float64(trace, trace_sq, p.num_params());
-  return {bound.to(x.scalar_type()), trace, trace_sq};
+  TracesResult t = traces(p, /*with_adjoints=*/false);
+  return {t.trace.to(x.scalar_type()), t.trace_sq.to(x.scalar_type())};
 }
 
 at::Tensor ws_bound_kernel(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                            const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                            const std::optional<at::Tensor>& b2, c10::string_view activation,
                            c10::string_view reduction) {
-  return std::get<0>(
-      ws_bound_with_traces_kernel(x, target, w1, b1, w2, b2, activation, reduction));
+  MlpProblem p =
+      check_problem("torch_ws.ws_bound", x, target, w1, b1, w2, b2, activation, reduction);
+  TracesResult t = traces(p, /*with_adjoints=*/false);
+  return ws_upper_bound_float64(t.trace, t.trace_sq, p.num_params()).to(x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_adjoints_kernel(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction) {
+  MlpProblem p =
+      check_problem("torch_ws", x, target, w1, b1, w2, b2, activation, reduction);
+  TracesResult t = traces(p, /*with_adjoints=*/true);
+  at::Tensor bound = ws_upper_bound_float64(t.trace, t.trace_sq, p.num_params());
+  return {bound.to(x.scalar_type()), t.trace, t.trace_sq, t.adjoints->pack()};
 }
 
 }  // namespace torch_ws

@@ -1,5 +1,12 @@
 // Closed-form traces of the loss Hessian of Linear(D,H) → φ → Linear(H,1) with BCE-with-logits
-// (math.md §2–§5). Device-agnostic ATen: the same code runs on CPU and CUDA tensors.
+// (math.md §2–§6), split into three stages:
+//   1. per-sample features (φ^(k)(A), U, V, s, e): O(N(D+H)), device-agnostic ATen;
+//   2. the pairwise stage: tr(H²) = Σ_ij f(i, j) over Gram-matrix entries, and optionally its
+//      adjoints with respect to the per-sample arrays, in one pass (tr(H²)'s gradient is linear
+//      in the upstream gradient, so the forward can produce it and the backward never recomputes
+//      a Gram matrix). Two engines: whole N×N matrices in ATen (any device), and T×T tiles fused
+//      and reduced on the fly on the CPU (tiled_cpu.cpp);
+//   3. the chain from those adjoints to x, w1, b1, w2, b2 (traces_backward.cpp): O(N(D+H)).
 #pragma once
 
 #include "activations.h"
@@ -16,11 +23,11 @@ enum class Reduction { Mean, Sum };
 
 // The checked arguments of every op: shapes, dtypes, devices and option strings validated once.
 struct MlpProblem {
-  at::Tensor x;       // (N, D)
-  at::Tensor target;  // (N,), flattened from (N,) or (N, 1)
-  at::Tensor w1;      // (H, D)
+  at::Tensor x;                  // (N, D)
+  at::Tensor target;             // (N,), flattened from (N,) or (N, 1)
+  at::Tensor w1;                 // (H, D)
   std::optional<at::Tensor> b1;  // (H,)
-  at::Tensor w2;      // (H,), flattened from the (1, H) row
+  at::Tensor w2;                 // (H,), flattened from the (1, H) row
   std::optional<at::Tensor> b2;  // (1,)
   Activation activation;
   Reduction reduction;
@@ -31,34 +38,54 @@ struct MlpProblem {
 };
 
 // Validates the arguments with TORCH_CHECK (messages say what was expected and what arrived).
-// `check_values` also scans the targets for values outside [0, 1]; fake tensors skip it.
+// `check_values` also scans the targets for values outside [0, 1].
 MlpProblem check_problem(const char* op_name, const at::Tensor& x, const at::Tensor& target,
                          const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2,
                          std::string_view activation, std::string_view reduction,
                          bool check_values = true);
 
-// Everything the forward and backward share (math.md §2, §4). Recomputed by the backward
-// rather than saved: it is cheap next to the backward itself and keeps saved state O(inputs).
-struct Intermediates {
+// Stage 1 (math.md §2): everything per sample.
+struct SampleFeatures {
+  at::Tensor x;                       // (N, D), contiguous
   at::Tensor phi0, phi1, phi2, phi3;  // φ^(k)(A), (N, H); phi3 only when built for the backward
   at::Tensor U, V;                    // U = Φ1 diag(w2), V = Φ2 diag(w2)
   at::Tensor y, s, e;                 // σ(z), c·y(1−y), c·(y − t)
-  at::Tensor K, Q, R, G;              // Gram matrices (N, N); G = K∘Q + R
-  at::Tensor P1, P2, P3, P4;          // (U∘U)Vᵀ, (U∘Φ0)Φ1ᵀ, VVᵀ, Φ1Φ1ᵀ
-  at::Tensor KK, B, C;                // K∘K and the residual-term matrices of tr(H²)
   double scale;                       // c: 1/N for "mean", 1 for "sum"
+  bool has_b1, has_b2;                // the bias "1"s in K and R
 };
-Intermediates compute_intermediates(const MlpProblem& p, bool for_backward);
+SampleFeatures sample_features(const MlpProblem& p, bool for_backward);
 
-// (tr H, tr H²) as float64 0-dim tensors: the reductions accumulate in float64.
-std::tuple<at::Tensor, at::Tensor> traces_float64(const Intermediates& f);
+// tr H = Σ_i s_i G_ii + e_i K_ii (Φ2 w2ᵀ)_i (math.md §4): only diagonals, O(N(D+H)). float64.
+at::Tensor trace_float64(const SampleFeatures& f);
+
+// The adjoints of tr(H²) with respect to the per-sample arrays, packed column-wise into one
+// (N, 4H + D + 2) tensor so that autograd saves a single O(N(D+H)) buffer.
+struct TraceSqAdjoints {
+  at::Tensor U, V, phi0, phi1, x, s, e;  // (N,H) ×4, (N,D), (N,), (N,)
+  at::Tensor pack() const;
+  static TraceSqAdjoints unpack(const at::Tensor& packed, int64_t hidden, int64_t in_dim);
+};
+
+// Stage 2: tr(H²) in float64 and, if `with_adjoints`, its adjoints.
+struct PairwiseResult {
+  at::Tensor trace_sq;
+  std::optional<TraceSqAdjoints> adjoints;
+};
+PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints);
+PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, int64_t tile);
+// Chooses the engine: tiled on CPU (tile from TORCH_WS_TILE_SIZE, else automatic), whole
+// matrices elsewhere or when TORCH_WS_TILE_SIZE=whole.
+PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints);
+// The tile size the CPU engine uses for N samples.
+int64_t tile_size_for(int64_t num_samples);
 
 // λ_sup = m + s·√(n−1) from float64 traces (math.md §5), s² clamped at 0.
 at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& trace_sq,
                                   int64_t num_params);
 
-// Kernels registered for CPU and CUDA (ops.cpp holds the schemas).
+// ---- Kernels registered for CPU and CUDA (ops.cpp holds the schemas). ----
+
 std::tuple<at::Tensor, at::Tensor> hessian_traces_kernel(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
     const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
@@ -67,24 +94,28 @@ at::Tensor ws_bound_kernel(const at::Tensor& x, const at::Tensor& target, const 
                            const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                            const std::optional<at::Tensor>& b2, c10::string_view activation,
                            c10::string_view reduction);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ws_bound_with_traces_kernel(
+// (bound, trace, trace_sq, packed tr(H²) adjoints): the forward that autograd runs. The traces
+// are float64; the bound and the adjoints have the input dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_adjoints_kernel(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
     const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
     c10::string_view activation, c10::string_view reduction);
 
-// The hand-derived backward (traces_backward.cpp). Returns the gradients of
-// grad_trace·tr(H) + grad_trace_sq·tr(H²) for (x, w1, b1, w2, b2); grad_x is an empty tensor
-// unless `need_grad_x`, and the bias gradients are empty tensors for absent biases.
+// Stage 3 (traces_backward.cpp): the gradients of grad_trace·tr(H) + grad_trace_sq·tr(H²) for
+// (x, w1, b1, w2, b2). grad_x is an empty tensor unless `need_grad_x`; the bias gradients are
+// empty tensors for absent biases.
 using MlpGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 MlpGrads hessian_traces_backward_kernel(
-    const at::Tensor& grad_trace, const at::Tensor& grad_trace_sq, const at::Tensor& x,
-    const at::Tensor& target, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-    const at::Tensor& w2, const std::optional<at::Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, bool need_grad_x);
+    const at::Tensor& grad_trace, const at::Tensor& grad_trace_sq,
+    const at::Tensor& trace_sq_adjoints, const at::Tensor& x, const at::Tensor& target,
+    const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, c10::string_view activation, c10::string_view reduction,
+    bool need_grad_x);
 MlpGrads ws_bound_backward_kernel(
     const at::Tensor& grad_bound, const at::Tensor& trace, const at::Tensor& trace_sq,
-    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
-    c10::string_view activation, c10::string_view reduction, bool need_grad_x);
+    const at::Tensor& trace_sq_adjoints, const at::Tensor& x, const at::Tensor& target,
+    const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, c10::string_view activation, c10::string_view reduction,
+    bool need_grad_x);
 
 }  // namespace torch_ws

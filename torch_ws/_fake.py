@@ -32,10 +32,13 @@ def _ws_bound_fake(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean
     return _scalar(x)
 
 
-@register_fake("torch_ws::_ws_bound_with_traces")
-def _ws_bound_with_traces_fake(x, target, w1, b1, w2, b2, activation, reduction):
+@register_fake("torch_ws::_forward_with_adjoints")
+def _forward_with_adjoints_fake(x, target, w1, b1, w2, b2, activation, reduction):
     _check_problem(x, target, w1, b1, w2, b2)
-    return _scalar(x), _scalar(x, torch.float64), _scalar(x, torch.float64)
+    hidden, in_dim = w1.shape
+    # The packed adjoints of tr(H²): (N, 4H + D + 2), see csrc/traces.h.
+    adjoints = x.new_empty((x.shape[0], 4 * hidden + in_dim + 2))
+    return _scalar(x), _scalar(x, torch.float64), _scalar(x, torch.float64), adjoints
 
 
 def _grads_fake(x, w1, b1, w2, b2, need_grad_x):
@@ -53,13 +56,15 @@ def _grads_fake(x, w1, b1, w2, b2, need_grad_x):
 
 @register_fake("torch_ws::_hessian_traces_backward")
 def _hessian_traces_backward_fake(
-    grad_trace, grad_trace_sq, x, target, w1, b1, w2, b2, activation, reduction, need_grad_x
+    grad_trace, grad_trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation,
+    reduction, need_grad_x
 ):
     return _grads_fake(x, w1, b1, w2, b2, need_grad_x)
 
 
 @register_fake("torch_ws::_ws_bound_backward")
 def _ws_bound_backward_fake(
-    grad_bound, trace, trace_sq, x, target, w1, b1, w2, b2, activation, reduction, need_grad_x
+    grad_bound, trace, trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation,
+    reduction, need_grad_x
 ):
     return _grads_fake(x, w1, b1, w2, b2, need_grad_x)

@@ -1,0 +1,321 @@
+// The CPU pairwise engine: tr(H²) and its adjoints from T×T tiles of the Gram matrices, never
+// whole N×N arrays (math.md §4: every quantity is a sum over (i, j) of a function of the (i, j)
+// entries). Peak extra memory is O(threads·(N·(D+H) + T²)).
+//
+// Tiles (I, J) with I ≤ J only: K, Q, R, VVᵀ and Φ1Φ1ᵀ are symmetric, so an off-diagonal tile
+// stands for both (i, j) and (j, i); the two non-symmetric products P1 = (U∘U)Vᵀ and
+// P2 = (U∘Φ0)Φ1ᵀ get their mirrored tile from one more product each. A diagonal tile is a full
+// square and counts each ordered pair once. Per tile: the Gram tiles by BLAS, one fused pass over
+// the entries (value, adjoint tiles, per-sample sums), then the adjoint products back to rows I
+// and J. Tiles run in parallel (at::parallel_for) into per-thread accumulators that are summed
+// in thread order afterwards, so the result is deterministic for a given thread count.
+#include "traces.h"
+
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+namespace torch_ws {
+namespace {
+
+// The Gram tiles of one (I, J) pair; the mirrored ones only off the diagonal.
+enum Gram { kK, kQ, kR, kP1, kP2, kP3, kP4, kP1t, kP2t, kNumGram };
+
+// Per-sample adjoint accumulators of one thread (rows of the full arrays).
+struct Accumulators {
+  at::Tensor x, U, UU, Uphi0, V, phi0, phi1;  // adjoints of X, U, U∘U, U∘Φ0, V, Φ0, Φ1
+  at::Tensor s, e;
+  at::Tensor s_cols, e_cols;  // a diagonal tile's column sums, kept apart from its row sums
+  double trace_sq = 0;
+};
+
+struct TileInputs {
+  at::Tensor x, U, UU, Uphi0, V, phi0, phi1;
+  at::Tensor s, e;
+  bool has_b1, has_b2;
+};
+
+// Pointers of one tile's fused pass; __restrict__ so the compiler may vectorize the inner loop.
+template <typename scalar_t>
+struct TilePointers {
+  const scalar_t* __restrict__ gram[kNumGram];
+  scalar_t* __restrict__ adj[kNumGram];
+  const scalar_t* __restrict__ s_i;
+  const scalar_t* __restrict__ e_i;
+  const scalar_t* __restrict__ s_j;
+  const scalar_t* __restrict__ e_j;
+  scalar_t* __restrict__ s_bar_i;
+  scalar_t* __restrict__ e_bar_i;
+  scalar_t* __restrict__ s_bar_j;
+  scalar_t* __restrict__ e_bar_j;
+};
+
+// One fused pass over a tile's `rows` × `cols` entries (leading dimension `cols`). Returns the
+// tile's contribution to tr(H²); with kWithAdjoints also writes the adjoint tiles and adds the
+// per-sample adjoints of s and e. kMirrored: an off-diagonal tile, standing for (i, j) and (j, i).
+template <typename scalar_t, bool kMirrored, bool kWithAdjoints>
+double fuse_tile(const TilePointers<scalar_t>& t, int64_t rows, int64_t cols) {
+  const scalar_t* __restrict__ Kt = t.gram[kK];
+  const scalar_t* __restrict__ Qt = t.gram[kQ];
+  const scalar_t* __restrict__ Rt = t.gram[kR];
+  const scalar_t* __restrict__ P1t = t.gram[kP1];
+  const scalar_t* __restrict__ P2t = t.gram[kP2];
+  const scalar_t* __restrict__ P3t = t.gram[kP3];
+  const scalar_t* __restrict__ P4t = t.gram[kP4];
+  const scalar_t* __restrict__ P1m = t.gram[kP1t];  // mirrored P1, P2 (off-diagonal tiles)
+  const scalar_t* __restrict__ P2m = t.gram[kP2t];
+  const scalar_t* __restrict__ s_j = t.s_j;
+  const scalar_t* __restrict__ e_j = t.e_j;
+  scalar_t* __restrict__ s_bar_j = t.s_bar_j;
+  scalar_t* __restrict__ e_bar_j = t.e_bar_j;
+  constexpr scalar_t m = kMirrored ? 2 : 1;
+  double total = 0;
+  for (int64_t a = 0; a < rows; ++a) {
+    const scalar_t sa = t.s_i[a], ea = t.e_i[a];
+    scalar_t row_total = 0, sa_bar = 0, ea_bar = 0;
+    const int64_t base = a * cols;
+#pragma omp simd reduction(+ : row_total, sa_bar, ea_bar)
+    for (int64_t b = 0; b < cols; ++b) {
+      const int64_t i = base + b;
+      const scalar_t sb = s_j[b], eb = e_j[b];
+      const scalar_t K = Kt[i], Q = Qt[i], R = Rt[i], P1 = P1t[i], P2 = P2t[i];
+      const scalar_t P3 = P3t[i], P4 = P4t[i];
+      const scalar_t KK = K * K;
+      const scalar_t G = K * Q + R;
+      const scalar_t G2 = G * G;
+      const scalar_t B_ab = KK * P1 + 2 * K * P2;  // B at (i = a, j = b)
+      const scalar_t C = KK * P3 + 2 * K * P4;
+      // f(i,j) = s_i s_j G² + 2 s_i B_ij e_j + e_i C_ij e_j, for (a, b) and, mirrored, (b, a).
+      scalar_t value = sa * sb * G2 + 2 * sa * B_ab * eb + ea * C * eb;
+      scalar_t B_ba = 0;
+      if constexpr (kMirrored) {
+        B_ba = KK * P1m[i] + 2 * K * P2m[i];
+        value += sb * sa * G2 + 2 * sb * B_ba * ea + eb * C * ea;
+      }
+      row_total += value;
+      if constexpr (kWithAdjoints) {
+        const scalar_t G_bar = m * 2 * sa * sb * G;
+        const scalar_t B_ab_bar = 2 * sa * eb;
+        const scalar_t C_bar = m * ea * eb;
+        scalar_t K_bar = G_bar * Q + 2 * B_ab_bar * (K * P1 + P2) + 2 * C_bar * (K * P3 + P4);
+        t.adj[kQ][i] = G_bar * K;
+        t.adj[kR][i] = G_bar;
+        t.adj[kP1][i] = B_ab_bar * KK;
+        t.adj[kP2][i] = 2 * B_ab_bar * K;
+        t.adj[kP3][i] = C_bar * KK;
+        t.adj[kP4][i] = 2 * C_bar * K;
+        // ∂f(a,b): s_a ← s_b G² + 2B_ab e_b, s_b ← s_a G², e_b ← 2s_a B_ab + e_a C, e_a ← C e_b.
+        scalar_t sb_bar = sa * G2, eb_bar = 2 * sa * B_ab + ea * C;
+        sa_bar += sb * G2 + 2 * B_ab * eb;
+        ea_bar += C * eb;
+        if constexpr (kMirrored) {
+          const scalar_t B_ba_bar = 2 * sb * ea;
+          K_bar += 2 * B_ba_bar * (K * P1m[i] + P2m[i]);
+          t.adj[kP1t][i] = B_ba_bar * KK;
+          t.adj[kP2t][i] = 2 * B_ba_bar * K;
+          // ∂f(b,a): s_b ← s_a G² + 2B_ba e_a, s_a ← s_b G², e_a ← 2s_b B_ba + e_b C, e_b ← C e_a.
+          sb_bar += sa * G2 + 2 * B_ba * ea;
+          eb_bar += C * ea;
+          sa_bar += sb * G2;
+          ea_bar += 2 * sb * B_ba + eb * C;
+        }
+        t.adj[kK][i] = K_bar;
+        s_bar_j[b] += sb_bar;
+        e_bar_j[b] += eb_bar;
+      }
+    }
+    total += row_total;
+    if constexpr (kWithAdjoints) {
+      t.s_bar_i[a] += sa_bar;
+      t.e_bar_i[a] += ea_bar;
+    }
+  }
+  return total;
+}
+
+// A product tile P = L_I R_Jᵀ sends back L̄_I += P̄ R_J and R̄_J += P̄ᵀ L_I.
+void product_backward(const at::Tensor& P_bar, const at::Tensor& L_I, const at::Tensor& R_J,
+                      at::Tensor L_bar_I, at::Tensor R_bar_J) {
+  L_bar_I.addmm_(P_bar, R_J);
+  R_bar_J.addmm_(P_bar.t(), L_I);
+}
+
+template <typename scalar_t>
+void run_tile(const TileInputs& in, Accumulators& acc, std::vector<at::Tensor>& gram,
+              std::vector<at::Tensor>& adj, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+              bool with_adjoints) {
+  const bool mirrored = i0 != j0;
+  auto rows = [&](const at::Tensor& t, int64_t lo, int64_t hi) { return t.narrow(0, lo, hi - lo); };
+  const int64_t ni = i1 - i0, nj = j1 - j0;
+  // Views of the tile-sized slices of the preallocated buffers.
+  std::vector<at::Tensor> g(kNumGram), ga(kNumGram);
+  for (int k = 0; k < kNumGram; ++k) {
+    g[k] = gram[k].narrow(0, 0, ni * nj).view({ni, nj});
+    if (with_adjoints) ga[k] = adj[k].narrow(0, 0, ni * nj).view({ni, nj});
+  }
+  auto I = [&](const at::Tensor& t) { return rows(t, i0, i1); };
+  auto J = [&](const at::Tensor& t) { return rows(t, j0, j1); };
+  at::mm_out(g[kK], I(in.x), J(in.x).t());
+  if (in.has_b1) g[kK].add_(1);
+  at::mm_out(g[kQ], I(in.U), J(in.U).t());
+  at::mm_out(g[kR], I(in.phi0), J(in.phi0).t());
+  if (in.has_b2) g[kR].add_(1);
+  at::mm_out(g[kP1], I(in.UU), J(in.V).t());
+  at::mm_out(g[kP2], I(in.Uphi0), J(in.phi1).t());
+  at::mm_out(g[kP3], I(in.V), J(in.V).t());
+  at::mm_out(g[kP4], I(in.phi1), J(in.phi1).t());
+  if (mirrored) {
+    // P1 at (j, i) for i ∈ I, j ∈ J, laid out as an I×J tile: (V_I (U∘U)_Jᵀ)[a, b] = P1[j_b, i_a].
+    at::mm_out(g[kP1t], I(in.V), J(in.UU).t());
+    at::mm_out(g[kP2t], I(in.phi1), J(in.Uphi0).t());
+  }
+
+  TilePointers<scalar_t> ptr{};
+  for (int k = 0; k < kNumGram; ++k) {
+    const bool used = k < kP1t || mirrored;
+    ptr.gram[k] = used ? g[k].data_ptr<scalar_t>() : nullptr;
+    ptr.adj[k] = used && with_adjoints ? ga[k].data_ptr<scalar_t>() : nullptr;
+  }
+  const scalar_t* s = in.s.data_ptr<scalar_t>();
+  const scalar_t* e = in.e.data_ptr<scalar_t>();
+  ptr.s_i = s + i0;
+  ptr.e_i = e + i0;
+  ptr.s_j = s + j0;
+  ptr.e_j = e + j0;
+  if (with_adjoints) {
+    // A diagonal tile's rows I and columns J are the same samples: the pass adds row (a) and
+    // column (b) sums separately, so they go to separate buffers, merged below.
+    scalar_t* s_bar = acc.s.data_ptr<scalar_t>();
+    scalar_t* e_bar = acc.e.data_ptr<scalar_t>();
+    ptr.s_bar_i = s_bar + i0;
+    ptr.e_bar_i = e_bar + i0;
+    ptr.s_bar_j = mirrored ? s_bar + j0 : acc.s_cols.data_ptr<scalar_t>();
+    ptr.e_bar_j = mirrored ? e_bar + j0 : acc.e_cols.data_ptr<scalar_t>();
+    if (!mirrored) {
+      acc.s_cols.zero_();
+      acc.e_cols.zero_();
+    }
+  }
+  double value;
+  if (mirrored) {
+    value = with_adjoints ? fuse_tile<scalar_t, true, true>(ptr, ni, nj)
+                          : fuse_tile<scalar_t, true, false>(ptr, ni, nj);
+  } else {
+    value = with_adjoints ? fuse_tile<scalar_t, false, true>(ptr, ni, nj)
+                          : fuse_tile<scalar_t, false, false>(ptr, ni, nj);
+  }
+  acc.trace_sq += value;
+  if (with_adjoints && !mirrored) {
+    acc.s.narrow(0, i0, ni).add_(acc.s_cols.narrow(0, 0, ni));
+    acc.e.narrow(0, i0, ni).add_(acc.e_cols.narrow(0, 0, ni));
+  }
+  if (!with_adjoints) return;
+
+  if (!mirrored) {
+    // Diagonal tile, L = R: symmetric adjoint tiles (Q̄ = ḠK, R̄ = Ḡ, P̄3, P̄4) send back 2P̄L in
+    // one product, and K̄ (not symmetric: B̄ is not) sends back (K̄ + K̄ᵀ)X.
+    I(acc.x).addmm_(ga[kK] + ga[kK].t(), I(in.x));
+    I(acc.U).addmm_(ga[kQ], I(in.U), 1, 2);
+    I(acc.phi0).addmm_(ga[kR], I(in.phi0), 1, 2);
+    I(acc.V).addmm_(ga[kP3], I(in.V), 1, 2);
+    I(acc.phi1).addmm_(ga[kP4], I(in.phi1), 1, 2);
+  } else {
+    product_backward(ga[kK], I(in.x), J(in.x), I(acc.x), J(acc.x));
+    product_backward(ga[kQ], I(in.U), J(in.U), I(acc.U), J(acc.U));
+    product_backward(ga[kR], I(in.phi0), J(in.phi0), I(acc.phi0), J(acc.phi0));
+    product_backward(ga[kP3], I(in.V), J(in.V), I(acc.V), J(acc.V));
+    product_backward(ga[kP4], I(in.phi1), J(in.phi1), I(acc.phi1), J(acc.phi1));
+    product_backward(ga[kP1t], I(in.V), J(in.UU), I(acc.V), J(acc.UU));
+    product_backward(ga[kP2t], I(in.phi1), J(in.Uphi0), I(acc.phi1), J(acc.Uphi0));
+  }
+  product_backward(ga[kP1], I(in.UU), J(in.V), I(acc.UU), J(acc.V));
+  product_backward(ga[kP2], I(in.Uphi0), J(in.phi1), I(acc.Uphi0), J(acc.phi1));
+}
+
+}  // namespace
+
+PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, int64_t tile) {
+  TORCH_INTERNAL_ASSERT(f.x.is_cpu() && tile > 0);
+  const int64_t n = f.x.size(0);
+  tile = std::min(tile, n);
+  TileInputs in{f.x.contiguous(), f.U.contiguous(), (f.U * f.U).contiguous(),
+                (f.U * f.phi0).contiguous(), f.V.contiguous(), f.phi0.contiguous(),
+                f.phi1.contiguous(), f.s.contiguous(), f.e.contiguous(), f.has_b1, f.has_b2};
+
+  // Tile pairs (I, J), I ≤ J, in a fixed order.
+  const int64_t blocks = (n + tile - 1) / tile;
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  for (int64_t bi = 0; bi < blocks; ++bi)
+    for (int64_t bj = bi; bj < blocks; ++bj) pairs.emplace_back(bi, bj);
+
+  const int num_threads = pairs.size() > 1 ? at::get_num_threads() : 1;
+  std::vector<Accumulators> accs(num_threads);
+  auto opts = f.x.options();
+  for (auto& acc : accs) {
+    if (with_adjoints) {
+      acc.x = at::zeros_like(in.x);
+      for (at::Tensor* t : {&acc.U, &acc.UU, &acc.Uphi0, &acc.V, &acc.phi0, &acc.phi1})
+        *t = at::zeros_like(in.U);
+      acc.s = at::zeros({n}, opts);
+      acc.e = at::zeros({n}, opts);
+      acc.s_cols = at::zeros({tile}, opts);
+      acc.e_cols = at::zeros({tile}, opts);
+    }
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "torch_ws_pairwise_tiled_cpu", [&] {
+    auto work = [&](int64_t begin, int64_t end) {
+      const int thread = pairs.size() > 1 ? at::get_thread_num() : 0;
+      Accumulators& acc = accs[thread];
+      // Work arrays for one tile, reused across this thread's tiles.
+      std::vector<at::Tensor> gram(kNumGram), adj(kNumGram);
+      for (int k = 0; k < kNumGram; ++k) {
+        gram[k] = at::empty({tile * tile}, opts);
+        if (with_adjoints) adj[k] = at::empty({tile * tile}, opts);
+      }
+      for (int64_t t = begin; t < end; ++t) {
+        const auto [bi, bj] = pairs[t];
+        run_tile<scalar_t>(in, acc, gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
+                           bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
+      }
+    };
+    if (pairs.size() == 1) {
+      work(0, 1);  // small-problem path: no parallel region, BLAS keeps its own threads
+    } else {
+      at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, work);
+    }
+  });
+
+  // Deterministic reduction in thread order.
+  PairwiseResult out;
+  double trace_sq = 0;
+  for (const auto& acc : accs) trace_sq += acc.trace_sq;
+  out.trace_sq = at::scalar_tensor(trace_sq, opts.dtype(at::kDouble));
+  if (!with_adjoints) return out;
+  Accumulators& total = accs[0];
+  for (size_t t = 1; t < accs.size(); ++t) {
+    const Accumulators& acc = accs[t];
+    total.x.add_(acc.x);
+    total.U.add_(acc.U);
+    total.UU.add_(acc.UU);
+    total.Uphi0.add_(acc.Uphi0);
+    total.V.add_(acc.V);
+    total.phi0.add_(acc.phi0);
+    total.phi1.add_(acc.phi1);
+    total.s.add_(acc.s);
+    total.e.add_(acc.e);
+  }
+  // U∘U and U∘Φ0 were tile operands: route their adjoints to U and Φ0.
+  TraceSqAdjoints a;
+  a.U = total.U + 2 * in.U * total.UU + in.phi0 * total.Uphi0;
+  a.phi0 = total.phi0 + in.U * total.Uphi0;
+  a.V = total.V;
+  a.phi1 = total.phi1;
+  a.x = total.x;
+  a.s = total.s;
+  a.e = total.e;
+  out.adjoints = std::move(a);
+  return out;
+}
+
+}  // namespace torch_ws
