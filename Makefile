@@ -47,5 +47,13 @@ test: test-python test-cpp
 demo: build
 	$(PYTHON) -m torch_ws reproduce --quick --out reports/reproduce
 
+# Benchmarks (results, tables and plots under benchmarks/results/).
+bench: build
+	$(PYTHON) benchmarks/bench_ws.py
+	$(PYTHON) benchmarks/bench_scale.py
+
+bench-quick: build
+	$(PYTHON) benchmarks/bench_ws.py --quick
+
 clean:
 	rm -rf build torch_ws/*.so *.egg-info
