@@ -19,7 +19,7 @@ class ReproduceConfig:
     test_size: int = 2000
     widths: tuple = (3, 10)
     activations: tuple = ("tanh", "sigmoid")
-    runs: int = 12                      # random initializations per (width, activation)
+    runs: int = 24                      # random initializations per (width, activation)
     lr_range: tuple = (0.1, 2.5)        # learning rate ~ U(lr_range), one draw per run
     init_std: float = 1.0               # parameters ~ N(0, init_std²): diverse critical points
     max_steps: int = 4000

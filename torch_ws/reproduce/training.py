@@ -70,7 +70,7 @@ def train_run(data: Dataset, width: int, activation: str, seed: int, lr: float, 
                 b = bound if hsr else ops.ws_bound(x, y, *detached, activation, "mean")
             traj["step"].append(step)
             traj["loss"].append(loss_value)
-            traj["bound"].append(float(b))
+            traj["bound"].append(float(b.detach()))
             traj["lambda_max"].append(exact_extreme_eigenvalues(data, detached, activation)[0])
         if grad_norm < grad_tol:
             converged = True
