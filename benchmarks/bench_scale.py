@@ -75,19 +75,12 @@ def efficiency(n=4096, d=128, h=256, reps=5):
     secs = time_alternating({"op": lambda: value_and_grad(x, t, params)}, reps)["op"]
     macs = n * n * d / 2 + 4 * n * n * h + 8 * n * n * h
     achieved = 2 * macs / secs
-    tile = torch_ws_tile(n)
+    tile = torch.ops.torch_ws._tile_size(n)
     shapes = [(tile, h, tile), (tile, tile, h), (tile, d, tile), (n, h, n), (n, n, h), (n, h, tile)]
     rate, shape = best_mm_rate(shapes)
     return {"N": n, "D": d, "H": h, "time_s": secs, "least_work_flop": 2 * macs,
             "achieved_flops": achieved, "best_mm_flops": rate, "best_mm_shape": shape,
             "efficiency": achieved / rate, "tile": tile}
-
-
-def torch_ws_tile(n) -> int:
-    env = os.environ.get("TORCH_WS_TILE_SIZE", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return n if n <= 512 else 256  # csrc/traces.cpp: tile_size_for
 
 
 def papers_scale_regression(reps=50):

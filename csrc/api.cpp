@@ -1,9 +1,11 @@
 // The C++ API of include/torch_ws/torch_ws.h: thin calls through the dispatcher.
 #include <torch_ws/torch_ws.h>
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/linear.h>
+
+#include "dispatch.h"
+#include "traces.h"
 
 namespace torch_ws {
 
@@ -11,12 +13,7 @@ at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Ten
                     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                     const std::optional<at::Tensor>& b2, std::string_view activation,
                     std::string_view reduction) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_ws::ws_bound", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, c10::string_view,
-                                         c10::string_view)>();
+  static auto op = find_op<decltype(ws_bound_kernel)>("torch_ws::ws_bound");
   return op.call(x, target, w1, b1, w2, b2, activation, reduction);
 }
 
@@ -25,12 +22,7 @@ std::tuple<at::Tensor, at::Tensor> hessian_traces(
     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
     const std::optional<at::Tensor>& b2, std::string_view activation,
     std::string_view reduction) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_ws::hessian_traces", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const std::optional<at::Tensor>&, const at::Tensor&,
-                           const std::optional<at::Tensor>&, c10::string_view, c10::string_view)>();
+  static auto op = find_op<decltype(hessian_traces_kernel)>("torch_ws::hessian_traces");
   return op.call(x, target, w1, b1, w2, b2, activation, reduction);
 }
 

@@ -1,9 +1,9 @@
 // Autograd wiring: C++ torch::autograd::Functions registered at the Autograd key. Each forward
 // redispatches below autograd (so CPU, CUDA and fake kernels all serve), each backward calls the
 // hand-derived backward op through the dispatcher, whose own autograd refuses double backward.
+#include "dispatch.h"
 #include "traces.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -16,11 +16,6 @@ using at::Tensor;
 using std::optional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // The problem's inputs as saved for the backward: tensors in save_for_backward (an absent bias
 // is saved as an undefined tensor), option strings in saved_data.

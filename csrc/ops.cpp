@@ -30,6 +30,9 @@ TORCH_LIBRARY(torch_ws, m) {
       "Tensor trace_sq_adjoints, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
       "Tensor? b2, str activation, str reduction, bool need_grad_x) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Introspection: the tile size the CPU engine uses for N samples (TORCH_WS_TILE_SIZE or the
+  // automatic choice), so benchmarks report the tile actually used.
+  m.def("_tile_size(int num_samples) -> int", &torch_ws::tile_size_for);
 }
 
 // The kernels are device-agnostic ATen, so one implementation serves both keys.

@@ -34,10 +34,13 @@ SampleFeatures sample_features(const MlpProblem& p, bool for_backward) {
   return f;
 }
 
-at::Tensor trace_float64(const SampleFeatures& f) {
-  at::Tensor k = (f.x * f.x).sum(1) + (f.has_b1 ? 1 : 0);          // K_ii
-  at::Tensor g = k * (f.U * f.U).sum(1) + (f.phi0 * f.phi0).sum(1) + (f.has_b2 ? 1 : 0);  // G_ii
-  return (f.s * g + f.e * k * f.V.sum(1)).sum(at::kDouble);
+Diagonals diagonals(const SampleFeatures& f) {
+  return {(f.x * f.x).sum(1) + (f.has_b1 ? 1 : 0), (f.U * f.U).sum(1),
+          (f.phi0 * f.phi0).sum(1) + (f.has_b2 ? 1 : 0), f.V.sum(1)};
+}
+
+at::Tensor trace_float64(const SampleFeatures& f, const Diagonals& d) {
+  return (f.s * (d.k * d.q + d.r) + f.e * d.k * d.v).sum(at::kDouble);
 }
 
 at::Tensor TraceSqAdjoints::pack() const {
@@ -99,42 +102,57 @@ PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints) {
   return out;
 }
 
-int64_t tile_size_for(int64_t num_samples) {
-  if (const char* env = std::getenv("TORCH_WS_TILE_SIZE")) {
-    const std::string value(env);
-    if (!value.empty() && value != "0" && value != "auto" && value != "whole") {
-      int64_t tile = 0;
-      try {
-        tile = std::stoll(value);
-      } catch (const std::exception&) {
-      }
-      TORCH_CHECK(tile > 0, "torch_ws: TORCH_WS_TILE_SIZE must be a positive integer, 'auto' or "
-                  "'whole', got '", value, "'");
-      return tile;
-    }
+int64_t tile_setting() {
+  const char* env = std::getenv("TORCH_WS_TILE_SIZE");
+  const std::string value = env ? env : "";
+  if (value.empty() || value == "0" || value == "auto") return kAutoTile;
+  if (value == "whole") return kWholeMatrices;
+  int64_t tile = 0;
+  try {
+    tile = std::stoll(value);
+  } catch (const std::exception&) {
   }
+  TORCH_CHECK(tile > 0, "torch_ws: TORCH_WS_TILE_SIZE must be a positive integer, 'auto' or "
+              "'whole', got '", value, "'");
+  return tile;
+}
+
+namespace {
+
+int64_t tile_size_from(int64_t num_samples, int64_t setting) {
+  if (setting > 0) return setting;
   // One tile (no per-tile overhead) for small problems; otherwise tiles whose dozen T×T work
   // arrays stay cache-sized while their T×T×H products still run near the BLAS peak.
   constexpr int64_t kSingleTileLimit = 512, kTile = 256;
   return num_samples <= kSingleTileLimit ? num_samples : kTile;
 }
 
+}  // namespace
+
+int64_t tile_size_for(int64_t num_samples) {
+  return tile_size_from(num_samples, tile_setting());
+}
+
 PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints) {
-  const char* env = std::getenv("TORCH_WS_TILE_SIZE");
-  const bool whole = env && std::string(env) == "whole";
-  if (f.x.is_cpu() && !whole) {
-    return pairwise_tiled_cpu(f, with_adjoints, tile_size_for(f.x.size(0)));
+  const int64_t setting = tile_setting();
+  if (f.x.is_cpu() && setting != kWholeMatrices) {
+    return pairwise_tiled_cpu(f, with_adjoints, tile_size_from(f.x.size(0), setting));
   }
   return pairwise_whole(f, with_adjoints);
 }
 
+WsMoments ws_moments(const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params) {
+  const double n = static_cast<double>(num_params);
+  at::Tensor mean = trace.to(at::kDouble) / n;
+  return {mean, trace_sq.to(at::kDouble) / n - mean * mean};
+}
+
 at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& trace_sq,
                                   int64_t num_params) {
-  // §5: m = tr/n, s² = tr(H²)/n − m² (clamped: rounding can make it slightly negative).
-  const double n = static_cast<double>(num_params);
-  at::Tensor mean = trace / n;
-  at::Tensor spread = (trace_sq / n - mean * mean).clamp_min(0).sqrt();
-  return mean + std::sqrt(n - 1) * spread;
+  // §5; s² is clamped because rounding can make it slightly negative.
+  WsMoments moments = ws_moments(trace, trace_sq, num_params);
+  at::Tensor spread = moments.spread_sq.clamp_min(0).sqrt();
+  return moments.mean + std::sqrt(static_cast<double>(num_params) - 1) * spread;
 }
 
 namespace {
@@ -148,7 +166,7 @@ struct TracesResult {
 TracesResult traces(const MlpProblem& p, bool with_adjoints) {
   SampleFeatures f = sample_features(p, /*for_backward=*/false);
   PairwiseResult pairwise = pairwise_trace_sq(f, with_adjoints);
-  return {trace_float64(f), pairwise.trace_sq, std::move(pairwise.adjoints)};
+  return {trace_float64(f, diagonals(f)), pairwise.trace_sq, std::move(pairwise.adjoints)};
 }
 
 }  // namespace

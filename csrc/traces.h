@@ -56,8 +56,15 @@ struct SampleFeatures {
 };
 SampleFeatures sample_features(const MlpProblem& p, bool for_backward);
 
-// tr H = Σ_i s_i G_ii + e_i K_ii (Φ2 w2ᵀ)_i (math.md §4): only diagonals, O(N(D+H)). float64.
-at::Tensor trace_float64(const SampleFeatures& f);
+// The per-sample diagonals tr(H) is made of: k = K_ii = ‖x_i‖² + [b1], q = Q_ii = ‖U_i‖²,
+// r = R_ii = ‖Φ0_i‖² + [b2], v = (Φ2 w2ᵀ)_i. Shared by the forward and the backward chain.
+struct Diagonals {
+  at::Tensor k, q, r, v;
+};
+Diagonals diagonals(const SampleFeatures& f);
+
+// tr H = Σ_i s_i (k_i q_i + r_i) + e_i k_i v_i (math.md §4): O(N(D+H)), float64.
+at::Tensor trace_float64(const SampleFeatures& f, const Diagonals& d);
 
 // The adjoints of tr(H²) with respect to the per-sample arrays, packed column-wise into one
 // (N, 4H + D + 2) tensor so that autograd saves a single O(N(D+H)) buffer.
@@ -74,11 +81,21 @@ struct PairwiseResult {
 };
 PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints);
 PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, int64_t tile);
-// Chooses the engine: tiled on CPU (tile from TORCH_WS_TILE_SIZE, else automatic), whole
-// matrices elsewhere or when TORCH_WS_TILE_SIZE=whole.
-PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints);
-// The tile size the CPU engine uses for N samples.
+// The engine setting TORCH_WS_TILE_SIZE: unset, "", "0" or "auto" → kAutoTile; "whole" →
+// kWholeMatrices; a positive integer → that tile size; anything else raises.
+constexpr int64_t kAutoTile = 0, kWholeMatrices = -1;
+int64_t tile_setting();
+// The tile size the CPU engine uses for N samples (the setting, or the automatic choice).
+// Registered as torch_ws::_tile_size for benchmarks.
 int64_t tile_size_for(int64_t num_samples);
+// Chooses the engine: tiled on CPU, whole matrices on other devices or with the "whole" setting.
+PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints);
+
+// m = tr/n and s² = tr(H²)/n − m² (math.md §5) in float64, s² not yet clamped.
+struct WsMoments {
+  at::Tensor mean, spread_sq;
+};
+WsMoments ws_moments(const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params);
 
 // λ_sup = m + s·√(n−1) from float64 traces (math.md §5), s² clamped at 0.
 at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& trace_sq,

@@ -19,12 +19,9 @@ MlpGrads chain_to_inputs(const MlpProblem& p, const at::Tensor& grad_trace,
   const TraceSqAdjoints a2 =
       TraceSqAdjoints::unpack(trace_sq_adjoints, p.w1.size(0), p.w1.size(1));
 
-  // tr(H) = Σ_i s_i (k_i q_i + r_i) + e_i k_i v_i with k = diag K, q = ‖U_i‖², r = ‖Φ0_i‖² + [b2],
-  // v = rowsum V; tr(H²)'s adjoints arrive scaled by its upstream gradient.
-  at::Tensor k = (f.x * f.x).sum(1) + (f.has_b1 ? 1 : 0);
-  at::Tensor q = (f.U * f.U).sum(1);
-  at::Tensor r = (f.phi0 * f.phi0).sum(1) + (f.has_b2 ? 1 : 0);
-  at::Tensor v = f.V.sum(1);
+  // tr(H) = Σ_i s_i (k_i q_i + r_i) + e_i k_i v_i (see Diagonals); tr(H²)'s adjoints arrive
+  // scaled by its upstream gradient.
+  const auto [k, q, r, v] = diagonals(f);
   at::Tensor s_bar = gt * (k * q + r) + gq * a2.s;
   at::Tensor e_bar = gt * (k * v) + gq * a2.e;
   at::Tensor k_bar = gt * (f.s * q + f.e * v);
@@ -81,8 +78,7 @@ MlpGrads ws_bound_backward_kernel(
   // §6: λ = m + √(n−1)·s, so ∂λ/∂tr = 1/n − √(n−1)·m/(n·s) and ∂λ/∂tr(H²) = √(n−1)/(2n·s).
   // Where s = 0 the bound is m and we use the gradient of m: (1/n, 0).
   const double n = static_cast<double>(p.num_params());
-  at::Tensor mean = trace.to(at::kDouble) / n;
-  at::Tensor spread_sq = trace_sq.to(at::kDouble) / n - mean * mean;
+  const auto [mean, spread_sq] = ws_moments(trace, trace_sq, p.num_params());
   at::Tensor positive = spread_sq > 0;
   at::Tensor spread = at::where(positive, spread_sq, at::ones_like(spread_sq)).sqrt();
   const double root = std::sqrt(n - 1);

@@ -5,14 +5,12 @@ from torch import nn
 
 import torch_ws
 from torch_ws import reference
+from torch_ws.reproduce.data import make_dataset
 
 
 def train(rho: float, steps: int = 1500, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    n = 200
-    x = torch.cat([torch.randn(n // 2, 2, generator=gen) * 2**0.5 - 1,
-                   torch.randn(n // 2, 2, generator=gen) * 2**0.5 + 1]).double()
-    y = torch.cat([torch.zeros(n // 2), torch.ones(n // 2)]).double()
+    data = make_dataset("gaussians", train_size=200, test_size=0, seed=seed)
+    x, y = data.x_train, data.y_train
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 10), nn.Tanh(), nn.Linear(10, 1)).double()
     reg = torch_ws.HSRRegularizer(model)

@@ -65,3 +65,13 @@ def test_bad_tile_size_setting_is_refused(monkeypatch, value):
     p = make_problem(n=10, d=2, h=3)
     with pytest.raises(RuntimeError, match="TORCH_WS_TILE_SIZE must be a positive integer"):
         torch_ws.ws_bound(*p.args())
+
+
+def test_tile_size_op_reports_the_setting(monkeypatch):
+    monkeypatch.setenv("TORCH_WS_TILE_SIZE", "16")
+    assert torch.ops.torch_ws._tile_size(1000) == 16
+    monkeypatch.setenv("TORCH_WS_TILE_SIZE", "auto")
+    assert 1 <= torch.ops.torch_ws._tile_size(1000) <= 1000
+    monkeypatch.setenv("TORCH_WS_TILE_SIZE", "x")
+    with pytest.raises(RuntimeError, match="TORCH_WS_TILE_SIZE must be a positive integer"):
+        torch.ops.torch_ws._tile_size(10)

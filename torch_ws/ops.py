@@ -79,6 +79,16 @@ def num_params(w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor
     )
 
 
+def mean_and_spread(trace: Tensor, trace_sq: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """m = tr/n and s = √(tr(H²)/n − m²) of an n×n spectrum (s = 0 where rounding makes s²
+    ≤ 0, with the gradient of m there: sqrt's infinite slope at 0 is routed through a constant)."""
+    mean = trace / n
+    spread_sq = trace_sq / n - mean * mean
+    positive = spread_sq > 0
+    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
+    return mean, spread
+
+
 class WSBounds(NamedTuple):
     """All Wolkowicz-Styan bounds on the loss Hessian's spectrum (math.md §5).
 
@@ -117,12 +127,7 @@ def ws_bounds(
     """
     trace, trace_sq = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction)
     n = num_params(w1, b1, w2, b2)
-    t, t2 = trace.double(), trace_sq.double()
-    mean = t / n
-    spread_sq = t2 / n - mean * mean
-    positive = spread_sq > 0
-    # sqrt's gradient at 0 is infinite: route s = 0 through a constant so the gradient is m's.
-    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
+    mean, spread = mean_and_spread(trace.double(), trace_sq.double(), n)
     root = math.sqrt(n - 1)
     out = dict(
         lambda_max_upper=mean + spread * root,

@@ -71,10 +71,9 @@ def explicit_hessian(x, target, w1, b1, w2, b2, activation="tanh", reduction="me
 
 def ws_upper_from_traces(trace: Tensor, trace_sq: Tensor, n: int) -> Tensor:
     """λ_sup = m + s√(n−1) from traces, with the s = 0 gradient defined as m's."""
-    mean = trace / n
-    spread_sq = trace_sq / n - mean * mean
-    positive = spread_sq > 0
-    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
+    from .ops import mean_and_spread
+
+    mean, spread = mean_and_spread(trace, trace_sq, n)
     return mean + math.sqrt(n - 1) * spread
 
 
