@@ -47,24 +47,43 @@ SavedProblem load_problem(AutogradContext* ctx, variable_list* extra = nullptr) 
   return p;
 }
 
-// Maps the backward op's (x, w1, b1, w2, b2) gradients onto the forward's eight arguments.
+// Maps the backward op's (x, w1, b1, w2, b2) gradients onto the forward's nine arguments
+// (the last is the engine).
 variable_list input_grads(const MlpGrads& grads, const SavedProblem& p, bool need_grad_x) {
   const auto& [grad_x, grad_w1, grad_b1, grad_w2, grad_b2] = grads;
   return {need_grad_x ? grad_x : Tensor(), Tensor(), grad_w1, p.b1 ? grad_b1 : Tensor(), grad_w2,
-          p.b2 ? grad_b2 : Tensor(), Tensor(), Tensor()};
+          p.b2 ? grad_b2 : Tensor(), Tensor(), Tensor(), Tensor()};
 }
 
 Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad : at::zeros({}, like.options());
 }
 
-// The forward that autograd runs: bound, float64 traces, packed tr(H²) adjoints.
-std::tuple<Tensor, Tensor, Tensor, Tensor> forward_with_adjoints(
-    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
-    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction) {
-  static auto op = find_op<decltype(forward_with_adjoints_kernel)>("torch_ws::_forward_with_adjoints");
-  return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+// The ops of one engine: the forward that autograd runs, returning (bound, float64 traces, the
+// tensor the backward needs), and the backward ops that read that tensor: the packed per-sample
+// tr(H²) adjoints in the sample space, the n×n Hessian in the parameter space. Both sets share
+// their signatures.
+struct EngineOps {
+  c10::TypedOperatorHandle<decltype(forward_with_adjoints_kernel)> forward;
+  c10::TypedOperatorHandle<decltype(hessian_traces_backward_kernel)> traces_backward;
+  c10::TypedOperatorHandle<decltype(ws_bound_backward_kernel)> bound_backward;
+};
+
+const EngineOps& engine_ops(Engine engine) {
+  static const EngineOps sample{
+      find_op<decltype(forward_with_adjoints_kernel)>("torch_ws::_forward_with_adjoints"),
+      find_op<decltype(hessian_traces_backward_kernel)>("torch_ws::_hessian_traces_backward"),
+      find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward")};
+  static const EngineOps parameter{
+      find_op<decltype(forward_with_adjoints_kernel)>("torch_ws::_forward_with_hessian"),
+      find_op<decltype(hessian_traces_backward_kernel)>(
+          "torch_ws::_hessian_traces_backward_from_hessian"),
+      find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward_from_hessian")};
+  return engine == Engine::ParameterSpace ? parameter : sample;
+}
+
+const EngineOps& saved_engine_ops(AutogradContext* ctx) {
+  return engine_ops(static_cast<Engine>(ctx->saved_data["engine"].toInt()));
 }
 
 class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunction> {
@@ -72,11 +91,12 @@ class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunc
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction) {
+                               c10::string_view reduction, Engine engine) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [bound, trace, trace_sq, adjoints] =
-        forward_with_adjoints(x, target, w1, b1, w2, b2, activation, reduction);
-    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction, {adjoints});
+    auto [bound, trace, trace_sq, saved] =
+        engine_ops(engine).forward.call(x, target, w1, b1, w2, b2, activation, reduction);
+    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction, {saved});
+    ctx->saved_data["engine"] = static_cast<int64_t>(engine);
     // copy=true: for float64 inputs .to() would hand back the inner op's output itself, and a
     // Function's outputs must be its own.
     return {trace.to(x.scalar_type(), false, true), trace_sq.to(x.scalar_type(), false, true)};
@@ -86,11 +106,9 @@ class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunc
     variable_list extra;
     SavedProblem p = load_problem(ctx, &extra);
     const bool need_grad_x = ctx->needs_input_grad(0);
-    static auto op = find_op<decltype(hessian_traces_backward_kernel)>(
-        "torch_ws::_hessian_traces_backward");
-    MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), grad_or_zero(grad_outputs[1], p.x),
-                             extra[0], p.x, p.target, p.w1, p.b1, p.w2, p.b2, p.activation,
-                             p.reduction, need_grad_x);
+    MlpGrads grads = saved_engine_ops(ctx).traces_backward.call(
+        grad_or_zero(grad_outputs[0], p.x), grad_or_zero(grad_outputs[1], p.x), extra[0], p.x,
+        p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction, need_grad_x);
     return input_grads(grads, p, need_grad_x);
   }
 };
@@ -100,12 +118,12 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction) {
+                               c10::string_view reduction, Engine engine) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [bound, trace, trace_sq, adjoints] =
-        forward_with_adjoints(x, target, w1, b1, w2, b2, activation, reduction);
-    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction,
-                 {trace, trace_sq, adjoints});
+    auto [bound, trace, trace_sq, saved] =
+        engine_ops(engine).forward.call(x, target, w1, b1, w2, b2, activation, reduction);
+    save_problem(ctx, x, target, w1, b1, w2, b2, activation, reduction, {trace, trace_sq, saved});
+    ctx->saved_data["engine"] = static_cast<int64_t>(engine);
     return {bound};
   }
 
@@ -113,11 +131,9 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
     variable_list extra;
     SavedProblem p = load_problem(ctx, &extra);
     const bool need_grad_x = ctx->needs_input_grad(0);
-    static auto op =
-        find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward");
-    MlpGrads grads = op.call(grad_or_zero(grad_outputs[0], p.x), extra[0], extra[1], extra[2],
-                             p.x, p.target, p.w1, p.b1, p.w2, p.b2, p.activation, p.reduction,
-                             need_grad_x);
+    MlpGrads grads = saved_engine_ops(ctx).bound_backward.call(
+        grad_or_zero(grad_outputs[0], p.x), extra[0], extra[1], extra[2], p.x, p.target, p.w1,
+        p.b1, p.w2, p.b2, p.activation, p.reduction, need_grad_x);
     return input_grads(grads, p, need_grad_x);
   }
 };
@@ -136,10 +152,11 @@ template <typename Signature>
 class BackwardOpFunction : public torch::autograd::Function<BackwardOpFunction<Signature>> {
  public:
   template <typename... Args>
-  static variable_list forward(AutogradContext* ctx, const char* op_name, const Args&... args) {
+  static variable_list forward(AutogradContext* ctx, const c10::TypedOperatorHandle<Signature>& op,
+                               const char* op_name, const Args&... args) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["op"] = std::string(op_name);
-    auto [g0, g1, g2, g3, g4] = find_op<Signature>(op_name).call(args...);
+    auto [g0, g1, g2, g3, g4] = op.call(args...);
     return {g0, g1, g2, g3, g4};
   }
 
@@ -163,8 +180,9 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
     static auto op = find_op<decltype(hessian_traces_kernel)>("torch_ws::hessian_traces");
     return op.call(x, target, w1, b1, w2, b2, activation, reduction);
   }
+  const Engine engine = engine_for(x, w1, b1.has_value(), b2.has_value());
   variable_list out =
-      HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction);
+      HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, engine);
   return {out[0], out[1]};
 }
 
@@ -176,37 +194,52 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
     static auto op = find_op<decltype(ws_bound_kernel)>("torch_ws::ws_bound");
     return op.call(x, target, w1, b1, w2, b2, activation, reduction);
   }
-  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction)[0];
+  const Engine engine = engine_for(x, w1, b1.has_value(), b2.has_value());
+  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, engine)[0];
 }
 
-MlpGrads hessian_traces_backward_autograd(
-    const Tensor& grad_trace, const Tensor& grad_trace_sq, const Tensor& trace_sq_adjoints,
-    const Tensor& x, const Tensor& target,
-    const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
-    c10::string_view activation, c10::string_view reduction, bool need_grad_x) {
-  using Fn = BackwardOpFunction<decltype(hessian_traces_backward_kernel)>;
-  return to_grads(Fn::apply("torch_ws::_hessian_traces_backward", grad_trace,
-                                      grad_trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation,
-                                      reduction, need_grad_x));
-}
+// The backward ops' names, as template arguments of their autograd kernels below.
+constexpr char kTracesBackward[] = "torch_ws::_hessian_traces_backward";
+constexpr char kBoundBackward[] = "torch_ws::_ws_bound_backward";
+constexpr char kTracesBackwardFromHessian[] = "torch_ws::_hessian_traces_backward_from_hessian";
+constexpr char kBoundBackwardFromHessian[] = "torch_ws::_ws_bound_backward_from_hessian";
 
-MlpGrads ws_bound_backward_autograd(
-    const Tensor& grad_bound, const Tensor& trace, const Tensor& trace_sq,
-    const Tensor& trace_sq_adjoints, const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+template <const char* kOpName>
+MlpGrads traces_backward_autograd(
+    const Tensor& grad_trace, const Tensor& grad_trace_sq, const Tensor& saved, const Tensor& x,
+    const Tensor& target, const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
     const optional<Tensor>& b2, c10::string_view activation, c10::string_view reduction,
     bool need_grad_x) {
-  using Fn = BackwardOpFunction<decltype(ws_bound_backward_kernel)>;
-  return to_grads(Fn::apply("torch_ws::_ws_bound_backward", grad_bound, trace,
-                                      trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation, reduction,
-                                      need_grad_x));
+  using Signature = decltype(hessian_traces_backward_kernel);
+  static auto op = find_op<Signature>(kOpName);
+  return to_grads(BackwardOpFunction<Signature>::apply(op, kOpName, grad_trace, grad_trace_sq,
+                                                       saved, x, target, w1, b1, w2, b2,
+                                                       activation, reduction, need_grad_x));
+}
+
+template <const char* kOpName>
+MlpGrads bound_backward_autograd(
+    const Tensor& grad_bound, const Tensor& trace, const Tensor& trace_sq, const Tensor& saved,
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x) {
+  using Signature = decltype(ws_bound_backward_kernel);
+  static auto op = find_op<Signature>(kOpName);
+  return to_grads(BackwardOpFunction<Signature>::apply(op, kOpName, grad_bound, trace, trace_sq,
+                                                       saved, x, target, w1, b1, w2, b2,
+                                                       activation, reduction, need_grad_x));
 }
 
 }  // namespace
 }  // namespace torch_ws
 
 TORCH_LIBRARY_IMPL(torch_ws, Autograd, m) {
-  m.impl("hessian_traces", &torch_ws::hessian_traces_autograd);
-  m.impl("ws_bound", &torch_ws::ws_bound_autograd);
-  m.impl("_hessian_traces_backward", &torch_ws::hessian_traces_backward_autograd);
-  m.impl("_ws_bound_backward", &torch_ws::ws_bound_backward_autograd);
+  using namespace torch_ws;
+  m.impl("hessian_traces", &hessian_traces_autograd);
+  m.impl("ws_bound", &ws_bound_autograd);
+  m.impl("_hessian_traces_backward", &traces_backward_autograd<kTracesBackward>);
+  m.impl("_ws_bound_backward", &bound_backward_autograd<kBoundBackward>);
+  m.impl("_hessian_traces_backward_from_hessian",
+         &traces_backward_autograd<kTracesBackwardFromHessian>);
+  m.impl("_ws_bound_backward_from_hessian", &bound_backward_autograd<kBoundBackwardFromHessian>);
 }

@@ -92,10 +92,12 @@ MlpProblem check_problem(const char* op, const at::Tensor& x, const at::Tensor& 
   TORCH_CHECK(!target.requires_grad(), op, ": target requires grad, but the bound is not "
               "differentiable in the labels; pass target.detach()");
   if (check_values) {
-    // NaN compares false on both sides, so NaN targets pass here and propagate to a NaN result.
-    const bool out_of_range = at::logical_or(target < 0, target > 1).any().item<bool>();
-    TORCH_CHECK(!out_of_range, op, ": expected targets in [0, 1] (probabilities), got values in [",
-                target.min().item<double>(), ", ", target.max().item<double>(), "]");
+    // One pass (aminmax). Its NaN propagates and compares false on both sides, so NaN targets
+    // pass here and propagate to a NaN result.
+    const auto [lowest, highest] = at::aminmax(target);
+    const double lo = lowest.item<double>(), hi = highest.item<double>();
+    TORCH_CHECK(!(lo < 0 || hi > 1), op, ": expected targets in [0, 1] (probabilities), got "
+                "values in [", lo, ", ", hi, "]");
   }
 
   p.x = x;

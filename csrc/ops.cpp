@@ -30,12 +30,35 @@ TORCH_LIBRARY(torch_ws, m) {
       "Tensor trace_sq_adjoints, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
       "Tensor? b2, str activation, str reduction, bool need_grad_x) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Introspection: the tile size the CPU engine uses for N samples (TORCH_WS_TILE_SIZE or the
+  // The parameter-space engine's forward and backward (CPU; parameter_space_cpu.cpp): the same
+  // outputs and gradients, but the saved tensor is the (n, n) float64 Hessian.
+  m.def(
+      "_forward_with_hessian(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_hessian_traces_backward_from_hessian(Tensor grad_trace, Tensor grad_trace_sq, "
+      "Tensor hessian, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation, str reduction, bool need_grad_x) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_ws_bound_backward_from_hessian(Tensor grad_bound, Tensor trace, Tensor trace_sq, "
+      "Tensor hessian, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation, str reduction, bool need_grad_x) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Introspection for benchmarks and tests: the tile size the CPU engine uses for N samples (TORCH_WS_TILE_SIZE or the
   // automatic choice), so benchmarks report the tile actually used.
   m.def("_tile_size(int num_samples) -> int", &torch_ws::tile_size_for);
+  // Introspection: the engine ("sample" or "parameter") a problem of these shapes and device
+  // gets (TORCH_WS_ENGINE or the automatic choice).
+  m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2) -> str",
+        [](const at::Tensor& x, const at::Tensor& w1, bool has_b1, bool has_b2) -> std::string {
+          return torch_ws::engine_for(x, w1, has_b1, has_b2) == torch_ws::Engine::ParameterSpace
+                     ? "parameter"
+                     : "sample";
+        });
 }
 
-// The kernels are device-agnostic ATen, so one implementation serves both keys.
+// The sample-space kernels are device-agnostic ATen, so one implementation serves both keys.
 #define TORCH_WS_REGISTER_KERNELS(m)                                               \
   m.impl("hessian_traces", &torch_ws::hessian_traces_kernel);                     \
   m.impl("ws_bound", &torch_ws::ws_bound_kernel);                                 \
@@ -43,5 +66,11 @@ TORCH_LIBRARY(torch_ws, m) {
   m.impl("_hessian_traces_backward", &torch_ws::hessian_traces_backward_kernel);  \
   m.impl("_ws_bound_backward", &torch_ws::ws_bound_backward_kernel)
 
-TORCH_LIBRARY_IMPL(torch_ws, CPU, m) { TORCH_WS_REGISTER_KERNELS(m); }
+TORCH_LIBRARY_IMPL(torch_ws, CPU, m) {
+  TORCH_WS_REGISTER_KERNELS(m);
+  m.impl("_forward_with_hessian", &torch_ws::forward_with_hessian_kernel);
+  m.impl("_hessian_traces_backward_from_hessian",
+         &torch_ws::hessian_traces_backward_from_hessian_kernel);
+  m.impl("_ws_bound_backward_from_hessian", &torch_ws::ws_bound_backward_from_hessian_kernel);
+}
 TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) { TORCH_WS_REGISTER_KERNELS(m); }

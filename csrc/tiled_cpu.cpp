@@ -10,6 +10,7 @@
 // and J. Tiles run in parallel (at::parallel_for) into per-thread accumulators that are summed
 // in thread order afterwards, so the result is deterministic for a given thread count.
 #include "traces.h"
+#include "vector_clones.h"
 
 #include <ATen/Parallel.h>
 
@@ -53,13 +54,7 @@ struct TilePointers {
 // One fused pass over a tile's `rows` × `cols` entries (leading dimension `cols`). Returns the
 // tile's contribution to tr(H²); with kWithAdjoints also writes the adjoint tiles and adds the
 // per-sample adjoints of s and e. kMirrored: an off-diagonal tile, standing for (i, j) and (j, i).
-// The loop is pure arithmetic over contiguous rows: on x86-64 GCC also emits an AVX2/FMA clone
-// chosen at load time (the portable SSE2 build stays the fallback).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define TORCH_WS_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define TORCH_WS_VECTOR_CLONES
-#endif
+// The loop is pure arithmetic over contiguous rows (see vector_clones.h).
 
 template <typename scalar_t, bool kMirrored, bool kWithAdjoints>
 TORCH_WS_VECTOR_CLONES double fuse_tile(const TilePointers<scalar_t>& t, int64_t rows, int64_t cols) {

@@ -15,7 +15,7 @@ SampleFeatures sample_features(const MlpProblem& p, bool for_backward) {
   const at::Tensor& w2 = p.w2;  // (H,)
   // A = X W1ᵀ + b1, then φ and its derivatives (φ''' only for the backward's chain through Φ2).
   at::Tensor pre = p.b1 ? at::addmm(*p.b1, f.x, p.w1.t()) : at::mm(f.x, p.w1.t());
-  ActivationValues act = activation_values(p.activation, pre, for_backward ? 3 : 2);
+  ActivationValues<at::Tensor> act = activation_values(p.activation, pre, for_backward ? 3 : 2);
   f.phi0 = act.phi0.contiguous();
   f.phi1 = act.phi1.contiguous();
   f.phi2 = act.phi2.contiguous();
@@ -141,20 +141,6 @@ PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints) {
   return pairwise_whole(f, with_adjoints);
 }
 
-WsMoments ws_moments(const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params) {
-  const double n = static_cast<double>(num_params);
-  at::Tensor mean = trace.to(at::kDouble) / n;
-  return {mean, trace_sq.to(at::kDouble) / n - mean * mean};
-}
-
-at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& trace_sq,
-                                  int64_t num_params) {
-  // §5; s² is clamped because rounding can make it slightly negative.
-  WsMoments moments = ws_moments(trace, trace_sq, num_params);
-  at::Tensor spread = moments.spread_sq.clamp_min(0).sqrt();
-  return moments.mean + std::sqrt(static_cast<double>(num_params) - 1) * spread;
-}
-
 namespace {
 
 // The traces of a checked problem, float64, and (optionally) the adjoints of tr(H²).
@@ -164,6 +150,12 @@ struct TracesResult {
 };
 
 TracesResult traces(const MlpProblem& p, bool with_adjoints) {
+  if (!with_adjoints && engine_for(p.x, p.w1, p.b1.has_value(), p.b2.has_value()) ==
+                            Engine::ParameterSpace) {
+    HessianResult r = hessian_cpu(p);
+    auto scalar = [&](double v) { return at::scalar_tensor(v, r.hessian.options()); };
+    return {scalar(r.trace), scalar(r.trace_sq), std::nullopt};
+  }
   SampleFeatures f = sample_features(p, /*for_backward=*/false);
   PairwiseResult pairwise = pairwise_trace_sq(f, with_adjoints);
   return {trace_float64(f, diagonals(f)), pairwise.trace_sq, std::move(pairwise.adjoints)};
@@ -188,7 +180,7 @@ at::Tensor ws_bound_kernel(const at::Tensor& x, const at::Tensor& target, const 
   MlpProblem p =
       check_problem("torch_ws.ws_bound", x, target, w1, b1, w2, b2, activation, reduction);
   TracesResult t = traces(p, /*with_adjoints=*/false);
-  return ws_upper_bound_float64(t.trace, t.trace_sq, p.num_params()).to(x.scalar_type());
+  return ws_upper_bound(t.trace, t.trace_sq, p.num_params()).to(x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_adjoints_kernel(
@@ -198,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_adjoints
   MlpProblem p =
       check_problem("torch_ws", x, target, w1, b1, w2, b2, activation, reduction);
   TracesResult t = traces(p, /*with_adjoints=*/true);
-  at::Tensor bound = ws_upper_bound_float64(t.trace, t.trace_sq, p.num_params());
+  at::Tensor bound = ws_upper_bound(t.trace, t.trace_sq, p.num_params());
   return {bound.to(x.scalar_type()), t.trace, t.trace_sq, t.adjoints->pack()};
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "activations.h"
+#include "ws_bound.h"
 
 #include <ATen/ATen.h>
 
@@ -44,6 +45,9 @@ MlpProblem check_problem(const char* op_name, const at::Tensor& x, const at::Ten
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2,
                          std::string_view activation, std::string_view reduction,
                          bool check_values = true);
+
+// The gradients of (x, w1, b1, w2, b2); empty tensors for x unless asked, and for absent biases.
+using MlpGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Stage 1 (math.md §2): everything per sample.
 struct SampleFeatures {
@@ -91,15 +95,27 @@ int64_t tile_size_for(int64_t num_samples);
 // Chooses the engine: tiled on CPU, whole matrices on other devices or with the "whole" setting.
 PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints);
 
-// m = tr/n and s² = tr(H²)/n − m² (math.md §5) in float64, s² not yet clamped.
-struct WsMoments {
-  at::Tensor mean, spread_sq;
-};
-WsMoments ws_moments(const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params);
+// ---- The parameter-space engine (parameter_space_cpu.cpp), CPU only. ----
+// tr(H²) = ‖H‖²_F, and for a small network the n×n Hessian is smaller than the N×N Gram matrices:
+// it assembles H = Σ_i s_i g_i g_iᵀ + e_i M_i (math.md §3) in O(N·n²) and saves H itself for the
+// backward, instead of the per-sample adjoints.
+enum class Engine { Auto, SampleSpace, ParameterSpace };
+// The largest n the parameter-space engine takes (its n×n float64 Hessian is then 128 MiB).
+constexpr int64_t kMaxParameterSpaceParams = 4096;
+// The setting TORCH_WS_ENGINE: unset, "" or "auto" → Auto; "sample"; "parameter"; else raises.
+Engine engine_setting();
+// The engine for this problem (never Auto): the setting, or the one with less arithmetic. Shapes
+// the checks would refuse give SampleSpace, whose kernels then report them.
+Engine engine_for(const at::Tensor& x, const at::Tensor& w1, bool has_b1, bool has_b2);
 
-// λ_sup = m + s·√(n−1) from float64 traces (math.md §5), s² clamped at 0.
-at::Tensor ws_upper_bound_float64(const at::Tensor& trace, const at::Tensor& trace_sq,
-                                  int64_t num_params);
+struct HessianResult {
+  double trace, trace_sq;
+  at::Tensor hessian;  // (n, n) float64
+};
+HessianResult hessian_cpu(const MlpProblem& p);
+// The gradients of grad_trace·tr H + grad_trace_sq·tr(H²) from the saved Hessian.
+MlpGrads hessian_cpu_backward(const MlpProblem& p, double grad_trace, double grad_trace_sq,
+                              const at::Tensor& hessian, bool need_grad_x);
 
 // ---- Kernels registered for CPU and CUDA (ops.cpp holds the schemas). ----
 
@@ -121,7 +137,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_adjoints
 // Stage 3 (traces_backward.cpp): the gradients of grad_trace·tr(H) + grad_trace_sq·tr(H²) for
 // (x, w1, b1, w2, b2). grad_x is an empty tensor unless `need_grad_x`; the bias gradients are
 // empty tensors for absent biases.
-using MlpGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 MlpGrads hessian_traces_backward_kernel(
     const at::Tensor& grad_trace, const at::Tensor& grad_trace_sq,
     const at::Tensor& trace_sq_adjoints, const at::Tensor& x, const at::Tensor& target,
@@ -131,6 +146,24 @@ MlpGrads hessian_traces_backward_kernel(
 MlpGrads ws_bound_backward_kernel(
     const at::Tensor& grad_bound, const at::Tensor& trace, const at::Tensor& trace_sq,
     const at::Tensor& trace_sq_adjoints, const at::Tensor& x, const at::Tensor& target,
+    const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, c10::string_view activation, c10::string_view reduction,
+    bool need_grad_x);
+
+// ---- The parameter-space engine's kernels, CPU only (parameter_space_cpu.cpp). ----
+// (bound, trace, trace_sq, hessian): as forward_with_adjoints, saving the (n, n) float64 Hessian.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_with_hessian_kernel(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction);
+MlpGrads hessian_traces_backward_from_hessian_kernel(
+    const at::Tensor& grad_trace, const at::Tensor& grad_trace_sq, const at::Tensor& hessian,
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction, bool need_grad_x);
+MlpGrads ws_bound_backward_from_hessian_kernel(
+    const at::Tensor& grad_bound, const at::Tensor& trace, const at::Tensor& trace_sq,
+    const at::Tensor& hessian, const at::Tensor& x, const at::Tensor& target,
     const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
     const std::optional<at::Tensor>& b2, c10::string_view activation, c10::string_view reduction,
     bool need_grad_x);

@@ -75,18 +75,9 @@ MlpGrads ws_bound_backward_kernel(
     bool need_grad_x) {
   MlpProblem p = check_problem("torch_ws._ws_bound_backward", x, target, w1, b1, w2, b2,
                                activation, reduction, /*check_values=*/false);
-  // §6: λ = m + √(n−1)·s, so ∂λ/∂tr = 1/n − √(n−1)·m/(n·s) and ∂λ/∂tr(H²) = √(n−1)/(2n·s).
-  // Where s = 0 the bound is m and we use the gradient of m: (1/n, 0).
-  const double n = static_cast<double>(p.num_params());
-  const auto [mean, spread_sq] = ws_moments(trace, trace_sq, p.num_params());
-  at::Tensor positive = spread_sq > 0;
-  at::Tensor spread = at::where(positive, spread_sq, at::ones_like(spread_sq)).sqrt();
-  const double root = std::sqrt(n - 1);
-  at::Tensor d_trace = at::where(positive, 1 / n - root * mean / (n * spread),
-                                 at::full_like(spread, 1 / n));
-  at::Tensor d_trace_sq = at::where(positive, root / (2 * n * spread), at::zeros_like(spread));
-  at::Tensor g = grad_bound.to(at::kDouble);
-  return chain_to_inputs(p, g * d_trace, g * d_trace_sq, trace_sq_adjoints, need_grad_x);
+  const auto [d_trace, d_trace_sq] = bound_trace_grads(
+      grad_bound.to(at::kDouble), trace.to(at::kDouble), trace_sq.to(at::kDouble), p.num_params());
+  return chain_to_inputs(p, d_trace, d_trace_sq, trace_sq_adjoints, need_grad_x);
 }
 
 }  // namespace torch_ws

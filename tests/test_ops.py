@@ -1,5 +1,6 @@
 """The core ops against independent truths: an explicit Hessian from torch.func.hessian (float64),
-third-order autograd through it for gradients, gradcheck, and torch.library.opcheck."""
+third-order autograd through it for gradients, gradcheck, and torch.library.opcheck. Every test
+runs on both CPU engines: the sample-space pairwise sums and the parameter-space Hessian."""
 import math
 
 import pytest
@@ -15,6 +16,13 @@ from testing import (
 
 import torch_ws
 from torch_ws import reference
+
+
+@pytest.fixture(autouse=True, params=["sample", "parameter"])
+def engine(request, monkeypatch):
+    """Forces one engine (TORCH_WS_ENGINE) for the whole test."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", request.param)
+    return request.param
 
 
 def config_id(cfg):

@@ -8,6 +8,13 @@ from testing import make_problem, rel_err
 import torch_ws
 
 
+@pytest.fixture(autouse=True)
+def sample_space_engine(monkeypatch):
+    """Tiles belong to the sample-space engine; small problems would otherwise go to the
+    parameter-space one."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", "sample")
+
+
 def value_and_grads(p, act="tanh", red="mean"):
     bound = torch_ws.ws_bound(*p.args(), act, red)
     grads = torch.autograd.grad(bound, p.differentiable())

@@ -41,6 +41,16 @@ def _forward_with_adjoints_fake(x, target, w1, b1, w2, b2, activation, reduction
     return _scalar(x), _scalar(x, torch.float64), _scalar(x, torch.float64), adjoints
 
 
+@register_fake("torch_ws::_forward_with_hessian")
+def _forward_with_hessian_fake(x, target, w1, b1, w2, b2, activation, reduction):
+    _check_problem(x, target, w1, b1, w2, b2)
+    hidden, in_dim = w1.shape
+    n = hidden * in_dim + (hidden if b1 is not None else 0) + hidden + (1 if b2 is not None else 0)
+    # The parameter-space engine saves the n×n Hessian itself, in float64.
+    hessian = x.new_empty((n, n), dtype=torch.float64)
+    return _scalar(x), _scalar(x, torch.float64), _scalar(x, torch.float64), hessian
+
+
 def _grads_fake(x, w1, b1, w2, b2, need_grad_x):
     def like_or_empty(t, present):
         return torch.empty_like(t, memory_format=torch.contiguous_format) if present else x.new_empty((0,))
@@ -55,16 +65,18 @@ def _grads_fake(x, w1, b1, w2, b2, need_grad_x):
 
 
 @register_fake("torch_ws::_hessian_traces_backward")
+@register_fake("torch_ws::_hessian_traces_backward_from_hessian")
 def _hessian_traces_backward_fake(
-    grad_trace, grad_trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation,
+    grad_trace, grad_trace_sq, saved, x, target, w1, b1, w2, b2, activation,
     reduction, need_grad_x
 ):
     return _grads_fake(x, w1, b1, w2, b2, need_grad_x)
 
 
 @register_fake("torch_ws::_ws_bound_backward")
+@register_fake("torch_ws::_ws_bound_backward_from_hessian")
 def _ws_bound_backward_fake(
-    grad_bound, trace, trace_sq, trace_sq_adjoints, x, target, w1, b1, w2, b2, activation,
+    grad_bound, trace, trace_sq, saved, x, target, w1, b1, w2, b2, activation,
     reduction, need_grad_x
 ):
     return _grads_fake(x, w1, b1, w2, b2, need_grad_x)
