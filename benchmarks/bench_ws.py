@@ -64,7 +64,7 @@ def bench_value_and_grad(n, d, h, dtype, reps, budget_s=None, memory=True):
     methods = value_and_grad_methods(x, t, params, feasible)
     times = time_alternating(methods, reps, budget_s=budget_s)
     row = {"N": n, "D": d, "H": h, "n": num_params, "dtype": str(dtype).replace("torch.", ""),
-           "time_s": times, "peak_bytes": {}}
+           "time_s": times, "peak_bytes": {}, "engine": torch.ops.torch_ws._engine(x, params[0], True, True)}
     if memory:
         args = [str(n), str(d), str(h), row["dtype"]]
         row["peak_bytes"] = {k: peak_memory_in_subprocess(__file__, args + [k]) for k in methods}
@@ -233,7 +233,7 @@ def markdown(payload) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, {m['blas']}.",
              f"Command: `{payload['command']}`; medians of alternating repetitions.", "",
              "### Value + gradient of λ_sup", "",
-             "| N | D | H | n | dtype | torch_ws | plain PyTorch (ratio) | double-backprop (ratio) | peak mem torch_ws / plain |",
+             "| N | D | H | n | dtype | torch_ws (engine) | plain PyTorch (ratio) | double-backprop (ratio) | peak mem torch_ws / plain |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in payload["value_and_grad"]:
         t = r["time_s"]
@@ -242,7 +242,7 @@ def markdown(payload) -> str:
         db = f"{fmt_time(t['double_backprop'])} ({t['double_backprop'] / op:.0f}×)" if "double_backprop" in t else "not feasible"
         mem = r["peak_bytes"]
         mem_s = f"{fmt_bytes(mem.get('torch_ws'))} / {fmt_bytes(mem.get('plain_pytorch'))}" if mem else "—"
-        lines.append(f"| {r['N']} | {r['D']} | {r['H']} | {r['n']} | {r['dtype']} | {fmt_time(op)} | {cf} | {db} | {mem_s} |")
+        lines.append(f"| {r['N']} | {r['D']} | {r['H']} | {r['n']} | {r['dtype']} | {fmt_time(op)} ({r.get('engine', '?')}) | {cf} | {db} | {mem_s} |")
     lines += ["", "### Targets", "", "| target | ratio | required | met |", "|---|---|---|---|"]
     for tg in payload["targets"]:
         extra = "" if "lower_peak_memory" not in tg else f" (lower peak memory: {tg['lower_peak_memory']})"

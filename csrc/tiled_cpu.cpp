@@ -7,8 +7,8 @@
 // P2 = (U∘Φ0)Φ1ᵀ get their mirrored tile from one more product each. A diagonal tile is a full
 // square and counts each ordered pair once. Per tile: the Gram tiles by BLAS, one fused pass over
 // the entries (value, adjoint tiles, per-sample sums), then the adjoint products back to rows I
-// and J. Tiles run in parallel (at::parallel_for) into per-thread accumulators that are summed
-// in thread order afterwards, so the result is deterministic for a given thread count.
+// and J. Tiles run in parallel (at::parallel_for) into per-lane accumulators that are summed
+// in lane order afterwards, so the result is deterministic for a given thread count.
 #include "traces.h"
 #include "vector_clones.h"
 
@@ -251,8 +251,11 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   for (int64_t bi = 0; bi < blocks; ++bi)
     for (int64_t bj = bi; bj < blocks; ++bj) pairs.emplace_back(bi, bj);
 
-  const int num_threads = pairs.size() > 1 ? at::get_num_threads() : 1;
-  std::vector<Accumulators> accs(num_threads);
+  // Pairs are dealt round-robin to one lane per thread: lane l takes pairs l, l + lanes, ….
+  // A diagonal tile does about half the work of an off-diagonal one, and dealing spreads them
+  // evenly where contiguous ranges would not; the assignment depends only on the thread count.
+  const int64_t lanes = pairs.size() > 1 ? at::get_num_threads() : 1;
+  std::vector<Accumulators> accs(lanes);
   auto opts = f.x.options();
   for (auto& acc : accs) {
     if (with_adjoints) {
@@ -267,29 +270,29 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   }
 
   AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "torch_ws_pairwise_tiled_cpu", [&] {
-    auto work = [&](int64_t begin, int64_t end) {
-      const int thread = pairs.size() > 1 ? at::get_thread_num() : 0;
-      Accumulators& acc = accs[thread];
+    auto work = [&](int64_t lane_begin, int64_t lane_end) {
       // Work arrays for one tile, reused across this thread's tiles.
       std::vector<at::Tensor> gram(kNumGram), adj(kNumGram);
       for (int k = 0; k < kNumGram; ++k) {
         gram[k] = at::empty({tile * tile}, opts);
         if (with_adjoints) adj[k] = at::empty({tile * tile}, opts);
       }
-      for (int64_t t = begin; t < end; ++t) {
-        const auto [bi, bj] = pairs[t];
-        run_tile<scalar_t>(in, acc, gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
-                           bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
+      for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
+        for (size_t t = lane; t < pairs.size(); t += lanes) {
+          const auto [bi, bj] = pairs[t];
+          run_tile<scalar_t>(in, accs[lane], gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
+                             bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
+        }
       }
     };
-    if (pairs.size() == 1) {
-      work(0, 1);  // small-problem path: no parallel region, BLAS keeps its own threads
+    if (lanes == 1) {
+      work(0, 1);  // one tile or one thread: no parallel region, BLAS keeps its own threads
     } else {
-      at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, work);
+      at::parallel_for(0, lanes, 1, work);
     }
   });
 
-  // Deterministic reduction in thread order.
+  // Deterministic reduction in lane order.
   PairwiseResult out;
   double trace_sq = 0;
   for (const auto& acc : accs) trace_sq += acc.trace_sq;
