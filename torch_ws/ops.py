@@ -27,8 +27,10 @@ def hessian_traces(
 
     The model is ``Linear(D, H) → activation → Linear(H, 1)`` with ``BCEWithLogitsLoss``; H is
     the n×n Hessian of that loss with respect to θ = (w1, b1, w2, b2), n = :func:`num_params`.
-    tr H is the sum of its eigenvalues, tr H² = ‖H‖_F² the sum of their squares; the cost is
-    O(N²(D + H)) time and O(N²) memory, never n×n.
+    tr H is the sum of its eigenvalues, tr H² = ‖H‖_F² the sum of their squares. Two exact
+    engines compute them, chosen by arithmetic count (``TORCH_WS_ENGINE`` forces one): pairwise
+    sums over N×N Gram-matrix tiles, O(N²(D + H)) time and O(N(D + H) + T²) memory; or, on the
+    CPU for small networks (n ≤ 4096), the n×n Hessian assembled in closed form, O(N·n²) time.
 
     Args:
         x: inputs, (N, D), float32 or float64.
