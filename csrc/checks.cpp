@@ -35,11 +35,6 @@ void check_shape(const char* op, const char* name, const at::Tensor& t,
 
 }  // namespace
 
-int64_t MlpProblem::num_params() const {
-  const int64_t hidden = w1.size(0), in_dim = w1.size(1);
-  return hidden * in_dim + (b1 ? hidden : 0) + hidden + (b2 ? 1 : 0);
-}
-
 MlpProblem check_problem(const char* op, const at::Tensor& x, const at::Tensor& target,
                          const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2,

@@ -45,11 +45,11 @@ TORCH_LIBRARY(torch_ws, m) {
       "Tensor hessian, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "str activation, str reduction, bool need_grad_x) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Introspection for benchmarks and tests: the tile size the CPU engine uses for N samples (TORCH_WS_TILE_SIZE or the
-  // automatic choice), so benchmarks report the tile actually used.
+  // Introspection for benchmarks and tests: the tile size the CPU engine uses for N samples
+  // (TORCH_WS_TILE_SIZE or the automatic choice).
   m.def("_tile_size(int num_samples) -> int", &torch_ws::tile_size_for);
-  // Introspection: the engine ("sample" or "parameter") a problem of these shapes and device
-  // gets (TORCH_WS_ENGINE or the automatic choice).
+  // The engine ("sample" or "parameter") a problem of these shapes and device gets
+  // (TORCH_WS_ENGINE or the automatic choice).
   m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2) -> str",
         [](const at::Tensor& x, const at::Tensor& w1, bool has_b1, bool has_b2) -> std::string {
           return torch_ws::engine_for(x, w1, has_b1, has_b2) == torch_ws::Engine::ParameterSpace

@@ -5,9 +5,9 @@
 // network the n×n Hessian itself is the smaller object, so this engine assembles it in closed form
 // from the per-sample tangents g_i = ∇θ z_i and the sparse blocks of M_i, in O(N·n²) work and
 // O(n²) memory, and reads tr H and tr(H²) off it. At the papers' scale (N = 200, n = 41) that is
-// about ten times less arithmetic than the pairwise sums, and everything (features, assembly, the
-// backward chain) runs in one fused loop per sample with no intermediate tensors, which matters
-// more still: there, a few dozen small tensor operations would cost more than the arithmetic.
+// about ten times less arithmetic than the pairwise sums. It also matters more there that the
+// work runs in fused loops over the samples: a few dozen small tensor operations would cost more
+// than the arithmetic. Only φ^(k)(A) goes through tensors (the vectorized activation table).
 //
 // The backward: with L = ḡ_tr·tr H + ḡ_sq·tr(H²), ∂L/∂H = H̄ = ḡ_tr·I + 2ḡ_sq·H, and
 // L changes with sample i through L_i = s_i g_iᵀH̄g_i + e_i⟨H̄, M_i⟩ (H̄ held fixed). So the
@@ -15,7 +15,6 @@
 #include "traces.h"
 #include "vector_clones.h"
 
-#include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -43,7 +42,7 @@ Engine engine_for(const at::Tensor& x, const at::Tensor& w1, bool has_b1, bool h
     return Engine::SampleSpace;
   }
   const int64_t n = x.size(0), in_dim = x.size(1), hidden = w1.size(0);
-  const int64_t num_params = hidden * in_dim + (has_b1 ? hidden : 0) + hidden + (has_b2 ? 1 : 0);
+  const int64_t num_params = count_params(hidden, in_dim, has_b1, has_b2);
   const bool cpu = x.device().is_cpu();
   if (setting == Engine::ParameterSpace) {
     TORCH_CHECK(cpu, "torch_ws: TORCH_WS_ENGINE=parameter runs on the CPU only, but x is on ",
@@ -145,10 +144,10 @@ class SampleEvaluator {
     out.phi3 = phi[3] ? phi[3] + i * H : nullptr;
     double z = b2_;
     for (int64_t k = 0; k < H; ++k) z += w2[k] * out.phi0[k];
-    // s uses σ(z)σ(−z): no cancellation when σ saturates.
-    out.y = primitives::sigmoid(z);
-    out.s = scale_ * out.y * primitives::sigmoid(-z);
-    out.e = scale_ * (out.y - target[i]);
+    const LogitTerms<double> logit = logit_terms(z, target[i], scale_);
+    out.y = logit.y;
+    out.s = logit.s;
+    out.e = logit.e;
     // g_i: ∂z/∂W1_k = w2_k φ'(a_k) x̃, ∂z/∂w2_k = φ(a_k), ∂z/∂b2 = 1.
     for (int64_t k = 0; k < H; ++k) {
       const double u = w2[k] * out.phi1[k];

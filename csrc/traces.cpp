@@ -26,9 +26,10 @@ SampleFeatures sample_features(const MlpProblem& p, bool for_backward) {
   at::Tensor z = at::mv(f.phi0, w2);
   if (p.b2) z = z + *p.b2;
   f.scale = p.reduction == Reduction::Mean ? 1.0 / static_cast<double>(p.num_samples()) : 1.0;
-  f.y = at::sigmoid(z);
-  f.s = f.scale * (f.y * at::sigmoid(-z));  // σ(z)σ(−z): no cancellation when σ saturates
-  f.e = f.scale * (f.y - p.target);
+  LogitTerms<at::Tensor> logit = logit_terms(z, p.target, f.scale);
+  f.y = logit.y;
+  f.s = logit.s;
+  f.e = logit.e;
   f.has_b1 = p.b1.has_value();
   f.has_b2 = p.b2.has_value();
   return f;

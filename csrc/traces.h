@@ -22,6 +22,26 @@ namespace torch_ws {
 
 enum class Reduction { Mean, Sum };
 
+// n = H·D + H·[b1] + H + [b2]: the length of θ and the size of the Hessian.
+inline int64_t count_params(int64_t hidden, int64_t in_dim, bool has_b1, bool has_b2) {
+  return hidden * in_dim + (has_b1 ? hidden : 0) + hidden + (has_b2 ? 1 : 0);
+}
+
+// The loss's derivatives in the logit z (math.md §2): y = σ(z), s = c·y(1 − y) computed as
+// c·σ(z)σ(−z) (no cancellation when σ saturates), e = c·(y − t). For tensors (the sample-space
+// engines) and for one double (the parameter-space engine).
+template <typename T>
+struct LogitTerms {
+  T y, s, e;
+};
+template <typename T, typename Target>
+LogitTerms<T> logit_terms(const T& z, const Target& target, double scale) {
+  T y = primitives::sigmoid(z);
+  T s = scale * (y * primitives::sigmoid(-z));
+  T e = scale * (y - target);
+  return {y, s, e};
+}
+
 // The checked arguments of every op: shapes, dtypes, devices and option strings validated once.
 struct MlpProblem {
   at::Tensor x;                  // (N, D)
@@ -34,8 +54,9 @@ struct MlpProblem {
   Reduction reduction;
 
   int64_t num_samples() const { return x.size(0); }
-  // n = H·D + H·[b1] + H + [b2]: the length of θ and the size of the Hessian.
-  int64_t num_params() const;
+  int64_t num_params() const {
+    return count_params(w1.size(0), w1.size(1), b1.has_value(), b2.has_value());
+  }
 };
 
 // Validates the arguments with TORCH_CHECK (messages say what was expected and what arrived).
