@@ -48,6 +48,8 @@ TORCH_LIBRARY(torch_ws, m) {
   // Introspection for benchmarks and tests: the tile size the CPU engine uses for N samples
   // (TORCH_WS_TILE_SIZE or the automatic choice).
   m.def("_tile_size(int num_samples) -> int", &torch_ws::tile_size_for);
+  // How many threads the tiled engine's lanes really run on (tests: the build has OpenMP).
+  m.def("_parallel_threads() -> int", &torch_ws::parallel_threads);
   // The engine ("sample" or "parameter") a problem of these shapes and device gets
   // (TORCH_WS_ENGINE or the automatic choice).
   m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2) -> str",

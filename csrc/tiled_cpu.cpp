@@ -13,7 +13,9 @@
 #include "vector_clones.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
+#include <set>
 #include <vector>
 
 namespace torch_ws {
@@ -270,7 +272,11 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   }
 
   AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "torch_ws_pairwise_tiled_cpu", [&] {
+    // OpenMP's worker threads do not inherit the caller's thread-local state (grad mode, the
+    // dispatch keys the autograd kernel has excluded), so each lane takes it over.
+    const at::ThreadLocalState caller_state;
     auto work = [&](int64_t lane_begin, int64_t lane_end) {
+      const at::ThreadLocalStateGuard state_guard(caller_state);
       // Work arrays for one tile, reused across this thread's tiles.
       std::vector<at::Tensor> gram(kNumGram), adj(kNumGram);
       for (int k = 0; k < kNumGram; ++k) {
@@ -322,6 +328,15 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   a.e = total.e;
   out.adjoints = std::move(a);
   return out;
+}
+
+int64_t parallel_threads() {
+  const int64_t lanes = at::get_num_threads();
+  std::vector<int> thread_of_lane(lanes, 0);
+  at::parallel_for(0, lanes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t lane = begin; lane < end; ++lane) thread_of_lane[lane] = at::get_thread_num();
+  });
+  return static_cast<int64_t>(std::set<int>(thread_of_lane.begin(), thread_of_lane.end()).size());
 }
 
 }  // namespace torch_ws

@@ -113,6 +113,10 @@ int64_t tile_setting();
 // The tile size the CPU engine uses for N samples (the setting, or the automatic choice).
 // Registered as torch_ws::_tile_size for benchmarks.
 int64_t tile_size_for(int64_t num_samples);
+// How many distinct threads run the lanes of an at::parallel_for given one lane per thread:
+// at::get_num_threads() when this library was built with OpenMP, 1 when the parallel loops
+// silently run serially. Registered as torch_ws::_parallel_threads for tests.
+int64_t parallel_threads();
 // Chooses the engine: tiled on CPU, whole matrices on other devices or with the "whole" setting.
 PairwiseResult pairwise_trace_sq(const SampleFeatures& f, bool with_adjoints);
 

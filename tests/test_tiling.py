@@ -58,6 +58,17 @@ def test_result_does_not_depend_on_thread_count(monkeypatch):
         assert rel_err(a, b) <= 1e-13
 
 
+def test_tiles_really_run_in_parallel():
+    """at::parallel_for is compiled into the extension: built without OpenMP it runs the lanes
+    one after the other on one thread, and the test above would pass all the same."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.ops.torch_ws._parallel_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_float32_tiled_matches_float64(monkeypatch):
     monkeypatch.setenv("TORCH_WS_TILE_SIZE", "32")
     p64 = make_problem(n=200, d=5, h=16, seed=4, requires_grad=True)
