@@ -233,7 +233,8 @@ def check_targets(rows):
         ratio = row["time_s"][method] / row["time_s"]["torch_ws"]
         entry = {"target": label, "ratio": ratio, "required": target, "met": ratio >= target}
         if method == "double_backprop" and "autograd_floor" in row["time_s"]:
-            entry["floor_ratio"] = row["time_s"][method] / row["time_s"]["autograd_floor"]
+            entry["floor_s"] = row["time_s"]["autograd_floor"]
+            entry["floor_ratio"] = row["time_s"][method] / entry["floor_s"]
         if key == (1024, 64, 128, "float32") and row["peak_bytes"]:
             mem_ok = (row["peak_bytes"]["torch_ws"] or 0) < (row["peak_bytes"]["plain_pytorch"] or 0)
             entry["lower_peak_memory"] = mem_ok
@@ -263,12 +264,10 @@ def markdown(payload) -> str:
         lines.append(f"| {tg['target']} | {tg['ratio']:.1f}× | ≥ {tg['required']}× | {'yes' if tg['met'] else '**no**'}{extra} |")
     for tg in payload["targets"]:
         if "floor_ratio" in tg:
-            row = find_row(payload["value_and_grad"], (200, 2, 10, "float64"))
-            lines += ["", f"Floor for the first target: in the same alternation, a trivial autograd call over the same "
-                          f"four parameters (one sum each, then backward) took {fmt_time(row['time_s']['autograd_floor'])}, "
+            lines += ["", f"Floor for \"{tg['target']}\": in the same alternation, a trivial autograd call over "
+                          f"the same four parameters (one sum each, then backward) took {fmt_time(tg['floor_s'])}, "
                           f"so an op costing no more than that would show double-backprop / op = "
                           f"**{tg['floor_ratio']:.0f}×** on this machine."]
-            break
     if payload.get("estimators"):
         lines += ["", "### Numerical estimators (value only)", "",
                   "| N | D | H | n | method | time | relative error |", "|---|---|---|---|---|---|---|"]
