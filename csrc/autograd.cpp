@@ -59,6 +59,13 @@ Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad : at::zeros({}, like.options());
 }
 
+// The backward ops' names: looked up for the engines below, and template arguments of their
+// autograd kernels at the end of this file.
+constexpr char kTracesBackward[] = "torch_ws::_hessian_traces_backward";
+constexpr char kBoundBackward[] = "torch_ws::_ws_bound_backward";
+constexpr char kTracesBackwardFromHessian[] = "torch_ws::_hessian_traces_backward_from_hessian";
+constexpr char kBoundBackwardFromHessian[] = "torch_ws::_ws_bound_backward_from_hessian";
+
 // The ops of one engine: the forward that autograd runs, returning (bound, float64 traces, the
 // tensor the backward needs), and the backward ops that read that tensor: the packed per-sample
 // tr(H²) adjoints in the sample space, the n×n Hessian in the parameter space. Both sets share
@@ -72,13 +79,12 @@ struct EngineOps {
 const EngineOps& engine_ops(Engine engine) {
   static const EngineOps sample{
       find_op<decltype(forward_with_adjoints_kernel)>("torch_ws::_forward_with_adjoints"),
-      find_op<decltype(hessian_traces_backward_kernel)>("torch_ws::_hessian_traces_backward"),
-      find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward")};
+      find_op<decltype(hessian_traces_backward_kernel)>(kTracesBackward),
+      find_op<decltype(ws_bound_backward_kernel)>(kBoundBackward)};
   static const EngineOps parameter{
       find_op<decltype(forward_with_adjoints_kernel)>("torch_ws::_forward_with_hessian"),
-      find_op<decltype(hessian_traces_backward_kernel)>(
-          "torch_ws::_hessian_traces_backward_from_hessian"),
-      find_op<decltype(ws_bound_backward_kernel)>("torch_ws::_ws_bound_backward_from_hessian")};
+      find_op<decltype(hessian_traces_backward_kernel)>(kTracesBackwardFromHessian),
+      find_op<decltype(ws_bound_backward_kernel)>(kBoundBackwardFromHessian)};
   return engine == Engine::ParameterSpace ? parameter : sample;
 }
 
@@ -197,12 +203,6 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
   const Engine engine = engine_for(x, w1, b1.has_value(), b2.has_value());
   return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, engine)[0];
 }
-
-// The backward ops' names, as template arguments of their autograd kernels below.
-constexpr char kTracesBackward[] = "torch_ws::_hessian_traces_backward";
-constexpr char kBoundBackward[] = "torch_ws::_ws_bound_backward";
-constexpr char kTracesBackwardFromHessian[] = "torch_ws::_hessian_traces_backward_from_hessian";
-constexpr char kBoundBackwardFromHessian[] = "torch_ws::_ws_bound_backward_from_hessian";
 
 template <const char* kOpName>
 MlpGrads traces_backward_autograd(
