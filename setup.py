@@ -1,38 +1,57 @@
-"""Builds the C++ extension torch_ws._C (the ops register themselves when it is imported).
+"""Builds the torch_ws Python package around the one C++ library.
 
-Install with `pip install --no-build-isolation -e .` so that the extension is compiled against the
-torch already installed; `DEBUG=1` builds with -O0 -g.
+The ops live in libtorch_ws.so, built by CMakeLists.txt (the same library LibTorch users link).
+This script runs that CMake build in build/cmake (incremental: a library built by `make` is reused)
+and ships the library inside the package as torch_ws/lib/libtorch_ws.so, where
+torch_ws/_library.py loads it with torch.ops.load_library. No source is compiled twice.
+
+Build against the torch that is installed (build isolation would pull another one):
+    pip install --no-build-isolation -e .            # development, in place
+    pip wheel --no-build-isolation --no-deps -w dist .  # a wheel
+Needs cmake >= 3.18 and a C++17 compiler; ninja is used when present. DEBUG=1 builds with -O0 -g.
+`pip install -v` shows the compiler's progress.
 """
-import glob
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import torch
-from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-debug = os.environ.get("DEBUG", "0") == "1"
-cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
-# -fopenmp-simd: honour `#pragma omp simd` (vectorized reductions) without an OpenMP runtime.
-cxx_flags += ["-std=c++17", "-fopenmp-simd", "-fdiagnostics-color=always"]
-link_flags = ["-g"] if debug else []
-# at::parallel_for is a header template: with torch's OpenMP backend it is a `#pragma omp
-# parallel` compiled into this extension, so without -fopenmp it silently runs on one thread.
-if "parallel backend: OpenMP" in torch.__config__.parallel_info():
-    cxx_flags.append("-fopenmp")
-    link_flags.append("-fopenmp")
+ROOT = Path(__file__).parent.resolve()
+CMAKE_BUILD_DIR = Path(os.environ.get("TORCH_WS_CMAKE_BUILD_DIR", ROOT / "build" / "cmake"))
 
-# The same sources as the LibTorch library built by CMakeLists.txt, plus the Python module stub.
-sources = sorted(glob.glob("csrc/*.cpp"))
+
+class CMakeLibrary(Extension):
+    """The shared library that CMake builds; not a Python extension module."""
+
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class BuildWithCMake(build_ext):
+    def get_ext_filename(self, ext_name):
+        # A plain shared library, loaded by path: no Python ABI suffix.
+        return os.path.join(*ext_name.split(".")) + ".so"
+
+    def build_extension(self, ext):
+        build_type = "Debug" if os.environ.get("DEBUG", "0") == "1" else "Release"
+        configure = ["cmake", "-S", str(ROOT), "-B", str(CMAKE_BUILD_DIR),
+                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+                     f"-DCMAKE_BUILD_TYPE={build_type}"]
+        if shutil.which("ninja") and not (CMAKE_BUILD_DIR / "CMakeCache.txt").exists():
+            configure += ["-G", "Ninja"]
+        subprocess.run(configure, check=True)
+        subprocess.run(["cmake", "--build", str(CMAKE_BUILD_DIR), "--target", "torch_ws",
+                        "--parallel", str(os.cpu_count() or 1)], check=True)
+        target = Path(self.get_ext_fullpath(ext.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(CMAKE_BUILD_DIR / "libtorch_ws.so", target)  # follows the soname links
+
 
 setup(
-    ext_modules=[
-        CppExtension(
-            "torch_ws._C",
-            sources,
-            include_dirs=[os.path.abspath("include")],
-            extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=link_flags,
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=[CMakeLibrary("torch_ws.lib.libtorch_ws")],
+    cmdclass={"build_ext": BuildWithCMake},
 )

@@ -8,13 +8,16 @@ backward, so the bound can be trained against directly (HSR regularization).
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the C++ library, which registers torch.ops.torch_ws)
-from . import _fake  # noqa: F401  (fake kernels for torch.compile and opcheck)
-from .ops import ACTIVATIONS, REDUCTIONS, WSBounds, hessian_traces, num_params, ws_bound, ws_bounds
+from . import _library
+
+_library.load()  # registers torch.ops.torch_ws (CPU, CUDA, Meta and Autograd kernels)
+
+from .ops import ACTIVATIONS, LOSSES, REDUCTIONS, WSBounds, hessian_traces, num_params, ws_bound, ws_bounds
 from .regularizer import HSRRegularizer
 
 __all__ = [
     "ACTIVATIONS",
+    "LOSSES",
     "REDUCTIONS",
     "WSBounds",
     "HSRRegularizer",

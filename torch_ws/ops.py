@@ -1,16 +1,17 @@
 """Thin, documented Python entry points to the ``torch.ops.torch_ws`` C++ ops."""
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-#: Activations the closed form supports (the C++ table in csrc/activations.h is the source).
-ACTIVATIONS = ("linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh")
+#: Activations the closed form supports (read from the C++ table, csrc/core/activations.h).
+ACTIVATIONS = tuple(torch.ops.torch_ws._supported("activation"))
 #: Loss reductions, as in ``torch.nn.BCEWithLogitsLoss``.
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = tuple(torch.ops.torch_ws._supported("reduction"))
+#: Output losses (the C++ table, csrc/core/losses.h); "bce" is ``BCEWithLogitsLoss``.
+LOSSES = tuple(torch.ops.torch_ws._supported("loss"))
 
 
 def hessian_traces(
@@ -74,25 +75,20 @@ def ws_bound(
 
 
 def num_params(w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor]) -> int:
-    """n = H·D + H·[b1] + H + [b2]: the number of parameters, i.e. the Hessian's size."""
+    """n = H·D + H·[b1] + C·H + C·[b2]: the number of parameters, i.e. the Hessian's size.
+
+    ``w1`` is (H, D), ``w2`` is (C, H); a ``None`` bias is a parameter that does not exist."""
+    if w1.dim() != 2 or w2.dim() != 2:
+        raise ValueError(
+            f"num_params: expected w1 (H, D) and w2 (C, H), got shapes {tuple(w1.shape)} and "
+            f"{tuple(w2.shape)}"
+        )
     hidden, in_dim = w1.shape
-    return hidden * in_dim + (hidden if b1 is not None else 0) + w2.shape[-1] + (
-        1 if b2 is not None else 0
-    )
-
-
-def mean_and_spread(trace: Tensor, trace_sq: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """m = tr/n and s = √(tr(H²)/n − m²) of an n×n spectrum (s = 0 where rounding makes s²
-    ≤ 0, with the gradient of m there: sqrt's infinite slope at 0 is routed through a constant)."""
-    mean = trace / n
-    spread_sq = trace_sq / n - mean * mean
-    positive = spread_sq > 0
-    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
-    return mean, spread
+    return torch.ops.torch_ws._num_params(in_dim, hidden, w2.shape[0], b1 is not None, b2 is not None)
 
 
 class WSBounds(NamedTuple):
-    """All Wolkowicz-Styan bounds on the loss Hessian's spectrum (math.md §5).
+    """All Wolkowicz-Styan bounds on the loss Hessian's spectrum (docs/math.md §5).
 
     ``lambda_max_lower ≤ λ_max ≤ lambda_max_upper``, ``lambda_min_lower ≤ λ_min ≤
     lambda_min_upper`` and ``λ_max − λ_min ≤ spread_upper``; ``trace`` = tr H,
@@ -129,18 +125,5 @@ def ws_bounds(
     """
     trace, trace_sq = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction)
     n = num_params(w1, b1, w2, b2)
-    mean, spread = mean_and_spread(trace.double(), trace_sq.double(), n)
-    root = math.sqrt(n - 1)
-    out = dict(
-        lambda_max_upper=mean + spread * root,
-        lambda_max_lower=mean + spread / root,
-        lambda_min_lower=mean - spread * root,
-        lambda_min_upper=mean - spread / root,
-        spread_upper=spread * math.sqrt(2 * n),
-    )
-    return WSBounds(
-        **{k: v.to(x.dtype) for k, v in out.items()},
-        trace=trace,
-        trace_sq=trace_sq,
-        num_params=n,
-    )
+    bounds = torch.ops.torch_ws._ws_bounds_from_traces(trace, trace_sq, n)
+    return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)

@@ -3,7 +3,7 @@
 - :func:`explicit_hessian`: the n×n loss Hessian by ``torch.func.hessian`` (the ground truth).
 - :func:`ws_bound_explicit`: the WS bound from that Hessian (differentiable by third-order
   autograd: the "double-backprop" baseline).
-- :func:`hessian_traces_closed_form` / :func:`ws_bound_closed_form`: math.md §4–§5 in plain
+- :func:`hessian_traces_closed_form` / :func:`ws_bound_closed_form`: docs/math.md §4–§5 in plain
   PyTorch ops, differentiated by autograd (the "plain-PyTorch" baseline and second opinion).
 """
 from __future__ import annotations
@@ -69,10 +69,18 @@ def explicit_hessian(x, target, w1, b1, w2, b2, activation="tanh", reduction="me
     return torch.func.hessian(loss_of)(theta)
 
 
+def mean_and_spread(trace: Tensor, trace_sq: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """m = tr/n and s = √(tr(H²)/n − m²) of an n×n spectrum (s = 0 where rounding makes s²
+    ≤ 0, with the gradient of m there: sqrt's infinite slope at 0 is routed through a constant)."""
+    mean = trace / n
+    spread_sq = trace_sq / n - mean * mean
+    positive = spread_sq > 0
+    spread = torch.where(positive, torch.where(positive, spread_sq, 1.0).sqrt(), 0.0)
+    return mean, spread
+
+
 def ws_upper_from_traces(trace: Tensor, trace_sq: Tensor, n: int) -> Tensor:
     """λ_sup = m + s√(n−1) from traces, with the s = 0 gradient defined as m's."""
-    from .ops import mean_and_spread
-
     mean, spread = mean_and_spread(trace, trace_sq, n)
     return mean + math.sqrt(n - 1) * spread
 
@@ -103,7 +111,7 @@ def _activation_derivatives(activation: str, pre: Tensor) -> list[Tensor]:
 def hessian_traces_closed_form(
     x, target, w1, b1, w2, b2, activation="tanh", reduction="mean"
 ) -> tuple[Tensor, Tensor]:
-    """(tr H, tr H²) by math.md §4 written in plain PyTorch ops (autograd differentiates it)."""
+    """(tr H, tr H²) by docs/math.md §4 written in plain PyTorch ops (autograd differentiates it)."""
     n_samples = x.shape[0]
     target = target.reshape(-1)
     c = 1.0 / n_samples if reduction == "mean" else 1.0

@@ -8,37 +8,24 @@ from torch import Tensor, nn
 
 from .ops import REDUCTIONS, num_params, ws_bound
 
-_SUPPORTED = "nn.Identity, nn.Sigmoid, nn.Tanh, nn.Softplus(beta=1, threshold=20), nn.GELU (approximate 'none' or 'tanh'), nn.SiLU"
-
-
 def activation_name(module: nn.Module) -> str:
-    """The torch_ws activation name of a smooth activation module, or a ValueError naming the
-    supported ones (ReLU and friends are refused: the bound needs φ'' and φ''')."""
-    if isinstance(module, nn.Identity):
-        return "linear"
-    if isinstance(module, nn.Sigmoid):
-        return "sigmoid"
-    if isinstance(module, nn.Tanh):
-        return "tanh"
-    if isinstance(module, nn.SiLU):
-        return "silu"
+    """The torch_ws activation name of a smooth activation module, or a ValueError saying why the
+    module is refused (ReLU and its kin are not smooth: the bound needs the second and third
+    derivatives).
+
+    The mapping is the C++ one (csrc/core/modules.h) that LibTorch's ``torch_ws::HSRRegularizer``
+    uses too, so both accept the same models."""
+    options = {}
     if isinstance(module, nn.GELU):
-        return "gelu" if module.approximate == "none" else "gelu_tanh"
+        options["approximate"] = module.approximate
     if isinstance(module, nn.Softplus):
-        if module.beta != 1 or module.threshold != 20:
-            raise ValueError(
-                f"HSRRegularizer supports nn.Softplus only with beta=1 and threshold=20 (the "
-                f"exact softplus), got beta={module.beta}, threshold={module.threshold}"
-            )
-        return "softplus"
-    if isinstance(module, (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.PReLU, nn.ELU)):
-        raise ValueError(
-            f"HSRRegularizer: {type(module).__name__} is not smooth (its second derivative is "
-            f"zero or undefined), so the closed-form Hessian does not apply; use one of: {_SUPPORTED}"
+        options.update(beta=float(module.beta), threshold=float(module.threshold))
+    try:
+        return torch.ops.torch_ws._activation_for_module(
+            "HSRRegularizer", type(module).__name__, "nn.", **options
         )
-    raise ValueError(
-        f"HSRRegularizer: unsupported activation {type(module).__name__}; expected one of: {_SUPPORTED}"
-    )
+    except ValueError as error:  # keep the C++ message, drop the C++ backtrace
+        raise ValueError(str(error).split("\nException raised from")[0]) from None
 
 
 class HSRRegularizer(nn.Module):

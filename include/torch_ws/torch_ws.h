@@ -34,12 +34,26 @@ std::tuple<at::Tensor, at::Tensor> hessian_traces(
     const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
     std::string_view reduction = "mean");
 
+// Every Wolkowicz-Styan bound on the loss Hessian's spectrum, with m = tr H / n and
+// s = √(tr H²/n − m²): m + s/√(n−1) ≤ λ_max ≤ m + s·√(n−1), m − s·√(n−1) ≤ λ_min ≤ m − s/√(n−1),
+// λ_max − λ_min ≤ s·√(2n). Every tensor field is differentiable; arguments as for ws_bound.
+struct WSBounds {
+  at::Tensor lambda_max_upper, lambda_max_lower, lambda_min_lower, lambda_min_upper, spread_upper;
+  at::Tensor trace, trace_sq;
+  int64_t num_params;
+};
+WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                   const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                   const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
+                   std::string_view reduction = "mean");
+
 // HSR regularization: the WS bound of a three-layer MLP at its current parameters.
 //   torch::nn::Sequential model(torch::nn::Linear(2, 10), torch::nn::Tanh(), torch::nn::Linear(10, 1));
 //   torch_ws::HSRRegularizer reg(model);
 //   auto loss = bce(model->forward(x).squeeze(-1), y) + rho * reg(x, y);
 // Supported activations: Identity, Sigmoid, Tanh, Softplus (beta 1, threshold 20), GELU
-// ("none" or "tanh"), SiLU; anything else throws c10::Error naming them.
+// ("none" or "tanh"), SiLU, the same as the Python HSRRegularizer; anything else (ReLU and other
+// non-smooth activations with the reason) throws c10::ValueError naming them.
 class HSRRegularizer {
  public:
   explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean");

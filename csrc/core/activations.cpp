@@ -15,14 +15,21 @@ std::string supported_activations() {
   return names;
 }
 
-Activation parse_activation(std::string_view name) {
+Activation parse_activation(std::string_view op, std::string_view name) {
   for (const auto& entry : kActivations) {
     if (name == entry.name) return entry.activation;
   }
-  TORCH_CHECK(false, "torch_ws: unknown activation '", std::string(name), "'; expected one of: ",
+  TORCH_CHECK(false, op, ": unknown activation '", std::string(name), "'; expected one of: ",
               supported_activations(),
               " (ReLU and other non-smooth activations have no second derivative, so the closed "
               "form does not apply)");
+}
+
+const char* activation_name(Activation activation) {
+  for (const auto& entry : kActivations) {
+    if (entry.activation == activation) return entry.name;
+  }
+  TORCH_INTERNAL_ASSERT(false, "activation missing from kActivations");
 }
 
 }  // namespace torch_ws

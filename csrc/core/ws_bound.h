@@ -1,5 +1,5 @@
-// The Wolkowicz-Styan upper bound λ_sup = m + s·√(n−1) and its derivatives in the traces
-// (math.md §5–§6), written once for two value types: 0-d float64 tensors (any device, no host
+// The Wolkowicz-Styan bounds (λ_sup = m + s·√(n−1) and the four others) and the derivatives of
+// λ_sup in the traces (docs/math.md §5 and §7), written once for two value types: 0-d float64 tensors (any device, no host
 // sync) and doubles (the CPU parameter-space engine, where a dozen 0-d tensor operations would
 // cost more than all of its arithmetic at the papers' scale).
 #pragma once
@@ -19,6 +19,9 @@ inline double clamp_min(double v, double lo) { return v < lo ? lo : v; }  // NaN
 inline at::Tensor where(const at::Tensor& c, const at::Tensor& a, double b) {
   return at::where(c, a, b);
 }
+inline at::Tensor where(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  return at::where(c, a, b);
+}
 inline double where(bool c, double a, double b) { return c ? a : b; }
 }  // namespace primitives
 
@@ -35,13 +38,39 @@ WsMoments<T> ws_moments(const T& trace, const T& trace_sq, int64_t num_params) {
   return {mean, trace_sq / n - mean * mean};
 }
 
-// λ_sup from the traces; s² is clamped at 0 because rounding can make it slightly negative.
+// s = √max(s², 0). Where s² ≤ 0 (a spectrum with one value, or rounding) the bounds collapse to m;
+// sqrt's infinite slope at 0 is routed through a constant there, so differentiating through this
+// (ws_bounds) gives the gradient of m, as bound_trace_grads does. NaN propagates (s²·0).
+template <typename T>
+T ws_spread(const WsMoments<T>& moments) {
+  namespace fn = primitives;
+  const auto positive = moments.spread_sq > 0;
+  return fn::where(positive, fn::sqrt(fn::where(positive, moments.spread_sq, 1.0)),
+                   moments.spread_sq * 0.0);
+}
+
+// λ_sup from the traces.
 template <typename T>
 T ws_upper_bound(const T& trace, const T& trace_sq, int64_t num_params) {
-  namespace fn = primitives;
   const WsMoments<T> moments = ws_moments(trace, trace_sq, num_params);
-  return moments.mean +
-         std::sqrt(static_cast<double>(num_params) - 1) * fn::sqrt(fn::clamp_min(moments.spread_sq, 0));
+  return moments.mean + std::sqrt(static_cast<double>(num_params) - 1) * ws_spread(moments);
+}
+
+// Every Wolkowicz-Styan bound (docs/math.md §5): λ_max ∈ [lambda_max_lower, lambda_max_upper],
+// λ_min ∈ [lambda_min_lower, lambda_min_upper], λ_max − λ_min ≤ spread_upper.
+template <typename T>
+struct WsBounds {
+  T lambda_max_upper, lambda_max_lower, lambda_min_lower, lambda_min_upper, spread_upper;
+};
+
+template <typename T>
+WsBounds<T> ws_bounds_from_traces(const T& trace, const T& trace_sq, int64_t num_params) {
+  const double n = static_cast<double>(num_params), root = std::sqrt(n - 1);
+  const WsMoments<T> moments = ws_moments(trace, trace_sq, num_params);
+  const T spread = ws_spread(moments);
+  return {moments.mean + spread * root, moments.mean + spread / root,
+          moments.mean - spread * root, moments.mean - spread / root,
+          spread * std::sqrt(2 * n)};
 }
 
 // (∂λ_sup/∂tr H, ∂λ_sup/∂tr(H²)) times grad_bound (§6): λ = m + √(n−1)·s, so

@@ -1,4 +1,4 @@
-// The one table of smooth activations φ (math.md §4): names, parsing, and φ, φ', φ'', φ'''.
+// The one table of smooth activations φ (docs/math.md §3): names, parsing, and φ, φ', φ'', φ'''.
 //
 // The formulas are written once, as a template over the value type: at::Tensor (elementwise, any
 // device; the sample-space engines) and double (one value at a time; the parameter-space engine's
@@ -35,8 +35,11 @@ inline constexpr std::array<ActivationEntry, 7> kActivations = {{
 // "linear, sigmoid, ..." for error messages.
 std::string supported_activations();
 
-// Raises c10::Error naming the supported activations when `name` is not one of them.
-Activation parse_activation(std::string_view name);
+// Raises c10::Error, its message starting with `op`, naming the supported activations when
+// `name` is not one of them.
+Activation parse_activation(std::string_view op, std::string_view name);
+// The table's name of an activation.
+const char* activation_name(Activation activation);
 
 // The primitives the table needs, for each value type.
 namespace primitives {

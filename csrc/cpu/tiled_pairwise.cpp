@@ -1,20 +1,24 @@
-// The CPU pairwise engine: tr(H²) and its adjoints from T×T tiles of the Gram matrices, never
-// whole N×N arrays (math.md §4: every quantity is a sum over (i, j) of a function of the (i, j)
+// The CPU pairwise stage of the sample-space engine: tr(H²) and its adjoints from T×T tiles of the
+// Gram matrices, never whole N×N arrays (docs/math.md §4: every quantity is a sum over (i, j) of a function of the (i, j)
 // entries). Peak extra memory is O(threads·(N·(D+H) + T²)).
 //
 // Tiles (I, J) with I ≤ J only: K, Q, R, VVᵀ and Φ1Φ1ᵀ are symmetric, so an off-diagonal tile
 // stands for both (i, j) and (j, i); the two non-symmetric products P1 = (U∘U)Vᵀ and
 // P2 = (U∘Φ0)Φ1ᵀ get their mirrored tile from one more product each. A diagonal tile is a full
 // square and counts each ordered pair once. Per tile: the Gram tiles by BLAS, one fused pass over
-// the entries (value, adjoint tiles, per-sample sums), then the adjoint products back to rows I
-// and J. Tiles run in parallel (at::parallel_for) into per-lane accumulators that are summed
-// in lane order afterwards, so the result is deterministic for a given thread count.
-#include "traces.h"
-#include "vector_clones.h"
+// the entries (value, adjoint tiles, per-sample sums; the formulas of core/pair_terms.h), then the
+// adjoint products back to rows I and J. Tiles run in parallel (at::parallel_for) into per-lane
+// accumulators that are summed in lane order afterwards, so the result is deterministic for a
+// given thread count.
+#include "core/pair_terms.h"
+#include "cpu/vector_clones.h"
+#include "sample_space/sample_space.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include <algorithm>
+#include <numeric>
 #include <set>
 #include <vector>
 
@@ -73,6 +77,7 @@ TORCH_WS_VECTOR_CLONES double fuse_tile(const TilePointers<scalar_t>& t, int64_t
   const scalar_t* __restrict__ e_j = t.e_j;
   scalar_t* __restrict__ s_bar_j = t.s_bar_j;
   scalar_t* __restrict__ e_bar_j = t.e_bar_j;
+  namespace pt = pair_terms;
   constexpr scalar_t m = kMirrored ? 2 : 1;
   double total = 0;
   for (int64_t a = 0; a < rows; ++a) {
@@ -83,46 +88,44 @@ TORCH_WS_VECTOR_CLONES double fuse_tile(const TilePointers<scalar_t>& t, int64_t
     for (int64_t b = 0; b < cols; ++b) {
       const int64_t i = base + b;
       const scalar_t sb = s_j[b], eb = e_j[b];
-      const scalar_t K = Kt[i], Q = Qt[i], R = Rt[i], P1 = P1t[i], P2 = P2t[i];
-      const scalar_t P3 = P3t[i], P4 = P4t[i];
-      const scalar_t KK = K * K;
-      const scalar_t G = K * Q + R;
-      const scalar_t G2 = G * G;
-      const scalar_t B_ab = KK * P1 + 2 * K * P2;  // B at (i = a, j = b)
-      const scalar_t C = KK * P3 + 2 * K * P4;
-      // f(i,j) = s_i s_j G² + 2 s_i B_ij e_j + e_i C_ij e_j, for (a, b) and, mirrored, (b, a).
-      scalar_t value = sa * sb * G2 + 2 * sa * B_ab * eb + ea * C * eb;
+      const scalar_t K = Kt[i], Q = Qt[i], P1 = P1t[i], P2 = P2t[i], P3 = P3t[i], P4 = P4t[i];
+      const scalar_t G = pt::tangent_kernel(K, Q, Rt[i]);
+      const scalar_t B_ab = pt::residual_kernel(K, P1, P2);  // B at (i = a, j = b)
+      const scalar_t C = pt::residual_kernel(K, P3, P4);
+      // f(a, b) and, for an off-diagonal tile, its mirror f(b, a).
+      scalar_t value = pt::pair_value(sa, ea, sb, eb, G, B_ab, C);
       scalar_t B_ba = 0;
       if constexpr (kMirrored) {
-        B_ba = KK * P1m[i] + 2 * K * P2m[i];
-        value += sb * sa * G2 + 2 * sb * B_ba * ea + eb * C * ea;
+        B_ba = pt::residual_kernel(K, P1m[i], P2m[i]);
+        value += pt::pair_value(sb, eb, sa, ea, G, B_ba, C);
       }
       row_total += value;
       if constexpr (kWithAdjoints) {
-        const scalar_t G_bar = m * 2 * sa * sb * G;
-        const scalar_t B_ab_bar = 2 * sa * eb;
-        const scalar_t C_bar = m * ea * eb;
-        scalar_t K_bar = G_bar * Q + 2 * B_ab_bar * (K * P1 + P2) + 2 * C_bar * (K * P3 + P4);
-        t.adj[kQ][i] = G_bar * K;
-        t.adj[kR][i] = G_bar;
-        t.adj[kP1][i] = B_ab_bar * KK;
-        t.adj[kP2][i] = 2 * B_ab_bar * K;
-        t.adj[kP3][i] = C_bar * KK;
-        t.adj[kP4][i] = 2 * C_bar * K;
-        // ∂f(a,b): s_a ← s_b G² + 2B_ab e_b, s_b ← s_a G², e_b ← 2s_a B_ab + e_a C, e_a ← C e_b.
-        scalar_t sb_bar = sa * G2, eb_bar = 2 * sa * B_ab + ea * C;
-        sa_bar += sb * G2 + 2 * B_ab * eb;
-        ea_bar += C * eb;
+        // G and C are symmetric, so the mirror's adjoints of G and C equal (a, b)'s: m of them.
+        const auto kernel = pt::pair_kernel_adjoints(sa, ea, sb, eb, G);
+        const auto gram = pt::gram_adjoints(K, Q, P1, P2, P3, P4, m * kernel.G, kernel.B,
+                                            m * kernel.C);
+        scalar_t K_bar = gram.K;
+        t.adj[kQ][i] = gram.Q;
+        t.adj[kR][i] = gram.R;
+        t.adj[kP1][i] = gram.P1;
+        t.adj[kP2][i] = gram.P2;
+        t.adj[kP3][i] = gram.P3;
+        t.adj[kP4][i] = gram.P4;
+        const auto ab = pt::pair_sample_adjoints(sa, ea, sb, eb, G, B_ab, C);
+        sa_bar += ab.s_i;
+        ea_bar += ab.e_i;
+        scalar_t sb_bar = ab.s_j, eb_bar = ab.e_j;
         if constexpr (kMirrored) {
-          const scalar_t B_ba_bar = 2 * sb * ea;
-          K_bar += 2 * B_ba_bar * (K * P1m[i] + P2m[i]);
-          t.adj[kP1t][i] = B_ba_bar * KK;
-          t.adj[kP2t][i] = 2 * B_ba_bar * K;
-          // ∂f(b,a): s_b ← s_a G² + 2B_ba e_a, s_a ← s_b G², e_a ← 2s_b B_ba + e_b C, e_b ← C e_a.
-          sb_bar += sa * G2 + 2 * B_ba * ea;
-          eb_bar += C * ea;
-          sa_bar += sb * G2;
-          ea_bar += 2 * sb * B_ba + eb * C;
+          const scalar_t B_ba_bar = pt::pair_kernel_adjoints(sb, eb, sa, ea, G).B;
+          K_bar += B_ba_bar * pt::residual_kernel_dK(K, P1m[i], P2m[i]);
+          t.adj[kP1t][i] = B_ba_bar * K * K;
+          t.adj[kP2t][i] = B_ba_bar * 2 * K;
+          const auto ba = pt::pair_sample_adjoints(sb, eb, sa, ea, G, B_ba, C);
+          sb_bar += ba.s_i;
+          eb_bar += ba.e_i;
+          sa_bar += ba.s_j;
+          ea_bar += ba.e_j;
         }
         t.adj[kK][i] = K_bar;
         s_bar_j[b] += sb_bar;
@@ -247,16 +250,31 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
                 (f.U * f.phi0).contiguous(), f.V.contiguous(), f.phi0.contiguous(),
                 f.phi1.contiguous(), f.s.contiguous(), f.e.contiguous(), f.has_b1, f.has_b2};
 
-  // Tile pairs (I, J), I ≤ J, in a fixed order.
+  // Tile pairs (I, J), I ≤ J, in a fixed order, dealt to one lane per thread so that the lanes'
+  // work is even: each pair goes to the least-loaded lane, largest first (an off-diagonal tile
+  // costs twice a diagonal one; the last block may be short). The assignment depends only on N, T
+  // and the thread count, so the result is deterministic for them.
   const int64_t blocks = (n + tile - 1) / tile;
+  auto block_size = [&](int64_t b) { return std::min(n, (b + 1) * tile) - b * tile; };
   std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t bi = 0; bi < blocks; ++bi)
-    for (int64_t bj = bi; bj < blocks; ++bj) pairs.emplace_back(bi, bj);
-
-  // Pairs are dealt round-robin to one lane per thread: lane l takes pairs l, l + lanes, ….
-  // A diagonal tile does about half the work of an off-diagonal one, and dealing spreads them
-  // evenly where contiguous ranges would not; the assignment depends only on the thread count.
-  const int64_t lanes = pairs.size() > 1 ? at::get_num_threads() : 1;
+  std::vector<double> cost;
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    for (int64_t bj = bi; bj < blocks; ++bj) {
+      pairs.emplace_back(bi, bj);
+      cost.push_back(static_cast<double>(block_size(bi)) * block_size(bj) * (bi == bj ? 1 : 2));
+    }
+  }
+  const int64_t lanes = std::min<int64_t>(pairs.size(), at::get_num_threads());
+  std::vector<size_t> order(pairs.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost[a] > cost[b]; });
+  std::vector<std::vector<size_t>> lane_pairs(lanes);
+  std::vector<double> lane_cost(lanes, 0.0);
+  for (size_t t : order) {
+    const auto lane = std::min_element(lane_cost.begin(), lane_cost.end()) - lane_cost.begin();
+    lane_pairs[lane].push_back(t);
+    lane_cost[lane] += cost[t];
+  }
   std::vector<Accumulators> accs(lanes);
   auto opts = f.x.options();
   for (auto& acc : accs) {
@@ -284,7 +302,7 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
         if (with_adjoints) adj[k] = at::empty({tile * tile}, opts);
       }
       for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
-        for (size_t t = lane; t < pairs.size(); t += lanes) {
+        for (size_t t : lane_pairs[lane]) {
           const auto [bi, bj] = pairs[t];
           run_tile<scalar_t>(in, accs[lane], gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
                              bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
@@ -318,7 +336,7 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
     total.e.add_(acc.e);
   }
   // U∘U and U∘Φ0 were tile operands: route their adjoints to U and Φ0.
-  TraceSqAdjoints a;
+  SampleAdjoints a;
   a.U = total.U + 2 * in.U * total.UU + in.phi0 * total.Uphi0;
   a.phi0 = total.phi0 + in.U * total.Uphi0;
   a.V = total.V;

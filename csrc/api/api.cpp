@@ -1,0 +1,110 @@
+// The C++ API of include/torch_ws/torch_ws.h: thin calls through the dispatcher, so LibTorch users
+// get the same kernels, autograd and checks as Python users.
+#include <torch_ws/torch_ws.h>
+
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/linear.h>
+
+#include "core/modules.h"
+#include "core/problem.h"
+#include "ops/schemas.h"
+
+namespace torch_ws {
+
+at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                    const std::optional<at::Tensor>& b2, std::string_view activation,
+                    std::string_view reduction) {
+  static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
+  return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor> hessian_traces(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, std::string_view activation,
+    std::string_view reduction) {
+  static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
+  return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+}
+
+WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                   const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                   const std::optional<at::Tensor>& b2, std::string_view activation,
+                   std::string_view reduction) {
+  static auto op = find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
+  auto [trace, trace_sq] = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction);
+  const int64_t n =
+      count_params(w1.size(0), w1.size(1), w2.size(0), b1.has_value(), b2.has_value());
+  auto [max_upper, max_lower, min_lower, min_upper, spread] = op.call(trace, trace_sq, n);
+  return {max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq, n};
+}
+
+namespace {
+
+constexpr char kRegularizer[] = "torch_ws::HSRRegularizer";
+
+// The shared module mapping (core/modules.h), by the class name torch::nn gives the module.
+std::string activation_of(const std::shared_ptr<torch::nn::Module>& module) {
+  TORCH_CHECK_VALUE(module, kRegularizer, ": the activation module is null");
+  std::string name = module->name();  // e.g. "torch::nn::Tanh"
+  const std::string prefix = "torch::nn::";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  if (name.size() > 4 && name.compare(name.size() - 4, 4, "Impl") == 0) {
+    name = name.substr(0, name.size() - 4);
+  }
+  ActivationModuleOptions options;
+  if (auto* gelu = module->as<torch::nn::GELU>()) options.approximate = gelu->options.approximate();
+  if (auto* softplus = module->as<torch::nn::Softplus>()) {
+    options.beta = softplus->options.beta();
+    options.threshold = softplus->options.threshold();
+  }
+  return activation_for_module(kRegularizer, name, options, prefix);
+}
+
+torch::nn::Linear linear_at(const torch::nn::Sequential& model, size_t index) {
+  auto linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(model->ptr(index));
+  TORCH_CHECK_VALUE(linear, kRegularizer, ": module ", index, " must be Linear, got ",
+                    model->ptr(index)->name());
+  return torch::nn::Linear(linear);
+}
+
+const torch::nn::Sequential& checked_sequential(const torch::nn::Sequential& model) {
+  TORCH_CHECK_VALUE(model && model->size() == 3, kRegularizer,
+                    " expects Sequential(Linear(D, H), activation, Linear(H, 1)), got a "
+                    "Sequential of ", model ? model->size() : 0, " modules");
+  return model;
+}
+
+}  // namespace
+
+HSRRegularizer::HSRRegularizer(const torch::nn::Sequential& model, std::string reduction)
+    : HSRRegularizer(linear_at(checked_sequential(model), 0), checked_sequential(model)->ptr(1),
+                     linear_at(checked_sequential(model), 2), std::move(reduction)) {}
+
+HSRRegularizer::HSRRegularizer(torch::nn::Linear hidden,
+                               const std::shared_ptr<torch::nn::Module>& activation,
+                               torch::nn::Linear output, std::string reduction)
+    : hidden_(std::move(hidden)),
+      output_(std::move(output)),
+      activation_(activation_of(activation)),
+      reduction_(std::move(reduction)) {
+  TORCH_CHECK_VALUE(output_->options.out_features() == 1, kRegularizer,
+                    ": the output layer must be Linear(H, 1), got out_features=",
+                    output_->options.out_features());
+  TORCH_CHECK_VALUE(output_->options.in_features() == hidden_->options.out_features(),
+                    kRegularizer, ": the hidden layer has ", hidden_->options.out_features(),
+                    " units but the output layer expects ", output_->options.in_features());
+  parse_reduction(kRegularizer, reduction_);
+}
+
+at::Tensor HSRRegularizer::operator()(const at::Tensor& x, const at::Tensor& target) const {
+  auto optional_bias = [](const at::Tensor& b) {
+    return b.defined() ? std::optional<at::Tensor>(b) : std::nullopt;
+  };
+  return ws_bound(x, target.detach().to(x.scalar_type()), hidden_->weight,
+                  optional_bias(hidden_->bias), output_->weight, optional_bias(output_->bias),
+                  activation_, reduction_);
+}
+
+}  // namespace torch_ws

@@ -1,0 +1,243 @@
+// Autograd for the torch_ws ops: C++ torch::autograd::Functions registered at the Autograd key.
+// Each forward redispatches below autograd to _traces_with_gradients, which returns the traces
+// and the gradients of tr H and tr(H²) from whichever engine the problem gets (so CPU, CUDA and
+// Meta kernels all serve, and no engine choice happens here). Each backward combines those saved
+// gradients with the upstream ones through _traces_backward (docs/math.md §6). The bound is
+// differentiable once: a gradient computed with create_graph=True carries an Error node that
+// raises if it is differentiated again.
+#include "core/problem.h"
+#include "core/ws_bound.h"
+#include "ops/schemas.h"
+
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+namespace torch_ws {
+namespace {
+
+using at::Tensor;
+using std::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+constexpr char kDoubleBackward[] =
+    ": double backward is not supported; torch_ws differentiates the bound once (first-order "
+    "training with it as a regularizer), not its gradient";
+
+// What a Function keeps for its backward, by name: the float64 traces and the gradients of tr H
+// and tr(H²) with respect to (x, w1, b1, w2, b2), plus the differentiable inputs themselves
+// (only to connect a create_graph gradient to them, see attach_double_backward_error).
+struct SavedTraces {
+  Tensor trace, trace_sq;
+  std::vector<Tensor> trace_grads, trace_sq_grads, inputs;
+
+  static constexpr size_t kGradients = 5;  // x, w1, b1, w2, b2
+
+  void save(AutogradContext* ctx) const {
+    variable_list all = {trace, trace_sq};
+    for (const auto* list : {&trace_grads, &trace_sq_grads, &inputs}) {
+      all.insert(all.end(), list->begin(), list->end());
+    }
+    ctx->save_for_backward(all);
+  }
+
+  static SavedTraces load(AutogradContext* ctx) {
+    const variable_list all = ctx->get_saved_variables();
+    auto slice = [&](size_t index) {
+      const auto begin = all.begin() + 2 + index * kGradients;
+      return std::vector<Tensor>(begin, begin + kGradients);
+    };
+    return {all[0], all[1], slice(0), slice(1), slice(2)};
+  }
+};
+
+struct ForwardResult {
+  SavedTraces saved;
+  int64_t num_params;
+};
+
+ForwardResult forward_traces(const Tensor& x, const Tensor& target, const Tensor& w1,
+                             const optional<Tensor>& b1, const Tensor& w2,
+                             const optional<Tensor>& b2, c10::string_view activation,
+                             c10::string_view reduction, const char* caller) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
+  auto [trace, trace_sq, trace_grads, trace_sq_grads] = op.call(
+      x, target, w1, b1, w2, b2, activation, reduction, x.requires_grad(), caller);
+  SavedTraces saved{trace, trace_sq, std::move(trace_grads), std::move(trace_sq_grads),
+                    {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
+  // n does not depend on the batch: tracing with dynamic shapes specializes the layer widths only.
+  auto width = [](const Tensor& t, int64_t dim) { return t.sym_size(dim).guard_int(__FILE__, __LINE__); };
+  const int64_t n = count_params(width(w1, 0), width(w1, 1), width(w2, 0), b1.has_value(),
+                                 b2.has_value());
+  return {std::move(saved), n};
+}
+
+// Under create_graph=True (grad mode on in the backward), the gradients get an Error node whose
+// inputs are the op's differentiable inputs: differentiating them again raises `message`. Nothing
+// happens where no input requires grad.
+void attach_double_backward_error(std::vector<Tensor>& grads, const std::vector<Tensor>& inputs,
+                                  const std::string& message) {
+  const bool any_requires_grad = std::any_of(inputs.begin(), inputs.end(), [](const Tensor& t) {
+    return t.defined() && t.requires_grad();
+  });
+  if (!torch::autograd::GradMode::is_enabled() || !any_requires_grad) return;
+  auto node = c10::make_intrusive<torch::autograd::Error>(
+      message, torch::autograd::collect_next_edges(inputs));
+  for (Tensor& grad : grads) {
+    if (grad.defined()) {
+      grad = grad.detach();
+      torch::autograd::create_gradient_edge(grad, node);
+    }
+  }
+}
+
+// grad_trace·∇tr H + grad_trace_sq·∇tr(H²) as the gradients of the forward's eight arguments.
+variable_list input_grads(const SavedTraces& saved, const Tensor& grad_trace,
+                          const Tensor& grad_trace_sq, const char* caller) {
+  static auto op = find_op<TracesBackwardSignature>("torch_ws::_traces_backward");
+  std::vector<Tensor> grads;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    grads = op.call(grad_trace, grad_trace_sq, saved.trace_grads, saved.trace_sq_grads);
+  }
+  attach_double_backward_error(grads, saved.inputs, std::string(caller) + kDoubleBackward);
+  // Entries that were not computed (x without requires_grad, absent biases) are empty.
+  auto present = [&](size_t k, bool computed) { return computed ? grads[k] : Tensor(); };
+  const std::vector<Tensor>& in = saved.inputs;  // x, w1, b1, w2, b2
+  return {present(0, in[0].requires_grad()), Tensor(), grads[1], present(2, in[2].defined()),
+          grads[3], present(4, in[4].defined()), Tensor(), Tensor()};
+}
+
+Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
+  return grad.defined() ? grad : at::zeros({}, like.options());
+}
+
+class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
+                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                               const optional<Tensor>& b2, c10::string_view activation,
+                               c10::string_view reduction) {
+    ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction,
+                                     kHessianTracesName);
+    r.saved.save(ctx);
+    // A Function's outputs must be its own tensors: copy even where the dtype is already right.
+    return {r.saved.trace.to(x.scalar_type(), false, true),
+            r.saved.trace_sq.to(x.scalar_type(), false, true)};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const SavedTraces saved = SavedTraces::load(ctx);
+    return input_grads(saved, grad_or_zero(grad_outputs[0], saved.trace),
+                       grad_or_zero(grad_outputs[1], saved.trace), kHessianTracesName);
+  }
+};
+
+class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
+                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                               const optional<Tensor>& b2, c10::string_view activation,
+                               c10::string_view reduction) {
+    ForwardResult r =
+        forward_traces(x, target, w1, b1, w2, b2, activation, reduction, kWsBoundName);
+    r.saved.save(ctx);
+    ctx->saved_data["num_params"] = r.num_params;
+    return {ws_upper_bound(r.saved.trace, r.saved.trace_sq, r.num_params).to(x.scalar_type())};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const SavedTraces saved = SavedTraces::load(ctx);
+    const auto [d_trace, d_trace_sq] =
+        bound_trace_grads(grad_or_zero(grad_outputs[0], saved.trace).to(at::kDouble),
+                          saved.trace, saved.trace_sq, ctx->saved_data["num_params"].toInt());
+    return input_grads(saved, d_trace, d_trace_sq, kWsBoundName);
+  }
+};
+
+// Whether autograd will record this call; if not, the plain kernels skip the gradient work.
+bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
+                  const Tensor& w2, const optional<Tensor>& b2) {
+  return torch::autograd::GradMode::is_enabled() &&
+         (x.requires_grad() || w1.requires_grad() || w2.requires_grad() ||
+          (b1 && b1->requires_grad()) || (b2 && b2->requires_grad()));
+}
+
+std::tuple<Tensor, Tensor> hessian_traces_autograd(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction) {
+  if (!records_grad(x, w1, b1, w2, b2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+  }
+  variable_list out = HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction);
+  return {out[0], out[1]};
+}
+
+Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1,
+                         const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+                         c10::string_view activation, c10::string_view reduction) {
+  if (!records_grad(x, w1, b1, w2, b2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+  }
+  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction)[0];
+}
+
+// The internal ops called directly with inputs that require grad: their results are not
+// differentiable (they are derivatives already), so they carry the same Error node.
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_autograd(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller) {
+  static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
+  auto out = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller);
+  }();
+  const std::vector<Tensor> inputs = {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())};
+  const std::string message =
+      "torch_ws._traces_with_gradients is not differentiable; call torch_ws.hessian_traces or "
+      "torch_ws.ws_bound to differentiate the traces";
+  std::vector<Tensor> traces = {std::get<0>(out), std::get<1>(out)};
+  attach_double_backward_error(traces, inputs, message);
+  attach_double_backward_error(std::get<2>(out), inputs, message);
+  attach_double_backward_error(std::get<3>(out), inputs, message);
+  return {traces[0], traces[1], std::get<2>(out), std::get<3>(out)};
+}
+
+std::vector<Tensor> traces_backward_autograd(const Tensor& grad_trace, const Tensor& grad_trace_sq,
+                                             at::TensorList trace_grads,
+                                             at::TensorList trace_sq_grads) {
+  static auto op = find_op<TracesBackwardSignature>("torch_ws::_traces_backward");
+  std::vector<Tensor> grads;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    grads = op.call(grad_trace, grad_trace_sq, trace_grads, trace_sq_grads);
+  }
+  std::vector<Tensor> inputs = {grad_trace, grad_trace_sq};
+  inputs.insert(inputs.end(), trace_grads.begin(), trace_grads.end());
+  inputs.insert(inputs.end(), trace_sq_grads.begin(), trace_sq_grads.end());
+  attach_double_backward_error(grads, inputs, std::string("torch_ws._traces_backward") +
+                                                  kDoubleBackward);
+  return grads;
+}
+
+}  // namespace
+}  // namespace torch_ws
+
+TORCH_LIBRARY_IMPL(torch_ws, Autograd, m) {
+  m.impl("hessian_traces", &torch_ws::hessian_traces_autograd);
+  m.impl("ws_bound", &torch_ws::ws_bound_autograd);
+  m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_autograd);
+  m.impl("_traces_backward", &torch_ws::traces_backward_autograd);
+}

@@ -1,0 +1,144 @@
+// The one place that chooses an engine and a tile size, and the evaluation every kernel calls.
+#include "engine.h"
+
+#include "cpu/parameter_space.h"
+#include "sample_space/sample_space.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+namespace torch_ws {
+
+const char* engine_name(Engine engine) {
+  return engine == Engine::ParameterSpace ? "parameter" : "sample";
+}
+
+namespace {
+
+std::string environment(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+enum class EngineSetting { Auto, SampleSpace, ParameterSpace };
+
+EngineSetting engine_setting() {
+  const std::string value = environment("TORCH_WS_ENGINE");
+  if (value.empty() || value == "auto") return EngineSetting::Auto;
+  if (value == "sample") return EngineSetting::SampleSpace;
+  if (value == "parameter") return EngineSetting::ParameterSpace;
+  TORCH_CHECK(false, "torch_ws: TORCH_WS_ENGINE must be 'auto', 'sample' or 'parameter', got '",
+              value, "'");
+}
+
+// TORCH_WS_TILE_SIZE: unset, "", "0" or "auto" → kAutoTile; "whole" → kWholeMatrices; a positive
+// integer (digits only) → that tile size; anything else raises.
+constexpr int64_t kAutoTile = 0, kWholeMatrices = -1;
+
+int64_t tile_setting() {
+  const std::string value = environment("TORCH_WS_TILE_SIZE");
+  if (value.empty() || value == "0" || value == "auto") return kAutoTile;
+  if (value == "whole") return kWholeMatrices;
+  const bool digits = value.size() <= 12 && std::all_of(value.begin(), value.end(), [](char c) {
+                        return c >= '0' && c <= '9';
+                      });
+  const int64_t tile = digits ? std::stoll(value) : 0;
+  TORCH_CHECK(tile > 0, "torch_ws: TORCH_WS_TILE_SIZE must be a positive integer, 'auto' or "
+              "'whole', got '", value, "'");
+  return tile;
+}
+
+int64_t tile_size_from(int64_t num_samples, int64_t setting) {
+  if (setting > 0) return std::min(setting, num_samples);
+  if (setting == kWholeMatrices) return num_samples;
+  // Tiles of at most kMaxTile, whose dozen T×T work arrays stay cache-sized while their T×T×H
+  // products run near the BLAS peak, and all of one size (N split evenly), so that the lanes get
+  // even work at every N: a fixed T would leave a sliver of a last block, and the step from one
+  // tile to several would be a step in time.
+  constexpr int64_t kMaxTile = 256;
+  const int64_t blocks = (num_samples + kMaxTile - 1) / kMaxTile;
+  return (num_samples + blocks - 1) / blocks;
+}
+
+}  // namespace
+
+int64_t tile_size_for(int64_t num_samples) {
+  return tile_size_from(num_samples, tile_setting());
+}
+
+Engine choose_engine(const ProblemShape& shape) {
+  const EngineSetting setting = engine_setting();
+  if (setting == EngineSetting::SampleSpace) return Engine::SampleSpace;
+  const int64_t num_params = count_params(shape.hidden, shape.in_dim, shape.num_outputs,
+                                          shape.has_b1, shape.has_b2);
+  const bool cpu = shape.device.is_cpu();
+  if (setting == EngineSetting::ParameterSpace) {
+    TORCH_CHECK(cpu, "torch_ws: TORCH_WS_ENGINE=parameter runs on the CPU only, but x is on ",
+                shape.device, "; unset it or use 'sample'");
+    TORCH_CHECK(num_params <= kMaxParameterSpaceParams, "torch_ws: TORCH_WS_ENGINE=parameter "
+                "holds the n×n Hessian, and n = ", num_params, " exceeds the limit of ",
+                kMaxParameterSpaceParams, "; unset it or use 'sample'");
+    return Engine::ParameterSpace;
+  }
+  if (!cpu || num_params > kMaxParameterSpaceParams) return Engine::SampleSpace;
+  // Work per call with gradients: about 2·N·n² multiply-adds here (assembly, then H̄g_i per
+  // sample) against about 1.5·N²·(8H + D) for the pairwise sums and their adjoints. This
+  // engine's loops run on one thread, and once the n×n Hessian outgrows the caches each pass over
+  // it waits on memory, while the pairwise products run as BLAS on every core. So its count is
+  // weighted by 0.16·√n: the ratios of time per unit of work measured on 2 cores (float32, with
+  // the tiled engine's lanes in parallel) were 2.3 at n = 161, about 4 at n = 577 and about 7 at
+  // n = 2177.
+  const double n = static_cast<double>(shape.num_samples);
+  const double weight = 0.16 * std::sqrt(static_cast<double>(num_params));
+  const double parameter_work = weight * 2.0 * static_cast<double>(num_params) * num_params * n;
+  const double sample_work = 1.5 * n * n * (8 * shape.hidden + shape.in_dim);
+  return parameter_work <= sample_work ? Engine::ParameterSpace : Engine::SampleSpace;
+}
+
+namespace {
+
+TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
+  const HessianResult r = hessian_cpu(p);
+  auto scalar = [&](double v) { return at::scalar_tensor(v, r.hessian.options()); };
+  TracesResult out{scalar(r.trace), scalar(r.trace_sq), std::nullopt, std::nullopt};
+  if (gradients != Gradients::None) {
+    auto [of_trace, of_trace_sq] =
+        hessian_cpu_gradients(p, r.hessian, gradients == Gradients::ParametersAndX);
+    out.trace_grad = std::move(of_trace);
+    out.trace_sq_grad = std::move(of_trace_sq);
+  }
+  return out;
+}
+
+TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
+  const bool with_gradients = gradients != Gradients::None;
+  const SampleFeatures f = sample_features(p, with_gradients);
+  const int64_t setting = tile_setting();
+  PairwiseResult pairwise =
+      f.x.is_cpu() && setting != kWholeMatrices
+          ? pairwise_tiled_cpu(f, with_gradients, tile_size_from(p.num_samples(), setting))
+          : pairwise_whole(f, with_gradients);
+  const Diagonals d = diagonals(f);
+  TracesResult out{trace_float64(f, d), pairwise.trace_sq, std::nullopt, std::nullopt};
+  if (with_gradients) {
+    const bool need_grad_x = gradients == Gradients::ParametersAndX;
+    out.trace_grad = chain_to_inputs(p, f, trace_adjoints(f, d), need_grad_x);
+    out.trace_sq_grad = chain_to_inputs(p, f, *pairwise.adjoints, need_grad_x);
+  }
+  return out;
+}
+
+}  // namespace
+
+TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
+  const ProblemShape shape{p.x.device(),   p.num_samples(),  p.in_dim(),       p.hidden(),
+                           p.num_outputs(), p.b1.has_value(), p.b2.has_value()};
+  return choose_engine(shape) == Engine::ParameterSpace ? parameter_space(p, gradients)
+                                                        : sample_space(p, gradients);
+}
+
+}  // namespace torch_ws

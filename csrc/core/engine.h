@@ -1,0 +1,51 @@
+// The one entry to the engines: which evaluation order a problem gets (decided here, in one place,
+// the same with and without gradients) and the evaluation itself. Every kernel of every op calls
+// evaluate_traces(); nothing else chooses an engine or a tile size.
+//
+// Two exact engines compute the same sums (docs/math.md §4):
+//   - sample space (any device): tr(H²) as pairwise sums over samples, O(N²(D + H)) work, in T×T
+//     tiles on the CPU (O(N(D + H) + T²) memory) or whole N×N matrices elsewhere;
+//   - parameter space (CPU, n ≤ 4096): the n×n Hessian assembled in closed form, O(N·n²) work.
+// With gradients, both return the gradients of tr H and of tr(H²) themselves: the backward of
+// every op is then a linear combination of these (docs/math.md §6), whatever the engine.
+#pragma once
+
+#include "problem.h"
+
+#include <optional>
+
+namespace torch_ws {
+
+enum class Engine { SampleSpace, ParameterSpace };
+const char* engine_name(Engine engine);
+
+// The largest n the parameter-space engine takes (its n×n float64 Hessian is then 128 MiB).
+constexpr int64_t kMaxParameterSpaceParams = 4096;
+
+// The shapes the engine choice reads.
+struct ProblemShape {
+  c10::Device device;
+  int64_t num_samples, in_dim, hidden, num_outputs;
+  bool has_b1, has_b2;
+};
+
+// The engine for this problem: TORCH_WS_ENGINE ("auto", "sample", "parameter"; raises on anything
+// else or on a setting the problem cannot take), or the one with less weighted arithmetic.
+Engine choose_engine(const ProblemShape& shape);
+
+// The tile size of the CPU pairwise stage for N samples: TORCH_WS_TILE_SIZE (a positive
+// integer, "auto" or unset, "whole" for whole matrices → 0), or the automatic choice.
+int64_t tile_size_for(int64_t num_samples);
+
+// What the caller needs besides the traces.
+enum class Gradients { None, Parameters, ParametersAndX };
+
+struct TracesResult {
+  at::Tensor trace, trace_sq;  // 0-d float64 on the problem's device
+  // With gradients: of tr H and of tr(H²), in the input dtype.
+  std::optional<InputGradients> trace_grad, trace_sq_grad;
+};
+
+TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients);
+
+}  // namespace torch_ws

@@ -1,0 +1,76 @@
+// The problem every op describes: Linear(D, H) → φ → Linear(H, C) with an output loss, its
+// tensors checked once (docs/math.md §1). Validation is one routine for every entry point: the
+// CPU and CUDA kernels and the Meta kernels that torch.compile and FakeTensor trace with, so a
+// malformed call fails the same way, with the same message, whether it runs or is traced.
+#pragma once
+
+#include "activations.h"
+#include "losses.h"
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string_view>
+
+namespace torch_ws {
+
+enum class Reduction { Mean, Sum };
+
+// n = H·D + H·[b1] + C·H + C·[b2]: the length of θ and the size of the Hessian.
+inline int64_t count_params(int64_t hidden, int64_t in_dim, int64_t num_outputs, bool has_b1,
+                            bool has_b2) {
+  return hidden * in_dim + (has_b1 ? hidden : 0) + num_outputs * hidden +
+         (has_b2 ? num_outputs : 0);
+}
+
+// The checked arguments of every op.
+struct MlpProblem {
+  at::Tensor x;                  // (N, D)
+  at::Tensor target;             // (N,), flattened from (N,) or (N, 1)
+  at::Tensor w1;                 // (H, D)
+  std::optional<at::Tensor> b1;  // (H,)
+  at::Tensor w2;                 // (C, H), as nn.Linear(H, C).weight
+  std::optional<at::Tensor> b2;  // (C,)
+  Activation activation;
+  Reduction reduction;
+  Loss loss;
+
+  int64_t num_samples() const { return x.size(0); }
+  int64_t in_dim() const { return x.size(1); }
+  int64_t hidden() const { return w1.size(0); }
+  int64_t num_outputs() const { return w2.size(0); }
+  int64_t num_params() const {
+    return count_params(hidden(), in_dim(), num_outputs(), b1.has_value(), b2.has_value());
+  }
+  // c in L = c·Σ_i ℓ_i: 1/N for "mean", 1 for "sum".
+  double loss_scale() const {
+    return reduction == Reduction::Mean ? 1.0 / static_cast<double>(num_samples()) : 1.0;
+  }
+  // The single output row w2 as an (H,) vector: the binary head the engines implement today.
+  at::Tensor output_row() const;
+};
+
+// Validates the arguments with TORCH_CHECK; every message starts with `op` (the public op's
+// name, e.g. "torch_ws.ws_bound") and says what was expected and what arrived. Shapes are read
+// as SymInts, so Meta kernels traced with dynamic shapes check them without specializing.
+// Target values (in [0, 1] for BCE) are checked on the CPU at once, on other devices by an
+// asynchronous device-side assertion (no host sync), and not at all on meta tensors.
+MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Tensor& target,
+                         const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                         const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                         std::string_view activation, std::string_view reduction,
+                         Loss loss = Loss::BinaryCrossEntropy);
+
+Reduction parse_reduction(std::string_view op, std::string_view name);
+
+}  // namespace torch_ws
+
+namespace torch_ws {
+
+// The gradient of one scalar with respect to the problem's differentiable inputs. `x` is
+// undefined unless asked for; `b1`, `b2` are undefined for absent biases.
+struct InputGradients {
+  at::Tensor x, w1, b1, w2, b2;
+};
+
+}  // namespace torch_ws

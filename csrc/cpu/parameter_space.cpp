@@ -1,0 +1,389 @@
+// The parameter-space engine (CPU): the other evaluation order of the same sums.
+//
+// tr(H²) = sᵀ(G∘G)s + 2sᵀBe + eᵀCe (docs/math.md §4) is ‖H‖²_F for H = Σ_i s_i g_i g_iᵀ + e_i M_i
+// (§3). The sample-space engines sum it over pairs of samples: O(N²(8H + D)) work. For a small
+// network the n×n Hessian itself is the smaller object, so this engine assembles it in closed form
+// from the per-sample tangents g_i = ∇θ z_i and the sparse blocks of M_i, in O(N·n²) work and
+// O(n²) memory, and reads tr H and tr(H²) off it. At the papers' scale (N = 200, n = 41) that is
+// about ten times less arithmetic than the pairwise sums. It also matters more there that the
+// work runs in fused loops over the samples: a few dozen small tensor operations would cost more
+// than the arithmetic. Only φ^(k)(A) goes through tensors (the vectorized activation table).
+//
+// The gradients (docs/math.md §6): with L = ḡ_tr·tr H + ḡ_sq·tr(H²), ∂L/∂H = H̄ = ḡ_tr·I + 2ḡ_sq·H,
+// and L changes with sample i through L_i = s_i g_iᵀH̄g_i + e_i⟨H̄, M_i⟩ (H̄ held fixed). So the
+// gradients of tr H (H̄ = I) and of tr(H²) (H̄ = 2H) take one more pass over the samples with the
+// assembled H: O(N·n²), no autograd.
+#include "cpu/parameter_space.h"
+#include "cpu/vector_clones.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace torch_ws {
+
+namespace {
+
+// Where each parameter sits in θ, i.e. the Hessian's rows. Hidden unit k owns the block
+// [W1_k,0 … W1_k,D−1, b1_k] of `block` = D + [b1] entries at k·block; w2 follows at
+// `w2_offset`, b2 last. (The traces do not depend on the order; this one keeps each M_i's
+// (W1, W1) part in H diagonal blocks of x̃x̃ᵀ.)
+struct Layout {
+  int64_t in_dim, hidden, block, w2_offset, num_params;
+  bool has_b1, has_b2;
+
+  explicit Layout(const MlpProblem& p)
+      : in_dim(p.w1.size(1)),
+        hidden(p.w1.size(0)),
+        block(in_dim + (p.b1 ? 1 : 0)),
+        w2_offset(hidden * block),
+        num_params(p.num_params()),
+        has_b1(p.b1.has_value()),
+        has_b2(p.b2.has_value()) {}
+};
+
+// One sample's quantities (math.md §2), in double.
+struct Sample {
+  std::vector<double> x_ext;                   // x̃: x_i, then 1 if b1 exists (block entries)
+  const double *phi0, *phi1, *phi2, *phi3;     // φ^(k)(a_i), rows of H entries
+  double s = 0, e = 0, ds_dz = 0;              // c·ℓ'', c·ℓ', c·ℓ''' at z_i (losses.h)
+};
+
+// The problem's arrays as contiguous float64 (a copy only for float32 inputs), φ^(k)(A) for all
+// samples at once (the tensor form of the activation table: vectorized, unlike one std::tanh
+// per entry), and the evaluation of one sample from them.
+class SampleEvaluator {
+ public:
+  SampleEvaluator(const MlpProblem& p, const Layout& layout, int num_derivatives)
+      : layout_(layout),
+        loss_(p.loss),
+        scale_(p.loss_scale()) {
+    auto as_double = [](const at::Tensor& t) { return t.to(at::kDouble).contiguous(); };
+    x_ = as_double(p.x);
+    target_ = as_double(p.target);
+    w1_ = as_double(p.w1);
+    w2_ = as_double(p.w2);
+    x = x_.data_ptr<double>();
+    w1 = w1_.data_ptr<double>();
+    // A = X W1ᵀ + b1 by a plain loop: at these sizes a BLAS call (or a broadcast of b1) costs
+    // more than its arithmetic.
+    const int64_t N = p.num_samples(), D = layout.in_dim, H = layout.hidden;
+    const at::Tensor b1 = p.b1 ? as_double(*p.b1) : at::Tensor();
+    const double* bias = p.b1 ? b1.data_ptr<double>() : nullptr;
+    at::Tensor pre = at::empty({N, H}, x_.options());
+    double* a = pre.data_ptr<double>();
+    for (int64_t i = 0; i < N; ++i) {
+      for (int64_t k = 0; k < H; ++k) {
+        double sum = bias ? bias[k] : 0.0;
+        for (int64_t d = 0; d < D; ++d) sum += w1[k * D + d] * x[i * D + d];
+        a[i * H + k] = sum;
+      }
+    }
+    ActivationValues<at::Tensor> act = activation_values(p.activation, pre, num_derivatives);
+    phi_[0] = act.phi0.contiguous();
+    phi_[1] = act.phi1.contiguous();
+    phi_[2] = act.phi2.contiguous();
+    if (num_derivatives >= 3) phi_[3] = act.phi3.contiguous();
+    b2_ = p.b2 ? p.b2->item<double>() : 0.0;
+    w2 = w2_.data_ptr<double>();
+    target = target_.data_ptr<double>();
+    for (int k = 0; k < 4; ++k) phi[k] = phi_[k].defined() ? phi_[k].data_ptr<double>() : nullptr;
+  }
+
+  Sample make_sample() const {
+    Sample s;
+    s.x_ext.resize(layout_.block);
+    return s;
+  }
+
+  // Fills `out` and the tangent g (n entries) for sample i.
+  void evaluate(int64_t i, Sample& out, double* g) const {
+    const int64_t D = layout_.in_dim, H = layout_.hidden, block = layout_.block;
+    const double* xi = x + i * D;
+    for (int64_t d = 0; d < D; ++d) out.x_ext[d] = xi[d];
+    if (layout_.has_b1) out.x_ext[D] = 1;
+    out.phi0 = phi[0] + i * H;
+    out.phi1 = phi[1] + i * H;
+    out.phi2 = phi[2] + i * H;
+    out.phi3 = phi[3] ? phi[3] + i * H : nullptr;
+    double z = b2_;
+    for (int64_t k = 0; k < H; ++k) z += w2[k] * out.phi0[k];
+    const LogitTerms<double> logit = logit_terms(loss_, z, target[i], scale_);
+    out.s = logit.s;
+    out.e = logit.e;
+    out.ds_dz = logit.ds_dz;
+    // g_i: ∂z/∂W1_k = w2_k φ'(a_k) x̃, ∂z/∂w2_k = φ(a_k), ∂z/∂b2 = 1.
+    for (int64_t k = 0; k < H; ++k) {
+      const double u = w2[k] * out.phi1[k];
+      for (int64_t d = 0; d < block; ++d) g[k * block + d] = u * out.x_ext[d];
+      g[layout_.w2_offset + k] = out.phi0[k];
+    }
+    if (layout_.has_b2) g[layout_.num_params - 1] = 1;
+  }
+
+  // Raw float64 views of the arrays above.
+  const double *x, *w1, *w2, *target;
+  const double* phi[4];
+
+ private:
+  const Layout& layout_;
+  Loss loss_;
+  double scale_, b2_;
+  at::Tensor x_, target_, w1_, w2_, phi_[4];
+};
+
+// Samples go through the O(n²) loops in chunks of kChunk: each pass over the n×n Hessian then
+// serves kChunk samples, so the loops are bound by arithmetic rather than by moving H through
+// the cache once per sample. A short last chunk is padded with zero tangents.
+constexpr int64_t kChunk = 8;
+
+// The upper triangle (q ≥ p) of hessian += Σ_b s_b g_b g_bᵀ over one chunk; G is kChunk × n.
+// See vector_clones.h for the attribute.
+TORCH_WS_VECTOR_CLONES void add_outer_products(double* __restrict__ hessian,
+                                               const double* __restrict__ G,
+                                               const double* __restrict__ s, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) {
+    double c[kChunk];
+    for (int64_t b = 0; b < kChunk; ++b) c[b] = s[b] * G[b * n + p];
+    double* __restrict__ row = hessian + p * n;
+#pragma omp simd
+    for (int64_t q = p; q < n; ++q) {
+      double acc = row[q];
+      for (int64_t b = 0; b < kChunk; ++b) acc += c[b] * G[b * n + q];
+      row[q] = acc;
+    }
+  }
+}
+
+// out_b = hessian · g_b for one chunk (hessian symmetric and whole). G_t holds the chunk's
+// tangents transposed (n × kChunk), so the inner loop runs over the chunk, contiguous; out is
+// kChunk × n.
+TORCH_WS_VECTOR_CLONES void hessian_times(const double* __restrict__ hessian,
+                                          const double* __restrict__ G_t,
+                                          double* __restrict__ out, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) {
+    const double* __restrict__ row = hessian + p * n;
+    double acc[kChunk] = {};
+    for (int64_t q = 0; q < n; ++q) {
+      const double r = row[q];
+#pragma omp simd
+      for (int64_t b = 0; b < kChunk; ++b) acc[b] += r * G_t[q * kChunk + b];
+    }
+    for (int64_t b = 0; b < kChunk; ++b) out[b * n + p] = acc[b];
+  }
+}
+
+}  // namespace
+
+HessianResult hessian_cpu(const MlpProblem& p) {
+  TORCH_INTERNAL_ASSERT(p.x.is_cpu());
+  const Layout L(p);
+  const int64_t n = L.num_params, block = L.block, N = p.num_samples();
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/2);
+  Sample smp = eval.make_sample();
+  at::Tensor hessian = at::zeros({n, n}, p.x.options().dtype(at::kDouble));
+  double* h = hessian.data_ptr<double>();
+  const double* w2 = eval.w2;
+  std::vector<double> tangents(kChunk * n), s_chunk(kChunk);
+  // The upper triangle first (row ≤ column), mirrored at the end.
+  for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
+    std::fill(tangents.begin(), tangents.end(), 0.0);
+    std::fill(s_chunk.begin(), s_chunk.end(), 0.0);
+    for (int64_t b = 0; b < kChunk && i0 + b < N; ++b) {
+      eval.evaluate(i0 + b, smp, tangents.data() + b * n);
+      s_chunk[b] = smp.s;
+      // e_i M_i (§3): per hidden unit k, the (W1_k, W1_k) block e·w2_k φ''(a_k) x̃x̃ᵀ and the
+      // (W1_k, w2_k) column e·φ'(a_k) x̃ (w2 comes after every W1 block: upper triangle).
+      for (int64_t k = 0; k < L.hidden; ++k) {
+        const double diag = smp.e * w2[k] * smp.phi2[k], cross = smp.e * smp.phi1[k];
+        const int64_t base = k * block;
+        for (int64_t d1 = 0; d1 < block; ++d1) {
+          double* row = h + (base + d1) * n;
+          const double xd1 = smp.x_ext[d1];
+          for (int64_t d2 = d1; d2 < block; ++d2) row[base + d2] += diag * xd1 * smp.x_ext[d2];
+          row[L.w2_offset + k] += cross * xd1;
+        }
+      }
+    }
+    // The Gauss-Newton part Σ s_i g_i g_iᵀ.
+    add_outer_products(h, tangents.data(), s_chunk.data(), n);
+  }
+  double trace = 0, trace_sq = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    trace += h[r * n + r];
+    trace_sq += h[r * n + r] * h[r * n + r];
+    for (int64_t c = r + 1; c < n; ++c) {
+      trace_sq += 2 * h[r * n + c] * h[r * n + c];
+      h[c * n + r] = h[r * n + c];
+    }
+  }
+  return {trace, trace_sq, hessian};
+}
+
+
+namespace {
+
+// The gradient of ḡ_tr·tr H + ḡ_sq·tr(H²) accumulated over the samples, in float64.
+class GradientAccumulator {
+ public:
+  GradientAccumulator(const Layout& L, int64_t num_samples, bool need_grad_x, double grad_trace,
+                      double grad_trace_sq)
+      : gt(grad_trace), gq2(2 * grad_trace_sq) {
+    const auto opts = at::TensorOptions().dtype(at::kDouble);
+    w1_ = at::zeros({L.hidden, L.in_dim}, opts);
+    w2_ = at::zeros({1, L.hidden}, opts);
+    if (L.has_b1) b1_ = at::zeros({L.hidden}, opts);
+    if (L.has_b2) b2_ = at::zeros({1}, opts);
+    if (need_grad_x) x_ = at::zeros({num_samples, L.in_dim}, opts);
+    w1 = w1_.data_ptr<double>();
+    w2 = w2_.data_ptr<double>();
+    b1 = L.has_b1 ? b1_.data_ptr<double>() : nullptr;
+    x = need_grad_x ? x_.data_ptr<double>() : nullptr;
+  }
+
+  // The gradients in `dtype`, undefined for absent biases and an x not asked for.
+  InputGradients result(at::ScalarType dtype) {
+    if (b2_.defined()) b2_.fill_(b2);
+    auto out = [&](const at::Tensor& t) { return t.defined() ? t.to(dtype) : at::Tensor(); };
+    return {out(x_), out(w1_), out(b1_), out(w2_), out(b2_)};
+  }
+
+  const double gt, gq2;  // H̄ = ∂L/∂H = gt·I + gq2·H
+  double *w1, *w2, *b1, *x;
+  double b2 = 0;
+
+ private:
+  at::Tensor w1_, w2_, b1_, b2_, x_;
+};
+
+// What one sample reads from the saved Hessian H (not H̄): H g, and per hidden unit k the
+// products H_kk x̃ and the column H[W1_k, w2_k].
+struct HessianReads {
+  const double* hessian_g;
+  const double* kk_x;   // H × block
+  const double* cross;  // H × block
+};
+
+// Adds sample i's share of the gradient: L_i = s_i g_iᵀH̄g_i + e_i⟨H̄, M_i⟩ with H̄ held fixed
+// (docs/math.md §6), differentiated through g_i, M_i and the loss terms down to W1, b1, w2, b2, x.
+void accumulate_sample(const Layout& L, const SampleEvaluator& eval, const Sample& smp, int64_t i,
+                       const double* g, const HessianReads& reads, std::vector<double>& scratch,
+                       GradientAccumulator& acc) {
+  const int64_t n = L.num_params, D = L.in_dim, H = L.hidden, block = L.block;
+  const double gt = acc.gt, gq2 = acc.gq2;
+  const std::vector<double>& xe = smp.x_ext;
+  const double* w1 = eval.w1;
+  const double* w2 = eval.w2;
+  double* hbar_g = scratch.data();
+  double* hbar_kk_x = hbar_g + n;              // H̄_kk x̃ per unit
+  double* hbar_cross = hbar_kk_x + H * block;  // H̄[W1_k, w2_k] per unit
+  double* alpha = hbar_cross + H * block;
+  double* beta = alpha + H;
+  // H̄g and q = gᵀH̄g: the Gauss-Newton term's sensitivity.
+  double q = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    hbar_g[r] = gt * g[r] + gq2 * reads.hessian_g[r];
+    q += g[r] * hbar_g[r];
+  }
+  // ⟨H̄, M_i⟩ = Σ_k w2_k φ''_k α_k + 2φ'_k β_k, α_k = x̃ᵀH̄_kk x̃, β_k = x̃ᵀH̄[W1_k, w2_k].
+  double residual = 0;
+  for (int64_t k = 0; k < H; ++k) {
+    const int64_t base = k * block;
+    double a_k = 0, b_k = 0;
+    for (int64_t d = 0; d < block; ++d) {
+      hbar_kk_x[base + d] = gt * xe[d] + gq2 * reads.kk_x[base + d];
+      hbar_cross[base + d] = gq2 * reads.cross[base + d];
+      a_k += xe[d] * hbar_kk_x[base + d];
+      b_k += xe[d] * hbar_cross[base + d];
+    }
+    alpha[k] = a_k;
+    beta[k] = b_k;
+    residual += w2[k] * smp.phi2[k] * a_k + 2 * smp.phi1[k] * b_k;
+  }
+  // L_i = s·q + e·residual, with ds/dz = c·ℓ''' and de/dz = s (losses.h).
+  const double s = smp.s, e = smp.e;
+  const double z_bar = q * smp.ds_dz + residual * s;
+  acc.b2 += z_bar;
+  // ḡ = 2s·H̄g, then through g's blocks (U_k x̃, φ(a_k)), the blocks of M_i, and
+  // z = w2·φ(a) + b2, to a_k = W1_k·x + b1_k.
+  for (int64_t k = 0; k < H; ++k) {
+    const int64_t base = k * block;
+    const double* g_bar = hbar_g + base;  // times 2s below
+    double u_bar = 0;
+    for (int64_t d = 0; d < block; ++d) u_bar += g_bar[d] * xe[d];
+    u_bar *= 2 * s;
+    const double phi0_bar = 2 * s * hbar_g[L.w2_offset + k] + z_bar * w2[k];
+    const double phi1_bar = u_bar * w2[k] + 2 * e * beta[k];
+    const double phi2_bar = e * w2[k] * alpha[k];
+    acc.w2[k] += z_bar * smp.phi0[k] + u_bar * smp.phi1[k] + e * smp.phi2[k] * alpha[k];
+    const double a_bar = phi0_bar * smp.phi1[k] + phi1_bar * smp.phi2[k] + phi2_bar * smp.phi3[k];
+    for (int64_t d = 0; d < D; ++d) acc.w1[k * D + d] += a_bar * xe[d];
+    if (acc.b1) acc.b1[k] += a_bar;
+    if (acc.x) {
+      // x enters through a_k, through g's U_k x̃, and through the x̃x̃ᵀ and x̃ blocks of M_i.
+      const double u_k = w2[k] * smp.phi1[k];
+      double* gxi = acc.x + i * D;
+      for (int64_t d = 0; d < D; ++d) {
+        gxi[d] += w1[k * D + d] * a_bar + u_k * 2 * s * g_bar[d] +
+                  2 * e * (w2[k] * smp.phi2[k] * hbar_kk_x[base + d] +
+                           smp.phi1[k] * hbar_cross[base + d]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::pair<InputGradients, InputGradients> hessian_cpu_gradients(const MlpProblem& p,
+                                                                 const at::Tensor& hessian,
+                                                                 bool need_grad_x) {
+  const Layout L(p);
+  const int64_t n = L.num_params, H = L.hidden, block = L.block, N = p.num_samples();
+  TORCH_INTERNAL_ASSERT(hessian.is_cpu() && hessian.scalar_type() == at::kDouble &&
+                        hessian.is_contiguous() && hessian.size(0) == n);
+  const double* h = hessian.data_ptr<double>();
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/3);
+  std::vector<Sample> samples(kChunk, eval.make_sample());
+  // tr H: H̄ = I; tr(H²): H̄ = 2H. One pass over the samples serves both, sharing the reads of H.
+  GradientAccumulator of_trace(L, N, need_grad_x, 1, 0), of_trace_sq(L, N, need_grad_x, 0, 1);
+
+  std::vector<double> tangents(kChunk * n), tangents_t(kChunk * n), hessian_g(kChunk * n);
+  std::vector<double> kk_x(H * block), cross(H * block);
+  std::vector<double> scratch(n + 2 * H * block + 2 * H);
+  for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
+    const int64_t count = std::min(kChunk, N - i0);
+    std::fill(tangents.begin(), tangents.end(), 0.0);
+    for (int64_t b = 0; b < count; ++b) {
+      eval.evaluate(i0 + b, samples[b], tangents.data() + b * n);
+    }
+    for (int64_t b = 0; b < kChunk; ++b) {
+      for (int64_t r = 0; r < n; ++r) tangents_t[r * kChunk + b] = tangents[b * n + r];
+    }
+    hessian_times(h, tangents_t.data(), hessian_g.data(), n);
+    for (int64_t b = 0; b < count; ++b) {
+      const Sample& smp = samples[b];
+      for (int64_t k = 0; k < H; ++k) {
+        const int64_t base = k * block, w2_index = L.w2_offset + k;
+        for (int64_t d1 = 0; d1 < block; ++d1) {
+          const double* row = h + (base + d1) * n;
+          double hx = 0;
+          for (int64_t d2 = 0; d2 < block; ++d2) hx += row[base + d2] * smp.x_ext[d2];
+          kk_x[base + d1] = hx;
+          cross[base + d1] = row[w2_index];
+        }
+      }
+      const HessianReads reads{hessian_g.data() + b * n, kk_x.data(), cross.data()};
+      const double* g = tangents.data() + b * n;
+      accumulate_sample(L, eval, smp, i0 + b, g, reads, scratch, of_trace);
+      accumulate_sample(L, eval, smp, i0 + b, g, reads, scratch, of_trace_sq);
+    }
+  }
+  const auto dtype = p.x.scalar_type();
+  return {of_trace.result(dtype), of_trace_sq.result(dtype)};
+}
+
+}  // namespace torch_ws

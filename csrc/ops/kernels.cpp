@@ -1,0 +1,196 @@
+// The kernels of the torch_ws ops below autograd. The public ops and _traces_with_gradients run
+// the engines (core/engine.h) on CPU and CUDA tensors; on the Meta key they run the same
+// validation (check_problem) and return empty outputs of the right shapes, which is what
+// torch.compile and FakeTensor trace with. Helpers are CompositeImplicitAutograd.
+#include "core/engine.h"
+#include "core/modules.h"
+#include "core/ws_bound.h"
+#include "ops/schemas.h"
+#include "sample_space/sample_space.h"
+
+#include <torch/library.h>
+
+#include <string>
+
+namespace torch_ws {
+namespace {
+
+using at::Tensor;
+using std::optional;
+
+Tensor scalar_like(const Tensor& x, at::ScalarType dtype) {
+  return at::empty({}, x.options().dtype(dtype));
+}
+
+// The output order of the gradient lists: (x, w1, b1, w2, b2), empty where absent.
+std::vector<Tensor> gradient_list(const InputGradients& g, const Tensor& x) {
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(g.x), g.w1, or_empty(g.b1), g.w2, or_empty(g.b2)};
+}
+
+std::tuple<Tensor, Tensor> hessian_traces_kernel(const Tensor& x, const Tensor& target,
+                                                 const Tensor& w1, const optional<Tensor>& b1,
+                                                 const Tensor& w2, const optional<Tensor>& b2,
+                                                 c10::string_view activation,
+                                                 c10::string_view reduction) {
+  const MlpProblem p =
+      check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction);
+  const TracesResult t = evaluate_traces(p, Gradients::None);
+  return {t.trace.to(x.scalar_type()), t.trace_sq.to(x.scalar_type())};
+}
+
+Tensor ws_bound_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
+                       const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+                       c10::string_view activation, c10::string_view reduction) {
+  const MlpProblem p =
+      check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction);
+  const TracesResult t = evaluate_traces(p, Gradients::None);
+  return ws_upper_bound(t.trace, t.trace_sq, p.num_params()).to(x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_kernel(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller) {
+  const MlpProblem p = check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction);
+  TracesResult t =
+      evaluate_traces(p, need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters);
+  return {t.trace, t.trace_sq, gradient_list(*t.trace_grad, x), gradient_list(*t.trace_sq_grad, x)};
+}
+
+// ---- Meta: the same checks, outputs of the right shapes. ----
+
+std::tuple<Tensor, Tensor> hessian_traces_meta(const Tensor& x, const Tensor& target,
+                                               const Tensor& w1, const optional<Tensor>& b1,
+                                               const Tensor& w2, const optional<Tensor>& b2,
+                                               c10::string_view activation,
+                                               c10::string_view reduction) {
+  check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction);
+  return {scalar_like(x, x.scalar_type()), scalar_like(x, x.scalar_type())};
+}
+
+Tensor ws_bound_meta(const Tensor& x, const Tensor& target, const Tensor& w1,
+                     const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+                     c10::string_view activation, c10::string_view reduction) {
+  check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction);
+  return scalar_like(x, x.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_meta(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller) {
+  check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction);
+  auto like = [](const Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
+  auto grads = [&] {
+    return std::vector<Tensor>{need_grad_x ? like(x) : at::empty({0}, x.options()), like(w1),
+                               b1 ? like(*b1) : at::empty({0}, x.options()), like(w2),
+                               b2 ? like(*b2) : at::empty({0}, x.options())};
+  };
+  return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble), grads(), grads()};
+}
+
+// ---- Device-agnostic ops. ----
+
+// grad_trace·∇tr H + grad_trace_sq·∇tr(H²), entry by entry; empty entries stay empty.
+std::vector<Tensor> traces_backward(const Tensor& grad_trace, const Tensor& grad_trace_sq,
+                                    at::TensorList trace_grads, at::TensorList trace_sq_grads) {
+  TORCH_CHECK(trace_grads.size() == 5 && trace_sq_grads.size() == 5,
+              "torch_ws._traces_backward: expected 5 gradients (x, w1, b1, w2, b2) in each "
+              "list, got ", trace_grads.size(), " and ", trace_sq_grads.size());
+  TORCH_CHECK(grad_trace.dim() == 0 && grad_trace_sq.dim() == 0,
+              "torch_ws._traces_backward: expected 0-dim upstream gradients, got shapes ",
+              grad_trace.sym_sizes(), " and ", grad_trace_sq.sym_sizes());
+  std::vector<Tensor> out;
+  out.reserve(5);
+  for (size_t k = 0; k < 5; ++k) {
+    const Tensor& a = trace_grads[k];
+    const Tensor& b = trace_sq_grads[k];
+    TORCH_CHECK(a.sym_sizes() == b.sym_sizes() && a.scalar_type() == b.scalar_type(),
+                "torch_ws._traces_backward: gradient ", k, " has shape ", a.sym_sizes(), " (",
+                a.scalar_type(), ") in one list and ", b.sym_sizes(), " (", b.scalar_type(),
+                ") in the other");
+    // In float64: the bound's coefficients (∂λ/∂tr ∝ 1/s) can exceed the float32 range where
+    // the spread s is tiny, and inf·0 would be NaN. They stay tensors: no host sync.
+    const Tensor a64 = a.to(at::kDouble), b64 = b.to(at::kDouble);
+    out.push_back(at::addcmul(a64 * grad_trace.to(at::kDouble), b64,
+                              grad_trace_sq.to(at::kDouble))
+                      .to(a.scalar_type()));
+  }
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ws_bounds_from_traces_op(
+    const Tensor& trace, const Tensor& trace_sq, int64_t num_params) {
+  TORCH_CHECK(num_params >= 2, "torch_ws: the Wolkowicz-Styan bounds need n >= 2 parameters, "
+              "got n = ", num_params);
+  const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params);
+  const auto dtype = trace.scalar_type();
+  return {b.lambda_max_upper.to(dtype), b.lambda_max_lower.to(dtype), b.lambda_min_lower.to(dtype),
+          b.lambda_min_upper.to(dtype), b.spread_upper.to(dtype)};
+}
+
+int64_t num_params_op(int64_t in_dim, int64_t hidden, int64_t num_outputs, bool has_b1,
+                      bool has_b2) {
+  return count_params(hidden, in_dim, num_outputs, has_b1, has_b2);
+}
+
+std::vector<std::string> supported_op(c10::string_view option) {
+  std::vector<std::string> names;
+  if (option == "activation") {
+    for (const auto& entry : kActivations) names.emplace_back(entry.name);
+  } else if (option == "loss") {
+    for (const auto& entry : kLosses) names.emplace_back(entry.name);
+  } else if (option == "reduction") {
+    names = {"mean", "sum"};
+  } else {
+    TORCH_CHECK(false, "torch_ws._supported: unknown option '", std::string(option),
+                "'; expected activation, reduction or loss");
+  }
+  return names;
+}
+
+std::string activation_for_module_op(c10::string_view caller, c10::string_view class_name,
+                                     c10::string_view module_prefix, c10::string_view approximate,
+                                     double beta, double threshold) {
+  return activation_for_module(caller, class_name, {std::string(approximate), beta, threshold},
+                               module_prefix);
+}
+
+std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b2) {
+  TORCH_CHECK(x.dim() == 2 && w1.dim() == 2, "torch_ws._engine: expected x (N, D) and w1 (H, D), "
+              "got shapes ", x.sizes(), " and ", w1.sizes());
+  return engine_name(
+      choose_engine({x.device(), x.size(0), x.size(1), w1.size(0), 1, has_b1, has_b2}));
+}
+
+}  // namespace
+}  // namespace torch_ws
+
+#define TORCH_WS_REGISTER_ENGINE_KERNELS(m)                                 \
+  m.impl("hessian_traces", &torch_ws::hessian_traces_kernel);              \
+  m.impl("ws_bound", &torch_ws::ws_bound_kernel);                          \
+  m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_kernel)
+
+TORCH_LIBRARY_IMPL(torch_ws, CPU, m) { TORCH_WS_REGISTER_ENGINE_KERNELS(m); }
+TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) { TORCH_WS_REGISTER_ENGINE_KERNELS(m); }
+
+TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
+  m.impl("hessian_traces", &torch_ws::hessian_traces_meta);
+  m.impl("ws_bound", &torch_ws::ws_bound_meta);
+  m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_meta);
+}
+
+TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
+  m.impl("_traces_backward", &torch_ws::traces_backward);
+}
+
+TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
+  m.impl("_ws_bounds_from_traces", &torch_ws::ws_bounds_from_traces_op);
+  m.impl("_num_params", &torch_ws::num_params_op);
+  m.impl("_supported", &torch_ws::supported_op);
+  m.impl("_activation_for_module", &torch_ws::activation_for_module_op);
+  m.impl("_engine", &torch_ws::engine_op);
+  m.impl("_tile_size", &torch_ws::tile_size_for);
+  m.impl("_parallel_threads", &torch_ws::parallel_threads);
+}

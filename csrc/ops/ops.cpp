@@ -1,0 +1,48 @@
+// The op catalogue: every torch_ws schema, in one TORCH_LIBRARY. Kernels are registered where they
+// are implemented: kernels.cpp (CPU, CUDA, Meta), autograd/autograd.cpp (Autograd).
+//
+// Public: hessian_traces, ws_bound. Internal, run by autograd: _traces_with_gradients (the traces
+// and the gradients of tr H and tr(H²) with respect to (x, w1, b1, w2, b2), from whichever engine
+// the problem gets) and _traces_backward (their combination with the upstream gradients,
+// docs/math.md §6). The rest are small helpers shared with the Python package, so that facts
+// (supported names, the parameter count, the bounds from the traces) live in C++ only.
+#include "ops/schemas.h"
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(torch_ws, m) {
+  m.def(
+      "hessian_traces(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation=\"tanh\", str reduction=\"mean\") -> (Tensor trace, Tensor trace_sq)");
+  m.def(
+      "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation=\"tanh\", str reduction=\"mean\") -> Tensor");
+  // The gradient lists hold (x, w1, b1, w2, b2); x's is empty unless need_grad_x, an absent
+  // bias's is empty. `caller` is the public op the call serves: its name prefixes every error.
+  m.def(
+      "_traces_with_gradients(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction, bool need_grad_x, str caller) "
+      "-> (Tensor trace, Tensor trace_sq, Tensor[] trace_grads, Tensor[] trace_sq_grads)");
+  m.def(
+      "_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, Tensor[] trace_grads, "
+      "Tensor[] trace_sq_grads) -> Tensor[]");
+  // The five Wolkowicz-Styan bounds from the traces (core/ws_bound.h), differentiable through
+  // their ATen decomposition.
+  m.def(
+      "_ws_bounds_from_traces(Tensor trace, Tensor trace_sq, int num_params) -> (Tensor "
+      "lambda_max_upper, Tensor lambda_max_lower, Tensor lambda_min_lower, Tensor "
+      "lambda_min_upper, Tensor spread_upper)");
+  // n = H·D + H·[b1] + C·H + C·[b2].
+  m.def("_num_params(int in_dim, int hidden, int num_outputs, bool has_b1, bool has_b2) -> int");
+  // The names an option accepts: "activation", "reduction" or "loss".
+  m.def("_supported(str option) -> str[]");
+  // The activation of an activation module, by class name (the HSRRegularizers' one mapping).
+  m.def(
+      "_activation_for_module(str caller, str class_name, str module_prefix, "
+      "str approximate=\"none\", float beta=1, float threshold=20) -> str");
+  // Introspection for tests and benchmarks: the engine a problem of these shapes gets, the tile
+  // size of the CPU pairwise stage for N samples, and how many threads its lanes really run on.
+  m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2) -> str");
+  m.def("_tile_size(int num_samples) -> int");
+  m.def("_parallel_threads() -> int");
+}

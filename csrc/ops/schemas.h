@@ -1,0 +1,46 @@
+// The C++ signatures of the torch_ws ops' kernels (ops.cpp holds the schemas): typed handles for
+// calls through the dispatcher (so calls get autograd and reach the CPU, CUDA or Meta kernel).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+namespace torch_ws {
+
+using HessianTracesSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction);
+using WsBoundSignature = at::Tensor(const at::Tensor& x, const at::Tensor& target,
+                                    const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                    const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                                    c10::string_view activation, c10::string_view reduction);
+using TracesWithGradientsSignature =
+    std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+        const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+        const std::optional<at::Tensor>& b2, c10::string_view activation,
+        c10::string_view reduction, bool need_grad_x, c10::string_view caller);
+using TracesBackwardSignature = std::vector<at::Tensor>(const at::Tensor& grad_trace,
+                                                        const at::Tensor& grad_trace_sq,
+                                                        at::TensorList trace_grads,
+                                                        at::TensorList trace_sq_grads);
+using WsBoundsFromTracesSignature =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params);
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// The public ops' names, the prefix of their error messages.
+inline constexpr char kHessianTracesName[] = "torch_ws.hessian_traces";
+inline constexpr char kWsBoundName[] = "torch_ws.ws_bound";
+
+}  // namespace torch_ws
