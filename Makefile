@@ -1,59 +1,82 @@
-# Quick start: `make demo` and `make test` on a fresh machine with Python only.
+# Quick start: `make demo` and `make test` on a fresh machine with Python, a C++17 compiler and
+# cmake. Everything compiles once, in build/cmake (the library that both Python and C++ use).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Python packages the tests, demo and benchmarks use (torch is handled separately: never let pip
 # resolve torch on its own, it would pull the CUDA build).
 PY_DEPS := pytest numpy scipy matplotlib scikit-learn tqdm ninja setuptools wheel
-EXTENSION_STAMP := build/.extension-built
-SOURCES := $(wildcard csrc/*.cpp csrc/*.h include/torch_ws/*.h) setup.py pyproject.toml
+TORCH_CMAKE_PREFIX = $(shell $(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+CMAKE_GENERATOR := $(if $(shell command -v ninja),-G Ninja,)
+BUILD := $(CURDIR)/build
+CPP_INSTALL := $(BUILD)/install
+VENV := $(BUILD)/venv
+WHEEL_DIR := $(BUILD)/dist
 
-.PHONY: deps build test test-python test-cpp cpp demo bench bench-quick clean
+.PHONY: deps lib develop wheel venv test test-python test-cpp test-dev demo bench bench-quick clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	@$(PYTHON) -c "import pytest, numpy, scipy, matplotlib, sklearn, tqdm, ninja" 2>/dev/null || $(PIP) install -q $(PY_DEPS)
+	@$(PYTHON) -c "import pytest, numpy, scipy, matplotlib, sklearn, tqdm, ninja, wheel" 2>/dev/null || $(PIP) install -q $(PY_DEPS)
 
-$(EXTENSION_STAMP): $(SOURCES)
+# The library, its C++ tests and its CMake package (compiler progress is printed).
+lib: deps
+	@[ -f $(BUILD)/cmake/CMakeCache.txt ] || cmake -S . -B $(BUILD)/cmake $(CMAKE_GENERATOR) \
+		-DCMAKE_PREFIX_PATH="$(TORCH_CMAKE_PREFIX)" -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD)/cmake --parallel 2
+	cmake --install $(BUILD)/cmake --prefix $(CPP_INSTALL)
+
+# In-place install for development (reuses the library built above: no recompilation).
+develop: lib
 	$(PIP) install -q --no-build-isolation --no-deps -e .
-	@mkdir -p build && touch $@
 
-build: deps $(EXTENSION_STAMP)
+# The wheel a user installs, built from the same library.
+wheel: lib
+	rm -rf $(WHEEL_DIR)
+	$(PIP) wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
 
-test-python: build
-	$(PYTHON) -m pytest tests -q -m "not slow"
+# A fresh venv that already has torch (and the test packages) from this interpreter's
+# site-packages, with the wheel installed non-editable.
+venv: wheel
+	rm -rf $(VENV)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/python -m pip install -q --no-deps --no-index $(WHEEL_DIR)/torch_ws-*.whl
 
-# LibTorch side (issue: C++ API). Evaluated when used, i.e. after `deps` installed torch.
-TORCH_CMAKE_PREFIX = $(shell $(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')
-CMAKE_GENERATOR := $(if $(shell command -v ninja),-G Ninja,)
-CPP_INSTALL := $(CURDIR)/build/install
+# The Python suite against the installed wheel, run from outside the source tree so that
+# `import torch_ws` finds the installed package; the first line checks that it does.
+test-python: venv
+	mkdir -p $(BUILD)/wheel-test
+	cd $(BUILD)/wheel-test && $(VENV)/bin/python -c "import sys, torch_ws; \
+		assert torch_ws.__file__.startswith(sys.prefix), torch_ws.__file__; \
+		print('testing the installed wheel:', torch_ws.__file__)"
+	cd $(BUILD)/wheel-test && PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python -m pytest \
+		$(CURDIR)/tests -q -m "not slow" -p no:cacheprovider --rootdir $(CURDIR)
 
-# Configure, build and install the C++ library and its CMake package under build/install.
-cpp: deps
-	cmake -S . -B build/cmake $(CMAKE_GENERATOR) -DCMAKE_PREFIX_PATH="$(TORCH_CMAKE_PREFIX)"
-	cmake --build build/cmake -j2
-	cmake --install build/cmake --prefix $(CPP_INSTALL)
-
-# ctest, then a separate consumer project that knows only find_package(TorchWS).
-test-cpp: cpp
-	cd build/cmake && ctest --output-on-failure
-	cmake -S examples/cpp -B build/example $(CMAKE_GENERATOR) \
+# ctest (one test per case), then a separate consumer project that knows only find_package(TorchWS).
+test-cpp: lib
+	cd $(BUILD)/cmake && ctest --output-on-failure
+	cmake -S examples/cpp -B $(BUILD)/example $(CMAKE_GENERATOR) \
 		-DCMAKE_PREFIX_PATH="$(CPP_INSTALL);$(TORCH_CMAKE_PREFIX)"
-	cmake --build build/example
-	./build/example/train_hsr 20 0.1
+	cmake --build $(BUILD)/example
+	$(BUILD)/example/train_hsr 20 0.1
 
 test: test-python test-cpp
 
+# The suite against the in-place install (faster while developing).
+test-dev: develop
+	$(PYTHON) -m pytest tests -q -m "not slow"
+
 # The papers' experiments, quick size, into reports/ (report.md, figures, results.json).
-demo: build
+demo: develop
 	$(PYTHON) -m torch_ws reproduce --quick --out reports/reproduce
 
 # Benchmarks (results, tables and plots under benchmarks/results/).
-bench: build
+bench: develop
 	$(PYTHON) benchmarks/bench_ws.py
 	$(PYTHON) benchmarks/bench_scale.py
+	$(PYTHON) benchmarks/bench_sweep.py
 
-bench-quick: build
+bench-quick: develop
 	$(PYTHON) benchmarks/bench_ws.py --quick
 
 clean:
-	rm -rf build torch_ws/*.so *.egg-info
+	rm -rf build dist torch_ws/lib/*.so *.egg-info

@@ -7,6 +7,7 @@ import pytest
 import torch
 from testing import (
     ACTIVATIONS,
+    DEVICES,
     BIAS_CONFIGS,
     REDUCTIONS,
     all_configs,
@@ -30,23 +31,32 @@ def config_id(cfg):
     return f"{act}-{red}-b1{int(b1)}b2{int(b2)}-{'soft' if soft else 'hard'}"
 
 
+def skip_unless_engine_runs_on(engine, device):
+    if engine == "parameter" and device != "cpu":
+        pytest.skip("the parameter-space engine is CPU-only")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", all_configs(), ids=config_id)
-def test_values_match_explicit_hessian(cfg):
+def test_values_match_explicit_hessian(cfg, device, engine):
+    skip_unless_engine_runs_on(engine, device)
     act, red, bias, soft = cfg
     p = make_problem(n=8, d=3, h=4, bias=bias, soft_targets=soft, seed=1)
     hess = reference.explicit_hessian(*p.args(), act, red)
-    trace, trace_sq = torch_ws.hessian_traces(*p.args(), act, red)
+    on_device = make_problem(n=8, d=3, h=4, bias=bias, soft_targets=soft, seed=1, device=device)
+    trace, trace_sq = [t.cpu() for t in torch_ws.hessian_traces(*on_device.args(), act, red)]
     assert hess.shape[0] == torch_ws.num_params(p.w1, p.b1, p.w2, p.b2)
     assert rel_err(trace, hess.trace()) <= 1e-8
     assert rel_err(trace_sq, (hess * hess).sum()) <= 1e-8
 
     eig = torch.linalg.eigvalsh(hess)
-    bound = torch_ws.ws_bound(*p.args(), act, red)
+    bound = torch_ws.ws_bound(*on_device.args(), act, red).cpu()
     expected = reference.ws_upper_from_traces(hess.trace(), (hess * hess).sum(), hess.shape[0])
     assert rel_err(bound, expected) <= 1e-8
     assert eig.max() <= bound + 1e-12 * bound.abs()
 
-    bounds = torch_ws.ws_bounds(*p.args(), act, red)
+    bounds = torch_ws.ws_bounds(*on_device.args(), act, red)
+    bounds = bounds._replace(**{k: v.cpu() for k, v in bounds._asdict().items() if torch.is_tensor(v)})
     tol = 1e-10 * eig.abs().max()
     assert bounds.lambda_max_lower - tol <= eig.max() <= bounds.lambda_max_upper + tol
     assert bounds.lambda_min_lower - tol <= eig.min() <= bounds.lambda_min_upper + tol
@@ -75,13 +85,16 @@ def grads_via_op(p, act, red, which):
     return torch.autograd.grad(value, p.differentiable())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cfg", all_configs(), ids=config_id)
 @pytest.mark.parametrize("which", ["trace", "trace_sq", "bound"])
-def test_gradients_match_autograd_through_explicit_hessian(cfg, which):
+def test_gradients_match_autograd_through_explicit_hessian(cfg, which, device, engine):
+    skip_unless_engine_runs_on(engine, device)
     act, red, bias, soft = cfg
     p = make_problem(n=6, d=2, h=3, bias=bias, soft_targets=soft, seed=2, requires_grad=True)
     expected = grads_via_explicit_hessian(p, act, red, which)
-    actual = grads_via_op(p, act, red, which)
+    on_device = make_problem(n=6, d=2, h=3, bias=bias, soft_targets=soft, seed=2, requires_grad=True, device=device)
+    actual = [g.cpu() for g in grads_via_op(on_device, act, red, which)]
     names = ["x", "w1", "b1", "w2", "b2"]
     names = [n for n, t in zip(names, (p.x, p.w1, p.b1, p.w2, p.b2)) if t is not None]
     for name, a, e in zip(names, actual, expected):
@@ -104,13 +117,15 @@ def test_gradcheck_both_ops(act):
     assert torch.autograd.gradcheck(bound, inputs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bias", BIAS_CONFIGS[:2])
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("op_name", ["hessian_traces", "ws_bound"])
-def test_opcheck(op_name, requires_grad, bias):
+def test_opcheck(op_name, requires_grad, bias, device, engine):
+    skip_unless_engine_runs_on(engine, device)
     op = getattr(torch.ops.torch_ws, op_name).default
     for dtype in (torch.float32, torch.float64):
-        p = make_problem(n=6, d=3, h=4, bias=bias, dtype=dtype, requires_grad=requires_grad)
+        p = make_problem(n=6, d=3, h=4, bias=bias, dtype=dtype, requires_grad=requires_grad, device=device)
         torch.library.opcheck(op, p.args() + ("tanh", "mean"))
         torch.library.opcheck(op, p.args(), {"activation": "silu", "reduction": "sum"})
 

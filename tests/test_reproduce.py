@@ -50,6 +50,21 @@ def test_cli_breast_cancer(tmp_path, capsys):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["dataset"] == "breast_cancer"
     assert (tmp_path / "landscapes.png").exists()
+    # The header states the sizes the data set has: 40 for training, the other 529 for testing.
+    from sklearn.datasets import load_breast_cancer
+
+    total = len(load_breast_cancer().target)
+    report = (tmp_path / "report.md").read_text()
+    assert f"30 features; 40 training, {total - 40} test points" in report
+    assert saved["data"] == {"dataset": "breast_cancer", "features": 30, "train_size": 40,
+                             "test_size": total - 40}
+
+
+def test_each_dataset_has_its_own_default_report_folder():
+    from torch_ws.__main__ import default_out
+
+    assert default_out("gaussians") != default_out("breast_cancer")
+    assert default_out("breast_cancer") == "reports/reproduce-breast_cancer"
 
 
 def test_cli_rejects_unknown_activation(tmp_path, capsys):

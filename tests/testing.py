@@ -5,11 +5,17 @@ import itertools
 from dataclasses import dataclass
 from typing import Optional
 
+import pytest
 import torch
 
 import torch_ws
 
 DTYPES = (torch.float32, torch.float64)
+#: Devices every device-parametrized test runs on; CUDA cases skip cleanly without a GPU.
+DEVICES = (
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+)
 ACTIVATIONS = torch_ws.ACTIVATIONS
 REDUCTIONS = torch_ws.REDUCTIONS
 # (b1 present, b2 present)
@@ -46,19 +52,21 @@ def make_problem(
     seed=0,
     requires_grad=False,
     scale=1.0,
+    device="cpu",
 ) -> Problem:
-    """A random problem; weights scaled by ``scale`` (large values saturate the network)."""
+    """A random problem; weights scaled by ``scale`` (large values saturate the network). The
+    values are drawn on the CPU, so a problem is the same on every device."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
-        t = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        t = (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
         return t.requires_grad_(requires_grad)
 
     x = randn(n, d)
     if soft_targets:
-        target = torch.rand(n, generator=gen, dtype=torch.float64).to(dtype)
+        target = torch.rand(n, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
     else:
-        target = torch.randint(0, 2, (n,), generator=gen).to(dtype)
+        target = torch.randint(0, 2, (n,), generator=gen).to(dtype=dtype, device=device)
     return Problem(
         x,
         target,

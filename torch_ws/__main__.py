@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     size = rep.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a few minutes on 2 cores (default)")
     size.add_argument("--full", action="store_true", help="paper-sized (500 initializations per setting; hours)")
-    rep.add_argument("--out", default="reports/reproduce", help="report folder (default: %(default)s)")
+    rep.add_argument("--out", help="report folder (default: reports/reproduce for the Gaussians, "
+                                    "reports/reproduce-<dataset> for another data set)")
     rep.add_argument("--dataset", choices=DATASETS, help="default: gaussians")
     rep.add_argument("--seed", type=int, help="master seed; results are deterministic for it")
     rep.add_argument("--runs", type=int, help="initializations per (width, activation)")
@@ -33,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--jobs", type=int, help="worker processes (default: up to 2)")
     rep.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def default_out(dataset: str) -> str:
+    """Each data set's report has a folder of its own, so one run never overwrites another's."""
+    return "reports/reproduce" if dataset == "gaussians" else f"reports/reproduce-{dataset}"
 
 
 def main(argv=None) -> int:
@@ -58,8 +64,9 @@ def main(argv=None) -> int:
         if unknown:
             print(f"torch-ws: unknown activation(s) {unknown}; expected {torch_ws.ACTIVATIONS}", file=sys.stderr)
             return 2
-        results = run(cfg, args.out, jobs=args.jobs)
-        print(f"wrote {args.out}/report.md ({results['seconds']} s)")
+        out = args.out or default_out(cfg.dataset)
+        results = run(cfg, out, jobs=args.jobs)
+        print(f"wrote {out}/report.md ({results['seconds']} s)")
     return 0
 
 

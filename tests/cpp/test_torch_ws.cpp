@@ -1,12 +1,14 @@
-// C++ tests of the LibTorch API (run by ctest): the bound's gradient against central finite
-// differences of the C++ bound itself, in float64; bad input raises c10::Error with a clear
-// message; the HSRRegularizer matches ws_bound and fills .grad().
+// C++ tests of the LibTorch API: the bound's gradient against central finite differences of the
+// C++ bound itself, in float64; ws_bounds against the explicit formulas from the traces; bad input
+// raises c10::Error with a clear message; the HSRRegularizer matches ws_bound and fills .grad().
+// Each case is its own ctest test: `test_torch_ws CASE` runs one (CMakeLists.txt lists them).
 #include <torch/torch.h>
 #include <torch_ws/torch_ws.h>
 
 #include <cmath>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -99,7 +101,9 @@ void test_traces_consistent_with_bound() {
 }
 
 void test_bad_input() {
+  torch::manual_seed(4);
   Problem p = make_problem(6, 3, 4);
+  p.target[0] = 1;  // so that target * 3 leaves [0, 1] whatever the draw
   expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "relu"); },
                "unknown activation 'relu'; expected one of: linear, sigmoid, tanh", "activation");
   expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, torch::randn({2, 4}, torch::kFloat64), p.b2); },
@@ -112,6 +116,27 @@ void test_bad_input() {
                "unknown reduction 'max'", "reduction");
   expect_error([&] { torch_ws::ws_bound(p.x.slice(0, 0, 0), p.target.slice(0, 0, 0), p.w1, p.b1, p.w2, p.b2); },
                "non-empty batch", "empty batch");
+}
+
+void test_ws_bounds() {
+  torch::manual_seed(3);
+  Problem p = make_problem(8, 3, 4);
+  const auto b = torch_ws::ws_bounds(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "sigmoid");
+  const double n = 3 * 4 + 4 + 4 + 1;
+  check(b.num_params == 21, "ws_bounds: n = 21");
+  const double m = b.trace.item<double>() / n;
+  const double s = std::sqrt(b.trace_sq.item<double>() / n - m * m);
+  auto close = [](const torch::Tensor& t, double expected) {
+    return std::abs(t.item<double>() - expected) <= 1e-12 * std::max(1.0, std::abs(expected));
+  };
+  check(close(b.lambda_max_upper, m + s * std::sqrt(n - 1)), "ws_bounds: lambda_max_upper");
+  check(close(b.lambda_max_lower, m + s / std::sqrt(n - 1)), "ws_bounds: lambda_max_lower");
+  check(close(b.lambda_min_lower, m - s * std::sqrt(n - 1)), "ws_bounds: lambda_min_lower");
+  check(close(b.lambda_min_upper, m - s / std::sqrt(n - 1)), "ws_bounds: lambda_min_upper");
+  check(close(b.spread_upper, s * std::sqrt(2 * n)), "ws_bounds: spread_upper");
+  check(torch::equal(b.lambda_max_upper, torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2,
+                                                            p.b2, "sigmoid")),
+        "ws_bounds: lambda_max_upper equals ws_bound");
 }
 
 void test_regularizer() {
@@ -133,26 +158,66 @@ void test_regularizer() {
   }
   check(all_grads, "regularizer gradient reaches every parameter");
   check(reg.activation() == "tanh", "activation read from the model");
-
-  torch::nn::Sequential relu(torch::nn::Linear(3, 5), torch::nn::ReLU(), torch::nn::Linear(5, 1));
-  expect_error([&] { torch_ws::HSRRegularizer r(relu); }, "ReLU is not smooth", "ReLU refused");
-  torch::nn::Sequential wide(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 2));
-  expect_error([&] { torch_ws::HSRRegularizer r(wide); }, "Linear(H, 1)", "two outputs refused");
   torch::nn::Sequential gelu(torch::nn::Linear(3, 5),
                              torch::nn::GELU(torch::nn::GELUOptions().approximate("tanh")),
                              torch::nn::Linear(5, 1));
   check(torch_ws::HSRRegularizer(gelu).activation() == "gelu_tanh", "GELU tanh detected");
+  torch::nn::Sequential silu(torch::nn::Linear(3, 5), torch::nn::SiLU(), torch::nn::Linear(5, 1));
+  check(torch_ws::HSRRegularizer(silu).activation() == "silu", "SiLU detected");
+}
+
+// The same refusals, with the same reasons, as the Python HSRRegularizer (one mapping).
+void test_regularizer_refusals() {
+  torch::nn::Sequential relu(torch::nn::Linear(3, 5), torch::nn::ReLU(), torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(relu); }, "ReLU is not smooth", "ReLU refused");
+  torch::nn::Sequential elu(torch::nn::Linear(3, 5), torch::nn::ELU(), torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(elu); }, "ELU is not smooth", "ELU refused");
+  torch::nn::Sequential leaky(torch::nn::Linear(3, 5), torch::nn::LeakyReLU(),
+                              torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(leaky); }, "LeakyReLU is not smooth",
+               "LeakyReLU refused");
+  torch::nn::Sequential softplus(torch::nn::Linear(3, 5),
+                                 torch::nn::Softplus(torch::nn::SoftplusOptions().beta(2)),
+                                 torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(softplus); }, "Softplus only with beta=1",
+               "Softplus beta=2 refused");
+  torch::nn::Sequential softsign(torch::nn::Linear(3, 5), torch::nn::Softsign(),
+                                 torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(softsign); },
+               "unsupported activation Softsign; expected one of: torch::nn::Identity",
+               "Softsign refused");
+  torch::nn::Sequential wide(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 2));
+  expect_error([&] { torch_ws::HSRRegularizer r(wide); }, "Linear(H, 1)", "two outputs refused");
+  torch::nn::Sequential short_model(torch::nn::Linear(3, 4), torch::nn::Tanh());
+  expect_error([&] { torch_ws::HSRRegularizer r(short_model); }, "Sequential of 2 modules",
+               "two modules refused with the size message");
 }
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  std::map<std::string, std::function<void()>> cases = {
+      {"traces_consistent_with_bound", test_traces_consistent_with_bound},
+      {"ws_bounds", test_ws_bounds},
+      {"bad_input", test_bad_input},
+      {"regularizer", test_regularizer},
+      {"regularizer_refusals", test_regularizer_refusals},
+  };
   for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
-    test_gradient_against_finite_differences(act);
+    cases[std::string("gradient_") + act] = [act] { test_gradient_against_finite_differences(act); };
   }
-  test_traces_consistent_with_bound();
-  test_bad_input();
-  test_regularizer();
+  if (argc > 1) {  // one case, as ctest runs them
+    auto it = cases.find(argv[1]);
+    if (it == cases.end()) {
+      std::cerr << "unknown case '" << argv[1] << "'; cases:";
+      for (const auto& [name, fn] : cases) std::cerr << " " << name;
+      std::cerr << "\n";
+      return 2;
+    }
+    it->second();
+  } else {  // every case
+    for (const auto& [name, fn] : cases) fn();
+  }
   std::cout << passed << " passed, " << failed << " failed\n";
-  return failed == 0 ? 0 : 1;
+  return failed == 0 && passed > 0 ? 0 : 1;
 }

@@ -109,6 +109,9 @@ def run(cfg: ReproduceConfig, out_dir: str | os.PathLike, jobs: int | None = Non
         "config": cfg_dict,
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": jobs},
         "seconds": None,
+        # The sizes the data set really has (breast_cancer's test set is what training leaves).
+        "data": {"dataset": data.name, "features": data.dim, "train_size": len(data.y_train),
+                 "test_size": len(data.y_test)},
         "used_final_iterates": fallback,
         "counts": counts,
         "summary": summary,

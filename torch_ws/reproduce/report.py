@@ -13,10 +13,12 @@ def _f(v, digits=3) -> str:
 
 def write_report(cfg, results: dict, figures: dict, out: Path) -> None:
     s = results["summary"]
+    data = results["data"]
     lines = [
         "# torch-ws reproduction of the WS-bound and HSR experiments",
         "",
-        f"Data set `{cfg.dataset}` ({cfg.train_size} training, {cfg.test_size} test points), "
+        f"Data set `{data['dataset']}` ({data['features']} features; {data['train_size']} training, "
+        f"{data['test_size']} test points), "
         f"widths {list(cfg.widths)}, activations {list(cfg.activations)}, {cfg.runs} initializations "
         f"per setting, full-batch GD with lr ~ U{tuple(cfg.lr_range)}, critical point when "
         f"‖∇‖ < {cfg.grad_tol:g} within {cfg.max_steps} steps, duplicates closer than "

@@ -1,0 +1,92 @@
+"""Every entry point fails the same way on the same bad input, and the package works as installed:
+the Meta kernels (what torch.compile and FakeTensor trace with) run the CPU kernels' checks, one
+error prefix per public op whatever the grad mode, a second copy of the C++ library in the process
+does not abort it, and the `torch-ws` console script runs."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from test_bad_input import CASES
+from testing import make_problem
+
+import torch_ws
+
+# Checks that read target values cannot run on meta tensors (there are none to read).
+VALUE_CASES = {"target above 1", "target below 0"}
+
+
+def on_meta(args):
+    return {k: v.to("meta") if torch.is_tensor(v) and v.device.type == "cpu" else v for k, v in args.items()}
+
+
+def message_of(fn, args):
+    with pytest.raises(RuntimeError) as info:
+        fn(**args)
+    return str(info.value).split("\nException raised from")[0]
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - VALUE_CASES - {"mixed devices"}))
+@pytest.mark.parametrize("op", ["ws_bound", "hessian_traces"])
+def test_meta_kernels_refuse_what_the_cpu_kernels_refuse(case, op):
+    make_args, _ = CASES[case]
+    fn = getattr(torch.ops.torch_ws, op)
+    assert message_of(fn, on_meta(make_args())) == message_of(fn, make_args())
+
+
+def test_meta_kernels_give_the_output_shapes_and_dtypes():
+    p = make_problem(n=6, d=3, h=4, dtype=torch.float32)
+    args = [t.to("meta") if t is not None else None for t in p.args()]
+    trace, trace_sq = torch.ops.torch_ws.hessian_traces(*args)
+    bound = torch.ops.torch_ws.ws_bound(*args)
+    for t in (trace, trace_sq, bound):
+        assert t.device.type == "meta" and t.shape == () and t.dtype == torch.float32
+
+
+@pytest.mark.parametrize("op", ["ws_bound", "hessian_traces"])
+def test_one_error_prefix_with_and_without_grad(op):
+    fn = getattr(torch_ws, op)
+    for requires_grad in (False, True):
+        p = make_problem(n=6, d=3, h=4, requires_grad=requires_grad)
+        args = dict(x=p.x, target=p.target, w1=p.w1, b1=p.b1, w2=p.w2, b2=p.b2)
+        with pytest.raises(RuntimeError, match=rf"^torch_ws\.{op}: unknown activation 'relu'"):
+            fn(**args, activation="relu")
+        bad = torch.tensor([0, 1, 2, 0, 1, 0], dtype=torch.float64)
+        with pytest.raises(RuntimeError, match=rf"^torch_ws\.{op}: expected targets in \[0, 1\]"):
+            fn(**{**args, "target": bad})
+
+
+def run_python(code: str, tmp_path):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+
+
+def test_a_second_copy_of_the_library_loaded_first_does_not_abort(tmp_path):
+    """A LibTorch build of libtorch_ws.so loaded before `import torch_ws` (both register the
+    torch_ws namespace; loading both used to abort the process)."""
+    copy = tmp_path / "libtorch_ws_copy.so"
+    shutil.copyfile(torch_ws._library.LIBRARY, copy)  # another file: dlopen cannot dedupe it
+    out = run_python(f"""
+        import torch
+        torch.ops.load_library({str(copy)!r})
+        import torch_ws
+        x, t = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0., 1, 1, 0, 1], dtype=torch.float64)
+        w1, w2 = torch.randn(3, 2, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)
+        print(float(torch_ws.ws_bound(x, t, w1, None, w2, None)))
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) > 0
+
+
+def test_the_console_script_runs(tmp_path):
+    script = shutil.which("torch-ws", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert script is not None, "the torch-ws console script is not installed"
+    out = subprocess.run([script, "reproduce", "--runs", "1", "--max-steps", "20", "--widths", "3",
+                          "--activations", "tanh", "--train-size", "20", "--test-size", "40",
+                          "--jobs", "1", "--no-progress", "--out", str(tmp_path / "report")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "report" / "report.md").exists()
