@@ -57,10 +57,13 @@ int64_t tile_size_from(int64_t num_samples, int64_t setting) {
   if (setting == kWholeMatrices) return num_samples;
   // Tiles of at most kMaxTile, whose dozen T×T work arrays stay cache-sized while their T×T×H
   // products run near the BLAS peak, and all of one size (N split evenly), so that the lanes get
-  // even work at every N: a fixed T would leave a sliver of a last block, and the step from one
-  // tile to several would be a step in time.
-  constexpr int64_t kMaxTile = 256;
-  const int64_t blocks = (num_samples + kMaxTile - 1) / kMaxTile;
+  // even work at every N: a fixed T would leave a sliver of a last block (N = 513 took twice the
+  // time of N = 512 with one tile up to 512, then T = 256).
+  // From kMinTile·2 samples on there are at least two blocks (three tile pairs), so that the lanes
+  // run in parallel: one tile would leave the fused pass on one thread.
+  constexpr int64_t kMaxTile = 256, kMinTile = 64;
+  const int64_t blocks = std::max<int64_t>((num_samples + kMaxTile - 1) / kMaxTile,
+                                           num_samples >= 2 * kMinTile ? 2 : 1);
   return (num_samples + blocks - 1) / blocks;
 }
 

@@ -1,7 +1,6 @@
 // The Wolkowicz-Styan bounds (λ_sup = m + s·√(n−1) and the four others) and the derivatives of
-// λ_sup in the traces (docs/math.md §5 and §7), written once for two value types: 0-d float64 tensors (any device, no host
-// sync) and doubles (the CPU parameter-space engine, where a dozen 0-d tensor operations would
-// cost more than all of its arithmetic at the papers' scale).
+// λ_sup in the traces (docs/math.md §5 and §7), written once for two value types: 0-d float64
+// tensors (any device, no host sync) and doubles.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,7 +24,7 @@ inline at::Tensor where(const at::Tensor& c, const at::Tensor& a, const at::Tens
 inline double where(bool c, double a, double b) { return c ? a : b; }
 }  // namespace primitives
 
-// m = tr/n and s² = tr(H²)/n − m² (math.md §5), s² not yet clamped.
+// m = tr/n and s² = tr(H²)/n − m² (docs/math.md §5), s² not yet clamped.
 template <typename T>
 struct WsMoments {
   T mean, spread_sq;

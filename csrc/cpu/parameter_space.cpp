@@ -46,7 +46,7 @@ struct Layout {
         has_b2(p.b2.has_value()) {}
 };
 
-// One sample's quantities (math.md §2), in double.
+// One sample's quantities (docs/math.md §2), in double.
 struct Sample {
   std::vector<double> x_ext;                   // x̃: x_i, then 1 if b1 exists (block entries)
   const double *phi0, *phi1, *phi2, *phi3;     // φ^(k)(a_i), rows of H entries
