@@ -17,9 +17,9 @@ import argparse
 
 import torch
 from bench_scale import best_mm_rate, value_and_grad
+from bench_ws import bench_training_step
 from common import RESULTS, fmt_time, machine, mlp_problem, time_alternating, write_json
 
-import torch_ws
 
 MAX_STEP = 0.15
 MAX_STEP_RATIO = 1.5
@@ -38,29 +38,14 @@ def sweep(d, h, reps):
             "max_step_at": (rows[worst]["N"], rows[worst + 1]["N"]), "met": steps[worst] <= MAX_STEP}
 
 
-def hsr_step(batch, d, h, rate, reps, rho=0.1):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Tanh(), torch.nn.Linear(h, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    reg = torch_ws.HSRRegularizer(model)
-    x, y = torch.randn(batch, d), (torch.rand(batch) > 0.5).float()
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-
-    def plain():
-        opt.zero_grad()
-        bce(model(x).squeeze(-1), y).backward()
-        opt.step()
-
-    def hsr():
-        opt.zero_grad()
-        (bce(model(x).squeeze(-1), y) + rho * reg(x, y)).backward()
-        opt.step()
-
-    times = time_alternating({"plain": plain, "hsr": hsr}, reps)
+def hsr_step(batch, d, h, rate, reps):
+    """bench_ws's training step (plain and HSR, same model and data) against the prediction."""
+    times = bench_training_step(batch, d, h, reps)["time_s"]
+    plain, hsr = times["plain"], times["HSR (torch_ws)"]
     least_work = 2 * (batch * batch * d / 2 + 12 * batch * batch * h)
-    predicted = times["plain"] + least_work / rate
-    ratio = times["hsr"] / predicted
-    return {"batch": batch, "D": d, "H": h, "plain_s": times["plain"], "hsr_s": times["hsr"],
+    predicted = plain + least_work / rate
+    ratio = hsr / predicted
+    return {"batch": batch, "D": d, "H": h, "plain_s": plain, "hsr_s": hsr,
             "predicted_s": predicted, "ratio": ratio, "met": ratio <= MAX_STEP_RATIO}
 
 
