@@ -149,14 +149,14 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
         forward_traces(x, target, w1, b1, w2, b2, activation, reduction, kWsBoundName);
     r.saved.save(ctx);
     ctx->saved_data["num_params"] = r.num_params;
-    return {ws_upper_bound(r.saved.trace, r.saved.trace_sq, r.num_params).to(x.scalar_type())};
+    return {ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params, x.scalar_type())};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const SavedTraces saved = SavedTraces::load(ctx);
     const auto [d_trace, d_trace_sq] =
-        bound_trace_grads(grad_or_zero(grad_outputs[0], saved.trace).to(at::kDouble),
-                          saved.trace, saved.trace_sq, ctx->saved_data["num_params"].toInt());
+        bound_trace_grads_tensor(grad_or_zero(grad_outputs[0], saved.trace), saved.trace,
+                                 saved.trace_sq, ctx->saved_data["num_params"].toInt());
     return input_grads(saved, d_trace, d_trace_sq, kWsBoundName);
   }
 };

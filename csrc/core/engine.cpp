@@ -105,14 +105,13 @@ Engine choose_engine(const ProblemShape& shape) {
 namespace {
 
 TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
-  const HessianResult r = hessian_cpu(p);
-  auto scalar = [&](double v) { return at::scalar_tensor(v, r.hessian.options()); };
+  ParameterSpaceResult r = parameter_space_cpu(p, gradients != Gradients::None,
+                                               gradients == Gradients::ParametersAndX);
+  auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options().dtype(at::kDouble)); };
   TracesResult out{scalar(r.trace), scalar(r.trace_sq), std::nullopt, std::nullopt};
-  if (gradients != Gradients::None) {
-    auto [of_trace, of_trace_sq] =
-        hessian_cpu_gradients(p, r.hessian, gradients == Gradients::ParametersAndX);
-    out.trace_grad = std::move(of_trace);
-    out.trace_sq_grad = std::move(of_trace_sq);
+  if (r.gradients) {
+    out.trace_grad = std::move(r.gradients->first);
+    out.trace_sq_grad = std::move(r.gradients->second);
   }
   return out;
 }

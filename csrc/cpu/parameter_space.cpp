@@ -14,11 +14,15 @@
 // gradients of tr H (H̄ = I) and of tr(H²) (H̄ = 2H) take one more pass over the samples with the
 // assembled H: O(N·n²), no autograd.
 #include "cpu/parameter_space.h"
+#include "cpu/lanes.h"
 #include "cpu/vector_clones.h"
 
 #include <c10/util/Exception.h>
 
+#include <ATen/Dispatch.h>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -141,12 +145,13 @@ class SampleEvaluator {
 // the cache once per sample. A short last chunk is padded with zero tangents.
 constexpr int64_t kChunk = 8;
 
-// The upper triangle (q ≥ p) of hessian += Σ_b s_b g_b g_bᵀ over one chunk; G is kChunk × n.
-// See vector_clones.h for the attribute.
+// Rows [row_begin, row_end) of the upper triangle (q ≥ p) of hessian += Σ_b s_b g_b g_bᵀ over one
+// chunk; G is kChunk × n. See vector_clones.h for the attribute.
 TORCH_WS_VECTOR_CLONES void add_outer_products(double* __restrict__ hessian,
                                                const double* __restrict__ G,
-                                               const double* __restrict__ s, int64_t n) {
-  for (int64_t p = 0; p < n; ++p) {
+                                               const double* __restrict__ s, int64_t n,
+                                               int64_t row_begin, int64_t row_end) {
+  for (int64_t p = row_begin; p < row_end; ++p) {
     double c[kChunk];
     for (int64_t b = 0; b < kChunk; ++b) c[b] = s[b] * G[b * n + p];
     double* __restrict__ row = hessian + p * n;
@@ -177,41 +182,61 @@ TORCH_WS_VECTOR_CLONES void hessian_times(const double* __restrict__ hessian,
   }
 }
 
-}  // namespace
+// Parallel work pays from about this many multiply-adds per lane (a parallel region costs a few
+// microseconds; the papers' scale, N = 200 and n = 41, has 3·10⁵ per pass).
+constexpr double kMinWorkPerLane = 5e4;
 
-HessianResult hessian_cpu(const MlpProblem& p) {
-  TORCH_INTERNAL_ASSERT(p.x.is_cpu());
-  const Layout L(p);
-  const int64_t n = L.num_params, block = L.block, N = p.num_samples();
-  const SampleEvaluator eval(p, L, /*num_derivatives=*/2);
-  Sample smp = eval.make_sample();
-  at::Tensor hessian = at::zeros({n, n}, p.x.options().dtype(at::kDouble));
+// H assembled in closed form, with tr H and ‖H‖²_F.
+struct AssembledHessian {
+  double trace, trace_sq;
+  at::Tensor hessian;  // (n, n) float64, contiguous
+};
+
+AssembledHessian assemble_hessian(const SampleEvaluator& eval, const Layout& L, int64_t N) {
+  const int64_t n = L.num_params, block = L.block;
+  at::Tensor hessian = at::zeros({n, n}, at::TensorOptions().dtype(at::kDouble));
   double* h = hessian.data_ptr<double>();
   const double* w2 = eval.w2;
-  std::vector<double> tangents(kChunk * n), s_chunk(kChunk);
-  // The upper triangle first (row ≤ column), mirrored at the end.
-  for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
-    std::fill(tangents.begin(), tangents.end(), 0.0);
-    std::fill(s_chunk.begin(), s_chunk.end(), 0.0);
-    for (int64_t b = 0; b < kChunk && i0 + b < N; ++b) {
-      eval.evaluate(i0 + b, smp, tangents.data() + b * n);
-      s_chunk[b] = smp.s;
-      // e_i M_i (§3): per hidden unit k, the (W1_k, W1_k) block e·w2_k φ''(a_k) x̃x̃ᵀ and the
-      // (W1_k, w2_k) column e·φ'(a_k) x̃ (w2 comes after every W1 block: upper triangle).
-      for (int64_t k = 0; k < L.hidden; ++k) {
-        const double diag = smp.e * w2[k] * smp.phi2[k], cross = smp.e * smp.phi1[k];
-        const int64_t base = k * block;
-        for (int64_t d1 = 0; d1 < block; ++d1) {
-          double* row = h + (base + d1) * n;
-          const double xd1 = smp.x_ext[d1];
-          for (int64_t d2 = d1; d2 < block; ++d2) row[base + d2] += diag * xd1 * smp.x_ext[d2];
-          row[L.w2_offset + k] += cross * xd1;
+  // The upper triangle (row ≤ column) first, mirrored at the end. Lanes own bands of rows of
+  // about equal area (row p has n − p entries), so they write disjoint memory and need no copy of
+  // H; each evaluates every sample's tangent, O(n) against its O(n²/lanes) share of the products.
+  const double area = 0.5 * static_cast<double>(n) * (n + 1);
+  const int64_t lanes = lanes_for(area * N, kMinWorkPerLane, n);
+  std::vector<int64_t> first_row(lanes + 1, n);
+  first_row[0] = 0;
+  for (int64_t p = 0, lane = 1; p < n && lane < lanes; ++p) {
+    const double above = static_cast<double>(p + 1) * n - 0.5 * static_cast<double>(p) * (p + 1);
+    if (above >= area * lane / lanes) first_row[lane++] = p + 1;
+  }
+  run_lanes(lanes, [&](int64_t lane) {
+    const int64_t row_begin = first_row[lane], row_end = first_row[lane + 1];
+    auto mine = [&](int64_t row) { return row >= row_begin && row < row_end; };
+    Sample smp = eval.make_sample();
+    std::vector<double> tangents(kChunk * n), s_chunk(kChunk);
+    for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
+      std::fill(tangents.begin(), tangents.end(), 0.0);
+      std::fill(s_chunk.begin(), s_chunk.end(), 0.0);
+      for (int64_t b = 0; b < kChunk && i0 + b < N; ++b) {
+        eval.evaluate(i0 + b, smp, tangents.data() + b * n);
+        s_chunk[b] = smp.s;
+        // e_i M_i (§3): per hidden unit k, the (W1_k, W1_k) block e·w2_k φ''(a_k) x̃x̃ᵀ and the
+        // (W1_k, w2_k) column e·φ'(a_k) x̃ (w2 comes after every W1 block: upper triangle).
+        for (int64_t k = 0; k < L.hidden; ++k) {
+          const double diag = smp.e * w2[k] * smp.phi2[k], cross = smp.e * smp.phi1[k];
+          const int64_t base = k * block;
+          for (int64_t d1 = 0; d1 < block; ++d1) {
+            if (!mine(base + d1)) continue;
+            double* row = h + (base + d1) * n;
+            const double xd1 = smp.x_ext[d1];
+            for (int64_t d2 = d1; d2 < block; ++d2) row[base + d2] += diag * xd1 * smp.x_ext[d2];
+            row[L.w2_offset + k] += cross * xd1;
+          }
         }
       }
+      // The Gauss-Newton part Σ s_i g_i g_iᵀ.
+      add_outer_products(h, tangents.data(), s_chunk.data(), n, row_begin, row_end);
     }
-    // The Gauss-Newton part Σ s_i g_i g_iᵀ.
-    add_outer_products(h, tangents.data(), s_chunk.data(), n);
-  }
+  });
   double trace = 0, trace_sq = 0;
   for (int64_t r = 0; r < n; ++r) {
     trace += h[r * n + r];
@@ -224,40 +249,42 @@ HessianResult hessian_cpu(const MlpProblem& p) {
   return {trace, trace_sq, hessian};
 }
 
+// The gradients of tr H and of tr(H²) are one pass with two right-hand sides: for
+// L = ḡ_tr·tr H + ḡ_sq·tr(H²), ∂L/∂H = H̄ = ḡ_tr·I + 2ḡ_sq·H, so tr H has H̄ = I and tr(H²)
+// has H̄ = 2H (docs/math.md §6). Side r's H̄ is kIdentity[r]·I + kTwiceH[r]·H.
+constexpr int kSides = 2;
+constexpr double kIdentity[kSides] = {1, 0}, kTwiceH[kSides] = {0, 2};
 
-namespace {
+// One side's gradient in one lane, accumulated over the lane's samples in float64. The rows of x's
+// gradient belong to one sample each, so the lanes share that array (x points into it).
+struct GradientAccumulator {
+  GradientAccumulator(const Layout& L, double* grad_x)
+      : w1(L.hidden * L.in_dim), w2(L.hidden), b1(L.has_b1 ? L.hidden : 0), x(grad_x) {}
 
-// The gradient of ḡ_tr·tr H + ḡ_sq·tr(H²) accumulated over the samples, in float64.
-class GradientAccumulator {
- public:
-  GradientAccumulator(const Layout& L, int64_t num_samples, bool need_grad_x, double grad_trace,
-                      double grad_trace_sq)
-      : gt(grad_trace), gq2(2 * grad_trace_sq) {
-    const auto opts = at::TensorOptions().dtype(at::kDouble);
-    w1_ = at::zeros({L.hidden, L.in_dim}, opts);
-    w2_ = at::zeros({1, L.hidden}, opts);
-    if (L.has_b1) b1_ = at::zeros({L.hidden}, opts);
-    if (L.has_b2) b2_ = at::zeros({1}, opts);
-    if (need_grad_x) x_ = at::zeros({num_samples, L.in_dim}, opts);
-    w1 = w1_.data_ptr<double>();
-    w2 = w2_.data_ptr<double>();
-    b1 = L.has_b1 ? b1_.data_ptr<double>() : nullptr;
-    x = need_grad_x ? x_.data_ptr<double>() : nullptr;
+  void add(const GradientAccumulator& other) {
+    for (size_t k = 0; k < w1.size(); ++k) w1[k] += other.w1[k];
+    for (size_t k = 0; k < w2.size(); ++k) w2[k] += other.w2[k];
+    for (size_t k = 0; k < b1.size(); ++k) b1[k] += other.b1[k];
+    b2 += other.b2;
   }
 
   // The gradients in `dtype`, undefined for absent biases and an x not asked for.
-  InputGradients result(at::ScalarType dtype) {
-    if (b2_.defined()) b2_.fill_(b2);
-    auto out = [&](const at::Tensor& t) { return t.defined() ? t.to(dtype) : at::Tensor(); };
-    return {out(x_), out(w1_), out(b1_), out(w2_), out(b2_)};
+  InputGradients result(const Layout& L, const at::Tensor& grad_x, at::ScalarType dtype) const {
+    auto out = [&](const std::vector<double>& v, at::IntArrayRef shape) {
+      at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
+      AT_DISPATCH_FLOATING_TYPES(dtype, "torch_ws_parameter_space_gradients", [&] {
+        std::copy(v.begin(), v.end(), t.data_ptr<scalar_t>());
+      });
+      return t;
+    };
+    return {grad_x.defined() ? grad_x.to(dtype) : at::Tensor(), out(w1, {L.hidden, L.in_dim}),
+            L.has_b1 ? out(b1, {L.hidden}) : at::Tensor(), out(w2, {1, L.hidden}),
+            L.has_b2 ? out({b2}, {1}) : at::Tensor()};
   }
 
-  const double gt, gq2;  // H̄ = ∂L/∂H = gt·I + gq2·H
-  double *w1, *w2, *b1, *x;
+  std::vector<double> w1, w2, b1;
   double b2 = 0;
-
- private:
-  at::Tensor w1_, w2_, b1_, b2_, x_;
+  double* x;  // (N, D), shared; nullptr when x's gradient is not asked for
 };
 
 // What one sample reads from the saved Hessian H (not H̄): H g, and per hidden unit k the
@@ -268,122 +295,160 @@ struct HessianReads {
   const double* cross;  // H × block
 };
 
-// Adds sample i's share of the gradient: L_i = s_i g_iᵀH̄g_i + e_i⟨H̄, M_i⟩ with H̄ held fixed
+// One side's products with H̄ for the current sample.
+struct SideScratch {
+  explicit SideScratch(const Layout& L)
+      : hbar_g(L.num_params), hbar_kk_x(L.hidden * L.block), hbar_cross(L.hidden * L.block),
+        alpha(L.hidden), beta(L.hidden) {}
+  std::vector<double> hbar_g, hbar_kk_x, hbar_cross, alpha, beta;
+};
+
+// Adds sample i's share of both gradients: L_i = s_i g_iᵀH̄g_i + e_i⟨H̄, M_i⟩ with H̄ held fixed
 // (docs/math.md §6), differentiated through g_i, M_i and the loss terms down to W1, b1, w2, b2, x.
+// The two sides share the sample's reads and loops.
 void accumulate_sample(const Layout& L, const SampleEvaluator& eval, const Sample& smp, int64_t i,
-                       const double* g, const HessianReads& reads, std::vector<double>& scratch,
-                       GradientAccumulator& acc) {
+                       const double* g, const HessianReads& reads, SideScratch (&scratch)[kSides],
+                       std::array<GradientAccumulator, kSides>& acc) {
   const int64_t n = L.num_params, D = L.in_dim, H = L.hidden, block = L.block;
-  const double gt = acc.gt, gq2 = acc.gq2;
   const std::vector<double>& xe = smp.x_ext;
   const double* w1 = eval.w1;
   const double* w2 = eval.w2;
-  double* hbar_g = scratch.data();
-  double* hbar_kk_x = hbar_g + n;              // H̄_kk x̃ per unit
-  double* hbar_cross = hbar_kk_x + H * block;  // H̄[W1_k, w2_k] per unit
-  double* alpha = hbar_cross + H * block;
-  double* beta = alpha + H;
-  // H̄g and q = gᵀH̄g: the Gauss-Newton term's sensitivity.
-  double q = 0;
-  for (int64_t r = 0; r < n; ++r) {
-    hbar_g[r] = gt * g[r] + gq2 * reads.hessian_g[r];
-    q += g[r] * hbar_g[r];
-  }
-  // ⟨H̄, M_i⟩ = Σ_k w2_k φ''_k α_k + 2φ'_k β_k, α_k = x̃ᵀH̄_kk x̃, β_k = x̃ᵀH̄[W1_k, w2_k].
-  double residual = 0;
-  for (int64_t k = 0; k < H; ++k) {
-    const int64_t base = k * block;
-    double a_k = 0, b_k = 0;
-    for (int64_t d = 0; d < block; ++d) {
-      hbar_kk_x[base + d] = gt * xe[d] + gq2 * reads.kk_x[base + d];
-      hbar_cross[base + d] = gq2 * reads.cross[base + d];
-      a_k += xe[d] * hbar_kk_x[base + d];
-      b_k += xe[d] * hbar_cross[base + d];
-    }
-    alpha[k] = a_k;
-    beta[k] = b_k;
-    residual += w2[k] * smp.phi2[k] * a_k + 2 * smp.phi1[k] * b_k;
-  }
-  // L_i = s·q + e·residual, with ds/dz = c·ℓ''' and de/dz = s (losses.h).
   const double s = smp.s, e = smp.e;
-  const double z_bar = q * smp.ds_dz + residual * s;
-  acc.b2 += z_bar;
+  double z_bar[kSides];
+  for (int r = 0; r < kSides; ++r) {
+    SideScratch& sc = scratch[r];
+    const double gt = kIdentity[r], gq2 = kTwiceH[r];
+    // H̄g and q = gᵀH̄g: the Gauss-Newton term's sensitivity.
+    double q = 0;
+    for (int64_t p = 0; p < n; ++p) {
+      sc.hbar_g[p] = gt * g[p] + gq2 * reads.hessian_g[p];
+      q += g[p] * sc.hbar_g[p];
+    }
+    // ⟨H̄, M_i⟩ = Σ_k w2_k φ''_k α_k + 2φ'_k β_k, α_k = x̃ᵀH̄_kk x̃, β_k = x̃ᵀH̄[W1_k, w2_k].
+    double residual = 0;
+    for (int64_t k = 0; k < H; ++k) {
+      const int64_t base = k * block;
+      double a_k = 0, b_k = 0;
+      for (int64_t d = 0; d < block; ++d) {
+        sc.hbar_kk_x[base + d] = gt * xe[d] + gq2 * reads.kk_x[base + d];
+        sc.hbar_cross[base + d] = gq2 * reads.cross[base + d];
+        a_k += xe[d] * sc.hbar_kk_x[base + d];
+        b_k += xe[d] * sc.hbar_cross[base + d];
+      }
+      sc.alpha[k] = a_k;
+      sc.beta[k] = b_k;
+      residual += w2[k] * smp.phi2[k] * a_k + 2 * smp.phi1[k] * b_k;
+    }
+    // L_i = s·q + e·residual, with ds/dz = c·ℓ''' and de/dz = s (losses.h).
+    z_bar[r] = q * smp.ds_dz + residual * s;
+    acc[r].b2 += z_bar[r];
+  }
   // ḡ = 2s·H̄g, then through g's blocks (U_k x̃, φ(a_k)), the blocks of M_i, and
   // z = w2·φ(a) + b2, to a_k = W1_k·x + b1_k.
   for (int64_t k = 0; k < H; ++k) {
     const int64_t base = k * block;
-    const double* g_bar = hbar_g + base;  // times 2s below
-    double u_bar = 0;
-    for (int64_t d = 0; d < block; ++d) u_bar += g_bar[d] * xe[d];
-    u_bar *= 2 * s;
-    const double phi0_bar = 2 * s * hbar_g[L.w2_offset + k] + z_bar * w2[k];
-    const double phi1_bar = u_bar * w2[k] + 2 * e * beta[k];
-    const double phi2_bar = e * w2[k] * alpha[k];
-    acc.w2[k] += z_bar * smp.phi0[k] + u_bar * smp.phi1[k] + e * smp.phi2[k] * alpha[k];
-    const double a_bar = phi0_bar * smp.phi1[k] + phi1_bar * smp.phi2[k] + phi2_bar * smp.phi3[k];
-    for (int64_t d = 0; d < D; ++d) acc.w1[k * D + d] += a_bar * xe[d];
-    if (acc.b1) acc.b1[k] += a_bar;
-    if (acc.x) {
-      // x enters through a_k, through g's U_k x̃, and through the x̃x̃ᵀ and x̃ blocks of M_i.
-      const double u_k = w2[k] * smp.phi1[k];
-      double* gxi = acc.x + i * D;
-      for (int64_t d = 0; d < D; ++d) {
-        gxi[d] += w1[k * D + d] * a_bar + u_k * 2 * s * g_bar[d] +
-                  2 * e * (w2[k] * smp.phi2[k] * hbar_kk_x[base + d] +
-                           smp.phi1[k] * hbar_cross[base + d]);
+    const double phi0 = smp.phi0[k], phi1 = smp.phi1[k], phi2 = smp.phi2[k], phi3 = smp.phi3[k];
+    for (int r = 0; r < kSides; ++r) {
+      const SideScratch& sc = scratch[r];
+      GradientAccumulator& out = acc[r];
+      const double* g_bar = sc.hbar_g.data() + base;  // times 2s below
+      double u_bar = 0;
+      for (int64_t d = 0; d < block; ++d) u_bar += g_bar[d] * xe[d];
+      u_bar *= 2 * s;
+      const double alpha = sc.alpha[k], beta = sc.beta[k];
+      const double phi0_bar = 2 * s * sc.hbar_g[L.w2_offset + k] + z_bar[r] * w2[k];
+      const double phi1_bar = u_bar * w2[k] + 2 * e * beta;
+      const double phi2_bar = e * w2[k] * alpha;
+      out.w2[k] += z_bar[r] * phi0 + u_bar * phi1 + e * phi2 * alpha;
+      const double a_bar = phi0_bar * phi1 + phi1_bar * phi2 + phi2_bar * phi3;
+      for (int64_t d = 0; d < D; ++d) out.w1[k * D + d] += a_bar * xe[d];
+      if (L.has_b1) out.b1[k] += a_bar;
+      if (out.x) {
+        // x enters through a_k, through g's U_k x̃, and through the x̃x̃ᵀ and x̃ blocks of M_i.
+        const double u_k = w2[k] * phi1;
+        double* gxi = out.x + i * D;
+        for (int64_t d = 0; d < D; ++d) {
+          gxi[d] += w1[k * D + d] * a_bar + u_k * 2 * s * g_bar[d] +
+                    2 * e * (w2[k] * phi2 * sc.hbar_kk_x[base + d] +
+                             phi1 * sc.hbar_cross[base + d]);
+        }
       }
     }
   }
 }
 
+// (gradient of tr H, gradient of tr(H²)) from the assembled Hessian, in `dtype`. Lanes take
+// contiguous runs of chunks of samples, each with its own accumulators (x's rows are disjoint),
+// summed in lane order.
+std::pair<InputGradients, InputGradients> trace_gradients(const SampleEvaluator& eval,
+                                                          const Layout& L, int64_t N,
+                                                          const at::Tensor& hessian,
+                                                          bool need_grad_x, at::ScalarType dtype) {
+  const int64_t n = L.num_params, H = L.hidden, block = L.block;
+  const double* h = hessian.data_ptr<double>();
+  const at::Tensor grad_x[kSides] = {
+      need_grad_x ? at::zeros({N, L.in_dim}, hessian.options()) : at::Tensor(),
+      need_grad_x ? at::zeros({N, L.in_dim}, hessian.options()) : at::Tensor()};
+  auto x_ptr = [&](int r) { return need_grad_x ? grad_x[r].data_ptr<double>() : nullptr; };
+  const int64_t num_chunks = (N + kChunk - 1) / kChunk;
+  const int64_t lanes = lanes_for(static_cast<double>(N) * n * n, kMinWorkPerLane, num_chunks);
+  std::vector<std::array<GradientAccumulator, kSides>> acc(
+      lanes, {GradientAccumulator(L, x_ptr(0)), GradientAccumulator(L, x_ptr(1))});
+  run_lanes(lanes, [&](int64_t lane) {
+    std::vector<Sample> samples(kChunk, eval.make_sample());
+    SideScratch scratch[kSides] = {SideScratch(L), SideScratch(L)};
+    std::vector<double> tangents(kChunk * n), tangents_t(kChunk * n), hessian_g(kChunk * n);
+    std::vector<double> kk_x(H * block), cross(H * block);
+    const int64_t chunk_end = num_chunks * (lane + 1) / lanes;
+    for (int64_t chunk = num_chunks * lane / lanes; chunk < chunk_end; ++chunk) {
+      const int64_t i0 = chunk * kChunk, count = std::min(kChunk, N - i0);
+      std::fill(tangents.begin(), tangents.end(), 0.0);
+      for (int64_t b = 0; b < count; ++b) {
+        eval.evaluate(i0 + b, samples[b], tangents.data() + b * n);
+      }
+      for (int64_t b = 0; b < kChunk; ++b) {
+        for (int64_t r = 0; r < n; ++r) tangents_t[r * kChunk + b] = tangents[b * n + r];
+      }
+      hessian_times(h, tangents_t.data(), hessian_g.data(), n);
+      for (int64_t b = 0; b < count; ++b) {
+        const Sample& smp = samples[b];
+        for (int64_t k = 0; k < H; ++k) {
+          const int64_t base = k * block, w2_index = L.w2_offset + k;
+          for (int64_t d1 = 0; d1 < block; ++d1) {
+            const double* row = h + (base + d1) * n;
+            double hx = 0;
+            for (int64_t d2 = 0; d2 < block; ++d2) hx += row[base + d2] * smp.x_ext[d2];
+            kk_x[base + d1] = hx;
+            cross[base + d1] = row[w2_index];
+          }
+        }
+        const HessianReads reads{hessian_g.data() + b * n, kk_x.data(), cross.data()};
+        accumulate_sample(L, eval, smp, i0 + b, tangents.data() + b * n, reads, scratch,
+                          acc[lane]);
+      }
+    }
+  });
+  for (int64_t lane = 1; lane < lanes; ++lane) {
+    for (int r = 0; r < kSides; ++r) acc[0][r].add(acc[lane][r]);
+  }
+  return {acc[0][0].result(L, grad_x[0], dtype), acc[0][1].result(L, grad_x[1], dtype)};
+}
+
 }  // namespace
 
-std::pair<InputGradients, InputGradients> hessian_cpu_gradients(const MlpProblem& p,
-                                                                 const at::Tensor& hessian,
-                                                                 bool need_grad_x) {
+ParameterSpaceResult parameter_space_cpu(const MlpProblem& p, bool with_gradients,
+                                         bool need_grad_x) {
+  TORCH_INTERNAL_ASSERT(p.x.is_cpu());
   const Layout L(p);
-  const int64_t n = L.num_params, H = L.hidden, block = L.block, N = p.num_samples();
-  TORCH_INTERNAL_ASSERT(hessian.is_cpu() && hessian.scalar_type() == at::kDouble &&
-                        hessian.is_contiguous() && hessian.size(0) == n);
-  const double* h = hessian.data_ptr<double>();
-  const SampleEvaluator eval(p, L, /*num_derivatives=*/3);
-  std::vector<Sample> samples(kChunk, eval.make_sample());
-  // tr H: H̄ = I; tr(H²): H̄ = 2H. One pass over the samples serves both, sharing the reads of H.
-  GradientAccumulator of_trace(L, N, need_grad_x, 1, 0), of_trace_sq(L, N, need_grad_x, 0, 1);
-
-  std::vector<double> tangents(kChunk * n), tangents_t(kChunk * n), hessian_g(kChunk * n);
-  std::vector<double> kk_x(H * block), cross(H * block);
-  std::vector<double> scratch(n + 2 * H * block + 2 * H);
-  for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
-    const int64_t count = std::min(kChunk, N - i0);
-    std::fill(tangents.begin(), tangents.end(), 0.0);
-    for (int64_t b = 0; b < count; ++b) {
-      eval.evaluate(i0 + b, samples[b], tangents.data() + b * n);
-    }
-    for (int64_t b = 0; b < kChunk; ++b) {
-      for (int64_t r = 0; r < n; ++r) tangents_t[r * kChunk + b] = tangents[b * n + r];
-    }
-    hessian_times(h, tangents_t.data(), hessian_g.data(), n);
-    for (int64_t b = 0; b < count; ++b) {
-      const Sample& smp = samples[b];
-      for (int64_t k = 0; k < H; ++k) {
-        const int64_t base = k * block, w2_index = L.w2_offset + k;
-        for (int64_t d1 = 0; d1 < block; ++d1) {
-          const double* row = h + (base + d1) * n;
-          double hx = 0;
-          for (int64_t d2 = 0; d2 < block; ++d2) hx += row[base + d2] * smp.x_ext[d2];
-          kk_x[base + d1] = hx;
-          cross[base + d1] = row[w2_index];
-        }
-      }
-      const HessianReads reads{hessian_g.data() + b * n, kk_x.data(), cross.data()};
-      const double* g = tangents.data() + b * n;
-      accumulate_sample(L, eval, smp, i0 + b, g, reads, scratch, of_trace);
-      accumulate_sample(L, eval, smp, i0 + b, g, reads, scratch, of_trace_sq);
-    }
+  // One evaluation of the samples (φ, φ', φ'' and, for the gradients, φ''') serves both passes.
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/with_gradients ? 3 : 2);
+  const AssembledHessian assembled = assemble_hessian(eval, L, p.num_samples());
+  ParameterSpaceResult out{assembled.trace, assembled.trace_sq, std::nullopt};
+  if (with_gradients) {
+    out.gradients = trace_gradients(eval, L, p.num_samples(), assembled.hessian, need_grad_x,
+                                    p.x.scalar_type());
   }
-  const auto dtype = p.x.scalar_type();
-  return {of_trace.result(dtype), of_trace_sq.result(dtype)};
+  return out;
 }
 
 }  // namespace torch_ws

@@ -5,19 +5,18 @@
 
 #include "core/problem.h"
 
+#include <optional>
 #include <utility>
 
 namespace torch_ws {
 
-struct HessianResult {
+struct ParameterSpaceResult {
   double trace, trace_sq;
-  at::Tensor hessian;  // (n, n) float64, contiguous
+  // With gradients: (gradient of tr H, gradient of tr(H²)) in the input dtype, x's if asked for.
+  std::optional<std::pair<InputGradients, InputGradients>> gradients;
 };
-HessianResult hessian_cpu(const MlpProblem& p);
 
-// (gradient of tr H, gradient of tr(H²)) from the assembled Hessian, in the input dtype.
-std::pair<InputGradients, InputGradients> hessian_cpu_gradients(const MlpProblem& p,
-                                                                 const at::Tensor& hessian,
-                                                                 bool need_grad_x);
+ParameterSpaceResult parameter_space_cpu(const MlpProblem& p, bool with_gradients,
+                                         bool need_grad_x);
 
 }  // namespace torch_ws

@@ -8,6 +8,7 @@
 #include "ops/schemas.h"
 #include "sample_space/sample_space.h"
 
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <string>
@@ -45,7 +46,7 @@ Tensor ws_bound_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
   const MlpProblem p =
       check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction);
   const TracesResult t = evaluate_traces(p, Gradients::None);
-  return ws_upper_bound(t.trace, t.trace_sq, p.num_params()).to(x.scalar_type());
+  return ws_upper_bound_tensor(t.trace, t.trace_sq, p.num_params(), x.scalar_type());
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_kernel(
@@ -92,17 +93,17 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
 
 // ---- Device-agnostic ops. ----
 
-// grad_trace·∇tr H + grad_trace_sq·∇tr(H²), entry by entry; empty entries stay empty.
-std::vector<Tensor> traces_backward(const Tensor& grad_trace, const Tensor& grad_trace_sq,
-                                    at::TensorList trace_grads, at::TensorList trace_sq_grads) {
+// grad_trace·∇tr H + grad_trace_sq·∇tr(H²), entry by entry; empty entries stay empty. The
+// combination runs in float64: the bound's coefficients (∂λ/∂tr ∝ 1/s) can exceed the float32
+// range where the spread s is tiny, and inf·0 would be NaN.
+void check_traces_backward(const Tensor& grad_trace, const Tensor& grad_trace_sq,
+                           at::TensorList trace_grads, at::TensorList trace_sq_grads) {
   TORCH_CHECK(trace_grads.size() == 5 && trace_sq_grads.size() == 5,
               "torch_ws._traces_backward: expected 5 gradients (x, w1, b1, w2, b2) in each "
               "list, got ", trace_grads.size(), " and ", trace_sq_grads.size());
   TORCH_CHECK(grad_trace.dim() == 0 && grad_trace_sq.dim() == 0,
               "torch_ws._traces_backward: expected 0-dim upstream gradients, got shapes ",
               grad_trace.sym_sizes(), " and ", grad_trace_sq.sym_sizes());
-  std::vector<Tensor> out;
-  out.reserve(5);
   for (size_t k = 0; k < 5; ++k) {
     const Tensor& a = trace_grads[k];
     const Tensor& b = trace_sq_grads[k];
@@ -110,12 +111,47 @@ std::vector<Tensor> traces_backward(const Tensor& grad_trace, const Tensor& grad
                 "torch_ws._traces_backward: gradient ", k, " has shape ", a.sym_sizes(), " (",
                 a.scalar_type(), ") in one list and ", b.sym_sizes(), " (", b.scalar_type(),
                 ") in the other");
-    // In float64: the bound's coefficients (∂λ/∂tr ∝ 1/s) can exceed the float32 range where
-    // the spread s is tiny, and inf·0 would be NaN. They stay tensors: no host sync.
-    const Tensor a64 = a.to(at::kDouble), b64 = b.to(at::kDouble);
-    out.push_back(at::addcmul(a64 * grad_trace.to(at::kDouble), b64,
-                              grad_trace_sq.to(at::kDouble))
+  }
+}
+
+// Any device: tensor operations, the coefficients stay tensors (no host sync).
+std::vector<Tensor> traces_backward(const Tensor& grad_trace, const Tensor& grad_trace_sq,
+                                    at::TensorList trace_grads, at::TensorList trace_sq_grads) {
+  check_traces_backward(grad_trace, grad_trace_sq, trace_grads, trace_sq_grads);
+  const Tensor alpha = grad_trace.to(at::kDouble), beta = grad_trace_sq.to(at::kDouble);
+  std::vector<Tensor> out;
+  out.reserve(5);
+  for (size_t k = 0; k < 5; ++k) {
+    const Tensor& a = trace_grads[k];
+    out.push_back(at::addcmul(a.to(at::kDouble) * alpha, trace_sq_grads[k].to(at::kDouble), beta)
                       .to(a.scalar_type()));
+  }
+  return out;
+}
+
+// The CPU: one fused pass per entry instead of five tensor operations (a third of the backward's
+// time at the papers' scale).
+std::vector<Tensor> traces_backward_cpu(const Tensor& grad_trace, const Tensor& grad_trace_sq,
+                                        at::TensorList trace_grads,
+                                        at::TensorList trace_sq_grads) {
+  check_traces_backward(grad_trace, grad_trace_sq, trace_grads, trace_sq_grads);
+  const double alpha = grad_trace.item<double>(), beta = grad_trace_sq.item<double>();
+  std::vector<Tensor> out;
+  out.reserve(5);
+  for (size_t k = 0; k < 5; ++k) {
+    const Tensor a = trace_grads[k].contiguous(), b = trace_sq_grads[k].contiguous();
+    Tensor combined = at::empty_like(a, at::MemoryFormat::Contiguous);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(),
+                                    "torch_ws_traces_backward", [&] {
+      const scalar_t* pa = a.const_data_ptr<scalar_t>();
+      const scalar_t* pb = b.const_data_ptr<scalar_t>();
+      scalar_t* po = combined.mutable_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < a.numel(); ++i) {
+        po[i] = static_cast<scalar_t>(alpha * static_cast<double>(pa[i]) +
+                                      beta * static_cast<double>(pb[i]));
+      }
+    });
+    out.push_back(std::move(combined));
   }
   return out;
 }
@@ -172,7 +208,10 @@ std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b
   m.impl("ws_bound", &torch_ws::ws_bound_kernel);                          \
   m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_kernel)
 
-TORCH_LIBRARY_IMPL(torch_ws, CPU, m) { TORCH_WS_REGISTER_ENGINE_KERNELS(m); }
+TORCH_LIBRARY_IMPL(torch_ws, CPU, m) {
+  TORCH_WS_REGISTER_ENGINE_KERNELS(m);
+  m.impl("_traces_backward", &torch_ws::traces_backward_cpu);
+}
 TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) { TORCH_WS_REGISTER_ENGINE_KERNELS(m); }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
