@@ -11,11 +11,11 @@
 // accumulators that are summed in lane order afterwards, so the result is deterministic for a
 // given thread count.
 #include "core/pair_terms.h"
+#include "cpu/lanes.h"
 #include "cpu/vector_clones.h"
 #include "sample_space/sample_space.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <numeric>
@@ -290,30 +290,19 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   }
 
   AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "torch_ws_pairwise_tiled_cpu", [&] {
-    // OpenMP's worker threads do not inherit the caller's thread-local state (grad mode, the
-    // dispatch keys the autograd kernel has excluded), so each lane takes it over.
-    const at::ThreadLocalState caller_state;
-    auto work = [&](int64_t lane_begin, int64_t lane_end) {
-      const at::ThreadLocalStateGuard state_guard(caller_state);
-      // Work arrays for one tile, reused across this thread's tiles.
+    run_lanes(lanes, [&](int64_t lane) {
+      // Work arrays for one tile, reused across this lane's tiles.
       std::vector<at::Tensor> gram(kNumGram), adj(kNumGram);
       for (int k = 0; k < kNumGram; ++k) {
         gram[k] = at::empty({tile * tile}, opts);
         if (with_adjoints) adj[k] = at::empty({tile * tile}, opts);
       }
-      for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
-        for (size_t t : lane_pairs[lane]) {
-          const auto [bi, bj] = pairs[t];
-          run_tile<scalar_t>(in, accs[lane], gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
-                             bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
-        }
+      for (size_t t : lane_pairs[lane]) {
+        const auto [bi, bj] = pairs[t];
+        run_tile<scalar_t>(in, accs[lane], gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
+                           bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
       }
-    };
-    if (lanes == 1) {
-      work(0, 1);  // one tile or one thread: no parallel region, BLAS keeps its own threads
-    } else {
-      at::parallel_for(0, lanes, 1, work);
-    }
+    });
   });
 
   // Deterministic reduction in lane order.
