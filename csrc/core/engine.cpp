@@ -122,8 +122,8 @@ TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
   const int64_t setting = tile_setting();
   PairwiseResult pairwise =
       f.x.is_cpu() && setting != kWholeMatrices
-          ? pairwise_tiled_cpu(f, with_gradients, tile_size_from(p.num_samples(), setting))
-          : pairwise_whole(f, with_gradients);
+          ? pairwise_tiled_cpu(f, gradients, tile_size_from(p.num_samples(), setting))
+          : pairwise_whole(f, gradients);
   const Diagonals d = diagonals(f);
   TracesResult out{trace_float64(f, d), pairwise.trace_sq, std::nullopt, std::nullopt};
   if (with_gradients) {

@@ -151,7 +151,7 @@ void product_backward(const at::Tensor& P_bar, const at::Tensor& L_I, const at::
 template <typename scalar_t>
 void run_tile(const TileInputs& in, Accumulators& acc, std::vector<at::Tensor>& gram,
               std::vector<at::Tensor>& adj, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-              bool with_adjoints) {
+              bool with_adjoints, bool with_x_adjoint) {
   const bool mirrored = i0 != j0;
   auto rows = [&](const at::Tensor& t, int64_t lo, int64_t hi) { return t.narrow(0, lo, hi - lo); };
   const int64_t ni = i1 - i0, nj = j1 - j0;
@@ -222,13 +222,13 @@ void run_tile(const TileInputs& in, Accumulators& acc, std::vector<at::Tensor>& 
   if (!mirrored) {
     // Diagonal tile, L = R: symmetric adjoint tiles (Q̄ = ḠK, R̄ = Ḡ, P̄3, P̄4) send back 2P̄L in
     // one product, and K̄ (not symmetric: B̄ is not) sends back (K̄ + K̄ᵀ)X.
-    I(acc.x).addmm_(ga[kK] + ga[kK].t(), I(in.x));
+    if (with_x_adjoint) I(acc.x).addmm_(ga[kK] + ga[kK].t(), I(in.x));
     I(acc.U).addmm_(ga[kQ], I(in.U), 1, 2);
     I(acc.phi0).addmm_(ga[kR], I(in.phi0), 1, 2);
     I(acc.V).addmm_(ga[kP3], I(in.V), 1, 2);
     I(acc.phi1).addmm_(ga[kP4], I(in.phi1), 1, 2);
   } else {
-    product_backward(ga[kK], I(in.x), J(in.x), I(acc.x), J(acc.x));
+    if (with_x_adjoint) product_backward(ga[kK], I(in.x), J(in.x), I(acc.x), J(acc.x));
     product_backward(ga[kQ], I(in.U), J(in.U), I(acc.U), J(acc.U));
     product_backward(ga[kR], I(in.phi0), J(in.phi0), I(acc.phi0), J(acc.phi0));
     product_backward(ga[kP3], I(in.V), J(in.V), I(acc.V), J(acc.V));
@@ -242,7 +242,9 @@ void run_tile(const TileInputs& in, Accumulators& acc, std::vector<at::Tensor>& 
 
 }  // namespace
 
-PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, int64_t tile) {
+PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile) {
+  const bool with_adjoints = gradients != Gradients::None;
+  const bool with_x_adjoint = gradients == Gradients::ParametersAndX;
   TORCH_INTERNAL_ASSERT(f.x.is_cpu() && tile > 0);
   const int64_t n = f.x.size(0);
   tile = std::min(tile, n);
@@ -279,7 +281,7 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   auto opts = f.x.options();
   for (auto& acc : accs) {
     if (with_adjoints) {
-      acc.x = at::zeros_like(in.x);
+      if (with_x_adjoint) acc.x = at::zeros_like(in.x);
       for (at::Tensor* t : {&acc.U, &acc.UU, &acc.Uphi0, &acc.V, &acc.phi0, &acc.phi1})
         *t = at::zeros_like(in.U);
       acc.s = at::zeros({n}, opts);
@@ -300,7 +302,7 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
       for (size_t t : lane_pairs[lane]) {
         const auto [bi, bj] = pairs[t];
         run_tile<scalar_t>(in, accs[lane], gram, adj, bi * tile, std::min(n, (bi + 1) * tile),
-                           bj * tile, std::min(n, (bj + 1) * tile), with_adjoints);
+                           bj * tile, std::min(n, (bj + 1) * tile), with_adjoints, with_x_adjoint);
       }
     });
   });
@@ -314,7 +316,7 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, i
   Accumulators& total = accs[0];
   for (size_t t = 1; t < accs.size(); ++t) {
     const Accumulators& acc = accs[t];
-    total.x.add_(acc.x);
+    if (with_x_adjoint) total.x.add_(acc.x);
     total.U.add_(acc.U);
     total.UU.add_(acc.UU);
     total.Uphi0.add_(acc.Uphi0);

@@ -8,6 +8,7 @@
 //      tr H (whose adjoints come from the diagonal formula) and tr(H²) alike.
 #pragma once
 
+#include "core/engine.h"
 #include "core/problem.h"
 
 #include <ATen/ATen.h>
@@ -39,19 +40,21 @@ at::Tensor trace_float64(const SampleFeatures& f, const Diagonals& d);
 // The adjoints of one scalar (tr H or tr(H²)) with respect to the per-sample arrays.
 struct SampleAdjoints {
   at::Tensor U, V, phi0, phi1;  // (N, H)
-  at::Tensor x;                 // (N, D)
+  at::Tensor x;                 // (N, D), through K; may be undefined when x's gradient is not asked for
   at::Tensor s, e;              // (N,)
 };
 // tr H's, from the diagonal formula.
 SampleAdjoints trace_adjoints(const SampleFeatures& f, const Diagonals& d);
 
-// Stage 2: tr(H²) in float64 and, if `with_adjoints`, its adjoints.
+// Stage 2: tr(H²) in float64 and, with gradients, its adjoints. X's adjoint (the products K̄X,
+// N²D multiply-adds, a fifth of the work at D = 784) only for Gradients::ParametersAndX: nothing
+// but x's gradient reads it.
 struct PairwiseResult {
   at::Tensor trace_sq;
   std::optional<SampleAdjoints> adjoints;
 };
-PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints);
-PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, bool with_adjoints, int64_t tile);
+PairwiseResult pairwise_whole(const SampleFeatures& f, Gradients gradients);
+PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile);
 // How many distinct threads run the lanes of the tiled engine: at::get_num_threads() when this
 // library was built with OpenMP, 1 when the parallel loops silently run serially.
 int64_t parallel_threads();

@@ -6,7 +6,7 @@
 
 namespace torch_ws {
 
-PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints) {
+PairwiseResult pairwise_whole(const SampleFeatures& f, Gradients gradients) {
   namespace pt = pair_terms;
   // Gram matrices (docs/math.md §2) and the products of the residual kernels (§4), all N×N.
   at::Tensor K = at::mm(f.x, f.x.t());
@@ -26,7 +26,7 @@ PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints) {
   at::Tensor e_i = f.e.unsqueeze(1), e_j = f.e.unsqueeze(0);
   PairwiseResult out;
   out.trace_sq = pt::pair_value(s_i, e_i, s_j, e_j, G, B, C).sum(at::kDouble);
-  if (!with_adjoints) return out;
+  if (gradients == Gradients::None) return out;
 
   // Reverse mode through the lines above (docs/math.md §6), upstream gradient 1.
   SampleAdjoints a;
@@ -42,7 +42,7 @@ PairwiseResult pairwise_whole(const SampleFeatures& f, bool with_adjoints) {
   a.V = at::mm(gram.P1.t(), UU) + 2 * at::mm(gram.P3, f.V);
   a.phi0 = 2 * at::mm(gram.R, f.phi0) + f.U * P2_bar_phi1;
   a.phi1 = at::mm(gram.P2.t(), Uphi0) + 2 * at::mm(gram.P4, f.phi1);
-  a.x = at::mm(gram.K + gram.K.t(), f.x);
+  if (gradients == Gradients::ParametersAndX) a.x = at::mm(gram.K + gram.K.t(), f.x);
   out.adjoints = std::move(a);
   return out;
 }
