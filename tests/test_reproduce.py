@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from torch_ws.__main__ import main
 from torch_ws.reproduce import ReproduceConfig, run
@@ -75,3 +76,22 @@ def test_cli_rejects_unknown_activation(tmp_path, capsys):
 def test_cli_rejects_unknown_dataset(capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--dataset", "mnist"])
+
+
+def test_breast_cancer_standardization():
+    """Standardized with the training split's own statistics; standardize=False gives the raw rows
+    of the same split (what load_breast_cancer returns)."""
+    from sklearn.datasets import load_breast_cancer
+
+    from torch_ws.reproduce.data import make_dataset
+
+    scaled = make_dataset("breast_cancer", train_size=100, test_size=0, seed=3)
+    raw = make_dataset("breast_cancer", train_size=100, test_size=0, seed=3, standardize=False)
+    assert torch.allclose(scaled.x_train.mean(0), torch.zeros(30, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(scaled.x_train.std(0), torch.ones(30, dtype=torch.float64), atol=1e-12)
+    expected = (raw.x_train - raw.x_train.mean(0)) / raw.x_train.std(0)
+    assert torch.allclose(scaled.x_train, expected, atol=1e-12)
+    source = torch.tensor(load_breast_cancer().data, dtype=torch.float64)
+    for row in raw.x_train[:5]:
+        assert (source == row).all(1).any()
+    assert torch.equal(scaled.y_train, raw.y_train)

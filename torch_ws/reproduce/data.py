@@ -33,10 +33,11 @@ def _balanced_gaussians(n: int, gen: torch.Generator):
     return torch.cat([x0, x1]), y
 
 
-def make_dataset(name: str, train_size: int, test_size: int, seed: int) -> Dataset:
+def make_dataset(name: str, train_size: int, test_size: int, seed: int, standardize: bool = True) -> Dataset:
     """``gaussians``: the papers' two 2-D Gaussian classes. ``breast_cancer``: scikit-learn's
-    bundled Wisconsin data (30 features), standardized with the training split's statistics,
-    split into a balanced training set of ``train_size`` and the rest as test set."""
+    bundled Wisconsin data (30 features), split into a balanced training set of ``train_size`` and
+    the rest as test set, standardized with the training split's statistics unless
+    ``standardize=False`` (then the raw values, up to about 4,000)."""
     gen = torch.Generator().manual_seed(seed)
     if name == "gaussians":
         x_tr, y_tr = _balanced_gaussians(train_size, gen)
@@ -60,7 +61,8 @@ def make_dataset(name: str, train_size: int, test_size: int, seed: int) -> Datas
             )
         train = torch.cat([idx0[:half], idx1[: train_size - half]])
         test = torch.cat([idx0[half:], idx1[train_size - half :]])
-        mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-12)
-        x = (x - mean) / std
+        if standardize:
+            mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-12)
+            x = (x - mean) / std
         return Dataset(name, x[train], y[train], x[test], y[test])
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
