@@ -90,13 +90,12 @@ Engine choose_engine(const ProblemShape& shape) {
   if (!cpu || num_params > kMaxParameterSpaceParams) return Engine::SampleSpace;
   // Work per call with gradients: about 2·N·n² multiply-adds here (assembly, then H̄g_i per
   // sample) against about 1.5·N²·(8H + D) for the pairwise sums and their adjoints. This
-  // engine's loops run on one thread, and once the n×n Hessian outgrows the caches each pass over
-  // it waits on memory, while the pairwise products run as BLAS on every core. So its count is
-  // weighted by 0.16·√n: the ratios of time per unit of work measured on 2 cores (float32, with
-  // the tiled engine's lanes in parallel) were 2.3 at n = 161, about 4 at n = 577 and about 7 at
-  // n = 2177.
+  // engine's loops are scalar code, and once the n×n Hessian outgrows the caches each pass over
+  // it waits on memory, while the pairwise products run as BLAS. So its count is weighted by
+  // 0.14·√n, fitted on 2 cores (float32, both engines in lanes): at the boundary it picks the
+  // faster engine or one within 5% of it (N = 512, 1024, 2048 with n = 161 and 289).
   const double n = static_cast<double>(shape.num_samples);
-  const double weight = 0.16 * std::sqrt(static_cast<double>(num_params));
+  const double weight = 0.14 * std::sqrt(static_cast<double>(num_params));
   const double parameter_work = weight * 2.0 * static_cast<double>(num_params) * num_params * n;
   const double sample_work = 1.5 * n * n * (8 * shape.hidden + shape.in_dim);
   return parameter_work <= sample_work ? Engine::ParameterSpace : Engine::SampleSpace;
