@@ -90,3 +90,37 @@ def test_the_console_script_runs(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "report" / "report.md").exists()
+
+
+def traces_backward_inputs(dtype):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 3), (4, 3), (0,), (1, 4), (1,)]  # x, w1, no b1, w2, b2
+    first = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    second = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    return first, second
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_traces_backward_cpu_kernel_matches_the_float64_combination(dtype):
+    """The CPU kernel of _traces_backward (a fused loop) against the combination written out in
+    float64 tensors, with coefficients far outside float32's range (1/s for a tiny spread s)."""
+    first, second = traces_backward_inputs(dtype)
+    for alpha, beta in [(0.3, -1.7), (1e40, -1e40), (0.0, 2.0)]:
+        a = torch.tensor(alpha, dtype=torch.float64)
+        b = torch.tensor(beta, dtype=torch.float64)
+        out = torch.ops.torch_ws._traces_backward(a, b, first, second)
+        for got, u, v in zip(out, first, second):
+            expected = (alpha * u.double() + beta * v.double()).to(dtype)
+            assert got.dtype == dtype and got.shape == u.shape
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_traces_backward_meta_and_opcheck():
+    first, second = traces_backward_inputs(torch.float64)
+    a, b = torch.tensor(0.5, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    meta = torch.ops.torch_ws._traces_backward(a.to("meta"), b.to("meta"), [t.to("meta") for t in first],
+                                              [t.to("meta") for t in second])
+    assert [t.shape for t in meta] == [t.shape for t in first]
+    torch.library.opcheck(torch.ops.torch_ws._traces_backward.default, (a, b, first, second))
+    with pytest.raises(RuntimeError, match="gradient 1 has shape"):
+        torch.ops.torch_ws._traces_backward(a, b, first, [second[0], second[0]] + second[2:])

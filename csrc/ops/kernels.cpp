@@ -91,7 +91,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
   return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble), grads(), grads()};
 }
 
-// ---- Device-agnostic ops. ----
+// ---- _traces_backward (any device; a fused loop on the CPU) and the helpers. ----
 
 // grad_trace·∇tr H + grad_trace_sq·∇tr(H²), entry by entry; empty entries stay empty. The
 // combination runs in float64: the bound's coefficients (∂λ/∂tr ∝ 1/s) can exceed the float32
