@@ -12,7 +12,9 @@
 // The gradients (docs/math.md §6): with L = ḡ_tr·tr H + ḡ_sq·tr(H²), ∂L/∂H = H̄ = ḡ_tr·I + 2ḡ_sq·H,
 // and L changes with sample i through L_i = s_i g_iᵀH̄g_i + e_i⟨H̄, M_i⟩ (H̄ held fixed). So the
 // gradients of tr H (H̄ = I) and of tr(H²) (H̄ = 2H) take one more pass over the samples with the
-// assembled H: O(N·n²), no autograd.
+// assembled H, both in the same loops: O(N·n²), no autograd. Both passes run in lanes (lanes.h):
+// the assembly by bands of rows of H (every entry summed in one order whatever the thread count),
+// the gradient pass by runs of samples.
 #include "cpu/parameter_space.h"
 #include "cpu/lanes.h"
 #include "cpu/vector_clones.h"
