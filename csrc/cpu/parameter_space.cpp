@@ -25,9 +25,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 namespace torch_ws {
