@@ -14,26 +14,27 @@ namespace torch_ws {
 at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                     const std::optional<at::Tensor>& b2, std::string_view activation,
-                    std::string_view reduction) {
+                    std::string_view reduction, std::string_view loss) {
   static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
-  return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+  return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
 }
 
 std::tuple<at::Tensor, at::Tensor> hessian_traces(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
     const std::optional<at::Tensor>& b2, std::string_view activation,
-    std::string_view reduction) {
+    std::string_view reduction, std::string_view loss) {
   static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
-  return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+  return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
 }
 
 WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                    const std::optional<at::Tensor>& b2, std::string_view activation,
-                   std::string_view reduction) {
+                   std::string_view reduction, std::string_view loss) {
   static auto op = find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
-  auto [trace, trace_sq] = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction);
+  auto [trace, trace_sq] =
+      hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss);
   const int64_t n =
       count_params(w1.size(0), w1.size(1), w2.size(0), b1.has_value(), b2.has_value());
   auto [max_upper, max_lower, min_lower, min_upper, spread] = op.call(trace, trace_sq, n);
@@ -71,27 +72,35 @@ torch::nn::Linear linear_at(const torch::nn::Sequential& model, size_t index) {
 
 const torch::nn::Sequential& checked_sequential(const torch::nn::Sequential& model) {
   TORCH_CHECK_VALUE(model && model->size() == 3, kRegularizer,
-                    " expects Sequential(Linear(D, H), activation, Linear(H, 1)), got a "
+                    " expects Sequential(Linear(D, H), activation, Linear(H, C)), got a "
                     "Sequential of ", model ? model->size() : 0, " modules");
   return model;
 }
 
 }  // namespace
 
-HSRRegularizer::HSRRegularizer(const torch::nn::Sequential& model, std::string reduction)
+HSRRegularizer::HSRRegularizer(const torch::nn::Sequential& model, std::string reduction,
+                               std::string loss)
     : HSRRegularizer(linear_at(checked_sequential(model), 0), checked_sequential(model)->ptr(1),
-                     linear_at(checked_sequential(model), 2), std::move(reduction)) {}
+                     linear_at(checked_sequential(model), 2), std::move(reduction),
+                     std::move(loss)) {}
 
 HSRRegularizer::HSRRegularizer(torch::nn::Linear hidden,
                                const std::shared_ptr<torch::nn::Module>& activation,
-                               torch::nn::Linear output, std::string reduction)
+                               torch::nn::Linear output, std::string reduction, std::string loss)
     : hidden_(std::move(hidden)),
       output_(std::move(output)),
       activation_(activation_of(activation)),
-      reduction_(std::move(reduction)) {
-  TORCH_CHECK_VALUE(output_->options.out_features() == 1, kRegularizer,
-                    ": the output layer must be Linear(H, 1), got out_features=",
-                    output_->options.out_features());
+      reduction_(std::move(reduction)),
+      loss_(std::move(loss)) {
+  const LossEntry& head = loss_entry(parse_loss(kRegularizer, loss_));
+  const int64_t width = output_->options.out_features();
+  TORCH_CHECK_VALUE(width >= head.min_outputs && (head.max_outputs < 0 || width <= head.max_outputs),
+                    kRegularizer, ": loss '", head.name, "' (", head.as_torch, ") needs ",
+                    head.max_outputs == 1 ? "Linear(H, 1)"
+                                          : "Linear(H, C) with C >= " +
+                                                std::to_string(head.min_outputs),
+                    " as the output layer, got out_features=", width);
   TORCH_CHECK_VALUE(output_->options.in_features() == hidden_->options.out_features(),
                     kRegularizer, ": the hidden layer has ", hidden_->options.out_features(),
                     " units but the output layer expects ", output_->options.in_features());
@@ -102,9 +111,13 @@ at::Tensor HSRRegularizer::operator()(const at::Tensor& x, const at::Tensor& tar
   auto optional_bias = [](const at::Tensor& b) {
     return b.defined() ? std::optional<at::Tensor>(b) : std::nullopt;
   };
-  return ws_bound(x, target.detach().to(x.scalar_type()), hidden_->weight,
-                  optional_bias(hidden_->bias), output_->weight, optional_bias(output_->bias),
-                  activation_, reduction_);
+  // Integer class indices stay int64 for the cross-entropy; other targets take x's dtype (integer
+  // 0/1 labels for "bce" are fine).
+  const bool class_indices = loss_ == "cross_entropy" && !at::isFloatingType(target.scalar_type());
+  const at::Tensor labels =
+      target.detach().to(class_indices ? at::kLong : x.scalar_type());
+  return ws_bound(x, labels, hidden_->weight, optional_bias(hidden_->bias), output_->weight,
+                  optional_bias(output_->bias), activation_, reduction_, loss_);
 }
 
 }  // namespace torch_ws

@@ -64,11 +64,12 @@ struct ForwardResult {
 ForwardResult forward_traces(const Tensor& x, const Tensor& target, const Tensor& w1,
                              const optional<Tensor>& b1, const Tensor& w2,
                              const optional<Tensor>& b2, c10::string_view activation,
-                             c10::string_view reduction, const char* caller) {
+                             c10::string_view reduction, c10::string_view loss,
+                             const char* caller) {
   at::AutoDispatchBelowADInplaceOrView guard;
   static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
   auto [trace, trace_sq, trace_grads, trace_sq_grads] = op.call(
-      x, target, w1, b1, w2, b2, activation, reduction, x.requires_grad(), caller);
+      x, target, w1, b1, w2, b2, activation, reduction, x.requires_grad(), caller, loss);
   SavedTraces saved{trace, trace_sq, std::move(trace_grads), std::move(trace_sq_grads),
                     {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
   // n does not depend on the batch: tracing with dynamic shapes specializes the layer widths only.
@@ -97,7 +98,7 @@ void attach_double_backward_error(std::vector<Tensor>& grads, const std::vector<
   }
 }
 
-// grad_trace·∇tr H + grad_trace_sq·∇tr(H²) as the gradients of the forward's eight arguments.
+// grad_trace·∇tr H + grad_trace_sq·∇tr(H²) as the gradients of the forward's nine arguments.
 variable_list input_grads(const SavedTraces& saved, const Tensor& grad_trace,
                           const Tensor& grad_trace_sq, const char* caller) {
   static auto op = find_op<TracesBackwardSignature>("torch_ws::_traces_backward");
@@ -111,7 +112,7 @@ variable_list input_grads(const SavedTraces& saved, const Tensor& grad_trace,
   auto present = [&](size_t k, bool computed) { return computed ? grads[k] : Tensor(); };
   const std::vector<Tensor>& in = saved.inputs;  // x, w1, b1, w2, b2
   return {present(0, in[0].requires_grad()), Tensor(), grads[1], present(2, in[2].defined()),
-          grads[3], present(4, in[4].defined()), Tensor(), Tensor()};
+          grads[3], present(4, in[4].defined()), Tensor(), Tensor(), Tensor()};
 }
 
 Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
@@ -123,8 +124,8 @@ class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunc
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction) {
-    ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction,
+                               c10::string_view reduction, c10::string_view loss) {
+    ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
                                      kHessianTracesName);
     r.saved.save(ctx);
     // A Function's outputs must be its own tensors: copy even where the dtype is already right.
@@ -144,9 +145,9 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction) {
+                               c10::string_view reduction, c10::string_view loss) {
     ForwardResult r =
-        forward_traces(x, target, w1, b1, w2, b2, activation, reduction, kWsBoundName);
+        forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss, kWsBoundName);
     r.saved.save(ctx);
     ctx->saved_data["num_params"] = r.num_params;
     return {ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params, x.scalar_type())};
@@ -172,25 +173,26 @@ bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
 std::tuple<Tensor, Tensor> hessian_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction) {
+    c10::string_view reduction, c10::string_view loss) {
   if (!records_grad(x, w1, b1, w2, b2)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
-  variable_list out = HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction);
+  variable_list out = HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, loss);
   return {out[0], out[1]};
 }
 
 Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1,
                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
-                         c10::string_view activation, c10::string_view reduction) {
+                         c10::string_view activation, c10::string_view reduction,
+                         c10::string_view loss) {
   if (!records_grad(x, w1, b1, w2, b2)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction);
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
-  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction)[0];
+  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, loss)[0];
 }
 
 // The internal ops called directly with inputs that require grad: their results are not
@@ -198,11 +200,12 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, bool need_grad_x, c10::string_view caller) {
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
   static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
   auto out = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller);
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
   }();
   const std::vector<Tensor> inputs = {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())};
   const std::string message =

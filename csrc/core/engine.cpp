@@ -2,6 +2,7 @@
 #include "engine.h"
 
 #include "cpu/parameter_space.h"
+#include "sample_space/multi_output.h"
 #include "sample_space/sample_space.h"
 
 #include <c10/util/Exception.h>
@@ -73,9 +74,26 @@ int64_t tile_size_for(int64_t num_samples) {
   return tile_size_from(num_samples, tile_setting());
 }
 
+int64_t multi_output_tile_size_for(int64_t num_samples, int64_t num_outputs) {
+  const int64_t setting = tile_setting();
+  if (setting > 0) return std::min(setting, num_samples);
+  if (setting == kWholeMatrices) return num_samples;
+  // Each block pair holds a few (T·C)×(T·C) arrays (the logit blocks of T² pairs): T·C ≤ 1024 keeps
+  // them at 8 MiB in float64 while their products (inner size H) still run near the BLAS peak.
+  // Blocks of one size, as for one logit.
+  const int64_t max_tile = std::clamp<int64_t>(1024 / num_outputs, 16, 256);
+  const int64_t blocks = (num_samples + max_tile - 1) / max_tile;
+  return (num_samples + blocks - 1) / blocks;
+}
+
 Engine choose_engine(const ProblemShape& shape) {
   const EngineSetting setting = engine_setting();
   if (setting == EngineSetting::SampleSpace) return Engine::SampleSpace;
+  TORCH_CHECK(setting != EngineSetting::ParameterSpace || shape.num_outputs == 1,
+              "torch_ws: TORCH_WS_ENGINE=parameter serves heads of one logit (C = 1) only, but w2 "
+              "has C = ", shape.num_outputs, " rows; unset it or use 'sample'");
+  // Heads of C ≥ 2 logits have the sample-space engine only (docs/math.md §8).
+  if (shape.num_outputs > 1) return Engine::SampleSpace;
   const int64_t num_params = count_params(shape.hidden, shape.in_dim, shape.num_outputs,
                                           shape.has_b1, shape.has_b2);
   const bool cpu = shape.device.is_cpu();
@@ -116,6 +134,10 @@ TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
 }
 
 TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
+  if (!p.one_logit()) {
+    return multi_output_traces(p, gradients,
+                               multi_output_tile_size_for(p.num_samples(), p.num_outputs()));
+  }
   const bool with_gradients = gradients != Gradients::None;
   const SampleFeatures f = sample_features(p, with_gradients);
   const int64_t setting = tile_setting();

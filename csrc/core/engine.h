@@ -2,10 +2,12 @@
 // the same with and without gradients) and the evaluation itself. Every kernel of every op calls
 // evaluate_traces(); nothing else chooses an engine or a tile size.
 //
-// Two exact engines compute the same sums (docs/math.md §4):
+// Two exact engines compute the same sums for heads of one logit (docs/math.md §4):
 //   - sample space (any device): tr(H²) as pairwise sums over samples, O(N²(D + H)) work, in T×T
 //     tiles on the CPU (O(N(D + H) + T²) memory) or whole N×N matrices elsewhere;
 //   - parameter space (CPU, n ≤ 4096): the n×n Hessian assembled in closed form, O(N·n²) work.
+// Heads of C ≥ 2 logits have a sample-space engine of their own (docs/math.md §8), any device,
+// O(N²(D + C²H)) work in blocks of T samples.
 // With gradients, both return the gradients of tr H and of tr(H²) themselves: the backward of
 // every op is then a linear combination of these (docs/math.md §6), whatever the engine.
 #pragma once
@@ -36,6 +38,8 @@ Engine choose_engine(const ProblemShape& shape);
 // The tile size of the CPU pairwise stage for N samples: TORCH_WS_TILE_SIZE (a positive
 // integer, "auto" or unset, "whole" for whole matrices → 0), or the automatic choice.
 int64_t tile_size_for(int64_t num_samples);
+// The block size of the multi-output engine (C ≥ 2 logits), under the same setting.
+int64_t multi_output_tile_size_for(int64_t num_samples, int64_t num_outputs);
 
 // What the caller needs besides the traces.
 enum class Gradients { None, Parameters, ParametersAndX };

@@ -1,12 +1,17 @@
-// The one table of output losses (docs/math.md §2): names, parsing, and the per-sample
+// The one table of output losses (docs/math.md §2, §8): names, output widths, and the per-sample
 // derivatives of the loss in the logits that every engine consumes.
 //
-// Adding a loss means adding a row here (its name, output width, targets and derivatives) and its
-// pairwise terms (docs/math.md §4); the problem description (problem.h) already carries the loss
-// and the output width C. Only the binary cross-entropy of the papers exists today (C = 1).
+// Two shapes of head:
+//   - one logit (C = 1: "bce", "mse" with one output): the loss's derivatives in z are scalars
+//     s, e, ds/dz per sample (logit_terms), and both engines of docs/math.md §4 run;
+//   - C logits ("cross_entropy", "mse" with C ≥ 2): the loss Hessian in the logits is a C×C
+//     matrix S_i per sample and its gradient a C-vector e_i (output_terms), and the multi-output
+//     sample-space engine of docs/math.md §8 runs.
 #pragma once
 
 #include "activations.h"  // primitives::sigmoid
+
+#include <ATen/ATen.h>
 
 #include <array>
 #include <cstdint>
@@ -15,46 +20,74 @@
 
 namespace torch_ws {
 
-enum class Loss { BinaryCrossEntropy };
+enum class Loss { BinaryCrossEntropy, CrossEntropy, MeanSquaredError };
 
 struct LossEntry {
   Loss loss;
   const char* name;
-  int64_t num_outputs;   // C, the width of the last Linear layer
-  const char* as_torch;  // the PyTorch loss it is, for messages and docs
+  int64_t min_outputs, max_outputs;  // the widths C of Linear(H, C) the loss takes (-1: any)
+  const char* as_torch;              // the PyTorch loss it is, for messages and docs
+  const char* targets;               // what its targets are, for messages
 };
 
-inline constexpr std::array<LossEntry, 1> kLosses = {{
-    {Loss::BinaryCrossEntropy, "bce", 1, "BCEWithLogitsLoss"},
+inline constexpr std::array<LossEntry, 3> kLosses = {{
+    {Loss::BinaryCrossEntropy, "bce", 1, 1, "BCEWithLogitsLoss",
+     "probabilities in [0, 1] of shape (N,) or (N, 1)"},
+    {Loss::CrossEntropy, "cross_entropy", 2, -1, "CrossEntropyLoss",
+     "class indices (N,) int64 in [0, C) or class probabilities (N, C) whose rows sum to 1"},
+    {Loss::MeanSquaredError, "mse", 1, -1, "MSELoss",
+     "real values (N, C) (or (N,) when C = 1)"},
 }};
 
 const LossEntry& loss_entry(Loss loss);
-// Raises c10::Error naming the supported losses when `name` is not one of them.
-Loss parse_loss(std::string_view name);
+// Raises c10::Error, its message starting with `op`, naming the supported losses when `name` is
+// not one of them.
+Loss parse_loss(std::string_view op, std::string_view name);
 
-// One sample's loss derivatives in its logit z, scaled by the reduction's c (1/N or 1):
+// c in L = c·Σ_i ℓ_i for N samples of C outputs: "sum" is 1; "mean" is 1/N, except for the squared
+// error, whose mean (F.mse_loss) runs over all N·C entries.
+double loss_scale(Loss loss, bool mean, int64_t num_samples, int64_t num_outputs);
+
+// ---- One logit (C = 1). ----
+
+// One sample's loss derivatives in its logit z, scaled by the reduction's c:
 //   e = c·ℓ'(z),  s = c·ℓ''(z),  ds_dz = c·ℓ'''(z)      (de/dz = s for every loss)
-// `y` is the prediction the derivatives are written in (σ(z) for BCE). Written once for tensors
-// (the sample-space engines) and doubles (the parameter-space engine's fused loops).
+// Written once for tensors (the sample-space engines) and doubles (the parameter-space engine's
+// fused loops).
 template <typename T>
 struct LogitTerms {
-  T y, s, e, ds_dz;
+  T s, e, ds_dz;
 };
 
 template <typename T, typename Target>
 LogitTerms<T> logit_terms(Loss loss, const T& z, const Target& target, double scale) {
   switch (loss) {
+    case Loss::MeanSquaredError:
+      // ℓ = (z − t)²: ℓ' = 2(z − t), ℓ'' = 2, ℓ''' = 0.
+      return {0 * z + 2 * scale, 2 * scale * (z - target), 0 * z};
     case Loss::BinaryCrossEntropy:
     default: {
       // ℓ = softplus(z) − t·z: ℓ' = σ − t, ℓ'' = σ(1 − σ), ℓ''' = σ(1 − σ)(1 − 2σ). σ(1 − σ) is
       // computed as σ(z)σ(−z), which keeps its relative accuracy when σ saturates.
       T y = primitives::sigmoid(z);
       T s = scale * (y * primitives::sigmoid(-z));
-      T e = scale * (y - target);
-      T ds_dz = s * (1 - 2 * y);
-      return {y, s, e, ds_dz};
+      return {s, scale * (y - target), s * (1 - 2 * y)};
     }
   }
 }
+
+// ---- C logits (docs/math.md §8). ----
+
+// The loss derivatives in the logits z_i (C,) of every sample, scaled by c:
+//   e_i = c·∇_z ℓ (N, C),   S_i = c·∇²_z ℓ (N, C, C), symmetric.
+// `probs` is softmax(z) for the cross-entropy (its backward reads it), undefined otherwise.
+struct OutputTerms {
+  at::Tensor S, e, probs;
+};
+// z (N, C); target (N, C) in z's dtype (class indices arrive one-hot, problem.cpp).
+OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& target, double scale);
+// z̄ (N, C) from the adjoints S̄ (N, C, C) and ē (N, C) of S and e (either may be undefined).
+at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::Tensor& S_bar,
+                                 const at::Tensor& e_bar);
 
 }  // namespace torch_ws

@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <functional>
 #include <string>
 
 namespace torch_ws {
@@ -42,20 +43,100 @@ void check_vector(std::string_view op, const char* name, const at::Tensor& t,
               expected_text, " = [", length, "], got shape ", t.sym_sizes());
 }
 
-// Targets of binary cross-entropy are probabilities. NaN compares false on both sides, so NaN
-// targets pass and propagate to a NaN result, as they do in BCEWithLogitsLoss.
-void check_probabilities(std::string_view op, const at::Tensor& target) {
-  if (target.is_meta()) return;  // no values to read while tracing
+// Asserts `ok` (a 0-d bool tensor): at once on the CPU, asynchronously on an accelerator (reading
+// the answer back would block the stream), not at all on meta tensors (no values while tracing).
+void check_values(std::string_view op, const at::Tensor& target, const at::Tensor& ok,
+                  const std::string& expected, const std::function<std::string()>& arrived) {
+  if (target.is_meta()) return;
   if (target.is_cpu()) {
-    const auto [lowest, highest] = at::aminmax(target);
-    const double lo = lowest.item<double>(), hi = highest.item<double>();
-    TORCH_CHECK(!(lo < 0 || hi > 1), op, ": expected targets in [0, 1] (probabilities), got "
-                "values in [", lo, ", ", hi, "]");
+    TORCH_CHECK(ok.item<bool>(), op, ": expected targets ", expected, ", got ", arrived());
     return;
   }
-  // On an accelerator reading the range back would block the stream: assert on the device.
-  at::_assert_async(at::logical_not(at::logical_or(target < 0, target > 1)).all(),
-                    std::string(op) + ": expected targets in [0, 1] (probabilities)");
+  at::_assert_async(ok, std::string(op) + ": expected targets " + expected);
+}
+
+// NaN compares false on both sides, so NaN targets pass and propagate to a NaN result, as they do
+// in the PyTorch losses.
+void check_probabilities(std::string_view op, const at::Tensor& target) {
+  auto range = [&] {
+    const auto [lowest, highest] = at::aminmax(target);
+    return c10::str("values in [", lowest.item<double>(), ", ", highest.item<double>(), "]");
+  };
+  check_values(op, target, at::logical_not(at::logical_or(target < 0, target > 1)).all(),
+               "in [0, 1] (probabilities)", range);
+}
+
+void check_class_indices(std::string_view op, const at::Tensor& target, int64_t num_classes) {
+  auto range = [&] {
+    const auto [lowest, highest] = at::aminmax(target);
+    return c10::str("indices in [", lowest.item<int64_t>(), ", ", highest.item<int64_t>(), "]");
+  };
+  check_values(op, target, at::logical_and(target >= 0, target < num_classes).all(),
+               "to be class indices in [0, " + std::to_string(num_classes) + ") for C = " +
+                   std::to_string(num_classes) + " outputs",
+               range);
+}
+
+// Rows of class probabilities: entries in [0, 1] and each row summing to 1 up to the dtype's
+// rounding (soft labels and label smoothing are probabilities; the formulas of docs/math.md §8.1
+// are exact for any row sum, so the tolerance only catches a wrong target, not a wrong answer).
+void check_class_probabilities(std::string_view op, const at::Tensor& target) {
+  check_probabilities(op, target);
+  const double tolerance = target.scalar_type() == at::kFloat ? 1e-4 : 1e-10;
+  const at::Tensor deviation = (target.sum(1) - 1).abs();
+  auto worst = [&] {
+    return c10::str("a row whose sum is off by ", deviation.max().item<double>());
+  };
+  check_values(op, target, at::logical_not(deviation > tolerance * target.size(1)).all(),
+               "(class probabilities) whose rows sum to 1", worst);
+}
+
+// The targets of `loss` for C outputs, checked, as the engines read them (MlpProblem::target).
+at::Tensor checked_target(std::string_view op, const at::Tensor& target, const at::Tensor& x,
+                          Loss loss, int64_t num_outputs) {
+  const LossEntry& head = loss_entry(loss);
+  const c10::SymInt n = x.sym_size(0);
+  TORCH_CHECK(target.defined(), op, ": target is an undefined tensor");
+  TORCH_CHECK(!target.requires_grad(), op, ": target requires grad, but the bound is not "
+              "differentiable in the labels; pass target.detach()");
+  TORCH_CHECK(target.device() == x.device(), op, ": all tensors must be on one device; x is on ",
+              x.device(), " but target is on ", target.device());
+  const bool is_vector = target.dim() == 1 && target.sym_size(0) == n;
+  const bool is_matrix =
+      target.dim() == 2 && target.sym_size(0) == n && target.sym_size(1) == num_outputs;
+  auto expected = [&] {
+    return std::string(head.name) + " (" + head.as_torch + ") expects targets " + head.targets +
+           " with N = ";
+  };
+
+  if (loss == Loss::CrossEntropy && target.scalar_type() == at::kLong) {
+    TORCH_CHECK(is_vector, op, ": ", expected(), n, ", C = ", num_outputs,
+                "; got int64 target of shape ", target.sym_sizes());
+    check_class_indices(op, target, num_outputs);
+    return at::zeros_symint({n, num_outputs}, x.options())
+        .scatter_(1, target.unsqueeze(1), 1.0);
+  }
+  TORCH_CHECK(target.scalar_type() == x.scalar_type(), op, ": ", expected(), n,
+              ", C = ", num_outputs, "; got target of dtype ", target.scalar_type(),
+              " where x is ", x.scalar_type(),
+              loss == Loss::CrossEntropy ? " (class indices are int64)" : "");
+  switch (loss) {
+    case Loss::CrossEntropy:
+      TORCH_CHECK(is_matrix, op, ": ", expected(), n, ", C = ", num_outputs,
+                  "; got target of shape ", target.sym_sizes());
+      check_class_probabilities(op, target);
+      return target;
+    case Loss::MeanSquaredError:
+      TORCH_CHECK(is_matrix || (num_outputs == 1 && is_vector), op, ": ", expected(), n, ", C = ",
+                  num_outputs, "; got target of shape ", target.sym_sizes());
+      return num_outputs == 1 && is_matrix ? target.squeeze(1) : target;
+    case Loss::BinaryCrossEntropy:
+    default:
+      TORCH_CHECK(is_vector || is_matrix, op, ": ", expected(), n, "; got target of shape ",
+                  target.sym_sizes());
+      check_probabilities(op, target);
+      return is_matrix ? target.squeeze(1) : target;
+  }
 }
 
 }  // namespace
@@ -63,12 +144,13 @@ void check_probabilities(std::string_view op, const at::Tensor& target) {
 MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Tensor& target,
                          const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2,
-                         std::string_view activation, std::string_view reduction, Loss loss) {
+                         std::string_view activation, std::string_view reduction,
+                         std::string_view loss) {
   MlpProblem p;
   p.activation = parse_activation(op, activation);
   p.reduction = parse_reduction(op, reduction);
-  p.loss = loss;
-  const LossEntry& head = loss_entry(loss);
+  p.loss = parse_loss(op, loss);
+  const LossEntry& head = loss_entry(p.loss);
 
   TORCH_CHECK(x.defined(), op, ": x is an undefined tensor");
   check_float_tensor(op, "x", x, x);
@@ -88,13 +170,17 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
   TORCH_CHECK(w1.sym_size(1) == d, op, ": w1 has ", w1.sym_size(1), " input columns but x has D = ",
               d, " features; expected w1 of shape (H, ", d, ")");
 
-  const int64_t c = head.num_outputs;
   check_float_tensor(op, "w2", w2, x);
-  TORCH_CHECK(w2.dim() == 2, op, ": expected w2 of shape (", c, ", H) as in nn.Linear(H, ", c,
-              ").weight, got a ", w2.dim(), "-d tensor of shape ", w2.sym_sizes());
-  TORCH_CHECK(w2.sym_size(0) == c, op, ": expected w2 with exactly ",
-              c == 1 ? std::string("one output row") : std::to_string(c) + " output rows", " (",
-              head.as_torch, " on Linear(H, ", c, ")), got shape ", w2.sym_sizes());
+  TORCH_CHECK(w2.dim() == 2, op, ": expected w2 of shape (C, H) as in nn.Linear(H, C).weight, "
+              "got a ", w2.dim(), "-d tensor of shape ", w2.sym_sizes());
+  // The output width is a layer width, as H and D are: read as an int (a guard when traced).
+  const int64_t c = w2.sym_size(0).guard_int(__FILE__, __LINE__);
+  const bool c_fits = c >= head.min_outputs && (head.max_outputs < 0 || c <= head.max_outputs);
+  TORCH_CHECK(c_fits, op, ": loss '", head.name, "' (", head.as_torch, ") expects w2 with ",
+              head.max_outputs == 1 ? std::string("exactly one output row")
+                                    : "at least " + std::to_string(head.min_outputs) + " output rows",
+              " (Linear(H, C) with C ", head.max_outputs == head.min_outputs ? "= " : ">= ",
+              head.min_outputs, "), got w2 of shape ", w2.sym_sizes());
   TORCH_CHECK(w2.sym_size(1) == h, op, ": w2 has ", w2.sym_size(1), " columns but w1 has H = ", h,
               " rows; expected w2 of shape (", c, ", ", h, ")");
 
@@ -104,20 +190,11 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
   }
   if (b2) {
     check_float_tensor(op, "b2", *b2, x);
-    check_vector(op, "b2", *b2, c, c == 1 ? "(1,)" : "(C,)");
+    check_vector(op, "b2", *b2, c, "(C,) with C the rows of w2");
   }
 
-  check_float_tensor(op, "target", target, x);
-  const bool target_ok = (target.dim() == 1 && target.sym_size(0) == n) ||
-                         (target.dim() == 2 && target.sym_size(0) == n && target.sym_size(1) == 1);
-  TORCH_CHECK(target_ok, op, ": expected target of shape (N,) or (N, 1) with N = ", n,
-              ", got shape ", target.sym_sizes());
-  TORCH_CHECK(!target.requires_grad(), op, ": target requires grad, but the bound is not "
-              "differentiable in the labels; pass target.detach()");
-  check_probabilities(op, target);
-
   p.x = x;
-  p.target = target.dim() == 1 ? target : target.squeeze(1);
+  p.target = checked_target(op, target, x, p.loss, c);
   p.w1 = w1;
   p.b1 = b1;
   p.w2 = w2;

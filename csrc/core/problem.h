@@ -26,7 +26,8 @@ inline int64_t count_params(int64_t hidden, int64_t in_dim, int64_t num_outputs,
 // The checked arguments of every op.
 struct MlpProblem {
   at::Tensor x;                  // (N, D)
-  at::Tensor target;             // (N,), flattened from (N,) or (N, 1)
+  at::Tensor target;             // one logit (C = 1): (N,); C logits: (N, C) in x's dtype,
+                                 // class indices made one-hot
   at::Tensor w1;                 // (H, D)
   std::optional<at::Tensor> b1;  // (H,)
   at::Tensor w2;                 // (C, H), as nn.Linear(H, C).weight
@@ -42,24 +43,28 @@ struct MlpProblem {
   int64_t num_params() const {
     return count_params(hidden(), in_dim(), num_outputs(), b1.has_value(), b2.has_value());
   }
-  // c in L = c·Σ_i ℓ_i: 1/N for "mean", 1 for "sum".
+  // c in L = c·Σ_i ℓ_i (losses.h): 1 for "sum"; for "mean" 1/N, or 1/(N·C) for the squared error.
   double loss_scale() const {
-    return reduction == Reduction::Mean ? 1.0 / static_cast<double>(num_samples()) : 1.0;
+    return torch_ws::loss_scale(loss, reduction == Reduction::Mean, num_samples(), num_outputs());
   }
-  // The single output row w2 as an (H,) vector: the binary head the engines implement today.
+  // Whether the head has one logit (C = 1): then the loss terms are scalars and both engines of
+  // docs/math.md §4 run; with C ≥ 2 the multi-output engine of §8 does.
+  bool one_logit() const { return num_outputs() == 1; }
+  // The single output row w2 as an (H,) vector, for the one-logit engines.
   at::Tensor output_row() const;
 };
 
 // Validates the arguments with TORCH_CHECK; every message starts with `op` (the public op's
 // name, e.g. "torch_ws.ws_bound") and says what was expected and what arrived. Shapes are read
 // as SymInts, so Meta kernels traced with dynamic shapes check them without specializing.
-// Target values (in [0, 1] for BCE) are checked on the CPU at once, on other devices by an
-// asynchronous device-side assertion (no host sync), and not at all on meta tensors.
+// Target values (probabilities in [0, 1], class indices in [0, C), rows of class probabilities
+// summing to 1) are checked on the CPU at once, on other devices by an asynchronous device-side
+// assertion (no host sync), and not at all on meta tensors.
 MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Tensor& target,
                          const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2,
                          std::string_view activation, std::string_view reduction,
-                         Loss loss = Loss::BinaryCrossEntropy);
+                         std::string_view loss);
 
 Reduction parse_reduction(std::string_view op, std::string_view name);
 

@@ -33,18 +33,20 @@ std::tuple<Tensor, Tensor> hessian_traces_kernel(const Tensor& x, const Tensor& 
                                                  const Tensor& w1, const optional<Tensor>& b1,
                                                  const Tensor& w2, const optional<Tensor>& b2,
                                                  c10::string_view activation,
-                                                 c10::string_view reduction) {
+                                                 c10::string_view reduction,
+                                                 c10::string_view loss) {
   const MlpProblem p =
-      check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction);
+      check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   const TracesResult t = evaluate_traces(p, Gradients::None);
   return {t.trace.to(x.scalar_type()), t.trace_sq.to(x.scalar_type())};
 }
 
 Tensor ws_bound_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
                        const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
-                       c10::string_view activation, c10::string_view reduction) {
+                       c10::string_view activation, c10::string_view reduction,
+                       c10::string_view loss) {
   const MlpProblem p =
-      check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction);
+      check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   const TracesResult t = evaluate_traces(p, Gradients::None);
   return ws_upper_bound_tensor(t.trace, t.trace_sq, p.num_params(), x.scalar_type());
 }
@@ -52,8 +54,9 @@ Tensor ws_bound_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_kernel(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, bool need_grad_x, c10::string_view caller) {
-  const MlpProblem p = check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction);
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
+  const MlpProblem p = check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
   TracesResult t =
       evaluate_traces(p, need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters);
   return {t.trace, t.trace_sq, gradient_list(*t.trace_grad, x), gradient_list(*t.trace_sq_grad, x)};
@@ -65,23 +68,26 @@ std::tuple<Tensor, Tensor> hessian_traces_meta(const Tensor& x, const Tensor& ta
                                                const Tensor& w1, const optional<Tensor>& b1,
                                                const Tensor& w2, const optional<Tensor>& b2,
                                                c10::string_view activation,
-                                               c10::string_view reduction) {
-  check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction);
+                                               c10::string_view reduction,
+                                               c10::string_view loss) {
+  check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   return {scalar_like(x, x.scalar_type()), scalar_like(x, x.scalar_type())};
 }
 
 Tensor ws_bound_meta(const Tensor& x, const Tensor& target, const Tensor& w1,
                      const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
-                     c10::string_view activation, c10::string_view reduction) {
-  check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction);
+                     c10::string_view activation, c10::string_view reduction,
+                     c10::string_view loss) {
+  check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   return scalar_like(x, x.scalar_type());
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_meta(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, bool need_grad_x, c10::string_view caller) {
-  check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction);
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
+  check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
   auto like = [](const Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
   auto grads = [&] {
     return std::vector<Tensor>{need_grad_x ? like(x) : at::empty({0}, x.options()), like(w1),
@@ -193,11 +199,13 @@ std::string activation_for_module_op(c10::string_view caller, c10::string_view c
                                module_prefix);
 }
 
-std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b2) {
+std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b2,
+                      int64_t num_outputs) {
   TORCH_CHECK(x.dim() == 2 && w1.dim() == 2, "torch_ws._engine: expected x (N, D) and w1 (H, D), "
               "got shapes ", x.sizes(), " and ", w1.sizes());
+  TORCH_CHECK(num_outputs >= 1, "torch_ws._engine: expected num_outputs >= 1, got ", num_outputs);
   return engine_name(
-      choose_engine({x.device(), x.size(0), x.size(1), w1.size(0), 1, has_b1, has_b2}));
+      choose_engine({x.device(), x.size(0), x.size(1), w1.size(0), num_outputs, has_b1, has_b2}));
 }
 
 }  // namespace

@@ -13,15 +13,17 @@
 TORCH_LIBRARY(torch_ws, m) {
   m.def(
       "hessian_traces(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
-      "str activation=\"tanh\", str reduction=\"mean\") -> (Tensor trace, Tensor trace_sq)");
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
+      "-> (Tensor trace, Tensor trace_sq)");
   m.def(
       "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
-      "str activation=\"tanh\", str reduction=\"mean\") -> Tensor");
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> Tensor");
   // The gradient lists hold (x, w1, b1, w2, b2); x's is empty unless need_grad_x, an absent
   // bias's is empty. `caller` is the public op the call serves: its name prefixes every error.
   m.def(
       "_traces_with_gradients(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
-      "Tensor? b2, str activation, str reduction, bool need_grad_x, str caller) "
+      "Tensor? b2, str activation, str reduction, bool need_grad_x, str caller, "
+      "str loss=\"bce\") "
       "-> (Tensor trace, Tensor trace_sq, Tensor[] trace_grads, Tensor[] trace_sq_grads)");
   m.def(
       "_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, Tensor[] trace_grads, "
@@ -42,7 +44,7 @@ TORCH_LIBRARY(torch_ws, m) {
       "str approximate=\"none\", float beta=1, float threshold=20) -> str");
   // Introspection for tests and benchmarks: the engine a problem of these shapes gets, the tile
   // size of the CPU pairwise stage for N samples, and how many threads its lanes really run on.
-  m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2) -> str");
+  m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2, int num_outputs=1) -> str");
   m.def("_tile_size(int num_samples) -> int");
   m.def("_parallel_threads() -> int");
 }

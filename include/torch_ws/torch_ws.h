@@ -1,5 +1,6 @@
 // torch_ws C++ API: closed-form Hessian traces and Wolkowicz-Styan bounds for
-// Linear(D,H) → φ → Linear(H,1) with binary cross-entropy, usable from LibTorch without Python.
+// Linear(D,H) → φ → Linear(H,C) with binary cross-entropy (C = 1), softmax cross-entropy (C ≥ 2)
+// or squared error (C ≥ 1), usable from LibTorch without Python.
 //
 // Every function calls the registered ops through the dispatcher, so LibTorch autograd works:
 // `torch_ws::ws_bound(...).backward()` fills the parameters' .grad().
@@ -19,20 +20,24 @@
 namespace torch_ws {
 
 // λ_sup = m + s·√(n−1) ≥ λ_max of the loss Hessian (m = tr H / n, s² = tr H²/n − m²).
-// x (N, D); target (N,) or (N, 1) in [0, 1]; w1 (H, D); b1 (H,) or nullopt; w2 (1, H);
-// b2 (1,) or nullopt. activation: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh;
-// reduction: mean or sum (as in BCEWithLogitsLoss). Bad input throws c10::Error.
+// x (N, D); w1 (H, D); b1 (H,) or nullopt; w2 (C, H); b2 (C,) or nullopt.
+// activation: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh; reduction: mean or sum.
+// loss and its targets:
+//   "bce"            BCEWithLogitsLoss, C = 1: target (N,) or (N, 1) in [0, 1];
+//   "cross_entropy"  CrossEntropyLoss, C ≥ 2: class indices (N,) int64 or probabilities (N, C);
+//   "mse"            MSELoss, C ≥ 1: target (N, C), or (N,) when C = 1 ("mean" divides by N·C).
+// Bad input throws c10::Error.
 at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                     const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
-                    std::string_view reduction = "mean");
+                    std::string_view reduction = "mean", std::string_view loss = "bce");
 
 // (tr H, tr H²) of the loss Hessian; arguments as for ws_bound.
 std::tuple<at::Tensor, at::Tensor> hessian_traces(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
     const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
-    std::string_view reduction = "mean");
+    std::string_view reduction = "mean", std::string_view loss = "bce");
 
 // Every Wolkowicz-Styan bound on the loss Hessian's spectrum, with m = tr H / n and
 // s = √(tr H²/n − m²): m + s/√(n−1) ≤ λ_max ≤ m + s·√(n−1), m − s·√(n−1) ≤ λ_min ≤ m − s/√(n−1),
@@ -45,30 +50,36 @@ struct WSBounds {
 WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                    const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
-                   std::string_view reduction = "mean");
+                   std::string_view reduction = "mean", std::string_view loss = "bce");
 
 // HSR regularization: the WS bound of a three-layer MLP at its current parameters.
 //   torch::nn::Sequential model(torch::nn::Linear(2, 10), torch::nn::Tanh(), torch::nn::Linear(10, 1));
 //   torch_ws::HSRRegularizer reg(model);
 //   auto loss = bce(model->forward(x).squeeze(-1), y) + rho * reg(x, y);
+// `loss` names the training loss as above ("bce", "cross_entropy", "mse"); the output layer's
+// width must fit it. Targets are cast to x's dtype, except integer class indices for
+// "cross_entropy", which stay int64.
 // Supported activations: Identity, Sigmoid, Tanh, Softplus (beta 1, threshold 20), GELU
 // ("none" or "tanh"), SiLU, the same as the Python HSRRegularizer; anything else (ReLU and other
 // non-smooth activations with the reason) throws c10::ValueError naming them.
 class HSRRegularizer {
  public:
-  explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean");
+  explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean",
+                          std::string loss = "bce");
   HSRRegularizer(torch::nn::Linear hidden, const std::shared_ptr<torch::nn::Module>& activation,
-                 torch::nn::Linear output, std::string reduction = "mean");
+                 torch::nn::Linear output, std::string reduction = "mean",
+                 std::string loss = "bce");
 
   // The bound on the current parameters, differentiable into them (and into x).
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& target) const;
 
   const std::string& activation() const { return activation_; }
   const std::string& reduction() const { return reduction_; }
+  const std::string& loss() const { return loss_; }
 
  private:
   torch::nn::Linear hidden_, output_;
-  std::string activation_, reduction_;
+  std::string activation_, reduction_, loss_;
 };
 
 }  // namespace torch_ws
