@@ -16,7 +16,14 @@ from testing import make_problem
 import torch_ws
 
 # Checks that read target values cannot run on meta tensors (there are none to read).
-VALUE_CASES = {"target above 1", "target below 0"}
+VALUE_CASES = {
+    "target above 1",
+    "target below 0",
+    "class index out of range",
+    "negative class index",
+    "probabilities not summing to 1",
+    "negative probabilities",
+}
 
 
 def on_meta(args):

@@ -8,9 +8,11 @@ from torch import Tensor
 
 #: Activations the closed form supports (read from the C++ table, csrc/core/activations.h).
 ACTIVATIONS = tuple(torch.ops.torch_ws._supported("activation"))
-#: Loss reductions, as in ``torch.nn.BCEWithLogitsLoss``.
+#: Loss reductions, as in the PyTorch losses.
 REDUCTIONS = tuple(torch.ops.torch_ws._supported("reduction"))
-#: Output losses (the C++ table, csrc/core/losses.h); "bce" is ``BCEWithLogitsLoss``.
+#: Output losses (the C++ table, csrc/core/losses.h): "bce" is ``BCEWithLogitsLoss`` on
+#: ``Linear(H, 1)``, "cross_entropy" ``CrossEntropyLoss`` on ``Linear(H, C)`` with C ≥ 2, "mse"
+#: ``MSELoss`` on ``Linear(H, C)`` with C ≥ 1.
 LOSSES = tuple(torch.ops.torch_ws._supported("loss"))
 
 
@@ -23,23 +25,34 @@ def hessian_traces(
     b2: Optional[Tensor],
     activation: str = "tanh",
     reduction: str = "mean",
+    loss: str = "bce",
 ) -> tuple[Tensor, Tensor]:
     """Exact (tr H, tr H²) of the loss Hessian with respect to all parameters, in closed form.
 
-    The model is ``Linear(D, H) → activation → Linear(H, 1)`` with ``BCEWithLogitsLoss``; H is
-    the n×n Hessian of that loss with respect to θ = (w1, b1, w2, b2), n = :func:`num_params`.
+    The model is ``Linear(D, H) → activation → Linear(H, C)`` with the loss ``loss``; H is the
+    n×n Hessian of that loss with respect to θ = (w1, b1, w2, b2), n = :func:`num_params`.
     tr H is the sum of its eigenvalues, tr H² = ‖H‖_F² the sum of their squares. Two exact
     engines compute them, chosen by arithmetic count (``TORCH_WS_ENGINE`` forces one): pairwise
     sums over N×N Gram-matrix tiles, O(N²(D + H)) time and O(N(D + H) + T²) memory; or, on the
-    CPU for small networks (n ≤ 4096), the n×n Hessian assembled in closed form, O(N·n²) time.
+    CPU for small networks (n ≤ 4096) with one logit, the n×n Hessian assembled in closed form,
+    O(N·n²) time. Heads of C ≥ 2 logits take the first, with C×C logit blocks per pair of
+    samples: O(N²(D + C²H)) time.
 
     Args:
         x: inputs, (N, D), float32 or float64.
-        target: labels in [0, 1] (soft labels allowed), (N,) or (N, 1); must not require grad.
+        target: what ``loss`` compares the logits with; must not require grad:
+
+            - ``"bce"``: probabilities in [0, 1] (soft labels allowed), (N,) or (N, 1);
+            - ``"cross_entropy"``: class indices (N,) int64 in [0, C), or class probabilities
+              (N, C) whose rows sum to 1 (soft labels, label smoothing);
+            - ``"mse"``: real values (N, C), or (N,) when C = 1.
         w1, b1: ``nn.Linear(D, H)`` weight (H, D) and bias (H,) or ``None`` (no bias parameter).
-        w2, b2: ``nn.Linear(H, 1)`` weight (1, H) and bias (1,) or ``None``.
+        w2, b2: ``nn.Linear(H, C)`` weight (C, H) and bias (C,) or ``None``.
         activation: one of :data:`ACTIVATIONS` (smooth activations only; ReLU has no φ'').
-        reduction: ``"mean"`` or ``"sum"`` over the batch, as in ``BCEWithLogitsLoss``.
+        reduction: ``"mean"`` or ``"sum"``, as in the PyTorch loss (``"mean"`` of ``"mse"``
+            divides by N·C, as ``F.mse_loss`` does).
+        loss: one of :data:`LOSSES`: ``"bce"`` (``F.binary_cross_entropy_with_logits``, C = 1),
+            ``"cross_entropy"`` (``F.cross_entropy``, C ≥ 2) or ``"mse"`` (``F.mse_loss``).
 
     Returns:
         ``(trace, trace_sq)``, 0-dim tensors of the input dtype, accumulated in float64 and
@@ -47,7 +60,7 @@ def hessian_traces(
         NaN inputs give NaN results.
     """
     return torch.ops.torch_ws.hessian_traces.default(
-        x, target, w1, b1, w2, b2, activation, reduction
+        x, target, w1, b1, w2, b2, activation, reduction, loss
     )
 
 
@@ -60,6 +73,7 @@ def ws_bound(
     b2: Optional[Tensor],
     activation: str = "tanh",
     reduction: str = "mean",
+    loss: str = "bce",
 ) -> Tensor:
     """Wolkowicz-Styan upper bound λ_sup ≥ λ_max of the loss Hessian, differentiable.
 
@@ -71,7 +85,9 @@ def ws_bound(
 
     Arguments are those of :func:`hessian_traces`. Returns a 0-dim tensor of the input dtype.
     """
-    return torch.ops.torch_ws.ws_bound.default(x, target, w1, b1, w2, b2, activation, reduction)
+    return torch.ops.torch_ws.ws_bound.default(
+        x, target, w1, b1, w2, b2, activation, reduction, loss
+    )
 
 
 def num_params(w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor]) -> int:
@@ -114,6 +130,7 @@ def ws_bounds(
     b2: Optional[Tensor],
     activation: str = "tanh",
     reduction: str = "mean",
+    loss: str = "bce",
 ) -> WSBounds:
     """Every Wolkowicz-Styan bound on the extreme eigenvalues of the loss Hessian.
 
@@ -123,7 +140,7 @@ def ws_bounds(
     differentiable (through the traces' C++ backward), computed in float64 and returned in the
     input dtype.
     """
-    trace, trace_sq = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction)
+    trace, trace_sq = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss)
     n = num_params(w1, b1, w2, b2)
     bounds = torch.ops.torch_ws._ws_bounds_from_traces(trace, trace_sq, n)
     return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)

@@ -28,16 +28,24 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 def mlp_logits(x, w1, b1, w2, b2, activation: str) -> Tensor:
-    """z = Linear(H,1)(φ(Linear(D,H)(x))), shape (N,)."""
+    """z = Linear(H,C)(φ(Linear(D,H)(x))), shape (N, C); (N,) when C = 1."""
     hidden = ACTIVATION_FUNCTIONS[activation](F.linear(x, w1, b1))
-    return F.linear(hidden, w2, b2).squeeze(-1)
+    z = F.linear(hidden, w2, b2)
+    return z.squeeze(-1) if z.shape[-1] == 1 else z
 
 
-def mlp_loss(x, target, w1, b1, w2, b2, activation: str, reduction: str) -> Tensor:
-    """The BCE-with-logits loss whose Hessian torch_ws bounds."""
-    return F.binary_cross_entropy_with_logits(
-        mlp_logits(x, w1, b1, w2, b2, activation), target.reshape(-1), reduction=reduction
-    )
+def mlp_loss(x, target, w1, b1, w2, b2, activation: str, reduction: str, loss: str = "bce") -> Tensor:
+    """The loss whose Hessian torch_ws bounds, as PyTorch computes it: ``F.binary_cross_entropy_with_logits``
+    ("bce"), ``F.cross_entropy`` ("cross_entropy": class indices or probabilities) or
+    ``F.mse_loss`` ("mse")."""
+    z = mlp_logits(x, w1, b1, w2, b2, activation)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(z, target.reshape(-1), reduction=reduction)
+    if loss == "cross_entropy":
+        return F.cross_entropy(z, target, reduction=reduction)
+    if loss == "mse":
+        return F.mse_loss(z, target.reshape(z.shape), reduction=reduction)
+    raise ValueError(f"unknown loss {loss!r}")
 
 
 def flatten_params(w1, b1, w2, b2) -> Tensor:
@@ -57,14 +65,18 @@ def unflatten_params(theta: Tensor, w1, b1, w2, b2):
     return out
 
 
-def explicit_hessian(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean") -> Tensor:
+def explicit_hessian(
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
+) -> Tensor:
     """The n×n Hessian of the loss in θ (see :func:`flatten_params`), by ``torch.func.hessian``.
 
     Differentiable in x and the parameters (the result keeps autograd history)."""
     theta = flatten_params(w1, b1, w2, b2)
 
     def loss_of(theta_):
-        return mlp_loss(x, target, *unflatten_params(theta_, w1, b1, w2, b2), activation, reduction)
+        return mlp_loss(
+            x, target, *unflatten_params(theta_, w1, b1, w2, b2), activation, reduction, loss
+        )
 
     return torch.func.hessian(loss_of)(theta)
 
@@ -85,10 +97,12 @@ def ws_upper_from_traces(trace: Tensor, trace_sq: Tensor, n: int) -> Tensor:
     return mean + math.sqrt(n - 1) * spread
 
 
-def ws_bound_explicit(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean") -> Tensor:
+def ws_bound_explicit(
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
+) -> Tensor:
     """The WS bound from the explicit Hessian (tr H and ‖H‖_F²): O(n²) memory, third-order
     autograd when differentiated."""
-    hess = explicit_hessian(x, target, w1, b1, w2, b2, activation, reduction)
+    hess = explicit_hessian(x, target, w1, b1, w2, b2, activation, reduction, loss)
     return ws_upper_from_traces(hess.diagonal().sum(), (hess * hess).sum(), hess.shape[0])
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import REDUCTIONS, num_params, ws_bound
+from .ops import LOSSES, REDUCTIONS, num_params, ws_bound
+
 
 def activation_name(module: nn.Module) -> str:
     """The torch_ws activation name of a smooth activation module, or a ValueError saying why the
@@ -28,6 +30,58 @@ def activation_name(module: nn.Module) -> str:
         raise ValueError(str(error).split("\nException raised from")[0]) from None
 
 
+#: The PyTorch loss modules the regularizer reads, by torch_ws loss name.
+LOSS_MODULES = {
+    nn.BCEWithLogitsLoss: "bce",
+    nn.CrossEntropyLoss: "cross_entropy",
+    nn.MSELoss: "mse",
+}
+
+
+def loss_options(loss, reduction: Optional[str]) -> tuple[str, str, float]:
+    """(loss name, reduction, label smoothing) of a loss given as a name or a PyTorch loss module,
+    or a ValueError naming what cannot be honoured exactly (class weights, ``pos_weight``,
+    ``ignore_index``, ``reduction="none"``)."""
+    smoothing = 0.0
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"HSRRegularizer: loss must be one of {LOSSES} or one of "
+                             f"{[m.__name__ for m in LOSS_MODULES]}, got {loss!r}")
+        name = loss
+        module_reduction = None
+    elif type(loss) in LOSS_MODULES:
+        name = LOSS_MODULES[type(loss)]
+        kind = type(loss).__name__
+        if getattr(loss, "weight", None) is not None:
+            raise ValueError(f"HSRRegularizer: {kind} with a class weight cannot be honoured "
+                             "exactly (the closed form weighs every sample equally); pass the "
+                             "loss without weight")
+        if getattr(loss, "pos_weight", None) is not None:
+            raise ValueError(f"HSRRegularizer: {kind} with pos_weight cannot be honoured exactly; "
+                             "pass the loss without pos_weight")
+        if isinstance(loss, nn.CrossEntropyLoss):
+            if loss.ignore_index != -100:
+                raise ValueError(
+                    f"HSRRegularizer: CrossEntropyLoss(ignore_index={loss.ignore_index}) cannot be "
+                    "honoured exactly (ignored samples would change N); pass the loss with the "
+                    "default ignore_index and drop those samples from the batch")
+            smoothing = float(loss.label_smoothing)
+        module_reduction = loss.reduction
+        if module_reduction not in REDUCTIONS:
+            raise ValueError(f"HSRRegularizer: {kind}(reduction={module_reduction!r}) has no "
+                             f"scalar loss to bound; expected a reduction in {REDUCTIONS}")
+        if reduction is not None and reduction != module_reduction:
+            raise ValueError(f"HSRRegularizer: reduction={reduction!r} contradicts the loss "
+                             f"module's reduction={module_reduction!r}; pass one of them")
+    else:
+        raise ValueError(f"HSRRegularizer: loss must be one of {LOSSES} or an instance of "
+                         f"{[m.__name__ for m in LOSS_MODULES]}, got {type(loss).__name__}")
+    reduction = reduction or module_reduction or "mean"
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"HSRRegularizer: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return name, reduction, smoothing
+
+
 class HSRRegularizer(nn.Module):
     """λ_sup, the Wolkowicz-Styan upper bound on the loss Hessian's largest eigenvalue, of a
     three-layer MLP at its current parameters: add ``rho * reg(x, y)`` to the loss to descend
@@ -40,15 +94,27 @@ class HSRRegularizer(nn.Module):
         loss = criterion(model(x).squeeze(-1), y) + rho * reg(x, y)
         loss.backward()   # gradients of the bound reach every parameter (and x if it needs grad)
 
+        # a 10-class head: the loss module the training uses, as it is
+        criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+        model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+        reg = torch_ws.HSRRegularizer(model, loss=criterion)
+
     Args:
-        model: ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, 1))``, or the first Linear
+        model: ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, C))``, or the first Linear
             when ``activation`` and ``output`` are given as the next two arguments.
-        activation, output: the activation module and ``nn.Linear(H, 1)``, when ``model`` is the
+        activation, output: the activation module and ``nn.Linear(H, C)``, when ``model`` is the
             first layer alone.
-        reduction: ``"mean"`` or ``"sum"``, matching the training loss's reduction.
+        reduction: ``"mean"`` or ``"sum"``, matching the training loss's reduction; read from
+            ``loss`` when that is a module (default ``"mean"``).
+        loss: the training loss: ``"bce"`` (C = 1), ``"cross_entropy"`` (C ≥ 2), ``"mse"``, or
+            the module itself: ``nn.BCEWithLogitsLoss()``, ``nn.CrossEntropyLoss()`` (with
+            ``label_smoothing`` honoured), ``nn.MSELoss()``. Options that change the Hessian in
+            ways the closed form does not cover (class ``weight``, ``pos_weight``,
+            ``ignore_index``) are refused.
 
     The regularizer holds references to the layers (not copies): it always sees the current
-    parameters. Targets are cast to the input dtype (integer 0/1 labels are fine).
+    parameters. Targets are cast to the input dtype (integer 0/1 labels are fine), except class
+    indices for the cross-entropy, which stay int64.
     """
 
     def __init__(
@@ -56,14 +122,15 @@ class HSRRegularizer(nn.Module):
         model: nn.Module,
         activation: Optional[nn.Module] = None,
         output: Optional[nn.Module] = None,
-        reduction: str = "mean",
+        reduction: Optional[str] = None,
+        loss="bce",
     ):
         super().__init__()
         if activation is None and output is None:
             if not isinstance(model, nn.Sequential) or len(model) != 3:
                 raise ValueError(
                     "HSRRegularizer expects nn.Sequential(nn.Linear(D, H), activation, "
-                    f"nn.Linear(H, 1)) or the three modules separately, got {type(model).__name__}"
+                    f"nn.Linear(H, C)) or the three modules separately, got {type(model).__name__}"
                     + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
                 )
             hidden, activation, output = model[0], model[1], model[2]
@@ -76,43 +143,67 @@ class HSRRegularizer(nn.Module):
                 raise ValueError(
                     f"HSRRegularizer: the {name} layer must be nn.Linear, got {type(layer).__name__}"
                 )
-        if output.out_features != 1:
+        self.loss, self.reduction, self.label_smoothing = loss_options(loss, reduction)
+        width = output.out_features
+        if self.loss == "bce" and width != 1:
             raise ValueError(
-                "HSRRegularizer: the output layer must be nn.Linear(H, 1) (binary cross-entropy "
-                f"on one logit), got out_features={output.out_features}"
+                "HSRRegularizer: the output layer must be nn.Linear(H, 1) for loss 'bce' (binary "
+                f"cross-entropy on one logit), got out_features={width}; for C classes use "
+                "loss='cross_entropy'"
+            )
+        if self.loss == "cross_entropy" and width < 2:
+            raise ValueError(
+                "HSRRegularizer: loss 'cross_entropy' needs nn.Linear(H, C) with C >= 2 classes, "
+                f"got out_features={width}; for one logit use loss='bce'"
             )
         if output.in_features != hidden.out_features:
             raise ValueError(
                 f"HSRRegularizer: the hidden layer has {hidden.out_features} units but the output "
                 f"layer expects {output.in_features}"
             )
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"HSRRegularizer: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.activation = activation_name(activation)
-        self.reduction = reduction
         # Plain attributes, not submodules: the regularizer must not re-register (and so
         # duplicate in .parameters()) the model's layers.
         self.__dict__["_layers"] = (hidden, output)
 
+    def _target(self, x: Tensor, target: Tensor) -> Tensor:
+        target = target.detach()
+        if self.loss != "cross_entropy":
+            return target.to(x.dtype)
+        classes = self._layers[1].out_features
+        if not target.is_floating_point():
+            if self.label_smoothing == 0:
+                return target.long()
+            # Smoothing turns class indices into probabilities, as F.cross_entropy does.
+            target = F.one_hot(target.long(), classes).to(x.dtype)
+        target = target.to(x.dtype)
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / classes
+        return target
+
     def forward(self, x: Tensor, target: Tensor) -> Tensor:
-        """λ_sup at the current parameters for inputs ``x`` (N, D) and labels ``target`` (N,)
-        or (N, 1) in [0, 1]; a 0-dim tensor differentiable into every parameter and into x."""
+        """λ_sup at the current parameters for inputs ``x`` (N, D) and the targets of the loss
+        (see :func:`torch_ws.hessian_traces`); a 0-dim tensor differentiable into every parameter
+        and into x."""
         hidden, output = self._layers
         return ws_bound(
             x,
-            target.detach().to(x.dtype),
+            self._target(x, target),
             hidden.weight,
             hidden.bias,
             output.weight,
             output.bias,
             self.activation,
             self.reduction,
+            self.loss,
         )
 
     def extra_repr(self) -> str:
         hidden, output = self._layers
         n = num_params(hidden.weight, hidden.bias, output.weight, output.bias)
+        smoothing = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
         return (
             f"in_features={hidden.in_features}, hidden={hidden.out_features}, "
-            f"activation={self.activation!r}, reduction={self.reduction!r}, num_params={n}"
+            f"outputs={output.out_features}, activation={self.activation!r}, "
+            f"loss={self.loss!r}, reduction={self.reduction!r}{smoothing}, num_params={n}"
         )

@@ -193,6 +193,51 @@ void test_regularizer_refusals() {
                "two modules refused with the size message");
 }
 
+// The multi-class and regression heads through the C++ API: the regularizer reads the loss and
+// keeps int64 class indices, and the bound's gradient matches central finite differences.
+void test_losses() {
+  torch::manual_seed(3);
+  auto f64 = torch::kFloat64;
+  torch::nn::Sequential model(torch::nn::Linear(3, 4), torch::nn::SiLU(), torch::nn::Linear(4, 3));
+  model->to(f64);
+  torch_ws::HSRRegularizer reg(model, "sum", "cross_entropy");
+  check(reg.loss() == "cross_entropy" && reg.reduction() == "sum", "loss and reduction kept");
+  auto x = torch::randn({9, 3}, f64);
+  auto labels = torch::randint(0, 3, {9}, torch::kLong);
+  auto* l1 = model->ptr(0)->as<torch::nn::Linear>();
+  auto* l2 = model->ptr(2)->as<torch::nn::Linear>();
+  auto direct = torch_ws::ws_bound(x, labels, l1->weight, l1->bias, l2->weight, l2->bias, "silu",
+                                   "sum", "cross_entropy");
+  check(torch::equal(reg(x, labels), direct), "cross-entropy regularizer equals ws_bound");
+
+  for (const char* loss : {"cross_entropy", "mse"}) {
+    auto target = std::string(loss) == "mse" ? torch::randn({9, 3}, f64) : labels;
+    auto w2 = l2->weight.detach().clone().requires_grad_(true);
+    auto bound = [&](const torch::Tensor& w) {
+      return torch_ws::ws_bound(x, target, l1->weight.detach(), l1->bias.detach(), w,
+                                l2->bias.detach(), "silu", "mean", loss);
+    };
+    auto grad = torch::autograd::grad({bound(w2)}, {w2})[0];
+    double worst = 0;
+    const double step = 1e-6;
+    for (int64_t k = 0; k < w2.numel(); ++k) {
+      auto plus = w2.detach().clone(), minus = w2.detach().clone();
+      plus.view(-1)[k] += step;
+      minus.view(-1)[k] -= step;
+      const double fd = (bound(plus).item<double>() - bound(minus).item<double>()) / (2 * step);
+      worst = std::max(worst, std::abs(fd - grad.view(-1)[k].item<double>()) /
+                                  std::max(1e-3, std::abs(fd)));
+    }
+    check(worst < 1e-5, std::string(loss) + ": gradient matches finite differences, worst " +
+                            std::to_string(worst));
+  }
+  torch::nn::Sequential one(torch::nn::Linear(3, 4), torch::nn::Tanh(), torch::nn::Linear(4, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(one, "mean", "cross_entropy"); },
+               "Linear(H, C) with C >= 2", "cross-entropy on one logit refused");
+  expect_error([&] { torch_ws::HSRRegularizer r(one, "mean", "hinge"); },
+               "unknown loss 'hinge'; expected one of: bce, cross_entropy, mse", "unknown loss");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -202,6 +247,7 @@ int main(int argc, char** argv) {
       {"bad_input", test_bad_input},
       {"regularizer", test_regularizer},
       {"regularizer_refusals", test_regularizer_refusals},
+      {"losses", test_losses},
   };
   for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
     cases[std::string("gradient_") + act] = [act] { test_gradient_against_finite_differences(act); };
