@@ -31,7 +31,7 @@ CASES = {
     "target length": (lambda: with_(target=torch.zeros(5, dtype=f64)), r"bce \(BCEWithLogitsLoss\) expects targets probabilities in \[0, 1\] of shape \(N,\) or \(N, 1\) with N = 6; got target of shape \[5\]"),
     "target rank": (lambda: with_(target=torch.zeros(6, 2, dtype=f64)), r"expects targets .* of shape \(N,\) or \(N, 1\) .* got target of shape \[6, 2\]"),
     "two output rows": (lambda: with_(w2=torch.randn(2, 4, dtype=f64)), r"loss 'bce' \(BCEWithLogitsLoss\) expects w2 with exactly one output row .* got w2 of shape \[2, 4\]"),
-    "unknown activation": (lambda: with_(activation="relu"), r"unknown activation 'relu'; expected one of: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh"),
+    "unknown activation": (lambda: with_(activation="elu"), r"unknown activation 'elu'; expected one of: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh, relu, leaky_relu"),
     "unknown reduction": (lambda: with_(reduction="max"), r"unknown reduction 'max'; expected one of: mean, sum"),
     "mixed dtypes": (lambda: with_(w2=torch.randn(1, 4, dtype=torch.float32)), r"one dtype; x is Double but w2 is Float"),
     "integer x": (lambda: with_(x=torch.ones(6, 3, dtype=torch.int64)), r"expected x to be float32 or float64, got Long"),

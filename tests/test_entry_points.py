@@ -59,8 +59,8 @@ def test_one_error_prefix_with_and_without_grad(op):
     for requires_grad in (False, True):
         p = make_problem(n=6, d=3, h=4, requires_grad=requires_grad)
         args = dict(x=p.x, target=p.target, w1=p.w1, b1=p.b1, w2=p.w2, b2=p.b2)
-        with pytest.raises(RuntimeError, match=rf"^torch_ws\.{op}: unknown activation 'relu'"):
-            fn(**args, activation="relu")
+        with pytest.raises(RuntimeError, match=rf"^torch_ws\.{op}: unknown activation 'elu'"):
+            fn(**args, activation="elu")
         bad = torch.tensor([0, 1, 2, 0, 1, 0], dtype=torch.float64)
         with pytest.raises(RuntimeError, match=rf"^torch_ws\.{op}: expected targets in \[0, 1\]"):
             fn(**{**args, "target": bad})

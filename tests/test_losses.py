@@ -314,3 +314,25 @@ def test_regularizer_refuses_a_head_that_does_not_fit_the_loss():
     with pytest.raises(ValueError, match=r"reduction='sum' contradicts the loss module's reduction='mean'"):
         torch_ws.HSRRegularizer(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)),
                                 reduction="sum", loss=nn.MSELoss())
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+@pytest.mark.parametrize("head", [("bce", 1, "values"), HEADS[1], HEADS[8]], ids=head_id)
+def test_piecewise_linear_activations_give_the_almost_everywhere_hessian(head, act):
+    """Away from the kinks (every |pre-activation| well above 0) the loss is twice differentiable
+    and its Hessian, the one torch.func.hessian computes, is what the closed form gives."""
+    loss, c, kind = head
+    if loss == "bce":
+        x, _, w1, b1, w2, b2 = make_head_problem("mse", 1, "values", seed=11, requires_grad=True)
+        target = torch.rand(7, dtype=torch.float64)
+    else:
+        x, target, w1, b1, w2, b2 = make_head_problem(loss, c, kind, seed=11, requires_grad=True)
+    assert F.linear(x, w1, b1).abs().min() > 1e-3  # no sample sits on a kink
+    args = (x, target, w1, b1, w2, b2)
+    hess = reference.explicit_hessian(*args, act, "mean", loss)
+    trace, trace_sq = torch_ws.hessian_traces(*args, act, "mean", loss)
+    assert rel_err(trace, hess.trace()) <= 1e-8 and rel_err(trace_sq, (hess * hess).sum()) <= 1e-8
+    grads = torch.autograd.grad(trace_sq, differentiable(args))
+    expected = torch.autograd.grad((hess * hess).sum(), differentiable(args))
+    for a, e in zip(grads, expected):
+        assert rel_err(a, e) <= 1e-6

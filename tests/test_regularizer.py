@@ -89,8 +89,9 @@ def test_integer_labels_and_column_targets_are_accepted():
 @pytest.mark.parametrize(
     "build,message",
     [
-        (lambda: mlp(nn.ReLU()), r"ReLU is not smooth"),
-        (lambda: mlp(nn.ELU()), r"ELU is not smooth"),
+        (lambda: mlp(nn.ReLU6()), r"ReLU6 is not supported \(the activation table has no entry for it\)"),
+        (lambda: mlp(nn.ELU()), r"ELU is not supported"),
+        (lambda: mlp(nn.LeakyReLU(0.2)), r"LeakyReLU only with negative_slope=0.01 \(the default\), got negative_slope=0.2"),
         (lambda: mlp(nn.Softplus(beta=2.0)), r"Softplus only with beta=1"),
         (lambda: mlp(nn.Softsign()), r"unsupported activation Softsign; expected one of: nn.Identity"),
         (lambda: nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)), r"nn.Linear\(H, 1\).*out_features=2"),

@@ -69,7 +69,7 @@ def test_each_dataset_has_its_own_default_report_folder():
 
 
 def test_cli_rejects_unknown_activation(tmp_path, capsys):
-    assert main(["reproduce", "--activations", "relu", "--out", str(tmp_path)]) == 2
+    assert main(["reproduce", "--activations", "elu", "--out", str(tmp_path)]) == 2
     assert "unknown activation" in capsys.readouterr().err
 
 

@@ -48,7 +48,8 @@ def hessian_traces(
             - ``"mse"``: real values (N, C), or (N,) when C = 1.
         w1, b1: ``nn.Linear(D, H)`` weight (H, D) and bias (H,) or ``None`` (no bias parameter).
         w2, b2: ``nn.Linear(H, C)`` weight (C, H) and bias (C,) or ``None``.
-        activation: one of :data:`ACTIVATIONS` (smooth activations only; ReLU has no φ'').
+        activation: one of :data:`ACTIVATIONS`; for "relu" and "leaky_relu" (slope 0.01) the
+            result is that of the almost-everywhere Hessian (docs/math.md §3).
         reduction: ``"mean"`` or ``"sum"``, as in the PyTorch loss (``"mean"`` of ``"mse"``
             divides by N·C, as ``F.mse_loss`` does).
         loss: one of :data:`LOSSES`: ``"bce"`` (``F.binary_cross_entropy_with_logits``, C = 1),

@@ -24,6 +24,8 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "silu": F.silu,
     "gelu_tanh": lambda a: F.gelu(a, approximate="tanh"),
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
 }
 
 

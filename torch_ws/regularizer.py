@@ -11,9 +11,9 @@ from .ops import LOSSES, REDUCTIONS, num_params, ws_bound
 
 
 def activation_name(module: nn.Module) -> str:
-    """The torch_ws activation name of a smooth activation module, or a ValueError saying why the
-    module is refused (ReLU and its kin are not smooth: the bound needs the second and third
-    derivatives).
+    """The torch_ws activation name of an activation module, or a ValueError saying why the module
+    is refused (one without an entry in the activation table, or options the table's function
+    does not have).
 
     The mapping is the C++ one (csrc/core/modules.h) that LibTorch's ``torch_ws::HSRRegularizer``
     uses too, so both accept the same models."""
@@ -22,6 +22,8 @@ def activation_name(module: nn.Module) -> str:
         options["approximate"] = module.approximate
     if isinstance(module, nn.Softplus):
         options.update(beta=float(module.beta), threshold=float(module.threshold))
+    if isinstance(module, nn.LeakyReLU):
+        options["negative_slope"] = float(module.negative_slope)
     try:
         return torch.ops.torch_ws._activation_for_module(
             "HSRRegularizer", type(module).__name__, "nn.", **options

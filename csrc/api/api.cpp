@@ -60,6 +60,9 @@ std::string activation_of(const std::shared_ptr<torch::nn::Module>& module) {
     options.beta = softplus->options.beta();
     options.threshold = softplus->options.threshold();
   }
+  if (auto* leaky = module->as<torch::nn::LeakyReLU>()) {
+    options.negative_slope = leaky->options.negative_slope();
+  }
   return activation_for_module(kRegularizer, name, options, prefix);
 }
 

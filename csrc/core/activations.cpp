@@ -20,9 +20,7 @@ Activation parse_activation(std::string_view op, std::string_view name) {
     if (name == entry.name) return entry.activation;
   }
   TORCH_CHECK(false, op, ": unknown activation '", std::string(name), "'; expected one of: ",
-              supported_activations(),
-              " (ReLU and other non-smooth activations have no second derivative, so the closed "
-              "form does not apply)");
+              supported_activations());
 }
 
 const char* activation_name(Activation activation) {

@@ -1,4 +1,6 @@
-// The one table of smooth activations φ (docs/math.md §3): names, parsing, and φ, φ', φ'', φ'''.
+// The one table of activations φ (docs/math.md §3): names, parsing, and φ, φ', φ'', φ'''.
+// ReLU and LeakyReLU are piecewise linear: φ'' = φ''' = 0 wherever a ≠ 0, so the closed form is
+// their almost-everywhere Hessian (docs/math.md §3).
 //
 // The formulas are written once, as a template over the value type: at::Tensor (elementwise, any
 // device; the sample-space engines) and double (one value at a time; the parameter-space engine's
@@ -14,7 +16,10 @@
 
 namespace torch_ws {
 
-enum class Activation { Linear, Sigmoid, Tanh, Softplus, Gelu, Silu, GeluTanh };
+enum class Activation { Linear, Sigmoid, Tanh, Softplus, Gelu, Silu, GeluTanh, Relu, LeakyRelu };
+
+// LeakyReLU's slope for a < 0: nn.LeakyReLU's default, the one "leaky_relu" means.
+inline constexpr double kLeakyReluSlope = 0.01;
 
 struct ActivationEntry {
   Activation activation;
@@ -22,7 +27,7 @@ struct ActivationEntry {
 };
 
 // Single source of truth for the supported names: parsing and error messages read it.
-inline constexpr std::array<ActivationEntry, 7> kActivations = {{
+inline constexpr std::array<ActivationEntry, 9> kActivations = {{
     {Activation::Linear, "linear"},
     {Activation::Sigmoid, "sigmoid"},
     {Activation::Tanh, "tanh"},
@@ -30,6 +35,8 @@ inline constexpr std::array<ActivationEntry, 7> kActivations = {{
     {Activation::Gelu, "gelu"},
     {Activation::Silu, "silu"},
     {Activation::GeluTanh, "gelu_tanh"},
+    {Activation::Relu, "relu"},
+    {Activation::LeakyRelu, "leaky_relu"},
 }};
 
 // "linear, sigmoid, ..." for error messages.
@@ -51,6 +58,10 @@ inline at::Tensor softplus(const at::Tensor& a) { return at::softplus(a); }
 inline at::Tensor constant_like(const at::Tensor& a, double value) {
   return at::full_like(a, value);
 }
+// 1 where a > 0, else `slope` (at a = 0 too, as autograd's ReLU and LeakyReLU backward).
+inline at::Tensor step(const at::Tensor& a, double slope) {
+  return (a > 0).to(a.scalar_type()) * (1 - slope) + slope;
+}
 
 inline double sigmoid(double a) { return 1 / (1 + std::exp(-a)); }  // exp overflow → 0, no NaN
 inline double tanh(double a) { return std::tanh(a); }
@@ -59,6 +70,7 @@ inline double exp(double a) { return std::exp(a); }
 // As at::softplus (β = 1, threshold 20): the identity above the threshold.
 inline double softplus(double a) { return a > 20 ? a : std::log1p(std::exp(a)); }
 inline double constant_like(double, double value) { return value; }
+inline double step(double a, double slope) { return a > 0 ? 1.0 : slope; }
 }  // namespace primitives
 
 // φ and its derivatives up to φ''' evaluated at `a`. Only the first `num_derivatives + 1`
@@ -135,6 +147,15 @@ ActivationValues<T> activation_values(Activation activation, const T& a, int num
       out.phi1 = sig + a * p;
       if (need2) out.phi2 = p * (2 + a * one_m_2sig);
       if (need3) out.phi3 = p * (one_m_2sig * (3 + a * one_m_2sig) - 2 * a * p);
+      break;
+    }
+    case Activation::Relu:
+    case Activation::LeakyRelu: {
+      // φ = a·φ'(a) with φ' = 1 for a > 0 and the slope (0, or 0.01 for LeakyReLU) elsewhere.
+      out.phi1 = fn::step(a, activation == Activation::Relu ? 0.0 : kLeakyReluSlope);
+      out.phi0 = a * out.phi1;
+      if (need2) out.phi2 = fn::constant_like(a, 0);
+      if (need3) out.phi3 = fn::constant_like(a, 0);
       break;
     }
     case Activation::GeluTanh: {

@@ -13,18 +13,22 @@ struct SmoothModule {
   const char* condition;  // the options it needs, for the list of supported modules
 };
 
-inline constexpr std::array<SmoothModule, 6> kSmoothModules = {{
+inline constexpr std::array<SmoothModule, 8> kSmoothModules = {{
     {"Identity", "linear", ""},
     {"Sigmoid", "sigmoid", ""},
     {"Tanh", "tanh", ""},
     {"Softplus", "softplus", "(beta=1, threshold=20)"},
     {"GELU", "gelu", " (approximate 'none' or 'tanh')"},
     {"SiLU", "silu", ""},
+    // Piecewise linear: the almost-everywhere Hessian (docs/math.md §3).
+    {"ReLU", "relu", ""},
+    {"LeakyReLU", "leaky_relu", " (negative_slope=0.01)"},
 }};
 
-// Piecewise-linear or only once differentiable: the closed form needs φ'' and φ'''.
-inline constexpr std::array<const char*, 9> kNonSmoothModules = {
-    "ReLU", "LeakyReLU", "ReLU6", "Hardtanh", "PReLU", "ELU", "CELU", "SELU", "Hardswish"};
+// Not in the activation table: bounded piecewise-linear ones, a learned slope, and the
+// exponential-linear family, whose φ'' jumps.
+inline constexpr std::array<const char*, 7> kNonSmoothModules = {
+    "ReLU6", "Hardtanh", "PReLU", "ELU", "CELU", "SELU", "Hardswish"};
 
 std::string supported_modules(std::string_view prefix) {
   std::string out;
@@ -53,13 +57,18 @@ std::string activation_for_module(std::string_view caller, std::string_view clas
                       module_prefix, "Softplus only with beta=1 and threshold=20 (the exact "
                       "softplus), got beta=", options.beta, ", threshold=", options.threshold);
   }
+  if (class_name == "LeakyReLU") {
+    TORCH_CHECK_VALUE(options.negative_slope == kLeakyReluSlope, caller, " supports ",
+                      module_prefix, "LeakyReLU only with negative_slope=", kLeakyReluSlope,
+                      " (the default), got negative_slope=", options.negative_slope);
+  }
   for (const auto& m : kSmoothModules) {
     if (class_name == m.class_name) return m.activation;
   }
   for (const char* non_smooth : kNonSmoothModules) {
-    TORCH_CHECK_VALUE(class_name != non_smooth, caller, ": ", name, " is not smooth (its second "
-                      "derivative is zero or undefined), so the closed-form Hessian does not "
-                      "apply; use one of: ", supported_modules(module_prefix));
+    TORCH_CHECK_VALUE(class_name != non_smooth, caller, ": ", name, " is not supported (the "
+                      "activation table has no entry for it); use one of: ",
+                      supported_modules(module_prefix));
   }
   TORCH_CHECK_VALUE(false, caller, ": unsupported activation ", name, "; expected one of: ",
                     supported_modules(module_prefix));

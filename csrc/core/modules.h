@@ -3,6 +3,8 @@
 // models and refuse the same ones with the same reasons.
 #pragma once
 
+#include "activations.h"
+
 #include <string>
 #include <string_view>
 
@@ -13,6 +15,7 @@ namespace torch_ws {
 struct ActivationModuleOptions {
   std::string approximate = "none";
   double beta = 1, threshold = 20;
+  double negative_slope = kLeakyReluSlope;  // LeakyReLU's
 };
 
 // The activation name (of kActivations) for the module class `class_name` ("Tanh", "GELU", …;

@@ -194,8 +194,9 @@ std::vector<std::string> supported_op(c10::string_view option) {
 
 std::string activation_for_module_op(c10::string_view caller, c10::string_view class_name,
                                      c10::string_view module_prefix, c10::string_view approximate,
-                                     double beta, double threshold) {
-  return activation_for_module(caller, class_name, {std::string(approximate), beta, threshold},
+                                     double beta, double threshold, double negative_slope) {
+  return activation_for_module(caller, class_name,
+                               {std::string(approximate), beta, threshold, negative_slope},
                                module_prefix);
 }
 

@@ -41,7 +41,8 @@ TORCH_LIBRARY(torch_ws, m) {
   // The activation of an activation module, by class name (the HSRRegularizers' one mapping).
   m.def(
       "_activation_for_module(str caller, str class_name, str module_prefix, "
-      "str approximate=\"none\", float beta=1, float threshold=20) -> str");
+      "str approximate=\"none\", float beta=1, float threshold=20, float negative_slope=0.01) "
+      "-> str");
   // Introspection for tests and benchmarks: the engine a problem of these shapes gets, the tile
   // size of the CPU pairwise stage for N samples, and how many threads its lanes really run on.
   m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2, int num_outputs=1) -> str");

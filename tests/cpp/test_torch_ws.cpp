@@ -104,8 +104,8 @@ void test_bad_input() {
   torch::manual_seed(4);
   Problem p = make_problem(6, 3, 4);
   p.target[0] = 1;  // so that target * 3 leaves [0, 1] whatever the draw
-  expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "relu"); },
-               "unknown activation 'relu'; expected one of: linear, sigmoid, tanh", "activation");
+  expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "elu"); },
+               "unknown activation 'elu'; expected one of: linear, sigmoid, tanh", "activation");
   expect_error([&] { torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, torch::randn({2, 4}, torch::kFloat64), p.b2); },
                "exactly one output row", "two output rows");
   expect_error([&] { torch_ws::ws_bound(p.x.to(torch::kFloat32), p.target, p.w1, p.b1, p.w2, p.b2); },
@@ -168,14 +168,21 @@ void test_regularizer() {
 
 // The same refusals, with the same reasons, as the Python HSRRegularizer (one mapping).
 void test_regularizer_refusals() {
-  torch::nn::Sequential relu(torch::nn::Linear(3, 5), torch::nn::ReLU(), torch::nn::Linear(5, 1));
-  expect_error([&] { torch_ws::HSRRegularizer r(relu); }, "ReLU is not smooth", "ReLU refused");
+  torch::nn::Sequential relu6(torch::nn::Linear(3, 5), torch::nn::ReLU6(), torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(relu6); }, "ReLU6 is not supported",
+               "ReLU6 refused");
   torch::nn::Sequential elu(torch::nn::Linear(3, 5), torch::nn::ELU(), torch::nn::Linear(5, 1));
-  expect_error([&] { torch_ws::HSRRegularizer r(elu); }, "ELU is not smooth", "ELU refused");
-  torch::nn::Sequential leaky(torch::nn::Linear(3, 5), torch::nn::LeakyReLU(),
-                              torch::nn::Linear(5, 1));
-  expect_error([&] { torch_ws::HSRRegularizer r(leaky); }, "LeakyReLU is not smooth",
-               "LeakyReLU refused");
+  expect_error([&] { torch_ws::HSRRegularizer r(elu); }, "ELU is not supported", "ELU refused");
+  torch::nn::Sequential leaky(
+      torch::nn::Linear(3, 5), torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(0.2)),
+      torch::nn::Linear(5, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(leaky); }, "LeakyReLU only with negative_slope=0.01",
+               "LeakyReLU with another slope refused");
+  torch::nn::Sequential relu(torch::nn::Linear(3, 5), torch::nn::ReLU(), torch::nn::Linear(5, 1));
+  check(torch_ws::HSRRegularizer(relu).activation() == "relu", "ReLU accepted");
+  torch::nn::Sequential leaky_default(torch::nn::Linear(3, 5), torch::nn::LeakyReLU(),
+                                      torch::nn::Linear(5, 1));
+  check(torch_ws::HSRRegularizer(leaky_default).activation() == "leaky_relu", "LeakyReLU accepted");
   torch::nn::Sequential softplus(torch::nn::Linear(3, 5),
                                  torch::nn::Softplus(torch::nn::SoftplusOptions().beta(2)),
                                  torch::nn::Linear(5, 1));
