@@ -336,3 +336,21 @@ def test_piecewise_linear_activations_give_the_almost_everywhere_hessian(head, a
     expected = torch.autograd.grad((hess * hess).sum(), differentiable(args))
     for a, e in zip(grads, expected):
         assert rel_err(a, e) <= 1e-6
+
+
+@pytest.mark.parametrize("head", [HEADS[2], HEADS[5], HEADS[6], HEADS[9]], ids=head_id)
+def test_plain_pytorch_closed_form_matches_the_op_and_the_explicit_hessian(head):
+    """reference.hessian_traces_closed_form (the benchmarks' plain-PyTorch baseline) is the §8
+    formula: it agrees with the explicit Hessian, and its autograd with the op's backward."""
+    loss, c, kind = head
+    args = make_head_problem(loss, c, kind, n=8, seed=12, requires_grad=True)
+    closed = reference.hessian_traces_closed_form(*args, "gelu", "sum", loss)
+    hess = reference.explicit_hessian(*args, "gelu", "sum", loss)
+    assert rel_err(closed[0], hess.trace()) <= 1e-10
+    assert rel_err(closed[1], (hess * hess).sum()) <= 1e-10
+    bound = torch_ws.ws_bound(*args, "gelu", "sum", loss)
+    reference_bound = reference.ws_bound_closed_form(*args, "gelu", "sum", loss)
+    assert rel_err(bound, reference_bound) <= 1e-12
+    for a, b in zip(torch.autograd.grad(bound, differentiable(args)),
+                    torch.autograd.grad(reference_bound, differentiable(args))):
+        assert rel_err(a, b) <= 1e-10

@@ -125,9 +125,12 @@ def _activation_derivatives(activation: str, pre: Tensor) -> list[Tensor]:
 
 
 def hessian_traces_closed_form(
-    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean"
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
 ) -> tuple[Tensor, Tensor]:
-    """(tr H, tr H²) by docs/math.md §4 written in plain PyTorch ops (autograd differentiates it)."""
+    """(tr H, tr H²) by docs/math.md §4 (one logit) or §8 (any C) written in plain PyTorch ops
+    on whole N×N matrices (autograd differentiates it)."""
+    if loss != "bce":
+        return _multi_output_closed_form(x, target, w1, b1, w2, b2, activation, reduction, loss)
     n_samples = x.shape[0]
     target = target.reshape(-1)
     c = 1.0 / n_samples if reduction == "mean" else 1.0
@@ -151,10 +154,59 @@ def hessian_traces_closed_form(
     return trace.to(x.dtype), trace_sq.to(x.dtype)
 
 
-def ws_bound_closed_form(x, target, w1, b1, w2, b2, activation="tanh", reduction="mean") -> Tensor:
+def _loss_in_logits(z: Tensor, target: Tensor, loss: str, scale: float) -> tuple[Tensor, Tensor]:
+    """S_i = c·∇²_z ℓ (N, C, C) and e_i = c·∇_z ℓ (N, C) (docs/math.md §8.1), naive formulas."""
+    if loss == "cross_entropy":
+        if not target.is_floating_point():
+            target = F.one_hot(target, z.shape[1]).to(z.dtype)
+        p = torch.softmax(z, 1)
+        tau = target.sum(1, keepdim=True)
+        e = scale * (tau * p - target)
+        S = scale * tau.unsqueeze(2) * (torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1))
+        return S, e
+    if loss == "mse":
+        e = 2 * scale * (z - target.reshape(z.shape))
+        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+        return (2 * scale * eye).expand(z.shape[0], -1, -1), e
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def _multi_output_closed_form(x, target, w1, b1, w2, b2, activation, reduction, loss):
+    n_samples, outputs = x.shape[0], w2.shape[0]
+    count = n_samples * outputs if loss == "mse" else n_samples
+    scale = 1.0 / count if reduction == "mean" else 1.0
+    pre = F.linear(x, w1, b1)
+    phi0, phi1, phi2 = _activation_derivatives(activation, pre)
+    z = F.linear(phi0, w2, b2)
+    S, e = _loss_in_logits(z, target, loss, scale)
+    U = phi1.unsqueeze(1) * w2.unsqueeze(0)  # (N, C, H)
+    SU = S @ U
+    omega = (U * SU).sum(1)
+    vt = (e @ w2) * phi2
+    K = x @ x.T + (1.0 if b1 is not None else 0.0)
+    R = phi0 @ phi0.T + (1.0 if b2 is not None else 0.0)
+    M = torch.einsum("ich,jdh->icjd", SU, U)
+    T4 = torch.einsum("icjd,jdic->ij", M, M)
+    T2 = SU.flatten(1) @ SU.flatten(1).T
+    T0 = S.flatten(1) @ S.flatten(1).T
+    X1 = omega @ vt.T
+    X2 = (phi0.unsqueeze(1) * SU).flatten(1) @ (e.unsqueeze(2) * phi1.unsqueeze(1)).flatten(1).T
+    KK = K * K
+    pairs = (KK * T4 + 2 * K * R * T2 + R * R * T0 + 2 * (KK * X1 + 2 * K * X2)
+             + KK * (vt @ vt.T) + 2 * K * (e @ e.T) * (phi1 @ phi1.T))
+    diag_k = K.diagonal()
+    trace = diag_k * (omega.sum(1) + vt.sum(1)) + R.diagonal() * S.diagonal(0, 1, 2).sum(1)
+    return trace.sum(dtype=torch.float64).to(x.dtype), pairs.sum(dtype=torch.float64).to(x.dtype)
+
+
+def ws_bound_closed_form(
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
+) -> Tensor:
     """λ_sup from :func:`hessian_traces_closed_form` (plain PyTorch + autograd)."""
     from .ops import num_params
 
-    trace, trace_sq = hessian_traces_closed_form(x, target, w1, b1, w2, b2, activation, reduction)
+    trace, trace_sq = hessian_traces_closed_form(
+        x, target, w1, b1, w2, b2, activation, reduction, loss
+    )
     n = num_params(w1, b1, w2, b2)
     return ws_upper_from_traces(trace.double(), trace_sq.double(), n).to(x.dtype)
