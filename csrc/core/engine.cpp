@@ -53,37 +53,38 @@ int64_t tile_setting() {
   return tile;
 }
 
-int64_t tile_size_from(int64_t num_samples, int64_t setting) {
+// The setting's tile, or N split evenly into blocks of at most `max_tile` samples (and at least
+// `min_blocks`): blocks all of one size, so that the work is even at every N (a fixed T would
+// leave a sliver of a last block: N = 513 took twice the time of N = 512 with one tile up to 512,
+// then T = 256).
+int64_t tile_size_from(int64_t num_samples, int64_t setting, int64_t max_tile,
+                       int64_t min_blocks) {
   if (setting > 0) return std::min(setting, num_samples);
   if (setting == kWholeMatrices) return num_samples;
-  // Tiles of at most kMaxTile, whose dozen T×T work arrays stay cache-sized while their T×T×H
-  // products run near the BLAS peak, and all of one size (N split evenly), so that the lanes get
-  // even work at every N: a fixed T would leave a sliver of a last block (N = 513 took twice the
-  // time of N = 512 with one tile up to 512, then T = 256).
-  // From kMinTile·2 samples on there are at least two blocks (three tile pairs), so that the lanes
-  // run in parallel: one tile would leave the fused pass on one thread.
-  constexpr int64_t kMaxTile = 256, kMinTile = 64;
-  const int64_t blocks = std::max<int64_t>((num_samples + kMaxTile - 1) / kMaxTile,
-                                           num_samples >= 2 * kMinTile ? 2 : 1);
+  const int64_t blocks = std::max((num_samples + max_tile - 1) / max_tile, min_blocks);
   return (num_samples + blocks - 1) / blocks;
+}
+
+// One logit: tiles of at most 256, whose dozen T×T work arrays stay cache-sized while their
+// T×T×H products run near the BLAS peak. From 2·64 samples on there are at least two blocks
+// (three tile pairs), so that the lanes run in parallel: one tile would leave the fused pass on
+// one thread.
+int64_t one_logit_tile(int64_t num_samples, int64_t setting) {
+  constexpr int64_t kMaxTile = 256, kMinTile = 64;
+  return tile_size_from(num_samples, setting, kMaxTile, num_samples >= 2 * kMinTile ? 2 : 1);
 }
 
 }  // namespace
 
 int64_t tile_size_for(int64_t num_samples) {
-  return tile_size_from(num_samples, tile_setting());
+  return one_logit_tile(num_samples, tile_setting());
 }
 
 int64_t multi_output_tile_size_for(int64_t num_samples, int64_t num_outputs) {
-  const int64_t setting = tile_setting();
-  if (setting > 0) return std::min(setting, num_samples);
-  if (setting == kWholeMatrices) return num_samples;
   // Each block pair holds a few (T·C)×(T·C) arrays (the logit blocks of T² pairs): T·C ≤ 1024 keeps
   // them at 8 MiB in float64 while their products (inner size H) still run near the BLAS peak.
-  // Blocks of one size, as for one logit.
   const int64_t max_tile = std::clamp<int64_t>(1024 / num_outputs, 16, 256);
-  const int64_t blocks = (num_samples + max_tile - 1) / max_tile;
-  return (num_samples + blocks - 1) / blocks;
+  return tile_size_from(num_samples, tile_setting(), max_tile, 1);
 }
 
 Engine choose_engine(const ProblemShape& shape) {
@@ -143,7 +144,7 @@ TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
   const int64_t setting = tile_setting();
   PairwiseResult pairwise =
       f.x.is_cpu() && setting != kWholeMatrices
-          ? pairwise_tiled_cpu(f, gradients, tile_size_from(p.num_samples(), setting))
+          ? pairwise_tiled_cpu(f, gradients, one_logit_tile(p.num_samples(), setting))
           : pairwise_whole(f, gradients);
   const Diagonals d = diagonals(f);
   TracesResult out{trace_float64(f, d), pairwise.trace_sq, std::nullopt, std::nullopt};

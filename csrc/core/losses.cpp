@@ -56,13 +56,8 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
       break;
     }
     case Loss::BinaryCrossEntropy:
-    default: {
-      const LogitTerms<at::Tensor> t = logit_terms(loss, z, target, scale);
-      out.e = t.e;
-      out.S = t.s.unsqueeze(2);  // (N, 1, 1)
-      out.probs = t.ds_dz;       // what its backward reads: c·ℓ'''
-      break;
-    }
+      // One logit (its table row): logit_terms serves it, never the C-logit engine.
+      TORCH_INTERNAL_ASSERT(false, "output_terms: binary cross-entropy has one logit");
   }
   return out;
 }
@@ -85,13 +80,9 @@ at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::
       return e_bar.defined() ? at::matmul(terms.S, e_bar.unsqueeze(2)).squeeze(2)
                              : at::zeros_like(terms.e);
     case Loss::BinaryCrossEntropy:
-    default: {
-      const at::Tensor s = terms.S.squeeze(2);  // (N, 1)
-      at::Tensor z_bar = e_bar.defined() ? s * e_bar : at::zeros_like(terms.e);
-      if (S_bar.defined()) z_bar = z_bar + terms.probs * S_bar.squeeze(2);
-      return z_bar;
-    }
+      break;
   }
+  TORCH_INTERNAL_ASSERT(false, "output_terms_backward: binary cross-entropy has one logit");
 }
 
 }  // namespace torch_ws

@@ -78,7 +78,8 @@ LogitTerms<T> logit_terms(Loss loss, const T& z, const Target& target, double sc
 
 // ---- C logits (docs/math.md §8). ----
 
-// The loss derivatives in the logits z_i (C,) of every sample, scaled by c:
+// The loss derivatives in the logits z_i (C,) of every sample, scaled by c, for the losses that
+// take C ≥ 2 logits (cross_entropy, mse; bce has one and is logit_terms' alone):
 //   e_i = c·∇_z ℓ (N, C),   S_i = c·∇²_z ℓ (N, C, C), symmetric.
 // `probs` is softmax(z) for the cross-entropy (its backward reads it), undefined otherwise.
 struct OutputTerms {
