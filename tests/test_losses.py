@@ -5,7 +5,9 @@ and the HSRRegularizer taking the loss modules users already have."""
 import pytest
 import torch
 import torch.nn.functional as F
-from testing import ACTIVATIONS, BIAS_CONFIGS, DEVICES, REDUCTIONS, rel_err
+from testing import (
+    ACTIVATIONS, BIAS_CONFIGS, DEVICES, REDUCTIONS, assert_compiled_step_matches_eager, rel_err,
+)
 from torch import nn
 
 import torch_ws
@@ -211,7 +213,6 @@ def test_cross_entropy_with_class_probabilities_equals_class_indices():
 
 
 def test_torch_compile_fullgraph_traces_a_training_step():
-    torch._dynamo.reset()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -221,16 +222,7 @@ def test_torch_compile_fullgraph_traces_a_training_step():
     def objective(x, y):
         return criterion(model(x), y) + 0.1 * reg(x, y)
 
-    compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
-    out = compiled(x, y)
-    out.backward()
-    grads = [q.grad.clone() for q in model.parameters()]
-    model.zero_grad()
-    eager = objective(x, y)
-    eager.backward()
-    assert torch.allclose(out, eager)
-    for g, q in zip(grads, model.parameters()):
-        assert torch.allclose(g, q.grad, rtol=1e-5, atol=1e-6)
+    assert_compiled_step_matches_eager(objective, model, x, y)
 
 
 # ---- HSRRegularizer(loss=...) ----

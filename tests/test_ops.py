@@ -11,6 +11,7 @@ from testing import (
     BIAS_CONFIGS,
     REDUCTIONS,
     all_configs,
+    assert_compiled_step_matches_eager,
     make_problem,
     rel_err,
 )
@@ -244,7 +245,6 @@ def test_ws_bounds_fields():
 
 
 def test_torch_compile_traces_a_training_step():
-    torch._dynamo.reset()
     model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
     reg = torch_ws.HSRRegularizer(model)
     x, y = torch.randn(16, 3), torch.randint(0, 2, (16,)).float()
@@ -253,15 +253,4 @@ def test_torch_compile_traces_a_training_step():
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
         return loss + 0.1 * reg(x, y)
 
-    # fullgraph: the op must trace without graph breaks; AOTAutograd builds the backward
-    # from the op's registered autograd, which calls the backward op's fake kernel.
-    compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
-    out = compiled(x, y)
-    out.backward()
-    grads = [q.grad.clone() for q in model.parameters()]
-    model.zero_grad()
-    eager = objective(x, y)
-    eager.backward()
-    assert torch.allclose(out, eager)
-    for g, q in zip(grads, model.parameters()):
-        assert torch.allclose(g, q.grad, rtol=1e-5, atol=1e-6)
+    assert_compiled_step_matches_eager(objective, model, x, y)
