@@ -110,26 +110,71 @@ def test_blocks_smaller_than_the_batch_agree_with_whole_matrices(head, monkeypat
         assert rel_err(a, b) <= 1e-10
 
 
-@pytest.mark.parametrize("red", REDUCTIONS)
-def test_one_output_squared_error_runs_on_both_engines(red, monkeypatch):
-    """C = 1 squared error is a one-logit head: both engines of docs/math.md §4 serve it."""
-    args = make_head_problem("mse", 1, "values", n=9, seed=6, requires_grad=True)
-    results = {}
-    for engine in ("sample", "parameter"):
-        monkeypatch.setenv("TORCH_WS_ENGINE", engine)
-        trace, trace_sq = torch_ws.hessian_traces(*args, "tanh", red, "mse")
-        results[engine] = [trace, trace_sq, *torch.autograd.grad(trace + trace_sq, differentiable(args))]
-    for a, b in zip(results["sample"], results["parameter"]):
-        assert rel_err(a, b) <= 1e-10
+def engine_results(args, act, red, loss, engine, monkeypatch):
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    trace, trace_sq = torch_ws.hessian_traces(*args, act, red, loss)
+    return [trace, trace_sq, *torch.autograd.grad(trace + 0.3 * trace_sq, differentiable(args))]
 
 
-def test_the_parameter_engine_refuses_several_outputs(monkeypatch):
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_both_engines_agree(head, act, monkeypatch):
+    """Sample space (pairwise sums) and parameter space (the assembled n×n Hessian): two
+    evaluation orders, values and gradients (x included) to 1e-10, every reduction and bias
+    setting. C = 1 runs the one-logit engines (docs/math.md §4), C ≥ 2 those of §8."""
+    loss, c, kind = head
+    for red in REDUCTIONS:
+        for bias in BIAS_CONFIGS:
+            args = make_head_problem(loss, c, kind, n=9, bias=bias, seed=6, requires_grad=True)
+            sample = engine_results(args, act, red, loss, "sample", monkeypatch)
+            parameter = engine_results(args, act, red, loss, "parameter", monkeypatch)
+            for a, b in zip(sample, parameter):
+                assert rel_err(a, b) <= 1e-10, (red, bias)
+
+
+@pytest.mark.parametrize("head", [HEADS[1], HEADS[4], HEADS[8]], ids=head_id)
+def test_parameter_engine_matches_the_explicit_hessian(head):
+    """The parameter-space engine on its own against the explicit Hessian (the automatic choice
+    picks it for these small networks; the test makes sure), float32 inputs included."""
+    loss, c, kind = head
+    args = make_head_problem(loss, c, kind, n=40, seed=8, requires_grad=True)
+    assert torch.ops.torch_ws._engine(args[0], args[2], True, True, c) == "parameter"
+    hess = reference.explicit_hessian(*args, "tanh", "mean", loss)
+    trace, trace_sq = torch_ws.hessian_traces(*args, "tanh", "mean", loss)
+    assert rel_err(trace, hess.trace()) <= 1e-10
+    assert rel_err(trace_sq, (hess * hess).sum()) <= 1e-10
+    expected = torch.autograd.grad(hess.trace() + 0.3 * (hess * hess).sum(), differentiable(args))
+    actual = torch.autograd.grad(trace + 0.3 * trace_sq, differentiable(args))
+    for a, e in zip(actual, expected):
+        assert rel_err(a, e) <= 1e-8
+    args32 = [t if t is None or not t.is_floating_point()
+              else t.detach().float().requires_grad_(t.requires_grad) for t in args]
+    trace32, trace_sq32 = torch_ws.hessian_traces(*args32, "tanh", "mean", loss)
+    grads32 = torch.autograd.grad(trace32 + 0.3 * trace_sq32, differentiable(args32))
+    assert rel_err(trace32, trace) <= 1e-5 and rel_err(trace_sq32, trace_sq) <= 1e-5
+    for a32, a in zip(grads32, actual):
+        assert a32.dtype == torch.float32
+        assert rel_err(a32, a) <= 1e-5
+
+
+def test_automatic_engine_choice_for_several_outputs(monkeypatch):
+    """Fitted on 2 cores (float32, value and gradients): the n×n Hessian for small networks and
+    many samples, the pairwise sums for n ≫ N."""
+    monkeypatch.delenv("TORCH_WS_ENGINE", raising=False)
+
+    def engine(n, d, h, c):
+        return torch.ops.torch_ws._engine(torch.empty(n, d), torch.empty(h, d), True, True, c)
+
+    # n = 162, N = 1000, C = 10: measured 43 ms against 421 ms.
+    assert engine(1000, 8, 8, 10) == "parameter"
+    # n = 1002, N = 500, C = 10 (the benchmark's shape): 402 ms against 169 ms.
+    assert engine(500, 20, 32, 10) == "sample"
+    # n = 442, N = 256: 45 ms against 26 ms.
+    assert engine(256, 16, 16, 10) == "sample"
+    # Beyond the parameter-space limit (n = 8,522).
+    assert engine(100_000, 64, 128, 10) == "sample"
     monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
-    args = make_head_problem("cross_entropy", 3, "indices")
-    with pytest.raises(RuntimeError, match=r"TORCH_WS_ENGINE=parameter serves heads of one logit "
-                                           r"\(C = 1\) only, but w2 has C = 3 rows"):
-        torch_ws.ws_bound(*args, "tanh", "mean", "cross_entropy")
-    assert torch.ops.torch_ws._engine(args[0], args[2], True, True, 1) == "parameter"
+    assert engine(256, 16, 16, 10) == "parameter"
 
 
 @pytest.mark.parametrize("head", [HEADS[1], HEADS[4], HEADS[8]], ids=head_id)

@@ -2,7 +2,7 @@
 #include "engine.h"
 
 #include "cpu/parameter_space.h"
-#include "sample_space/multi_output.h"
+#include "multi_output/engines.h"
 #include "sample_space/sample_space.h"
 
 #include <c10/util/Exception.h>
@@ -69,6 +69,12 @@ int64_t tile_size_from(int64_t num_samples, int64_t setting, int64_t max_tile,
 // T×T×H products run near the BLAS peak. From 2·64 samples on there are at least two blocks
 // (three tile pairs), so that the lanes run in parallel: one tile would leave the fused pass on
 // one thread.
+// The weight of the multi-output parameter engine's work count against the sample engine's
+// (choose_engine), fitted on 2 cores (float32, value and gradients, 11 shapes from n = 21 to
+// 1002): the time ratio was 0.45–0.55 of the work ratio wherever they were close, as its two
+// large products run nearer the BLAS peak than the blocks' many smaller ones.
+constexpr double kMultiOutputParameterWeight = 0.5;
+
 int64_t one_logit_tile(int64_t num_samples, int64_t setting) {
   constexpr int64_t kMaxTile = 256, kMinTile = 64;
   return tile_size_from(num_samples, setting, kMaxTile, num_samples >= 2 * kMinTile ? 2 : 1);
@@ -90,32 +96,40 @@ int64_t multi_output_tile_size_for(int64_t num_samples, int64_t num_outputs) {
 Engine choose_engine(const ProblemShape& shape) {
   const EngineSetting setting = engine_setting();
   if (setting == EngineSetting::SampleSpace) return Engine::SampleSpace;
-  TORCH_CHECK(setting != EngineSetting::ParameterSpace || shape.num_outputs == 1,
-              "torch_ws: TORCH_WS_ENGINE=parameter serves heads of one logit (C = 1) only, but w2 "
-              "has C = ", shape.num_outputs, " rows; unset it or use 'sample'");
-  // Heads of C ≥ 2 logits have the sample-space engine only (docs/math.md §8).
-  if (shape.num_outputs > 1) return Engine::SampleSpace;
   const int64_t num_params = count_params(shape.hidden, shape.in_dim, shape.num_outputs,
                                           shape.has_b1, shape.has_b2);
-  const bool cpu = shape.device.is_cpu();
+  const bool one_logit = shape.num_outputs == 1;
+  // The one-logit parameter engine is fused CPU loops; the one for C ≥ 2 logits is ATen.
+  const bool device_ok = shape.device.is_cpu() || !one_logit;
   if (setting == EngineSetting::ParameterSpace) {
-    TORCH_CHECK(cpu, "torch_ws: TORCH_WS_ENGINE=parameter runs on the CPU only, but x is on ",
-                shape.device, "; unset it or use 'sample'");
+    TORCH_CHECK(device_ok, "torch_ws: TORCH_WS_ENGINE=parameter runs on the CPU only for heads of "
+                "one logit, but x is on ", shape.device, "; unset it or use 'sample'");
     TORCH_CHECK(num_params <= kMaxParameterSpaceParams, "torch_ws: TORCH_WS_ENGINE=parameter "
                 "holds the n×n Hessian, and n = ", num_params, " exceeds the limit of ",
                 kMaxParameterSpaceParams, "; unset it or use 'sample'");
     return Engine::ParameterSpace;
   }
-  if (!cpu || num_params > kMaxParameterSpaceParams) return Engine::SampleSpace;
+  if (!device_ok || num_params > kMaxParameterSpaceParams) return Engine::SampleSpace;
+  const double n = static_cast<double>(shape.num_samples);
+  const double params = static_cast<double>(num_params);
+  if (!one_logit) {
+    // Both engines are ATen products here. Work with gradients, in multiply-adds: about
+    // 3·N·C·n² for the assembly, JH̄ and S̄ (parameter space) against about 3·N²·C·(C·H + 2H) + N²D
+    // for the block products and their adjoints (sample space), the first weighted by a factor
+    // fitted on 2 cores.
+    const double c = static_cast<double>(shape.num_outputs), h = static_cast<double>(shape.hidden);
+    const double parameter_work = kMultiOutputParameterWeight * 3.0 * n * c * params * params;
+    const double sample_work = n * n * (3.0 * c * (c * h + 2 * h) + shape.in_dim);
+    return parameter_work <= sample_work ? Engine::ParameterSpace : Engine::SampleSpace;
+  }
   // Work per call with gradients: about 2·N·n² multiply-adds here (assembly, then H̄g_i per
   // sample) against about 1.5·N²·(8H + D) for the pairwise sums and their adjoints. This
   // engine's loops are scalar code, and once the n×n Hessian outgrows the caches each pass over
   // it waits on memory, while the pairwise products run as BLAS. So its count is weighted by
   // 0.14·√n, fitted on 2 cores (float32, both engines in lanes): at the boundary it picks the
   // faster engine or one within 5% of it (N = 512, 1024, 2048 with n = 161 and 289).
-  const double n = static_cast<double>(shape.num_samples);
-  const double weight = 0.14 * std::sqrt(static_cast<double>(num_params));
-  const double parameter_work = weight * 2.0 * static_cast<double>(num_params) * num_params * n;
+  const double weight = 0.14 * std::sqrt(params);
+  const double parameter_work = weight * 2.0 * params * params * n;
   const double sample_work = 1.5 * n * n * (8 * shape.hidden + shape.in_dim);
   return parameter_work <= sample_work ? Engine::ParameterSpace : Engine::SampleSpace;
 }
@@ -123,6 +137,7 @@ Engine choose_engine(const ProblemShape& shape) {
 namespace {
 
 TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
+  if (!p.one_logit()) return multi_output::parameter_space_traces(p, gradients);
   ParameterSpaceResult r = parameter_space_cpu(p, gradients != Gradients::None,
                                                gradients == Gradients::ParametersAndX);
   auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options().dtype(at::kDouble)); };
@@ -136,8 +151,8 @@ TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
 
 TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
   if (!p.one_logit()) {
-    return multi_output_traces(p, gradients,
-                               multi_output_tile_size_for(p.num_samples(), p.num_outputs()));
+    return multi_output::sample_space_traces(
+        p, gradients, multi_output_tile_size_for(p.num_samples(), p.num_outputs()));
   }
   const bool with_gradients = gradients != Gradients::None;
   const SampleFeatures f = sample_features(p, with_gradients);

@@ -6,8 +6,9 @@
 //   - sample space (any device): tr(H²) as pairwise sums over samples, O(N²(D + H)) work, in T×T
 //     tiles on the CPU (O(N(D + H) + T²) memory) or whole N×N matrices elsewhere;
 //   - parameter space (CPU, n ≤ 4096): the n×n Hessian assembled in closed form, O(N·n²) work.
-// Heads of C ≥ 2 logits have a sample-space engine of their own (docs/math.md §8), any device,
-// O(N²(D + C²H)) work in blocks of T samples.
+// Heads of C ≥ 2 logits have two engines of their own (docs/math.md §8), ATen on any device:
+// sample space in blocks of T samples, O(N²(D + C²H)) work, and parameter space (n ≤ 4096),
+// the Hessian assembled from the per-sample Jacobians, O(N·C·n²) work.
 // With gradients, both return the gradients of tr H and of tr(H²) themselves: the backward of
 // every op is then a linear combination of these (docs/math.md §6), whatever the engine.
 #pragma once

@@ -1,0 +1,20 @@
+// The two engines for heads of C ≥ 2 logits (docs/math.md §8), device-agnostic ATen. They compute
+// the same tr H, tr(H²) and gradients in the two evaluation orders of the one-logit engines:
+//   - sample space: pairwise sums over blocks of T samples, O(N²(D + C²H)) work,
+//     O(N(D + C·H) + (T·C)²) memory;
+//   - parameter space: the n×n Hessian assembled from the per-sample Jacobians, O(N·C·n²) work,
+//     O(N·C·n + n²) memory, for small networks (n ≤ kMaxParameterSpaceParams).
+#pragma once
+
+#include "core/engine.h"
+#include "core/problem.h"
+
+namespace torch_ws::multi_output {
+
+// Pairwise sums over blocks of `tile` samples (tile = N: whole matrices).
+TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64_t tile);
+
+// The n×n Hessian assembled in float64.
+TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients);
+
+}  // namespace torch_ws::multi_output
