@@ -7,6 +7,9 @@ import sys
 from .reproduce.config import ReproduceConfig
 from .reproduce.data import DATASETS
 
+#: --dataset choices: the papers' binary protocol on DATASETS, and the 10-class digits experiment.
+ALL_DATASETS = (*DATASETS, "digits")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torch-ws", description=__doc__)
@@ -20,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_true", help="paper-sized (500 initializations per setting; hours)")
     rep.add_argument("--out", help="report folder (default: reports/reproduce for the Gaussians, "
                                     "reports/reproduce-<dataset> for another data set)")
-    rep.add_argument("--dataset", choices=DATASETS, help="default: gaussians")
+    rep.add_argument("--dataset", choices=ALL_DATASETS,
+                     help="default: gaussians. digits: a 10-class head (cross-entropy) trained by "
+                          "minibatch SGD, plain and with HSR, paired by seed (--runs seeds, "
+                          "--widths one H, --activations one, --rho one ρ, --epochs)")
     rep.add_argument("--seed", type=int, help="master seed; results are deterministic for it")
     rep.add_argument("--runs", type=int, help="initializations per (width, activation)")
     rep.add_argument("--train-size", type=int)
@@ -28,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--widths", type=int, nargs="+")
     rep.add_argument("--activations", nargs="+")
     rep.add_argument("--max-steps", type=int)
+    rep.add_argument("--epochs", type=int, help="digits only: SGD epochs")
     rep.add_argument("--grad-tol", type=float)
     rep.add_argument("--rho", type=float, help="HSR strength ρ in L + ρ·λ_sup")
     rep.add_argument("--lr-range", type=float, nargs=2)
@@ -44,7 +51,13 @@ def default_out(dataset: str) -> str:
 def main(argv=None) -> int:
     """Entry point of the `torch-ws` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "reproduce" and args.dataset == "digits":
+        return _reproduce_digits(args)
     if args.command == "reproduce":
+        if args.epochs is not None:
+            print("torch-ws: --epochs is an option of --dataset digits; the binary protocol "
+                  "trains for --max-steps", file=sys.stderr)
+            return 2
         from .reproduce import run
 
         overrides = {k: v for k, v in dict(
@@ -67,6 +80,46 @@ def main(argv=None) -> int:
         out = args.out or default_out(cfg.dataset)
         results = run(cfg, out, jobs=args.jobs)
         print(f"wrote {out}/report.md ({results['seconds']} s)")
+    return 0
+
+
+def _reproduce_digits(args) -> int:
+    """`torch-ws reproduce --dataset digits`: options mapped onto DigitsConfig, and refused where
+    the digits experiment has no such setting."""
+    from .reproduce.digits import DigitsConfig, run_digits
+
+    unused = [flag for flag, value in (("--max-steps", args.max_steps), ("--grad-tol", args.grad_tol),
+                                       ("--lr-range", args.lr_range), ("--test-size", args.test_size))
+              if value is not None]
+    if unused:
+        print(f"torch-ws: {', '.join(unused)} not used by --dataset digits (minibatch SGD for "
+              f"--epochs; the test set is what --train-size leaves)", file=sys.stderr)
+        return 2
+    for flag, values in (("--widths", args.widths), ("--activations", args.activations)):
+        if values is not None and len(values) != 1:
+            print(f"torch-ws: --dataset digits takes one value of {flag}, got {values}", file=sys.stderr)
+            return 2
+    import torch_ws
+
+    if args.activations and args.activations[0] not in torch_ws.ACTIVATIONS:
+        print(f"torch-ws: unknown activation(s) {args.activations}; expected {torch_ws.ACTIVATIONS}",
+              file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in dict(
+        seeds=args.runs, epochs=args.epochs, train_size=args.train_size, seed=args.seed,
+        hidden=args.widths[0] if args.widths else None,
+        activation=args.activations[0] if args.activations else None,
+        rhos=(args.rho,) if args.rho is not None else None,
+    ).items() if v is not None}
+    overrides["progress"] = not args.no_progress
+    cfg = (DigitsConfig.full if args.full else DigitsConfig.quick)(**overrides)
+    out = args.out or default_out("digits")
+    try:
+        results = run_digits(cfg, out, jobs=args.jobs)
+    except ValueError as error:
+        print(f"torch-ws: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}/report.md ({results['seconds']} s)")
     return 0
 
 
