@@ -236,7 +236,7 @@ def test_saturated_softmax_stays_finite_and_right(dtype):
                                                   seed=9, requires_grad=True, scale=30.0)
     trace, trace_sq = torch_ws.hessian_traces(x, target, w1, b1, w2, b2, "softplus", "mean",
                                               "cross_entropy")
-    grads = torch.autograd.grad(trace + trace_sq, [x, w1, b1, w2, b2])
+    grads = torch.autograd.grad(trace + trace_sq, [x, w1, b1, w2, b2], retain_graph=True)
     assert torch.isfinite(trace) and torch.isfinite(trace_sq)
     assert all(torch.isfinite(g).all() for g in grads)
     ref64 = [t.detach().double().requires_grad_() if t is not None else None
@@ -246,6 +246,12 @@ def test_saturated_softmax_stays_finite_and_right(dtype):
     probs = torch.softmax(reference.mlp_logits(*ref64[:1], *ref64[1:], "softplus").double(), 1)
     assert (probs.max(1).values > 1 - 1e-7).double().mean() >= 0.5  # saturated indeed
     assert rel_err(trace_sq, (hess * hess).sum()) <= (1e-4 if dtype == torch.float32 else 1e-8)
+    # The gradient too: the backward through the softmax (and the factor of S, §8.4) is written
+    # without cancellation as well.
+    expected = torch.autograd.grad((hess * hess).sum(), [t for t in ref64 if t is not None])
+    actual = torch.autograd.grad(trace_sq, [x, w1, b1, w2, b2])
+    for a, e in zip(actual, expected):
+        assert rel_err(a, e) <= (1e-3 if dtype == torch.float32 else 1e-7)
 
 
 def test_cross_entropy_with_class_probabilities_equals_class_indices():

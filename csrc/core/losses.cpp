@@ -46,6 +46,8 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
       out.e = scale * (target_rest - tau * rest);
       const at::Tensor p_i = out.probs.unsqueeze(2), p_j = out.probs.unsqueeze(1);
       out.S = (scale * tau).unsqueeze(2) * (at::diag_embed(out.probs * rest) - p_i * p_j * others);
+      out.rest = rest;
+      out.curvature_scale = scale * tau;
       break;
     }
     case Loss::MeanSquaredError: {
@@ -53,6 +55,7 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
       out.e = 2 * scale * (z - target);
       out.S = (2 * scale * at::eye(num_outputs, z.options())).expand({z.size(0), num_outputs,
                                                                        num_outputs});
+      out.curvature_scale = at::full({z.size(0), 1}, 2 * scale, z.options());
       break;
     }
     case Loss::BinaryCrossEntropy:
@@ -83,6 +86,64 @@ at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::
       break;
   }
   TORCH_INTERNAL_ASSERT(false, "output_terms_backward: binary cross-entropy has one logit");
+}
+
+namespace {
+
+// Σ_{c≠r} v_ic for every r, along dimension 1 of (N, C, ...): a product with 11ᵀ − I, never the
+// total minus v_ir (which cancels when v_ir dominates).
+at::Tensor sum_of_others(const at::Tensor& v) {
+  const int64_t num_outputs = v.size(1);
+  const at::Tensor others = 1 - at::eye(num_outputs, v.options());
+  return v.dim() == 2 ? at::matmul(v, others) : at::matmul(others, v);
+}
+
+}  // namespace
+
+at::Tensor factor_times(Loss loss, const OutputTerms& terms, const at::Tensor& U) {
+  switch (loss) {
+    case Loss::CrossEntropy: {
+      // D_r = rest_r U_r − Σ_{c≠r} p_c U_c: both terms are small when p_r → 1, so D keeps its
+      // relative accuracy where U_r − Σ_c p_c U_c would cancel.
+      const at::Tensor D = terms.rest.unsqueeze(2) * U - sum_of_others(terms.probs.unsqueeze(2) * U);
+      return (terms.curvature_scale * terms.probs).sqrt().unsqueeze(2) * D;
+    }
+    case Loss::MeanSquaredError:
+      return terms.curvature_scale.sqrt().unsqueeze(2) * U;
+    case Loss::BinaryCrossEntropy:
+      break;
+  }
+  TORCH_INTERNAL_ASSERT(false, "factor_times: binary cross-entropy has one logit");
+}
+
+FactorAdjoints factor_times_backward(Loss loss, const OutputTerms& terms, const at::Tensor& U,
+                                     const at::Tensor& Y_bar) {
+  switch (loss) {
+    case Loss::CrossEntropy: {
+      // Y_r = √(a p_r)·D_r with D_r = rest_r U_r − Σ_{c≠r} p_c U_c, a = cτ (docs/math.md §8.4):
+      //   D̄_r = √(a p_r) Ȳ_r,   Ū_r = rest_r D̄_r − p_r Σ_{c≠r} D̄_c,
+      //   p̄_r = (a / (2√(a p_r))) Ȳ_r·D_r + Σ_{c≠r} D̄_c·(U_c − U_r),
+      // and through the softmax z̄ = p∘p̄ − p(p·p̄). The first term of p_r p̄_r is √(a p_r) Ȳ_r·D_r / 2,
+      // finite as p_r → 0; z̄_r is taken as g_r rest_r − p_r Σ_{c≠r} g_c with g = p∘p̄, which does
+      // not cancel when p_r → 1.
+      const at::Tensor root = (terms.curvature_scale * terms.probs).sqrt();  // √(a p), (N, C)
+      const at::Tensor D = terms.rest.unsqueeze(2) * U - sum_of_others(terms.probs.unsqueeze(2) * U);
+      const at::Tensor D_bar = root.unsqueeze(2) * Y_bar;
+      const at::Tensor others_D_bar = sum_of_others(D_bar);  // Σ_{c≠r} D̄_c, (N, C, H)
+      FactorAdjoints out;
+      out.U = terms.rest.unsqueeze(2) * D_bar - terms.probs.unsqueeze(2) * others_D_bar;
+      // Σ_{c≠r} D̄_c·(U_c − U_r) = Σ_{c≠r} D̄_c·U_c − U_r·Σ_{c≠r} D̄_c
+      const at::Tensor cross = sum_of_others((D_bar * U).sum(2)) - (U * others_D_bar).sum(2);
+      const at::Tensor g = 0.5 * root * (Y_bar * D).sum(2) + terms.probs * cross;
+      out.z = g * terms.rest - terms.probs * sum_of_others(g);
+      return out;
+    }
+    case Loss::MeanSquaredError:
+      return {terms.curvature_scale.sqrt().unsqueeze(2) * Y_bar, at::Tensor()};
+    case Loss::BinaryCrossEntropy:
+      break;
+  }
+  TORCH_INTERNAL_ASSERT(false, "factor_times_backward: binary cross-entropy has one logit");
 }
 
 }  // namespace torch_ws

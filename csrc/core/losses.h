@@ -84,11 +84,28 @@ LogitTerms<T> logit_terms(Loss loss, const T& z, const Target& target, double sc
 // `probs` is softmax(z) for the cross-entropy (its backward reads it), undefined otherwise.
 struct OutputTerms {
   at::Tensor S, e, probs;
+  // The scalar factor a_i (N, 1) of S_i: cτ_i for S_i = cτ_i(diag(p_i) − p_i p_iᵀ), 2c for 2c·I.
+  at::Tensor curvature_scale;
+  // The cross-entropy's 1 − p computed as the sum of the other probabilities (N, C).
+  at::Tensor rest;
 };
 // z (N, C); target (N, C) in z's dtype (class indices arrive one-hot, problem.cpp).
 OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& target, double scale);
 // z̄ (N, C) from the adjoints S̄ (N, C, C) and ē (N, C) of S and e (either may be undefined).
 at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::Tensor& S_bar,
                                  const at::Tensor& e_bar);
+
+// Y_i = L_iᵀ U_i for a factor S_i = L_i L_iᵀ and U (N, C, H): then tr(S_i Q S_j Qᵀ) with
+// Q = U_i U_jᵀ is ‖Y_i Y_jᵀ‖²_F, one symmetric product per block pair (docs/math.md §8.3).
+//   cross-entropy: L_i = √(cτ_i)(diag(√p_i) − p_i √p_iᵀ), so Y_ir = √(cτ_i p_ir)·D_ir with
+//                  D_ir = Σ_{c≠r} p_ic (U_ir − U_ic), computed without cancellation;
+//   squared error: L = √(2c)·I.
+at::Tensor factor_times(Loss loss, const OutputTerms& terms, const at::Tensor& U);
+// The adjoints of U (N, C, H) and of the logits z (N, C) from Ȳ.
+struct FactorAdjoints {
+  at::Tensor U, z;  // z undefined when Y does not depend on z (squared error)
+};
+FactorAdjoints factor_times_backward(Loss loss, const OutputTerms& terms, const at::Tensor& U,
+                                     const at::Tensor& Y_bar);
 
 }  // namespace torch_ws

@@ -22,6 +22,7 @@ Features features(const MlpProblem& p, bool for_gradients) {
   f.S_flat = f.terms.S.view({n, c * c});
   f.U = f.phi1.unsqueeze(1) * f.w2.unsqueeze(0);
   f.SU = at::bmm(f.terms.S, f.U);
+  f.Y = factor_times(p.loss, f.terms, f.U);
   f.omega = (f.U * f.SU).sum(1);
   f.e_hidden = at::mm(f.terms.e, f.w2);
   f.vt = f.e_hidden * f.phi2;
@@ -73,13 +74,20 @@ InputGradients chain(const MlpProblem& p, const Features& f, Adjoints a, bool ne
     a.S = plus(a.S, at::bmm(a.SU, f.U.transpose(1, 2)));
     a.U = plus(a.U, at::bmm(f.terms.S, a.SU));
   }
+  // Y = Lᵀ U, L a factor of S(z) (losses.h).
+  Tensor z_bar_factor;
+  if (a.Y.defined()) {
+    FactorAdjoints factor = factor_times_backward(p.loss, f.terms, f.U, a.Y);
+    a.U = plus(a.U, factor.U);
+    z_bar_factor = factor.z;
+  }
   // U = W2 diag(φ'(a)).
   if (a.U.defined()) {
     a.phi1 = plus(a.phi1, (a.U * f.w2.unsqueeze(0)).sum(1));
     w2_bar.add_((a.U * f.phi1.unsqueeze(1)).sum(0));
   }
   // S and e are functions of the logits z = φ(A) W2ᵀ + b2.
-  const Tensor z_bar = output_terms_backward(p.loss, f.terms, a.S, a.e);
+  const Tensor z_bar = plus(output_terms_backward(p.loss, f.terms, a.S, a.e), z_bar_factor);
   a.phi0 = plus(a.phi0, at::mm(z_bar, f.w2));
   w2_bar.addmm_(z_bar.t(), f.phi0);
   // Φk = φ^(k)(A), A = X W1ᵀ + b1.

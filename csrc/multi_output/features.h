@@ -19,6 +19,7 @@ struct Features {
   OutputTerms terms;                  // S (N, C, C), e (N, C): the loss in the logits (losses.h)
   at::Tensor S_flat;                  // (N, C²)
   at::Tensor U, SU;                   // U_i = W2 diag(φ'(a_i)) and S_i U_i, (N, C, H)
+  at::Tensor Y;                       // L_iᵀ U_i for S_i = L_i L_iᵀ, (N, C, H) (losses.h)
   at::Tensor omega;                   // Ω_ik = Σ_c U_ick (S_i U_i)_ck, (N, H)
   at::Tensor e_hidden, vt;            // ẽ_i = W2ᵀ e_i and ṽ_i = ẽ_i ∘ φ''(a_i), (N, H)
   at::Tensor lx, rx;                  // φ(a_ik)(S_i U_i)_ck and e_ic φ'(a_ik), flattened (N, C·H)
@@ -34,7 +35,7 @@ Features features(const MlpProblem& p, bool for_gradients);
 
 // The adjoints of one scalar with respect to the per-sample arrays of Features (undefined: zero).
 struct Adjoints {
-  at::Tensor x, phi0, phi1, U, SU, S, e, omega, vt, lx, rx;
+  at::Tensor x, phi0, phi1, U, SU, Y, S, e, omega, vt, lx, rx;
 };
 
 // Stage 3: the gradient of the scalar whose per-sample adjoints are `a` (x's when `need_x`).

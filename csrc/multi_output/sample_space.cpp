@@ -27,6 +27,7 @@ Adjoints zero_adjoints(const Features& f, bool need_x) {
   a.phi1 = zeros(f.phi1);
   a.U = zeros(f.U);
   a.SU = zeros(f.SU);
+  a.Y = zeros(f.Y);
   a.S = zeros(f.terms.S);
   a.e = zeros(f.terms.e);
   a.omega = zeros(f.omega);
@@ -65,13 +66,10 @@ Tensor block_pair(const Features& f, const Block& I, const Block& J, Adjoints* a
   if (f.has_b2) R.add_(1);
   const Tensor T2 = at::mm(I.of(f.SU, c * h), J.of(f.SU, c * h).t());
   const Tensor T0 = at::mm(I.of(f.S_flat, c * c), J.of(f.S_flat, c * c).t());
-  // M_IJ[i, c, j, d] = (S_i U_i)_c · (U_j)_d: every pair's S_i Q_ij in one product.
-  const Tensor M_IJ = at::mm(I.of(f.SU, h), J.of(f.U, h).t()).view({I.size, c, J.size, c});
-  const Tensor M_JI = mirrored
-                          ? at::mm(J.of(f.SU, h), I.of(f.U, h).t()).view({J.size, c, I.size, c})
-                          : M_IJ;
-  const Tensor M_JI_t = M_JI.permute({2, 3, 0, 1});  // [i, c, j, d] = M_JI[j, d, i, c]
-  const Tensor T4 = (M_IJ * M_JI_t).sum({1, 3});     // tr(S_i Q_ij S_j Q_ijᵀ)
+  // G_IJ[i, c, j, d] = Y_ic · Y_jd: every pair's L_iᵀ Q_ij L_j in one symmetric product, and
+  // tr(S_i Q_ij S_j Q_ijᵀ) = ‖L_iᵀ Q_ij L_j‖²_F its blocks' sums of squares.
+  const Tensor G = at::mm(I.of(f.Y, h), J.of(f.Y, h).t());
+  const Tensor T4 = G.square().view({I.size, c, J.size, c}).sum({1, 3});
   const Tensor P3 = at::mm(I.of(f.vt, h), J.of(f.vt, h).t());
   const Tensor E = at::mm(I.of(f.terms.e, c), J.of(f.terms.e, c).t());
   const Tensor P4 = at::mm(I.of(f.phi1, h), J.of(f.phi1, h).t());
@@ -105,18 +103,10 @@ Tensor block_pair(const Features& f, const Block& I, const Block& J, Adjoints* a
     product_adjoint(X1_bar, f.vt, f.omega, a->vt, a->omega, I, J, h);
     product_adjoint(X2_bar, f.rx, f.lx, a->rx, a->lx, I, J, c * h);
   }
-  // T4 = Σ_cd M_IJ[i,c,j,d] M_JI[j,d,i,c]: each M's adjoint is T̄4 times the other.
-  const Tensor T4_bar_blocks = T4_bar.unsqueeze(1).unsqueeze(3);  // (I, 1, J, 1)
-  const Tensor M_IJ_bar = (T4_bar_blocks * M_JI_t).reshape({I.size * c, J.size * c});
-  product_adjoint(M_IJ_bar, f.SU, f.U, a->SU, a->U, I, J, h);
-  if (mirrored) {
-    const Tensor M_JI_bar =
-        (T4_bar_blocks * M_IJ).permute({2, 3, 0, 1}).reshape({J.size * c, I.size * c});
-    product_adjoint(M_JI_bar, f.SU, f.U, a->SU, a->U, J, I, h);
-  } else {
-    // One product serves both factors of T4 on the diagonal blocks: its adjoint counts twice.
-    product_adjoint(M_IJ_bar, f.SU, f.U, a->SU, a->U, I, J, h);
-  }
+  // T4 = Σ_cd G[i,c,j,d]²: Ḡ = 2 T̄4 G, sent to both factors (on diagonal blocks the one
+  // product's two factors are the same rows, and product_adjoint adds both).
+  const Tensor G_bar = (2 * T4_bar).view({I.size, 1, J.size, 1}) * G.view({I.size, c, J.size, c});
+  product_adjoint(G_bar.view({I.size * c, J.size * c}), f.Y, f.Y, a->Y, a->Y, I, J, h);
   return value;
 }
 
