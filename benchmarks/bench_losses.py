@@ -4,6 +4,7 @@ arrays) and double-backprop through the explicit Hessian (torch.func.hessian) wh
 
     python benchmarks/bench_losses.py            # every configuration (about 10 minutes)
     python benchmarks/bench_losses.py --quick    # the N = 500 configuration only
+    python benchmarks/bench_losses.py --only 3   # re-measure one row of the last full run
 
 Times are medians of methods timed in turn in one process (common.time_alternating). Peak memory
 is the resident-set high-water mark one call adds, each method in a fresh interpreter; a method
@@ -13,6 +14,7 @@ Results: benchmarks/results/bench_losses.json and .md.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 from pathlib import Path
@@ -80,6 +82,8 @@ def peak(index: int, method: str) -> int | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", type=int, metavar="INDEX",
+                    help="re-measure configuration INDEX (0-3) and replace its row in the results")
     ap.add_argument("--peak", nargs=2, metavar=("CONFIG", "METHOD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peak:  # one call in this fresh interpreter, capped: print the bytes it added
@@ -90,8 +94,12 @@ def main() -> None:
         return
 
     rows = []
-    configs = CONFIGS[:1] if args.quick else CONFIGS
-    for index, (name, n, d, h, c, dtype, timed) in enumerate(configs):
+    indices = range(1) if args.quick else range(len(CONFIGS))
+    if args.only is not None:  # keep the other rows of the last full run
+        rows = json.loads((RESULTS / "bench_losses.json").read_text())["rows"]
+        indices = [args.only]
+    for index in indices:
+        name, n, d, h, c, dtype, timed = CONFIGS[index]
         x, labels, params = problem(n, d, h, c, dtype)
         methods = {k: v for k, v in methods_for(x, labels, params).items() if k in timed}
         big = n >= 4096
@@ -105,7 +113,10 @@ def main() -> None:
             start = time.perf_counter()
             methods_for(x, labels, params)["torch_ws"]()
             times["torch_ws"] = time.perf_counter() - start
-        rows.append(row)
+        if args.only is not None:
+            rows = [row if r["config"] == name else r for r in rows]
+        else:
+            rows.append(row)
         print(name, {k: fmt_time(v) for k, v in times.items()},
               {k: fmt_bytes(v) for k, v in row["peak_bytes"].items()}, flush=True)
         write_results(rows, args.quick)  # after every row: a long run stopped early keeps them

@@ -92,11 +92,14 @@ def test_values_and_gradients_match_the_explicit_hessian(head, act):
                 assert rel_err(a, e) <= 1e-6, (red, bias, rel_err(a, e))
 
 
+@pytest.mark.parametrize("engine", ["sample", "parameter"])
 @pytest.mark.parametrize("head", HEADS, ids=head_id)
-def test_blocks_smaller_than_the_batch_agree_with_whole_matrices(head, monkeypatch):
-    """The block loop (a last block of one sample, mirrored pairs) and one block of all samples."""
+def test_blocks_smaller_than_the_batch_agree_with_whole_matrices(head, engine, monkeypatch):
+    """The block loop (a last block of one sample, mirrored pairs; the parameter engine's chunks
+    of Jacobians for C ≥ 2) and one block of all samples."""
     loss, c, kind = head
     args = make_head_problem(loss, c, kind, n=10, seed=5, requires_grad=True)
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
 
     def values_and_grads():
         trace, trace_sq = torch_ws.hessian_traces(*args, "silu", "sum", loss)

@@ -93,6 +93,13 @@ int64_t multi_output_tile_size_for(int64_t num_samples, int64_t num_outputs) {
   return tile_size_from(num_samples, tile_setting(), max_tile, 1);
 }
 
+int64_t multi_output_chunk_for(int64_t num_samples, int64_t num_outputs, int64_t num_params) {
+  // The Jacobians of a chunk, and their products with S and H̄, are B·C·n float64 entries each:
+  // about 2²² (32 MiB) of them.
+  const int64_t max_chunk = std::max<int64_t>(1, (int64_t{1} << 22) / (num_outputs * num_params));
+  return tile_size_from(num_samples, tile_setting(), max_chunk, 1);
+}
+
 Engine choose_engine(const ProblemShape& shape) {
   const EngineSetting setting = engine_setting();
   if (setting == EngineSetting::SampleSpace) return Engine::SampleSpace;
@@ -137,7 +144,10 @@ Engine choose_engine(const ProblemShape& shape) {
 namespace {
 
 TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
-  if (!p.one_logit()) return multi_output::parameter_space_traces(p, gradients);
+  if (!p.one_logit()) {
+    return multi_output::parameter_space_traces(
+        p, gradients, multi_output_chunk_for(p.num_samples(), p.num_outputs(), p.num_params()));
+  }
   ParameterSpaceResult r = parameter_space_cpu(p, gradients != Gradients::None,
                                                gradients == Gradients::ParametersAndX);
   auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options().dtype(at::kDouble)); };

@@ -41,6 +41,9 @@ Engine choose_engine(const ProblemShape& shape);
 int64_t tile_size_for(int64_t num_samples);
 // The block size of the multi-output engine (C ≥ 2 logits), under the same setting.
 int64_t multi_output_tile_size_for(int64_t num_samples, int64_t num_outputs);
+// The chunk of samples whose Jacobians the multi-output parameter-space engine holds at once,
+// under the same setting.
+int64_t multi_output_chunk_for(int64_t num_samples, int64_t num_outputs, int64_t num_params);
 
 // What the caller needs besides the traces.
 enum class Gradients { None, Parameters, ParametersAndX };

@@ -3,7 +3,8 @@
 //   - sample space: pairwise sums over blocks of T samples, O(N²(D + C²H)) work,
 //     O(N(D + C·H) + (T·C)²) memory;
 //   - parameter space: the n×n Hessian assembled from the per-sample Jacobians, O(N·C·n²) work,
-//     O(N·C·n + n²) memory, for small networks (n ≤ kMaxParameterSpaceParams).
+//     O(n² + N(D + C·H) + B·C·n) memory in chunks of B samples, for small networks
+//     (n ≤ kMaxParameterSpaceParams).
 #pragma once
 
 #include "core/engine.h"
@@ -14,7 +15,7 @@ namespace torch_ws::multi_output {
 // Pairwise sums over blocks of `tile` samples (tile = N: whole matrices).
 TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64_t tile);
 
-// The n×n Hessian assembled in float64.
-TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients);
+// The n×n Hessian assembled in float64, the Jacobians of `chunk` samples at a time.
+TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, int64_t chunk);
 
 }  // namespace torch_ws::multi_output

@@ -3,9 +3,10 @@
 //     H = Σ_i J_iᵀ S_i J_i + R,    R = Σ_i Σ_c e_ic ∇²_θ z_ic,
 //
 // assembled from the per-sample Jacobians J_i = ∂z_i/∂θ (C × n) and the sparse blocks of R, and
-// tr H and tr(H²) = ‖H‖²_F read off it. O(N·C·n²) work and O(N·C·n + n²) memory: for a small
-// network less than the pairwise sums' O(N²·C²·H), and in any case an evaluation order
-// independent of the sample-space engine's, which the tests hold the two against.
+// tr H and tr(H²) = ‖H‖²_F read off it. O(N·C·n²) work and O(n² + N(D + C·H)) memory: the
+// Jacobians go through in chunks of samples. For a small network that is less work than the
+// pairwise sums' O(N²·C²·H), and in any case an evaluation order independent of the sample-space
+// engine's, which the tests hold the two against.
 //
 // Gradients (docs/math.md §6, §8.5): for L = ḡ_tr·tr H + ḡ_sq·tr(H²), ∂L/∂H = H̄ = ḡ_tr·I + 2ḡ_sq·H,
 // so the reverse mode of the assembly with H̄ = I (tr H) and H̄ = 2H (tr(H²)) gives the adjoints
@@ -17,6 +18,8 @@
 #include "multi_output/engines.h"
 #include "multi_output/features.h"
 
+#include <algorithm>
+
 namespace torch_ws::multi_output {
 namespace {
 
@@ -26,16 +29,36 @@ using at::Tensor;
 // (C × H, row-major), then b2. The traces do not depend on the order; in this one each block of R
 // is a diagonal of a reshaped block of H (the views below).
 struct Layout {
-  int64_t N, C, H, D, D_ext, w2_offset, b2_offset, n;
+  int64_t C, H, D, D_ext, w2_offset, b2_offset, n;
+  bool has_b2;
   explicit Layout(const Features& f)
-      : N(f.num_samples()),
-        C(f.num_outputs()),
+      : C(f.num_outputs()),
         H(f.hidden()),
         D(f.x.size(1)),
         D_ext(D + (f.has_b1 ? 1 : 0)),
         w2_offset(H * D_ext),
         b2_offset(w2_offset + C * H),
-        n(b2_offset + (f.has_b2 ? C : 0)) {}
+        n(b2_offset + (f.has_b2 ? C : 0)),
+        has_b2(f.has_b2) {}
+};
+
+// The per-sample arrays this engine reads, for a run of samples: the passes go through the samples
+// in chunks, so that the Jacobians (C·n per sample) never exist for all N at once.
+struct Rows {
+  Tensor x_ext;      // x̃ (rows, D̃)
+  Tensor U;          // (rows, C, H)
+  Tensor phi0, phi1; // (rows, H)
+  Tensor vt;         // ṽ (rows, H)
+  Tensor S, e;       // (rows, C, C), (rows, C)
+  Tensor rx;         // e_ic φ'(a_ik), (rows, C·H)
+
+  int64_t size() const { return x_ext.size(0); }
+  Rows narrow(int64_t begin, int64_t count) const {
+    return {x_ext.narrow(0, begin, count), U.narrow(0, begin, count),
+            phi0.narrow(0, begin, count), phi1.narrow(0, begin, count),
+            vt.narrow(0, begin, count),    S.narrow(0, begin, count),
+            e.narrow(0, begin, count),     rx.narrow(0, begin, count)};
+  }
 };
 
 // Views of an n×n matrix M on the blocks that R occupies:
@@ -59,66 +82,92 @@ Tensor w2_w1_blocks(const Tensor& M, const Layout& L) {
       .diagonal(0, 1, 2);
 }
 
-// J (N, C, n): ∂z_ic/∂W̃1_kd = U_ick x̃_id, ∂z_ic/∂W2_c'k = δ_cc' φ(a_ik), ∂z_ic/∂b2_c' = δ_cc'.
-Tensor jacobian(const Features& f, const Tensor& x_ext, const Layout& L) {
-  Tensor J = at::zeros({L.N, L.C, L.n}, x_ext.options());
+// J (rows, C, n): ∂z_ic/∂W̃1_kd = U_ick x̃_id, ∂z_ic/∂W2_c'k = δ_cc' φ(a_ik), ∂z_ic/∂b2_c' = δ_cc'.
+Tensor jacobian(const Rows& r, const Layout& L) {
+  const int64_t N = r.size();
+  Tensor J = at::zeros({N, L.C, L.n}, r.x_ext.options());
   J.narrow(2, 0, L.H * L.D_ext)
-      .view({L.N, L.C, L.H, L.D_ext})
-      .copy_(f.U.unsqueeze(3) * x_ext.view({L.N, 1, 1, L.D_ext}));
+      .view({N, L.C, L.H, L.D_ext})
+      .copy_(r.U.unsqueeze(3) * r.x_ext.view({N, 1, 1, L.D_ext}));
   J.narrow(2, L.w2_offset, L.C * L.H)
-      .view({L.N, L.C, L.C, L.H})
+      .view({N, L.C, L.C, L.H})
       .diagonal(0, 1, 2)  // (N, H, C)
-      .copy_(f.phi0.unsqueeze(2).expand({L.N, L.H, L.C}));
-  if (f.has_b2) J.narrow(2, L.b2_offset, L.C).diagonal(0, 1, 2).fill_(1);
+      .copy_(r.phi0.unsqueeze(2).expand({N, L.H, L.C}));
+  if (L.has_b2) J.narrow(2, L.b2_offset, L.C).diagonal(0, 1, 2).fill_(1);
   return J;
 }
 
-// H = Σ_i J_iᵀ S_i J_i plus R's blocks (docs/math.md §8.5): ∇²z_ic couples W̃1_k only with itself,
-// through e_ic W2_ck φ''(a_ik) x̃_i x̃_iᵀ (summed over c: ṽ_ik x̃_i x̃_iᵀ), and with W2_ck, through
-// e_ic φ'(a_ik) x̃_i.
-Tensor assemble(const Features& f, const Tensor& x_ext, const Tensor& J, const Layout& L) {
-  const Tensor rows = J.view({L.N * L.C, L.n});
-  Tensor hessian = at::mm(rows.t(), at::bmm(f.terms.S, J).view({L.N * L.C, L.n}));
+// Adds the chunk's share of H = Σ_i J_iᵀ S_i J_i + R (docs/math.md §8.5): ∇²z_ic couples W̃1_k
+// only with itself, through e_ic W2_ck φ''(a_ik) x̃_i x̃_iᵀ (summed over c: ṽ_ik x̃_i x̃_iᵀ), and
+// with W2_ck, through e_ic φ'(a_ik) x̃_i.
+void add_to_hessian(Tensor& hessian, const Rows& r, const Layout& L) {
+  const int64_t N = r.size();
+  const Tensor J = jacobian(r, L);
+  hessian.addmm_(J.view({N * L.C, L.n}).t(), at::bmm(r.S, J).view({N * L.C, L.n}));
   // (H, D̃, N) · (N, D̃) and (N, C): unit k's Σ_i ṽ_ik x̃_i x̃_iᵀ and Σ_i φ'(a_ik) x̃_i e_iᵀ.
-  const Tensor own = at::matmul((f.vt.t().unsqueeze(2) * x_ext).transpose(1, 2), x_ext);
-  const Tensor cross = at::matmul((f.phi1.t().unsqueeze(2) * x_ext).transpose(1, 2), f.terms.e);
+  const Tensor own = at::matmul((r.vt.t().unsqueeze(2) * r.x_ext).transpose(1, 2), r.x_ext);
+  const Tensor cross = at::matmul((r.phi1.t().unsqueeze(2) * r.x_ext).transpose(1, 2), r.e);
   w1_own_blocks(hessian, L).add_(own.permute({1, 2, 0}));
   w1_w2_blocks(hessian, L).add_(cross.permute({1, 2, 0}));
   w2_w1_blocks(hessian, L).add_(cross.permute({2, 1, 0}));
-  return hessian;
 }
 
-// The adjoints of ⟨H̄, H⟩ with respect to the per-sample arrays, for a symmetric H̄ (undefined:
-// the identity, whose products are skipped).
-Adjoints assembly_adjoints(const Features& f, const Tensor& x_ext, const Tensor& J,
-                           const Layout& L, const Tensor& hessian_bar, bool need_x) {
+// The adjoints of ⟨H̄, H⟩ with respect to the chunk's per-sample arrays, for a symmetric H̄
+// (undefined: the identity, whose products are skipped), written into the chunk's rows of `a`
+// (x̃'s into x_ext_bar).
+void assembly_adjoints(const Rows& r, const Layout& L, const Tensor& hessian_bar, Adjoints& a,
+                       Tensor x_ext_bar) {
+  const int64_t N = r.size();
   const bool identity = !hessian_bar.defined();
-  Adjoints a;
+  const Tensor J = jacobian(r, L);
   // Σ_i J_iᵀ S_i J_i: S̄_i = J_i H̄ J_iᵀ, J̄_i = 2 S_i J_i H̄.
   const Tensor JH =
-      identity ? J : at::mm(J.view({L.N * L.C, L.n}), hessian_bar).view({L.N, L.C, L.n});
-  a.S = at::bmm(JH, J.transpose(1, 2));
-  const Tensor J_bar = 2 * at::bmm(f.terms.S, JH);
+      identity ? J : at::mm(J.view({N * L.C, L.n}), hessian_bar).view({N, L.C, L.n});
+  a.S.copy_(at::bmm(JH, J.transpose(1, 2)));
+  const Tensor J_bar = 2 * at::bmm(r.S, JH);
   // Through J's blocks U_ick x̃_i and δ_cc' φ(a_ik).
-  const Tensor J_bar_w1 = J_bar.narrow(2, 0, L.H * L.D_ext).reshape({L.N, L.C * L.H, L.D_ext});
-  a.U = at::bmm(J_bar_w1, x_ext.unsqueeze(2)).view({L.N, L.C, L.H});
-  Tensor x_ext_bar = at::bmm(f.U.reshape({L.N, 1, L.C * L.H}), J_bar_w1).view({L.N, L.D_ext});
-  a.phi0 = J_bar.narrow(2, L.w2_offset, L.C * L.H)
-               .view({L.N, L.C, L.C, L.H})
-               .diagonal(0, 1, 2)
-               .sum(2);
+  const Tensor J_bar_w1 = J_bar.narrow(2, 0, L.H * L.D_ext).reshape({N, L.C * L.H, L.D_ext});
+  a.U.copy_(at::bmm(J_bar_w1, r.x_ext.unsqueeze(2)).view({N, L.C, L.H}));
+  x_ext_bar.copy_(at::bmm(r.U.reshape({N, 1, L.C * L.H}), J_bar_w1).view({N, L.D_ext}));
+  a.phi0.copy_(J_bar.narrow(2, L.w2_offset, L.C * L.H)
+                   .view({N, L.C, L.C, L.H})
+                   .diagonal(0, 1, 2)
+                   .sum(2));
   // R's own blocks Σ_i ṽ_ik x̃_i x̃_iᵀ against B_k = H̄'s (W̃1_k, W̃1_k) block: ṽ̄_ik = x̃_iᵀB_k x̃_i.
-  const Tensor own_bar = identity ? at::eye(L.D_ext, x_ext.options()).expand({L.H, L.D_ext, L.D_ext})
-                                  : w1_own_blocks(hessian_bar, L).permute({2, 0, 1});
-  const Tensor own_x = at::matmul(x_ext, own_bar);  // (H, N, D̃): B_k x̃_i
-  a.vt = (own_x * x_ext).sum(2).t();
-  x_ext_bar.add_(2 * (f.vt.t().unsqueeze(2) * own_x).sum(0));
+  const Tensor own_bar =
+      identity ? at::eye(L.D_ext, r.x_ext.options()).expand({L.H, L.D_ext, L.D_ext})
+               : w1_own_blocks(hessian_bar, L).permute({2, 0, 1});
+  const Tensor own_x = at::matmul(r.x_ext, own_bar);  // (H, N, D̃): B_k x̃_i
+  a.vt.copy_((own_x * r.x_ext).sum(2).t());
+  x_ext_bar.add_(2 * (r.vt.t().unsqueeze(2) * own_x).sum(0));
   // R's cross blocks Σ_i e_ic φ'(a_ik) x̃_i sit at (W̃1_k, W2_ck) and at its mirror: both H̄ entries.
   if (!identity) {
     const Tensor cross_bar = 2 * w1_w2_blocks(hessian_bar, L).permute({2, 0, 1});  // (H, D̃, C)
-    a.rx = at::matmul(x_ext, cross_bar).permute({1, 2, 0}).reshape({L.N, L.C * L.H});
-    const Tensor rx = f.rx.view({L.N, L.C, L.H}).permute({2, 0, 1});  // (H, N, C)
+    a.rx.copy_(at::matmul(r.x_ext, cross_bar).permute({1, 2, 0}).reshape({N, L.C * L.H}));
+    const Tensor rx = r.rx.reshape({N, L.C, L.H}).permute({2, 0, 1});  // (H, N, C)
     x_ext_bar.add_(at::matmul(rx, cross_bar.transpose(1, 2)).sum(0));
+  }
+}
+
+// The adjoints of ⟨H̄, H⟩ for all samples, chunk by chunk.
+Adjoints adjoints_of(const Rows& all, const Layout& L, const Tensor& hessian_bar, int64_t chunk,
+                     bool need_x) {
+  Adjoints a;
+  a.S = at::empty_like(all.S);
+  a.U = at::empty_like(all.U);
+  a.phi0 = at::empty_like(all.phi0);
+  a.vt = at::empty_like(all.vt);
+  if (hessian_bar.defined()) a.rx = at::empty_like(all.rx);
+  Tensor x_ext_bar = at::empty_like(all.x_ext);
+  for (int64_t i0 = 0; i0 < all.size(); i0 += chunk) {
+    const int64_t count = std::min(chunk, all.size() - i0);
+    Adjoints rows;
+    rows.S = a.S.narrow(0, i0, count);
+    rows.U = a.U.narrow(0, i0, count);
+    rows.phi0 = a.phi0.narrow(0, i0, count);
+    rows.vt = a.vt.narrow(0, i0, count);
+    if (a.rx.defined()) rows.rx = a.rx.narrow(0, i0, count);
+    assembly_adjoints(all.narrow(i0, count), L, hessian_bar, rows, x_ext_bar.narrow(0, i0, count));
   }
   if (need_x) a.x = x_ext_bar.narrow(1, 0, L.D);
   return a;
@@ -145,16 +194,20 @@ InputGradients in_dtype(InputGradients g, at::ScalarType dtype) {
 
 }  // namespace
 
-TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients) {
+TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, int64_t chunk) {
   const bool with_gradients = gradients != Gradients::None;
   const bool need_x = gradients == Gradients::ParametersAndX;
   const MlpProblem q = in_float64(p);
   const Features f = features(q, with_gradients);
   const Layout L(f);
-  const Tensor x_ext =
-      f.has_b1 ? at::cat({f.x, at::ones({L.N, 1}, f.x.options())}, 1) : f.x;
-  const Tensor J = jacobian(f, x_ext, L);
-  const Tensor hessian = assemble(f, x_ext, J, L);
+  const int64_t N = f.num_samples();
+  const Tensor x_ext = f.has_b1 ? at::cat({f.x, at::ones({N, 1}, f.x.options())}, 1) : f.x;
+  const Rows all{x_ext, f.U, f.phi0, f.phi1, f.vt, f.terms.S, f.terms.e, f.rx};
+  Tensor hessian = at::zeros({L.n, L.n}, x_ext.options());
+  TORCH_INTERNAL_ASSERT(chunk >= 1, "multi_output::parameter_space_traces: chunk ", chunk);
+  for (int64_t i0 = 0; i0 < N; i0 += chunk) {
+    add_to_hessian(hessian, all.narrow(i0, std::min(chunk, N - i0)), L);
+  }
   TracesResult out;
   out.trace = hessian.diagonal().sum();
   out.trace_sq = (hessian * hessian).sum();
@@ -162,9 +215,9 @@ TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients) {
     const at::ScalarType dtype = p.x.scalar_type();
     // H̄ = 2H for tr(H²), symmetrized: the assembled H is symmetric only up to rounding.
     const Tensor twice_hessian = hessian + hessian.t();
-    out.trace_grad = in_dtype(chain(q, f, assembly_adjoints(f, x_ext, J, L, Tensor(), need_x), need_x), dtype);
-    out.trace_sq_grad = in_dtype(
-        chain(q, f, assembly_adjoints(f, x_ext, J, L, twice_hessian, need_x), need_x), dtype);
+    out.trace_grad = in_dtype(chain(q, f, adjoints_of(all, L, Tensor(), chunk, need_x), need_x), dtype);
+    out.trace_sq_grad =
+        in_dtype(chain(q, f, adjoints_of(all, L, twice_hessian, chunk, need_x), need_x), dtype);
   }
   return out;
 }
