@@ -44,12 +44,12 @@ class DigitsConfig:
 
     @classmethod
     def quick(cls, **overrides) -> "DigitsConfig":
-        """About two minutes on 2 cores."""
+        """8 seeds, ρ = 0.01 and 0.1, 30 epochs: about a minute on 2 cores (58 s measured)."""
         return cls(**overrides)
 
     @classmethod
     def full(cls, **overrides) -> "DigitsConfig":
-        """30 seeds and three strengths of HSR, longer training (about half an hour on 2 cores)."""
+        """30 seeds, ρ = 0.01, 0.03 and 0.1, 60 epochs: about 7 minutes on 2 cores (390 s)."""
         base = dict(seeds=30, rhos=(0.01, 0.03, 0.1), epochs=60)
         base.update(overrides)
         return cls(**base)
