@@ -71,8 +71,8 @@ int64_t tile_size_from(int64_t num_samples, int64_t setting, int64_t max_tile,
 // one thread.
 // The weight of the multi-output parameter engine's work count against the sample engine's
 // (choose_engine), fitted on 2 cores (float32, value and gradients, 11 shapes from n = 21 to
-// 1002): the time ratio was 0.45–0.55 of the work ratio wherever they were close, as its two
-// large products run nearer the BLAS peak than the blocks' many smaller ones.
+// 1002): near the boundary the time ratio was 0.6–0.7 of the work ratio (0.5 keeps N = 500,
+// C = 5, n = 325 on the parameter side, measured 28 ms against 31 ms).
 constexpr double kMultiOutputParameterWeight = 0.5;
 
 int64_t one_logit_tile(int64_t num_samples, int64_t setting) {
