@@ -5,6 +5,11 @@
 // gradients with the upstream ones through _traces_backward (docs/math.md §6). The bound is
 // differentiable once: a gradient computed with create_graph=True carries an Error node that
 // raises if it is differentiated again.
+//
+// Forward mode (torch.autograd.forward_ad, torch.func.jvp and jacfwd) is served by the same
+// kernels: every output is a scalar, so its tangent is the inner product of its gradient with
+// the inputs' tangents, from one evaluation with gradients (docs/math.md §6). Without this the
+// C++ Function would drop the tangents silently (a tangent of zero).
 #include "core/problem.h"
 #include "core/ws_bound.h"
 #include "ops/schemas.h"
@@ -65,11 +70,11 @@ ForwardResult forward_traces(const Tensor& x, const Tensor& target, const Tensor
                              const optional<Tensor>& b1, const Tensor& w2,
                              const optional<Tensor>& b2, c10::string_view activation,
                              c10::string_view reduction, c10::string_view loss,
-                             const char* caller) {
+                             const char* caller, bool need_grad_x) {
   at::AutoDispatchBelowADInplaceOrView guard;
   static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
   auto [trace, trace_sq, trace_grads, trace_sq_grads] = op.call(
-      x, target, w1, b1, w2, b2, activation, reduction, x.requires_grad(), caller, loss);
+      x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
   SavedTraces saved{trace, trace_sq, std::move(trace_grads), std::move(trace_sq_grads),
                     {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
   // n does not depend on the batch: tracing with dynamic shapes specializes the layer widths only.
@@ -126,7 +131,7 @@ class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunc
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction, c10::string_view loss) {
     ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                                     kHessianTracesName);
+                                     kHessianTracesName, x.requires_grad());
     r.saved.save(ctx);
     // A Function's outputs must be its own tensors: copy even where the dtype is already right.
     return {r.saved.trace.to(x.scalar_type(), false, true),
@@ -146,8 +151,8 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction, c10::string_view loss) {
-    ForwardResult r =
-        forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss, kWsBoundName);
+    ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
+                                     kWsBoundName, x.requires_grad());
     r.saved.save(ctx);
     ctx->saved_data["num_params"] = r.num_params;
     return {ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params, x.scalar_type())};
@@ -162,6 +167,64 @@ class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
   }
 };
 
+// ---- Forward mode. ----
+
+// The forward-mode tangents (level 0, the level forward_ad and torch.func.jvp use) of x, w1, b1,
+// w2, b2, in SavedTraces' order; undefined where an input has none.
+struct Tangents {
+  std::vector<Tensor> of_inputs;
+  bool any = false;
+};
+
+Tangents forward_tangents(const Tensor& x, const Tensor& target, const Tensor& w1,
+                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
+                          const char* caller) {
+  auto tangent = [](const Tensor& t) { return t.defined() ? t._fw_grad(/*level=*/0) : Tensor(); };
+  TORCH_CHECK(!tangent(target).defined(), caller, ": target has a forward-mode tangent, but the "
+              "bound is not differentiable in the labels; pass target without one");
+  Tangents out;
+  out.of_inputs = {tangent(x), tangent(w1), tangent(b1.value_or(Tensor())), tangent(w2),
+                   tangent(b2.value_or(Tensor()))};
+  out.any = std::any_of(out.of_inputs.begin(), out.of_inputs.end(),
+                        [](const Tensor& t) { return t.defined(); });
+  return out;
+}
+
+// Σ_k ⟨gradient_k, tangent_k⟩ in float64: the directional derivative of a scalar output. Out of
+// place: under torch.func.jacfwd the tangents are batched (vmap over a basis), and so is the sum.
+Tensor directional_derivative(const std::vector<Tensor>& gradients, const Tangents& tangents) {
+  Tensor sum = at::zeros({}, gradients[1].options().dtype(at::kDouble));
+  for (size_t k = 0; k < gradients.size(); ++k) {
+    const Tensor& t = tangents.of_inputs[k];
+    if (t.defined() && gradients[k].defined()) {
+      sum = sum + (gradients[k].to(at::kDouble) * t.to(at::kDouble)).sum();
+    }
+  }
+  return sum;
+}
+
+// Sets `output`'s tangent (level 0) to `tangent` in the output's dtype.
+void set_tangent(Tensor& output, const Tensor& tangent) {
+  output._set_fw_grad(tangent.to(output.scalar_type()), /*level=*/0, /*is_inplace_op=*/false);
+}
+
+// Tangents on inputs that also require grad: forward-over-reverse (a Hessian-vector product of the
+// bound) or reverse-over-forward would need the bound's second derivative, which is not provided.
+void refuse_both_modes(bool reverse, const char* caller) {
+  TORCH_CHECK(!reverse, caller, ": forward-mode AD on inputs that also require grad (e.g. a "
+              "Hessian-vector product of the bound) is not supported: the bound is "
+              "differentiable once; use forward mode (torch.func.jvp, jacfwd, forward_ad) or "
+              "reverse mode (backward, torch.autograd.grad) alone");
+}
+
+// The internal ops return derivatives already: a tangent on their inputs is refused.
+void refuse_tangents(const std::vector<Tensor>& inputs, const char* op) {
+  for (const Tensor& t : inputs) {
+    TORCH_CHECK(!t.defined() || !t._fw_grad(/*level=*/0).defined(), op, " is not differentiable "
+                "in forward mode; call torch_ws.hessian_traces or torch_ws.ws_bound instead");
+  }
+}
+
 // Whether autograd will record this call; if not, the plain kernels skip the gradient work.
 bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
                   const Tensor& w2, const optional<Tensor>& b2) {
@@ -174,7 +237,19 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
-  if (!records_grad(x, w1, b1, w2, b2)) {
+  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kHessianTracesName);
+  const bool reverse = records_grad(x, w1, b1, w2, b2);
+  if (tangents.any) {
+    refuse_both_modes(reverse, kHessianTracesName);
+    const ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
+                                           kHessianTracesName, tangents.of_inputs[0].defined());
+    Tensor trace = r.saved.trace.to(x.scalar_type(), false, true);
+    Tensor trace_sq = r.saved.trace_sq.to(x.scalar_type(), false, true);
+    set_tangent(trace, directional_derivative(r.saved.trace_grads, tangents));
+    set_tangent(trace_sq, directional_derivative(r.saved.trace_sq_grads, tangents));
+    return {trace, trace_sq};
+  }
+  if (!reverse) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
     return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
@@ -187,7 +262,23 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
                          c10::string_view activation, c10::string_view reduction,
                          c10::string_view loss) {
-  if (!records_grad(x, w1, b1, w2, b2)) {
+  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundName);
+  const bool reverse = records_grad(x, w1, b1, w2, b2);
+  if (tangents.any) {
+    refuse_both_modes(reverse, kWsBoundName);
+    const ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
+                                           kWsBoundName, tangents.of_inputs[0].defined());
+    Tensor bound =
+        ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params, x.scalar_type());
+    // d bound = (∂bound/∂tr H)·d tr H + (∂bound/∂tr H²)·d tr H² (docs/math.md §7).
+    const auto [d_trace, d_trace_sq] = bound_trace_grads_tensor(
+        at::ones({}, r.saved.trace.options()), r.saved.trace, r.saved.trace_sq, r.num_params);
+    set_tangent(bound, d_trace.to(at::kDouble) * directional_derivative(r.saved.trace_grads, tangents) +
+                           d_trace_sq.to(at::kDouble) *
+                               directional_derivative(r.saved.trace_sq_grads, tangents));
+    return bound;
+  }
+  if (!reverse) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
     return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
@@ -202,6 +293,8 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, bool need_grad_x, c10::string_view caller,
     c10::string_view loss) {
+  refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
+                  "torch_ws._traces_with_gradients");
   static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
   auto out = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -222,14 +315,15 @@ std::vector<Tensor> traces_backward_autograd(const Tensor& grad_trace, const Ten
                                              at::TensorList trace_grads,
                                              at::TensorList trace_sq_grads) {
   static auto op = find_op<TracesBackwardSignature>("torch_ws::_traces_backward");
+  std::vector<Tensor> inputs = {grad_trace, grad_trace_sq};
+  inputs.insert(inputs.end(), trace_grads.begin(), trace_grads.end());
+  inputs.insert(inputs.end(), trace_sq_grads.begin(), trace_sq_grads.end());
+  refuse_tangents(inputs, "torch_ws._traces_backward");
   std::vector<Tensor> grads;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     grads = op.call(grad_trace, grad_trace_sq, trace_grads, trace_sq_grads);
   }
-  std::vector<Tensor> inputs = {grad_trace, grad_trace_sq};
-  inputs.insert(inputs.end(), trace_grads.begin(), trace_grads.end());
-  inputs.insert(inputs.end(), trace_sq_grads.begin(), trace_sq_grads.end());
   attach_double_backward_error(grads, inputs, std::string("torch_ws._traces_backward") +
                                                   kDoubleBackward);
   return grads;

@@ -1,0 +1,169 @@
+"""Forward-mode AD and the torch.func transforms: a right answer or a clear error, never a silent
+zero. The truth is the same transform applied to the explicit float64 Hessian (reference.py),
+which shares no code with the ops."""
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+
+import torch_ws
+from testing import BIAS_CONFIGS, rel_err
+from torch_ws import reference
+
+# (loss, C, target maker)
+HEADS = [
+    ("bce", 1, lambda n, c, gen: (torch.rand(n, generator=gen) > 0.5).double()),
+    ("cross_entropy", 3, lambda n, c, gen: torch.randint(0, c, (n,), generator=gen)),
+    ("mse", 2, lambda n, c, gen: torch.randn(n, c, generator=gen, dtype=torch.float64)),
+]
+
+
+def head_id(head):
+    return f"{head[0]}-C{head[1]}"
+
+
+def problem(head, bias=(True, True), n=7, d=3, h=4, seed=0):
+    loss, c, make_target = head
+    gen = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, w1, w2 = randn(n, d), randn(h, d), randn(c, h)
+    b1 = randn(h) if bias[0] else None
+    b2 = randn(c) if bias[1] else None
+    target = make_target(n, c, gen)
+    tangents = [randn(*t.shape) if t is not None else None for t in (x, w1, b1, w2, b2)]
+    return (x, target, w1, b1, w2, b2), tangents, loss
+
+
+def with_tangents(args, tangents):
+    """The differentiable inputs as dual tensors (inside a dual level)."""
+    x, target, w1, b1, w2, b2 = args
+    dual = [fwAD.make_dual(p, t) if p is not None else None
+            for p, t in zip((x, w1, b1, w2, b2), tangents)]
+    return dual[0], target, dual[1], dual[2], dual[3], dual[4]
+
+
+def reference_outputs(x, target, w1, b1, w2, b2, act, red, loss):
+    hess = reference.explicit_hessian(x, target, w1, b1, w2, b2, act, red, loss)
+    trace, trace_sq = hess.diagonal().sum(), (hess * hess).sum()
+    return trace, trace_sq, reference.ws_upper_from_traces(trace, trace_sq, hess.shape[0])
+
+
+@pytest.mark.parametrize("red", ["mean", "sum"])
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_forward_ad_tangents_match_the_explicit_hessian(head, red):
+    """torch.autograd.forward_ad with a tangent on every input (x included), every bias setting:
+    the tangents of tr H, tr H² and the bound equal those of the explicit Hessian's."""
+    for bias in BIAS_CONFIGS:
+        args, tangents, loss = problem(head, bias)
+        diffs = [i for i, p in enumerate((args[0], *args[2:])) if p is not None]
+        primals = [p for p in (args[0], *args[2:]) if p is not None]
+        given = [tangents[i] for i in diffs]
+
+        def ref(*ps):
+            full = dict(zip(diffs, ps))
+            x, w1, b1, w2, b2 = (full.get(i) for i in range(5))
+            return reference_outputs(x, args[1], w1, b1, w2, b2, "tanh", red, loss)
+
+        _, expected = torch.func.jvp(ref, tuple(primals), tuple(given))
+        with fwAD.dual_level():
+            dual = with_tangents(args, tangents)
+            trace, trace_sq = torch_ws.hessian_traces(*dual, "tanh", red, loss)
+            bound = torch_ws.ws_bound(*dual, "tanh", red, loss)
+            actual = [fwAD.unpack_dual(t).tangent for t in (trace, trace_sq, bound)]
+        for a, e in zip(actual, expected):
+            assert a is not None and a.dtype == torch.float64
+            assert rel_err(a, e) <= 1e-9, (bias, a, e)
+
+
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_torch_func_jvp_and_jacfwd(head):
+    """torch.func.jvp in one argument, and jacfwd (a vmap over tangents) of the bound in w1 and
+    x: equal to the reverse-mode gradient of the explicit-Hessian bound."""
+    (x, target, w1, b1, w2, b2), tangents, loss = problem(head)
+
+    def ours(w1_, x_):
+        return torch_ws.ws_bound(x_, target, w1_, b1, w2, b2, "silu", "mean", loss)
+
+    def ref(w1_, x_):
+        return reference_outputs(x_, target, w1_, b1, w2, b2, "silu", "mean", loss)[2]
+
+    value, tangent = torch.func.jvp(lambda w: ours(w, x), (w1,), (tangents[1],))
+    ref_value, ref_tangent = torch.func.jvp(lambda w: ref(w, x), (w1,), (tangents[1],))
+    assert rel_err(value, ref_value) <= 1e-10
+    assert rel_err(tangent, ref_tangent) <= 1e-9
+    jacobians = torch.func.jacfwd(ours, argnums=(0, 1))(w1, x)
+    w1_r, x_r = w1.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = torch.autograd.grad(ref(w1_r, x_r), (w1_r, x_r))
+    for j, e in zip(jacobians, expected):
+        assert j.shape == e.shape
+        assert rel_err(j, e) <= 1e-9
+
+
+def test_float32_tangents_follow_float64():
+    args, tangents, loss = problem(HEADS[0])
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        cast = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in args]
+        cast_tangents = [t.to(dtype) if t is not None else None for t in tangents]
+        with fwAD.dual_level():
+            bound = torch_ws.ws_bound(*with_tangents(cast, cast_tangents), "tanh", "mean", loss)
+            results[dtype] = fwAD.unpack_dual(bound).tangent
+    assert results[torch.float32].dtype == torch.float32
+    assert rel_err(results[torch.float32], results[torch.float64]) <= 1e-4
+
+
+def test_a_tangent_on_the_target_is_refused():
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[0])
+    with fwAD.dual_level():
+        dual_target = fwAD.make_dual(target, torch.ones_like(target))
+        with pytest.raises(RuntimeError, match="torch_ws.ws_bound: target has a forward-mode "
+                                               "tangent, but the bound is not differentiable"):
+            torch_ws.ws_bound(x, dual_target, w1, b1, w2, b2)
+
+
+def test_forward_over_reverse_is_refused():
+    """A Hessian-vector product of the bound needs its second derivative: a clear error."""
+    (x, target, w1, b1, w2, b2), tangents, loss = problem(HEADS[0])
+    with fwAD.dual_level():
+        w1_dual = fwAD.make_dual(w1.clone().requires_grad_(), tangents[1])
+        for op in (torch_ws.ws_bound, torch_ws.hessian_traces):
+            with pytest.raises(RuntimeError, match="forward-mode AD on inputs that also require "
+                                                   "grad .* is not supported"):
+                op(x, target, w1_dual, b1, w2, b2)
+
+
+def test_internal_ops_refuse_tangents():
+    (x, target, w1, b1, w2, b2), tangents, loss = problem(HEADS[0])
+    with fwAD.dual_level():
+        w1_dual = fwAD.make_dual(w1, tangents[1])
+        with pytest.raises(RuntimeError, match="torch_ws._traces_with_gradients is not "
+                                               "differentiable in forward mode"):
+            torch.ops.torch_ws._traces_with_gradients(x, target, w1_dual, b1, w2, b2, "tanh",
+                                                      "mean", False, "test", "bce")
+        g = torch.zeros(())
+        with pytest.raises(RuntimeError, match="torch_ws._traces_backward is not differentiable "
+                                               "in forward mode"):
+            torch.ops.torch_ws._traces_backward(fwAD.make_dual(g, torch.ones(())), g,
+                                                [g] * 5, [g] * 5)
+
+
+@pytest.mark.parametrize("transform", [torch.func.grad, torch.func.jacrev])
+def test_reverse_mode_transforms_raise_instead_of_answering(transform):
+    """torch.func.grad / vjp / jacrev cannot run a C++ autograd Function: PyTorch raises. (Issue 14
+    asks for them to work; until then, the test pins that they fail loudly.)"""
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[0])
+    with pytest.raises(RuntimeError, match="cannot use C\\+\\+ torch::autograd::Function with "
+                                           "functorch transforms"):
+        transform(lambda w: torch_ws.ws_bound(x, target, w, b1, w2, b2))(w1)
+
+
+def test_vmap_over_models_matches_a_loop():
+    """vmap over a leading batch of weights (PyTorch's per-sample fallback loop): values equal a
+    Python loop over the models."""
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[1])
+    gen = torch.Generator().manual_seed(3)
+    w1s = torch.randn(4, *w1.shape, generator=gen, dtype=torch.float64)
+    batched = torch.func.vmap(lambda w: torch_ws.ws_bound(x, target, w, b1, w2, b2,
+                                                          loss="cross_entropy"))(w1s)
+    looped = torch.stack([torch_ws.ws_bound(x, target, w, b1, w2, b2, loss="cross_entropy")
+                          for w in w1s])
+    assert torch.equal(batched, looped)
