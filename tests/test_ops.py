@@ -178,6 +178,29 @@ def test_saturated_network_and_large_logits_stay_finite(act, dtype):
         assert torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("engine", ["sample", "parameter"])
+@pytest.mark.parametrize("act", ["tanh", "gelu_tanh"])
+def test_saturated_tanh_is_right_in_float32_on_both_engines(act, engine, monkeypatch):
+    """Pre-activations of ±7.5, where tanh rounds to within a few ulps of ±1 in float32: 1 − tanh²
+    computed as such was 2.6% off there, and tr H (dominated by the e·K·φ'' term) with it on the
+    sample engine, while the parameter engine (float64 inside) was right. Both must now agree
+    with float64 to float32 accuracy; the float64 truth is the explicit Hessian."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    sign = -1.0 if act == "gelu_tanh" else 1.0  # gelu_tanh's g = (1 + tanh u)/2 saturates at −∞
+    x = torch.tensor([[100.0], [80.0], [-90.0]], dtype=torch.float64)
+    target = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    w1 = torch.zeros(2, 1, dtype=torch.float64)
+    b1 = sign * torch.tensor([7.5, 7.0], dtype=torch.float64)
+    w2 = torch.tensor([[1000.0, -700.0]], dtype=torch.float64)
+    b2 = -(w2 * reference.mlp_logits(x[:1], w1, b1, torch.eye(2, dtype=torch.float64), None, act)).sum()
+    b2 = b2.reshape(1)
+    hess = reference.explicit_hessian(x, target, w1, b1, w2, b2, act, "sum")
+    args32 = [t.float() for t in (x, target, w1, b1, w2, b2)]
+    trace, trace_sq = torch_ws.hessian_traces(*args32, act, "sum")
+    assert rel_err(trace, hess.trace()) <= 2e-5
+    assert rel_err(trace_sq, (hess * hess).sum()) <= 2e-5
+
+
 def test_gradient_at_zero_spread_is_the_gradient_of_the_mean():
     # A network that fits every target with huge margins has s = e = 0 to rounding: the Hessian
     # is zero, s = 0, and the bound's gradient must be m's (finite), not 0/0.

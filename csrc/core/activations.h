@@ -110,9 +110,10 @@ ActivationValues<T> activation_values(Activation activation, const T& a, int num
       break;
     }
     case Activation::Tanh: {
-      // q = 1 − τ²:  φ'' = −2τq,  φ''' = q (6τ² − 2)
+      // q = 1 − τ²:  φ'' = −2τq,  φ''' = q (6τ² − 2). q is computed as 4σ(2a)σ(−2a) (= (1 + τ)
+      // (1 − τ)), not 1 − τ², which cancels to a few bits (float32) or to 0 once τ rounds to ±1.
       T tau = fn::tanh(a);
-      T q = 1 - tau * tau;
+      T q = 4 * (fn::sigmoid(2 * a) * fn::sigmoid(-2 * a));
       out.phi0 = tau;
       out.phi1 = q;
       if (need2) out.phi2 = -2 * tau * q;
@@ -169,9 +170,10 @@ ActivationValues<T> activation_values(Activation activation, const T& a, int num
       T du = k * (1 + 3 * kC * a * a);
       T d2u = (6 * kC * k) * a;
       const double d3u = 6 * kC * k;
+      // S = 1 − T² = 4σ(2u)σ(−2u) and g = σ(2u): cancellation-free where tanh u saturates.
       T th = fn::tanh(u);
-      T S = 1 - th * th;
-      T g = 0.5 * (1 + th);
+      T S = 4 * (fn::sigmoid(2 * u) * fn::sigmoid(-2 * u));
+      T g = fn::sigmoid(2 * u);
       T dg = 0.5 * S * du;
       out.phi0 = a * g;
       out.phi1 = g + a * dg;
