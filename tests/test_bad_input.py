@@ -71,3 +71,31 @@ def test_bad_input_raises_a_clear_error(case, entry):
     fn = torch_ws.hessian_traces if entry == "python" else torch.ops.torch_ws.hessian_traces
     with pytest.raises(RuntimeError, match=message):
         fn(**args)
+
+
+@pytest.mark.parametrize("option", ["activation", "reduction", "loss"])
+@pytest.mark.parametrize("fn", [torch_ws.hessian_traces, torch_ws.ws_bound, torch_ws.ws_bounds])
+def test_string_options_must_be_str(fn, option):
+    """bytes were decoded silently by PyTorch's argument parser: b"tanh" worked as "tanh"."""
+    args = good()
+    args[option] = {"activation": b"tanh", "reduction": b"mean", "loss": b"bce"}[option]
+    with pytest.raises(TypeError, match=f"{option} must be a str, got bytes b'"):
+        fn(**args)
+
+
+@pytest.mark.parametrize("num_samples", [0, -5])
+def test_tile_size_op_refuses_a_nonpositive_batch(num_samples):
+    with pytest.raises(RuntimeError, match=f"torch_ws._tile_size: expected a number of samples "
+                                           f">= 1, got {num_samples}"):
+        torch.ops.torch_ws._tile_size(num_samples)
+
+
+def test_regularizer_refuses_a_target_that_requires_grad():
+    """As the op does, rather than detaching it silently."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    reg = torch_ws.HSRRegularizer(model)
+    target = torch.rand(6, requires_grad=True)
+    with pytest.raises(ValueError, match="target requires grad, but the bound is not "
+                                         "differentiable in the labels; pass target.detach()"):
+        reg(torch.randn(6, 3), target)
+    assert torch.isfinite(reg(torch.randn(6, 3), target.detach()))

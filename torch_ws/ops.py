@@ -60,9 +60,19 @@ def hessian_traces(
         differentiable with respect to x, w1, b1, w2 and b2 (once: no double backward).
         NaN inputs give NaN results.
     """
+    _check_options("hessian_traces", activation, reduction, loss)
     return torch.ops.torch_ws.hessian_traces.default(
         x, target, w1, b1, w2, b2, activation, reduction, loss
     )
+
+
+def _check_options(op: str, activation, reduction, loss) -> None:
+    """The string options must be str: PyTorch's argument parser would decode bytes (b"tanh")
+    silently, so a caller passing the wrong type would never hear of it."""
+    for name, value in (("activation", activation), ("reduction", reduction), ("loss", loss)):
+        if not isinstance(value, str):
+            raise TypeError(f"torch_ws.{op}: {name} must be a str, got {type(value).__name__} "
+                            f"{value!r}")
 
 
 def ws_bound(
@@ -86,6 +96,7 @@ def ws_bound(
 
     Arguments are those of :func:`hessian_traces`. Returns a 0-dim tensor of the input dtype.
     """
+    _check_options("ws_bound", activation, reduction, loss)
     return torch.ops.torch_ws.ws_bound.default(
         x, target, w1, b1, w2, b2, activation, reduction, loss
     )

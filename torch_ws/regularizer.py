@@ -169,7 +169,9 @@ class HSRRegularizer(nn.Module):
         self.__dict__["_layers"] = (hidden, output)
 
     def _target(self, x: Tensor, target: Tensor) -> Tensor:
-        target = target.detach()
+        if target.requires_grad:  # the op refuses it too: detaching here would hide that
+            raise ValueError("HSRRegularizer: target requires grad, but the bound is not "
+                             "differentiable in the labels; pass target.detach()")
         if self.loss != "cross_entropy":
             return target.to(x.dtype)
         classes = self._layers[1].out_features

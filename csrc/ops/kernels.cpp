@@ -209,6 +209,12 @@ std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b
       choose_engine({x.device(), x.size(0), x.size(1), w1.size(0), num_outputs, has_b1, has_b2}));
 }
 
+int64_t tile_size_op(int64_t num_samples) {
+  TORCH_CHECK(num_samples >= 1, "torch_ws._tile_size: expected a number of samples >= 1, got ",
+              num_samples);
+  return tile_size_for(num_samples);
+}
+
 }  // namespace
 }  // namespace torch_ws
 
@@ -239,6 +245,6 @@ TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("_supported", &torch_ws::supported_op);
   m.impl("_activation_for_module", &torch_ws::activation_for_module_op);
   m.impl("_engine", &torch_ws::engine_op);
-  m.impl("_tile_size", &torch_ws::tile_size_for);
+  m.impl("_tile_size", &torch_ws::tile_size_op);
   m.impl("_parallel_threads", &torch_ws::parallel_threads);
 }
