@@ -1,0 +1,78 @@
+"""torch.autocast: the ops run in float32 (lower-precision inputs cast up, float64 left alone), so
+a mixed-precision training step gets the same bound as a float32 one, and gradients reach
+bfloat16/float16 parameters in their own dtype."""
+import pytest
+import torch
+from torch import nn
+
+import torch_ws
+
+LOW = [torch.bfloat16, torch.float16]
+
+
+def model_and_data(seed=0, loss="bce", c=1):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, c))
+    x = torch.randn(9, 3)
+    target = (torch.rand(9) > 0.5).float() if loss == "bce" else torch.randint(0, c, (9,))
+    return model, x, target
+
+
+def params(model):
+    return model[0].weight, model[0].bias, model[2].weight, model[2].bias
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("loss, c", [("bce", 1), ("cross_entropy", 3)])
+def test_float32_model_under_autocast_matches_float32(dtype, loss, c):
+    model, x, target = model_and_data(loss=loss, c=c)
+    expected = torch_ws.ws_bound(x, target, *params(model), loss=loss)
+    expected_grads = torch.autograd.grad(expected, params(model))
+    with torch.autocast("cpu", dtype=dtype):
+        bound = torch_ws.ws_bound(x, target, *params(model), loss=loss)
+        traces = torch_ws.hessian_traces(x, target, *params(model), loss=loss)
+    assert bound.dtype == torch.float32 and all(t.dtype == torch.float32 for t in traces)
+    assert torch.equal(bound, expected)
+    for g, e in zip(torch.autograd.grad(bound, params(model)), expected_grads):
+        assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_parameters_under_autocast(dtype):
+    """Parameters stored in bfloat16/float16: the op computes in float32 on their exact values,
+    and their gradients arrive in their dtype (the float32 gradient, rounded)."""
+    model, x, target = model_and_data()
+    low = model.to(dtype)
+    x = x.to(dtype)
+    up = [p.detach().float().requires_grad_() for p in params(low)]
+    expected = torch_ws.ws_bound(x.float(), target, *up)
+    expected_grads = torch.autograd.grad(expected, up)
+    with torch.autocast("cpu", dtype=dtype):
+        bound = torch_ws.ws_bound(x, target, *params(low))
+    assert bound.dtype == torch.float32
+    assert torch.equal(bound, expected)
+    grads = torch.autograd.grad(bound, params(low))
+    for g, e in zip(grads, expected_grads):
+        assert g.dtype == dtype
+        assert torch.equal(g, e.to(dtype))
+
+
+def test_float64_stays_float64_under_autocast():
+    model, x, target = model_and_data()
+    model = model.double()
+    expected = torch_ws.ws_bound(x.double(), target.double(), *params(model))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bound = torch_ws.ws_bound(x.double(), target.double(), *params(model))
+    assert bound.dtype == torch.float64 and torch.equal(bound, expected)
+
+
+def test_regularizer_in_a_mixed_precision_step():
+    """The failure the issue reports: HSRRegularizer under autocast raised "addmv input tensors
+    must have the same dtype"."""
+    model, x, target = model_and_data()
+    reg = torch_ws.HSRRegularizer(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), target)
+        total = loss + 0.1 * reg(x, target)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
