@@ -277,3 +277,47 @@ def test_torch_compile_traces_a_training_step():
         return loss + 0.1 * reg(x, y)
 
     assert_compiled_step_matches_eager(objective, model, x, y)
+
+
+def test_torch_compile_dynamic_shapes_compile_once_with_grad():
+    """Weights that require grad used to make the Autograd kernel read concrete batch sizes (to
+    choose an engine): one recompilation per batch size, a hard failure at the cache limit with
+    fullgraph. Ten batch sizes must now share one graph, each with eager's value and gradient."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    reg = torch_ws.HSRRegularizer(model)
+    compiled = torch.compile(lambda x, y: reg(x, y), dynamic=True, fullgraph=True)
+    torch._dynamo.utils.counters.clear()
+    for n in range(5, 15):
+        x, y = torch.randn(n, 3), (torch.rand(n) > 0.5).float()
+        bound = compiled(x, y)
+        grads = torch.autograd.grad(bound, list(model.parameters()))
+        eager = reg(x, y)
+        assert torch.allclose(bound, eager, rtol=1e-5)
+        for g, e in zip(grads, torch.autograd.grad(eager, list(model.parameters()))):
+            assert torch.allclose(g, e, rtol=1e-4, atol=1e-7)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("engine", ["sample", "parameter"])
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e10), (torch.float64, 1e80)])
+def test_huge_weights_give_no_nan(engine, dtype, scale, monkeypatch):
+    """Linear activation, weights ~ scale·randn: s underflows to 0 while the Gram products
+    overflow, and 0·inf used to give tr H² = NaN on the sample engine. Both engines must give
+    the finite answer, the same as the parameter engine in float64 (which holds these
+    magnitudes for float32 inputs)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    t = (torch.rand(7, generator=gen) > 0.5).double()
+    w1, b1 = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)
+    w2, b2 = torch.randn(1, 4, generator=gen, dtype=torch.float64), torch.randn(1, generator=gen, dtype=torch.float64)
+    args = [a.to(dtype) for a in (x, t)] + [a.to(dtype) * scale for a in (w1, b1, w2, b2)]
+    monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
+    expected = torch_ws.hessian_traces(*[a.double() for a in args], "linear", "mean")
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    actual = torch_ws.hessian_traces(*args, "linear", "mean")
+    for a, e in zip(actual, expected):
+        assert torch.isfinite(a)
+        assert rel_err(a, e) <= 1e-5
