@@ -153,3 +153,17 @@ def test_hsr_lowers_the_exact_lambda_max_of_training():
     plain = [_train(s, rho=0.0) for s in seeds]
     hsr = [_train(s, rho=0.2) for s in seeds]
     assert statistics.median(hsr) < 0.8 * statistics.median(plain), (plain, hsr)
+
+
+@pytest.mark.parametrize("wrap", [torch.nn.DataParallel, torch.compile], ids=["DataParallel", "compile"])
+def test_regularizer_unwraps_training_wrappers(wrap):
+    """A wrapped model (DataParallel, DistributedDataParallel, torch.compile) used to be refused
+    as "not nn.Sequential"; the wrapper shares the parameters, so the bound is the inner model's."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x, y = torch.randn(8, 3), (torch.rand(8) > 0.5).float()
+    expected = torch_ws.HSRRegularizer(model)(x, y)
+    wrapped = torch_ws.HSRRegularizer(wrap(model))
+    bound = wrapped(x, y)
+    assert torch.equal(bound, expected)
+    bound.backward()
+    assert model[0].weight.grad is not None

@@ -84,6 +84,20 @@ def loss_options(loss, reduction: Optional[str]) -> tuple[str, str, float]:
     return name, reduction, smoothing
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside the wrappers training puts around a model: ``nn.DataParallel`` and
+    ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``), which share
+    its parameters; anything else is returned as it is."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 class HSRRegularizer(nn.Module):
     """λ_sup, the Wolkowicz-Styan upper bound on the loss Hessian's largest eigenvalue, of a
     three-layer MLP at its current parameters: add ``rho * reg(x, y)`` to the loss to descend
@@ -103,7 +117,9 @@ class HSRRegularizer(nn.Module):
 
     Args:
         model: ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, C))``, or the first Linear
-            when ``activation`` and ``output`` are given as the next two arguments.
+            when ``activation`` and ``output`` are given as the next two arguments. A model
+            wrapped in ``nn.DataParallel``, ``DistributedDataParallel`` or ``torch.compile`` is
+            unwrapped (the wrapper shares the parameters).
         activation, output: the activation module and ``nn.Linear(H, C)``, when ``model`` is the
             first layer alone.
         reduction: ``"mean"`` or ``"sum"``, matching the training loss's reduction; read from
@@ -128,6 +144,7 @@ class HSRRegularizer(nn.Module):
         loss="bce",
     ):
         super().__init__()
+        model = unwrap_model(model)
         if activation is None and output is None:
             if not isinstance(model, nn.Sequential) or len(model) != 3:
                 raise ValueError(
