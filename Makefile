@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Python packages the tests, demo and benchmarks use (torch is handled separately: never let pip
 # resolve torch on its own, it would pull the CUDA build).
-PY_DEPS := pytest numpy scipy matplotlib scikit-learn tqdm ninja setuptools wheel
+PY_DEPS := pytest hypothesis numpy scipy matplotlib scikit-learn tqdm ninja setuptools wheel
 TORCH_CMAKE_PREFIX = $(shell $(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 CMAKE_GENERATOR := $(if $(shell command -v ninja),-G Ninja,)
 BUILD := $(CURDIR)/build
@@ -16,7 +16,7 @@ WHEEL_DIR := $(BUILD)/dist
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	@$(PYTHON) -c "import pytest, numpy, scipy, matplotlib, sklearn, tqdm, ninja, wheel" 2>/dev/null || $(PIP) install -q $(PY_DEPS)
+	@$(PYTHON) -c "import pytest, hypothesis, numpy, scipy, matplotlib, sklearn, tqdm, ninja, wheel" 2>/dev/null || $(PIP) install -q $(PY_DEPS)
 
 # The library, its C++ tests and its CMake package (compiler progress is printed).
 lib: deps
