@@ -1,5 +1,5 @@
-"""Forward-mode AD and the torch.func transforms: a right answer or a clear error, never a silent
-zero. The truth is the same transform applied to the explicit float64 Hessian (reference.py),
+"""Forward-mode AD and the torch.func transforms (jvp, jacfwd, grad, vjp, jacrev, vmap): a right
+answer or a clear error, never a silent zero. The truth is the same transform applied to the explicit float64 Hessian (reference.py),
 which shares no code with the ops."""
 import pytest
 import torch
@@ -146,14 +146,66 @@ def test_internal_ops_refuse_tangents():
                                                 [g] * 5, [g] * 5)
 
 
-@pytest.mark.parametrize("transform", [torch.func.grad, torch.func.jacrev])
-def test_reverse_mode_transforms_raise_instead_of_answering(transform):
-    """torch.func.grad / vjp / jacrev cannot run a C++ autograd Function: PyTorch raises. (Issue 14
-    asks for them to work; until then, the test pins that they fail loudly.)"""
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_reverse_mode_transforms(head):
+    """torch.func.grad, vjp and jacrev (through the Python route of torch_ws/_functorch.py, as a
+    C++ autograd Function cannot run under them) against the same transforms of the explicit
+    Hessian's bound and traces, x included."""
+    (x, target, w1, b1, w2, b2), _, loss = problem(head)
+
+    def ours(w1_, x_):
+        return torch_ws.ws_bound(x_, target, w1_, b1, w2, b2, "tanh", "sum", loss)
+
+    def ref(w1_, x_):
+        return reference_outputs(x_, target, w1_, b1, w2, b2, "tanh", "sum", loss)[2]
+
+    expected = torch.func.grad(ref, argnums=(0, 1))(w1, x)
+    for actual in (torch.func.grad(ours, argnums=(0, 1))(w1, x),
+                   torch.func.jacrev(ours, argnums=(0, 1))(w1, x),
+                   torch.func.vjp(ours, w1, x)[1](torch.tensor(1.0, dtype=torch.float64))):
+        for a, e in zip(actual, expected):
+            assert rel_err(a, e) <= 1e-9
+    traces = torch.func.jacrev(
+        lambda w: torch_ws.hessian_traces(x, target, w, b1, w2, b2, "tanh", "sum", loss))(w1)
+    ref_traces = torch.func.jacrev(
+        lambda w: reference_outputs(x, target, w, b1, w2, b2, "tanh", "sum", loss)[:2])(w1)
+    for a, e in zip(traces, ref_traces):
+        assert rel_err(a, e) <= 1e-9
+
+
+def test_vmap_of_grad_over_models_and_over_data_sets():
+    """Ensembles trained functionally: vmap(grad(f)) over B sets of weights with the same data,
+    and over B data sets with the same weights, equal a Python loop of reverse-mode gradients."""
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[1])
+    gen = torch.Generator().manual_seed(4)
+    w1s = torch.randn(3, *w1.shape, generator=gen, dtype=torch.float64)
+    xs = torch.randn(3, *x.shape, generator=gen, dtype=torch.float64)
+
+    def bound(w, x_):
+        return torch_ws.ws_bound(x_, target, w, b1, w2, b2, loss=loss)
+
+    def loop_grad(w, x_):
+        w = w.clone().requires_grad_()
+        return torch.autograd.grad(bound(w, x_), w)[0]
+
+    batched = torch.func.vmap(torch.func.grad(bound), in_dims=(0, None))(w1s, x)
+    assert rel_err(batched, torch.stack([loop_grad(w, x) for w in w1s])) <= 1e-12
+    batched = torch.func.vmap(torch.func.grad(bound), in_dims=(None, 0))(w1, xs)
+    assert rel_err(batched, torch.stack([loop_grad(w1, x_) for x_ in xs])) <= 1e-12
+
+
+@pytest.mark.parametrize("second_order", [
+    lambda f, w: torch.func.hessian(f)(w),
+    lambda f, w: torch.func.grad(lambda v: torch.func.grad(f)(v).sum())(w),
+    lambda f, w: torch.func.jacrev(torch.func.jacrev(f))(w),
+    lambda f, w: torch.func.jacfwd(torch.func.jacrev(f))(w),
+], ids=["hessian", "grad-of-grad", "jacrev-of-jacrev", "jacfwd-of-jacrev"])
+def test_second_order_transforms_raise(second_order):
+    """The traces and the bound are differentiable once: a second derivative through torch.func
+    is a clear error, never the zero that constant saved gradients would give."""
     (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[0])
-    with pytest.raises(RuntimeError, match="cannot use C\\+\\+ torch::autograd::Function with "
-                                           "functorch transforms"):
-        transform(lambda w: torch_ws.ws_bound(x, target, w, b1, w2, b2))(w1)
+    with pytest.raises(RuntimeError, match="second derivatives of the traces and the bound"):
+        second_order(lambda w: torch_ws.ws_bound(x, target, w, b1, w2, b2), w1)
 
 
 def test_vmap_over_models_matches_a_loop():

@@ -6,6 +6,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from . import _functorch
+
 #: Activations the closed form supports (read from the C++ table, csrc/core/activations.h).
 ACTIVATIONS = tuple(torch.ops.torch_ws._supported("activation"))
 #: Loss reductions, as in the PyTorch losses.
@@ -61,6 +63,8 @@ def hessian_traces(
         NaN inputs give NaN results.
     """
     _check_options("hessian_traces", activation, reduction, loss)
+    if _functorch.in_reverse_mode_transform():
+        return _functorch.hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss)
     return torch.ops.torch_ws.hessian_traces.default(
         x, target, w1, b1, w2, b2, activation, reduction, loss
     )
@@ -97,6 +101,9 @@ def ws_bound(
     Arguments are those of :func:`hessian_traces`. Returns a 0-dim tensor of the input dtype.
     """
     _check_options("ws_bound", activation, reduction, loss)
+    if _functorch.in_reverse_mode_transform():
+        return _functorch.ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss,
+                                   num_params(w1, b1, w2, b2))
     return torch.ops.torch_ws.ws_bound.default(
         x, target, w1, b1, w2, b2, activation, reduction, loss
     )
