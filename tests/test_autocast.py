@@ -76,3 +76,35 @@ def test_regularizer_in_a_mixed_precision_step():
         total = loss + 0.1 * reg(x, target)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_inputs_without_autocast(dtype):
+    """bfloat16/float16 inputs (no autocast) are computed in float32 on their exact values and
+    returned in their dtype: the float32 result rounded, within the dtype's precision of the
+    float64 truth, with gradients in the input dtype."""
+    model, x, target = model_and_data()
+    low = model.to(dtype)
+    x, target = x.to(dtype), target.to(dtype)
+    up = [p.detach().float().requires_grad_() for p in params(low)]
+    expected = torch_ws.ws_bound(x.float(), target.float(), *up)
+    truth = torch_ws.ws_bound(x.double(), target.double(), *[p.detach().double() for p in up])
+    bound = torch_ws.ws_bound(x, target, *params(low))
+    assert bound.dtype == dtype
+    assert torch.equal(bound, expected.to(dtype))
+    assert abs(float(bound) - float(truth)) <= 2 * torch.finfo(dtype).eps * abs(float(truth))
+    traces = torch_ws.hessian_traces(x, target, *params(low))
+    assert all(t.dtype == dtype for t in traces)
+    grads = torch.autograd.grad(bound, params(low))
+    for g, e in zip(grads, torch.autograd.grad(expected, up)):
+        assert g.dtype == dtype
+        assert torch.equal(g, e.to(dtype))
+
+
+def test_mixed_low_and_full_precision_is_still_refused():
+    model, x, target = model_and_data()
+    w1, b1, w2, b2 = params(model)
+    with pytest.raises(RuntimeError, match=r"expected x to be float32 or float64 \(bfloat16 and "
+                                           r"float16 inputs are computed in float32 when every "
+                                           r"floating input has that one dtype\), got BFloat16"):
+        torch_ws.ws_bound(x.bfloat16(), target, w1, b1, w2, b2)

@@ -6,6 +6,9 @@
 // differentiable once: a gradient computed with create_graph=True carries an Error node that
 // raises if it is differentiated again.
 //
+// bfloat16/float16 inputs are computed in float32 here, above the engines (which take float32
+// and float64), and the results returned in the input dtype.
+//
 // Forward mode (torch.autograd.forward_ad, torch.func.jvp and jacfwd) is served by the same
 // kernels: every output is a scalar, so its tangent is the inner product of its gradient with
 // the inputs' tangents, from one evaluation with gradients (docs/math.md §6). Without this the
@@ -225,6 +228,29 @@ void refuse_tangents(const std::vector<Tensor>& inputs, const char* op) {
   }
 }
 
+// ---- bfloat16 / float16 inputs. ----
+
+// Whether every floating input is in one lower-precision dtype (bfloat16 or float16): then the
+// ops compute in float32 (with float64 scalar sums, as for float32 inputs) on the exact upcast
+// values and return the input dtype. Mixed dtypes are left to the usual check, which names them.
+bool all_low_precision(const Tensor& x, const Tensor& target, const Tensor& w1,
+                       const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
+  auto same = [&](const Tensor& t) {
+    return !t.defined() || !t.is_floating_point() || t.scalar_type() == dtype;
+  };
+  return same(target) && same(w1) && same(w2) && same(b1.value_or(Tensor())) &&
+         same(b2.value_or(Tensor()));
+}
+
+Tensor as_float32(const Tensor& t) {
+  return t.is_floating_point() ? t.to(at::kFloat) : t;
+}
+optional<Tensor> as_float32(const optional<Tensor>& t) {
+  return t ? optional<Tensor>(as_float32(*t)) : t;
+}
+
 // Whether autograd will record this call; if not, the plain kernels skip the gradient work.
 bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
                   const Tensor& w2, const optional<Tensor>& b2) {
@@ -237,6 +263,14 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
+  if (all_low_precision(x, target, w1, b1, w2, b2)) {
+    // The casts are ordinary differentiable ops: gradients return in the input dtype.
+    static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
+    auto [trace, trace_sq] = op.call(as_float32(x), as_float32(target), as_float32(w1),
+                                     as_float32(b1), as_float32(w2), as_float32(b2), activation,
+                                     reduction, loss);
+    return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
+  }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kHessianTracesName);
   const bool reverse = records_grad(x, w1, b1, w2, b2);
   if (tangents.any) {
@@ -262,6 +296,12 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
                          c10::string_view activation, c10::string_view reduction,
                          c10::string_view loss) {
+  if (all_low_precision(x, target, w1, b1, w2, b2)) {
+    static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
+    return op.call(as_float32(x), as_float32(target), as_float32(w1), as_float32(b1),
+                   as_float32(w2), as_float32(b2), activation, reduction, loss)
+        .to(x.scalar_type());
+  }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundName);
   const bool reverse = records_grad(x, w1, b1, w2, b2);
   if (tangents.any) {

@@ -30,7 +30,8 @@ void check_float_tensor(std::string_view op, const char* name, const at::Tensor&
                         const at::Tensor& x) {
   TORCH_CHECK(t.defined(), op, ": ", name, " is an undefined tensor");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": expected ",
-              name, " to be float32 or float64, got ", t.scalar_type());
+              name, " to be float32 or float64 (bfloat16 and float16 inputs are computed in "
+              "float32 when every floating input has that one dtype), got ", t.scalar_type());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": all tensors must share one dtype; x is ",
               x.scalar_type(), " but ", name, " is ", t.scalar_type());
   TORCH_CHECK(t.device() == x.device(), op, ": all tensors must be on one device; x is on ",
