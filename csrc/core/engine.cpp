@@ -65,16 +65,16 @@ int64_t tile_size_from(int64_t num_samples, int64_t setting, int64_t max_tile,
   return (num_samples + blocks - 1) / blocks;
 }
 
-// One logit: tiles of at most 256, whose dozen T×T work arrays stay cache-sized while their
-// T×T×H products run near the BLAS peak. From 2·64 samples on there are at least two blocks
-// (three tile pairs), so that the lanes run in parallel: one tile would leave the fused pass on
-// one thread.
 // The weight of the multi-output parameter engine's work count against the sample engine's
 // (choose_engine), fitted on 2 cores (float32, value and gradients, 11 shapes from n = 21 to
 // 1002): near the boundary the time ratio was 0.6–0.7 of the work ratio (0.5 keeps N = 500,
 // C = 5, n = 325 on the parameter side, measured 28 ms against 31 ms).
 constexpr double kMultiOutputParameterWeight = 0.5;
 
+// One logit: tiles of at most 256, whose dozen T×T work arrays stay cache-sized while their
+// T×T×H products run near the BLAS peak. From 2·64 samples on there are at least two blocks
+// (three tile pairs), so that the lanes run in parallel: one tile would leave the fused pass on
+// one thread.
 int64_t one_logit_tile(int64_t num_samples, int64_t setting) {
   constexpr int64_t kMaxTile = 256, kMinTile = 64;
   return tile_size_from(num_samples, setting, kMaxTile, num_samples >= 2 * kMinTile ? 2 : 1);
