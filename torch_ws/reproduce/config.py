@@ -4,8 +4,33 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+class SizePresets:
+    """`--quick` and `--full` for an experiment's config dataclass: ``quick`` is the defaults,
+    ``full`` the defaults with the class's ``FULL`` settings (a plain class attribute, not a
+    field), each with the caller's overrides on top. ``to_dict`` is what a report records (the
+    progress bar setting is not a result's cause)."""
+
+    FULL: dict = {}
+
+    @classmethod
+    def quick(cls, **overrides):
+        """The defaults, with ``overrides``."""
+        return cls(**overrides)
+
+    @classmethod
+    def full(cls, **overrides):
+        """The defaults with the class's ``FULL`` settings, then ``overrides``."""
+        return cls(**{**cls.FULL, **overrides})
+
+    def to_dict(self) -> dict:
+        """The settings as a dict, without ``progress``."""
+        out = asdict(self)
+        out.pop("progress")
+        return out
+
+
 @dataclass
-class ReproduceConfig:
+class ReproduceConfig(SizePresets):
     """Everything that determines a reproduction run; results are a function of it alone.
 
     The papers (Omae et al. 2026) train 3-layer MLPs on two 2-D Gaussian classes from 500 random
@@ -31,20 +56,7 @@ class ReproduceConfig:
     high_quantile: float = 0.9          # "high bound" group: above this quantile of the bound
     progress: bool = True
 
-    @classmethod
-    def quick(cls, **overrides) -> "ReproduceConfig":
-        """Finishes in a few minutes on 2 cores (the `make demo` setting)."""
-        return cls(**overrides)
-
-    @classmethod
-    def full(cls, **overrides) -> "ReproduceConfig":
-        """Paper-sized: 500 initializations per setting, long runs, a tight threshold (hours)."""
-        base = dict(train_size=200, test_size=10000, runs=500, max_steps=50000, grad_tol=1e-5,
-                    dedup_tol=1e-3, record_points=50)
-        base.update(overrides)
-        return cls(**base)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("progress")
-        return out
+    # quick: finishes in a few minutes on 2 cores (the `make demo` setting).
+    # full: paper-sized: 500 initializations per setting, long runs, a tight threshold (hours).
+    FULL = dict(train_size=200, test_size=10000, runs=500, max_steps=50000, grad_tol=1e-5,
+                dedup_tol=1e-3, record_points=50)

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .figures import _save, bound_equals_lambda_max_line  # noqa: E402
+
 #: The significance level the findings are stated at.
 ALPHA = 0.01
 
@@ -22,13 +24,6 @@ def _settings(cfg) -> list:
 
 def _median(values) -> float:
     return float(torch.tensor(values, dtype=torch.float64).median()) if values else math.nan
-
-
-def _save(fig, out: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
 
 
 def paired_figure(cfg, runs, out: Path) -> str:
@@ -59,12 +54,7 @@ def bound_figure(cfg, runs, out: Path) -> str:
         pts = [r for r in runs if r["setting"] == setting]
         ax.scatter([r["lambda_max"] for r in pts], [r["bound"] for r in pts], s=20, color=f"C{i}",
                    label=setting)
-    values = [v for r in runs for v in (r["lambda_max"], r["bound"]) if v > 0]
-    if values:
-        lo, hi = min(values) / 1.3, max(values) * 1.3
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = λ_max")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+    bound_equals_lambda_max_line(ax, [v for r in runs for v in (r["lambda_max"], r["bound"])], 1.3)
     ax.set_xlabel("exact λ_max (explicit Hessian, whole training set)")
     ax.set_ylabel("WS upper bound λ_sup")
     ax.legend(fontsize=8)

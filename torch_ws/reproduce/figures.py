@@ -28,6 +28,17 @@ def _fmt_p(p: float) -> str:
     return "p = n/a" if p is None or math.isnan(p) else f"p = {p:.2g}"
 
 
+def bound_equals_lambda_max_line(ax, values, margin: float) -> None:
+    """The dashed line bound = λ_max over the positive ``values`` (widened by ``margin`` on each
+    side) and log axes, for a scatter of bounds against exact λ_max; nothing if none is positive."""
+    positive = [v for v in values if v > 0]
+    if positive:
+        lo, hi = min(positive) / margin, max(positive) * margin
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = λ_max")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+
+
 def bound_vs_lambda_max(points, out):
     fig, ax = plt.subplots(figsize=(5.5, 5))
     cfgs = sorted({config_key(p) for p in points})
@@ -40,12 +51,7 @@ def bound_vs_lambda_max(points, out):
                            marker=markers[i % len(markers)], facecolors=face,
                            edgecolors=f"C{i}", color=f"C{i}",
                            label=f"{cfg} {'HSR' if hsr else 'plain'}")
-    vals = [v for p in points for v in (p["lambda_max"], p["bound"]) if v > 0]
-    if vals:
-        lo, hi = min(vals) / 1.5, max(vals) * 1.5
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="bound = λ_max")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+    bound_equals_lambda_max_line(ax, [v for p in points for v in (p["lambda_max"], p["bound"])], 1.5)
     ax.set_xlabel("exact λ_max (explicit Hessian)")
     ax.set_ylabel("WS upper bound λ_sup (closed form)")
     ax.legend(fontsize=7)
