@@ -124,3 +124,17 @@ def test_epochs_belongs_to_digits(capsys):
 def test_every_activation_of_the_table_builds_a_model_the_regularizer_takes():
     for act in torch_ws.ACTIVATIONS:
         torch_ws.HSRRegularizer(make_model(DigitsConfig(activation=act), seed=0), loss="cross_entropy")
+
+
+def test_paired_statistics_use_the_usual_median():
+    """Four seeds: medians are means of the two middle values (torch.median's lower middle
+    misreported them before)."""
+    from torch_ws.reproduce.digits import _paired
+
+    runs = [{"seed": s, "rho": rho, "m": v} for s, (p, h) in enumerate([(1, 0), (2, 4), (3, 1),
+                                                                        (10, 2)])
+            for rho, v in ((None, p), (0.1, h))]
+    c = _paired(runs, 0.1, "m")
+    assert (c["plain_median"], c["hsr_median"]) == (2.5, 1.5)
+    assert c["median_difference"] == -1.5  # differences -1, 2, -2, -8
+    assert (c["hsr_lower"], c["hsr_higher"], c["pairs"]) == (3, 1, 4)

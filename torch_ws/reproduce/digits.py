@@ -12,7 +12,6 @@ say whether HSR changed each of them.
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import time
@@ -182,16 +181,15 @@ def _work(task: tuple) -> dict:
 def _paired(runs: list[dict], rho: float, metric: str) -> dict:
     """HSR at ``rho`` against plain, seed by seed: medians, the median paired difference, how many
     seeds HSR lowered the metric in, and the two-sided Wilcoxon signed-rank p-value."""
-    from .analysis import wilcoxon
+    from .analysis import _median, wilcoxon
 
     plain = {r["seed"]: r[metric] for r in runs if r["rho"] is None}
     hsr = {r["seed"]: r[metric] for r in runs if r["rho"] == rho}
     seeds = sorted(set(plain) & set(hsr))
     a, b = [plain[s] for s in seeds], [hsr[s] for s in seeds]
     diffs = sorted(y - x for x, y in zip(a, b))
-    median = (lambda v: float(torch.tensor(v, dtype=torch.float64).median()) if v else math.nan)
-    return {"pairs": len(seeds), "plain_median": median(a), "hsr_median": median(b),
-            "median_difference": median(diffs), "hsr_lower": sum(d < 0 for d in diffs),
+    return {"pairs": len(seeds), "plain_median": _median(a), "hsr_median": _median(b),
+            "median_difference": _median(diffs), "hsr_lower": sum(d < 0 for d in diffs),
             "hsr_higher": sum(d > 0 for d in diffs), "wilcoxon_p": wilcoxon(a, b)}
 
 

@@ -8,8 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
+from .analysis import _median  # noqa: E402
 from .figures import _save, bound_equals_lambda_max_line  # noqa: E402
 
 #: The significance level the findings are stated at.
@@ -20,10 +20,6 @@ def _settings(cfg) -> list:
     from .digits import setting_name
 
     return [setting_name(rho) for rho in (None, *cfg.rhos)]
-
-
-def _median(values) -> float:
-    return float(torch.tensor(values, dtype=torch.float64).median()) if values else math.nan
 
 
 def paired_figure(cfg, runs, out: Path) -> str:
