@@ -101,3 +101,10 @@ def test_regularizer_refuses_a_target_that_requires_grad():
                                          "differentiable in the labels; pass target.detach()"):
         reg(torch.randn(6, 3), target)
     assert torch.isfinite(reg(torch.randn(6, 3), target.detach()))
+
+
+def test_engine_op_refuses_a_missing_tensor():
+    """_engine read None as an empty tensor and answered with its shape ([0])."""
+    with pytest.raises(RuntimeError, match="_engine: expected tensors x \\(N, D\\) and w1 \\(H, D\\), "
+                                           "got a tensor and None"):
+        torch.ops.torch_ws._engine(torch.randn(6, 3), None, True, True)

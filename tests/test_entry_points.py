@@ -131,3 +131,11 @@ def test_traces_backward_meta_and_opcheck():
     torch.library.opcheck(torch.ops.torch_ws._traces_backward.default, (a, b, first, second))
     with pytest.raises(RuntimeError, match="gradient 1 has shape"):
         torch.ops.torch_ws._traces_backward(a, b, first, [second[0], second[0]] + second[2:])
+
+
+def test_grad_fn_names_the_op():
+    """The grad_fn printed as <WsBoundFunction>> (PyTorch prints the last '::' segment of a C++
+    Function's demangled type)."""
+    p = make_problem(requires_grad=True)
+    assert "grad_fn=<CppNode<WsBoundBackward>>" in repr(torch_ws.ws_bound(*p.args()))
+    assert "grad_fn=<CppNode<HessianTracesBackward>>" in repr(torch_ws.hessian_traces(*p.args())[0])

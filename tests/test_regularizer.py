@@ -167,3 +167,40 @@ def test_regularizer_unwraps_training_wrappers(wrap):
     assert torch.equal(bound, expected)
     bound.backward()
     assert model[0].weight.grad is not None
+
+
+def _ten_class_regularizer():
+    model = nn.Sequential(nn.Linear(3, 4), nn.GELU(approximate="tanh"), nn.Linear(4, 3))
+    return model, torch_ws.HSRRegularizer(model, loss=nn.CrossEntropyLoss(label_smoothing=0.1))
+
+
+def test_regularizer_saves_and_loads_with_torch_load_defaults(tmp_path):
+    """torch.load's default (weights_only=True) refused a saved regularizer: the default pickle
+    of a Module names nn.Linear and the activation class."""
+    model, reg = _ten_class_regularizer()
+    x, y = torch.randn(6, 3), torch.randint(0, 3, (6,))
+    torch.save(reg, tmp_path / "reg.pt")
+    loaded = torch.load(tmp_path / "reg.pt")
+    assert repr(loaded) == repr(reg)
+    assert torch.equal(loaded(x, y), reg(x, y))
+    # Saved with the model, it keeps bounding that model's parameters.
+    torch.save({"model": model, "reg": reg}, tmp_path / "both.pt")
+    both = torch.load(tmp_path / "both.pt", weights_only=False)
+    with torch.no_grad():
+        both["model"][0].weight.mul_(2)
+    assert torch.equal(both["reg"](x, y), torch_ws.HSRRegularizer(
+        both["model"], loss=nn.CrossEntropyLoss(label_smoothing=0.1))(x, y))
+
+
+def test_regularizer_follows_dtype_and_device_conversions():
+    """reg.double() did nothing (the layers are references, not submodules); it converts them,
+    as it would a submodule's parameters."""
+    model, reg = _ten_class_regularizer()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 3, (6,))
+    assert reg.double() is reg
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert reg(x, y).dtype == torch.float64
+    reg.to(torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert list(reg.parameters()) == []  # still not listing the model's parameters twice
+

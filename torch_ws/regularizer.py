@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import LOSSES, REDUCTIONS, num_params, ws_bound
+from .ops import ACTIVATIONS, LOSSES, REDUCTIONS, num_params, ws_bound
 
 
 def activation_name(module: nn.Module) -> str:
@@ -131,7 +131,11 @@ class HSRRegularizer(nn.Module):
             ``ignore_index``) are refused.
 
     The regularizer holds references to the layers (not copies): it always sees the current
-    parameters. Targets are cast to the input dtype (integer 0/1 labels are fine), except class
+    parameters, and ``.to()``, ``.double()``, ``.cuda()`` on it convert those layers (so the
+    model they belong to) as they would a submodule. It pickles with the layers' parameters and
+    loads with ``torch.load``'s defaults (``weights_only=True``); the loaded regularizer bounds
+    the saved parameters, shared with a model saved in the same file. To regularize a model
+    rebuilt from a ``state_dict``, build a new regularizer around it. Targets are cast to the input dtype (integer 0/1 labels are fine), except class
     indices for the cross-entropy, which stay int64.
     """
 
@@ -219,6 +223,24 @@ class HSRRegularizer(nn.Module):
             self.loss,
         )
 
+    def _apply(self, fn, recurse=True):
+        # The regularizer's state is the referenced layers' parameters (kept out of
+        # .parameters() so as not to list the model's twice): conversions reach them, as they
+        # would a submodule's, rather than doing nothing.
+        for layer in self._layers:
+            layer._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def __reduce_ex__(self, protocol):
+        # Pickled as its options and the layers' parameters, rebuilt by a function torch.load
+        # allows with weights_only=True (the default): the default pickle of a Module names
+        # classes (nn.Linear, the activation) that the weights-only unpickler refuses.
+        hidden, output = self._layers
+        return _restore_regularizer, (
+            self.activation, self.loss, self.reduction, self.label_smoothing,
+            hidden.weight, hidden.bias, output.weight, output.bias, self.training,
+        )
+
     def extra_repr(self) -> str:
         hidden, output = self._layers
         n = num_params(hidden.weight, hidden.bias, output.weight, output.bias)
@@ -228,3 +250,29 @@ class HSRRegularizer(nn.Module):
             f"outputs={output.out_features}, activation={self.activation!r}, "
             f"loss={self.loss!r}, reduction={self.reduction!r}{smoothing}, num_params={n}"
         )
+
+
+def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w2, b2, training):
+    """An HSRRegularizer over two Linear layers holding the unpickled parameters (the inverse of
+    ``HSRRegularizer.__reduce_ex__``)."""
+    if activation not in ACTIVATIONS or loss not in LOSSES or reduction not in REDUCTIONS:
+        raise ValueError(f"HSRRegularizer: cannot restore activation={activation!r}, "
+                         f"loss={loss!r}, reduction={reduction!r}; expected one of "
+                         f"{ACTIVATIONS}, {LOSSES}, {REDUCTIONS}")
+    layers = []
+    for weight, bias in ((w1, b1), (w2, b2)):
+        layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
+                                         bias=bias is not None, device="meta")
+        layer.weight = weight
+        if bias is not None:
+            layer.bias = bias
+        layers.append(layer)
+    reg = HSRRegularizer.__new__(HSRRegularizer)
+    nn.Module.__init__(reg)
+    reg.activation, reg.loss, reg.reduction = activation, loss, reduction
+    reg.label_smoothing = float(label_smoothing)
+    reg.__dict__["_layers"] = tuple(layers)
+    return reg.train(training)
+
+
+torch.serialization.add_safe_globals([_restore_regularizer])

@@ -127,14 +127,27 @@ Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad : at::zeros({}, like.options());
 }
 
-class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunction> {
+}  // namespace
+}  // namespace torch_ws
+
+// The two Functions live at global scope for their grad_fn's sake: Python prints a C++
+// Function's node as the last "::" segment of its demangled type, torch::autograd::CppNode<T>,
+// so a namespaced T read <WsBoundFunction>> (a stray bracket); a global one reads
+// <CppNode<WsBoundBackward>>.
+using at::Tensor;
+using std::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace ws = torch_ws;
+
+class HessianTracesBackward : public torch::autograd::Function<HessianTracesBackward> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction, c10::string_view loss) {
-    ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                                     kHessianTracesName, x.requires_grad());
+    ws::ForwardResult r = ws::forward_traces(x, target, w1, b1, w2, b2, activation, reduction,
+                                             loss, ws::kHessianTracesName, x.requires_grad());
     r.saved.save(ctx);
     // A Function's outputs must be its own tensors: copy even where the dtype is already right.
     return {r.saved.trace.to(x.scalar_type(), false, true),
@@ -142,33 +155,38 @@ class HessianTracesFunction : public torch::autograd::Function<HessianTracesFunc
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const SavedTraces saved = SavedTraces::load(ctx);
-    return input_grads(saved, grad_or_zero(grad_outputs[0], saved.trace),
-                       grad_or_zero(grad_outputs[1], saved.trace), kHessianTracesName);
+    const ws::SavedTraces saved = ws::SavedTraces::load(ctx);
+    return ws::input_grads(saved, ws::grad_or_zero(grad_outputs[0], saved.trace),
+                           ws::grad_or_zero(grad_outputs[1], saved.trace),
+                           ws::kHessianTracesName);
   }
 };
 
-class WsBoundFunction : public torch::autograd::Function<WsBoundFunction> {
+class WsBoundBackward : public torch::autograd::Function<WsBoundBackward> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction, c10::string_view loss) {
-    ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                                     kWsBoundName, x.requires_grad());
+    ws::ForwardResult r = ws::forward_traces(x, target, w1, b1, w2, b2, activation, reduction,
+                                             loss, ws::kWsBoundName, x.requires_grad());
     r.saved.save(ctx);
     ctx->saved_data["num_params"] = r.num_params;
-    return {ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params, x.scalar_type())};
+    return {ws::ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params,
+                                      x.scalar_type())};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const SavedTraces saved = SavedTraces::load(ctx);
+    const ws::SavedTraces saved = ws::SavedTraces::load(ctx);
     const auto [d_trace, d_trace_sq] =
-        bound_trace_grads_tensor(grad_or_zero(grad_outputs[0], saved.trace), saved.trace,
-                                 saved.trace_sq, ctx->saved_data["num_params"].toInt());
-    return input_grads(saved, d_trace, d_trace_sq, kWsBoundName);
+        ws::bound_trace_grads_tensor(ws::grad_or_zero(grad_outputs[0], saved.trace), saved.trace,
+                                     saved.trace_sq, ctx->saved_data["num_params"].toInt());
+    return ws::input_grads(saved, d_trace, d_trace_sq, ws::kWsBoundName);
   }
 };
+
+namespace torch_ws {
+namespace {
 
 // ---- Forward mode. ----
 
@@ -288,7 +306,7 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
     static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
     return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
-  variable_list out = HessianTracesFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  variable_list out = HessianTracesBackward::apply(x, target, w1, b1, w2, b2, activation, reduction, loss);
   return {out[0], out[1]};
 }
 
@@ -323,7 +341,7 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
     static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
     return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
-  return WsBoundFunction::apply(x, target, w1, b1, w2, b2, activation, reduction, loss)[0];
+  return WsBoundBackward::apply(x, target, w1, b1, w2, b2, activation, reduction, loss)[0];
 }
 
 // The internal ops called directly with inputs that require grad: their results are not

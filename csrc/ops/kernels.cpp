@@ -202,6 +202,9 @@ std::string activation_for_module_op(c10::string_view caller, c10::string_view c
 
 std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b2,
                       int64_t num_outputs) {
+  TORCH_CHECK(x.defined() && w1.defined(), "torch_ws._engine: expected tensors x (N, D) and w1 "
+              "(H, D), got ", x.defined() ? "a tensor" : "None", " and ",
+              w1.defined() ? "a tensor" : "None");
   TORCH_CHECK(x.dim() == 2 && w1.dim() == 2, "torch_ws._engine: expected x (N, D) and w1 (H, D), "
               "got shapes ", x.sizes(), " and ", w1.sizes());
   TORCH_CHECK(num_outputs >= 1, "torch_ws._engine: expected num_outputs >= 1, got ", num_outputs);
