@@ -69,9 +69,12 @@ LogitTerms<T> logit_terms(Loss loss, const T& z, const Target& target, double sc
     default: {
       // ℓ = softplus(z) − t·z: ℓ' = σ − t, ℓ'' = σ(1 − σ), ℓ''' = σ(1 − σ)(1 − 2σ). σ(1 − σ) is
       // computed as σ(z)σ(−z), which keeps its relative accuracy when σ saturates.
-      T y = primitives::sigmoid(z);
-      T s = scale * (y * primitives::sigmoid(-z));
-      return {s, scale * (y - target), s * (1 - 2 * y)};
+      // σ(z) − t is computed as (1 − t)σ(z) − tσ(−z), which does not cancel either: in float32
+      // σ(17.8) = 1 − 1.9·10⁻⁸ rounds to 1, and σ − 1 was 0 for a well-fit sample (tr H of a
+      // saturated tanh net 11% off, its e·k·v terms lost).
+      T y = primitives::sigmoid(z), rest = primitives::sigmoid(-z);
+      T s = scale * (y * rest);
+      return {s, scale * ((1 - target) * y - target * rest), s * (rest - y)};
     }
   }
 }
