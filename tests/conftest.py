@@ -1,5 +1,11 @@
 import os
 import sys
+import tempfile
 
 # Make `import testing` work from any working directory.
 sys.path.insert(0, os.path.dirname(__file__))
+
+# A fresh compile cache per run: AOTAutograd's cache keys a graph on the Dynamo graph, where a
+# torch_ws op is one opaque call, so a cache written by an earlier build would replay that
+# build's traced formulas (the bound's arithmetic is traced through the C++ autograd kernel).
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="torch_ws_inductor_")
