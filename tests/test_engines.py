@@ -4,7 +4,7 @@ per-sample tangents (TORCH_WS_ENGINE). Also the automatic choice between them an
 errors."""
 import pytest
 import torch
-from testing import all_configs, make_problem, rel_err
+from testing import all_configs, assert_float32_bound, make_problem, rel_err
 
 import torch_ws
 
@@ -48,7 +48,9 @@ def test_float32_inputs_on_the_parameter_space_engine(monkeypatch):
     monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
     p64 = make_problem(n=50, d=2, h=10, seed=2, requires_grad=True)
     p32 = make_problem(n=50, d=2, h=10, seed=2, dtype=torch.float32, requires_grad=True)
-    out32, out64 = values_and_grads(p32, "tanh", "mean"), values_and_grads(p64, "tanh", "mean")
+    (bound32, *out32), (bound64, *out64) = (values_and_grads(p32, "tanh", "mean"),
+                                            values_and_grads(p64, "tanh", "mean"))
+    assert_float32_bound(bound32, bound64)
     for a, b in zip(out32, out64):
         assert a.dtype == torch.float32
         assert rel_err(a, b) <= 1e-5

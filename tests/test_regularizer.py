@@ -204,3 +204,36 @@ def test_regularizer_follows_dtype_and_device_conversions():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert list(reg.parameters()) == []  # still not listing the model's parameters twice
 
+
+
+def test_compiled_step_with_backward_inside():
+    """torch.compile(fullgraph=True) of a whole step that calls .backward() inside: PyTorch
+    2.13's Dynamo refuses Tensor.backward() unless torch._dynamo.config.trace_autograd_ops is on
+    (a PyTorch limit, documented in the README); with it on, the step compiles as one graph and
+    its gradients are eager's. Compiling the objective and calling .backward() outside needs no
+    flag (tests/test_ops.py)."""
+    import torch._dynamo
+
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 1))
+    reg = torch_ws.HSRRegularizer(model)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,)).float()
+
+    def step(x, y):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+        loss = loss + 0.1 * reg(x, y)
+        loss.backward()
+        return loss.detach()
+
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="trace_autograd_ops"):
+        torch.compile(step, backend="aot_eager", fullgraph=True)(x, y)
+    model.zero_grad()
+    expected = step(x, y)
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        loss = torch.compile(step, backend="aot_eager", fullgraph=True)(x, y)
+    assert torch.equal(loss, expected)
+    for p, g in zip(model.parameters(), expected_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-6, atol=1e-8)

@@ -3,7 +3,7 @@
 count, N not a multiple of T included."""
 import pytest
 import torch
-from testing import make_problem, rel_err
+from testing import assert_float32_bound, make_problem, rel_err
 
 import torch_ws
 
@@ -73,7 +73,9 @@ def test_float32_tiled_matches_float64(monkeypatch):
     monkeypatch.setenv("TORCH_WS_TILE_SIZE", "32")
     p64 = make_problem(n=200, d=5, h=16, seed=4, requires_grad=True)
     p32 = make_problem(n=200, d=5, h=16, seed=4, dtype=torch.float32, requires_grad=True)
-    for a, b in zip(value_and_grads(p32), value_and_grads(p64)):
+    (bound32, *rest32), (bound64, *rest64) = value_and_grads(p32), value_and_grads(p64)
+    assert_float32_bound(bound32, bound64)
+    for a, b in zip(rest32, rest64):
         assert rel_err(a, b) <= 1e-4
 
 

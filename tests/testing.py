@@ -103,3 +103,18 @@ def assert_compiled_step_matches_eager(objective, model, *inputs):
     assert torch.allclose(out, eager)
     for g, q in zip(grads, model.parameters()):
         assert torch.allclose(g, q.grad, rtol=1e-5, atol=1e-6)
+
+
+#: How much wider than the float64 bound a float32 one may be: the rounding allowance widens
+#: m by κ·u·q and s² by κ·u·q² (κ = 2¹³, u = 2⁻²⁴; csrc/core/ws_bound.h), about 5·10⁻⁴ of the
+#: bound on the test problems, with room for the traces' own float32 error.
+FLOAT32_BOUND_WIDENING = 2e-3
+
+
+def assert_float32_bound(bound32: torch.Tensor, bound64: torch.Tensor) -> None:
+    """A float32 bound stays a bound: not below the float64 one (to float64 rounding), and no
+    wider than the allowance."""
+    b32, b64 = float(bound32), float(bound64)
+    assert bound32.dtype == torch.float32
+    assert b32 >= b64 - 1e-12 * abs(b64), (b32, b64)
+    assert b32 - b64 <= FLOAT32_BOUND_WIDENING * abs(b64), (b32, b64)

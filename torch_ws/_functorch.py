@@ -117,4 +117,4 @@ def ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss, num_params)
     _refuse_nested_reverse_mode()
     out = _Traces.apply(x, target, w1, b1, w2, b2, activation, reduction, loss,
                         "torch_ws.ws_bound")
-    return torch.ops.torch_ws._ws_bounds_from_traces(out[0], out[1], num_params)[0].to(x.dtype)
+    return torch.ops.torch_ws._ws_bounds_from_traces(out[0], out[1], num_params, x.dtype)[0]

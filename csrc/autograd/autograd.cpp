@@ -316,9 +316,10 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
                          c10::string_view loss) {
   if (all_low_precision(x, target, w1, b1, w2, b2)) {
     static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
-    return op.call(as_float32(x), as_float32(target), as_float32(w1), as_float32(b1),
-                   as_float32(w2), as_float32(b2), activation, reduction, loss)
-        .to(x.scalar_type());
+    const Tensor bound = op.call(as_float32(x), as_float32(target), as_float32(w1),
+                                 as_float32(b1), as_float32(w2), as_float32(b2), activation,
+                                 reduction, loss);
+    return round_directed(bound, x.scalar_type(), /*up=*/true);
   }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundName);
   const bool reverse = records_grad(x, w1, b1, w2, b2);

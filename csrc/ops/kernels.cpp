@@ -163,13 +163,20 @@ std::vector<Tensor> traces_backward_cpu(const Tensor& grad_trace, const Tensor& 
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ws_bounds_from_traces_op(
-    const Tensor& trace, const Tensor& trace_sq, int64_t num_params) {
+    const Tensor& trace, const Tensor& trace_sq, int64_t num_params,
+    std::optional<at::ScalarType> compute_dtype) {
   TORCH_CHECK(num_params >= 2, "torch_ws: the Wolkowicz-Styan bounds need n >= 2 parameters, "
               "got n = ", num_params);
-  const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params);
-  const auto dtype = trace.scalar_type();
-  return {b.lambda_max_upper.to(dtype), b.lambda_max_lower.to(dtype), b.lambda_min_lower.to(dtype),
-          b.lambda_min_upper.to(dtype), b.spread_upper.to(dtype)};
+  // The allowance's u, and the results' dtype, each rounded in the direction that keeps it a
+  // bound.
+  const auto dtype = compute_dtype.value_or(trace.scalar_type());
+  const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params,
+                                       rounding_allowance(dtype));
+  return {round_directed(b.lambda_max_upper, dtype, true),
+          round_directed(b.lambda_max_lower, dtype, false),
+          round_directed(b.lambda_min_lower, dtype, false),
+          round_directed(b.lambda_min_upper, dtype, true),
+          round_directed(b.spread_upper, dtype, true)};
 }
 
 int64_t num_params_op(int64_t in_dim, int64_t hidden, int64_t num_outputs, bool has_b1,

@@ -29,9 +29,10 @@ TORCH_LIBRARY(torch_ws, m) {
       "_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, Tensor[] trace_grads, "
       "Tensor[] trace_sq_grads) -> Tensor[]");
   // The five Wolkowicz-Styan bounds from the traces (core/ws_bound.h), differentiable through
-  // their ATen decomposition.
+  // their ATen decomposition, widened by the rounding allowance of `dtype` (the precision the
+  // traces were computed in, and the results' dtype; default: the traces' dtype).
   m.def(
-      "_ws_bounds_from_traces(Tensor trace, Tensor trace_sq, int num_params) -> (Tensor "
+      "_ws_bounds_from_traces(Tensor trace, Tensor trace_sq, int num_params, ScalarType? dtype=None) -> (Tensor "
       "lambda_max_upper, Tensor lambda_max_lower, Tensor lambda_min_lower, Tensor "
       "lambda_min_upper, Tensor spread_upper)");
   // n = H·D + H·[b1] + C·H + C·[b2].

@@ -34,7 +34,8 @@ using TracesBackwardSignature = std::vector<at::Tensor>(const at::Tensor& grad_t
                                                         at::TensorList trace_sq_grads);
 using WsBoundsFromTracesSignature =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-        const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params);
+        const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params,
+        std::optional<at::ScalarType> dtype);
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {

@@ -1,0 +1,79 @@
+"""How far the float32 traces stray from float64, in units of the rounding allowance's scale.
+
+The bound is widened by κ·u·q on m = tr H/n and κ·u·q² on s² = tr(H²)/n − m² (u = 2⁻²⁴,
+q² = tr(H²)/n; csrc/core/ws_bound.h, docs/math.md §5.1). This measures, over random problems
+(every activation, loss, engine, bias setting; weights scaled to saturate the network), the
+float32 errors |Δm|/(u·q) and |Δs²|/(u·q²) against float64 runs on the same float32 values, and
+prints the largest per weight scale: κ must exceed them. Cases whose tr(H²) is below 1e-30
+(Hessian entries near float32's underflow) are counted apart: float32 cannot hold them.
+
+    python benchmarks/rounding_allowance.py [--trials 400]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import random
+
+import torch
+
+import torch_ws
+
+U32 = 2.0 ** -24
+
+
+def one_trial(rng: random.Random, scale: float, seed: int):
+    n, d, h = rng.randint(1, 40), rng.randint(1, 6), rng.randint(1, 8)
+    loss, c = rng.choice([("bce", 1), ("cross_entropy", 3), ("mse", 2), ("mse", 1)])
+    act, red = rng.choice(torch_ws.ACTIVATIONS), rng.choice(torch_ws.REDUCTIONS)
+    engine = rng.choice(["sample", "parameter"])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen) * scale
+    w1 = torch.randn(h, d, generator=gen) * scale / math.sqrt(d)
+    b1 = torch.randn(h, generator=gen) if rng.random() < 0.5 else None
+    w2 = torch.randn(c, h, generator=gen) * scale
+    b2 = torch.randn(c, generator=gen) if rng.random() < 0.5 else None
+    if loss == "bce":
+        target = torch.randint(0, 2, (n,), generator=gen).float()
+    elif loss == "cross_entropy":
+        target = torch.randint(0, c, (n,), generator=gen)
+    else:
+        target = torch.randn(n, c, generator=gen)
+    args32 = [x, target, w1, b1, w2, b2]
+    args64 = [t.double() if t is not None and t.is_floating_point() else t for t in args32]
+    os.environ["TORCH_WS_ENGINE"] = engine
+    trace32, trace_sq32 = (float(t) for t in torch.ops.torch_ws._traces_with_gradients(
+        *args32, act, red, False, "benchmark", loss)[:2])
+    os.environ["TORCH_WS_ENGINE"] = "auto"
+    trace, trace_sq = (float(t) for t in torch_ws.hessian_traces(*args64, act, red, loss))
+    num = torch_ws.num_params(w1, b1, w2, b2)
+    mean_square = trace_sq / num
+    if mean_square * num < 1e-30:
+        return None
+    m32, m = trace32 / num, trace / num
+    spread32, spread = trace_sq32 / num - m32 ** 2, mean_square - m ** 2
+    q = math.sqrt(mean_square)
+    return abs(m32 - m) / (U32 * q), abs(spread32 - spread) / (U32 * mean_square), (act, loss, engine)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=400, help="random problems per scale")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print("| weight scale | problems | tiny (skipped) | max |Δm|/(uq) | max |Δs²|/(uq²) | worst case |")
+    print("|---|---|---|---|---|---|")
+    for scale in (0.1, 1.0, 3.0, 10.0, 30.0):
+        rng = random.Random(int(scale * 1000))
+        results = [one_trial(rng, scale, seed) for seed in range(args.trials)]
+        kept = [r for r in results if r is not None]
+        worst_m = max(r[0] for r in kept)
+        worst = max(kept, key=lambda r: r[1])
+        print(f"| {scale:g} | {len(kept)} | {len(results) - len(kept)} | {worst_m:.0f} | "
+              f"{worst[1]:.0f} | {'/'.join(worst[2])} |")
+
+
+if __name__ == "__main__":
+    main()
