@@ -108,3 +108,31 @@ def test_engine_op_refuses_a_missing_tensor():
     with pytest.raises(RuntimeError, match="_engine: expected tensors x \\(N, D\\) and w1 \\(H, D\\), "
                                            "got a tensor and None"):
         torch.ops.torch_ws._engine(torch.randn(6, 3), None, True, True)
+
+
+def _backward_buffers():
+    shapes = [(6, 3), (4, 3), (4,), (1, 4), (1,)]  # x, w1, b1, w2, b2
+    return [torch.randn(s, dtype=f64) for s in shapes], [torch.randn(s, dtype=f64) for s in shapes]
+
+
+@pytest.mark.parametrize("case", ["broadcast row", "dtype", "four gradients", "upstream shape"])
+def test_internal_backward_op_validates_its_buffers(case):
+    """_traces_backward is reachable through torch.ops: a buffer of one row where the other list
+    has six (which broadcasting would accept), a dtype that differs between the lists, a list
+    of the wrong length or a non-scalar upstream gradient each raise, naming what arrived."""
+    first, second = _backward_buffers()
+    upstream = [torch.tensor(1.0, dtype=f64), torch.tensor(2.0, dtype=f64)]
+    if case == "broadcast row":
+        second[0] = torch.randn(1, 3, dtype=f64)
+        message = r"gradient 0 has shape \[6, 3\] \(Double\) in one list and \[1, 3\] \(Double\)"
+    elif case == "dtype":
+        second[1] = second[1].float()
+        message = r"gradient 1 has shape \[4, 3\] \(Double\) in one list and \[4, 3\] \(Float\)"
+    elif case == "four gradients":
+        first = first[:4]
+        message = r"expected 5 gradients \(x, w1, b1, w2, b2\) in each list, got 4 and 5"
+    else:
+        upstream[0] = torch.ones(2, dtype=f64)
+        message = r"expected 0-dim upstream gradients, got shapes \[2\] and \[\]"
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.torch_ws._traces_backward(*upstream, first, second)
