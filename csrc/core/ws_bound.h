@@ -85,8 +85,8 @@ T ws_spread(const T& spread_sq) {
 template <typename T>
 T ws_upper_bound(const T& trace, const T& trace_sq, int64_t num_params, double allowance) {
   const WsMoments<T> w = ws_moments(trace, trace_sq, num_params, allowance);
-  return w.mean + w.mean_allowance +
-         std::sqrt(static_cast<double>(num_params) - 1) * ws_spread(w.spread_sq + w.spread_sq_allowance);
+  const double root = std::sqrt(static_cast<double>(num_params) - 1);
+  return w.mean + w.mean_allowance + root * ws_spread(w.spread_sq + w.spread_sq_allowance);
 }
 
 // Every Wolkowicz-Styan bound (docs/math.md §5), each widened by the allowance in its own
@@ -109,7 +109,9 @@ WsBounds<T> ws_bounds_from_traces(const T& trace, const T& trace_sq, int64_t num
   const T m = w.mean, k = w.mean_allowance;
   // Each bound is its exact formula plus the widening as a constant (its derivatives are the
   // formula's).
-  auto widened = [](const T& exact, const T& value) { return exact + fn::constant(value - exact); };
+  auto widened = [](const T& exact, const T& value) {
+    return exact + fn::constant(value - exact);
+  };
   return {widened(m + spread * root, m + k + wide * root),
           widened(m + spread / root, m - k + narrow / root),
           widened(m - spread * root, m - k - wide * root),
@@ -134,8 +136,8 @@ std::pair<T, T> bound_trace_grads(const T& grad_bound, const T& trace, const T& 
   return {grad_bound * d_trace, grad_bound * d_trace_sq};
 }
 
-// A float64 value as `dtype`, rounded up (toward +∞) or down rather than to nearest, so that a
-// bound stays a bound in a narrower dtype.
+// `value` (float64, or float32 for a bfloat16/float16 result) as `dtype`, rounded up (toward +∞)
+// or down rather than to nearest, so that a bound stays a bound in a narrower dtype.
 inline at::Tensor round_directed(const at::Tensor& value, at::ScalarType dtype, bool up) {
   if (dtype == at::kDouble) return value.to(at::kDouble);
   const at::Tensor nearest = value.to(dtype);
