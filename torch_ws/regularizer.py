@@ -135,8 +135,10 @@ class HSRRegularizer(nn.Module):
     model they belong to) as they would a submodule. It pickles with the layers' parameters and
     loads with ``torch.load``'s defaults (``weights_only=True``); the loaded regularizer bounds
     the saved parameters, shared with a model saved in the same file. To regularize a model
-    rebuilt from a ``state_dict``, build a new regularizer around it. Targets are cast to the input dtype (integer 0/1 labels are fine), except class
-    indices for the cross-entropy, which stay int64.
+    rebuilt from a ``state_dict``, build a new regularizer around it.
+
+    Targets are cast to the input dtype (integer 0/1 labels are fine), except class indices for
+    the cross-entropy, which stay int64.
     """
 
     def __init__(

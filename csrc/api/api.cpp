@@ -37,7 +37,8 @@ WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tens
       hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss);
   const int64_t n =
       count_params(w1.size(0), w1.size(1), w2.size(0), b1.has_value(), b2.has_value());
-  auto [max_upper, max_lower, min_lower, min_upper, spread] = op.call(trace, trace_sq, n, std::nullopt);
+  auto [max_upper, max_lower, min_lower, min_upper, spread] =
+      op.call(trace, trace_sq, n, std::nullopt);
   return {max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq, n};
 }
 

@@ -32,9 +32,9 @@ TORCH_LIBRARY(torch_ws, m) {
   // their ATen decomposition, widened by the rounding allowance of `dtype` (the precision the
   // traces were computed in, and the results' dtype; default: the traces' dtype).
   m.def(
-      "_ws_bounds_from_traces(Tensor trace, Tensor trace_sq, int num_params, ScalarType? dtype=None) -> (Tensor "
-      "lambda_max_upper, Tensor lambda_max_lower, Tensor lambda_min_lower, Tensor "
-      "lambda_min_upper, Tensor spread_upper)");
+      "_ws_bounds_from_traces(Tensor trace, Tensor trace_sq, int num_params, "
+      "ScalarType? dtype=None) -> (Tensor lambda_max_upper, Tensor lambda_max_lower, "
+      "Tensor lambda_min_lower, Tensor lambda_min_upper, Tensor spread_upper)");
   // n = H·D + H·[b1] + C·H + C·[b2].
   m.def("_num_params(int in_dim, int hidden, int num_outputs, bool has_b1, bool has_b2) -> int");
   // The names an option accepts: "activation", "reduction" or "loss".
