@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from testing import (
     assert_float32_bound,
-    ACTIVATIONS, BIAS_CONFIGS, DEVICES, REDUCTIONS, assert_compiled_step_matches_eager, rel_err,
+    ACTIVATIONS, BIAS_CONFIGS, DEVICES, REDUCTIONS, assert_compiled_step_matches_eager,
+    make_head_problem, rel_err,
 )
 from torch import nn
 
@@ -32,30 +33,6 @@ HEADS = [
 def head_id(head):
     loss, c, kind = head
     return f"{loss}-C{c}-{kind}"
-
-
-def make_head_problem(loss, c, kind, *, n=7, d=3, h=4, bias=(True, True), dtype=torch.float64,
-                      seed=0, requires_grad=False, scale=1.0, device="cpu"):
-    """x, target, w1, b1, w2, b2 for a head of C outputs, drawn in float64 on the CPU."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
-        return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
-
-    x = randn(n, d)
-    if kind == "indices":
-        target = torch.randint(0, c, (n,), generator=gen).to(device)
-    elif kind == "probabilities":
-        target = torch.softmax(2 * torch.randn(n, c, generator=gen, dtype=torch.float64), 1)
-        target = target.to(dtype=dtype, device=device)
-    else:
-        target = torch.randn(n, c, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-    w1 = randn(h, d)
-    b1 = randn(h) if bias[0] else None
-    w2 = randn(c, h)
-    b2 = randn(c) if bias[1] else None
-    return x, target, w1, b1, w2, b2
 
 
 def differentiable(args):

@@ -77,6 +77,30 @@ def make_problem(
     )
 
 
+def make_head_problem(loss, c, kind, *, n=7, d=3, h=4, bias=(True, True), dtype=torch.float64,
+                      seed=0, requires_grad=False, scale=1.0, device="cpu"):
+    """x, target, w1, b1, w2, b2 for a head of C outputs, drawn in float64 on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+        return t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
+
+    x = randn(n, d)
+    if kind == "indices":
+        target = torch.randint(0, c, (n,), generator=gen).to(device)
+    elif kind == "probabilities":
+        target = torch.softmax(2 * torch.randn(n, c, generator=gen, dtype=torch.float64), 1)
+        target = target.to(dtype=dtype, device=device)
+    else:
+        target = torch.randn(n, c, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    w1 = randn(h, d)
+    b1 = randn(h) if bias[0] else None
+    w2 = randn(c, h)
+    b2 = randn(c) if bias[1] else None
+    return x, target, w1, b1, w2, b2
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖actual − expected‖ / max(‖expected‖, tiny), in float64."""
     a, e = actual.detach().double(), expected.detach().double()

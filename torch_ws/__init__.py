@@ -12,7 +12,18 @@ from . import _library
 
 _library.load()  # registers torch.ops.torch_ws (CPU, CUDA, Meta and Autograd kernels)
 
-from .ops import ACTIVATIONS, LOSSES, REDUCTIONS, WSBounds, hessian_traces, num_params, ws_bound, ws_bounds
+from .ops import (
+    ACTIVATIONS,
+    LOSSES,
+    REDUCTIONS,
+    SpectralBound,
+    WSBounds,
+    hessian_traces,
+    num_params,
+    spectral_bound,
+    ws_bound,
+    ws_bounds,
+)
 from .regularizer import HSRRegularizer
 
 __all__ = [
@@ -21,8 +32,10 @@ __all__ = [
     "REDUCTIONS",
     "WSBounds",
     "HSRRegularizer",
+    "SpectralBound",
     "hessian_traces",
     "num_params",
+    "spectral_bound",
     "ws_bound",
     "ws_bounds",
 ]

@@ -40,7 +40,11 @@ def mlp_loss(x, target, w1, b1, w2, b2, activation: str, reduction: str, loss: s
     """The loss whose Hessian torch_ws bounds, as PyTorch computes it: ``F.binary_cross_entropy_with_logits``
     ("bce"), ``F.cross_entropy`` ("cross_entropy": class indices or probabilities) or
     ``F.mse_loss`` ("mse")."""
-    z = mlp_logits(x, w1, b1, w2, b2, activation)
+    return loss_of_logits(mlp_logits(x, w1, b1, w2, b2, activation), target, reduction, loss)
+
+
+def loss_of_logits(z: Tensor, target: Tensor, reduction: str, loss: str = "bce") -> Tensor:
+    """The loss of :func:`mlp_loss` as a function of the logits z ((N,) or (N, C))."""
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(z, target.reshape(-1), reduction=reduction)
     if loss == "cross_entropy":
@@ -81,6 +85,27 @@ def explicit_hessian(
         )
 
     return torch.func.hessian(loss_of)(theta)
+
+
+def explicit_gauss_newton(
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
+) -> Tensor:
+    """The n×n generalized Gauss-Newton matrix Jᵀ(∇²_z L)J of the loss, J the Jacobian of all
+    N·C logits in θ (``torch.func.jacrev``) and ∇²_z L the loss Hessian in them
+    (``torch.func.hessian``). The Hessian minus it is the residual Σ_i e_i·∇²z_i.
+
+    Differentiable in x and the parameters."""
+    theta = flatten_params(w1, b1, w2, b2)
+    shape = mlp_logits(x, w1, b1, w2, b2, activation).shape
+
+    def logits_of(theta_):
+        return mlp_logits(x, *unflatten_params(theta_, w1, b1, w2, b2), activation).reshape(-1)
+
+    jacobian = torch.func.jacrev(logits_of)(theta)
+    curvature = torch.func.hessian(
+        lambda z: loss_of_logits(z.view(shape), target, reduction, loss)
+    )(logits_of(theta))
+    return jacobian.T @ curvature @ jacobian
 
 
 def mean_and_spread(trace: Tensor, trace_sq: Tensor, n: int) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,7 @@
 // The op catalogue: every torch_ws schema, in one TORCH_LIBRARY. Kernels are registered where they
 // are implemented: kernels.cpp (CPU, CUDA, Meta), autograd/autograd.cpp (Autograd).
 //
-// Public: hessian_traces, ws_bound. Internal, run by autograd: _traces_with_gradients (the traces
+// Public: hessian_traces, ws_bound, spectral_bound. Internal, run by autograd: _traces_with_gradients (the traces
 // and the gradients of tr H and tr(H²) with respect to (x, w1, b1, w2, b2), from whichever engine
 // the problem gets) and _traces_backward (their combination with the upstream gradients,
 // docs/math.md §6). The rest are small helpers shared with the Python package, so that facts
@@ -18,6 +18,30 @@ TORCH_LIBRARY(torch_ws, m) {
   m.def(
       "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> Tensor");
+  // λ_max(H) ≤ λ_max(GGN) + λ_max(R) (docs/math.md §9); `upper` is the smaller of that and the
+  // Wolkowicz-Styan bound, `lambda_min_lower` = λ_min(R) ≤ λ_min(H), `residual` the GGN
+  // eigenpair's ‖Mv − λv‖, `iterations` its Lanczos steps (int64; 0: dense solver).
+  m.def(
+      "spectral_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> (Tensor upper, "
+      "Tensor ggn_lambda_max, Tensor residual_lambda_max, Tensor lambda_min_lower, "
+      "Tensor residual, Tensor iterations)");
+  // spectral_bound's outputs, whether the Wolkowicz-Styan bound gave `upper` (bool), and the
+  // eigenvectors its gradient needs (float64; the units int64), which _spectral_backward takes.
+  m.def(
+      "_spectral_parts(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation, str reduction, str loss) -> (Tensor upper, Tensor ggn_lambda_max, "
+      "Tensor residual_lambda_max, Tensor lambda_min_lower, Tensor residual, Tensor iterations, "
+      "Tensor ws_wins, Tensor ggn_vector, Tensor residual_max_vector, Tensor residual_max_unit, "
+      "Tensor residual_min_vector, Tensor residual_min_unit)");
+  // The gradients (x, w1, b1, w2, b2) of grad_upper·upper + grad_ggn·λ_max(GGN) +
+  // grad_residual_max·λ_max(R) + grad_lambda_min·λ_min(R); x's empty unless need_grad_x.
+  m.def(
+      "_spectral_backward(Tensor grad_upper, Tensor grad_ggn, Tensor grad_residual_max, "
+      "Tensor grad_lambda_min, Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction, str loss, Tensor ws_wins, Tensor ggn_vector, "
+      "Tensor residual_max_vector, Tensor residual_max_unit, Tensor residual_min_vector, "
+      "Tensor residual_min_unit, bool need_grad_x) -> Tensor[]");
   // The gradient lists hold (x, w1, b1, w2, b2); x's is empty unless need_grad_x, an absent
   // bias's is empty. `caller` is the public op the call serves: its name prefixes every error.
   m.def(

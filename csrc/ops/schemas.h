@@ -37,6 +37,27 @@ using WsBoundsFromTracesSignature =
         const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params,
         std::optional<at::ScalarType> dtype);
 
+using SpectralBoundSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                          at::Tensor, at::Tensor>(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction, c10::string_view loss);
+using SpectralPartsSignature =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+               at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+        const std::optional<at::Tensor>& b2, c10::string_view activation,
+        c10::string_view reduction, c10::string_view loss);
+using SpectralBackwardSignature = std::vector<at::Tensor>(
+    const at::Tensor& grad_upper, const at::Tensor& grad_ggn, const at::Tensor& grad_residual_max,
+    const at::Tensor& grad_lambda_min, const at::Tensor& x, const at::Tensor& target,
+    const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, c10::string_view activation, c10::string_view reduction,
+    c10::string_view loss, const at::Tensor& ws_wins, const at::Tensor& ggn_vector,
+    const at::Tensor& residual_max_vector, const at::Tensor& residual_max_unit,
+    const at::Tensor& residual_min_vector, const at::Tensor& residual_min_unit, bool need_grad_x);
+
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
@@ -45,5 +66,6 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 // The public ops' names, the prefix of their error messages.
 inline constexpr char kHessianTracesName[] = "torch_ws.hessian_traces";
 inline constexpr char kWsBoundName[] = "torch_ws.ws_bound";
+inline constexpr char kSpectralBoundName[] = "torch_ws.spectral_bound";
 
 }  // namespace torch_ws

@@ -1,0 +1,352 @@
+// The spectral bound's parts and their gradient (docs/math.md §9), in float64 ATen operations.
+#include "spectral/spectral_bound.h"
+
+#include "core/ws_bound.h"  // kRoundingAllowance
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace torch_ws::spectral {
+namespace {
+
+using at::Tensor;
+
+constexpr double kUnitRoundoff = 0x1p-53;  // float64
+
+Tensor f64(const Tensor& t) { return t.to(at::kDouble); }
+
+// The network and its loss terms in float64: what both the parts and their gradient read.
+struct Network {
+  Tensor x, x_tilde;               // (N, D) and (N, D̃): x with a column of ones when b1 exists
+  Tensor w1, w2;                   // (H, D), (C, H)
+  Tensor phi0, phi1, phi2, phi3;   // φ^(k)(A), (N, H); phi3 only for gradients
+  Tensor e;                        // c·∇_z ℓ, (N, C)
+  Tensor U;                        // U_i = W2 diag(φ'(a_i)), (N, C, H): ∂z_ic/∂W̃1_k = U_ick x̃_i
+  Tensor Lt, Y;                    // L_iᵀ (N, C, C) and L_iᵀ U_i (N, C, H), S_i = L_i L_iᵀ
+  LogitTerms<Tensor> logit;        // one logit: s, e, ds/dz (N,)
+  OutputTerms terms;               // C logits (losses.h)
+  bool has_b1 = false, has_b2 = false;
+
+  int64_t num_samples() const { return x.size(0); }
+  int64_t num_outputs() const { return w2.size(0); }
+  int64_t hidden() const { return w2.size(1); }
+};
+
+Network network(const MlpProblem& p, bool for_gradients) {
+  Network n;
+  n.x = f64(p.x);
+  n.w1 = f64(p.w1);
+  n.w2 = f64(p.w2);
+  n.has_b1 = p.b1.has_value();
+  n.has_b2 = p.b2.has_value();
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  Tensor a = at::matmul(n.x, n.w1.t());
+  if (n.has_b1) a = a + f64(*p.b1);
+  n.x_tilde = n.has_b1 ? at::cat({n.x, at::ones({N, 1}, n.x.options())}, 1) : n.x;
+  auto act = activation_values(p.activation, a, for_gradients ? 3 : 2);
+  n.phi0 = act.phi0;
+  n.phi1 = act.phi1;
+  n.phi2 = act.phi2;
+  n.phi3 = act.phi3;
+  Tensor z = at::matmul(n.phi0, n.w2.t());
+  if (n.has_b2) z = z + f64(*p.b2);
+  n.U = n.w2.unsqueeze(0) * n.phi1.unsqueeze(1);
+  if (p.one_logit()) {
+    n.logit = logit_terms(p.loss, z.squeeze(1), f64(p.target).reshape({N}), p.loss_scale());
+    n.e = n.logit.e.unsqueeze(1);
+    n.Lt = n.logit.s.sqrt().view({N, 1, 1});
+    n.Y = n.Lt * n.U;
+  } else {
+    n.terms = output_terms(p.loss, z, f64(p.target), p.loss_scale());
+    n.e = n.terms.e;
+    n.Lt = factor_times(p.loss, n.terms, at::eye(C, z.options()).expand({N, C, C}));
+    n.Y = factor_times(p.loss, n.terms, n.U);
+  }
+  return n;
+}
+
+// ---- λ_max(GGN) from the dual matrix M = J̃ J̃ᵀ (NC × NC). ----
+
+// M[(i,r),(j,q)] = K_ij (Y_i Y_jᵀ)_rq + (ΦΦᵀ + [b2])_ij (L_iᵀ L_j)_rq (docs/math.md §9.1).
+Tensor dual_matrix(const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
+  const Tensor Y = n.Y.reshape({N * C, H}), Lt = n.Lt.reshape({N * C, C});
+  Tensor kernel = at::matmul(n.x_tilde, n.x_tilde.t());
+  Tensor M = at::matmul(Y, Y.t());
+  M.view({N, C, N, C}).mul_(kernel.view({N, 1, N, 1}));
+  kernel = at::matmul(n.phi0, n.phi0.t());
+  if (n.has_b2) kernel.add_(1);
+  M.view({N, C, N, C}).addcmul_(at::matmul(Lt, Lt.t()).view({N, C, N, C}),
+                                kernel.view({N, 1, N, 1}));
+  return M;
+}
+
+struct TopEigenpair {
+  Tensor value, vector, allowance, residual, iterations;
+};
+
+// The rounding error of the computed M, in the spectral norm: each entry is a sum of products of
+// dot products of lengths D̃, H and C, every term non-negative on the diagonal, so
+// ‖ΔM‖ ≤ γ·Σ_i M_ii with γ ≈ (D̃ + H + 2C + 8)u; doubled for safety.
+double forming_factor(const Network& n) {
+  return 2.0 * static_cast<double>(n.x_tilde.size(1) + n.hidden() + 2 * n.num_outputs() + 8) *
+         kUnitRoundoff;
+}
+
+TopEigenpair dense_top_eigenpair(const Tensor& M, double forming) {
+  const auto [values, vectors] = at::linalg_eigh(M);
+  const int64_t m = M.size(0);
+  TopEigenpair top;
+  top.value = values.select(0, m - 1);
+  top.vector = vectors.select(1, m - 1);
+  top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
+  // eigh is backward stable: its eigenvalues are those of M + E with ‖E‖ ≤ p(m)·u·‖M‖.
+  const double eigh_factor = (kRoundingAllowance + 2.0 * static_cast<double>(m)) * kUnitRoundoff;
+  top.allowance = (forming + eigh_factor) * M.trace();
+  top.iterations = at::zeros({}, M.options().dtype(at::kLong));
+  return top;
+}
+
+// Lanczos with full reorthogonalization for the top Ritz pair (θ, y), then a certificate:
+// τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on λ_max(M) iff τI − M is positive definite,
+// which a Cholesky factorization decides (docs/math.md §9.2). Where the certificate fails (the
+// Ritz value missed the top eigenvalue), the dense solver decides instead.
+TopEigenpair lanczos_top_eigenpair(const Tensor& M, double forming) {
+  const int64_t m = M.size(0);
+  const int64_t max_steps = std::min<int64_t>(m, 300);
+  const auto options = M.options();
+  // A fixed-seed random start: deterministic results, and almost surely not orthogonal to the
+  // top eigenvector.
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(0x5eed);
+  Tensor q = at::randn({m}, generator, at::TensorOptions().dtype(at::kDouble)).to(M.device());
+  q = q / q.norm();
+  Tensor basis = at::empty({max_steps, m}, options);
+  std::vector<double> alpha, beta;
+  Tensor ritz_value, ritz_vector;
+  int64_t steps = 0;
+  for (int64_t j = 0; j < max_steps; ++j) {
+    basis.select(0, j).copy_(q);
+    Tensor w = at::mv(M, q);
+    alpha.push_back(at::dot(q, w).item<double>());
+    const Tensor done = basis.narrow(0, 0, j + 1);
+    for (int pass = 0; pass < 2; ++pass) w = w - at::mv(done.t(), at::mv(done, w));
+    const double b = w.norm().item<double>();
+    steps = j + 1;
+    const bool last = steps == max_steps;
+    const bool invariant = b <= 1e-13 * std::abs(alpha.front()) + 1e-300;
+    if (last || invariant || (steps >= 8 && steps % 4 == 0)) {
+      Tensor T = at::zeros({steps, steps}, at::TensorOptions().dtype(at::kDouble));
+      auto Ta = T.accessor<double, 2>();
+      for (int64_t i = 0; i < steps; ++i) {
+        Ta[i][i] = alpha[i];
+        if (i + 1 < steps) Ta[i][i + 1] = Ta[i + 1][i] = beta[i];
+      }
+      const auto [theta, s] = at::linalg_eigh(T);
+      const double top = theta[steps - 1].item<double>();
+      const double estimate = b * std::abs(s[steps - 1][steps - 1].item<double>());
+      if (last || invariant || estimate <= 1e-10 * std::abs(top)) {
+        ritz_value = theta.select(0, steps - 1).to(M.device());
+        ritz_vector = at::mv(done.t(), s.select(1, steps - 1).to(M.device()));
+        break;
+      }
+    }
+    beta.push_back(b);
+    q = w / b;
+  }
+  TopEigenpair top;
+  top.vector = ritz_vector / ritz_vector.norm();
+  top.value = at::dot(top.vector, at::mv(M, top.vector));  // the Rayleigh quotient, ≤ λ_max
+  top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
+  top.iterations = at::scalar_tensor(steps, options.dtype(at::kLong));
+  const double theta = top.value.item<double>(), residual = top.residual.item<double>();
+  const double tau = theta + 2 * residual + 1e-10 * std::abs(theta) + 1e-300;
+  const Tensor shifted = at::eye(m, options) * tau - M;
+  const auto [factor, info] = at::linalg_cholesky_ex(shifted);
+  if (info.item<int64_t>() != 0) return dense_top_eigenpair(M, forming);
+  // A Cholesky factorization that succeeds in floating point proves A + E positive definite with
+  // ‖E‖ ≤ γ_{m+1}·tr(A) (Demmel); so λ_max(M) ≤ τ + γ_{m+1}·tr(τI − M), and M itself is off by
+  // the forming error.
+  const double cholesky_factor = 2.0 * static_cast<double>(m + 1) * kUnitRoundoff;
+  const Tensor trace = M.trace();
+  top.allowance = (tau - theta) + cholesky_factor * (static_cast<double>(m) * tau - trace) +
+                  (forming + kRoundingAllowance * kUnitRoundoff) * trace;
+  return top;
+}
+
+// ---- λ_max(R) and λ_min(R) from the H blocks (docs/math.md §9.3). ----
+
+struct ResidualEigen {
+  Tensor max_value, max_vector, max_unit, min_value, min_vector, min_unit, allowance;
+};
+
+ResidualEigen residual_eigen(const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
+  const int64_t Dt = n.x_tilde.size(1), size = Dt + C;
+  const auto options = n.x.options();
+  const Tensor beta = n.phi2 * at::matmul(n.e, n.w2);                       // (N, H)
+  const Tensor gamma = n.e.unsqueeze(2) * n.phi1.unsqueeze(1);              // (N, C, H)
+  const Tensor coupling =                                                   // F_k: (H, D̃, C)
+      at::matmul(n.x_tilde.t(), gamma.reshape({N, C * H})).view({Dt, C, H}).permute({2, 0, 1});
+  // The allowance: the forming error of R_k and eigh's backward error are both within
+  // (2N + κ)u·(Σ_i |β_ik|·‖x̃_i‖² + 2‖|X̃|ᵀ|γ_k|‖_F), a bound on ‖R_k‖ with absolute values.
+  const Tensor abs_norm = at::matmul(n.x_tilde.square().sum(1), beta.abs()) +
+                          2 * at::matmul(n.x_tilde.abs().t(), gamma.abs().reshape({N, C * H}))
+                                  .view({Dt, C, H}).square().sum({0, 1}).sqrt();
+  ResidualEigen out;
+  out.allowance = (2.0 * static_cast<double>(N) + kRoundingAllowance) * kUnitRoundoff *
+                  abs_norm.max();
+  // Blocks in chunks of units, so that the (chunk, D̃, N) scaled copy of X̃ᵀ stays near 256 MiB.
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min<int64_t>(H, (int64_t{1} << 25) / std::max(Dt * N, size * size)));
+  std::vector<Tensor> max_values, min_values, max_vectors, min_vectors;
+  for (int64_t k0 = 0; k0 < H; k0 += chunk) {
+    const int64_t h = std::min(chunk, H - k0);
+    Tensor blocks = at::zeros({h, size, size}, options);
+    const Tensor scaled = n.x_tilde.t().unsqueeze(0) * beta.narrow(1, k0, h).t().unsqueeze(1);
+    blocks.narrow(1, 0, Dt).narrow(2, 0, Dt).copy_(at::matmul(scaled, n.x_tilde));
+    const Tensor F = coupling.narrow(0, k0, h);
+    blocks.narrow(1, 0, Dt).narrow(2, Dt, C).copy_(F);
+    blocks.narrow(1, Dt, C).narrow(2, 0, Dt).copy_(F.transpose(1, 2));
+    const auto [values, vectors] = at::linalg_eigh(blocks);  // ascending, per block
+    max_values.push_back(values.select(1, size - 1));
+    min_values.push_back(values.select(1, 0));
+    max_vectors.push_back(vectors.select(2, size - 1));
+    min_vectors.push_back(vectors.select(2, 0));
+  }
+  const Tensor maxima = at::cat(max_values), minima = at::cat(min_values);
+  out.max_unit = maxima.argmax();
+  out.min_unit = minima.argmin();
+  out.max_value = maxima.index_select(0, out.max_unit.view({1})).squeeze(0);
+  out.min_value = minima.index_select(0, out.min_unit.view({1})).squeeze(0);
+  out.max_vector = at::cat(max_vectors).index_select(0, out.max_unit.view({1})).squeeze(0);
+  out.min_vector = at::cat(min_vectors).index_select(0, out.min_unit.view({1})).squeeze(0);
+  return out;
+}
+
+}  // namespace
+
+SpectralParts evaluate(const MlpProblem& p) {
+  const Network n = network(p, /*for_gradients=*/false);
+  const int64_t N = n.num_samples(), C = n.num_outputs(), m = N * C;
+  const auto options = n.x.options();
+  SpectralParts out;
+  if (m <= kMaxDual) {
+    const Tensor M = dual_matrix(n);
+    const double forming = forming_factor(n);
+    TopEigenpair top = m <= kDenseDual ? dense_top_eigenpair(M, forming)
+                                       : lanczos_top_eigenpair(M, forming);
+    out.ggn_lambda_max = top.value;
+    out.ggn_allowance = top.allowance;
+    out.eigen_residual = top.residual;
+    out.iterations = top.iterations;
+    out.ggn_vector = top.vector.view({N, C});
+  } else {
+    out.ggn_lambda_max = at::full({}, NAN, options);
+    out.ggn_allowance = at::zeros({}, options);
+    out.eigen_residual = at::zeros({}, options);
+    out.iterations = at::zeros({}, options.dtype(at::kLong));
+    out.ggn_vector = at::zeros({N, C}, options);
+  }
+  ResidualEigen r = residual_eigen(n);
+  out.residual_lambda_max = r.max_value;
+  out.residual_lambda_min = r.min_value;
+  out.residual_allowance = r.allowance;
+  out.residual_max_vector = r.max_vector;
+  out.residual_min_vector = r.min_vector;
+  out.residual_max_unit = r.max_unit;
+  out.residual_min_unit = r.min_unit;
+  return out;
+}
+
+InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor& g_ggn,
+                        const Tensor& g_max, const Tensor& g_min, bool need_x) {
+  const Network n = network(p, /*for_gradients=*/true);
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
+  const int64_t D = n.x.size(1), Dt = n.x_tilde.size(1);
+  const auto options = n.x.options();
+  // The adjoints of the intermediate arrays, accumulated over the three eigenvalues.
+  Tensor x_tilde_bar = at::zeros({N, Dt}, options);
+  Tensor phi0_bar = at::zeros({N, H}, options), phi1_bar = at::zeros({N, H}, options);
+  Tensor a_bar = at::zeros({N, H}, options), w2_bar = at::zeros({C, H}, options);
+  Tensor z_bar = at::zeros({N, C}, options), e_bar = at::zeros({N, C}, options);
+
+  // λ_max(GGN) = ‖u‖² for u = Σ_i J̃_iᵀ y_i (docs/math.md §9.4): with ω_i = Y_iᵀ y_i and
+  // w_i = L_i y_i, u's blocks are ωᵀX̃ (W̃1), wᵀΦ (W2) and Σ_i w_i (b2).
+  {
+    const Tensor y = f64(v.ggn_vector).view({N, C});
+    const Tensor scale = 2 * f64(g_ggn);
+    const Tensor omega = (n.Y * y.unsqueeze(2)).sum(1);  // (N, H)
+    const Tensor w = (n.Lt * y.unsqueeze(2)).sum(1);     // (N, C)
+    const Tensor u1 = at::matmul(omega.t(), n.x_tilde), u2 = at::matmul(w.t(), n.phi0);
+    const Tensor omega_bar = scale * at::matmul(n.x_tilde, u1.t());
+    x_tilde_bar += scale * at::matmul(omega, u1);
+    Tensor w_bar = scale * at::matmul(n.phi0, u2.t());
+    if (n.has_b2) w_bar = w_bar + scale * w.sum(0);
+    phi0_bar += scale * at::matmul(w, u2);
+    const Tensor Y_bar = y.unsqueeze(2) * omega_bar.unsqueeze(1);  // (N, C, H)
+    const Tensor Lt_bar = y.unsqueeze(2) * w_bar.unsqueeze(1);     // (N, C, C)
+    Tensor U_bar;
+    if (p.one_logit()) {
+      // Y = r·U and Lt = r with r = √s: z̄ = r̄·(ds/dz)/(2r), 0 where s = 0 (ds/dz = 0 there).
+      const Tensor r = n.Lt.view({N});
+      U_bar = n.Lt * Y_bar;
+      const Tensor r_bar = (Y_bar * n.U).sum({1, 2}) + Lt_bar.view({N});
+      const Tensor dr_dz = at::where(r > 0, n.logit.ds_dz / (2 * r), at::zeros_like(r));
+      z_bar += (r_bar * dr_dz).unsqueeze(1);
+    } else {
+      const FactorAdjoints through_U = factor_times_backward(p.loss, n.terms, n.U, Y_bar);
+      const FactorAdjoints through_L = factor_times_backward(
+          p.loss, n.terms, at::eye(C, options).expand({N, C, C}), Lt_bar);
+      U_bar = through_U.U;
+      if (through_U.z.defined()) z_bar += through_U.z;
+      if (through_L.z.defined()) z_bar += through_L.z;
+    }
+    w2_bar += (U_bar * n.phi1.unsqueeze(1)).sum(0);
+    phi1_bar += (U_bar * n.w2.unsqueeze(0)).sum(1);
+  }
+
+  // λ(R) = ρᵀR_kρ = Σ_i β_ik q_i² + 2Σ_i q_i φ'(a_ik)(e_i·ρ_c), q = X̃ρ_x (docs/math.md §9.4).
+  auto residual_term = [&](const Tensor& vector, const Tensor& unit, const Tensor& g) {
+    const Tensor rho = f64(vector), index = unit.view({1});
+    const Tensor rho_x = rho.narrow(0, 0, Dt), rho_c = rho.narrow(0, Dt, C);
+    const Tensor coefficient = f64(g);
+    const Tensor q = at::mv(n.x_tilde, rho_x);
+    auto column = [&](const Tensor& t) { return t.index_select(1, index).view({N}); };
+    const Tensor p1 = column(n.phi1), p2 = column(n.phi2), p3 = column(n.phi3);
+    const Tensor w2k = n.w2.index_select(1, index).view({C});
+    const Tensor ew = at::mv(n.e, w2k), erho = at::mv(n.e, rho_c);
+    const Tensor q2 = q * q;
+    a_bar.index_add_(1, index, (coefficient * (p3 * ew * q2 + 2 * q * p2 * erho)).view({N, 1}));
+    e_bar += coefficient * ((p2 * q2).unsqueeze(1) * w2k + (2 * q * p1).unsqueeze(1) * rho_c);
+    w2_bar.index_add_(1, index, (coefficient * (n.e * (p2 * q2).unsqueeze(1)).sum(0)).view({C, 1}));
+    const Tensor q_bar = coefficient * 2 * (p2 * ew * q + p1 * erho);
+    x_tilde_bar += q_bar.unsqueeze(1) * rho_x.unsqueeze(0);
+  };
+  residual_term(v.residual_max_vector, v.residual_max_unit, g_max);
+  residual_term(v.residual_min_vector, v.residual_min_unit, g_min);
+
+  // e → z: de_i/dz_i = S_i (s for one logit).
+  if (p.one_logit()) {
+    z_bar += n.logit.s.unsqueeze(1) * e_bar;
+  } else {
+    z_bar += at::matmul(n.terms.S, e_bar.unsqueeze(2)).squeeze(2);
+  }
+  // z = Φ W2ᵀ + b2, Φ = φ(A), A = X W1ᵀ + b1.
+  phi0_bar += at::matmul(z_bar, n.w2);
+  w2_bar += at::matmul(z_bar.t(), n.phi0);
+  a_bar += phi0_bar * n.phi1 + phi1_bar * n.phi2;
+
+  InputGradients out;
+  const auto dtype = p.x.scalar_type();
+  out.w1 = at::matmul(a_bar.t(), n.x).to(dtype);
+  out.w2 = w2_bar.to(dtype);
+  if (n.has_b1) out.b1 = a_bar.sum(0).to(dtype);
+  if (n.has_b2) out.b2 = z_bar.sum(0).to(dtype);
+  if (need_x) out.x = (at::matmul(a_bar, n.w1) + x_tilde_bar.narrow(1, 0, D)).to(dtype);
+  return out;
+}
+
+}  // namespace torch_ws::spectral

@@ -1,0 +1,278 @@
+"""The spectral bound (docs/math.md §9) against independent truths: eigvalsh of the explicit float64
+Hessian (torch.func.hessian) and of the explicit Gauss-Newton matrix (torch.func Jacobians and the
+loss Hessian in the logits), autograd through those explicit matrices and finite differences
+(gradcheck) for its gradient, opcheck for its fake kernel and registration."""
+import pytest
+import torch
+from testing import (
+    ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, make_head_problem, make_problem, rel_err,
+)
+
+import torch_ws
+from torch_ws import reference
+
+# (loss, C, target kind): one logit, and C logits for both losses that take them.
+HEADS = [
+    ("bce", 1, "soft"),
+    ("mse", 1, "values"),
+    ("mse", 3, "values"),
+    ("cross_entropy", 3, "indices"),
+    ("cross_entropy", 3, "probabilities"),
+]
+
+
+def head_id(head):
+    return f"{head[0]}-C{head[1]}-{head[2]}"
+
+
+def problem(head, **kwargs):
+    """x, target, w1, b1, w2, b2 for a head (bce targets soft probabilities)."""
+    loss, c, kind = head
+    if loss == "bce":
+        bias = kwargs.pop("bias", (True, True))
+        return make_problem(soft_targets=True, bias=bias, **kwargs).args()
+    return make_head_problem(loss, c, kind, **kwargs)
+
+
+def differentiable(args):
+    x, _, w1, b1, w2, b2 = args
+    return [t for t in (x, w1, b1, w2, b2) if t is not None]
+
+
+def explicit_spectra(args, act, red, loss):
+    """Ascending eigenvalues of the explicit H, GGN and R = H − GGN (float64)."""
+    hessian = reference.explicit_hessian(*args, act, red, loss)
+    ggn = reference.explicit_gauss_newton(*args, act, red, loss)
+    return (torch.linalg.eigvalsh(hessian), torch.linalg.eigvalsh(ggn),
+            torch.linalg.eigvalsh(hessian - ggn))
+
+
+def assert_parts_match(result, spectra, rtol=1e-8):
+    h, ggn, residual = spectra
+    scale = h.abs().max()
+    assert abs(result.ggn_lambda_max.item() - ggn[-1].item()) <= rtol * scale
+    assert abs(result.residual_lambda_max.item() - residual[-1].item()) <= rtol * scale
+    assert result.upper >= h[-1]
+    assert result.lambda_min_lower <= h[0]
+    assert result.lambda_min_lower <= residual[0] + rtol * scale
+    assert result.lambda_min_lower >= residual[0] - rtol * scale
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_parts_equal_the_explicit_spectra(head, act):
+    loss = head[0]
+    for red in REDUCTIONS:
+        for bias in BIAS_CONFIGS:
+            args = problem(head, n=6, d=3, h=4, bias=bias, seed=len(act))
+            result = torch_ws.spectral_bound(*args, act, red, loss)
+            assert_parts_match(result, explicit_spectra(args, act, red, loss))
+            assert result.iterations == 0  # 6·C rows: the dense solver
+
+
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_lanczos_with_certificate_equals_the_explicit_spectra(head):
+    # N·C > 512 rows: Lanczos, then the Cholesky certificate.
+    loss, c, _ = head
+    args = problem(head, n=600 // c + 1, d=3, h=5, seed=3)
+    result = torch_ws.spectral_bound(*args, "tanh", "mean", loss)
+    assert result.iterations > 0
+    assert result.residual <= 1e-8 * result.ggn_lambda_max
+    assert_parts_match(result, explicit_spectra(args, "tanh", "mean", loss))
+
+
+def test_the_bound_beats_wolkowicz_styan_where_the_spectrum_is_wide():
+    # The issue's point: WS drifts toward √tr(H²) as n grows; the spectral bound does not.
+    args = make_problem(n=200, d=8, h=16, soft_targets=True, seed=1).args()
+    h = torch.linalg.eigvalsh(reference.explicit_hessian(*args, "tanh", "mean"))
+    result = torch_ws.spectral_bound(*args, "tanh", "mean")
+    ws = torch_ws.ws_bound(*args, "tanh", "mean")
+    assert h[-1] <= result.upper <= 1.5 * h[-1] < ws
+
+
+def test_repeated_top_eigenvalues_stay_bounded():
+    # Every hidden unit twice: each of R's blocks appears twice, so λ_max(R) is repeated.
+    x, target, w1, b1, w2, b2 = make_problem(n=8, d=3, h=3, soft_targets=True, seed=2).args()
+    w1 = torch.cat([w1, w1])
+    b1 = torch.cat([b1, b1])
+    w2 = torch.cat([w2, w2], 1)
+    args = (x, target, w1, b1, w2, b2)
+    spectra = explicit_spectra(args, "sigmoid", "sum", "bce")
+    assert (spectra[2][-1] - spectra[2][-2]).abs() < 1e-12  # repeated, as built
+    result = torch_ws.spectral_bound(*args, "sigmoid", "sum")
+    assert_parts_match(result, spectra)
+    # The gradient is a valid one of the two equal blocks': finite.
+    params = [t.clone().requires_grad_() for t in (w1, b1, w2, b2)]
+    torch_ws.spectral_bound(x, target, *params, "sigmoid", "sum").upper.backward()
+    assert all(torch.isfinite(p.grad).all() for p in params)
+
+
+def explicit_parts(args, act, red, loss):
+    """λ_max(GGN), λ_max(R), λ_min(R) by eigvalsh of the explicit matrices: differentiable."""
+    hessian = reference.explicit_hessian(*args, act, red, loss)
+    ggn = reference.explicit_gauss_newton(*args, act, red, loss)
+    residual = torch.linalg.eigvalsh(hessian - ggn)
+    return torch.linalg.eigvalsh(ggn)[-1], residual[-1], residual[0]
+
+
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+@pytest.mark.parametrize("act", ["tanh", "softplus", "gelu"])
+def test_gradients_match_autograd_through_the_explicit_matrices(head, act):
+    loss = head[0]
+    args = problem(head, n=7, d=3, h=4, seed=11, requires_grad=True)
+    inputs = differentiable(args)
+    result = torch_ws.spectral_bound(*args, act, "mean", loss)
+    expected = explicit_parts(args, act, "mean", loss)
+    for ours, theirs in zip((result.ggn_lambda_max, result.residual_lambda_max,
+                             result.lambda_min_lower), expected):
+        g_ours = torch.autograd.grad(ours, inputs, retain_graph=True)
+        g_theirs = torch.autograd.grad(theirs, inputs, retain_graph=True)
+        for a, b in zip(g_ours, g_theirs):
+            assert rel_err(a, b) < 1e-8
+
+
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_gradcheck(head):
+    loss = head[0]
+    x, target, w1, b1, w2, b2 = problem(head, n=5, d=2, h=3, seed=7, requires_grad=True)
+
+    def parts(x, w1, b1, w2, b2):
+        r = torch_ws.spectral_bound(x, target, w1, b1, w2, b2, "silu", "sum", loss)
+        return r.upper, r.ggn_lambda_max, r.residual_lambda_max, r.lambda_min_lower
+
+    assert torch.autograd.gradcheck(parts, (x, w1, b1, w2, b2))
+
+
+def test_gradcheck_through_lanczos():
+    x, target, w1, b1, w2, b2 = make_problem(n=520, d=2, h=3, soft_targets=True, seed=4,
+                                             requires_grad=True).args()
+
+    def parts(w1, b1, w2, b2):
+        r = torch_ws.spectral_bound(x, target, w1, b1, w2, b2, "tanh", "mean")
+        return r.upper, r.ggn_lambda_max
+
+    assert torch.autograd.gradcheck(parts, (w1, b1, w2, b2), atol=1e-7)
+
+
+def test_upper_takes_the_wolkowicz_styan_bound_and_its_gradient_where_that_is_smaller():
+    # n = 3 parameters with a single hidden unit and no biases: WS is the tighter of the two.
+    found = False
+    for seed in range(40):
+        p = make_problem(n=4, d=2, h=1, bias=(False, False), soft_targets=True, seed=seed,
+                         requires_grad=True)
+        result = torch_ws.spectral_bound(*p.args(), "tanh", "sum")
+        ws = torch_ws.ws_bound(*p.args(), "tanh", "sum")
+        if ws < result.ggn_lambda_max + result.residual_lambda_max:
+            found = True
+            assert result.upper == ws
+            for a, b in zip(torch.autograd.grad(result.upper, p.differentiable()),
+                            torch.autograd.grad(ws, p.differentiable())):
+                assert rel_err(a, b) < 1e-12
+            break
+    assert found
+
+
+def test_zero_residual_gives_the_exact_top_eigenvalue():
+    # e = 0 (targets equal to the outputs): R = 0, H = GGN, so the bound is λ_max itself.
+    x, _, w1, b1, w2, b2 = make_head_problem("mse", 2, "values", n=9, seed=5)
+    target = reference.mlp_logits(x, w1, b1, w2, b2, "tanh").detach()
+    args = (x, target, w1, b1, w2, b2)
+    h = torch.linalg.eigvalsh(reference.explicit_hessian(*args, "tanh", "mean", "mse"))
+    result = torch_ws.spectral_bound(*args, "tanh", "mean", "mse")
+    assert result.residual_lambda_max.abs() < 1e-15
+    assert h[-1] <= result.upper <= h[-1] * (1 + 1e-10)
+
+
+def test_saturated_sigmoid_curvature_stays_finite():
+    # s = σ(z)σ(−z) underflows to 0 in float64 (|z| > 745): no NaN in the bound or its gradient.
+    p = make_problem(n=6, d=3, h=4, scale=300.0, seed=6, requires_grad=True)
+    result = torch_ws.spectral_bound(*p.args(), "tanh", "mean")
+    assert all(torch.isfinite(t) for t in result[:5])
+    result.upper.backward()
+    assert all(torch.isfinite(t.grad).all() for t in p.differentiable())
+
+
+def test_one_sample():
+    args = make_problem(n=1, d=3, h=4, soft_targets=True, seed=8).args()
+    assert_parts_match(torch_ws.spectral_bound(*args, "gelu", "mean"),
+                       explicit_spectra(args, "gelu", "mean", "bce"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_inputs_keep_a_bound(dtype):
+    p = make_problem(n=40, d=4, h=6, soft_targets=True, seed=9)
+    args64 = p.args()
+    args = [t.to(dtype) if t is not None else None for t in args64]
+    # The bound of the network the low-precision values describe, computed exactly.
+    exact = [t.double() if t is not None else None for t in args]
+    h = torch.linalg.eigvalsh(reference.explicit_hessian(*exact, "tanh", "mean"))
+    result = torch_ws.spectral_bound(*args, "tanh", "mean")
+    assert result.upper.dtype == dtype and result.upper >= h[-1]
+    assert result.lambda_min_lower <= h[0]
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("head", [HEADS[0], HEADS[3]], ids=head_id)
+def test_opcheck(head, requires_grad):
+    for dtype in (torch.float32, torch.float64):
+        args = problem(head, dtype=dtype, requires_grad=requires_grad)
+        torch.library.opcheck(torch.ops.torch_ws.spectral_bound.default, args,
+                              {"activation": "tanh", "reduction": "sum", "loss": head[0]})
+
+
+def test_meta_kernel_gives_the_output_shapes():
+    args = [t.to("meta") if t is not None else None
+            for t in make_head_problem("cross_entropy", 3, "indices", dtype=torch.float32)]
+    out = torch.ops.torch_ws.spectral_bound(*args, loss="cross_entropy")
+    for t in out[:5]:
+        assert t.device.type == "meta" and t.shape == () and t.dtype == torch.float32
+    assert out[5].dtype == torch.int64
+
+
+def test_compiled_training_step_matches_eager():
+    p = make_problem(n=30, d=3, h=5, soft_targets=True, seed=10, requires_grad=True)
+
+    def step(x, w1, b1, w2, b2):
+        return torch_ws.spectral_bound(x, p.target, w1, b1, w2, b2, "tanh", "mean").upper
+
+    eager = step(*p.differentiable())
+    eager_grads = torch.autograd.grad(eager, p.differentiable())
+    compiled = torch.compile(step, fullgraph=True)(*p.differentiable())
+    compiled_grads = torch.autograd.grad(compiled, p.differentiable())
+    assert compiled == eager
+    for a, b in zip(compiled_grads, eager_grads):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_unsupported_modes_raise():
+    p = make_problem(requires_grad=True)
+    result = torch_ws.spectral_bound(*p.args())
+    (g,) = torch.autograd.grad(result.upper, p.w1, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        g.sum().backward()
+    plain = make_problem()
+    with pytest.raises(RuntimeError, match="forward-mode AD"):
+        torch.func.jvp(lambda w1: torch_ws.spectral_bound(
+            plain.x, plain.target, w1, plain.b1, plain.w2, plain.b2).upper,
+            (plain.w1,), (torch.ones_like(plain.w1),))
+    with pytest.raises(NotImplementedError, match="reverse-mode transforms"):
+        torch.func.grad(lambda w1: torch_ws.spectral_bound(
+            plain.x, plain.target, w1, plain.b1, plain.w2, plain.b2).upper)(plain.w1)
+
+
+def test_bad_input_names_the_op():
+    p = make_problem()
+    with pytest.raises(RuntimeError, match="torch_ws.spectral_bound"):
+        torch_ws.spectral_bound(p.x, p.target, p.w1.t(), p.b1, p.w2, p.b2)
+    with pytest.raises(RuntimeError, match="torch_ws.spectral_bound"):
+        torch_ws.spectral_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "nope")
+
+
+def test_vmap_runs_one_call_per_entry():
+    p = make_problem(n=6, soft_targets=True)
+    w1s = torch.stack([p.w1, 2 * p.w1])
+    batched = torch.vmap(lambda w1: torch_ws.spectral_bound(
+        p.x, p.target, w1, p.b1, p.w2, p.b2).upper)(w1s)
+    for k in range(2):
+        single = torch_ws.spectral_bound(p.x, p.target, w1s[k], p.b1, p.w2, p.b2).upper
+        assert batched[k] == single
