@@ -237,3 +237,35 @@ def test_compiled_step_with_backward_inside():
     assert torch.equal(loss, expected)
     for p, g in zip(model.parameters(), expected_grads):
         assert torch.allclose(p.grad, g, rtol=1e-6, atol=1e-8)
+
+
+def test_spectral_regularizer_bounds_the_real_models_hessian_and_trains():
+    model = mlp(nn.Tanh())
+    reg = torch_ws.HSRRegularizer(model, bound="spectral")
+    x, y = data()
+    params = (model[0].weight, model[0].bias, model[2].weight, model[2].bias)
+    hess = reference.explicit_hessian(x, y, *[p.detach() for p in params], "tanh")
+    value = reg(x, y)
+    assert torch.linalg.eigvalsh(hess).max() <= value
+    assert torch.equal(value, torch_ws.spectral_bound(x, y, *params, "tanh").upper)
+    assert "bound='spectral'" in repr(reg)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        reg(x, y).backward()
+        opt.step()
+    assert reg(x, y).item() < value.item()
+
+
+def test_spectral_regularizer_saves_and_loads(tmp_path):
+    model = mlp(nn.Tanh())
+    reg = torch_ws.HSRRegularizer(model, bound="spectral")
+    torch.save(reg, tmp_path / "reg.pt")
+    loaded = torch.load(tmp_path / "reg.pt")
+    x, y = data()
+    assert loaded.bound == "spectral" and torch.equal(loaded(x, y), reg(x, y))
+
+
+def test_unknown_bound_is_refused():
+    with pytest.raises(ValueError, match="bound must be one of"):
+        torch_ws.HSRRegularizer(mlp(nn.Tanh()), bound="lanczos")
