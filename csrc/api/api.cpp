@@ -42,6 +42,16 @@ WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tens
   return {max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq, n};
 }
 
+SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                             const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                             const std::optional<at::Tensor>& b2, std::string_view activation,
+                             std::string_view reduction, std::string_view loss) {
+  static auto op = find_op<SpectralBoundSignature>("torch_ws::spectral_bound");
+  auto [upper, ggn, residual_max, lambda_min, residual, iterations] =
+      op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  return {upper, ggn, residual_max, lambda_min, residual, iterations};
+}
+
 namespace {
 
 constexpr char kRegularizer[] = "torch_ws::HSRRegularizer";

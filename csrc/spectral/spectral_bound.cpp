@@ -198,31 +198,38 @@ ResidualEigen residual_eigen(const Network& n) {
   ResidualEigen out;
   out.allowance = (2.0 * static_cast<double>(N) + kRoundingAllowance) * kUnitRoundoff *
                   abs_norm.max();
-  // Blocks in chunks of units, so that the (chunk, D̃, N) scaled copy of X̃ᵀ stays near 256 MiB.
-  const int64_t chunk =
-      std::max<int64_t>(1, std::min<int64_t>(H, (int64_t{1} << 25) / std::max(Dt * N, size * size)));
-  std::vector<Tensor> max_values, min_values, max_vectors, min_vectors;
-  for (int64_t k0 = 0; k0 < H; k0 += chunk) {
-    const int64_t h = std::min(chunk, H - k0);
+  // R_k for the units [k0, k0 + h).
+  auto blocks_of = [&](const Tensor& units) {
+    const int64_t h = units.size(0);
     Tensor blocks = at::zeros({h, size, size}, options);
-    const Tensor scaled = n.x_tilde.t().unsqueeze(0) * beta.narrow(1, k0, h).t().unsqueeze(1);
+    const Tensor scaled = n.x_tilde.t().unsqueeze(0) * beta.index_select(1, units).t().unsqueeze(1);
     blocks.narrow(1, 0, Dt).narrow(2, 0, Dt).copy_(at::matmul(scaled, n.x_tilde));
-    const Tensor F = coupling.narrow(0, k0, h);
+    const Tensor F = coupling.index_select(0, units);
     blocks.narrow(1, 0, Dt).narrow(2, Dt, C).copy_(F);
     blocks.narrow(1, Dt, C).narrow(2, 0, Dt).copy_(F.transpose(1, 2));
-    const auto [values, vectors] = at::linalg_eigh(blocks);  // ascending, per block
+    return blocks;
+  };
+  // Eigenvalues only, in chunks of units so that the (chunk, D̃, N) scaled copy of X̃ᵀ stays near
+  // 256 MiB; then the eigenvectors of the two blocks that hold the extremes.
+  const int64_t chunk = std::max<int64_t>(
+      1, std::min<int64_t>(H, (int64_t{1} << 25) / std::max(Dt * N, size * size)));
+  const auto index_options = options.dtype(at::kLong);
+  std::vector<Tensor> max_values, min_values;
+  for (int64_t k0 = 0; k0 < H; k0 += chunk) {
+    const int64_t h = std::min(chunk, H - k0);
+    const Tensor values = at::linalg_eigvalsh(blocks_of(at::arange(k0, k0 + h, index_options)));
     max_values.push_back(values.select(1, size - 1));
     min_values.push_back(values.select(1, 0));
-    max_vectors.push_back(vectors.select(2, size - 1));
-    min_vectors.push_back(vectors.select(2, 0));
   }
   const Tensor maxima = at::cat(max_values), minima = at::cat(min_values);
   out.max_unit = maxima.argmax();
   out.min_unit = minima.argmin();
-  out.max_value = maxima.index_select(0, out.max_unit.view({1})).squeeze(0);
-  out.min_value = minima.index_select(0, out.min_unit.view({1})).squeeze(0);
-  out.max_vector = at::cat(max_vectors).index_select(0, out.max_unit.view({1})).squeeze(0);
-  out.min_vector = at::cat(min_vectors).index_select(0, out.min_unit.view({1})).squeeze(0);
+  const auto [values, vectors] =
+      at::linalg_eigh(blocks_of(at::stack({out.max_unit, out.min_unit})));
+  out.max_value = values.select(0, 0).select(0, size - 1);
+  out.min_value = values.select(0, 1).select(0, 0);
+  out.max_vector = vectors.select(0, 0).select(1, size - 1);
+  out.min_vector = vectors.select(0, 1).select(1, 0);
   return out;
 }
 

@@ -52,6 +52,22 @@ WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tens
                    const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
                    std::string_view reduction = "mean", std::string_view loss = "bce");
 
+// The spectral bound (docs/math.md §9): λ_max(H) ≤ λ_max(GGN) + λ_max(R) by Weyl, both parts
+// exact (the N·C × N·C dual of the Gauss-Newton matrix, certified Lanczos above 512 rows; R's H
+// blocks of size D + [b1] + C). `upper` is the smaller of that and ws_bound, rounded up;
+// `lambda_min_lower` = λ_min(R) ≤ λ_min(H). upper, ggn_lambda_max, residual_lambda_max and
+// lambda_min_lower are differentiable; arguments as for ws_bound.
+struct SpectralBound {
+  at::Tensor upper, ggn_lambda_max, residual_lambda_max, lambda_min_lower;
+  at::Tensor residual;    // ‖Mv − λv‖ of the Gauss-Newton eigenpair
+  at::Tensor iterations;  // int64 Lanczos steps (0: dense eigensolver)
+};
+SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                             const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                             const std::optional<at::Tensor>& b2,
+                             std::string_view activation = "tanh",
+                             std::string_view reduction = "mean", std::string_view loss = "bce");
+
 // HSR regularization: the WS bound of a three-layer MLP at its current parameters.
 //   torch::nn::Sequential model(torch::nn::Linear(2, 10), torch::nn::Tanh(), torch::nn::Linear(10, 1));
 //   torch_ws::HSRRegularizer reg(model);

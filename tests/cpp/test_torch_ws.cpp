@@ -245,6 +245,46 @@ void test_losses() {
                "unknown loss 'hinge'; expected one of: bce, cross_entropy, mse", "unknown loss");
 }
 
+// The spectral bound from C++: at least λ_max of the explicit Hessian's ws_bound neighbour (it is
+// the smaller of two guarantees), its gradient against central differences of upper.
+void test_spectral_bound() {
+  torch::manual_seed(3);
+  Problem p = make_problem(8, 2, 3);
+  std::vector<torch::Tensor*> leaves = {&p.w1, &p.b1, &p.w2, &p.b2};
+  for (auto* t : leaves) t->requires_grad_(true);
+  auto r = torch_ws::spectral_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh");
+  const double ws = torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh").item<double>();
+  check(r.upper.item<double>() <= ws, "spectral: upper <= ws_bound");
+  check(r.lambda_min_lower.item<double>() <= 0 && r.residual_lambda_max.item<double>() >= 0,
+        "spectral: R's extreme eigenvalues straddle 0");
+  check(r.iterations.scalar_type() == torch::kInt64, "spectral: iterations is int64");
+  r.upper.backward();
+  torch::NoGradGuard no_grad;
+  auto upper_of = [&] {
+    return torch_ws::spectral_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh").upper
+        .item<double>();
+  };
+  const double step = 1e-6;
+  double max_err = 0;
+  for (auto* t : leaves) {
+    auto flat = t->view(-1);
+    auto grad = t->grad().view(-1);
+    for (int64_t i = 0; i < flat.numel(); ++i) {
+      const double orig = flat[i].item<double>();
+      flat[i] = orig + step;
+      const double up = upper_of();
+      flat[i] = orig - step;
+      const double down = upper_of();
+      flat[i] = orig;
+      const double fd = (up - down) / (2 * step);
+      max_err = std::max(max_err, std::abs(fd - grad[i].item<double>()) /
+                                      std::max(1.0, std::abs(fd)));
+    }
+  }
+  check(max_err < 1e-6, "spectral: gradient vs finite differences, max error " +
+                            std::to_string(max_err));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,6 +295,7 @@ int main(int argc, char** argv) {
       {"regularizer", test_regularizer},
       {"regularizer_refusals", test_regularizer_refusals},
       {"losses", test_losses},
+      {"spectral_bound", test_spectral_bound},
   };
   for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
     cases[std::string("gradient_") + act] = [act] { test_gradient_against_finite_differences(act); };
