@@ -276,3 +276,12 @@ def test_vmap_runs_one_call_per_entry():
     for k in range(2):
         single = torch_ws.spectral_bound(p.x, p.target, w1s[k], p.b1, p.w2, p.b2).upper
         assert batched[k] == single
+
+
+def test_autocast_runs_in_float32_and_stays_a_bound():
+    p = make_problem(n=20, d=3, h=4, soft_targets=True, seed=12, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = torch_ws.spectral_bound(*p.args())
+    plain = torch_ws.spectral_bound(*p.args())
+    assert result.upper.dtype == torch.float32
+    assert torch.equal(result.upper, plain.upper)
