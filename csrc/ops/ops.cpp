@@ -1,10 +1,12 @@
 // The op catalogue: every torch_ws schema, in one TORCH_LIBRARY. Kernels are registered where they
 // are implemented: kernels.cpp (CPU, CUDA, Meta), autograd/autograd.cpp (Autograd).
 //
-// Public: hessian_traces, ws_bound, spectral_bound. Internal, run by autograd: _traces_with_gradients (the traces
-// and the gradients of tr H and tr(H²) with respect to (x, w1, b1, w2, b2), from whichever engine
-// the problem gets) and _traces_backward (their combination with the upstream gradients,
-// docs/math.md §6). The rest are small helpers shared with the Python package, so that facts
+// Public: hessian_traces, ws_bound, spectral_bound. Internal, run by autograd:
+// _traces_with_gradients (the traces and the gradients of tr H and tr(H²) with respect to
+// (x, w1, b1, w2, b2), from whichever engine the problem gets), _traces_backward (their
+// combination with the upstream gradients, docs/math.md §6), and spectral_bound's _spectral_parts
+// and _spectral_backward (math.md §9; kernels in spectral_kernels.cpp).
+// The rest are small helpers shared with the Python package, so that facts
 // (supported names, the parameter count, the bounds from the traces) live in C++ only.
 #include "ops/schemas.h"
 

@@ -245,15 +245,16 @@ void test_losses() {
                "unknown loss 'hinge'; expected one of: bce, cross_entropy, mse", "unknown loss");
 }
 
-// The spectral bound from C++: at least λ_max of the explicit Hessian's ws_bound neighbour (it is
-// the smaller of two guarantees), its gradient against central differences of upper.
+// The spectral bound from C++: upper is at most ws_bound (it is the smaller of two guarantees),
+// R's extreme eigenvalues straddle 0, and upper's gradient matches central differences.
 void test_spectral_bound() {
   torch::manual_seed(3);
   Problem p = make_problem(8, 2, 3);
   std::vector<torch::Tensor*> leaves = {&p.w1, &p.b1, &p.w2, &p.b2};
   for (auto* t : leaves) t->requires_grad_(true);
   auto r = torch_ws::spectral_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh");
-  const double ws = torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh").item<double>();
+  const double ws =
+      torch_ws::ws_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh").item<double>();
   check(r.upper.item<double>() <= ws, "spectral: upper <= ws_bound");
   check(r.lambda_min_lower.item<double>() <= 0 && r.residual_lambda_max.item<double>() >= 0,
         "spectral: R's extreme eigenvalues straddle 0");
