@@ -74,6 +74,7 @@ bench: develop
 	$(PYTHON) benchmarks/bench_ws.py
 	$(PYTHON) benchmarks/bench_scale.py
 	$(PYTHON) benchmarks/bench_sweep.py
+	$(PYTHON) benchmarks/bench_spectral.py
 
 bench-quick: develop
 	$(PYTHON) benchmarks/bench_ws.py --quick
