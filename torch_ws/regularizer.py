@@ -227,22 +227,11 @@ class HSRRegularizer(nn.Module):
         the targets of the loss (see :func:`torch_ws.hessian_traces`); a 0-dim tensor
         differentiable into every parameter and into x."""
         hidden, output = self._layers
+        args = (x, self._target(x, target), hidden.weight, hidden.bias, output.weight,
+                output.bias, self.activation, self.reduction, self.loss)
         if self.bound == "spectral":
-            return spectral_bound(
-                x, self._target(x, target), hidden.weight, hidden.bias, output.weight,
-                output.bias, self.activation, self.reduction, self.loss,
-            ).upper
-        return ws_bound(
-            x,
-            self._target(x, target),
-            hidden.weight,
-            hidden.bias,
-            output.weight,
-            output.bias,
-            self.activation,
-            self.reduction,
-            self.loss,
-        )
+            return spectral_bound(*args).upper
+        return ws_bound(*args)
 
     def _apply(self, fn, recurse=True):
         # The regularizer's state is the referenced layers' parameters (kept out of

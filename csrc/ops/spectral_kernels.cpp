@@ -18,6 +18,13 @@ using SpectralPartsResult =
     std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                Tensor, Tensor>;
 
+// spectral_bound's outputs: the first six of _spectral_parts'.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> public_outputs(
+    const SpectralPartsResult& parts) {
+  return {std::get<0>(parts), std::get<1>(parts), std::get<2>(parts), std::get<3>(parts),
+          std::get<4>(parts), std::get<5>(parts)};
+}
+
 // The parts, the WS bound, and their combination: upper = min(λ_max(GGN) + λ_max(R) + the
 // allowances, WS), rounded up to the inputs' dtype; lambda_min_lower rounded down.
 SpectralPartsResult spectral_parts_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
@@ -61,9 +68,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_kernel
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
-  auto parts = spectral_parts_kernel(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  return {std::get<0>(parts), std::get<1>(parts), std::get<2>(parts), std::get<3>(parts),
-          std::get<4>(parts), std::get<5>(parts)};
+  return public_outputs(
+      spectral_parts_kernel(x, target, w1, b1, w2, b2, activation, reduction, loss));
 }
 
 std::vector<Tensor> spectral_backward_kernel(
@@ -128,9 +134,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_meta(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
-  auto parts = spectral_parts_meta(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  return {std::get<0>(parts), std::get<1>(parts), std::get<2>(parts), std::get<3>(parts),
-          std::get<4>(parts), std::get<5>(parts)};
+  return public_outputs(
+      spectral_parts_meta(x, target, w1, b1, w2, b2, activation, reduction, loss));
 }
 
 std::vector<Tensor> spectral_backward_meta(
