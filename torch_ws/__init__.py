@@ -22,6 +22,7 @@ from .ops import (
     num_params,
     spectral_bound,
     ws_bound,
+    ws_bound_batched,
     ws_bounds,
 )
 from .regularizer import HSRRegularizer
@@ -37,6 +38,7 @@ __all__ = [
     "num_params",
     "spectral_bound",
     "ws_bound",
+    "ws_bound_batched",
     "ws_bounds",
 ]
 __version__ = "0.1.0"

@@ -109,6 +109,50 @@ def ws_bound(
     )
 
 
+def ws_bound_batched(
+    x: Tensor,
+    target: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    activation: str = "tanh",
+    reduction: str = "mean",
+    loss: str = "bce",
+) -> Tensor:
+    """:func:`ws_bound` of B networks of one shape on one data set, in one call.
+
+    Model b is ``Linear(D, H) → activation → Linear(H, C)`` with weights ``w1[b]``, ``b1[b]``,
+    ``w2[b]``, ``b2[b]``; all share the inputs ``x`` and the ``target``. Result b equals
+    ``ws_bound(x, target, w1[b], b1[b], w2[b], b2[b], ...)``: every model runs the single-model
+    engine; the batch saves the per-call cost (one dispatch, validation and autograd node for B
+    models, and on the CPU the models run in parallel threads). That cost is most of a call for
+    small networks, so training many small models at once (seeds, learning rates, HSR strengths)
+    is several times faster through this op than through B calls of :func:`ws_bound`.
+
+    Args:
+        x, target: as in :func:`hessian_traces`, shared by every model.
+        w1: (B, H, D); b1: (B, H) or ``None``; w2: (B, C, H); b2: (B, C) or ``None``.
+        activation, reduction, loss: as in :func:`hessian_traces`, shared by every model.
+
+    Returns:
+        The B bounds, shape (B,), in the input dtype; differentiable (reverse mode, once) with
+        respect to x, w1, b1, w2 and b2: ``bounds.sum().backward()`` gives each model's own
+        gradient in its slice. Forward mode and torch.func's reverse-mode transforms raise
+        (``torch.vmap`` of :func:`ws_bound` over models is their batched form).
+    """
+    _check_options("ws_bound_batched", activation, reduction, loss)
+    if _functorch.in_reverse_mode_transform():
+        raise NotImplementedError(
+            "torch_ws.ws_bound_batched: torch.func's reverse-mode transforms (grad, vjp, jacrev) "
+            "are not supported; differentiate it with torch.autograd (backward or "
+            "torch.autograd.grad), or use torch.func.vmap over torch_ws.ws_bound"
+        )
+    return torch.ops.torch_ws.ws_bound_batched.default(
+        x, target, w1, b1, w2, b2, activation, reduction, loss
+    )
+
+
 def num_params(w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor]) -> int:
     """n = H·D + H·[b1] + C·H + C·[b2]: the number of parameters, i.e. the Hessian's size.
 

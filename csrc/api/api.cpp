@@ -19,6 +19,14 @@ at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Ten
   return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
 }
 
+at::Tensor ws_bound_batched(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                            const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const std::optional<at::Tensor>& b2, std::string_view activation,
+                            std::string_view reduction, std::string_view loss) {
+  static auto op = find_op<WsBoundBatchedSignature>("torch_ws::ws_bound_batched");
+  return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
+}
+
 std::tuple<at::Tensor, at::Tensor> hessian_traces(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
     const std::optional<at::Tensor>& b1, const at::Tensor& w2,

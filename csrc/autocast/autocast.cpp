@@ -59,6 +59,18 @@ Tensor ws_bound_autocast(const Tensor& x, const Tensor& target, const Tensor& w1
 }
 
 template <c10::DeviceType device>
+Tensor ws_bound_batched_autocast(const Tensor& x, const Tensor& target, const Tensor& w1,
+                                 const optional<Tensor>& b1, const Tensor& w2,
+                                 const optional<Tensor>& b2, c10::string_view activation,
+                                 c10::string_view reduction, c10::string_view loss) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<device>());
+  static auto op = find_op<WsBoundBatchedSignature>("torch_ws::ws_bound_batched");
+  return op.call(to_float32<device>(x), to_float32<device>(target), to_float32<device>(w1),
+                 to_float32<device>(b1), to_float32<device>(w2), to_float32<device>(b2),
+                 activation, reduction, loss);
+}
+
+template <c10::DeviceType device>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_autocast(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
@@ -76,11 +88,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_autoca
 TORCH_LIBRARY_IMPL(torch_ws, AutocastCPU, m) {
   m.impl("hessian_traces", &torch_ws::hessian_traces_autocast<c10::DeviceType::CPU>);
   m.impl("ws_bound", &torch_ws::ws_bound_autocast<c10::DeviceType::CPU>);
+  m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_autocast<c10::DeviceType::CPU>);
   m.impl("spectral_bound", &torch_ws::spectral_bound_autocast<c10::DeviceType::CPU>);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, AutocastCUDA, m) {
   m.impl("hessian_traces", &torch_ws::hessian_traces_autocast<c10::DeviceType::CUDA>);
   m.impl("ws_bound", &torch_ws::ws_bound_autocast<c10::DeviceType::CUDA>);
+  m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_autocast<c10::DeviceType::CUDA>);
   m.impl("spectral_bound", &torch_ws::spectral_bound_autocast<c10::DeviceType::CUDA>);
 }

@@ -12,7 +12,11 @@
 // Forward mode (torch.autograd.forward_ad, torch.func.jvp and jacfwd) is served by the same
 // kernels: every output is a scalar, so its tangent is the inner product of its gradient with
 // the inputs' tangents, from one evaluation with gradients (docs/math.md §6). Without this the
-// C++ Function would drop the tangents silently (a tangent of zero).
+// C++ Function would drop the tangents silently (a tangent of zero). spectral_bound and
+// ws_bound_batched refuse tangents with an error instead.
+//
+// ws_bound_batched (B models, docs/math.md §10) redispatches to _batched_traces, the batched
+// form of _traces_with_gradients, and combines each model's gradients with its own coefficients.
 #include "core/problem.h"
 #include "core/ws_bound.h"
 #include "ops/schemas.h"
@@ -241,6 +245,57 @@ class SpectralBoundBackward : public torch::autograd::Function<SpectralBoundBack
   }
 };
 
+// ws_bound_batched: _batched_traces gives every model's traces and their gradients; the backward
+// weighs model b's gradients by its own ∂λ_sup/∂tr H and ∂λ_sup/∂tr(H²) (docs/math.md §7). The
+// data set is shared, so x's gradient is the sum over the models.
+class WsBoundBatchedBackward : public torch::autograd::Function<WsBoundBatchedBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
+                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                               const optional<Tensor>& b2, c10::string_view activation,
+                               c10::string_view reduction, c10::string_view loss) {
+    static auto op = ws::find_op<ws::BatchedTracesSignature>("torch_ws::_batched_traces");
+    auto [trace, trace_sq, trace_grads, trace_sq_grads] = [&] {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return op.call(x, target, w1, b1, w2, b2, activation, reduction, /*with_gradients=*/true,
+                     x.requires_grad(), loss);
+    }();
+    const int64_t n = ws::count_params(w1.size(1), w1.size(2), w2.size(1), b1.has_value(),
+                                       b2.has_value());
+    const ws::SavedTraces saved{trace, trace_sq, std::move(trace_grads),
+                                std::move(trace_sq_grads),
+                                {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
+    saved.save(ctx);
+    ctx->saved_data["num_params"] = n;
+    ctx->saved_data["need_grad_x"] = x.requires_grad();
+    return {ws::ws_upper_bound_batched(trace, trace_sq, n, x.scalar_type())};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const ws::SavedTraces saved = ws::SavedTraces::load(ctx);
+    const Tensor upstream = grad_outputs[0].defined() ? grad_outputs[0].to(at::kDouble)
+                                                      : at::zeros_like(saved.trace);
+    const auto [d_trace, d_trace_sq] = ws::bound_trace_grads(
+        upstream, saved.trace, saved.trace_sq, ctx->saved_data["num_params"].toInt());
+    const bool need_grad_x = ctx->saved_data["need_grad_x"].toBool();
+    std::vector<Tensor> grads(ws::SavedTraces::kGradients);
+    for (size_t k = 0; k < grads.size(); ++k) {
+      const Tensor& of_trace = saved.trace_grads[k];
+      if (of_trace.numel() == 0 || (k == 0 && !need_grad_x)) continue;
+      // Each model's coefficients broadcast over its gradient's own dimensions.
+      std::vector<int64_t> shape(of_trace.dim(), 1);
+      shape[0] = of_trace.size(0);
+      const Tensor combined = of_trace.to(at::kDouble) * d_trace.view(shape) +
+                              saved.trace_sq_grads[k].to(at::kDouble) * d_trace_sq.view(shape);
+      grads[k] = (k == 0 ? combined.sum(0) : combined).to(of_trace.scalar_type());
+    }
+    ws::attach_double_backward_error(grads, saved.inputs,
+                                     std::string(ws::kWsBoundBatchedName) + ws::kDoubleBackward);
+    return {grads[0], Tensor(), grads[1], grads[2], grads[3], grads[4],
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
 namespace torch_ws {
 namespace {
 
@@ -427,6 +482,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_autogr
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
+Tensor ws_bound_batched_autograd(const Tensor& x, const Tensor& target, const Tensor& w1,
+                                 const optional<Tensor>& b1, const Tensor& w2,
+                                 const optional<Tensor>& b2, c10::string_view activation,
+                                 c10::string_view reduction, c10::string_view loss) {
+  static auto op = find_op<WsBoundBatchedSignature>("torch_ws::ws_bound_batched");
+  if (all_low_precision(x, target, w1, b1, w2, b2)) {
+    const Tensor bound = op.call(as_float32(x), as_float32(target), as_float32(w1),
+                                 as_float32(b1), as_float32(w2), as_float32(b2), activation,
+                                 reduction, loss);
+    return round_directed(bound, x.scalar_type(), /*up=*/true);
+  }
+  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundBatchedName);
+  TORCH_CHECK(!tangents.any, kWsBoundBatchedName, ": forward-mode AD (torch.func.jvp, jacfwd, "
+              "forward_ad) is not supported; differentiate the bounds in reverse mode "
+              "(backward, torch.autograd.grad), or use torch_ws.ws_bound per model");
+  if (!records_grad(x, w1, b1, w2, b2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  }
+  return WsBoundBatchedBackward::apply(x, target, w1, b1, w2, b2, activation, reduction,
+                                       loss)[0];
+}
+
 // The internal ops called directly with inputs that require grad: their results are not
 // differentiable (they are derivatives already), so they carry the same Error node.
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_autograd(
@@ -450,6 +528,29 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
   attach_double_backward_error(std::get<2>(out), inputs, message);
   attach_double_backward_error(std::get<3>(out), inputs, message);
   return {traces[0], traces[1], std::get<2>(out), std::get<3>(out)};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> batched_traces_autograd(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool with_gradients, bool need_grad_x, c10::string_view loss) {
+  const std::vector<Tensor> inputs = {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())};
+  refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
+                  "torch_ws._batched_traces");
+  static auto op = find_op<BatchedTracesSignature>("torch_ws::_batched_traces");
+  auto [trace, trace_sq, trace_grads, trace_sq_grads] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, with_gradients,
+                   need_grad_x, loss);
+  }();
+  const std::string message =
+      "torch_ws._batched_traces is not differentiable; call torch_ws.ws_bound_batched to "
+      "differentiate the bounds";
+  std::vector<Tensor> traces = {trace, trace_sq};
+  attach_double_backward_error(traces, inputs, message);
+  attach_double_backward_error(trace_grads, inputs, message);
+  attach_double_backward_error(trace_sq_grads, inputs, message);
+  return {traces[0], traces[1], trace_grads, trace_sq_grads};
 }
 
 std::vector<Tensor> traces_backward_autograd(const Tensor& grad_trace, const Tensor& grad_trace_sq,
@@ -534,6 +635,8 @@ TORCH_LIBRARY_IMPL(torch_ws, Autograd, m) {
   m.impl("ws_bound", &torch_ws::ws_bound_autograd);
   m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_autograd);
   m.impl("_traces_backward", &torch_ws::traces_backward_autograd);
+  m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_autograd);
+  m.impl("_batched_traces", &torch_ws::batched_traces_autograd);
   m.impl("spectral_bound", &torch_ws::spectral_bound_autograd);
   m.impl("_spectral_parts", &torch_ws::spectral_parts_autograd);
   m.impl("_spectral_backward", &torch_ws::spectral_backward_autograd);

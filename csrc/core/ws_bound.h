@@ -178,6 +178,14 @@ inline at::Tensor ws_upper_bound_tensor(const at::Tensor& trace, const at::Tenso
   return round_directed(ws_upper_bound(trace, trace_sq, num_params, allowance), dtype, true);
 }
 
+// λ_sup of B models from their (B,) float64 traces (computed in `dtype`), rounded up: the
+// tensor form on any device (one batched call reads no values back).
+inline at::Tensor ws_upper_bound_batched(const at::Tensor& trace, const at::Tensor& trace_sq,
+                                         int64_t num_params, at::ScalarType dtype) {
+  return round_directed(ws_upper_bound(trace, trace_sq, num_params, rounding_allowance(dtype)),
+                        dtype, /*up=*/true);
+}
+
 // bound_trace_grads as 0-d float64 tensors.
 inline std::pair<at::Tensor, at::Tensor> bound_trace_grads_tensor(const at::Tensor& grad_bound,
                                                                   const at::Tensor& trace,

@@ -1,11 +1,12 @@
 // The op catalogue: every torch_ws schema, in one TORCH_LIBRARY. Kernels are registered where they
 // are implemented: kernels.cpp (CPU, CUDA, Meta), autograd/autograd.cpp (Autograd).
 //
-// Public: hessian_traces, ws_bound, spectral_bound. Internal, run by autograd:
+// Public: hessian_traces, ws_bound, ws_bound_batched, spectral_bound. Internal, run by autograd:
 // _traces_with_gradients (the traces and the gradients of tr H and tr(H²) with respect to
 // (x, w1, b1, w2, b2), from whichever engine the problem gets), _traces_backward (their
 // combination with the upstream gradients, docs/math.md §6), and spectral_bound's _spectral_parts
-// and _spectral_backward (math.md §9; kernels in spectral_kernels.cpp).
+// and _spectral_backward (math.md §9; kernels in spectral_kernels.cpp), and ws_bound_batched's
+// _batched_traces (kernels in batched_kernels.cpp).
 // The rest are small helpers shared with the Python package, so that facts
 // (supported names, the parameter count, the bounds from the traces) live in C++ only.
 #include "ops/schemas.h"
@@ -20,6 +21,18 @@ TORCH_LIBRARY(torch_ws, m) {
   m.def(
       "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> Tensor");
+  // ws_bound of B networks of one shape on one data set: w1 (B, H, D), b1 (B, H), w2 (B, C, H),
+  // b2 (B, C) -> (B,). Kernels in batched_kernels.cpp.
+  m.def(
+      "ws_bound_batched(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> Tensor");
+  // The (B,) float64 traces of those models and, with `with_gradients`, the gradients of each
+  // model's tr H and tr(H²) in _traces_with_gradients' order, each with the model dimension
+  // first (x's (B, N, D), empty unless need_grad_x).
+  m.def(
+      "_batched_traces(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str activation, str reduction, bool with_gradients, bool need_grad_x, str loss) "
+      "-> (Tensor trace, Tensor trace_sq, Tensor[] trace_grads, Tensor[] trace_sq_grads)");
   // λ_max(H) ≤ λ_max(GGN) + λ_max(R) (docs/math.md §9); `upper` is the smaller of that and the
   // Wolkowicz-Styan bound, `lambda_min_lower` = λ_min(R) ≤ λ_min(H), `residual` the GGN
   // eigenpair's ‖Mv − λv‖, `iterations` its Lanczos steps (int64; 0: dense solver).

@@ -58,6 +58,15 @@ using SpectralBackwardSignature = std::vector<at::Tensor>(
     const at::Tensor& residual_max_vector, const at::Tensor& residual_max_unit,
     const at::Tensor& residual_min_vector, const at::Tensor& residual_min_unit, bool need_grad_x);
 
+using WsBoundBatchedSignature = WsBoundSignature;
+using BatchedTracesSignature =
+    std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+        const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+        const std::optional<at::Tensor>& b2, c10::string_view activation,
+        c10::string_view reduction, bool with_gradients, bool need_grad_x,
+        c10::string_view loss);
+
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
@@ -67,5 +76,6 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 inline constexpr char kHessianTracesName[] = "torch_ws.hessian_traces";
 inline constexpr char kWsBoundName[] = "torch_ws.ws_bound";
 inline constexpr char kSpectralBoundName[] = "torch_ws.spectral_bound";
+inline constexpr char kWsBoundBatchedName[] = "torch_ws.ws_bound_batched";
 
 }  // namespace torch_ws

@@ -32,6 +32,16 @@ at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Ten
                     const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
                     std::string_view reduction = "mean", std::string_view loss = "bce");
 
+// ws_bound of B networks of one shape on one data set, in one call: w1 (B, H, D), b1 (B, H) or
+// nullopt, w2 (B, C, H), b2 (B, C) or nullopt; x, target and the options shared. Returns (B,):
+// entry b is ws_bound of model b, differentiable in reverse mode (each model's gradient lands in
+// its slice). Cheaper than B calls for small networks: one dispatch, and models run in parallel.
+at::Tensor ws_bound_batched(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                            const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const std::optional<at::Tensor>& b2,
+                            std::string_view activation = "tanh",
+                            std::string_view reduction = "mean", std::string_view loss = "bce");
+
 // (tr H, tr H²) of the loss Hessian; arguments as for ws_bound.
 std::tuple<at::Tensor, at::Tensor> hessian_traces(
     const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,

@@ -275,6 +275,41 @@ void test_spectral_bound() {
                             std::to_string(max_err));
 }
 
+// ws_bound_batched from C++: each entry and each model's gradient slice equal ws_bound of that
+// model alone; a 2-D w1 is refused with the expected shape.
+void test_ws_bound_batched() {
+  torch::manual_seed(5);
+  const int64_t models = 3;
+  Problem p = make_problem(10, 2, 4);
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::Tensor w1 = torch::randn({models, 4, 2}, opts).requires_grad_(true);
+  torch::Tensor b1 = torch::randn({models, 4}, opts).requires_grad_(true);
+  torch::Tensor w2 = torch::randn({models, 1, 4}, opts).requires_grad_(true);
+  torch::Tensor b2 = torch::randn({models, 1}, opts).requires_grad_(true);
+  torch::Tensor bounds = torch_ws::ws_bound_batched(p.x, p.target, w1, b1, w2, b2, "tanh");
+  check(bounds.sizes() == torch::IntArrayRef({models}), "batched: one bound per model");
+  bounds.sum().backward();
+  for (int64_t b = 0; b < models; ++b) {
+    std::vector<torch::Tensor> one = {w1[b].detach().clone().requires_grad_(true),
+                                      b1[b].detach().clone().requires_grad_(true),
+                                      w2[b].detach().clone().requires_grad_(true),
+                                      b2[b].detach().clone().requires_grad_(true)};
+    torch::Tensor single =
+        torch_ws::ws_bound(p.x, p.target, one[0], one[1], one[2], one[3], "tanh");
+    single.backward();
+    check(std::abs(single.item<double>() - bounds[b].item<double>()) <=
+              1e-13 * std::abs(single.item<double>()),
+          "batched: model " + std::to_string(b) + "'s bound");
+    const torch::Tensor* slices[] = {&w1, &b1, &w2, &b2};
+    for (size_t k = 0; k < one.size(); ++k) {
+      check(torch::allclose(slices[k]->grad()[b], one[k].grad(), 1e-12, 1e-14),
+            "batched: model " + std::to_string(b) + "'s gradient " + std::to_string(k));
+    }
+  }
+  expect_error([&] { torch_ws::ws_bound_batched(p.x, p.target, p.w1, p.b1, p.w2, p.b2); },
+               "expected w1 of shape (B, H, D)", "batched: 2-D w1 refused");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -286,6 +321,7 @@ int main(int argc, char** argv) {
       {"regularizer_refusals", test_regularizer_refusals},
       {"losses", test_losses},
       {"spectral_bound", test_spectral_bound},
+      {"ws_bound_batched", test_ws_bound_batched},
   };
   for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
     cases[std::string("gradient_") + act] = [act] { test_gradient_against_finite_differences(act); };
