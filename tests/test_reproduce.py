@@ -31,8 +31,51 @@ def test_reproduce_writes_every_figure_and_the_json(tmp_path):
         assert p["bound"] >= p["lambda_max"] * (1 - 1e-9)
         assert p["lambda_min_lower"] <= p["lambda_min"] * (1 + 1e-9) + 1e-12
         assert 0 <= p["test_f1"] <= 1
-    assert set(saved["summary"]) == {"configs", "high_low", "plain_vs_hsr", "width"}
+    assert set(saved["summary"]) == {"configs", "high_low", "plain_vs_hsr", "width", "tail",
+                                     "norms", "sharp_and_saddle"}
     assert results["seconds"] == saved["seconds"]
+    # Every claim of the papers has a row with a verdict, in the JSON and the report.
+    assert len(saved["claims"]) == 12
+    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in saved["claims"])
+    assert "## The papers' claims" in report and report.count("| WS paper |") == 7
+
+    # --reanalyse rebuilds the same statistics, claims and report from results.json alone.
+    (tmp_path / "report.md").unlink()
+    assert main(["reproduce", "--reanalyse", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["summary"] == saved["summary"] and again["claims"] == saved["claims"]
+    assert (tmp_path / "report.md").read_text() == report
+
+
+def test_reanalyse_without_results_says_so(tmp_path, capsys):
+    assert main(["reproduce", "--reanalyse", str(tmp_path)]) == 2
+    assert "no results.json to reanalyse" in capsys.readouterr().err
+
+
+def _summary_for_claims(high_f1, low_f1):
+    """A summary whose only data are the high- and low-bound groups' test F1."""
+    from torch_ws.reproduce.analysis import summarize
+
+    points = []
+    for i, f1 in enumerate(high_f1 + low_f1):
+        high = i < len(high_f1)
+        points.append(dict(activation="tanh", width=3, seed=i, hsr=False, test_f1=f1,
+                           bound=10.0 + i if high else 1.0 + i / 1000, lambda_max=1.0,
+                           lambda_min=0.0, w1_norm=1.0 + i % 7, w2_norm=1.0 + i,
+                           train_loss=0.1))
+    return summarize(points, high_quantile=1 - len(high_f1) / len(points)), points
+
+
+def test_claim_verdicts_follow_the_tests():
+    from torch_ws.reproduce.claims import claims
+
+    rows = {r.claim: r for r in claims(*_summary_for_claims([0.5, 0.6, 0.4] * 5, [0.9] * 45 + [0.91] * 45))}
+    f1 = rows["High-bound critical points have lower test F1 (Fig. 7)"]
+    assert f1.verdict == "holds" and "p = " in f1.test
+    assert rows["… and more variable test F1 (Fig. 7)"].verdict == "holds"
+    # Same F1 in both groups: no difference, so the claim does not hold.
+    rows = {r.claim: r for r in claims(*_summary_for_claims([0.9, 0.91] * 8, [0.9, 0.91] * 45))}
+    assert rows["High-bound critical points have lower test F1 (Fig. 7)"].verdict == "does not hold"
 
 
 def test_reproduce_is_deterministic_for_a_seed(tmp_path):

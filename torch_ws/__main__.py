@@ -19,8 +19,11 @@ def _parser() -> argparse.ArgumentParser:
                                      "regularization, measure the WS bound against the exact Hessian "
                                      "spectrum, and write report.md, PNG figures and results.json.")
     size = rep.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a few minutes on 2 cores (default)")
-    size.add_argument("--full", action="store_true", help="paper-sized (500 initializations per setting; hours)")
+    size.add_argument("--quick", action="store_true",
+                      help="24 initializations per setting, under a minute on 2 cores (default)")
+    size.add_argument("--full", action="store_true",
+                      help="the papers' scale: 500 initializations per setting (Gaussians: about "
+                           "25 minutes on 2 cores)")
     rep.add_argument("--out", help="report folder (default: reports/reproduce for the Gaussians, "
                                     "reports/reproduce-<dataset> for another data set)")
     rep.add_argument("--dataset", choices=ALL_DATASETS,
@@ -40,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--lr-range", type=float, nargs=2)
     rep.add_argument("--jobs", type=int, help="worker processes (default: up to 2)")
     rep.add_argument("--no-progress", action="store_true")
+    rep.add_argument("--reanalyse", metavar="DIR",
+                     help="no training: rewrite the statistics, figures and report.md of an "
+                          "earlier run from DIR/results.json")
     return parser
 
 
@@ -51,6 +57,16 @@ def default_out(dataset: str) -> str:
 def main(argv=None) -> int:
     """Entry point of the `torch-ws` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "reproduce" and args.reanalyse:
+        from .reproduce import reanalyse
+
+        try:
+            reanalyse(args.reanalyse)
+        except FileNotFoundError as error:
+            print(f"torch-ws: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.reanalyse}/report.md")
+        return 0
     if args.command == "reproduce" and args.dataset == "digits":
         return _reproduce_digits(args)
     if args.command == "reproduce":

@@ -37,7 +37,78 @@ def _median(values) -> float:
     return float(median(values)) if len(values) else math.nan
 
 
-def summarize(points: list[dict], high_quantile: float) -> dict:
+def _iqr(values) -> float:
+    return float(np.subtract(*np.percentile(values, [75, 25]))) if len(values) else math.nan
+
+
+def _tails(plain: list[dict], configs: list[str]) -> dict:
+    """The right tail of the bound's distribution at plain-GD critical points, per setting: its
+    skewness, the D'Agostino skewness test (two-sided), and the largest bound over the median."""
+    out = {}
+    for cfg in configs:
+        bounds = [p["bound"] for p in plain if config_key(p) == cfg]
+        out[cfg] = {
+            "points": len(bounds),
+            "skewness": float(stats.skew(bounds)) if len(bounds) > 2 else math.nan,
+            "skewtest_p": _p(stats.skewtest, bounds) if len(bounds) >= 8 else math.nan,
+            "max_over_median": max(bounds) / _median(bounds) if bounds else math.nan,
+        }
+    return out
+
+
+def _spearman(a, b) -> tuple[float, float]:
+    if len(a) < 3:
+        return math.nan, math.nan
+    result = stats.spearmanr(a, b)
+    return float(result[0]), float(result[1])
+
+
+def _norm_correlations(plain: list[dict]) -> dict:
+    """Spearman correlations of the bound with ‖w2‖ and with ‖W1‖ at plain-GD critical points,
+    per setting and over all of them."""
+    out = {}
+    groups = {"all": plain} | {cfg: [p for p in plain if config_key(p) == cfg]
+                               for cfg in sorted({config_key(p) for p in plain})}
+    for name, pts in groups.items():
+        bounds = [p["bound"] for p in pts]
+        rho_w2, p_w2 = _spearman(bounds, [p["w2_norm"] for p in pts])
+        rho_w1, p_w1 = _spearman(bounds, [p["w1_norm"] for p in pts])
+        out[name] = {"points": len(pts), "rho_w2": rho_w2, "p_w2": p_w2, "rho_w1": rho_w1,
+                     "p_w1": p_w1}
+    return out
+
+
+def _fisher(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    if n_a == 0 or n_b == 0:
+        return math.nan
+    return float(stats.fisher_exact([[hits_a, n_a - hits_a], [hits_b, n_b - hits_b]])[1])
+
+
+def _sharp_and_saddle(plain, hsr, configs, high_quantile: float, saddle_tol: float) -> dict:
+    """Sharp minima: points whose bound exceeds the plain-GD ``high_quantile`` of their setting
+    (by construction about 1 − high_quantile of plain points), plain vs HSR. Saddle points:
+    λ_min < −saddle_tol. Two-sided Fisher exact tests of equal fractions."""
+    sharp_plain = sharp_hsr = 0
+    for cfg in configs:
+        bounds = [p["bound"] for p in plain if config_key(p) == cfg]
+        if not bounds:
+            continue
+        threshold = float(np.quantile(bounds, high_quantile))
+        sharp_plain += sum(b > threshold for b in bounds)
+        sharp_hsr += sum(p["bound"] > threshold for p in hsr if config_key(p) == cfg)
+    saddle_plain = sum(p["lambda_min"] < -saddle_tol for p in plain)
+    saddle_hsr = sum(p["lambda_min"] < -saddle_tol for p in hsr)
+    n_plain, n_hsr = len(plain), len(hsr)
+    return {
+        "plain_points": n_plain, "hsr_points": n_hsr, "saddle_tol": saddle_tol,
+        "sharp_plain": sharp_plain, "sharp_hsr": sharp_hsr,
+        "sharp_fisher_p": _fisher(sharp_plain, n_plain, sharp_hsr, n_hsr),
+        "saddle_plain": saddle_plain, "saddle_hsr": saddle_hsr,
+        "saddle_fisher_p": _fisher(saddle_plain, n_plain, saddle_hsr, n_hsr),
+    }
+
+
+def summarize(points: list[dict], high_quantile: float, saddle_tol: float = 1e-3) -> dict:
     """Every number the report states, from the measured points (plain and HSR)."""
     plain = [p for p in points if not p["hsr"]]
     hsr = [p for p in points if p["hsr"]]
@@ -72,6 +143,13 @@ def summarize(points: list[dict], high_quantile: float) -> dict:
         "high_n": len(high), "low_n": len(low),
         "high_median_f1": _median(high), "low_median_f1": _median(low),
         "mann_whitney_p": mann_whitney(high, low),
+        # "More variable": the spread of test F1 in each group, and the Brown-Forsythe test
+        # (Levene's with medians) of equal variances.
+        "high_iqr_f1": _iqr(high), "low_iqr_f1": _iqr(low),
+        "high_std_f1": float(np.std(high)) if high else math.nan,
+        "low_std_f1": float(np.std(low)) if low else math.nan,
+        "brown_forsythe_p": _p(stats.levene, high, low, center="median")
+        if len(high) > 1 and len(low) > 1 else math.nan,
     }
 
     # Plain vs HSR, paired by (configuration, seed) where both ends are in the analysis.
@@ -87,6 +165,20 @@ def summarize(points: list[dict], high_quantile: float) -> dict:
             "wilcoxon_p": wilcoxon(a, b),
             "mann_whitney_p": mann_whitney([p[metric] for p in plain], [p[metric] for p in hsr]),
         }
+
+    # HSR narrows the spectrum: the paired spread λ_max − λ_min.
+    a = [x["lambda_max"] - x["lambda_min"] for x, _ in pairs]
+    b = [y["lambda_max"] - y["lambda_min"] for _, y in pairs]
+    out["plain_vs_hsr"]["spread"] = {
+        "pairs": len(pairs), "plain_median": _median(a), "hsr_median": _median(b),
+        "hsr_lower_fraction": float(np.mean([bb < aa for aa, bb in zip(a, b)])) if pairs else math.nan,
+        "wilcoxon_p": wilcoxon(a, b),
+        "mann_whitney_p": mann_whitney([p["lambda_max"] - p["lambda_min"] for p in plain],
+                                       [p["lambda_max"] - p["lambda_min"] for p in hsr]),
+    }
+    out["tail"] = _tails(plain, configs)
+    out["norms"] = _norm_correlations(plain)
+    out["sharp_and_saddle"] = _sharp_and_saddle(plain, hsr, configs, high_quantile, saddle_tol)
 
     widths = sorted({p["width"] for p in plain})
     if len(widths) >= 2:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import torch
 
+from .. import reference
 from .analysis import summarize
 from .config import ReproduceConfig
 from .data import make_dataset
-from .training import deduplicate, measure, train_run
+from .batched import measure_batch, train_batch
+from .claims import claims
+from .training import Run, deduplicate
 
 
 def _tasks(cfg: ReproduceConfig):
@@ -30,54 +33,96 @@ def _tasks(cfg: ReproduceConfig):
     return tasks
 
 
+#: Models per batch: a setting's runs are split into batches of at most this many, so that two
+#: workers share the settings evenly and the progress bar moves as batches run.
+BATCH_MODELS = 125
+
+
+def _batches(cfg: ReproduceConfig) -> list[dict]:
+    """The tasks of :func:`_tasks` as batches of one (width, activation, method), the costliest
+    first (HSR before plain, wide before narrow) so that the last batches to finish are short."""
+    groups: dict = {}
+    for t in _tasks(cfg):
+        groups.setdefault((t["width"], t["activation"], t["hsr"]), []).append(t)
+    batches = []
+    for (width, act, hsr), members in groups.items():
+        for start in range(0, len(members), BATCH_MODELS):
+            part = members[start:start + BATCH_MODELS]
+            batches.append(dict(width=width, activation=act, hsr=hsr,
+                                seeds=[t["seed"] for t in part], lrs=[t["lr"] for t in part]))
+    return sorted(batches, key=lambda b: (not b["hsr"], -b["width"]))
+
+
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(cfg_dict: dict):
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead; processes give parallelism
+def _init_worker(cfg_dict: dict, queue=None, progress=None):
+    """A worker's data set and settings; ``progress`` (or a put on ``queue``, from another
+    process) receives the number of models that just stopped."""
+    torch.set_num_threads(1)  # small tensors: processes give the parallelism
     cfg = ReproduceConfig(**cfg_dict, progress=False)
     _WORKER_STATE["cfg"] = cfg
     _WORKER_STATE["data"] = make_dataset(cfg.dataset, cfg.train_size, cfg.test_size, cfg.seed)
+    _WORKER_STATE["ticks"] = queue.put if queue is not None else progress
 
 
-def _work(task: dict):
-    cfg, data = _WORKER_STATE["cfg"], _WORKER_STATE["data"]
-    run = train_run(data, task["width"], task["activation"], task["seed"], task["lr"], task["hsr"],
-                    cfg.rho, cfg.init_std, cfg.max_steps, cfg.grad_tol, cfg.record_points)
-    return run, measure(data, run)
+def _work(batch: dict):
+    """Train one batch of models and measure their end points: [(Run, point dict)]."""
+    cfg, data, ticks = _WORKER_STATE["cfg"], _WORKER_STATE["data"], _WORKER_STATE["ticks"]
+    runs = train_batch(data, batch["width"], batch["activation"], batch["seeds"], batch["lrs"],
+                       batch["hsr"], cfg.rho, cfg.init_std, cfg.max_steps, cfg.grad_tol,
+                       cfg.record_points, progress=ticks)
+    return list(zip(runs, measure_batch(data, runs)))
 
 
-def _progress(iterable, total: int, enabled: bool):
+def _train_all(cfg: ReproduceConfig, jobs: int) -> list:
+    """Every batch of :func:`_batches`, on ``jobs`` processes, with a progress bar counting the
+    models that have stopped (converged, diverged or out of steps)."""
+    batches = _batches(cfg)
+    total = sum(len(b["seeds"]) for b in batches)
+    bar = _progress_bar(total, cfg.progress)
+    cfg_dict = cfg.to_dict()
+    if jobs <= 1:
+        threads = torch.get_num_threads()
+        _init_worker(cfg_dict, progress=bar.update if bar else None)
+        try:
+            return [pair for b in batches for pair in _work(b)]
+        finally:
+            torch.set_num_threads(threads)
+            if bar:
+                bar.close()
+    ctx = mp.get_context("spawn")
+    ticks = ctx.Manager().Queue() if bar else None
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(cfg_dict, ticks)) as pool:
+        pending = pool.map_async(_work, batches, chunksize=1)
+        while not pending.ready():
+            pending.wait(0.5)
+            while ticks is not None and not ticks.empty():
+                bar.update(ticks.get())
+        results = pending.get()
+    if bar:
+        bar.update(total - bar.n)
+        bar.close()
+    return [pair for part in results for pair in part]
+
+
+def _progress_bar(total: int, enabled: bool):
     if not enabled:
-        return iterable
+        return None
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc="reproduce", unit="run")
+    return tqdm(total=total, desc="reproduce", unit="model", smoothing=0.05)
 
 
 def run(cfg: ReproduceConfig, out_dir: str | os.PathLike, jobs: int | None = None) -> dict:
     """Run the experiments of ``cfg`` and write ``report.md``, the PNG figures and
     ``results.json`` into ``out_dir``. Returns the results dictionary."""
-    from .figures import make_figures
-    from .report import write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tasks = _tasks(cfg)
     jobs = jobs or min(2, os.cpu_count() or 1)
-    cfg_dict = cfg.to_dict()
-    if jobs > 1:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(jobs, initializer=_init_worker, initargs=(cfg_dict,)) as pool:
-            results = list(_progress(pool.imap(_work, tasks, chunksize=1), len(tasks), cfg.progress))
-    else:
-        threads = torch.get_num_threads()
-        _init_worker(cfg_dict)
-        try:
-            results = [_work(t) for t in _progress(tasks, len(tasks), cfg.progress)]
-        finally:
-            torch.set_num_threads(threads)
+    results = _train_all(cfg, jobs)
+    training_seconds = round(time.perf_counter() - started, 1)
     data = make_dataset(cfg.dataset, cfg.train_size, cfg.test_size, cfg.seed)
 
     # Critical points: converged runs, duplicates removed within each (width, activation, method).
@@ -96,33 +141,78 @@ def run(cfg: ReproduceConfig, out_dir: str | os.PathLike, jobs: int | None = Non
             if id(r) in ids:
                 points.append(p)
                 runs_by_point.append(r)
-    summary = summarize(points, cfg.high_quantile)
     counts = {
         f"{act} H={w} {'HSR' if hsr else 'plain'}": {
             "runs": len(m), "converged": sum(r.converged for r, _ in m),
             "diverged": sum(r.diverged for r, _ in m),
             "analysed": sum(1 for r in runs_by_point if (r.width, r.activation, r.hsr) == (w, act, hsr)),
+            "median_steps": float(torch.tensor([float(r.steps) for r, _ in m]).median()),
         }
         for (w, act, hsr), m in sorted(groups.items())
     }
     results_json = {
-        "config": cfg_dict,
+        "config": cfg.to_dict(),
         "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "jobs": jobs},
         "seconds": None,
+        "training_seconds": training_seconds,
         # The sizes the data set really has (breast_cancer's test set is what training leaves).
         "data": {"dataset": data.name, "features": data.dim, "train_size": len(data.y_train),
                  "test_size": len(data.y_test)},
         "used_final_iterates": fallback,
         "counts": counts,
-        "summary": summary,
         "points": points,
+        # Each analysed point's run: its trajectory and end point θ (flatten_params' order).
         "trajectories": [
             {k: getattr(r, k) for k in ("width", "activation", "seed", "lr", "hsr")} | r.trajectory
+            | {"params": reference.flatten_params(*r.params).tolist()}
             for r in runs_by_point
         ],
     }
+    return _analyse_and_write(cfg, data, results_json, runs_by_point, out, started)
+
+
+def _analyse_and_write(cfg: ReproduceConfig, data, results_json: dict, runs_by_point: list,
+                       out: Path, started: float | None) -> dict:
+    """The statistics, the claims, the figures, results.json and report.md from the analysed
+    points; ``started`` (a perf_counter time) sets the run's total seconds, None keeps them."""
+    from .figures import make_figures
+    from .report import write_report
+
+    points = results_json["points"]
+    summary = summarize(points, cfg.high_quantile, cfg.saddle_tol)
+    results_json["summary"] = summary
+    results_json["claims"] = [c._asdict() for c in claims(summary, points)]
     figures = make_figures(data, points, runs_by_point, summary, out)
-    results_json["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps(results_json, indent=1, default=float))
+    if started is not None:
+        results_json["seconds"] = round(time.perf_counter() - started, 1)
+    # Compact: a full run holds thousands of points and trajectories.
+    (out / "results.json").write_text(json.dumps(results_json, default=float))
     write_report(cfg, results_json, figures, out)
     return results_json
+
+
+def reanalyse(out_dir: str | os.PathLike) -> dict:
+    """Rewrite the statistics, figures and report of an earlier run from its ``results.json``
+    (no training): for a report of a newer version of the analysis, or after editing it."""
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no results.json to reanalyse (run `torch-ws reproduce` "
+                                "with this --out first)")
+    results_json = json.loads(path.read_text())
+    settings = {k: tuple(v) if isinstance(v, list) else v
+                for k, v in results_json["config"].items()}
+    cfg = ReproduceConfig(**settings, progress=False)
+    data = make_dataset(cfg.dataset, cfg.train_size, cfg.test_size, cfg.seed)
+    runs_by_point = []
+    for point, t in zip(results_json["points"], results_json["trajectories"]):
+        theta = torch.tensor(t["params"], dtype=torch.float64)
+        width = t["width"]
+        shapes = [torch.empty(width, data.dim), torch.empty(width), torch.empty(1, width),
+                  torch.empty(1)]
+        params = [p.clone() for p in reference.unflatten_params(theta, *shapes)]
+        trajectory = {k: t[k] for k in ("step", "loss", "bound", "lambda_max")}
+        runs_by_point.append(Run(width, t["activation"], t["seed"], t["lr"], t["hsr"],
+                                 point["converged"], False, point["steps"], point["grad_norm"],
+                                 params, trajectory))
+    return _analyse_and_write(cfg, data, results_json, runs_by_point, out, started=None)

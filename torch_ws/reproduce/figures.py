@@ -2,7 +2,6 @@
 name; :func:`make_figures` returns {name: (file, caption)}."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +12,7 @@ import torch  # noqa: E402
 
 from .. import reference  # noqa: E402
 from .analysis import config_key  # noqa: E402
+from .claims import p_text  # noqa: E402
 
 PLAIN_COLOR, HSR_COLOR = "#1f77b4", "#d62728"
 
@@ -22,10 +22,6 @@ def _save(fig, out: Path, name: str) -> str:
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return name
-
-
-def _fmt_p(p: float) -> str:
-    return "p = n/a" if p is None or math.isnan(p) else f"p = {p:.2g}"
 
 
 def bound_equals_lambda_max_line(ax, values, margin: float) -> None:
@@ -151,7 +147,7 @@ def f1_high_low(points, summary, out):
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.boxplot([low, high] if high else [low], tick_labels=["low bound", "high bound"][: 2 if high else 1])
     ax.set_ylabel("test macro-F1")
-    ax.set_title(f"Test F1 by bound group (Mann-Whitney {_fmt_p(summary['high_low']['mann_whitney_p'])})", fontsize=9)
+    ax.set_title(f"Test F1 by bound group (Mann-Whitney {p_text(summary['high_low']['mann_whitney_p'])})", fontsize=9)
     return _save(fig, out, "f1_high_vs_low_bound.png")
 
 
@@ -175,7 +171,7 @@ def plain_vs_hsr(points, summary, out):
         if metric == "lambda_max":
             ax.set_yscale("log")
         s = summary["plain_vs_hsr"][metric]
-        ax.set_title(f"{label}\nWilcoxon {_fmt_p(s['wilcoxon_p'])} ({s['pairs']} pairs)", fontsize=9)
+        ax.set_title(f"{label}\nWilcoxon {p_text(s['wilcoxon_p'])} ({s['pairs']} pairs)", fontsize=9)
     axes[0].plot([], [], color=PLAIN_COLOR, lw=6, alpha=0.5, label="plain GD")
     axes[0].plot([], [], color=HSR_COLOR, lw=6, alpha=0.5, label="HSR")
     axes[0].legend(fontsize=8)
@@ -206,7 +202,7 @@ def width_comparison(points, summary, out):
     ax.boxplot([[p["bound"] for p in plain if p["width"] == w] for w in (lo, hi)], tick_labels=[f"H = {lo}", f"H = {hi}"])
     ax.set_yscale("log")
     ax.set_ylabel("λ_sup at critical points")
-    ax.set_title(f"Hidden width (Mann-Whitney {_fmt_p(summary['width']['mann_whitney_p'])})", fontsize=9)
+    ax.set_title(f"Hidden width (Mann-Whitney {p_text(summary['width']['mann_whitney_p'])})", fontsize=9)
     return _save(fig, out, "width_comparison.png")
 
 

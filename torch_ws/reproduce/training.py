@@ -84,15 +84,16 @@ def train_run(data: Dataset, width: int, activation: str, seed: int, lr: float, 
                [p.detach().clone() for p in params], traj)
 
 
-def _macro_f1(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    """Macro-averaged F1 over the two classes (a class never predicted nor present scores 0)."""
+def macro_f1(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Macro-averaged F1 over the two classes along the last dimension (predictions of one model
+    (N,), or of B models (B, N)); a class never predicted nor present scores 0."""
     scores = []
     for cls in (0.0, 1.0):
-        tp = float(((pred == cls) & (truth == cls)).sum())
-        fp = float(((pred == cls) & (truth != cls)).sum())
-        fn = float(((pred != cls) & (truth == cls)).sum())
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / 2
+        tp = ((pred == cls) & (truth == cls)).sum(-1).double()
+        fp = ((pred == cls) & (truth != cls)).sum(-1).double()
+        fn = ((pred != cls) & (truth == cls)).sum(-1).double()
+        scores.append(torch.where(tp == 0, 0.0, 2 * tp / (2 * tp + fp + fn)))
+    return (scores[0] + scores[1]) / 2
 
 
 def measure(data: Dataset, run: Run) -> dict:
@@ -124,7 +125,7 @@ def measure(data: Dataset, run: Run) -> dict:
         "w1_norm": float(params[0].norm()),
         "hidden_gram_norm": float((hidden @ hidden.T).norm()),
         "train_loss": train_loss,
-        "test_f1": _macro_f1((test_logits > 0).double(), data.y_test),
+        "test_f1": float(macro_f1((test_logits > 0).double(), data.y_test)),
     }
 
 

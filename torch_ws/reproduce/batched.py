@@ -1,0 +1,239 @@
+"""Many networks at once: full-batch gradient descent of B models of one shape as one batched
+model, each with its own learning rate and its own stop, and the measurements at their end points.
+
+A batch holds w1 (B, H, D), b1 (B, H), w2 (B, 1, H), b2 (B, 1). One step is a handful of batched
+tensor operations for the losses' gradients and, with HSR, one call of
+:func:`torch_ws.ws_bound_batched` for all the bounds and their gradients; models that reached a
+critical point (or diverged) are frozen and dropped from the batch. Model b follows exactly the
+update of :func:`training.train_run` for its seed and learning rate (the tests check it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops, reference
+from .data import Dataset
+from .training import Run, init_params, macro_f1
+
+#: Called with the number of models that just finished (the progress bar's tick).
+Progress = Optional[Callable[[int], None]]
+
+
+def _hidden_and_slope(activation: str, pre: torch.Tensor):
+    """φ(pre) and φ'(pre); φ' written out for the experiments' activations, by autograd for the
+    others."""
+    if activation == "tanh":
+        hidden = torch.tanh(pre)
+        return hidden, 1 - hidden * hidden
+    if activation == "sigmoid":
+        hidden = torch.sigmoid(pre)
+        return hidden, hidden * (1 - hidden)
+    with torch.enable_grad():
+        leaf = pre.detach().requires_grad_(True)
+        hidden = reference.ACTIVATION_FUNCTIONS[activation](leaf)
+        (slope,) = torch.autograd.grad(hidden.sum(), leaf)
+    # Autograd may return a broadcast view (a linear φ's slope is expanded ones); the caller
+    # scales the slope in place.
+    return hidden.detach(), slope.contiguous()
+
+
+def batched_logits(x, params, activation: str) -> torch.Tensor:
+    """The B models' logits on x: (B, N)."""
+    w1, b1, w2, b2 = params
+    pre = torch.baddbmm(b1.unsqueeze(1), x.expand(w1.shape[0], -1, -1), w1.transpose(1, 2))
+    hidden = reference.ACTIVATION_FUNCTIONS[activation](pre)
+    return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(2)
+
+
+def loss_and_gradients(x, y, params, activation: str):
+    """Each model's mean binary cross-entropy (B,) and its gradients with respect to w1, b1, w2,
+    b2 (the model dimension first), by backpropagation written out: at these sizes autograd's
+    bookkeeping costs more than the arithmetic."""
+    w1, b1, w2, b2 = params
+    num_models, num_samples = w1.shape[0], x.shape[0]
+    inputs = x.expand(num_models, -1, -1)
+    pre = torch.baddbmm(b1.unsqueeze(1), inputs, w1.transpose(1, 2))          # (B, N, H)
+    hidden, slope = _hidden_and_slope(activation, pre)
+    z = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(2)  # (B, N)
+    loss = (F.softplus(z) - y * z).mean(1)
+    e = (torch.sigmoid(z) - y) / num_samples                                   # ∂L/∂z
+    delta = slope.mul_(e.unsqueeze(2)).mul_(w2)                                # ∂L/∂pre
+    grads = [torch.bmm(delta.transpose(1, 2), inputs), delta.sum(1),
+             torch.bmm(e.unsqueeze(1), hidden), e.sum(1, keepdim=True)]
+    return loss, grads
+
+
+def stack_initializations(dim: int, width: int, std: float, seeds) -> list[torch.Tensor]:
+    """w1, b1, w2, b2 with a leading model dimension: model b is ``init_params`` of seed b."""
+    per_model = [init_params(dim, width, std, torch.Generator().manual_seed(int(s))) for s in seeds]
+    return [torch.stack(parts) for parts in zip(*per_model)]
+
+
+def explicit_hessians(data: Dataset, params, activation: str) -> torch.Tensor:
+    """The B loss Hessians (B, n, n) in :func:`reference.flatten_params`' order (W1 row-major,
+    b1, w2, b2), assembled in closed form (docs/math.md §3):
+    H = Σ_i s_i g_i g_iᵀ + e_i M_i with batched matrix products. Each is the matrix
+    ``reference.explicit_hessian`` gives (the tests check it), at a small fraction of the cost of
+    vmapping ``torch.func.hessian`` over hundreds of models."""
+    w1, b1, w2, b2 = params
+    x, y = data.x_train, data.y_train
+    num_models, hidden, dim = w1.shape
+    num_samples = x.shape[0]
+    pre = torch.baddbmm(b1.unsqueeze(1), x.expand(num_models, -1, -1), w1.transpose(1, 2))
+    phi0, phi1, phi2 = (d.detach() for d in reference._activation_derivatives(activation, pre))
+    z = torch.baddbmm(b2.unsqueeze(1), phi0, w2.transpose(1, 2)).squeeze(2)
+    prob = torch.sigmoid(z)
+    e = (prob - y) / num_samples                         # ℓ'(z)/N
+    s = prob * torch.sigmoid(-z) / num_samples           # ℓ''(z)/N
+    x_ext = torch.cat([x, torch.ones(num_samples, 1, dtype=x.dtype)], dim=1)   # (N, D + 1)
+    u = phi1 * w2                                        # w2_k φ'(a_ik): (B, N, H)
+    # The tangents g_i = ∂z_i/∂θ: (B, N, n).
+    tangent_w1 = (u.unsqueeze(3) * x_ext.view(1, num_samples, 1, dim + 1))
+    tangents = torch.cat([tangent_w1[..., :dim].reshape(num_models, num_samples, -1),
+                          u, phi0, torch.ones(num_models, num_samples, 1, dtype=x.dtype)], dim=2)
+    hessian = torch.bmm(tangents.transpose(1, 2), tangents * s.unsqueeze(2))
+    # e_i M_i: per hidden unit k, the (W1_k, b1_k) block Σ_i e_i w2_k φ''(a_ik) x̃_i x̃_iᵀ and its
+    # column against w2_k, Σ_i e_i φ'(a_ik) x̃_i.
+    unit_rows = torch.cat([torch.arange(hidden).unsqueeze(1) * dim + torch.arange(dim),
+                           (hidden * dim + torch.arange(hidden)).unsqueeze(1)], dim=1)
+    w2_rows = hidden * dim + hidden + torch.arange(hidden)
+    block = torch.einsum("bnk,nd,nf->bkdf", e.unsqueeze(2) * w2 * phi2, x_ext, x_ext)
+    cross = torch.einsum("bnk,nd->bkd", e.unsqueeze(2) * phi1, x_ext)
+    models = torch.arange(num_models).view(-1, 1, 1, 1)
+    rows = unit_rows.view(1, hidden, dim + 1, 1)
+    hessian[models, rows, unit_rows.view(1, hidden, 1, dim + 1)] += block
+    models = models.view(-1, 1, 1)
+    hessian[models, unit_rows.unsqueeze(0), w2_rows.view(1, hidden, 1)] += cross
+    hessian[models, w2_rows.view(1, hidden, 1), unit_rows.unsqueeze(0)] += cross
+    return hessian
+
+
+def extreme_eigenvalues(data: Dataset, params, activation: str, chunk: int = 256):
+    """(λ_max, λ_min) of every model's explicit Hessian, (B,) each, in chunks of models."""
+    highest, lowest = [], []
+    for start in range(0, params[0].shape[0], chunk):
+        part = [p[start:start + chunk] for p in params]
+        eig = torch.linalg.eigvalsh(explicit_hessians(data, part, activation))
+        highest.append(eig[:, -1])
+        lowest.append(eig[:, 0])
+    return torch.cat(highest), torch.cat(lowest)
+
+
+def train_batch(data: Dataset, width: int, activation: str, seeds, lrs, hsr: bool, rho: float,
+                init_std: float, max_steps: int, grad_tol: float, record_points: int,
+                progress: Progress = None) -> list[Run]:
+    """Gradient descent on each model's L (or L + rho·λ_sup with HSR) from the initialization of
+    its seed with its learning rate, until its ‖∇‖ < grad_tol, divergence, or ``max_steps``.
+    Returns one :class:`Run` per seed, as :func:`training.train_run` would."""
+    x, y = data.x_train, data.y_train
+    params = stack_initializations(data.dim, width, init_std, seeds)
+    final = [p.clone() for p in params]
+    num_models = len(seeds)
+    lr_all = torch.tensor([float(v) for v in lrs], dtype=torch.float64)
+    steps = torch.zeros(num_models, dtype=torch.long)
+    grad_norms = torch.full((num_models,), math.inf, dtype=torch.float64)
+    converged = torch.zeros(num_models, dtype=torch.bool)
+    diverged = torch.zeros(num_models, dtype=torch.bool)
+    record_every = max(1, max_steps // max(1, record_points))
+    trajectories = [{"step": [], "loss": [], "bound": [], "lambda_max": []} for _ in seeds]
+    active = torch.arange(num_models)      # model ids of the rows in `params`
+    lr = lr_all.clone()
+
+    def record(rows: torch.Tensor, step: int, loss_rows: torch.Tensor, bound_rows):
+        # rows index `params`; the trajectory point of each of those models at `step`.
+        if len(rows) == 0:
+            return
+        part = [p[rows].detach() for p in params]
+        if bound_rows is None:
+            with torch.no_grad():
+                bound_rows = ops.ws_bound_batched(x, y, *part, activation, "mean")
+        lam_max, _ = extreme_eigenvalues(data, part, activation)
+        for r, model in enumerate(active[rows].tolist()):
+            t = trajectories[model]
+            t["step"].append(step)
+            t["loss"].append(float(loss_rows[r]))
+            t["bound"].append(float(bound_rows[r]))
+            t["lambda_max"].append(float(lam_max[r]))
+
+    for step in range(max_steps + 1):
+        loss_value, grads = loss_and_gradients(x, y, params, activation)
+        bound = None
+        if hsr:
+            leaves = [p.detach().requires_grad_(True) for p in params]
+            bound = ops.ws_bound_batched(x, y, *leaves, activation, "mean")
+            bound_grads = torch.autograd.grad(bound.sum(), leaves)
+            grads = [g + rho * gb for g, gb in zip(grads, bound_grads)]
+        with torch.no_grad():
+            norm = torch.sqrt(sum(g.reshape(g.shape[0], -1).square().sum(1) for g in grads))
+            bad = ~torch.isfinite(norm) | ~torch.isfinite(loss_value)
+            done = norm < grad_tol
+            keep_going = ~(bad | done)
+            if step == max_steps:
+                keep_going = torch.zeros_like(keep_going)
+            rows_to_record = torch.nonzero(~bad & (done | (step % record_every == 0))).squeeze(1)
+        record(rows_to_record, step, loss_value[rows_to_record],
+               None if bound is None else bound.detach()[rows_to_record])
+        with torch.no_grad():
+            finished = torch.nonzero(~keep_going).squeeze(1)
+            if len(finished):
+                ids = active[finished]
+                for f, p in zip(final, params):
+                    f[ids] = p[finished]
+                steps[ids] = step
+                grad_norms[ids] = norm[finished]
+                converged[ids] = done[finished] & ~bad[finished]
+                diverged[ids] = bad[finished]
+                if progress is not None:
+                    progress(len(finished))
+            go = torch.nonzero(keep_going).squeeze(1)
+            if len(go) == 0:
+                break
+            # A step for the models still running (a model stops where it met its criterion).
+            params = [p[go] - lr[go].view(-1, *([1] * (p.dim() - 1))) * g[go]
+                      for p, g in zip(params, grads)]
+            active, lr = active[go], lr[go]
+
+    return [
+        Run(width, activation, int(seeds[b]), float(lr_all[b]), hsr, bool(converged[b]),
+            bool(diverged[b]), int(steps[b]), float(grad_norms[b]), [f[b].clone() for f in final],
+            trajectories[b])
+        for b in range(num_models)
+    ]
+
+
+def measure_batch(data: Dataset, runs: list[Run]) -> list[dict]:
+    """:func:`training.measure` for runs of one width and activation, batched: the closed-form
+    bounds in one call, the exact spectra by batched ``eigvalsh``."""
+    if not runs:
+        return []
+    activation = runs[0].activation
+    params = [torch.stack(parts) for parts in zip(*(r.params for r in runs))]
+    x, y = data.x_train, data.y_train
+    with torch.no_grad():
+        trace, trace_sq, _, _ = torch.ops.torch_ws._batched_traces(
+            x, y, *params, activation, "mean", False, False, "bce")
+        n = ops.num_params(*(p[0] for p in params))
+        upper, lower, min_lower, _, _ = torch.ops.torch_ws._ws_bounds_from_traces(
+            trace, trace_sq, n)
+        lam_max, lam_min = extreme_eigenvalues(data, params, activation)
+        w1, b1 = params[0], params[1]
+        pre = torch.baddbmm(b1.unsqueeze(1), x.expand(len(runs), -1, -1), w1.transpose(1, 2))
+        hidden = reference.ACTIVATION_FUNCTIONS[activation](pre)
+        gram_norm = torch.linalg.matrix_norm(torch.bmm(hidden, hidden.transpose(1, 2)))
+        test_logits = batched_logits(data.x_test, params, activation)
+        f1 = macro_f1((test_logits > 0).double(), data.y_test)
+        train_loss = loss_and_gradients(x, y, params, activation)[0]
+    return [{
+        "width": r.width, "activation": activation, "seed": r.seed, "lr": r.lr, "hsr": r.hsr,
+        "converged": r.converged, "steps": r.steps, "grad_norm": r.grad_norm,
+        "bound": float(upper[b]), "bound_lower": float(lower[b]),
+        "lambda_min_lower": float(min_lower[b]), "lambda_max": float(lam_max[b]),
+        "lambda_min": float(lam_min[b]), "trace": float(trace[b]),
+        "w2_norm": float(r.params[2].norm()), "w1_norm": float(r.params[0].norm()),
+        "hidden_gram_norm": float(gram_norm[b]), "train_loss": float(train_loss[b]),
+        "test_f1": float(f1[b]),
+    } for b, r in enumerate(runs)]
