@@ -10,6 +10,7 @@ from torch_ws.reproduce import ReproduceConfig, run
 FIGURES = [
     "bound_vs_lambda_max.png", "bound_histogram.png", "training_dynamics.png", "landscapes.png",
     "f1_high_vs_low_bound.png", "plain_vs_hsr.png", "bound_vs_norms.png", "width_comparison.png",
+    "tightness_histograms.png",
 ]
 
 

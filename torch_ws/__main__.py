@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="24 initializations per setting, under a minute on 2 cores (default)")
     size.add_argument("--full", action="store_true",
                       help="the papers' scale: 500 initializations per setting (Gaussians: about "
-                           "25 minutes on 2 cores)")
+                           "5 minutes on 2 cores)")
     rep.add_argument("--out", help="report folder (default: reports/reproduce for the Gaussians, "
                                     "reports/reproduce-<dataset> for another data set)")
     rep.add_argument("--dataset", choices=ALL_DATASETS,

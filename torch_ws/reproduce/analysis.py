@@ -128,6 +128,16 @@ def summarize(points: list[dict], high_quantile: float, saddle_tol: float = 1e-3
             "spearman": float(stats.spearmanr([p["bound"] for p in pts], [p["lambda_max"] for p in pts])[0])
             if len(pts) > 2 else math.nan,
         }
+        # The spectral bound (docs/math.md §9), where the run measured it.
+        spectral = [p["spectral_bound"] / p["lambda_max"] for p in pts
+                    if p["lambda_max"] > 0 and "spectral_bound" in p]
+        if spectral:
+            out["configs"][cfg] |= {
+                "median_spectral_ratio": _median(spectral),
+                "max_spectral_ratio": max(spectral),
+                "spectral_holds": all(p["spectral_bound"] >= p["lambda_max"] * (1 - 1e-9)
+                                      for p in pts),
+            }
 
     # High-bound vs low-bound groups: above the quantile of the bound within each configuration.
     high, low = [], []

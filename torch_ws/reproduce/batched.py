@@ -205,6 +205,15 @@ def train_batch(data: Dataset, width: int, activation: str, seeds, lrs, hsr: boo
     ]
 
 
+def spectral_bounds(data: Dataset, runs: list[Run]) -> list[float]:
+    """The spectral bound (λ_max(GGN) + λ_max(R), or WS if smaller; docs/math.md §9) at each
+    run's end point: one :func:`torch_ws.spectral_bound` call per model (about 2 ms at the
+    papers' scale; there is no batched form)."""
+    with torch.no_grad():
+        return [float(ops.spectral_bound(data.x_train, data.y_train, *r.params, r.activation,
+                                         "mean").upper) for r in runs]
+
+
 def measure_batch(data: Dataset, runs: list[Run]) -> list[dict]:
     """:func:`training.measure` for runs of one width and activation, batched: the closed-form
     bounds in one call, the exact spectra by batched ``eigvalsh``."""
@@ -235,5 +244,5 @@ def measure_batch(data: Dataset, runs: list[Run]) -> list[dict]:
         "lambda_min": float(lam_min[b]), "trace": float(trace[b]),
         "w2_norm": float(r.params[2].norm()), "w1_norm": float(r.params[0].norm()),
         "hidden_gram_norm": float(gram_norm[b]), "train_loss": float(train_loss[b]),
-        "test_f1": float(f1[b]),
-    } for b, r in enumerate(runs)]
+        "test_f1": float(f1[b]), "spectral_bound": spectral,
+    } for (b, r), spectral in zip(enumerate(runs), spectral_bounds(data, runs))]

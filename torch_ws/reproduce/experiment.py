@@ -13,7 +13,7 @@ from .. import reference
 from .analysis import summarize
 from .config import ReproduceConfig
 from .data import make_dataset
-from .batched import measure_batch, train_batch
+from .batched import measure_batch, spectral_bounds, train_batch
 from .claims import claims
 from .training import Run, deduplicate
 
@@ -215,4 +215,10 @@ def reanalyse(out_dir: str | os.PathLike) -> dict:
         runs_by_point.append(Run(width, t["activation"], t["seed"], t["lr"], t["hsr"],
                                  point["converged"], False, point["steps"], point["grad_norm"],
                                  params, trajectory))
+    # Measurements a newer version takes at every point, added to an older run's points.
+    missing = [i for i, p in enumerate(results_json["points"]) if "spectral_bound" not in p]
+    if missing:
+        values = spectral_bounds(data, [runs_by_point[i] for i in missing])
+        for i, value in zip(missing, values):
+            results_json["points"][i]["spectral_bound"] = value
     return _analyse_and_write(cfg, data, results_json, runs_by_point, out, started=None)

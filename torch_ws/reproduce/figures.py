@@ -55,6 +55,29 @@ def bound_vs_lambda_max(points, out):
     return _save(fig, out, "bound_vs_lambda_max.png")
 
 
+def tightness_histograms(points, out):
+    """bound/λ_max at plain-GD critical points, WS and spectral side by side, per setting; None
+    where the points have no spectral bound (results of an older version)."""
+    plain = [p for p in points if not p["hsr"] and p["lambda_max"] > 0]
+    if not plain or any("spectral_bound" not in p for p in plain):
+        return None
+    cfgs = sorted({config_key(p) for p in plain})
+    fig, axes = plt.subplots(1, len(cfgs), figsize=(3.6 * len(cfgs), 3), squeeze=False)
+    for ax, cfg in zip(axes[0], cfgs):
+        pts = [p for p in plain if config_key(p) == cfg]
+        ws = [p["bound"] / p["lambda_max"] for p in pts]
+        spectral = [p["spectral_bound"] / p["lambda_max"] for p in pts]
+        bins = torch.linspace(1.0, max(ws + spectral) * 1.01, 30).tolist()
+        ax.hist(ws, bins=bins, alpha=0.6, color=PLAIN_COLOR, label="Wolkowicz-Styan")
+        ax.hist(spectral, bins=bins, alpha=0.6, color=HSR_COLOR, label="spectral (GGN + R)")
+        ax.axvline(1.0, color="k", lw=1)
+        ax.set_title(cfg, fontsize=9)
+        ax.set_xlabel("bound / exact λ_max")
+    axes[0][0].set_ylabel("critical points")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, out, "tightness_histograms.png")
+
+
 def bound_histogram(points, out):
     plain = [p for p in points if not p["hsr"]]
     cfgs = sorted({config_key(p) for p in plain})
@@ -210,6 +233,8 @@ def make_figures(data, points, runs, summary, out: Path) -> dict:
     figs = {
         "bound_vs_lambda_max": (bound_vs_lambda_max(points, out),
                                 "Closed-form WS bound against the exact λ_max of the explicit Hessian, every critical point (hollow: HSR)."),
+        "tightness_histograms": (tightness_histograms(points, out),
+                                 "bound / exact λ_max at plain-GD critical points: the WS bound and the spectral bound (torch_ws.spectral_bound), side by side."),
         "bound_histogram": (bound_histogram(points, out),
                             "Distribution of the bound at plain-GD critical points; dashed: the high/low group boundary."),
         "training_dynamics": (training_dynamics(points, runs, out),

@@ -59,6 +59,16 @@ def write_report(cfg, results: dict, figures: dict, out: Path) -> None:
     for cfg_name, c in s["configs"].items():
         lines.append(f"| {cfg_name} | {c['points']} | {_f(c['median_bound'])} | {_f(c['median_lambda_max'])} | "
                      f"{_f(c['median_ratio'])} | {_f(c['max_ratio'])} | {_f(c['spearman'], 2)} | {c['bound_holds']} |")
+    if any("median_spectral_ratio" in c for c in s["configs"].values()):
+        lines += ["", "The spectral bound (`torch_ws.spectral_bound`: λ_max of the Gauss-Newton part "
+                  "plus λ_max of the residual, by Weyl, or WS where smaller; docs/math.md §9) at the "
+                  "same points:", "",
+                  "| setting (plain GD) | median WS/λ_max | median spectral/λ_max | worst spectral/λ_max | spectral ≥ λ_max everywhere |",
+                  "|---|---|---|---|---|"]
+        for cfg_name, c in s["configs"].items():
+            if "median_spectral_ratio" in c:
+                lines.append(f"| {cfg_name} | {_f(c['median_ratio'])} | {_f(c['median_spectral_ratio'])} | "
+                             f"{_f(c['max_spectral_ratio'])} | {c['spectral_holds']} |")
     hl = s["high_low"]
     lines += ["", "## Sharpness and test performance", "",
               f"High-bound group (above the {cfg.high_quantile:.0%} quantile within each setting): "

@@ -126,6 +126,7 @@ def measure(data: Dataset, run: Run) -> dict:
         "hidden_gram_norm": float((hidden @ hidden.T).norm()),
         "train_loss": train_loss,
         "test_f1": float(macro_f1((test_logits > 0).double(), data.y_test)),
+        "spectral_bound": float(ops.spectral_bound(x, y, *params, act, "mean").upper),
     }
 
 
