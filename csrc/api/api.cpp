@@ -102,19 +102,23 @@ const torch::nn::Sequential& checked_sequential(const torch::nn::Sequential& mod
 }  // namespace
 
 HSRRegularizer::HSRRegularizer(const torch::nn::Sequential& model, std::string reduction,
-                               std::string loss)
+                               std::string loss, std::string bound)
     : HSRRegularizer(linear_at(checked_sequential(model), 0), checked_sequential(model)->ptr(1),
                      linear_at(checked_sequential(model), 2), std::move(reduction),
-                     std::move(loss)) {}
+                     std::move(loss), std::move(bound)) {}
 
 HSRRegularizer::HSRRegularizer(torch::nn::Linear hidden,
                                const std::shared_ptr<torch::nn::Module>& activation,
-                               torch::nn::Linear output, std::string reduction, std::string loss)
+                               torch::nn::Linear output, std::string reduction, std::string loss,
+                               std::string bound)
     : hidden_(std::move(hidden)),
       output_(std::move(output)),
       activation_(activation_of(activation)),
       reduction_(std::move(reduction)),
-      loss_(std::move(loss)) {
+      loss_(std::move(loss)),
+      bound_(std::move(bound)) {
+  TORCH_CHECK_VALUE(bound_ == "ws" || bound_ == "spectral", kRegularizer, ": unknown bound '",
+                    bound_, "'; expected ws or spectral");
   const LossEntry& head = loss_entry(parse_loss(kRegularizer, loss_));
   const int64_t width = output_->options.out_features();
   TORCH_CHECK_VALUE(width >= head.min_outputs && (head.max_outputs < 0 || width <= head.max_outputs),
@@ -138,8 +142,14 @@ at::Tensor HSRRegularizer::operator()(const at::Tensor& x, const at::Tensor& tar
   const bool class_indices = loss_ == "cross_entropy" && !at::isFloatingType(target.scalar_type());
   const at::Tensor labels =
       target.detach().to(class_indices ? at::kLong : x.scalar_type());
-  return ws_bound(x, labels, hidden_->weight, optional_bias(hidden_->bias), output_->weight,
-                  optional_bias(output_->bias), activation_, reduction_, loss_);
+  const auto b1 = optional_bias(hidden_->bias), b2 = optional_bias(output_->bias);
+  if (bound_ == "spectral") {
+    return spectral_bound(x, labels, hidden_->weight, b1, output_->weight, b2, activation_,
+                          reduction_, loss_)
+        .upper;
+  }
+  return ws_bound(x, labels, hidden_->weight, b1, output_->weight, b2, activation_, reduction_,
+                  loss_);
 }
 
 }  // namespace torch_ws

@@ -85,16 +85,17 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
 // `loss` names the training loss as above ("bce", "cross_entropy", "mse"); the output layer's
 // width must fit it. Targets are cast to x's dtype, except integer class indices for
 // "cross_entropy", which stay int64.
+// `bound` is "ws" (ws_bound) or "spectral" (spectral_bound's upper: tighter at large n, dearer).
 // Supported activations: Identity, Sigmoid, Tanh, Softplus (beta 1, threshold 20), GELU
 // ("none" or "tanh"), SiLU, the same as the Python HSRRegularizer; anything else (ReLU and other
 // non-smooth activations with the reason) throws c10::ValueError naming them.
 class HSRRegularizer {
  public:
   explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean",
-                          std::string loss = "bce");
+                          std::string loss = "bce", std::string bound = "ws");
   HSRRegularizer(torch::nn::Linear hidden, const std::shared_ptr<torch::nn::Module>& activation,
                  torch::nn::Linear output, std::string reduction = "mean",
-                 std::string loss = "bce");
+                 std::string loss = "bce", std::string bound = "ws");
 
   // The bound on the current parameters, differentiable into them (and into x).
   at::Tensor operator()(const at::Tensor& x, const at::Tensor& target) const;
@@ -102,10 +103,11 @@ class HSRRegularizer {
   const std::string& activation() const { return activation_; }
   const std::string& reduction() const { return reduction_; }
   const std::string& loss() const { return loss_; }
+  const std::string& bound() const { return bound_; }
 
  private:
   torch::nn::Linear hidden_, output_;
-  std::string activation_, reduction_, loss_;
+  std::string activation_, reduction_, loss_, bound_;
 };
 
 }  // namespace torch_ws

@@ -275,6 +275,30 @@ void test_spectral_bound() {
                             std::to_string(max_err));
 }
 
+// HSRRegularizer(..., "spectral") is spectral_bound's upper, with its gradient; an unknown bound
+// is refused.
+void test_regularizer_spectral() {
+  torch::manual_seed(7);
+  torch::nn::Sequential model(torch::nn::Linear(2, 5), torch::nn::Tanh(), torch::nn::Linear(5, 1));
+  model->to(torch::kFloat64);
+  Problem p = make_problem(12, 2, 5);
+  torch_ws::HSRRegularizer reg(model, "mean", "bce", "spectral");
+  check(reg.bound() == "spectral", "regularizer: bound() is spectral");
+  at::Tensor value = reg(p.x, p.target);
+  auto* hidden = model[0]->as<torch::nn::Linear>();
+  auto* output = model[2]->as<torch::nn::Linear>();
+  const auto expected = torch_ws::spectral_bound(p.x, p.target, hidden->weight, hidden->bias,
+                                                 output->weight, output->bias, "tanh");
+  check(value.item<double>() == expected.upper.item<double>(),
+        "regularizer: spectral value is spectral_bound's upper");
+  value.backward();
+  auto g = torch::autograd::grad({expected.upper}, {hidden->weight});
+  check(torch::allclose(hidden->weight.grad(), g[0], 1e-12, 1e-14),
+        "regularizer: spectral gradient is spectral_bound's");
+  expect_error([&] { torch_ws::HSRRegularizer r(model, "mean", "bce", "lanczos"); },
+               "unknown bound 'lanczos'; expected ws or spectral", "regularizer: unknown bound");
+}
+
 // ws_bound_batched from C++: each entry and each model's gradient slice equal ws_bound of that
 // model alone; a 2-D w1 is refused with the expected shape.
 void test_ws_bound_batched() {
@@ -322,6 +346,7 @@ int main(int argc, char** argv) {
       {"losses", test_losses},
       {"spectral_bound", test_spectral_bound},
       {"ws_bound_batched", test_ws_bound_batched},
+      {"regularizer_spectral", test_regularizer_spectral},
   };
   for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
     cases[std::string("gradient_") + act] = [act] { test_gradient_against_finite_differences(act); };
