@@ -26,12 +26,14 @@ from .ops import (
     ws_bounds,
 )
 from .regularizer import HSRRegularizer
+from .dataset import dataset_bounds
 
 __all__ = [
     "ACTIVATIONS",
     "LOSSES",
     "REDUCTIONS",
     "WSBounds",
+    "dataset_bounds",
     "HSRRegularizer",
     "SpectralBound",
     "hessian_traces",

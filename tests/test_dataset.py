@@ -1,0 +1,71 @@
+"""dataset_bounds: the bounds of the loss over a whole data set read in batches, against the
+traces of the explicit Hessian of that loss (torch.func.hessian over all samples) and its
+gradient against ws_bounds on the concatenated data."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import torch_ws
+from torch_ws import reference
+
+
+def model_and_data(n=23, d=3, h=4, classes=1, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, classes)).double()
+    x = torch.randn(n, d, dtype=torch.float64)
+    y = (torch.randint(0, 2, (n,)).double() if classes == 1
+         else torch.randint(0, classes, (n,)))
+    return model, x, y
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_whole_set_bounds_equal_the_explicit_hessian_over_all_samples(reduction):
+    model, x, y = model_and_data()
+    loader = DataLoader(TensorDataset(x, y), batch_size=5)  # 23 = 4·5 + a partial batch of 3
+    bounds = torch_ws.dataset_bounds(model, loader, reduction=reduction)
+    params = [model[0].weight, model[0].bias, model[2].weight, model[2].bias]
+    hessian = reference.explicit_hessian(x, y, *(p.detach() for p in params), "tanh", reduction)
+    assert float(bounds.trace) == pytest.approx(float(hessian.trace()), rel=1e-12)
+    assert float(bounds.trace_sq) == pytest.approx(float((hessian * hessian).sum()), rel=1e-12)
+    assert float(bounds.lambda_max_upper) >= float(torch.linalg.eigvalsh(hessian)[-1])
+    assert bounds.num_params == hessian.shape[0]
+
+
+def test_gradient_is_the_whole_set_bounds():
+    model, x, y = model_and_data(classes=3)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, len(x), 4)]
+    torch_ws.dataset_bounds(model, batches, loss=criterion, grad=True)
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reg = torch_ws.HSRRegularizer(model, loss=criterion)
+    reg(x, y).backward()   # the same bound on all samples at once
+    for g, e in zip(got, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-15)
+
+
+def test_without_grad_leaves_grads_alone():
+    model, x, y = model_and_data()
+    torch_ws.dataset_bounds(model, [(x, y)], progress=True)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("batches, message", [
+    ([], "data yielded no batches"),
+    ([(torch.zeros(4, 3, dtype=torch.float64),)], r"expected each batch to be \(x, target\)"),
+    ([(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)),
+      (torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))],
+     r"batch 1 has x of shape \(4, 2\)"),
+    ([(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)),
+      (torch.zeros(4, 3, dtype=torch.float32), torch.zeros(4, dtype=torch.float64))],
+     "batch 1 has x of shape"),
+    ([(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))],
+     "batch 0 has a target of shape"),
+    ([(torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))],
+     r"expected x of shape \(batch, D\)"),
+])
+def test_bad_batches_are_refused(batches, message):
+    model, _, _ = model_and_data()
+    with pytest.raises((ValueError, TypeError), match=message):
+        torch_ws.dataset_bounds(model, batches)
