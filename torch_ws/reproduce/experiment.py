@@ -1,6 +1,7 @@
 """`torch-ws reproduce`: train, measure, analyse, plot, report."""
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -92,8 +93,12 @@ def _train_all(cfg: ReproduceConfig, jobs: int) -> list:
             if bar:
                 bar.close()
     ctx = mp.get_context("spawn")
-    ticks = ctx.Manager().Queue() if bar else None
-    with ctx.Pool(jobs, initializer=_init_worker, initargs=(cfg_dict, ticks)) as pool:
+    with contextlib.ExitStack() as stack:
+        # The workers report stopped models through a managed queue (the main process keeps
+        # the bar); both the manager and the pool end with this block.
+        ticks = stack.enter_context(ctx.Manager()).Queue() if bar else None
+        pool = stack.enter_context(
+            ctx.Pool(jobs, initializer=_init_worker, initargs=(cfg_dict, ticks)))
         pending = pool.map_async(_work, batches, chunksize=1)
         while not pending.ready():
             pending.wait(0.5)
