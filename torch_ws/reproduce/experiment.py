@@ -184,14 +184,20 @@ def _analyse_and_write(cfg: ReproduceConfig, data, results_json: dict, runs_by_p
     from .report import write_report
 
     points = results_json["points"]
+
+    def save():
+        # Compact: a full run holds thousands of points and trajectories.
+        (out / "results.json").write_text(json.dumps(results_json, default=float))
+
+    # Saved first, so that a failure below never loses a run (--reanalyse picks it up).
+    save()
     summary = summarize(points, cfg.high_quantile, cfg.saddle_tol)
     results_json["summary"] = summary
     results_json["claims"] = [c._asdict() for c in claims(summary, points)]
     figures = make_figures(data, points, runs_by_point, summary, out)
     if started is not None:
         results_json["seconds"] = round(time.perf_counter() - started, 1)
-    # Compact: a full run holds thousands of points and trajectories.
-    (out / "results.json").write_text(json.dumps(results_json, default=float))
+    save()
     write_report(cfg, results_json, figures, out)
     return results_json
 
