@@ -75,6 +75,7 @@ bench: develop
 	$(PYTHON) benchmarks/bench_scale.py
 	$(PYTHON) benchmarks/bench_sweep.py
 	$(PYTHON) benchmarks/bench_spectral.py
+	$(PYTHON) benchmarks/bench_batched.py
 
 bench-quick: develop
 	$(PYTHON) benchmarks/bench_ws.py --quick
