@@ -69,3 +69,58 @@ def test_bad_batches_are_refused(batches, message):
     model, _, _ = model_and_data()
     with pytest.raises((ValueError, TypeError), match=message):
         torch_ws.dataset_bounds(model, batches)
+
+
+# ---- Over torch.distributed: gloo processes on this machine (loopback). ----
+
+def _rank_worker(rank, world, init_file, out_dir, sizes, activations):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        model, x, y = model_and_data(n=sum(sizes))
+        if activations[rank] != "tanh":
+            model[1] = nn.Sigmoid()
+        start = sum(sizes[:rank])
+        shard = (x[start:start + sizes[rank]], y[start:start + sizes[rank]])
+        batches = [(shard[0][i:i + 4], shard[1][i:i + 4]) for i in range(0, sizes[rank], 4)]
+        try:
+            bounds = torch_ws.dataset_bounds(model, batches, grad=True, block_size=5)
+            result = {"bounds": [float(b) for b in bounds[:7]],
+                      "grads": [p.grad for p in model.parameters()]}
+        except ValueError as error:
+            result = {"error": str(error)}
+        torch.save(result, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_ranks(tmp_path, sizes, activations=None):
+    import torch.multiprocessing as mp
+
+    world = len(sizes)
+    activations = activations or ["tanh"] * world
+    mp.spawn(_rank_worker, args=(world, str(tmp_path / "init"), str(tmp_path), sizes,
+                                 activations), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
+
+
+@pytest.mark.parametrize("sizes", [(13, 9), (7, 11, 5)])
+def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, sizes):
+    """2 and 3 gloo processes with uneven shards (and partial batches, a block size that does not
+    divide N): every rank gets the single-process result on the concatenated data, to 1e-12."""
+    results = _run_ranks(tmp_path, sizes)
+    model, x, y = model_and_data(n=sum(sizes))
+    expected = torch_ws.dataset_bounds(model, [(x, y)], grad=True)
+    for result in results:
+        for got, want in zip(result["bounds"], expected[:7]):
+            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_ranks_that_disagree_are_told_so(tmp_path):
+    results = _run_ranks(tmp_path, (6, 6), activations=["tanh", "sigmoid"])
+    for result in results:
+        assert "the ranks disagree on activation: " in result["error"]

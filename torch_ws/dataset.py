@@ -1,5 +1,6 @@
-"""Bounds over a whole data set: the loss Hessian of the loss over every sample a DataLoader (or
-any iterable of batches) yields, not of one batch."""
+"""Bounds over a whole data set: the Hessian of the loss over every sample a DataLoader (or any
+iterable of batches) yields, not of one batch; on one process, or over the ranks of a
+torch.distributed group, each holding a shard."""
 from __future__ import annotations
 
 from typing import Iterable, Optional
@@ -7,6 +8,7 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from . import reference
 from .ops import WSBounds, ws_bounds
 from .regularizer import HSRRegularizer
 
@@ -32,8 +34,124 @@ def _check_like_first(x: Tensor, target: Tensor, first: tuple[Tensor, Tensor], i
                          f"batch 0's target is (·, {tuple(t0.shape[1:])}) of {t0.dtype}")
 
 
+def _pair_sums(rows, cols, params, activation: str, scale: float):
+    """Σ_{i ∈ rows, j ∈ cols} f(i, j), the pairs' share of tr(H²) (docs/math.md §4), for one
+    logit and binary cross-entropy, in float64 plain tensor operations (autograd differentiates
+    it in the parameters). rows and cols are (x, target) pairs of sample sets."""
+    w1, b1, w2, b2 = params
+    w = w2.reshape(-1)
+
+    def features(x, t):
+        pre = torch.nn.functional.linear(x, w1, b1)
+        phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
+        z = phi0 @ w + (b2 if b2 is not None else 0.0)
+        prob = torch.sigmoid(z)
+        return (x, phi0, phi1, phi1 * w, phi2 * w, scale * prob * torch.sigmoid(-z),
+                scale * (prob - t))
+
+    xa, p0a, p1a, ua, va, sa, ea = features(*rows)
+    xb, p0b, p1b, ub, vb, sb, eb = features(*cols)
+    k = xa @ xb.T + (1.0 if b1 is not None else 0.0)
+    g = k * (ua @ ub.T) + p0a @ p0b.T + (1.0 if b2 is not None else 0.0)
+    kk = k * k
+    b = kk * ((ua * ua) @ vb.T) + 2 * k * ((ua * p0a) @ p1b.T)
+    c = kk * (va @ vb.T) + 2 * k * (p1a @ p1b.T)
+    return sa @ (g * g) @ sb + 2 * sa @ b @ eb + ea @ c @ eb
+
+
+def _own_trace(rows, params, activation: str, scale: float):
+    """Σ_{i ∈ rows} of the per-sample terms of tr H (docs/math.md §4)."""
+    x, t = rows
+    w1, b1, w2, b2 = params
+    w = w2.reshape(-1)
+    pre = torch.nn.functional.linear(x, w1, b1)
+    phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
+    z = phi0 @ w + (b2 if b2 is not None else 0.0)
+    prob = torch.sigmoid(z)
+    s, e = scale * prob * torch.sigmoid(-z), scale * (prob - t)
+    k = (x * x).sum(1) + (1.0 if b1 is not None else 0.0)
+    g = k * (phi1 * w).square().sum(1) + phi0.square().sum(1) + (1.0 if b2 is not None else 0.0)
+    return (s * g + e * k * (phi2 * w).sum(1)).sum()
+
+
+def _distributed_bounds(reg: HSRRegularizer, x: Tensor, target: Tensor, group, grad: bool,
+                        block_size: int) -> WSBounds:
+    """The whole-set bounds when each rank of ``group`` holds a shard (x, target): the shards
+    are all-gathered (O(N·D) bytes per rank), rank r sums the pairs (i, j) whose i is in its own
+    shard, against all N samples in column blocks of ``block_size`` (an even share of the N²
+    pairs for even shards), and the sums and parameter gradients are all-reduced."""
+    import torch.distributed as dist
+
+    hidden, output = reg._layers
+    facts = (tuple(x.shape[1:]), str(x.dtype), tuple(hidden.weight.shape),
+             tuple(output.weight.shape), hidden.bias is not None, output.bias is not None,
+             reg.activation, reg.loss, reg.reduction)
+    everyone = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, (facts, x.cpu(), target.cpu()), group=group)
+    for rank, (other, _, _) in enumerate(everyone):
+        if other != facts:
+            names = ("input shape", "dtype", "W1 shape", "W2 shape", "b1", "b2", "activation",
+                     "loss", "reduction")
+            differ = [f"{n}: {a} here, {b} on rank {rank}"
+                      for n, a, b in zip(names, facts, other) if a != b]
+            raise ValueError("dataset_bounds: the ranks disagree on " + "; ".join(differ))
+    if reg.loss != "bce":
+        raise NotImplementedError("dataset_bounds: over torch.distributed only loss 'bce' (one "
+                                  f"logit) is implemented, got {reg.loss!r}")
+    device = hidden.weight.device
+    x_all = torch.cat([part[1] for part in everyone]).to(device, torch.float64)
+    t_all = torch.cat([part[2] for part in everyone]).to(device, torch.float64).reshape(-1)
+    me = dist.get_rank(group)
+    start = sum(len(part[1]) for part in everyone[:me])
+    rows = (x_all[start:start + len(x)], t_all[start:start + len(x)])
+    num = len(x_all)
+    scale = 1.0 / num if reg.reduction == "mean" else 1.0
+    params = [p.to(torch.float64) if p is not None else None
+              for p in (hidden.weight, hidden.bias, output.weight, output.bias)]
+    blocks = [(x_all[j:j + block_size], t_all[j:j + block_size])
+              for j in range(0, num, block_size)]
+
+    def local_sums():
+        trace_sq = sum(_pair_sums(rows, cols, params, reg.activation, scale) for cols in blocks)
+        return torch.stack([_own_trace(rows, params, reg.activation, scale), trace_sq])
+
+    with torch.no_grad():
+        sums = local_sums()
+    dist.all_reduce(sums, group=group)
+    n = torch.ops.torch_ws._num_params(x.shape[1], hidden.out_features, output.out_features,
+                                       hidden.bias is not None, output.bias is not None)
+    traces = [sums[0].clone().requires_grad_(grad), sums[1].clone().requires_grad_(grad)]
+    with torch.set_grad_enabled(grad):
+        bounds = torch.ops.torch_ws._ws_bounds_from_traces(*traces, n, x.dtype)
+    if grad:
+        # The bound's gradient is ∂λ/∂tr·∇tr H + ∂λ/∂tr H²·∇tr H²; each rank differentiates its
+        # own rows' share (block by block, freeing each graph), and the shares are summed.
+        d_trace, d_trace_sq = torch.autograd.grad(bounds[0], traces)
+        layers = (hidden.weight, hidden.bias, output.weight, output.bias)
+        leaves = [p for p in layers if p is not None]
+        total = [torch.zeros_like(p) for p in leaves]
+
+        def as_double():
+            return [p.to(torch.float64) if p is not None else None for p in layers]
+
+        shares = [lambda: d_trace * _own_trace(rows, as_double(), reg.activation, scale)]
+        shares += [lambda cols=cols: d_trace_sq * _pair_sums(rows, cols, as_double(),
+                                                             reg.activation, scale)
+                   for cols in blocks]
+        with torch.enable_grad():
+            for share in shares:
+                for t, g in zip(total, torch.autograd.grad(share(), leaves)):
+                    t += g
+        for t, p in zip(total, leaves):
+            dist.all_reduce(t, group=group)
+            p.grad = t if p.grad is None else p.grad + t
+    return WSBounds(*(b.detach().to(x.dtype) for b in bounds), trace=sums[0].to(x.dtype),
+                    trace_sq=sums[1].to(x.dtype), num_params=n)
+
+
 def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Optional[str] = None,
-                   grad: bool = False, progress: bool = False) -> WSBounds:
+                   grad: bool = False, progress: bool = False, group=None,
+                   block_size: int = 1024) -> WSBounds:
     """Every Wolkowicz-Styan bound of the loss Hessian over the whole data set.
 
     The loss is that of ``model`` over all N samples that ``data`` yields (averaged over all N
@@ -52,12 +170,24 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             the model's parameters' ``.grad`` (as ``backward()`` does): the full-batch HSR
             direction.
         progress: a progress bar over the batches.
+        group: a ``torch.distributed`` process group; default: the whole world when
+            ``torch.distributed`` is initialized, else none. With a group, each rank passes its
+            own shard and every rank gets the bounds (and, with ``grad``, the gradient) of the
+            union of the shards: the shards are all-gathered (O(N·D) bytes per rank), each rank
+            sums the pairs of samples whose first sample is its own, against all N in column
+            blocks of ``block_size`` (O(N_rank·block_size) memory), in float64 tensor
+            operations, and the sums and gradients are all-reduced. The ranks must agree on
+            the model's shapes, activation, loss and reduction (checked: a clear error on every
+            rank). Over a group only ``loss="bce"`` is implemented so far.
+        block_size: the column block of the distributed pairwise sums.
 
     Returns:
         :class:`WSBounds` of the whole-set loss, detached.
     """
     reg = HSRRegularizer(model, reduction=reduction, loss=loss)
     hidden, output = reg._layers
+    if group is None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        group = torch.distributed.group.WORLD
     batches = data
     if progress:
         from tqdm import tqdm
@@ -78,6 +208,11 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
         raise ValueError("dataset_bounds: data yielded no batches")
     x = torch.cat(xs)
     target = reg._target(x, torch.cat(targets))
+    if group is not None:
+        if not ((target >= 0) & (target <= 1)).all():
+            raise ValueError("dataset_bounds: expected targets in [0, 1] (probabilities) for "
+                             "loss 'bce'")
+        return _distributed_bounds(reg, x, target, group, grad, block_size)
     with torch.set_grad_enabled(grad):
         bounds = ws_bounds(x, target, hidden.weight, hidden.bias, output.weight, output.bias,
                            reg.activation, reg.reduction, reg.loss)
