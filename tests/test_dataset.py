@@ -124,3 +124,53 @@ def test_ranks_that_disagree_are_told_so(tmp_path):
     results = _run_ranks(tmp_path, (6, 6), activations=["tanh", "sigmoid"])
     for result in results:
         assert "the ranks disagree on activation: " in result["error"]
+
+
+def _ddp_worker(rank, world, init_file, out_dir, per_rank):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        model, x, y = model_and_data(n=per_rank * world)
+        ddp = DistributedDataParallel(model)
+        reg = torch_ws.HSRRegularizer(ddp, global_batch=True)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        objective = (nn.functional.binary_cross_entropy_with_logits(ddp(x[mine]).squeeze(1),
+                                                                    y[mine])
+                     + 0.1 * reg(x[mine], y[mine]))
+        objective.backward()
+        torch.save({"bound": float(reg(x[mine], y[mine])),
+                    "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_regularizer_over_the_global_batch_under_ddp(tmp_path):
+    """HSRRegularizer(global_batch=True) under DistributedDataParallel (2 gloo ranks, equal
+    shards): after DDP averages, every rank holds the gradient of mean BCE + ρ·bound over the
+    union of the batches, and the bound is the union's."""
+    import torch.multiprocessing as mp
+
+    world, per_rank = 2, 8
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), per_rank),
+             nprocs=world, join=True)
+    model, x, y = model_and_data(n=per_rank * world)
+    reg = torch_ws.HSRRegularizer(model)
+    bound = reg(x, y)
+    (nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+     + 0.1 * bound).backward()
+    for rank in range(world):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert result["bound"] == pytest.approx(float(bound.detach()), rel=1e-12)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=1e-11, atol=1e-14)
+
+
+def test_global_batch_needs_a_process_group():
+    model, x, y = model_and_data()
+    with pytest.raises(RuntimeError, match="needs torch.distributed to be initialized"):
+        torch_ws.HSRRegularizer(model, global_batch=True)(x, y)
+    with pytest.raises(ValueError, match="global_batch=True is implemented for bound='ws'"):
+        torch_ws.HSRRegularizer(model, bound="spectral", global_batch=True)

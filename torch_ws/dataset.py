@@ -74,79 +74,135 @@ def _own_trace(rows, params, activation: str, scale: float):
     return (s * g + e * k * (phi2 * w).sum(1)).sum()
 
 
-def _distributed_bounds(reg: HSRRegularizer, x: Tensor, target: Tensor, group, grad: bool,
-                        block_size: int) -> WSBounds:
-    """The whole-set bounds when each rank of ``group`` holds a shard (x, target): the shards
-    are all-gathered (O(N·D) bytes per rank), rank r sums the pairs (i, j) whose i is in its own
-    shard, against all N samples in column blocks of ``block_size`` (an even share of the N²
-    pairs for even shards), and the sums and parameter gradients are all-reduced."""
-    import torch.distributed as dist
+class _Shards:
+    """What a rank of a process group needs for the whole-set sums: its own rows and all N
+    samples in blocks, the loss scale and n. Built by all-gathering the shards (O(N·D) bytes per
+    rank) after checking that the ranks agree on the problem."""
 
-    hidden, output = reg._layers
-    facts = (tuple(x.shape[1:]), str(x.dtype), tuple(hidden.weight.shape),
-             tuple(output.weight.shape), hidden.bias is not None, output.bias is not None,
-             reg.activation, reg.loss, reg.reduction)
-    everyone = [None] * dist.get_world_size(group)
-    dist.all_gather_object(everyone, (facts, x.cpu(), target.cpu()), group=group)
-    for rank, (other, _, _) in enumerate(everyone):
-        if other != facts:
-            names = ("input shape", "dtype", "W1 shape", "W2 shape", "b1", "b2", "activation",
-                     "loss", "reduction")
-            differ = [f"{n}: {a} here, {b} on rank {rank}"
-                      for n, a, b in zip(names, facts, other) if a != b]
-            raise ValueError("dataset_bounds: the ranks disagree on " + "; ".join(differ))
-    if reg.loss != "bce":
-        raise NotImplementedError("dataset_bounds: over torch.distributed only loss 'bce' (one "
-                                  f"logit) is implemented, got {reg.loss!r}")
-    device = hidden.weight.device
-    x_all = torch.cat([part[1] for part in everyone]).to(device, torch.float64)
-    t_all = torch.cat([part[2] for part in everyone]).to(device, torch.float64).reshape(-1)
-    me = dist.get_rank(group)
-    start = sum(len(part[1]) for part in everyone[:me])
-    rows = (x_all[start:start + len(x)], t_all[start:start + len(x)])
-    num = len(x_all)
-    scale = 1.0 / num if reg.reduction == "mean" else 1.0
-    params = [p.to(torch.float64) if p is not None else None
-              for p in (hidden.weight, hidden.bias, output.weight, output.bias)]
-    blocks = [(x_all[j:j + block_size], t_all[j:j + block_size])
-              for j in range(0, num, block_size)]
+    def __init__(self, reg: HSRRegularizer, x: Tensor, target: Tensor, group, block_size: int):
+        import torch.distributed as dist
 
-    def local_sums():
-        trace_sq = sum(_pair_sums(rows, cols, params, reg.activation, scale) for cols in blocks)
-        return torch.stack([_own_trace(rows, params, reg.activation, scale), trace_sq])
+        hidden, output = reg._layers
+        facts = (tuple(x.shape[1:]), str(x.dtype), tuple(hidden.weight.shape),
+                 tuple(output.weight.shape), hidden.bias is not None, output.bias is not None,
+                 reg.activation, reg.loss, reg.reduction)
+        self.world = dist.get_world_size(group)
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, (facts, x.detach().cpu(), target.detach().cpu()),
+                               group=group)
+        for rank, (other, _, _) in enumerate(everyone):
+            if other != facts:
+                names = ("input shape", "dtype", "W1 shape", "W2 shape", "b1", "b2",
+                         "activation", "loss", "reduction")
+                differ = [f"{n}: {a} here, {b} on rank {rank}"
+                          for n, a, b in zip(names, facts, other) if a != b]
+                raise ValueError("torch_ws: the ranks disagree on " + "; ".join(differ))
+        if reg.loss != "bce":
+            raise NotImplementedError("torch_ws: over torch.distributed only loss 'bce' (one "
+                                      f"logit) is implemented, got {reg.loss!r}")
+        if not ((target >= 0) & (target <= 1)).all():
+            raise ValueError("torch_ws: expected targets in [0, 1] (probabilities) for loss "
+                             "'bce'")
+        device = hidden.weight.device
+        x_all = torch.cat([part[1] for part in everyone]).to(device, torch.float64)
+        t_all = torch.cat([part[2] for part in everyone]).to(device, torch.float64).reshape(-1)
+        start = sum(len(part[1]) for part in everyone[:dist.get_rank(group)])
+        # This rank's rows and all N columns, both in blocks: each pair of blocks holds a few
+        # block_size × block_size matrices at a time.
+        end = start + len(x)
+        self.row_blocks = [(x_all[i:min(i + block_size, end)], t_all[i:min(i + block_size, end)])
+                           for i in range(start, end, block_size)]
+        self.blocks = [(x_all[j:j + block_size], t_all[j:j + block_size])
+                       for j in range(0, len(x_all), block_size)]
+        self.scale = 1.0 / len(x_all) if reg.reduction == "mean" else 1.0
+        self.layers = (hidden.weight, hidden.bias, output.weight, output.bias)
+        self.activation = reg.activation
+        self.num_params = torch.ops.torch_ws._num_params(
+            x.shape[1], hidden.out_features, output.out_features, hidden.bias is not None,
+            output.bias is not None)
+        self.group = group
 
-    with torch.no_grad():
-        sums = local_sums()
-    dist.all_reduce(sums, group=group)
-    n = torch.ops.torch_ws._num_params(x.shape[1], hidden.out_features, output.out_features,
-                                       hidden.bias is not None, output.bias is not None)
-    traces = [sums[0].clone().requires_grad_(grad), sums[1].clone().requires_grad_(grad)]
-    with torch.set_grad_enabled(grad):
-        bounds = torch.ops.torch_ws._ws_bounds_from_traces(*traces, n, x.dtype)
-    if grad:
-        # The bound's gradient is ∂λ/∂tr·∇tr H + ∂λ/∂tr H²·∇tr H²; each rank differentiates its
-        # own rows' share (block by block, freeing each graph), and the shares are summed.
-        d_trace, d_trace_sq = torch.autograd.grad(bounds[0], traces)
-        layers = (hidden.weight, hidden.bias, output.weight, output.bias)
-        leaves = [p for p in layers if p is not None]
+    def _params(self):
+        return [p.to(torch.float64) if p is not None else None for p in self.layers]
+
+    def global_traces(self) -> Tensor:
+        """(tr H, tr H²) of the union of the shards, float64, on every rank."""
+        with torch.no_grad():
+            params = self._params()
+            trace = sum(_own_trace(rows, params, self.activation, self.scale)
+                        for rows in self.row_blocks)
+            trace_sq = sum(_pair_sums(rows, cols, params, self.activation, self.scale)
+                           for rows in self.row_blocks for cols in self.blocks)
+            sums = torch.stack([trace, trace_sq])
+        torch.distributed.all_reduce(sums, group=self.group)
+        return sums
+
+    def share_gradients(self, d_trace, d_trace_sq) -> list[Tensor]:
+        """This rank's share of the gradient of d_trace·tr H + d_trace_sq·tr H² with respect to
+        the present parameters (the pairs whose first sample is its own), one block's graph at a
+        time; the shares of all ranks sum to the whole gradient."""
+        leaves = [p for p in self.layers if p is not None]
         total = [torch.zeros_like(p) for p in leaves]
-
-        def as_double():
-            return [p.to(torch.float64) if p is not None else None for p in layers]
-
-        shares = [lambda: d_trace * _own_trace(rows, as_double(), reg.activation, scale)]
-        shares += [lambda cols=cols: d_trace_sq * _pair_sums(rows, cols, as_double(),
-                                                             reg.activation, scale)
-                   for cols in blocks]
+        shares = [lambda rows=rows: d_trace * _own_trace(rows, self._params(), self.activation,
+                                                         self.scale)
+                  for rows in self.row_blocks]
+        shares += [lambda rows=rows, cols=cols: d_trace_sq * _pair_sums(
+                       rows, cols, self._params(), self.activation, self.scale)
+                   for rows in self.row_blocks for cols in self.blocks]
         with torch.enable_grad():
             for share in shares:
                 for t, g in zip(total, torch.autograd.grad(share(), leaves)):
                     t += g
-        for t, p in zip(total, leaves):
-            dist.all_reduce(t, group=group)
-            p.grad = t if p.grad is None else p.grad + t
-    return WSBounds(*(b.detach().to(x.dtype) for b in bounds), trace=sums[0].to(x.dtype),
-                    trace_sq=sums[1].to(x.dtype), num_params=n)
+        return total
+
+
+def _bounds_and_coefficients(traces: Tensor, num_params: int, dtype):
+    """The five WS bounds from the traces, and (∂λ_sup/∂tr H, ∂λ_sup/∂tr H²)."""
+    leaves = [traces[0].clone().requires_grad_(True), traces[1].clone().requires_grad_(True)]
+    with torch.enable_grad():
+        bounds = torch.ops.torch_ws._ws_bounds_from_traces(*leaves, num_params, dtype)
+        coefficients = torch.autograd.grad(bounds[0], leaves)
+    return [b.detach() for b in bounds], coefficients
+
+
+def _distributed_bounds(reg: HSRRegularizer, x: Tensor, target: Tensor, group, grad: bool,
+                        block_size: int) -> WSBounds:
+    """The whole-set bounds when each rank of ``group`` holds a shard (x, target): rank r sums
+    the pairs (i, j) whose i is in its own shard, against all N samples in column blocks (an even
+    share of the N² pairs for even shards), and the sums and parameter gradients are
+    all-reduced."""
+    shards = _Shards(reg, x, target, group, block_size)
+    traces = shards.global_traces()
+    bounds, (d_trace, d_trace_sq) = _bounds_and_coefficients(traces, shards.num_params, x.dtype)
+    if grad:
+        leaves = [p for p in shards.layers if p is not None]
+        for share, p in zip(shards.share_gradients(d_trace, d_trace_sq), leaves):
+            torch.distributed.all_reduce(share, group=group)
+            p.grad = share if p.grad is None else p.grad + share
+    return WSBounds(*(b.to(x.dtype) for b in bounds), trace=traces[0].to(x.dtype),
+                    trace_sq=traces[1].to(x.dtype), num_params=shards.num_params)
+
+
+class GlobalBatchBound(torch.autograd.Function):
+    """λ_sup of the union of the ranks' batches, for :class:`HSRRegularizer` with
+    ``global_batch=True``. The backward returns this rank's share of the gradient times the
+    world size: DistributedDataParallel averages gradients over the ranks, which then leaves the
+    whole gradient in every rank's ``.grad``."""
+
+    @staticmethod
+    def forward(ctx, reg, x, target, group, block_size, *leaves):
+        shards = _Shards(reg, x, target, group, block_size)
+        traces = shards.global_traces()
+        bounds, coefficients = _bounds_and_coefficients(traces, shards.num_params, x.dtype)
+        ctx.shards, ctx.coefficients = shards, coefficients
+        return bounds[0].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_bound):
+        d_trace, d_trace_sq = (c * grad_bound.to(torch.float64) for c in ctx.coefficients)
+        shares = ctx.shards.share_gradients(d_trace, d_trace_sq)
+        return (None, None, None, None, None,
+                *(share * ctx.shards.world for share in shares))
 
 
 def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Optional[str] = None,
@@ -209,9 +265,6 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
     x = torch.cat(xs)
     target = reg._target(x, torch.cat(targets))
     if group is not None:
-        if not ((target >= 0) & (target <= 1)).all():
-            raise ValueError("dataset_bounds: expected targets in [0, 1] (probabilities) for "
-                             "loss 'bce'")
         return _distributed_bounds(reg, x, target, group, grad, block_size)
     with torch.set_grad_enabled(grad):
         bounds = ws_bounds(x, target, hidden.weight, hidden.bias, output.weight, output.bias,

@@ -139,6 +139,13 @@ class HSRRegularizer(nn.Module):
             1.02–1.55× λ_max in benchmarks/bench_spectral.py where WS drifts to 18.7× at
             n = 201,217, at the cost of eigenproblems per call: 4 ms at N=200 D=2 H=10,
             1.3 s at N=2048 D=128 H=256 on 2 cores).
+        global_batch: under ``torch.distributed`` (DistributedDataParallel), the bound of the
+            union of all ranks' batches rather than of this rank's: every rank passes its own
+            batch and gets the same value. Its backward leaves this rank's share of the whole
+            gradient times the world size, so that DDP's averaging over ranks gives every rank
+            the whole-union gradient. x gets no gradient from it. Binary cross-entropy and the
+            WS bound only (see :func:`torch_ws.dataset_bounds` for how the sums are divided).
+        group: the process group for ``global_batch`` (default: the whole world).
 
     The regularizer holds references to the layers (not copies): it always sees the current
     parameters, and ``.to()``, ``.double()``, ``.cuda()`` on it convert those layers (so the
@@ -159,11 +166,18 @@ class HSRRegularizer(nn.Module):
         reduction: Optional[str] = None,
         loss="bce",
         bound: str = "ws",
+        global_batch: bool = False,
+        group=None,
     ):
         super().__init__()
         if bound not in BOUNDS:
             raise ValueError(f"HSRRegularizer: bound must be one of {BOUNDS}, got {bound!r}")
+        if global_batch and bound != "ws":
+            raise ValueError("HSRRegularizer: global_batch=True is implemented for bound='ws' "
+                             f"only, got bound={bound!r}")
         self.bound = bound
+        self.global_batch = global_batch
+        self.__dict__["_group"] = group
         model = unwrap_model(model)
         if activation is None and output is None:
             if not isinstance(model, nn.Sequential) or len(model) != 3:
@@ -227,11 +241,30 @@ class HSRRegularizer(nn.Module):
         the targets of the loss (see :func:`torch_ws.hessian_traces`); a 0-dim tensor
         differentiable into every parameter and into x."""
         hidden, output = self._layers
+        if self.global_batch:
+            return self._global_bound(x, target)
         args = (x, self._target(x, target), hidden.weight, hidden.bias, output.weight,
                 output.bias, self.activation, self.reduction, self.loss)
         if self.bound == "spectral":
             return spectral_bound(*args).upper
         return ws_bound(*args)
+
+    def _global_bound(self, x: Tensor, target: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        from .dataset import GlobalBatchBound
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("HSRRegularizer(global_batch=True) needs torch.distributed to be "
+                               "initialized (init_process_group)")
+        if self.loss != "bce":
+            raise NotImplementedError("HSRRegularizer(global_batch=True) is implemented for "
+                                      f"loss 'bce' only, got {self.loss!r}")
+        hidden, output = self._layers
+        leaves = [p for p in (hidden.weight, hidden.bias, output.weight, output.bias)
+                  if p is not None]
+        group = self._group or dist.group.WORLD
+        return GlobalBatchBound.apply(self, x, self._target(x, target), group, 1024, *leaves)
 
     def _apply(self, fn, recurse=True):
         # The regularizer's state is the referenced layers' parameters (kept out of
@@ -249,6 +282,7 @@ class HSRRegularizer(nn.Module):
         return _restore_regularizer, (
             self.activation, self.loss, self.reduction, self.label_smoothing,
             hidden.weight, hidden.bias, output.weight, output.bias, self.training, self.bound,
+            getattr(self, "global_batch", False),
         )
 
     def extra_repr(self) -> str:
@@ -260,11 +294,12 @@ class HSRRegularizer(nn.Module):
             f"outputs={output.out_features}, activation={self.activation!r}, "
             f"loss={self.loss!r}, reduction={self.reduction!r}{smoothing}, "
             f"bound={self.bound!r}, num_params={n}"
+            + (", global_batch=True" if self.global_batch else "")
         )
 
 
 def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w2, b2, training,
-                         bound="ws"):
+                         bound="ws", global_batch=False):
     """An HSRRegularizer over two Linear layers holding the unpickled parameters (the inverse of
     ``HSRRegularizer.__reduce_ex__``)."""
     if (activation not in ACTIVATIONS or loss not in LOSSES or reduction not in REDUCTIONS
@@ -285,6 +320,8 @@ def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w
     reg.activation, reg.loss, reg.reduction = activation, loss, reduction
     reg.label_smoothing = float(label_smoothing)
     reg.bound = bound
+    reg.global_batch = bool(global_batch)
+    reg.__dict__["_group"] = None  # a process group does not travel; the world's is used
     reg.__dict__["_layers"] = tuple(layers)
     return reg.train(training)
 
