@@ -112,8 +112,8 @@ def main() -> None:
         f"N = {n}, D = {D}, H = {H}, tanh, BCE, float32 inputs, value only. Machine: "
         f"{machine()['cpu']}, {machine()['cores']} cores, torch {torch.__version__}.", "",
         "| setting | time | memory / traffic |", "|---|---|---|",
-        f"| one process (C++ tiles) | {single_seconds:.1f} s | peak +{peak / 2**20:.0f} MiB |"
-        if peak else f"| one process (C++ tiles) | {single_seconds:.1f} s | n/a |",
+        f"| one process (C++ engine) | {single_seconds:.1f} s | peak +{peak / 2**20:.0f} MiB |"
+        if peak else f"| one process (C++ engine) | {single_seconds:.1f} s | n/a |",
     ]
     for r, rank in enumerate(ranks):
         lines.append(f"| gloo rank {r} of 2 (float64 tensor blocks, one thread) | "
