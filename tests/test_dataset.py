@@ -106,10 +106,13 @@ def _run_ranks(tmp_path, sizes, activations=None):
     return [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
 
 
+@pytest.mark.parametrize("engine", ["parameter", "sample"])
 @pytest.mark.parametrize("sizes", [(13, 9), (7, 11, 5)])
-def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, sizes):
+def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, sizes, engine):
     """2 and 3 gloo processes with uneven shards (and partial batches, a block size that does not
-    divide N): every rank gets the single-process result on the concatenated data, to 1e-12."""
+    divide N), summing Hessian shares or pairs of samples: every rank gets the single-process
+    result on the concatenated data, to 1e-12."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)  # the spawned ranks inherit it
     results = _run_ranks(tmp_path, sizes)
     model, x, y = model_and_data(n=sum(sizes))
     expected = torch_ws.dataset_bounds(model, [(x, y)], grad=True)
@@ -147,12 +150,14 @@ def _ddp_worker(rank, world, init_file, out_dir, per_rank):
         dist.destroy_process_group()
 
 
-def test_regularizer_over_the_global_batch_under_ddp(tmp_path):
+@pytest.mark.parametrize("engine", ["parameter", "sample"])
+def test_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch, engine):
     """HSRRegularizer(global_batch=True) under DistributedDataParallel (2 gloo ranks, equal
     shards): after DDP averages, every rank holds the gradient of mean BCE + ρ·bound over the
     union of the batches, and the bound is the union's."""
     import torch.multiprocessing as mp
 
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
     world, per_rank = 2, 8
     mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), per_rank),
              nprocs=world, join=True)

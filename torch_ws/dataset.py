@@ -74,6 +74,42 @@ def _own_trace(rows, params, activation: str, scale: float):
     return (s * g + e * k * (phi2 * w).sum(1)).sum()
 
 
+def _hessian_share(rows, params, activation: str, scale: float) -> Tensor:
+    """Σ_{i ∈ rows} (s_i g_i g_iᵀ + e_i M_i), the rows' share of the n×n Hessian (docs/math.md
+    §3), for one logit and binary cross-entropy, in float64 tensor operations (differentiable in
+    the parameters). θ is ordered unit by unit, (W1_k, b1_k) for each k, then w2, then b2: the
+    traces do not depend on the order."""
+    x, t = rows
+    w1, b1, w2, b2 = params
+    w = w2.reshape(-1)
+    num, hidden = x.shape[0], w1.shape[0]
+    pre = torch.nn.functional.linear(x, w1, b1)
+    phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
+    z = phi0 @ w + (b2 if b2 is not None else 0.0)
+    prob = torch.sigmoid(z)
+    s, e = scale * prob * torch.sigmoid(-z), scale * (prob - t)
+    ones = torch.ones(num, 1, dtype=x.dtype, device=x.device)
+    x_ext = torch.cat([x, ones], 1) if b1 is not None else x
+    width = x_ext.shape[1]
+    tangents = torch.cat([((phi1 * w).unsqueeze(2) * x_ext.unsqueeze(1)).reshape(num, -1), phi0]
+                         + ([ones] if b2 is not None else []), 1)
+    gauss_newton = tangents.T @ (tangents * s.unsqueeze(1))
+    # e_i M_i: per unit k the (W1_k, b1_k) block Σ e w2_k φ'' x̃x̃ᵀ and its column against w2_k,
+    # Σ e φ' x̃.
+    blocks = torch.einsum("nk,nd,nf->kdf", e.unsqueeze(1) * w * phi2, x_ext, x_ext)
+    cross = torch.einsum("nk,nd->kd", e.unsqueeze(1) * phi1, x_ext)
+    cross = (cross.unsqueeze(2) * torch.eye(hidden, dtype=x.dtype, device=x.device).unsqueeze(1))
+    cross = cross.reshape(hidden * width, hidden)
+    n, tail = gauss_newton.shape[0], gauss_newton.shape[0] - hidden * width - hidden  # b2's
+    zeros = cross.new_zeros
+    residual = torch.cat([
+        torch.cat([torch.block_diag(*blocks), cross, zeros(hidden * width, tail)], 1),
+        torch.cat([cross.T, zeros(hidden, hidden + tail)], 1),
+        zeros(tail, n),
+    ], 0)
+    return gauss_newton + residual
+
+
 class _Shards:
     """What a rank of a process group needs for the whole-set sums: its own rows and all N
     samples in blocks, the loss scale and n. Built by all-gathering the shards (O(N·D) bytes per
@@ -121,12 +157,27 @@ class _Shards:
             x.shape[1], hidden.out_features, output.out_features, hidden.bias is not None,
             output.bias is not None)
         self.group = group
+        # The evaluation order one process would use (docs/math.md §4; TORCH_WS_ENGINE forces
+        # one): the n×n Hessian's shares, summed over the ranks (O(n²) bytes each), where it is
+        # the smaller object; the pairwise sums otherwise.
+        self.parameter_space = torch.ops.torch_ws._engine(
+            x_all, hidden.weight.detach(), hidden.bias is not None,
+            output.bias is not None) == "parameter"
+        self.hessian = None
 
     def _params(self):
         return [p.to(torch.float64) if p is not None else None for p in self.layers]
 
     def global_traces(self) -> Tensor:
         """(tr H, tr H²) of the union of the shards, float64, on every rank."""
+        if self.parameter_space:
+            with torch.no_grad():
+                params = self._params()
+                hessian = sum(_hessian_share(rows, params, self.activation, self.scale)
+                              for rows in self.row_blocks)
+            torch.distributed.all_reduce(hessian, group=self.group)
+            self.hessian = hessian
+            return torch.stack([hessian.trace(), (hessian * hessian).sum()])
         with torch.no_grad():
             params = self._params()
             trace = sum(_own_trace(rows, params, self.activation, self.scale)
@@ -143,17 +194,31 @@ class _Shards:
         time; the shares of all ranks sum to the whole gradient."""
         leaves = [p for p in self.layers if p is not None]
         total = [torch.zeros_like(p) for p in leaves]
+        if self.parameter_space:
+            # d(α tr H + β tr H²) = ⟨H̄, dH⟩ with H̄ = αI + 2βH (docs/math.md §6), H summed over
+            # all ranks and held fixed: each rank differentiates ⟨H̄, its share of H⟩.
+            eye = torch.eye(len(self.hessian), dtype=self.hessian.dtype,
+                            device=self.hessian.device)
+            hessian_bar = d_trace * eye + 2 * d_trace_sq * self.hessian
+            shares = [lambda rows=rows: (hessian_bar * _hessian_share(
+                          rows, self._params(), self.activation, self.scale)).sum()
+                      for rows in self.row_blocks]
+        else:
+            shares = self._pair_shares(d_trace, d_trace_sq)
+        with torch.enable_grad():
+            for share in shares:
+                for t, g in zip(total, torch.autograd.grad(share(), leaves)):
+                    t += g
+        return total
+
+    def _pair_shares(self, d_trace, d_trace_sq):
         shares = [lambda rows=rows: d_trace * _own_trace(rows, self._params(), self.activation,
                                                          self.scale)
                   for rows in self.row_blocks]
         shares += [lambda rows=rows, cols=cols: d_trace_sq * _pair_sums(
                        rows, cols, self._params(), self.activation, self.scale)
                    for rows in self.row_blocks for cols in self.blocks]
-        with torch.enable_grad():
-            for share in shares:
-                for t, g in zip(total, torch.autograd.grad(share(), leaves)):
-                    t += g
-        return total
+        return shares
 
 
 def _bounds_and_coefficients(traces: Tensor, num_params: int, dtype):
