@@ -111,9 +111,11 @@ def _hessian_share(rows, params, activation: str, scale: float) -> Tensor:
 
 
 class _Shards:
-    """What a rank of a process group needs for the whole-set sums: its own rows and all N
-    samples in blocks, the loss scale and n. Built by all-gathering the shards (O(N·D) bytes per
-    rank) after checking that the ranks agree on the problem."""
+    """A rank's part of the whole-set traces over a process group. Built by all-gathering the
+    shards (O(N·D) bytes per rank) after checking that the ranks agree on the problem. Two
+    orders, as for one process (docs/math.md §4): the rank's samples' share of the n×n Hessian,
+    all-reduced (O(n²) bytes), or the pairs (i, j) with i among its samples against all N
+    samples (an even share of the N² pairs for even shards)."""
 
     def __init__(self, reg: HSRRegularizer, x: Tensor, target: Tensor, group, block_size: int):
         import torch.distributed as dist
@@ -232,10 +234,9 @@ def _bounds_and_coefficients(traces: Tensor, num_params: int, dtype):
 
 def _distributed_bounds(reg: HSRRegularizer, x: Tensor, target: Tensor, group, grad: bool,
                         block_size: int) -> WSBounds:
-    """The whole-set bounds when each rank of ``group`` holds a shard (x, target): rank r sums
-    the pairs (i, j) whose i is in its own shard, against all N samples in column blocks (an even
-    share of the N² pairs for even shards), and the sums and parameter gradients are
-    all-reduced."""
+    """The whole-set bounds when each rank of ``group`` holds a shard (x, target): each rank
+    computes its share (of the Hessian, or of the pairs of samples: :class:`_Shards`), and the
+    sums and parameter gradients are all-reduced."""
     shards = _Shards(reg, x, target, group, block_size)
     traces = shards.global_traces()
     bounds, (d_trace, d_trace_sq) = _bounds_and_coefficients(traces, shards.num_params, x.dtype)
@@ -294,10 +295,11 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
         group: a ``torch.distributed`` process group; default: the whole world when
             ``torch.distributed`` is initialized, else none. With a group, each rank passes its
             own shard and every rank gets the bounds (and, with ``grad``, the gradient) of the
-            union of the shards: the shards are all-gathered (O(N·D) bytes per rank), each rank
-            sums the pairs of samples whose first sample is its own, against all N in column
-            blocks of ``block_size`` (O(N_rank·block_size) memory), in float64 tensor
-            operations, and the sums and gradients are all-reduced. The ranks must agree on
+            union of the shards: the shards are all-gathered (O(N·D) bytes per rank), and each
+            rank evaluates in the order one process would choose (docs/math.md §4), in float64
+            tensor operations on blocks of ``block_size`` samples: its samples' share of the
+            n×n Hessian, all-reduced (small networks), or the pairs of samples whose first
+            sample is its own against all N; the gradients are all-reduced too. The ranks must agree on
             the model's shapes, activation, loss and reduction (checked: a clear error on every
             rank). Over a group only ``loss="bce"`` is implemented so far.
         block_size: the column block of the distributed pairwise sums.
