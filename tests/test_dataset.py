@@ -73,20 +73,32 @@ def test_bad_batches_are_refused(batches, message):
 
 # ---- Over torch.distributed: gloo processes on this machine (loopback). ----
 
-def _rank_worker(rank, world, init_file, out_dir, sizes, activations):
+def _head(classes, loss_name, y):
+    """The loss argument and targets of a head: bce (C = 1), cross-entropy with label smoothing,
+    or the squared error against real targets (C columns drawn from y)."""
+    if classes == 1:
+        return "bce", y
+    if loss_name == "mse":
+        return "mse", torch.stack([y.double() * (c + 1) - 1 for c in range(classes)], 1)
+    return nn.CrossEntropyLoss(label_smoothing=0.1), y
+
+
+def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
+                 loss_name="cross_entropy"):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        model, x, y = model_and_data(n=sum(sizes))
+        model, x, y = model_and_data(n=sum(sizes), classes=classes)
+        loss, y = _head(classes, loss_name, y)
         if activations[rank] != "tanh":
             model[1] = nn.Sigmoid()
         start = sum(sizes[:rank])
         shard = (x[start:start + sizes[rank]], y[start:start + sizes[rank]])
         batches = [(shard[0][i:i + 4], shard[1][i:i + 4]) for i in range(0, sizes[rank], 4)]
         try:
-            bounds = torch_ws.dataset_bounds(model, batches, grad=True, block_size=5)
+            bounds = torch_ws.dataset_bounds(model, batches, loss=loss, grad=True, block_size=5)
             result = {"bounds": [float(b) for b in bounds[:7]],
                       "grads": [p.grad for p in model.parameters()]}
         except ValueError as error:
@@ -96,13 +108,13 @@ def _rank_worker(rank, world, init_file, out_dir, sizes, activations):
         dist.destroy_process_group()
 
 
-def _run_ranks(tmp_path, sizes, activations=None):
+def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_entropy"):
     import torch.multiprocessing as mp
 
     world = len(sizes)
     activations = activations or ["tanh"] * world
     mp.spawn(_rank_worker, args=(world, str(tmp_path / "init"), str(tmp_path), sizes,
-                                 activations), nprocs=world, join=True)
+                                 activations, classes, loss_name), nprocs=world, join=True)
     return [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
 
 
@@ -116,6 +128,21 @@ def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, s
     results = _run_ranks(tmp_path, sizes)
     model, x, y = model_and_data(n=sum(sizes))
     expected = torch_ws.dataset_bounds(model, [(x, y)], grad=True)
+    for result in results:
+        for got, want in zip(result["bounds"], expected[:7]):
+            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "mse"])
+def test_ranks_with_a_head_of_three_logits(tmp_path, loss_name):
+    """Cross-entropy with label smoothing, and the squared error ("mean" over N·C), on C = 3
+    logits over 2 ranks (the Hessian-share order): the single-process result."""
+    results = _run_ranks(tmp_path, (10, 7), classes=3, loss_name=loss_name)
+    model, x, y = model_and_data(n=17, classes=3)
+    loss, y = _head(3, loss_name, y)
+    expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
     for result in results:
         for got, want in zip(result["bounds"], expected[:7]):
             assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)

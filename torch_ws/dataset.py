@@ -110,6 +110,62 @@ def _hessian_share(rows, params, activation: str, scale: float) -> Tensor:
     return gauss_newton + residual
 
 
+#: The largest n whose n×n Hessian the ranks all-reduce for heads of C ≥ 2 logits (128 MiB of
+#: float64), the parameter-space engine's limit.
+_MAX_HESSIAN_PARAMS = 4096
+
+
+def _check_targets(loss: str, target: Tensor, num_outputs: int) -> None:
+    """The checks the C++ ops make of the targets, for the distributed path that bypasses them."""
+    if loss == "bce" and not ((target >= 0) & (target <= 1)).all():
+        raise ValueError("torch_ws: expected targets in [0, 1] (probabilities) for loss 'bce'")
+    if loss == "cross_entropy" and not target.is_floating_point():
+        if not ((target >= 0) & (target < num_outputs)).all():
+            raise ValueError(f"torch_ws: expected class indices in [0, {num_outputs}) for "
+                             f"loss 'cross_entropy'")
+
+
+def _multi_output_hessian_share(rows, params, activation: str, loss: str, scale: float):
+    """Σ_{i ∈ rows} (J_iᵀ S_i J_i + Σ_c e_ic ∇²z_ic), the rows' share of the n×n Hessian of a
+    head of C logits (docs/math.md §8), in float64 tensor operations (differentiable in the
+    parameters). θ is ordered (W1_k, b1_k) for each unit k, then w2 row-major, then b2."""
+    x, t = rows
+    w1, b1, w2, b2 = params
+    num, hidden, outputs = x.shape[0], w1.shape[0], w2.shape[0]
+    pre = torch.nn.functional.linear(x, w1, b1)
+    phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
+    z = torch.nn.functional.linear(phi0, w2, b2)
+    curvature, e = reference._loss_in_logits(z, t, loss, scale)      # (N, C, C), (N, C)
+    ones = torch.ones(num, 1, dtype=x.dtype, device=x.device)
+    x_ext = torch.cat([x, ones], 1) if b1 is not None else x
+    width = x_ext.shape[1]
+    eye = torch.eye(outputs, dtype=x.dtype, device=x.device)
+    # J_i: ∂z_c/∂W1_k = w2[c, k] φ'(a_ik) x̃_i, ∂z_c/∂w2[c', k] = δ_cc' φ(a_ik), ∂z_c/∂b2_c' = δ_cc'.
+    jacobian = [(w2.unsqueeze(0).unsqueeze(3) * phi1.unsqueeze(1).unsqueeze(3)
+                 * x_ext.unsqueeze(1).unsqueeze(2)).reshape(num, outputs, hidden * width),
+                (eye.view(1, outputs, outputs, 1) * phi0.view(num, 1, 1, hidden)).reshape(
+                    num, outputs, outputs * hidden)]
+    if b2 is not None:
+        jacobian.append(eye.expand(num, outputs, outputs))
+    jacobian = torch.cat(jacobian, 2)                                   # (N, C, n)
+    gauss_newton = torch.einsum("ncp,ncd,ndq->pq", jacobian, curvature, jacobian)
+    # Σ_c e_ic ∇²z_ic: per unit k the (W1_k, b1_k) block Σ_i (Σ_c e_ic w2[c, k]) φ''_ik x̃x̃ᵀ,
+    # and its column against w2[c, k], Σ_i e_ic φ'_ik x̃_i.
+    blocks = torch.einsum("nk,nd,nf->kdf", (e @ w2) * phi2, x_ext, x_ext)
+    cross = torch.einsum("nc,nk,nd->kdc", e, phi1, x_ext)
+    cross = (cross.unsqueeze(3) * torch.eye(hidden, dtype=x.dtype, device=x.device).view(
+        hidden, 1, 1, hidden)).reshape(hidden * width, outputs * hidden)
+    n = gauss_newton.shape[0]
+    tail = n - hidden * width - outputs * hidden                        # b2's rows, if any
+    zeros = cross.new_zeros
+    residual = torch.cat([
+        torch.cat([torch.block_diag(*blocks), cross, zeros(hidden * width, tail)], 1),
+        torch.cat([cross.T, zeros(outputs * hidden, outputs * hidden + tail)], 1),
+        zeros(tail, n),
+    ], 0)
+    return gauss_newton + residual
+
+
 class _Shards:
     """A rank's part of the whole-set traces over a process group. Built by all-gathering the
     shards (O(N·D) bytes per rank) after checking that the ranks agree on the problem. Two
@@ -135,15 +191,17 @@ class _Shards:
                 differ = [f"{n}: {a} here, {b} on rank {rank}"
                           for n, a, b in zip(names, facts, other) if a != b]
                 raise ValueError("torch_ws: the ranks disagree on " + "; ".join(differ))
-        if reg.loss != "bce":
-            raise NotImplementedError("torch_ws: over torch.distributed only loss 'bce' (one "
-                                      f"logit) is implemented, got {reg.loss!r}")
-        if not ((target >= 0) & (target <= 1)).all():
-            raise ValueError("torch_ws: expected targets in [0, 1] (probabilities) for loss "
-                             "'bce'")
+        self.loss, self.num_outputs = reg.loss, output.out_features
+        self.num_params = torch.ops.torch_ws._num_params(
+            x.shape[1], hidden.out_features, output.out_features, hidden.bias is not None,
+            output.bias is not None)
+        _check_targets(reg.loss, target, output.out_features)
         device = hidden.weight.device
         x_all = torch.cat([part[1] for part in everyone]).to(device, torch.float64)
-        t_all = torch.cat([part[2] for part in everyone]).to(device, torch.float64).reshape(-1)
+        t_all = torch.cat([part[2] for part in everyone]).to(device)
+        t_all = t_all.reshape(-1) if reg.loss == "bce" else t_all
+        if t_all.is_floating_point():
+            t_all = t_all.to(torch.float64)
         start = sum(len(part[1]) for part in everyone[:dist.get_rank(group)])
         # This rank's rows and all N columns, both in blocks: each pair of blocks holds a few
         # block_size × block_size matrices at a time.
@@ -152,20 +210,34 @@ class _Shards:
                            for i in range(start, end, block_size)]
         self.blocks = [(x_all[j:j + block_size], t_all[j:j + block_size])
                        for j in range(0, len(x_all), block_size)]
-        self.scale = 1.0 / len(x_all) if reg.reduction == "mean" else 1.0
+        # c in L = c·Σ ℓ_i over the union ("mean" of the squared error divides by N·C too).
+        self.scale = 1.0
+        if reg.reduction == "mean":
+            self.scale = 1.0 / (len(x_all) * (self.num_outputs if reg.loss == "mse" else 1))
         self.layers = (hidden.weight, hidden.bias, output.weight, output.bias)
         self.activation = reg.activation
-        self.num_params = torch.ops.torch_ws._num_params(
-            x.shape[1], hidden.out_features, output.out_features, hidden.bias is not None,
-            output.bias is not None)
         self.group = group
         # The evaluation order one process would use (docs/math.md §4; TORCH_WS_ENGINE forces
         # one): the n×n Hessian's shares, summed over the ranks (O(n²) bytes each), where it is
-        # the smaller object; the pairwise sums otherwise.
-        self.parameter_space = torch.ops.torch_ws._engine(
-            x_all, hidden.weight.detach(), hidden.bias is not None,
-            output.bias is not None) == "parameter"
+        # the smaller object; the pairwise sums otherwise. Heads of C ≥ 2 logits have only the
+        # first here.
+        if reg.loss == "bce":
+            self.parameter_space = torch.ops.torch_ws._engine(
+                x_all, hidden.weight.detach(), hidden.bias is not None,
+                output.bias is not None) == "parameter"
+        elif self.num_params <= _MAX_HESSIAN_PARAMS:
+            self.parameter_space = True
+        else:
+            raise NotImplementedError(
+                f"torch_ws: over torch.distributed, loss {reg.loss!r} is implemented by "
+                f"all-reducing the n×n Hessian, for n <= {_MAX_HESSIAN_PARAMS}; this network "
+                f"has n = {self.num_params}")
         self.hessian = None
+
+    def _hessian_share(self, rows, params) -> Tensor:
+        if self.loss == "bce":
+            return _hessian_share(rows, params, self.activation, self.scale)
+        return _multi_output_hessian_share(rows, params, self.activation, self.loss, self.scale)
 
     def _params(self):
         return [p.to(torch.float64) if p is not None else None for p in self.layers]
@@ -175,8 +247,7 @@ class _Shards:
         if self.parameter_space:
             with torch.no_grad():
                 params = self._params()
-                hessian = sum(_hessian_share(rows, params, self.activation, self.scale)
-                              for rows in self.row_blocks)
+                hessian = sum(self._hessian_share(rows, params) for rows in self.row_blocks)
             torch.distributed.all_reduce(hessian, group=self.group)
             self.hessian = hessian
             return torch.stack([hessian.trace(), (hessian * hessian).sum()])
@@ -202,8 +273,8 @@ class _Shards:
             eye = torch.eye(len(self.hessian), dtype=self.hessian.dtype,
                             device=self.hessian.device)
             hessian_bar = d_trace * eye + 2 * d_trace_sq * self.hessian
-            shares = [lambda rows=rows: (hessian_bar * _hessian_share(
-                          rows, self._params(), self.activation, self.scale)).sum()
+            shares = [lambda rows=rows: (hessian_bar * self._hessian_share(
+                          rows, self._params())).sum()
                       for rows in self.row_blocks]
         else:
             shares = self._pair_shares(d_trace, d_trace_sq)
@@ -299,10 +370,11 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             rank evaluates in the order one process would choose (docs/math.md §4), in float64
             tensor operations on blocks of ``block_size`` samples: its samples' share of the
             n×n Hessian, all-reduced (small networks), or the pairs of samples whose first
-            sample is its own against all N; the gradients are all-reduced too. The ranks must agree on
-            the model's shapes, activation, loss and reduction (checked: a clear error on every
-            rank). Over a group only ``loss="bce"`` is implemented so far.
-        block_size: the column block of the distributed pairwise sums.
+            sample is its own against all N; the gradients are all-reduced too. Heads of
+            C ≥ 2 logits take the first order, for n ≤ 4096. The ranks must agree on the
+            model's shapes, activation, loss and reduction (checked: a clear error on every
+            rank).
+        block_size: the samples per block of the distributed sums.
 
     Returns:
         :class:`WSBounds` of the whole-set loss, detached.

@@ -143,8 +143,9 @@ class HSRRegularizer(nn.Module):
             union of all ranks' batches rather than of this rank's: every rank passes its own
             batch and gets the same value. Its backward leaves this rank's share of the whole
             gradient times the world size, so that DDP's averaging over ranks gives every rank
-            the whole-union gradient. x gets no gradient from it. Binary cross-entropy and the
-            WS bound only (see :func:`torch_ws.dataset_bounds` for how the sums are divided).
+            the whole-union gradient. x gets no gradient from it. The WS bound only; heads of
+            C ≥ 2 logits need n ≤ 4096 (see :func:`torch_ws.dataset_bounds` for how the sums
+            are divided).
         group: the process group for ``global_batch`` (default: the whole world).
 
     The regularizer holds references to the layers (not copies): it always sees the current
@@ -257,9 +258,6 @@ class HSRRegularizer(nn.Module):
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("HSRRegularizer(global_batch=True) needs torch.distributed to be "
                                "initialized (init_process_group)")
-        if self.loss != "bce":
-            raise NotImplementedError("HSRRegularizer(global_batch=True) is implemented for "
-                                      f"loss 'bce' only, got {self.loss!r}")
         hidden, output = self._layers
         leaves = [p for p in (hidden.weight, hidden.bias, output.weight, output.bias)
                   if p is not None]
