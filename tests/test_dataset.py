@@ -92,8 +92,10 @@ def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
     try:
         model, x, y = model_and_data(n=sum(sizes), classes=classes)
         loss, y = _head(classes, loss_name, y)
-        if activations[rank] != "tanh":
+        if activations[rank] == "sigmoid":
             model[1] = nn.Sigmoid()
+        elif activations[rank] == "wider":  # a hidden layer of 5 units instead of 4
+            model, _, _ = model_and_data(n=sum(sizes), h=5, classes=classes)
         start = sum(sizes[:rank])
         shard = (x[start:start + sizes[rank]], y[start:start + sizes[rank]])
         batches = [(shard[0][i:i + 4], shard[1][i:i + 4]) for i in range(0, sizes[rank], 4)]
@@ -150,10 +152,15 @@ def test_ranks_with_a_head_of_three_logits(tmp_path, loss_name):
             torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
 
 
-def test_ranks_that_disagree_are_told_so(tmp_path):
-    results = _run_ranks(tmp_path, (6, 6), activations=["tanh", "sigmoid"])
+@pytest.mark.parametrize("other, message", [
+    ("sigmoid", "the ranks disagree on activation: "),
+    ("wider", "the ranks disagree on W1 shape: (4, 3) here, (5, 3) on rank 1"),
+])
+def test_ranks_that_disagree_are_told_so(tmp_path, other, message):
+    results = _run_ranks(tmp_path, (6, 6), activations=["tanh", other])
     for result in results:
-        assert "the ranks disagree on activation: " in result["error"]
+        assert message.split(":")[0] in result["error"]   # every rank is told
+    assert message in results[0]["error"]
 
 
 def _ddp_worker(rank, world, init_file, out_dir, per_rank):
