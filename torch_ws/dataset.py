@@ -74,42 +74,6 @@ def _own_trace(rows, params, activation: str, scale: float):
     return (s * g + e * k * (phi2 * w).sum(1)).sum()
 
 
-def _hessian_share(rows, params, activation: str, scale: float) -> Tensor:
-    """Σ_{i ∈ rows} (s_i g_i g_iᵀ + e_i M_i), the rows' share of the n×n Hessian (docs/math.md
-    §3), for one logit and binary cross-entropy, in float64 tensor operations (differentiable in
-    the parameters). θ is ordered unit by unit, (W1_k, b1_k) for each k, then w2, then b2: the
-    traces do not depend on the order."""
-    x, t = rows
-    w1, b1, w2, b2 = params
-    w = w2.reshape(-1)
-    num, hidden = x.shape[0], w1.shape[0]
-    pre = torch.nn.functional.linear(x, w1, b1)
-    phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
-    z = phi0 @ w + (b2 if b2 is not None else 0.0)
-    prob = torch.sigmoid(z)
-    s, e = scale * prob * torch.sigmoid(-z), scale * (prob - t)
-    ones = torch.ones(num, 1, dtype=x.dtype, device=x.device)
-    x_ext = torch.cat([x, ones], 1) if b1 is not None else x
-    width = x_ext.shape[1]
-    tangents = torch.cat([((phi1 * w).unsqueeze(2) * x_ext.unsqueeze(1)).reshape(num, -1), phi0]
-                         + ([ones] if b2 is not None else []), 1)
-    gauss_newton = tangents.T @ (tangents * s.unsqueeze(1))
-    # e_i M_i: per unit k the (W1_k, b1_k) block Σ e w2_k φ'' x̃x̃ᵀ and its column against w2_k,
-    # Σ e φ' x̃.
-    blocks = torch.einsum("nk,nd,nf->kdf", e.unsqueeze(1) * w * phi2, x_ext, x_ext)
-    cross = torch.einsum("nk,nd->kd", e.unsqueeze(1) * phi1, x_ext)
-    cross = (cross.unsqueeze(2) * torch.eye(hidden, dtype=x.dtype, device=x.device).unsqueeze(1))
-    cross = cross.reshape(hidden * width, hidden)
-    n, tail = gauss_newton.shape[0], gauss_newton.shape[0] - hidden * width - hidden  # b2's
-    zeros = cross.new_zeros
-    residual = torch.cat([
-        torch.cat([torch.block_diag(*blocks), cross, zeros(hidden * width, tail)], 1),
-        torch.cat([cross.T, zeros(hidden, hidden + tail)], 1),
-        zeros(tail, n),
-    ], 0)
-    return gauss_newton + residual
-
-
 #: The largest n whose n×n Hessian the ranks all-reduce for heads of C ≥ 2 logits (128 MiB of
 #: float64), the parameter-space engine's limit.
 _MAX_HESSIAN_PARAMS = 4096
@@ -125,17 +89,23 @@ def _check_targets(loss: str, target: Tensor, num_outputs: int) -> None:
                              f"loss 'cross_entropy'")
 
 
-def _multi_output_hessian_share(rows, params, activation: str, loss: str, scale: float):
-    """Σ_{i ∈ rows} (J_iᵀ S_i J_i + Σ_c e_ic ∇²z_ic), the rows' share of the n×n Hessian of a
-    head of C logits (docs/math.md §8), in float64 tensor operations (differentiable in the
-    parameters). θ is ordered (W1_k, b1_k) for each unit k, then w2 row-major, then b2."""
+def _hessian_share(rows, params, activation: str, loss: str, scale: float) -> Tensor:
+    """Σ_{i ∈ rows} (J_iᵀ S_i J_i + Σ_c e_ic ∇²z_ic), the rows' share of the n×n Hessian
+    (docs/math.md §3, §8), in float64 tensor operations (differentiable in the parameters).
+    θ is ordered (W1_k, b1_k) for each unit k, then w2 row-major, then b2: the traces do not
+    depend on the order."""
     x, t = rows
     w1, b1, w2, b2 = params
     num, hidden, outputs = x.shape[0], w1.shape[0], w2.shape[0]
     pre = torch.nn.functional.linear(x, w1, b1)
     phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
     z = torch.nn.functional.linear(phi0, w2, b2)
-    curvature, e = reference._loss_in_logits(z, t, loss, scale)      # (N, C, C), (N, C)
+    if loss == "bce":  # one logit: S_i = c·σ(z)σ(−z), e_i = c·(σ(z) − t)
+        prob = torch.sigmoid(z)
+        curvature = (scale * prob * torch.sigmoid(-z)).unsqueeze(2)
+        e = scale * (prob - t.reshape(-1, 1))
+    else:
+        curvature, e = reference._loss_in_logits(z, t, loss, scale)  # (N, C, C), (N, C)
     ones = torch.ones(num, 1, dtype=x.dtype, device=x.device)
     x_ext = torch.cat([x, ones], 1) if b1 is not None else x
     width = x_ext.shape[1]
@@ -235,9 +205,7 @@ class _Shards:
         self.hessian = None
 
     def _hessian_share(self, rows, params) -> Tensor:
-        if self.loss == "bce":
-            return _hessian_share(rows, params, self.activation, self.scale)
-        return _multi_output_hessian_share(rows, params, self.activation, self.loss, self.scale)
+        return _hessian_share(rows, params, self.activation, self.loss, self.scale)
 
     def _params(self):
         return [p.to(torch.float64) if p is not None else None for p in self.layers]
