@@ -106,6 +106,7 @@ def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
         except ValueError as error:
             result = {"error": str(error)}
         torch.save(result, f"{out_dir}/{rank}.pt")
+        dist.barrier()  # every rank done before the group goes
     finally:
         dist.destroy_process_group()
 
@@ -178,8 +179,12 @@ def _ddp_worker(rank, world, init_file, out_dir, per_rank):
                                                                     y[mine])
                      + 0.1 * reg(x[mine], y[mine]))
         objective.backward()
-        torch.save({"bound": float(reg(x[mine], y[mine])),
+        torch.save({"bound": float(reg(x[mine], y[mine]).detach()),
                     "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/{rank}.pt")
+        # DDP's reducer holds communication threads: release it, and let every rank get here,
+        # before the group goes (a rank tearing down early can abort the other's exit).
+        del reg, ddp
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
