@@ -122,11 +122,11 @@ def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_en
 
 
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
-@pytest.mark.parametrize("sizes", [(13, 9), (7, 11, 5)])
+@pytest.mark.parametrize("sizes", [(13, 9), (7, 11, 5), (12, 0)])
 def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, sizes, engine):
-    """2 and 3 gloo processes with uneven shards (and partial batches, a block size that does not
-    divide N), summing Hessian shares or pairs of samples: every rank gets the single-process
-    result on the concatenated data, to 1e-12."""
+    """2 and 3 gloo processes with uneven shards, one of them empty (and partial batches, a block
+    size that does not divide N), summing Hessian shares or pairs of samples: every rank gets the
+    single-process result on the concatenated data, to 1e-12."""
     monkeypatch.setenv("TORCH_WS_ENGINE", engine)  # the spawned ranks inherit it
     results = _run_ranks(tmp_path, sizes)
     model, x, y = model_and_data(n=sum(sizes))

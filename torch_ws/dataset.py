@@ -207,6 +207,9 @@ class _Shards:
     def _hessian_share(self, rows, params) -> Tensor:
         return _hessian_share(rows, params, self.activation, self.loss, self.scale)
 
+    def _zeros(self, *shape):
+        return torch.zeros(shape, dtype=torch.float64, device=self.layers[0].device)
+
     def _params(self):
         return [p.to(torch.float64) if p is not None else None for p in self.layers]
 
@@ -215,16 +218,19 @@ class _Shards:
         if self.parameter_space:
             with torch.no_grad():
                 params = self._params()
-                hessian = sum(self._hessian_share(rows, params) for rows in self.row_blocks)
+                # Zeros to start from: a rank may hold no samples.
+                hessian = sum((self._hessian_share(rows, params) for rows in self.row_blocks),
+                              start=self._zeros(self.num_params, self.num_params))
             torch.distributed.all_reduce(hessian, group=self.group)
             self.hessian = hessian
             return torch.stack([hessian.trace(), (hessian * hessian).sum()])
         with torch.no_grad():
             params = self._params()
-            trace = sum(_own_trace(rows, params, self.activation, self.scale)
-                        for rows in self.row_blocks)
-            trace_sq = sum(_pair_sums(rows, cols, params, self.activation, self.scale)
-                           for rows in self.row_blocks for cols in self.blocks)
+            trace = sum((_own_trace(rows, params, self.activation, self.scale)
+                         for rows in self.row_blocks), start=self._zeros())
+            trace_sq = sum((_pair_sums(rows, cols, params, self.activation, self.scale)
+                            for rows in self.row_blocks for cols in self.blocks),
+                           start=self._zeros())
             sums = torch.stack([trace, trace_sq])
         torch.distributed.all_reduce(sums, group=self.group)
         return sums
@@ -318,8 +324,9 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
     The loss is that of ``model`` over all N samples that ``data`` yields (averaged over all N
     for reduction ``"mean"``, not per batch), so the result equals one :func:`ws_bounds` call on
     the concatenated data. The batches are read once and kept (x and targets: O(N·D) memory, on
-    the model's device); the pairwise sums then run in the engines' tiles, whose memory is
-    O(N(D + H) + T²), never N×N. Time is that of one call on N samples: O(N²(D + H)).
+    the model's device); the engines then take all N at once, never forming N×N arrays
+    (O(N(D + H) + T²) memory in tiles, or O(n²) for the n×n Hessian of a small network). Time is
+    that of one call on N samples: O(N²(D + H)), or O(N·n²) for small networks.
 
     Args:
         model: ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, C))``, as for
@@ -367,8 +374,16 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
         _check_like_first(x, target, first, index)
         xs.append(x.detach().to(hidden.weight.device))
         targets.append(target.detach().to(hidden.weight.device))
-    if not xs:
+    if not xs and group is None:
         raise ValueError("dataset_bounds: data yielded no batches")
+    if not xs:
+        # A rank without samples still takes part (the others wait for its shard): an empty
+        # shard of the layout the loss expects.
+        x = hidden.weight.new_empty(0, hidden.in_features).detach()
+        classes = output.out_features
+        target = (torch.empty(0, dtype=torch.long, device=x.device) if reg.loss == "cross_entropy"
+                  else x.new_empty((0, classes) if reg.loss == "mse" and classes > 1 else (0,)))
+        xs, targets = [x], [target]
     x = torch.cat(xs)
     target = reg._target(x, torch.cat(targets))
     if group is not None:
