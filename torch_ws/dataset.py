@@ -3,7 +3,7 @@ iterable of batches) yields, not of one batch; on one process, or over the ranks
 torch.distributed group, each holding a shard."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -34,44 +34,51 @@ def _check_like_first(x: Tensor, target: Tensor, first: tuple[Tensor, Tensor], i
                          f"batch 0's target is (·, {tuple(t0.shape[1:])}) of {t0.dtype}")
 
 
-def _pair_sums(rows, cols, params, activation: str, scale: float):
-    """Σ_{i ∈ rows, j ∈ cols} f(i, j), the pairs' share of tr(H²) (docs/math.md §4), for one
-    logit and binary cross-entropy, in float64 plain tensor operations (autograd differentiates
-    it in the parameters). rows and cols are (x, target) pairs of sample sets."""
-    w1, b1, w2, b2 = params
-    w = w2.reshape(-1)
+class _SampleTerms(NamedTuple):
+    """The per-sample quantities of docs/math.md §2 for one logit and binary cross-entropy."""
 
-    def features(x, t):
-        pre = torch.nn.functional.linear(x, w1, b1)
-        phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
-        z = phi0 @ w + (b2 if b2 is not None else 0.0)
-        prob = torch.sigmoid(z)
-        return (x, phi0, phi1, phi1 * w, phi2 * w, scale * prob * torch.sigmoid(-z),
-                scale * (prob - t))
-
-    xa, p0a, p1a, ua, va, sa, ea = features(*rows)
-    xb, p0b, p1b, ub, vb, sb, eb = features(*cols)
-    k = xa @ xb.T + (1.0 if b1 is not None else 0.0)
-    g = k * (ua @ ub.T) + p0a @ p0b.T + (1.0 if b2 is not None else 0.0)
-    kk = k * k
-    b = kk * ((ua * ua) @ vb.T) + 2 * k * ((ua * p0a) @ p1b.T)
-    c = kk * (va @ vb.T) + 2 * k * (p1a @ p1b.T)
-    return sa @ (g * g) @ sb + 2 * sa @ b @ eb + ea @ c @ eb
+    x: Tensor
+    phi0: Tensor
+    phi1: Tensor
+    u: Tensor      # w2_k φ'(a_ik)
+    v: Tensor      # w2_k φ''(a_ik)
+    s: Tensor      # c·ℓ''(z_i)
+    e: Tensor      # c·ℓ'(z_i)
 
 
-def _own_trace(rows, params, activation: str, scale: float):
-    """Σ_{i ∈ rows} of the per-sample terms of tr H (docs/math.md §4)."""
-    x, t = rows
+def _sample_terms(x, t, params, activation: str, scale: float) -> _SampleTerms:
     w1, b1, w2, b2 = params
     w = w2.reshape(-1)
     pre = torch.nn.functional.linear(x, w1, b1)
     phi0, phi1, phi2 = reference._activation_derivatives(activation, pre)
     z = phi0 @ w + (b2 if b2 is not None else 0.0)
     prob = torch.sigmoid(z)
-    s, e = scale * prob * torch.sigmoid(-z), scale * (prob - t)
-    k = (x * x).sum(1) + (1.0 if b1 is not None else 0.0)
-    g = k * (phi1 * w).square().sum(1) + phi0.square().sum(1) + (1.0 if b2 is not None else 0.0)
-    return (s * g + e * k * (phi2 * w).sum(1)).sum()
+    return _SampleTerms(x, phi0, phi1, phi1 * w, phi2 * w, scale * prob * torch.sigmoid(-z),
+                        scale * (prob - t))
+
+
+def _pair_sums(rows, cols, params, activation: str, scale: float):
+    """Σ_{i ∈ rows, j ∈ cols} f(i, j), the pairs' share of tr(H²) (docs/math.md §4), for one
+    logit and binary cross-entropy, in float64 plain tensor operations (autograd differentiates
+    it in the parameters). rows and cols are (x, target) pairs of sample sets."""
+    _, b1, _, b2 = params
+    a = _sample_terms(*rows, params, activation, scale)
+    b = _sample_terms(*cols, params, activation, scale)
+    k = a.x @ b.x.T + (1.0 if b1 is not None else 0.0)
+    g = k * (a.u @ b.u.T) + a.phi0 @ b.phi0.T + (1.0 if b2 is not None else 0.0)
+    kk = k * k
+    pair_b = kk * ((a.u * a.u) @ b.v.T) + 2 * k * ((a.u * a.phi0) @ b.phi1.T)
+    pair_c = kk * (a.v @ b.v.T) + 2 * k * (a.phi1 @ b.phi1.T)
+    return a.s @ (g * g) @ b.s + 2 * a.s @ pair_b @ b.e + a.e @ pair_c @ b.e
+
+
+def _own_trace(rows, params, activation: str, scale: float):
+    """Σ_{i ∈ rows} of the per-sample terms of tr H (docs/math.md §4)."""
+    _, b1, _, b2 = params
+    a = _sample_terms(*rows, params, activation, scale)
+    k = (a.x * a.x).sum(1) + (1.0 if b1 is not None else 0.0)
+    g = k * a.u.square().sum(1) + a.phi0.square().sum(1) + (1.0 if b2 is not None else 0.0)
+    return (a.s * g + a.e * k * a.v.sum(1)).sum()
 
 
 #: The largest n whose n×n Hessian the ranks all-reduce for heads of C ≥ 2 logits (128 MiB of

@@ -32,21 +32,27 @@ def _hidden_and_slope(activation: str, pre: torch.Tensor):
     if activation == "sigmoid":
         hidden = torch.sigmoid(pre)
         return hidden, hidden * (1 - hidden)
-    with torch.enable_grad():
-        leaf = pre.detach().requires_grad_(True)
-        hidden = reference.ACTIVATION_FUNCTIONS[activation](leaf)
-        (slope,) = torch.autograd.grad(hidden.sum(), leaf)
+    hidden, slope, _ = reference._activation_derivatives(activation, pre.detach())
     # Autograd may return a broadcast view (a linear φ's slope is expanded ones); the caller
     # scales the slope in place.
-    return hidden.detach(), slope.contiguous()
+    return hidden.detach(), slope.detach().contiguous()
+
+
+def pre_activations(x, w1, b1) -> torch.Tensor:
+    """x W1_bᵀ + b1_b for every model b: (B, N, H)."""
+    return torch.baddbmm(b1.unsqueeze(1), x.expand(w1.shape[0], -1, -1), w1.transpose(1, 2))
+
+
+def logits_of_hidden(hidden, w2, b2) -> torch.Tensor:
+    """φ(A_b) w2_bᵀ + b2_b for every model b: (B, N)."""
+    return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(2)
 
 
 def batched_logits(x, params, activation: str) -> torch.Tensor:
     """The B models' logits on x: (B, N)."""
     w1, b1, w2, b2 = params
-    pre = torch.baddbmm(b1.unsqueeze(1), x.expand(w1.shape[0], -1, -1), w1.transpose(1, 2))
-    hidden = reference.ACTIVATION_FUNCTIONS[activation](pre)
-    return torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(2)
+    hidden = reference.ACTIVATION_FUNCTIONS[activation](pre_activations(x, w1, b1))
+    return logits_of_hidden(hidden, w2, b2)
 
 
 def loss_and_gradients(x, y, params, activation: str):
@@ -55,14 +61,12 @@ def loss_and_gradients(x, y, params, activation: str):
     bookkeeping costs more than the arithmetic."""
     w1, b1, w2, b2 = params
     num_models, num_samples = w1.shape[0], x.shape[0]
-    inputs = x.expand(num_models, -1, -1)
-    pre = torch.baddbmm(b1.unsqueeze(1), inputs, w1.transpose(1, 2))          # (B, N, H)
-    hidden, slope = _hidden_and_slope(activation, pre)
-    z = torch.baddbmm(b2.unsqueeze(1), hidden, w2.transpose(1, 2)).squeeze(2)  # (B, N)
+    hidden, slope = _hidden_and_slope(activation, pre_activations(x, w1, b1))  # (B, N, H)
+    z = logits_of_hidden(hidden, w2, b2)                                      # (B, N)
     loss = (F.softplus(z) - y * z).mean(1)
     e = (torch.sigmoid(z) - y) / num_samples                                   # ∂L/∂z
     delta = slope.mul_(e.unsqueeze(2)).mul_(w2)                                # ∂L/∂pre
-    grads = [torch.bmm(delta.transpose(1, 2), inputs), delta.sum(1),
+    grads = [torch.bmm(delta.transpose(1, 2), x.expand(num_models, -1, -1)), delta.sum(1),
              torch.bmm(e.unsqueeze(1), hidden), e.sum(1, keepdim=True)]
     return loss, grads
 
@@ -83,9 +87,9 @@ def explicit_hessians(data: Dataset, params, activation: str) -> torch.Tensor:
     x, y = data.x_train, data.y_train
     num_models, hidden, dim = w1.shape
     num_samples = x.shape[0]
-    pre = torch.baddbmm(b1.unsqueeze(1), x.expand(num_models, -1, -1), w1.transpose(1, 2))
-    phi0, phi1, phi2 = (d.detach() for d in reference._activation_derivatives(activation, pre))
-    z = torch.baddbmm(b2.unsqueeze(1), phi0, w2.transpose(1, 2)).squeeze(2)
+    phi0, phi1, phi2 = (d.detach() for d in reference._activation_derivatives(
+        activation, pre_activations(x, w1, b1)))
+    z = logits_of_hidden(phi0, w2, b2)
     prob = torch.sigmoid(z)
     e = (prob - y) / num_samples                         # ℓ'(z)/N
     s = prob * torch.sigmoid(-z) / num_samples           # ℓ''(z)/N
@@ -230,8 +234,7 @@ def measure_batch(data: Dataset, runs: list[Run]) -> list[dict]:
             trace, trace_sq, n)
         lam_max, lam_min = extreme_eigenvalues(data, params, activation)
         w1, b1 = params[0], params[1]
-        pre = torch.baddbmm(b1.unsqueeze(1), x.expand(len(runs), -1, -1), w1.transpose(1, 2))
-        hidden = reference.ACTIVATION_FUNCTIONS[activation](pre)
+        hidden = reference.ACTIVATION_FUNCTIONS[activation](pre_activations(x, w1, b1))
         gram_norm = torch.linalg.matrix_norm(torch.bmm(hidden, hidden.transpose(1, 2)))
         test_logits = batched_logits(data.x_test, params, activation)
         f1 = macro_f1((test_logits > 0).double(), data.y_test)
