@@ -507,6 +507,22 @@ Tensor ws_bound_batched_autograd(const Tensor& x, const Tensor& target, const Te
 
 // The internal ops called directly with inputs that require grad: their results are not
 // differentiable (they are derivatives already), so they carry the same Error node.
+using TracesAndGradients = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>>;
+
+// The trace ops' internal forms return derivatives already: every result carries an Error node
+// (with `message`) on the differentiable inputs.
+TracesAndGradients not_differentiable(TracesAndGradients out, const std::vector<Tensor>& inputs,
+                                      const std::string& message) {
+  auto& [trace, trace_sq, trace_grads, trace_sq_grads] = out;
+  std::vector<Tensor> traces = {trace, trace_sq};
+  attach_double_backward_error(traces, inputs, message);
+  attach_double_backward_error(trace_grads, inputs, message);
+  attach_double_backward_error(trace_sq_grads, inputs, message);
+  trace = traces[0];
+  trace_sq = traces[1];
+  return out;
+}
+
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
@@ -519,38 +535,28 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
   }();
-  const std::vector<Tensor> inputs = {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())};
-  const std::string message =
+  return not_differentiable(
+      std::move(out), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
       "torch_ws._traces_with_gradients is not differentiable; call torch_ws.hessian_traces or "
-      "torch_ws.ws_bound to differentiate the traces";
-  std::vector<Tensor> traces = {std::get<0>(out), std::get<1>(out)};
-  attach_double_backward_error(traces, inputs, message);
-  attach_double_backward_error(std::get<2>(out), inputs, message);
-  attach_double_backward_error(std::get<3>(out), inputs, message);
-  return {traces[0], traces[1], std::get<2>(out), std::get<3>(out)};
+      "torch_ws.ws_bound to differentiate the traces");
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> batched_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, bool with_gradients, bool need_grad_x, c10::string_view loss) {
-  const std::vector<Tensor> inputs = {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())};
   refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
                   "torch_ws._batched_traces");
   static auto op = find_op<BatchedTracesSignature>("torch_ws::_batched_traces");
-  auto [trace, trace_sq, trace_grads, trace_sq_grads] = [&] {
+  auto out = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(x, target, w1, b1, w2, b2, activation, reduction, with_gradients,
                    need_grad_x, loss);
   }();
-  const std::string message =
+  return not_differentiable(
+      std::move(out), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
       "torch_ws._batched_traces is not differentiable; call torch_ws.ws_bound_batched to "
-      "differentiate the bounds";
-  std::vector<Tensor> traces = {trace, trace_sq};
-  attach_double_backward_error(traces, inputs, message);
-  attach_double_backward_error(trace_grads, inputs, message);
-  attach_double_backward_error(trace_sq_grads, inputs, message);
-  return {traces[0], traces[1], trace_grads, trace_sq_grads};
+      "differentiate the bounds");
 }
 
 std::vector<Tensor> traces_backward_autograd(const Tensor& grad_trace, const Tensor& grad_trace_sq,

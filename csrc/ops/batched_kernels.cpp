@@ -8,6 +8,7 @@
 // cost is most of a call (docs/math.md §10). autograd/autograd.cpp holds the Autograd kernel.
 #include "core/engine.h"
 #include "core/ws_bound.h"
+#include "ops/gradient_list.h"
 #include "ops/schemas.h"
 
 #include <ATen/Parallel.h>
@@ -22,8 +23,8 @@ using std::optional;
 // The batched shapes: w1 (B, H, D), b1 (B, H), w2 (B, C, H), b2 (B, C), all with one B. The
 // single-model checks (check_problem) then run on model 0's views, and cover every model: the
 // shapes, dtypes and devices are shared, and so are x and the target.
-int64_t check_batch(const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
-                    const optional<Tensor>& b2) {
+void check_batch(const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                 const optional<Tensor>& b2) {
   TORCH_CHECK(w1.defined() && w2.defined(), kWsBoundBatchedName, ": w1 and w2 are undefined "
               "tensors");
   TORCH_CHECK(w1.dim() == 3, kWsBoundBatchedName, ": expected w1 of shape (B, H, D), B models "
@@ -40,7 +41,6 @@ int64_t check_batch(const Tensor& w1, const optional<Tensor>& b1, const Tensor& 
   if (b1) check_models(*b1, "b1", 2, "(B, H)");
   if (b2) check_models(*b2, "b2", 2, "(B, C)");
   TORCH_CHECK(batch >= 1, kWsBoundBatchedName, ": expected at least one model, got B = 0");
-  return batch.guard_int(__FILE__, __LINE__);
 }
 
 optional<Tensor> model_of(const optional<Tensor>& t, int64_t b) {
@@ -68,20 +68,7 @@ MlpProblem model_problem(const MlpProblem& first, const Tensor& w1, const option
   return p;
 }
 
-// The gradient list's order, as _traces_with_gradients': (x, w1, b1, w2, b2), each with the
-// model dimension first; x's is (B, N, D) if asked for, an absent one is empty.
-std::vector<Tensor> empty_gradients(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
-                                    const Tensor& w2, const optional<Tensor>& b2,
-                                    int64_t batch, bool need_grad_x) {
-  auto like = [](const Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
-  const Tensor none = at::empty({0}, x.options());
-  Tensor grad_x = none;
-  if (need_grad_x) {
-    grad_x = at::empty_symint({c10::SymInt(batch), x.sym_size(0), x.sym_size(1)}, x.options());
-  }
-  return {grad_x, like(w1), b1 ? like(*b1) : none, like(w2), b2 ? like(*b2) : none};
-}
-
+// Model b's gradients into slice b of the lists (gradient_list.h's order).
 void store(std::vector<Tensor>& out, const InputGradients& g, int64_t b) {
   const Tensor* from[] = {&g.x, &g.w1, &g.b1, &g.w2, &g.b2};
   for (size_t k = 0; k < out.size(); ++k) {
@@ -104,8 +91,8 @@ BatchedTraces batched_traces_kernel(const Tensor& x, const Tensor& target, const
   Tensor trace_sq = at::empty({batch}, x.options().dtype(at::kDouble));
   std::vector<Tensor> trace_grads, trace_sq_grads;
   if (with_gradients) {
-    trace_grads = empty_gradients(x, w1, b1, w2, b2, batch, need_grad_x);
-    trace_sq_grads = empty_gradients(x, w1, b1, w2, b2, batch, need_grad_x);
+    trace_grads = empty_gradient_list(x, need_grad_x, w1, b1, w2, b2, c10::SymInt(batch));
+    trace_sq_grads = empty_gradient_list(x, need_grad_x, w1, b1, w2, b2, c10::SymInt(batch));
   }
   const Gradients gradients = !with_gradients ? Gradients::None
                               : need_grad_x   ? Gradients::ParametersAndX
@@ -159,8 +146,8 @@ BatchedTraces batched_traces_meta(const Tensor& x, const Tensor& target, const T
   auto traces = [&] { return at::empty({batch}, x.options().dtype(at::kDouble)); };
   std::vector<Tensor> trace_grads, trace_sq_grads;
   if (with_gradients) {
-    trace_grads = empty_gradients(x, w1, b1, w2, b2, batch, need_grad_x);
-    trace_sq_grads = empty_gradients(x, w1, b1, w2, b2, batch, need_grad_x);
+    trace_grads = empty_gradient_list(x, need_grad_x, w1, b1, w2, b2, c10::SymInt(batch));
+    trace_sq_grads = empty_gradient_list(x, need_grad_x, w1, b1, w2, b2, c10::SymInt(batch));
   }
   return {traces(), traces(), trace_grads, trace_sq_grads};
 }

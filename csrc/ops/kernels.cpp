@@ -5,6 +5,7 @@
 #include "core/engine.h"
 #include "core/modules.h"
 #include "core/ws_bound.h"
+#include "ops/gradient_list.h"
 #include "ops/schemas.h"
 #include "sample_space/sample_space.h"
 
@@ -21,12 +22,6 @@ using std::optional;
 
 Tensor scalar_like(const Tensor& x, at::ScalarType dtype) {
   return at::empty({}, x.options().dtype(dtype));
-}
-
-// The output order of the gradient lists: (x, w1, b1, w2, b2), empty where absent.
-std::vector<Tensor> gradient_list(const InputGradients& g, const Tensor& x) {
-  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
-  return {or_empty(g.x), g.w1, or_empty(g.b1), g.w2, or_empty(g.b2)};
 }
 
 std::tuple<Tensor, Tensor> hessian_traces_kernel(const Tensor& x, const Tensor& target,
@@ -88,13 +83,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
     c10::string_view reduction, bool need_grad_x, c10::string_view caller,
     c10::string_view loss) {
   check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  auto like = [](const Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
-  auto grads = [&] {
-    return std::vector<Tensor>{need_grad_x ? like(x) : at::empty({0}, x.options()), like(w1),
-                               b1 ? like(*b1) : at::empty({0}, x.options()), like(w2),
-                               b2 ? like(*b2) : at::empty({0}, x.options())};
-  };
-  return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble), grads(), grads()};
+  return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble),
+          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2),
+          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
 }
 
 // ---- _traces_backward (any device; a fused loop on the CPU) and the helpers. ----

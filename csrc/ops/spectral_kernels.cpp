@@ -3,6 +3,7 @@
 // trace engines; autograd/autograd.cpp holds the Autograd kernel.
 #include "core/engine.h"
 #include "core/ws_bound.h"
+#include "ops/gradient_list.h"
 #include "ops/schemas.h"
 #include "spectral/spectral_bound.h"
 
@@ -145,10 +146,7 @@ std::vector<Tensor> spectral_backward_meta(
     c10::string_view loss, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, bool need_grad_x) {
   check_problem(kSpectralBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  auto like = [](const Tensor& t) { return at::empty_symint(t.sym_sizes(), t.options()); };
-  auto empty = [&] { return at::empty({0}, x.options()); };
-  return {need_grad_x ? like(x) : empty(), like(w1), b1 ? like(*b1) : empty(), like(w2),
-          b2 ? like(*b2) : empty()};
+  return empty_gradient_list(x, need_grad_x, w1, b1, w2, b2);
 }
 
 }  // namespace
