@@ -68,6 +68,16 @@ struct SavedTraces {
   }
 };
 
+// n from the layers' shapes. It does not depend on the batch: tracing with dynamic shapes
+// specializes the layer widths only.
+int64_t param_count(const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                    const optional<Tensor>& b2) {
+  auto width = [](const Tensor& t, int64_t dim) {
+    return t.sym_size(dim).guard_int(__FILE__, __LINE__);
+  };
+  return count_params(width(w1, 0), width(w1, 1), width(w2, 0), b1.has_value(), b2.has_value());
+}
+
 struct ForwardResult {
   SavedTraces saved;
   int64_t num_params;
@@ -84,11 +94,7 @@ ForwardResult forward_traces(const Tensor& x, const Tensor& target, const Tensor
       x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
   SavedTraces saved{trace, trace_sq, std::move(trace_grads), std::move(trace_sq_grads),
                     {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
-  // n does not depend on the batch: tracing with dynamic shapes specializes the layer widths only.
-  auto width = [](const Tensor& t, int64_t dim) { return t.sym_size(dim).guard_int(__FILE__, __LINE__); };
-  const int64_t n = count_params(width(w1, 0), width(w1, 1), width(w2, 0), b1.has_value(),
-                                 b2.has_value());
-  return {std::move(saved), n};
+  return {std::move(saved), param_count(w1, b1, w2, b2)};
 }
 
 // Under create_graph=True (grad mode on in the backward), the gradients get an Error node whose
@@ -110,6 +116,18 @@ void attach_double_backward_error(std::vector<Tensor>& grads, const std::vector<
   }
 }
 
+// Gradients (x, w1, b1, w2, b2) as the gradients of the forward's nine arguments, with the
+// double-backward Error node under create_graph.
+variable_list op_input_grads(std::vector<Tensor> grads, const std::vector<Tensor>& inputs,
+                             const char* caller) {
+  attach_double_backward_error(grads, inputs, std::string(caller) + kDoubleBackward);
+  // Entries that were not computed (x without requires_grad, absent biases) are empty.
+  auto present = [&](size_t k, bool computed) { return computed ? grads[k] : Tensor(); };
+  return {present(0, inputs[0].requires_grad()), Tensor(), grads[1],
+          present(2, inputs[2].defined()), grads[3], present(4, inputs[4].defined()),
+          Tensor(), Tensor(), Tensor()};
+}
+
 // grad_trace·∇tr H + grad_trace_sq·∇tr(H²) as the gradients of the forward's nine arguments.
 variable_list input_grads(const SavedTraces& saved, const Tensor& grad_trace,
                           const Tensor& grad_trace_sq, const char* caller) {
@@ -119,12 +137,7 @@ variable_list input_grads(const SavedTraces& saved, const Tensor& grad_trace,
     at::AutoDispatchBelowADInplaceOrView guard;
     grads = op.call(grad_trace, grad_trace_sq, saved.trace_grads, saved.trace_sq_grads);
   }
-  attach_double_backward_error(grads, saved.inputs, std::string(caller) + kDoubleBackward);
-  // Entries that were not computed (x without requires_grad, absent biases) are empty.
-  auto present = [&](size_t k, bool computed) { return computed ? grads[k] : Tensor(); };
-  const std::vector<Tensor>& in = saved.inputs;  // x, w1, b1, w2, b2
-  return {present(0, in[0].requires_grad()), Tensor(), grads[1], present(2, in[2].defined()),
-          grads[3], present(4, in[4].defined()), Tensor(), Tensor(), Tensor()};
+  return op_input_grads(std::move(grads), saved.inputs, caller);
 }
 
 Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
@@ -166,26 +179,39 @@ class HessianTracesBackward : public torch::autograd::Function<HessianTracesBack
   }
 };
 
+// ws_bound's forward computes λ_sup's gradient itself (_ws_bound_with_gradient: the traces'
+// gradients weighed before the chain, docs/math.md §6.3), so the backward only scales it.
 class WsBoundBackward : public torch::autograd::Function<WsBoundBackward> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
                                const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction, c10::string_view loss) {
-    ws::ForwardResult r = ws::forward_traces(x, target, w1, b1, w2, b2, activation, reduction,
-                                             loss, ws::kWsBoundName, x.requires_grad());
-    r.saved.save(ctx);
-    ctx->saved_data["num_params"] = r.num_params;
-    return {ws::ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params,
+    static auto op =
+        ws::find_op<ws::WsBoundWithGradientSignature>("torch_ws::_ws_bound_with_gradient");
+    auto [trace, trace_sq, bound_grads] = [&] {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return op.call(x, target, w1, b1, w2, b2, activation, reduction, x.requires_grad(),
+                     ws::kWsBoundName, loss);
+    }();
+    // The gradients, then the differentiable inputs (for the double-backward Error node).
+    variable_list saved = bound_grads;
+    saved.insert(saved.end(), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())});
+    ctx->save_for_backward(saved);
+    return {ws::ws_upper_bound_tensor(trace, trace_sq, ws::param_count(w1, b1, w2, b2),
                                       x.scalar_type())};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const ws::SavedTraces saved = ws::SavedTraces::load(ctx);
-    const auto [d_trace, d_trace_sq] =
-        ws::bound_trace_grads_tensor(ws::grad_or_zero(grad_outputs[0], saved.trace), saved.trace,
-                                     saved.trace_sq, ctx->saved_data["num_params"].toInt());
-    return ws::input_grads(saved, d_trace, d_trace_sq, ws::kWsBoundName);
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor& upstream = grad_outputs[0];
+    std::vector<Tensor> grads(saved.begin(), saved.begin() + ws::SavedTraces::kGradients);
+    const std::vector<Tensor> inputs(saved.begin() + ws::SavedTraces::kGradients, saved.end());
+    // (Entries not computed are empty here, and left out by op_input_grads.)
+    for (Tensor& grad : grads) {
+      grad = upstream.defined() ? grad * upstream.to(grad.scalar_type()) : at::zeros_like(grad);
+    }
+    return ws::op_input_grads(std::move(grads), inputs, ws::kWsBoundName);
   }
 };
 
@@ -509,17 +535,22 @@ Tensor ws_bound_batched_autograd(const Tensor& x, const Tensor& target, const Te
 // differentiable (they are derivatives already), so they carry the same Error node.
 using TracesAndGradients = std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>>;
 
-// The trace ops' internal forms return derivatives already: every result carries an Error node
-// (with `message`) on the differentiable inputs.
+// The trace ops' internal forms return derivatives already: every result (the traces, then each
+// gradient list) carries an Error node (with `message`) on the differentiable inputs.
+template <typename... Lists>
+void not_differentiable(Tensor& trace, Tensor& trace_sq, const std::vector<Tensor>& inputs,
+                        const std::string& message, Lists&... gradient_lists) {
+  std::vector<Tensor> traces = {trace, trace_sq};
+  attach_double_backward_error(traces, inputs, message);
+  (attach_double_backward_error(gradient_lists, inputs, message), ...);
+  trace = traces[0];
+  trace_sq = traces[1];
+}
+
 TracesAndGradients not_differentiable(TracesAndGradients out, const std::vector<Tensor>& inputs,
                                       const std::string& message) {
   auto& [trace, trace_sq, trace_grads, trace_sq_grads] = out;
-  std::vector<Tensor> traces = {trace, trace_sq};
-  attach_double_backward_error(traces, inputs, message);
-  attach_double_backward_error(trace_grads, inputs, message);
-  attach_double_backward_error(trace_sq_grads, inputs, message);
-  trace = traces[0];
-  trace_sq = traces[1];
+  not_differentiable(trace, trace_sq, inputs, message, trace_grads, trace_sq_grads);
   return out;
 }
 
@@ -539,6 +570,25 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
       std::move(out), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
       "torch_ws._traces_with_gradients is not differentiable; call torch_ws.hessian_traces or "
       "torch_ws.ws_bound to differentiate the traces");
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_autograd(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
+  refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
+                  "torch_ws._ws_bound_with_gradient");
+  static auto op = find_op<WsBoundWithGradientSignature>("torch_ws::_ws_bound_with_gradient");
+  auto [trace, trace_sq, bound_grads] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
+  }();
+  not_differentiable(trace, trace_sq, {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
+                     "torch_ws._ws_bound_with_gradient is not differentiable; call "
+                     "torch_ws.ws_bound to differentiate the bound",
+                     bound_grads);
+  return {trace, trace_sq, bound_grads};
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> batched_traces_autograd(
@@ -641,6 +691,7 @@ TORCH_LIBRARY_IMPL(torch_ws, Autograd, m) {
   m.impl("ws_bound", &torch_ws::ws_bound_autograd);
   m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_autograd);
   m.impl("_traces_backward", &torch_ws::traces_backward_autograd);
+  m.impl("_ws_bound_with_gradient", &torch_ws::ws_bound_with_gradient_autograd);
   m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_autograd);
   m.impl("_batched_traces", &torch_ws::batched_traces_autograd);
   m.impl("spectral_bound", &torch_ws::spectral_bound_autograd);

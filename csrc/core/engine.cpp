@@ -159,6 +159,21 @@ TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
   return out;
 }
 
+// The pairwise stage of the one-logit sample-space engine: T×T tiles on the CPU, whole N×N
+// matrices elsewhere or under TORCH_WS_TILE_SIZE=whole.
+struct PairwiseStage {
+  PairwiseResult result;
+  bool tiled;
+};
+
+PairwiseStage pairwise_stage(const SampleFeatures& f, Gradients gradients) {
+  const int64_t setting = tile_setting();
+  if (f.x.is_cpu() && setting != kWholeMatrices) {
+    return {pairwise_tiled_cpu(f, gradients, one_logit_tile(f.x.size(0), setting)), true};
+  }
+  return {pairwise_whole(f, gradients), false};
+}
+
 TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
   if (!p.one_logit()) {
     return multi_output::sample_space_traces(
@@ -166,28 +181,66 @@ TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
   }
   const bool with_gradients = gradients != Gradients::None;
   const SampleFeatures f = sample_features(p, with_gradients);
-  const int64_t setting = tile_setting();
-  PairwiseResult pairwise =
-      f.x.is_cpu() && setting != kWholeMatrices
-          ? pairwise_tiled_cpu(f, gradients, one_logit_tile(p.num_samples(), setting))
-          : pairwise_whole(f, gradients);
+  PairwiseResult pairwise = pairwise_stage(f, gradients).result;
   const Diagonals d = diagonals(f);
   TracesResult out{trace_float64(f, d), pairwise.trace_sq, std::nullopt, std::nullopt};
   if (with_gradients) {
     const bool need_grad_x = gradients == Gradients::ParametersAndX;
-    out.trace_grad = chain_to_inputs(p, f, trace_adjoints(f, d), need_grad_x);
+    out.trace_grad = chain_to_inputs(p, f, trace_adjoints(f, d, need_grad_x), need_grad_x);
     out.trace_sq_grad = chain_to_inputs(p, f, *pairwise.adjoints, need_grad_x);
   }
   return out;
 }
 
+ProblemShape shape_of(const MlpProblem& p) {
+  return {p.x.device(),      p.num_samples(),   p.in_dim(),      p.hidden(),
+          p.num_outputs(),   p.b1.has_value(),  p.b2.has_value()};
+}
+
+// α·a + β·b entry by entry, in float64, returned in a's dtype (as _traces_backward combines).
+InputGradients weigh_gradients(const at::Tensor& alpha, const InputGradients& a,
+                               const at::Tensor& beta, const InputGradients& b) {
+  auto weigh = [&](const at::Tensor& of_a, const at::Tensor& of_b) {
+    if (!of_a.defined()) return of_a;
+    return at::add(of_a.to(at::kDouble) * alpha, of_b.to(at::kDouble) * beta)
+        .to(of_a.scalar_type());
+  };
+  return {weigh(a.x, b.x), weigh(a.w1, b.w1), weigh(a.b1, b.b1), weigh(a.w2, b.w2),
+          weigh(a.b2, b.b2)};
+}
+
 }  // namespace
 
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
-  const ProblemShape shape{p.x.device(),   p.num_samples(),  p.in_dim(),       p.hidden(),
-                           p.num_outputs(), p.b1.has_value(), p.b2.has_value()};
-  return choose_engine(shape) == Engine::ParameterSpace ? parameter_space(p, gradients)
-                                                        : sample_space(p, gradients);
+  return choose_engine(shape_of(p)) == Engine::ParameterSpace ? parameter_space(p, gradients)
+                                                              : sample_space(p, gradients);
+}
+
+WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
+                                          const TraceWeights& weights) {
+  const Gradients gradients = need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters;
+  if (choose_engine(shape_of(p)) == Engine::ParameterSpace || !p.one_logit()) {
+    // These engines' gradients come out per trace: weigh them.
+    TracesResult t = evaluate_traces(p, gradients);
+    const auto [alpha, beta] = weights(t.trace, t.trace_sq);
+    return {t.trace, t.trace_sq, weigh_gradients(alpha, *t.trace_grad, beta, *t.trace_sq_grad)};
+  }
+  // The chain is linear in the adjoints: weigh them, then chain once (docs/math.md §6.3).
+  const SampleFeatures f = sample_features(p, /*for_gradients=*/true);
+  const PairwiseStage pairwise = pairwise_stage(f, gradients);
+  const Diagonals d = diagonals(f);
+  at::Tensor trace = trace_float64(f, d);
+  const auto [alpha, beta] = weights(trace, pairwise.result.trace_sq);
+  const SampleAdjoints& trace_sq_adjoints = *pairwise.result.adjoints;
+  InputGradients grad =
+      pairwise.tiled
+          ? weighted_chain_cpu(p, f, d, alpha.item<double>(), beta.item<double>(),
+                               trace_sq_adjoints, need_grad_x)
+          : chain_to_inputs(p, f,
+                            weigh_adjoints(alpha, trace_adjoints(f, d, need_grad_x), beta,
+                                           trace_sq_adjoints),
+                            need_grad_x);
+  return {std::move(trace), pairwise.result.trace_sq, std::move(grad)};
 }
 
 }  // namespace torch_ws

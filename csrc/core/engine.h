@@ -15,7 +15,9 @@
 
 #include "problem.h"
 
+#include <functional>
 #include <optional>
+#include <utility>
 
 namespace torch_ws {
 
@@ -55,5 +57,21 @@ struct TracesResult {
 };
 
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients);
+
+// The weights (α, β) of a scalar F(tr H, tr(H²)), ∇F = α·∇tr H + β·∇tr(H²), as 0-d float64
+// tensors, from the 0-d float64 traces.
+using TraceWeights =
+    std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)>;
+
+struct WeightedTraces {
+  at::Tensor trace, trace_sq;  // 0-d float64 on the problem's device
+  InputGradients grad;         // of F, in the input dtype
+};
+
+// The traces and the gradient of one scalar of them (docs/math.md §6.3). The same numbers as
+// weighing evaluate_traces' two gradients, at the cost of one: the sample-space engine of one
+// logit weighs the per-sample adjoints and runs its chain once (on the CPU's tiled path, fused).
+WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
+                                          const TraceWeights& weights);
 
 }  // namespace torch_ws

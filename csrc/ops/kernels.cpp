@@ -57,6 +57,22 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
   return {t.trace, t.trace_sq, gradient_list(*t.trace_grad, x), gradient_list(*t.trace_sq_grad, x)};
 }
 
+// λ_sup's weights on the traces' gradients: (∂λ_sup/∂tr H, ∂λ_sup/∂tr(H²)).
+std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_kernel(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
+  const MlpProblem p = check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
+  const int64_t num_params = p.num_params();
+  WeightedTraces t = evaluate_weighted_gradient(
+      p, need_grad_x, [num_params](const Tensor& trace, const Tensor& trace_sq) {
+        return bound_trace_grads_tensor(at::ones({}, trace.options()), trace, trace_sq,
+                                        num_params);
+      });
+  return {t.trace, t.trace_sq, gradient_list(t.grad, x)};
+}
+
 // ---- Meta: the same checks, outputs of the right shapes. ----
 
 std::tuple<Tensor, Tensor> hessian_traces_meta(const Tensor& x, const Tensor& target,
@@ -85,6 +101,16 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
   check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
   return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble),
           empty_gradient_list(x, need_grad_x, w1, b1, w2, b2),
+          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_meta(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
+  check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
+  return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble),
           empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
 }
 
@@ -222,7 +248,8 @@ int64_t tile_size_op(int64_t num_samples) {
 #define TORCH_WS_REGISTER_ENGINE_KERNELS(m)                                 \
   m.impl("hessian_traces", &torch_ws::hessian_traces_kernel);              \
   m.impl("ws_bound", &torch_ws::ws_bound_kernel);                          \
-  m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_kernel)
+  m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_kernel); \
+  m.impl("_ws_bound_with_gradient", &torch_ws::ws_bound_with_gradient_kernel)
 
 TORCH_LIBRARY_IMPL(torch_ws, CPU, m) {
   TORCH_WS_REGISTER_ENGINE_KERNELS(m);
@@ -234,6 +261,7 @@ TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("hessian_traces", &torch_ws::hessian_traces_meta);
   m.impl("ws_bound", &torch_ws::ws_bound_meta);
   m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_meta);
+  m.impl("_ws_bound_with_gradient", &torch_ws::ws_bound_with_gradient_meta);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {

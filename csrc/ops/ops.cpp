@@ -4,7 +4,8 @@
 // Public: hessian_traces, ws_bound, ws_bound_batched, spectral_bound. Internal, run by autograd:
 // _traces_with_gradients (the traces and the gradients of tr H and tr(H²) with respect to
 // (x, w1, b1, w2, b2), from whichever engine the problem gets), _traces_backward (their
-// combination with the upstream gradients, docs/math.md §6), and spectral_bound's _spectral_parts
+// combination with the upstream gradients, docs/math.md §6), _ws_bound_with_gradient (the traces
+// and λ_sup's gradient alone, which ws_bound's autograd uses), and spectral_bound's _spectral_parts
 // and _spectral_backward (math.md §9; kernels in spectral_kernels.cpp), and ws_bound_batched's
 // _batched_traces (kernels in batched_kernels.cpp).
 // The rest are small helpers shared with the Python package, so that facts
@@ -64,6 +65,13 @@ TORCH_LIBRARY(torch_ws, m) {
       "Tensor? b2, str activation, str reduction, bool need_grad_x, str caller, "
       "str loss=\"bce\") "
       "-> (Tensor trace, Tensor trace_sq, Tensor[] trace_grads, Tensor[] trace_sq_grads)");
+  // The traces and the gradient of ws_bound's λ_sup (not widened: the derivative of the formula,
+  // docs/math.md §7) in the same list layout, from one chain (§6.3): what ws_bound's backward
+  // needs, at the cost of one gradient instead of two.
+  m.def(
+      "_ws_bound_with_gradient(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
+      "Tensor? b2, str activation, str reduction, bool need_grad_x, str caller, "
+      "str loss=\"bce\") -> (Tensor trace, Tensor trace_sq, Tensor[] bound_grads)");
   m.def(
       "_traces_backward(Tensor grad_trace, Tensor grad_trace_sq, Tensor[] trace_grads, "
       "Tensor[] trace_sq_grads) -> Tensor[]");

@@ -28,6 +28,11 @@ using TracesWithGradientsSignature =
         const std::optional<at::Tensor>& b2, c10::string_view activation,
         c10::string_view reduction, bool need_grad_x, c10::string_view caller,
         c10::string_view loss);
+using WsBoundWithGradientSignature = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>>(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view reduction, bool need_grad_x,
+    c10::string_view caller, c10::string_view loss);
 using TracesBackwardSignature = std::vector<at::Tensor>(const at::Tensor& grad_trace,
                                                         const at::Tensor& grad_trace_sq,
                                                         at::TensorList trace_grads,

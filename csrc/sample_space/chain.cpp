@@ -1,36 +1,39 @@
 // Stage 3 of the sample-space engine (docs/math.md §6): from the adjoints of a scalar with respect
 // to the per-sample arrays, through U, V, s, e, z and A to x, w1, b1, w2, b2. O(N(D+H)): no Gram
-// matrix is involved.
+// matrix is involved. ATen, any device; the CPU's tiled path fuses the elementwise part instead
+// (cpu/weighted_chain.cpp), from the same formulas (chain_terms.h).
 #include "sample_space.h"
+
+#include "chain_terms.h"
 
 namespace torch_ws {
 
 InputGradients chain_to_inputs(const MlpProblem& p, const SampleFeatures& f,
                                const SampleAdjoints& a, bool need_grad_x) {
+  namespace ct = chain_terms;
   const at::Tensor w2 = p.output_row();
-
-  // U = Φ1 diag(w2), V = Φ2 diag(w2).
-  at::Tensor phi1_bar = a.phi1 + a.U * w2;
-  at::Tensor phi2_bar = a.V * w2;
-  at::Tensor w2_bar = (a.U * f.phi1).sum(0) + (a.V * f.phi2).sum(0);
-
-  // s and e depend on the logit z: ds/dz = c·ℓ''', de/dz = c·ℓ'' = s (losses.h).
-  at::Tensor z_bar = f.ds_dz * a.s + f.s * a.e;
-
-  // z = Φ0 w2ᵀ + b2.
-  at::Tensor phi0_bar = a.phi0 + z_bar.unsqueeze(1) * w2;
-  w2_bar = w2_bar + at::mv(f.phi0.t(), z_bar);
-
-  // Φk = φ^(k)(A), A = X W1ᵀ + b1.
-  at::Tensor pre_bar = phi0_bar * f.phi1 + phi1_bar * f.phi2 + phi2_bar * f.phi3;
+  const at::Tensor z_bar = ct::logit_adjoint(f.ds_dz, f.s, a.s, a.e).unsqueeze(1);
+  const at::Tensor pre_bar = ct::pre_activation_adjoint(a.phi0, a.phi1, a.U, a.V, z_bar, w2,
+                                                        f.phi1, f.phi2, f.phi3);
   InputGradients g;
   g.w1 = at::mm(pre_bar.t(), f.x);
   // x enters through A and through K (whose adjoint arrives as a.x).
   if (need_grad_x) g.x = at::addmm(a.x, pre_bar, p.w1);
   if (p.b1) g.b1 = pre_bar.sum(0);
-  g.w2 = w2_bar.reshape_as(p.w2);
+  g.w2 = ct::output_weight_adjoint(a.U, a.V, z_bar, f.phi0, f.phi1, f.phi2).sum(0).reshape_as(p.w2);
   if (p.b2) g.b2 = z_bar.sum().reshape({1});
   return g;
+}
+
+SampleAdjoints weigh_adjoints(const at::Tensor& alpha, const SampleAdjoints& a,
+                              const at::Tensor& beta, const SampleAdjoints& b) {
+  auto weigh = [&](const at::Tensor& of_a, const at::Tensor& of_b) {
+    if (!of_a.defined()) return of_a;
+    return at::add(of_a.to(at::kDouble) * alpha, of_b.to(at::kDouble) * beta)
+        .to(of_a.scalar_type());
+  };
+  return {weigh(a.U, b.U),       weigh(a.V, b.V), weigh(a.phi0, b.phi0), weigh(a.phi1, b.phi1),
+          weigh(a.x, b.x),       weigh(a.s, b.s), weigh(a.e, b.e)};
 }
 
 }  // namespace torch_ws

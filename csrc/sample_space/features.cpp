@@ -2,6 +2,8 @@
 // adjoints (docs/math.md §2, §4).
 #include "sample_space.h"
 
+#include "chain_terms.h"
+
 namespace torch_ws {
 
 SampleFeatures sample_features(const MlpProblem& p, bool for_gradients) {
@@ -38,17 +40,16 @@ at::Tensor trace_float64(const SampleFeatures& f, const Diagonals& d) {
   return (f.s * (d.k * d.q + d.r) + f.e * d.k * d.v).sum(at::kDouble);
 }
 
-SampleAdjoints trace_adjoints(const SampleFeatures& f, const Diagonals& d) {
-  // tr H = Σ_i s_i (k_i q_i + r_i) + e_i k_i v_i, with q_i = ‖U_i‖², r_i = ‖Φ0_i‖² + [b2],
-  // v_i = Σ_k V_ik and k_i = ‖x_i‖² + [b1].
+SampleAdjoints trace_adjoints(const SampleFeatures& f, const Diagonals& d, bool need_grad_x) {
+  const auto t = chain_terms::trace_adjoints(f.s, f.e, d.k, d.q, d.r, d.v);
   SampleAdjoints a;
-  a.s = d.k * d.q + d.r;
-  a.e = d.k * d.v;
-  a.U = (2 * f.s * d.k).unsqueeze(1) * f.U;
-  a.phi0 = (2 * f.s).unsqueeze(1) * f.phi0;
-  a.V = (f.e * d.k).unsqueeze(1).expand_as(f.V);
+  a.s = t.s;
+  a.e = t.e;
+  a.U = t.u.unsqueeze(1) * f.U;
+  a.phi0 = t.phi0.unsqueeze(1) * f.phi0;
+  a.V = t.v.unsqueeze(1).expand_as(f.V);
   a.phi1 = at::zeros_like(f.phi1);
-  a.x = (2 * (f.s * d.q + f.e * d.v)).unsqueeze(1) * f.x;
+  if (need_grad_x) a.x = t.x.unsqueeze(1) * f.x;
   return a;
 }
 

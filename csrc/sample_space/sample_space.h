@@ -43,8 +43,12 @@ struct SampleAdjoints {
   at::Tensor x;                 // (N, D), through K; may be undefined when x's gradient is not asked for
   at::Tensor s, e;              // (N,)
 };
-// tr H's, from the diagonal formula.
-SampleAdjoints trace_adjoints(const SampleFeatures& f, const Diagonals& d);
+// tr H's, from the diagonal formula (x's only with need_grad_x).
+SampleAdjoints trace_adjoints(const SampleFeatures& f, const Diagonals& d, bool need_grad_x);
+// α·a + β·b entry by entry, in float64 (the weights, ∂F/∂tr of a bound F, can exceed the float32
+// range where the spread is tiny), returned in the arrays' dtype; undefined entries stay so.
+SampleAdjoints weigh_adjoints(const at::Tensor& alpha, const SampleAdjoints& a,
+                              const at::Tensor& beta, const SampleAdjoints& b);
 
 // Stage 2: tr(H²) in float64 and, with gradients, its adjoints. X's adjoint (the products K̄X,
 // N²D multiply-adds, a fifth of the work at D = 784) only for Gradients::ParametersAndX: nothing
@@ -62,5 +66,13 @@ int64_t parallel_threads();
 // Stage 3: the gradient of the scalar whose per-sample adjoints are `a`.
 InputGradients chain_to_inputs(const MlpProblem& p, const SampleFeatures& f,
                                const SampleAdjoints& a, bool need_grad_x);
+// Stage 3 for α·tr H + β·tr(H²) on the CPU (cpu/weighted_chain.cpp): tr H's adjoints, the
+// weighting and the chain's elementwise part in one pass over the (N, H) arrays, from tr(H²)'s
+// adjoints, then the products with X (and W1). The same result as chain_to_inputs of
+// weigh_adjoints(α, trace_adjoints(f, d), β, trace_sq_adjoints), without its dozen (N, H)
+// temporaries.
+InputGradients weighted_chain_cpu(const MlpProblem& p, const SampleFeatures& f,
+                                  const Diagonals& d, double alpha, double beta,
+                                  const SampleAdjoints& trace_sq_adjoints, bool need_grad_x);
 
 }  // namespace torch_ws
