@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from test_bad_input import CASES
-from testing import make_problem
+from testing import make_head_problem, make_problem
 
 import torch_ws
 
@@ -131,6 +131,67 @@ def test_traces_backward_meta_and_opcheck():
     torch.library.opcheck(torch.ops.torch_ws._traces_backward.default, (a, b, first, second))
     with pytest.raises(RuntimeError, match="gradient 1 has shape"):
         torch.ops.torch_ws._traces_backward(a, b, first, [second[0], second[0]] + second[2:])
+
+
+# (TORCH_WS_ENGINE, TORCH_WS_TILE_SIZE): the tiled CPU path (its fused chain), whole matrices (the
+# ATen weighting, as on CUDA) and the parameter-space engine (weighted gradients).
+ENGINE_PATHS = [("sample", "5"), ("sample", "whole"), ("parameter", "auto")]
+
+
+def bound_weights(trace, trace_sq, n):
+    """∂λ_sup/∂tr H and ∂λ_sup/∂tr(H²) for λ_sup = m + √(n−1)·s, written out in float64."""
+    m = trace / n
+    s = (trace_sq / n - m * m) ** 0.5
+    return 1 / n - (n - 1) ** 0.5 * m / (n * s), (n - 1) ** 0.5 / (2 * n * s)
+
+
+@pytest.mark.parametrize("engine,tile", ENGINE_PATHS)
+@pytest.mark.parametrize("loss,c", [("bce", 1), ("mse", 3), ("cross_entropy", 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("need_grad_x", [False, True])
+def test_ws_bound_with_gradient_weighs_the_traces_gradients(monkeypatch, engine, tile, loss, c,
+                                                            dtype, need_grad_x):
+    """_ws_bound_with_gradient (one chain of weighted adjoints) against the two gradients of
+    _traces_with_gradients (two chains) weighted by the bound's derivatives in float64."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    monkeypatch.setenv("TORCH_WS_TILE_SIZE", tile)
+    kind = "indices" if loss == "cross_entropy" else "values"
+    if c == 1:
+        p = make_problem(n=13, d=3, h=4, dtype=dtype, soft_targets=True, seed=4)
+        args = p.args()
+    else:
+        args = make_head_problem(loss, c, kind, n=13, dtype=dtype, seed=4)
+    rest = ("silu", "mean", need_grad_x, "test", loss)
+    trace, trace_sq, bound_grads = torch.ops.torch_ws._ws_bound_with_gradient(*args, *rest)
+    trace2, trace_sq2, trace_grads, trace_sq_grads = torch.ops.torch_ws._traces_with_gradients(
+        *args, *rest)
+    assert float(trace) == float(trace2) and float(trace_sq) == float(trace_sq2)
+    n = torch_ws.num_params(args[2], args[3], args[4], args[5])
+    alpha, beta = bound_weights(float(trace), float(trace_sq), n)
+    # Relative to the terms' size: where they cancel, both orders keep the same absolute error.
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, a, b in zip(bound_grads, trace_grads, trace_sq_grads):
+        assert got.dtype == a.dtype and got.shape == a.shape
+        if a.numel():
+            terms = (alpha * a.double(), beta * b.double())
+            scale = float(terms[0].norm() + terms[1].norm())
+            assert float((got.double() - terms[0] - terms[1]).norm()) <= tol * scale
+    assert bound_grads[0].numel() == (args[0].numel() if need_grad_x else 0)
+
+
+def test_ws_bound_with_gradient_meta_opcheck_and_not_differentiable():
+    p = make_problem(n=6, d=3, h=4)
+    rest = ("tanh", "mean", True, "test", "bce")
+    meta = torch.ops.torch_ws._ws_bound_with_gradient(
+        *[t.to("meta") if t is not None else None for t in p.args()], *rest)
+    assert meta[0].shape == () and meta[0].dtype == torch.float64
+    assert [t.shape for t in meta[2]] == [t.shape for t in p.differentiable()]
+    torch.library.opcheck(torch.ops.torch_ws._ws_bound_with_gradient.default, (*p.args(), *rest))
+    q = make_problem(n=6, d=3, h=4, requires_grad=True)
+    _, _, grads = torch.ops.torch_ws._ws_bound_with_gradient(*q.args(), *rest)
+    with pytest.raises(RuntimeError, match="_ws_bound_with_gradient is not differentiable; call "
+                                           "torch_ws.ws_bound"):
+        grads[1].sum().backward()
 
 
 def test_grad_fn_names_the_op():

@@ -139,6 +139,10 @@ def test_internal_ops_refuse_tangents():
                                                "differentiable in forward mode"):
             torch.ops.torch_ws._traces_with_gradients(x, target, w1_dual, b1, w2, b2, "tanh",
                                                       "mean", False, "test", "bce")
+        with pytest.raises(RuntimeError, match="torch_ws._ws_bound_with_gradient is not "
+                                               "differentiable in forward mode"):
+            torch.ops.torch_ws._ws_bound_with_gradient(x, target, w1_dual, b1, w2, b2, "tanh",
+                                                       "mean", False, "test", "bce")
         g = torch.zeros(())
         with pytest.raises(RuntimeError, match="torch_ws._traces_backward is not differentiable "
                                                "in forward mode"):
