@@ -253,17 +253,25 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, 
                 f.phi1.contiguous(), f.s.contiguous(), f.e.contiguous(), f.has_b1, f.has_b2};
 
   // Tile pairs (I, J), I ≤ J, in a fixed order, dealt to one lane per thread so that the lanes'
-  // work is even: each pair goes to the least-loaded lane, largest first (an off-diagonal tile
-  // costs twice a diagonal one; the last block may be short). The assignment depends only on N, T
-  // and the thread count, so the result is deterministic for them.
+  // work is even: each pair goes to the least-loaded lane, largest first, weighed by its products'
+  // multiply-adds (the last block may be short). The assignment depends only on the shapes and
+  // the thread count, so the result is deterministic for them.
   const int64_t blocks = (n + tile - 1) / tile;
   auto block_size = [&](int64_t b) { return std::min(n, (b + 1) * tile) - b * tile; };
+  // Per entry of a tile, as run_tile computes them: K (D) and six products of width H, plus two
+  // mirrored ones off the diagonal; with adjoints 8 (16 off the diagonal) more of width H, and
+  // with x's one (two) of width D. So an off-diagonal tile is not twice a diagonal one: at
+  // D = 784, H = 256 with adjoints it is 1.6×.
+  const auto d = static_cast<double>(in.x.size(1)), h = static_cast<double>(in.U.size(1));
+  const double diagonal_work = d * (1 + with_x_adjoint) + h * (6 + 8 * with_adjoints);
+  const double mirrored_work = d * (1 + 2 * with_x_adjoint) + h * (8 + 16 * with_adjoints);
   std::vector<std::pair<int64_t, int64_t>> pairs;
   std::vector<double> cost;
   for (int64_t bi = 0; bi < blocks; ++bi) {
     for (int64_t bj = bi; bj < blocks; ++bj) {
       pairs.emplace_back(bi, bj);
-      cost.push_back(static_cast<double>(block_size(bi)) * block_size(bj) * (bi == bj ? 1 : 2));
+      cost.push_back(static_cast<double>(block_size(bi)) * block_size(bj) *
+                     (bi == bj ? diagonal_work : mirrored_work));
     }
   }
   const int64_t lanes = std::min<int64_t>(pairs.size(), at::get_num_threads());
