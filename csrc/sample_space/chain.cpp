@@ -5,6 +5,7 @@
 #include "sample_space.h"
 
 #include "chain_terms.h"
+#include "core/weighted_sum.h"
 
 namespace torch_ws {
 
@@ -27,13 +28,10 @@ InputGradients chain_to_inputs(const MlpProblem& p, const SampleFeatures& f,
 
 SampleAdjoints weigh_adjoints(const at::Tensor& alpha, const SampleAdjoints& a,
                               const at::Tensor& beta, const SampleAdjoints& b) {
-  auto weigh = [&](const at::Tensor& of_a, const at::Tensor& of_b) {
-    if (!of_a.defined()) return of_a;
-    return at::add(of_a.to(at::kDouble) * alpha, of_b.to(at::kDouble) * beta)
-        .to(of_a.scalar_type());
-  };
-  return {weigh(a.U, b.U),       weigh(a.V, b.V), weigh(a.phi0, b.phi0), weigh(a.phi1, b.phi1),
-          weigh(a.x, b.x),       weigh(a.s, b.s), weigh(a.e, b.e)};
+  return {weighted_sum(alpha, a.U, beta, b.U),       weighted_sum(alpha, a.V, beta, b.V),
+          weighted_sum(alpha, a.phi0, beta, b.phi0), weighted_sum(alpha, a.phi1, beta, b.phi1),
+          weighted_sum(alpha, a.x, beta, b.x),       weighted_sum(alpha, a.s, beta, b.s),
+          weighted_sum(alpha, a.e, beta, b.e)};
 }
 
 }  // namespace torch_ws
