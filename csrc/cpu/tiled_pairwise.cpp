@@ -240,6 +240,58 @@ void run_tile(const TileInputs& in, Accumulators& acc, std::vector<at::Tensor>& 
   product_backward(ga[kP2], I(in.Uphi0), J(in.phi1), I(acc.Uphi0), J(acc.phi1));
 }
 
+// Entries [begin, end) of the (N, H) adjoints: each array summed over the lanes in lane order,
+// and those of the tile operands U∘U and U∘Φ0 routed to U (2U∘(U∘U)‾ + Φ0∘(U∘Φ0)‾) and Φ0
+// (U∘(U∘Φ0)‾), written into lane 0's U, Φ0, V, Φ1 (docs/math.md §6.1).
+template <typename scalar_t>
+struct LaneArrays {
+  std::vector<scalar_t*> U, UU, Uphi0, V, phi0, phi1;  // one pointer per lane
+  const scalar_t* U_in;
+  const scalar_t* phi0_in;
+};
+
+template <typename scalar_t>
+TORCH_WS_VECTOR_CLONES void reduce_lane_entries(const LaneArrays<scalar_t>& l, int64_t begin,
+                                                int64_t end) {
+  const size_t lanes = l.U.size();
+  for (int64_t i = begin; i < end; ++i) {
+    scalar_t U = l.U[0][i], UU = l.UU[0][i], Uphi0 = l.Uphi0[0][i];
+    scalar_t V = l.V[0][i], phi0 = l.phi0[0][i], phi1 = l.phi1[0][i];
+    for (size_t lane = 1; lane < lanes; ++lane) {
+      U += l.U[lane][i];
+      UU += l.UU[lane][i];
+      Uphi0 += l.Uphi0[lane][i];
+      V += l.V[lane][i];
+      phi0 += l.phi0[lane][i];
+      phi1 += l.phi1[lane][i];
+    }
+    l.U[0][i] = U + 2 * l.U_in[i] * UU + l.phi0_in[i] * Uphi0;
+    l.phi0[0][i] = phi0 + l.U_in[i] * Uphi0;
+    l.V[0][i] = V;
+    l.phi1[0][i] = phi1;
+  }
+}
+
+// One pass instead of a dozen (N, H) tensor operations, each a fresh array.
+template <typename scalar_t>
+void reduce_lanes(std::vector<Accumulators>& accs, const TileInputs& in) {
+  LaneArrays<scalar_t> l;
+  for (Accumulators& acc : accs) {
+    l.U.push_back(acc.U.mutable_data_ptr<scalar_t>());
+    l.UU.push_back(acc.UU.mutable_data_ptr<scalar_t>());
+    l.Uphi0.push_back(acc.Uphi0.mutable_data_ptr<scalar_t>());
+    l.V.push_back(acc.V.mutable_data_ptr<scalar_t>());
+    l.phi0.push_back(acc.phi0.mutable_data_ptr<scalar_t>());
+    l.phi1.push_back(acc.phi1.mutable_data_ptr<scalar_t>());
+  }
+  l.U_in = in.U.const_data_ptr<scalar_t>();
+  l.phi0_in = in.phi0.const_data_ptr<scalar_t>();
+  // Each entry's sum runs in lane order whatever the split: deterministic.
+  at::parallel_for(0, in.U.numel(), 16384, [&](int64_t begin, int64_t end) {
+    reduce_lane_entries(l, begin, end);
+  });
+}
+
 }  // namespace
 
 PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile) {
@@ -325,19 +377,15 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, 
   for (size_t t = 1; t < accs.size(); ++t) {
     const Accumulators& acc = accs[t];
     if (with_x_adjoint) total.x.add_(acc.x);
-    total.U.add_(acc.U);
-    total.UU.add_(acc.UU);
-    total.Uphi0.add_(acc.Uphi0);
-    total.V.add_(acc.V);
-    total.phi0.add_(acc.phi0);
-    total.phi1.add_(acc.phi1);
     total.s.add_(acc.s);
     total.e.add_(acc.e);
   }
-  // U∘U and U∘Φ0 were tile operands: route their adjoints to U and Φ0.
+  AT_DISPATCH_FLOATING_TYPES(f.x.scalar_type(), "torch_ws_reduce_lanes", [&] {
+    reduce_lanes<scalar_t>(accs, in);
+  });
   SampleAdjoints a;
-  a.U = total.U + 2 * in.U * total.UU + in.phi0 * total.Uphi0;
-  a.phi0 = total.phi0 + in.U * total.Uphi0;
+  a.U = total.U;
+  a.phi0 = total.phi0;
   a.V = total.V;
   a.phi1 = total.phi1;
   a.x = total.x;
