@@ -167,7 +167,10 @@ def bench_estimators(n, d, h, dtype, reps, probes=100):
 
 # ---------------------------------------------------------------- training steps
 
-def bench_training_step(batch, d, h, reps, rho=0.1, sam_rho=0.05):
+def bench_training_step(batch, d, h, reps, rho=0.1, sam_rho=0.05, extra=None):
+    """Median times of one SGD step, plain, with HSR (ρ·λ_sup) and with SAM, alternated; `extra`
+    (name → callable) joins the alternation, e.g. a reference product timed under the same
+    machine conditions."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Tanh(), torch.nn.Linear(h, 1))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -203,7 +206,8 @@ def bench_training_step(batch, d, h, reps, rho=0.1, sam_rho=0.05):
                 p.sub_(e)
         opt.step()
 
-    times = time_alternating({"plain": plain, "HSR (torch_ws)": hsr, "SAM (2 passes)": sam}, reps)
+    methods = {"plain": plain, "HSR (torch_ws)": hsr, "SAM (2 passes)": sam, **(extra or {})}
+    times = time_alternating(methods, reps)
     return {"batch": batch, "D": d, "H": h, "time_s": times}
 
 
