@@ -1,6 +1,6 @@
 """No performance cliff at the engine and tile switch points, and an HSR step near its least work.
 
-    python benchmarks/bench_sweep.py            # make bench (about 4 minutes on 2 cores)
+    python benchmarks/bench_sweep.py            # make bench (under a minute on 2 cores)
     python benchmarks/bench_sweep.py --quick    # fewer repetitions
 
 1. Value + gradient of λ_sup for N = 128, 160, …, 1024 at D=64, H=128 and D=784, H=256 (float32,
