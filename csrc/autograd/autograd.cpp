@@ -1,10 +1,12 @@
 // Autograd for the torch_ws ops: C++ torch::autograd::Functions registered at the Autograd key.
-// Each forward redispatches below autograd to _traces_with_gradients, which returns the traces
-// and the gradients of tr H and tr(H²) from whichever engine the problem gets (so CPU, CUDA and
-// Meta kernels all serve, and no engine choice happens here). Each backward combines those saved
-// gradients with the upstream ones through _traces_backward (docs/math.md §6). The bound is
-// differentiable once: a gradient computed with create_graph=True carries an Error node that
-// raises if it is differentiated again.
+// hessian_traces' forward redispatches below autograd to _traces_with_gradients, which returns the
+// traces and the gradients of tr H and tr(H²) from whichever engine the problem gets (so CPU, CUDA
+// and Meta kernels all serve, and no engine choice happens here); its backward combines those
+// saved gradients with the upstream ones through _traces_backward (docs/math.md §6). ws_bound's
+// forward asks _ws_bound_with_gradient for λ_sup's gradient alone (one chain, §6.3) and its
+// backward scales it by the upstream gradient. The bound is differentiable once: a gradient
+// computed with create_graph=True carries an Error node that raises if it is differentiated
+// again.
 //
 // bfloat16/float16 inputs are computed in float32 here, above the engines (which take float32
 // and float64), and the results returned in the input dtype.

@@ -240,9 +240,7 @@ void run_tile(const TileInputs& in, Accumulators& acc, std::vector<at::Tensor>& 
   product_backward(ga[kP2], I(in.Uphi0), J(in.phi1), I(acc.Uphi0), J(acc.phi1));
 }
 
-// Entries [begin, end) of the (N, H) adjoints: each array summed over the lanes in lane order,
-// and those of the tile operands U∘U and U∘Φ0 routed to U (2U∘(U∘U)‾ + Φ0∘(U∘Φ0)‾) and Φ0
-// (U∘(U∘Φ0)‾), written into lane 0's U, Φ0, V, Φ1 (docs/math.md §6.1).
+// The lanes' (N, H) adjoint arrays, and the operands U and Φ0.
 template <typename scalar_t>
 struct LaneArrays {
   std::vector<scalar_t*> U, UU, Uphi0, V, phi0, phi1;  // one pointer per lane
@@ -250,6 +248,9 @@ struct LaneArrays {
   const scalar_t* phi0_in;
 };
 
+// Entries [begin, end) of the (N, H) adjoints: each array summed over the lanes in lane order,
+// and those of the tile operands U∘U and U∘Φ0 routed to U (2U∘(U∘U)‾ + Φ0∘(U∘Φ0)‾) and Φ0
+// (U∘(U∘Φ0)‾), written into lane 0's U, Φ0, V, Φ1 (docs/math.md §6.1).
 template <typename scalar_t>
 TORCH_WS_VECTOR_CLONES void reduce_lane_entries(const LaneArrays<scalar_t>& l, int64_t begin,
                                                 int64_t end) {

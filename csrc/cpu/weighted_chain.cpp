@@ -95,21 +95,26 @@ InputGradients weighted_chain_cpu(const MlpProblem& p, const SampleFeatures& f,
   auto doubles = f.x.options().dtype(at::kDouble);
   at::Tensor z_bar = at::empty({n}, doubles), x_factor = at::empty({n}, doubles);
   at::Tensor sums = at::zeros({blocks, 2, h}, doubles);  // per block: w̄2's and b̄1's shares
-  // Every array the loop reads, contiguous (the engine's are already: no copies).
-  const std::vector<at::Tensor> in = {
-      f.s, f.e, f.ds_dz, d.k, d.q, d.r, d.v, p.output_row(), f.U, f.phi0, f.phi1, f.phi2,
-      f.phi3, b.U, b.V, b.phi0, b.phi1, b.s, b.e};
-  std::vector<at::Tensor> contiguous;
-  contiguous.reserve(in.size());
-  for (const at::Tensor& t : in) contiguous.push_back(t.contiguous());
+  // Every array the loop reads, contiguous (the engine's are already: no copies), kept alive here.
+  std::vector<at::Tensor> read;
   AT_DISPATCH_FLOATING_TYPES(dtype, "torch_ws_weighted_chain_cpu", [&] {
-    auto ptr = [&](size_t k) { return contiguous[k].const_data_ptr<scalar_t>(); };
-    const ChainInputs<scalar_t> c{h,      alpha,  beta,   ptr(0),  ptr(1),  ptr(2),  ptr(3),
-                                  ptr(4), ptr(5), ptr(6), ptr(7),  ptr(8),  ptr(9),  ptr(10),
-                                  ptr(11), ptr(12), ptr(13), ptr(14), ptr(15), ptr(16),
-                                  ptr(17), ptr(18), pre_bar.mutable_data_ptr<scalar_t>(),
-                                  z_bar.mutable_data_ptr<double>(),
-                                  x_factor.mutable_data_ptr<double>()};
+    auto in = [&](const at::Tensor& t) {
+      read.push_back(t.contiguous());
+      return read.back().const_data_ptr<scalar_t>();
+    };
+    ChainInputs<scalar_t> c;
+    c.hidden = h;
+    c.alpha = alpha;
+    c.beta = beta;
+    c.s = in(f.s), c.e = in(f.e), c.ds_dz = in(f.ds_dz);
+    c.k = in(d.k), c.q = in(d.q), c.r = in(d.r), c.v = in(d.v), c.w2 = in(p.output_row());
+    c.U = in(f.U), c.phi0 = in(f.phi0), c.phi1 = in(f.phi1), c.phi2 = in(f.phi2);
+    c.phi3 = in(f.phi3);
+    c.U_bar = in(b.U), c.V_bar = in(b.V), c.phi0_bar = in(b.phi0), c.phi1_bar = in(b.phi1);
+    c.s_bar = in(b.s), c.e_bar = in(b.e);
+    c.pre_bar = pre_bar.mutable_data_ptr<scalar_t>();
+    c.z_bar = z_bar.mutable_data_ptr<double>();
+    c.x_factor = x_factor.mutable_data_ptr<double>();
     double* block_sums = sums.mutable_data_ptr<double>();
     at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
       for (int64_t block = first; block < last; ++block) {

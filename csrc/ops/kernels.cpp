@@ -64,7 +64,8 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_kernel(
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, bool need_grad_x, c10::string_view caller,
     c10::string_view loss) {
-  const MlpProblem p = check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
+  const MlpProblem p =
+      check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
   const int64_t num_params = p.num_params();
   WeightedTraces t = evaluate_weighted_gradient(
       p, need_grad_x, [num_params](const Tensor& trace, const Tensor& trace_sq) {

@@ -5,7 +5,7 @@
 // _traces_with_gradients (the traces and the gradients of tr H and tr(H²) with respect to
 // (x, w1, b1, w2, b2), from whichever engine the problem gets), _traces_backward (their
 // combination with the upstream gradients, docs/math.md §6), _ws_bound_with_gradient (the traces
-// and λ_sup's gradient alone, which ws_bound's autograd uses), and spectral_bound's _spectral_parts
+// and λ_sup's gradient alone, which ws_bound's autograd uses), spectral_bound's _spectral_parts
 // and _spectral_backward (math.md §9; kernels in spectral_kernels.cpp), and ws_bound_batched's
 // _batched_traces (kernels in batched_kernels.cpp).
 // The rest are small helpers shared with the Python package, so that facts
