@@ -265,11 +265,9 @@ class SpectralBoundBackward : public torch::autograd::Function<SpectralBoundBack
                       ctx->saved_data["loss"].toStringRef(), saved[6], saved[7], saved[8],
                       saved[9], saved[10], saved[11], need_grad_x);
     }
-    ws::attach_double_backward_error(grads, {saved[0], saved[2], saved[3], saved[4], saved[5]},
-                                     std::string(ws::kSpectralBoundName) + ws::kDoubleBackward);
-    auto present = [&](size_t k, bool computed) { return computed ? grads[k] : Tensor(); };
-    return {present(0, need_grad_x), Tensor(), grads[1], present(2, b1.has_value()), grads[3],
-            present(4, b2.has_value()), Tensor(), Tensor(), Tensor()};
+    return ws::op_input_grads(std::move(grads),
+                              {saved[0], saved[2], saved[3], saved[4], saved[5]},
+                              ws::kSpectralBoundName);
   }
 };
 
@@ -317,10 +315,7 @@ class WsBoundBatchedBackward : public torch::autograd::Function<WsBoundBatchedBa
                               saved.trace_sq_grads[k].to(at::kDouble) * d_trace_sq.view(shape);
       grads[k] = (k == 0 ? combined.sum(0) : combined).to(of_trace.scalar_type());
     }
-    ws::attach_double_backward_error(grads, saved.inputs,
-                                     std::string(ws::kWsBoundBatchedName) + ws::kDoubleBackward);
-    return {grads[0], Tensor(), grads[1], grads[2], grads[3], grads[4],
-            Tensor(), Tensor(), Tensor()};
+    return ws::op_input_grads(std::move(grads), saved.inputs, ws::kWsBoundBatchedName);
   }
 };
 

@@ -95,17 +95,6 @@ Tensor ws_bound_meta(const Tensor& x, const Tensor& target, const Tensor& w1,
   return scalar_like(x, x.scalar_type());
 }
 
-std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_meta(
-    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
-    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
-    c10::string_view loss) {
-  check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble),
-          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2),
-          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
-}
-
 std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_meta(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
@@ -113,6 +102,18 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_meta(
     c10::string_view loss) {
   check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
   return {scalar_like(x, at::kDouble), scalar_like(x, at::kDouble),
+          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
+}
+
+// The same checks and outputs, and tr(H²)'s gradient list besides.
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_meta(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, bool need_grad_x, c10::string_view caller,
+    c10::string_view loss) {
+  auto [trace, trace_sq, trace_grads] = ws_bound_with_gradient_meta(
+      x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
+  return {trace, trace_sq, std::move(trace_grads),
           empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
 }
 
