@@ -167,28 +167,45 @@ struct PairwiseStage {
   bool tiled;
 };
 
-PairwiseStage pairwise_stage(const SampleFeatures& f, Gradients gradients) {
+PairwiseStage pairwise_stage(const SampleFeatures& f, Gradients gradients, const Share& share) {
   const int64_t setting = tile_setting();
   if (f.x.is_cpu() && setting != kWholeMatrices) {
-    return {pairwise_tiled_cpu(f, gradients, one_logit_tile(f.x.size(0), setting)), true};
+    return {pairwise_tiled_cpu(f, gradients, one_logit_tile(f.x.size(0), setting), share), true};
   }
-  return {pairwise_whole(f, gradients), false};
+  // Whole matrices are one piece of work: share 0 holds it, the others nothing.
+  PairwiseResult whole = pairwise_whole(f, gradients);
+  if (!share.holds_diagonal()) {
+    whole.trace_sq = at::zeros_like(whole.trace_sq);
+    if (whole.adjoints) {
+      SampleAdjoints& a = *whole.adjoints;
+      for (at::Tensor* t : {&a.U, &a.V, &a.phi0, &a.phi1, &a.x, &a.s, &a.e}) {
+        if (t->defined()) t->zero_();
+      }
+    }
+  }
+  return {std::move(whole), false};
 }
 
-TracesResult sample_space(const MlpProblem& p, Gradients gradients) {
+TracesResult sample_space(const MlpProblem& p, Gradients gradients, const Share& share) {
   if (!p.one_logit()) {
     return multi_output::sample_space_traces(
-        p, gradients, multi_output_tile_size_for(p.num_samples(), p.num_outputs()));
+        p, gradients, multi_output_tile_size_for(p.num_samples(), p.num_outputs()), share);
   }
   const bool with_gradients = gradients != Gradients::None;
+  const bool need_grad_x = gradients == Gradients::ParametersAndX;
   const SampleFeatures f = sample_features(p, with_gradients);
-  PairwiseResult pairwise = pairwise_stage(f, gradients).result;
+  PairwiseResult pairwise = pairwise_stage(f, gradients, share).result;
+  TracesResult out{at::Tensor(), pairwise.trace_sq, std::nullopt, std::nullopt};
+  if (with_gradients) out.trace_sq_grad = chain_to_inputs(p, f, *pairwise.adjoints, need_grad_x);
+  if (!share.holds_diagonal()) {
+    out.trace = at::zeros_like(pairwise.trace_sq);
+    if (with_gradients) out.trace_grad = zero_gradients(p, need_grad_x);
+    return out;
+  }
   const Diagonals d = diagonals(f);
-  TracesResult out{trace_float64(f, d), pairwise.trace_sq, std::nullopt, std::nullopt};
+  out.trace = trace_float64(f, d);
   if (with_gradients) {
-    const bool need_grad_x = gradients == Gradients::ParametersAndX;
     out.trace_grad = chain_to_inputs(p, f, trace_adjoints(f, d, need_grad_x), need_grad_x);
-    out.trace_sq_grad = chain_to_inputs(p, f, *pairwise.adjoints, need_grad_x);
   }
   return out;
 }
@@ -218,24 +235,35 @@ InputGradients weigh_gradients(const at::Tensor& alpha, const InputGradients& a,
 
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
   return choose_engine(shape_of(p)) == Engine::ParameterSpace ? parameter_space(p, gradients)
-                                                              : sample_space(p, gradients);
+                                                              : sample_space(p, gradients, {});
+}
+
+TracesResult evaluate_share(const MlpProblem& p, Gradients gradients, const Share& share) {
+  return sample_space(p, gradients, share);
 }
 
 WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
-                                          const TraceWeights& weights) {
+                                          const TraceWeights& weights,
+                                          const std::optional<Share>& share) {
   const Gradients gradients = need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters;
-  if (choose_engine(shape_of(p)) == Engine::ParameterSpace || !p.one_logit()) {
+  const bool parameter_space_engine =
+      !share && choose_engine(shape_of(p)) == Engine::ParameterSpace;
+  if (parameter_space_engine || !p.one_logit()) {
     // These engines' gradients come out per trace: weigh them.
-    TracesResult t = evaluate_traces(p, gradients);
+    TracesResult t = share ? sample_space(p, gradients, *share) : evaluate_traces(p, gradients);
     const auto [alpha, beta] = weights(t.trace, t.trace_sq);
     return {t.trace, t.trace_sq, weigh_gradients(alpha, *t.trace_grad, beta, *t.trace_sq_grad)};
   }
   // The chain is linear in the adjoints: weigh them, then chain once (docs/math.md §6.3).
+  const Share part = share.value_or(Share{});
   const SampleFeatures f = sample_features(p, /*for_gradients=*/true);
-  const PairwiseStage pairwise = pairwise_stage(f, gradients);
+  const PairwiseStage pairwise = pairwise_stage(f, gradients, part);
   const Diagonals d = diagonals(f);
-  at::Tensor trace = trace_float64(f, d);
-  const auto [alpha, beta] = weights(trace, pairwise.result.trace_sq);
+  // A share without the per-sample sums has tr H = 0 and weighs its adjoints by 0.
+  at::Tensor trace = part.holds_diagonal() ? trace_float64(f, d)
+                                           : at::zeros_like(pairwise.result.trace_sq);
+  auto [alpha, beta] = weights(trace, pairwise.result.trace_sq);
+  if (!part.holds_diagonal()) alpha = at::zeros_like(alpha);
   const SampleAdjoints& trace_sq_adjoints = *pairwise.result.adjoints;
   InputGradients grad =
       pairwise.tiled

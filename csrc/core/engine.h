@@ -14,6 +14,7 @@
 #pragma once
 
 #include "problem.h"
+#include "share.h"
 
 #include <functional>
 #include <optional>
@@ -58,6 +59,10 @@ struct TracesResult {
 
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients);
 
+// One share of the sample-space engine's sums (core/share.h), whatever engine evaluate_traces
+// would choose: the parts that several processes add up (docs/math.md §4.3).
+TracesResult evaluate_share(const MlpProblem& p, Gradients gradients, const Share& share);
+
 // The weights (α, β) of a scalar F(tr H, tr(H²)), ∇F = α·∇tr H + β·∇tr(H²), as 0-d float64
 // tensors, from the 0-d float64 traces.
 using TraceWeights =
@@ -71,7 +76,11 @@ struct WeightedTraces {
 // The traces and the gradient of one scalar of them (docs/math.md §6.3). The same numbers as
 // weighing evaluate_traces' two gradients, at the cost of one: the sample-space engine of one
 // logit weighs the per-sample adjoints and runs its chain once (on the CPU's tiled path, fused).
+// With a share: that share's part of the sample-space engine's traces and of the gradient of
+// α·tr H + β·tr(H²), the weights computed from the share's own traces (callers that sum shares
+// pass weights that ignore them).
 WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
-                                          const TraceWeights& weights);
+                                          const TraceWeights& weights,
+                                          const std::optional<Share>& share = std::nullopt);
 
 }  // namespace torch_ws

@@ -52,15 +52,23 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
     }
     case Loss::MeanSquaredError: {
       // ℓ = Σ_c (z_c − t_c)²: ∇ℓ = 2(z − t), ∇²ℓ = 2I.
-      out.e = 2 * scale * (z - target);
+      out.e = 2 * scale * (z - target.view_as(z));  // one logit's target is (N,)
       out.S = (2 * scale * at::eye(num_outputs, z.options())).expand({z.size(0), num_outputs,
                                                                        num_outputs});
       out.curvature_scale = at::full({z.size(0), 1}, 2 * scale, z.options());
       break;
     }
-    case Loss::BinaryCrossEntropy:
-      // One logit (its table row): logit_terms serves it, never the C-logit engine.
-      TORCH_INTERNAL_ASSERT(false, "output_terms: binary cross-entropy has one logit");
+    case Loss::BinaryCrossEntropy: {
+      // One logit as the C = 1 case (the explicit Hessian's assembly serves every head):
+      // S_i = s_i, e_i as logit_terms computes them; ds/dz kept for the backward.
+      TORCH_INTERNAL_ASSERT(num_outputs == 1, "output_terms: binary cross-entropy has one logit");
+      const LogitTerms<at::Tensor> t = logit_terms(loss, z.squeeze(1), target.reshape({-1}), scale);
+      out.e = t.e.unsqueeze(1);
+      out.S = t.s.view({-1, 1, 1});
+      out.curvature_scale = t.s.unsqueeze(1);
+      out.ds_dz = t.ds_dz.unsqueeze(1);
+      break;
+    }
   }
   return out;
 }
@@ -82,10 +90,15 @@ at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::
       // S is constant; de/dz = S = 2c·I.
       return e_bar.defined() ? at::matmul(terms.S, e_bar.unsqueeze(2)).squeeze(2)
                              : at::zeros_like(terms.e);
-    case Loss::BinaryCrossEntropy:
-      break;
+    case Loss::BinaryCrossEntropy: {
+      // de/dz = s, ds/dz = c·ℓ''' (losses.h).
+      at::Tensor z_bar = at::zeros_like(terms.e);
+      if (e_bar.defined()) z_bar = z_bar + terms.curvature_scale * e_bar;
+      if (S_bar.defined()) z_bar = z_bar + terms.ds_dz * S_bar.view({-1, 1});
+      return z_bar;
+    }
   }
-  TORCH_INTERNAL_ASSERT(false, "output_terms_backward: binary cross-entropy has one logit");
+  TORCH_INTERNAL_ASSERT(false, "output_terms_backward: unknown loss");
 }
 
 namespace {
@@ -109,9 +122,8 @@ at::Tensor factor_times(Loss loss, const OutputTerms& terms, const at::Tensor& U
       return (terms.curvature_scale * terms.probs).sqrt().unsqueeze(2) * D;
     }
     case Loss::MeanSquaredError:
+    case Loss::BinaryCrossEntropy:  // S = s (C = 1)
       return terms.curvature_scale.sqrt().unsqueeze(2) * U;
-    case Loss::BinaryCrossEntropy:
-      break;
   }
   TORCH_INTERNAL_ASSERT(false, "factor_times: binary cross-entropy has one logit");
 }

@@ -82,7 +82,8 @@ LogitTerms<T> logit_terms(Loss loss, const T& z, const Target& target, double sc
 // ---- C logits (docs/math.md §8). ----
 
 // The loss derivatives in the logits z_i (C,) of every sample, scaled by c, for the losses that
-// take C ≥ 2 logits (cross_entropy, mse; bce has one and is logit_terms' alone):
+// take C ≥ 2 logits (cross_entropy, mse), and for bce as the case C = 1 (only the explicit
+// Hessian's assembly reads it so; the one-logit engines use logit_terms):
 //   e_i = c·∇_z ℓ (N, C),   S_i = c·∇²_z ℓ (N, C, C), symmetric.
 // `probs` is softmax(z) for the cross-entropy (its backward reads it), undefined otherwise.
 struct OutputTerms {
@@ -91,6 +92,8 @@ struct OutputTerms {
   at::Tensor curvature_scale;
   // The cross-entropy's 1 − p computed as the sum of the other probabilities (N, C).
   at::Tensor rest;
+  // Binary cross-entropy (C = 1): ds/dz = c·ℓ''' (N, 1).
+  at::Tensor ds_dz;
 };
 // z (N, C); target (N, C) in z's dtype (class indices arrive one-hot, problem.cpp).
 OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& target, double scale);

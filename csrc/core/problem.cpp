@@ -203,4 +203,12 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
   return p;
 }
 
+InputGradients zero_gradients(const MlpProblem& p, bool need_grad_x) {
+  auto zeros = [](const std::optional<at::Tensor>& t) {
+    return t ? at::zeros_like(*t) : at::Tensor();
+  };
+  return {need_grad_x ? at::zeros_like(p.x) : at::Tensor(), at::zeros_like(p.w1), zeros(p.b1),
+          at::zeros_like(p.w2), zeros(p.b2)};
+}
+
 }  // namespace torch_ws

@@ -78,4 +78,8 @@ struct InputGradients {
   at::Tensor x, w1, b1, w2, b2;
 };
 
+// Zeros in the inputs' shapes and dtype (x's only with need_grad_x): the gradient of a share
+// that holds none of a sum's terms (core/share.h).
+InputGradients zero_gradients(const MlpProblem& p, bool need_grad_x);
+
 }  // namespace torch_ws

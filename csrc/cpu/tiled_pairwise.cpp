@@ -11,6 +11,7 @@
 // accumulators that are summed in lane order afterwards, so the result is deterministic for a
 // given thread count.
 #include "core/pair_terms.h"
+#include "core/share.h"
 #include "cpu/lanes.h"
 #include "cpu/vector_clones.h"
 #include "sample_space/sample_space.h"
@@ -295,7 +296,8 @@ void reduce_lanes(std::vector<Accumulators>& accs, const TileInputs& in) {
 
 }  // namespace
 
-PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile) {
+PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile,
+                                  const Share& share) {
   const bool with_adjoints = gradients != Gradients::None;
   const bool with_x_adjoint = gradients == Gradients::ParametersAndX;
   TORCH_INTERNAL_ASSERT(f.x.is_cpu() && tile > 0);
@@ -306,9 +308,9 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, 
                 f.phi1.contiguous(), f.s.contiguous(), f.e.contiguous(), f.has_b1, f.has_b2};
 
   // Tile pairs (I, J), I ≤ J, in a fixed order, dealt to one lane per thread so that the lanes'
-  // work is even: each pair goes to the least-loaded lane, largest first, weighed by its products'
-  // multiply-adds (the last block may be short). The assignment depends only on the shapes and
-  // the thread count, so the result is deterministic for them.
+  // work is even (deal_by_cost), weighed by their products' multiply-adds (the last block may be
+  // short). The assignment depends only on the shapes and the thread count, so the result is
+  // deterministic for them.
   const int64_t blocks = (n + tile - 1) / tile;
   auto block_size = [&](int64_t b) { return std::min(n, (b + 1) * tile) - b * tile; };
   // Per entry of a tile, as run_tile computes them: K (D) and six products of width H, plus two
@@ -327,17 +329,26 @@ PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, 
                      (bi == bj ? diagonal_work : mirrored_work));
     }
   }
-  const int64_t lanes = std::min<int64_t>(pairs.size(), at::get_num_threads());
-  std::vector<size_t> order(pairs.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost[a] > cost[b]; });
-  std::vector<std::vector<size_t>> lane_pairs(lanes);
-  std::vector<double> lane_cost(lanes, 0.0);
-  for (size_t t : order) {
-    const auto lane = std::min_element(lane_cost.begin(), lane_cost.end()) - lane_cost.begin();
-    lane_pairs[lane].push_back(t);
-    lane_cost[lane] += cost[t];
+  if (!share.whole()) {
+    // Only this share's pairs (core/share.h): the dealing depends on the shapes alone, so every
+    // process keeps a disjoint set and together they cover every pair once.
+    const std::vector<int64_t> share_of = deal_by_cost(cost, share.count);
+    std::vector<std::pair<int64_t, int64_t>> kept_pairs;
+    std::vector<double> kept_cost;
+    for (size_t t = 0; t < pairs.size(); ++t) {
+      if (share_of[t] != share.index) continue;
+      kept_pairs.push_back(pairs[t]);
+      kept_cost.push_back(cost[t]);
+    }
+    pairs = std::move(kept_pairs);
+    cost = std::move(kept_cost);
   }
+  // At least one lane, whose accumulators stay zero when a share holds no pair.
+  const int64_t lanes =
+      std::max<int64_t>(1, std::min<int64_t>(pairs.size(), at::get_num_threads()));
+  const std::vector<int64_t> lane_of = deal_by_cost(cost, lanes);
+  std::vector<std::vector<size_t>> lane_pairs(lanes);
+  for (size_t t = 0; t < pairs.size(); ++t) lane_pairs[lane_of[t]].push_back(t);
   std::vector<Accumulators> accs(lanes);
   auto opts = f.x.options();
   for (auto& acc : accs) {

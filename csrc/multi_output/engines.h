@@ -9,13 +9,26 @@
 
 #include "core/engine.h"
 #include "core/problem.h"
+#include "core/share.h"
 
 namespace torch_ws::multi_output {
 
-// Pairwise sums over blocks of `tile` samples (tile = N: whole matrices).
-TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64_t tile);
+// Pairwise sums over blocks of `tile` samples (tile = N: whole matrices); with a share, its part
+// of the sums (core/share.h).
+TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64_t tile,
+                                 const Share& share = {});
 
 // The n×n Hessian assembled in float64, the Jacobians of `chunk` samples at a time.
 TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, int64_t chunk);
+
+// The explicit Hessian's share of the samples [begin, end) (their terms of H, the loss scaled
+// over all N): (n, n) float64 in the flat order of θ (W1 row-major, b1, W2 row-major, b2). The
+// assembly serves every head, bce as the case C = 1 (docs/math.md §3, §8.5).
+at::Tensor hessian_of_samples(const MlpProblem& p, int64_t begin, int64_t end, int64_t chunk);
+// The gradient of ⟨H̄, that share⟩ for any (n, n) H̄ in the same order (its symmetric part is
+// what counts), in the input dtype; x's when need_x.
+InputGradients hessian_of_samples_backward(const MlpProblem& p, const at::Tensor& hessian_bar,
+                                           int64_t begin, int64_t end, int64_t chunk,
+                                           bool need_x);
 
 }  // namespace torch_ws::multi_output

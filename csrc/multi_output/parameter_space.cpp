@@ -19,6 +19,7 @@
 #include "multi_output/features.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace torch_ws::multi_output {
 namespace {
@@ -149,18 +150,20 @@ void assembly_adjoints(const Rows& r, const Layout& L, const Tensor& hessian_bar
   }
 }
 
-// The adjoints of ⟨H̄, H⟩ for all samples, chunk by chunk.
+// The adjoints of ⟨H̄, H⟩ for the samples [begin, end) (zero for the others), chunk by chunk.
 Adjoints adjoints_of(const Rows& all, const Layout& L, const Tensor& hessian_bar, int64_t chunk,
-                     bool need_x) {
+                     bool need_x, int64_t begin, int64_t end) {
+  const bool every_sample = begin == 0 && end == all.size();
+  auto fresh = [&](const Tensor& t) { return every_sample ? at::empty_like(t) : at::zeros_like(t); };
   Adjoints a;
-  a.S = at::empty_like(all.S);
-  a.U = at::empty_like(all.U);
-  a.phi0 = at::empty_like(all.phi0);
-  a.vt = at::empty_like(all.vt);
-  if (hessian_bar.defined()) a.rx = at::empty_like(all.rx);
-  Tensor x_ext_bar = at::empty_like(all.x_ext);
-  for (int64_t i0 = 0; i0 < all.size(); i0 += chunk) {
-    const int64_t count = std::min(chunk, all.size() - i0);
+  a.S = fresh(all.S);
+  a.U = fresh(all.U);
+  a.phi0 = fresh(all.phi0);
+  a.vt = fresh(all.vt);
+  if (hessian_bar.defined()) a.rx = fresh(all.rx);
+  Tensor x_ext_bar = fresh(all.x_ext);
+  for (int64_t i0 = begin; i0 < end; i0 += chunk) {
+    const int64_t count = std::min(chunk, end - i0);
     Adjoints rows;
     rows.S = a.S.narrow(0, i0, count);
     rows.U = a.U.narrow(0, i0, count);
@@ -192,7 +195,59 @@ InputGradients in_dtype(InputGradients g, at::ScalarType dtype) {
   return g;
 }
 
+
+// The per-sample arrays of every sample.
+Rows rows_of(const Features& f) {
+  const int64_t N = f.num_samples();
+  const Tensor x_ext = f.has_b1 ? at::cat({f.x, at::ones({N, 1}, f.x.options())}, 1) : f.x;
+  return {x_ext, f.U, f.phi0, f.phi1, f.vt, f.terms.S, f.terms.e, f.rx};
+}
+
+// Σ over the samples [begin, end) of their terms of H, in float64, `chunk` samples at a time.
+Tensor assemble(const Rows& all, const Layout& L, int64_t chunk, int64_t begin, int64_t end) {
+  TORCH_INTERNAL_ASSERT(chunk >= 1, "multi_output::assemble: chunk ", chunk);
+  Tensor hessian = at::zeros({L.n, L.n}, all.x_ext.options());
+  for (int64_t i0 = begin; i0 < end; i0 += chunk) {
+    add_to_hessian(hessian, all.narrow(i0, std::min(chunk, end - i0)), L);
+  }
+  return hessian;
+}
+
+// For each index of θ in the flat order of the public API (W1 row-major, b1, W2 row-major, b2),
+// its index in this engine's layout: only W1 and b1 move (W2 and b2 sit at the same offsets).
+Tensor layout_index_of_flat(const Layout& L, const at::TensorOptions& options) {
+  const Tensor unit = at::arange(L.H, options.dtype(at::kLong)).unsqueeze(1) * L.D_ext;
+  std::vector<Tensor> parts{(unit + at::arange(L.D, options.dtype(at::kLong))).reshape({-1})};
+  if (L.D_ext > L.D) parts.push_back(unit.reshape({-1}) + L.D);
+  parts.push_back(at::arange(L.w2_offset, L.n, options.dtype(at::kLong)));
+  return at::cat(parts);
+}
+
 }  // namespace
+
+Tensor hessian_of_samples(const MlpProblem& p, int64_t begin, int64_t end, int64_t chunk) {
+  const MlpProblem q = in_float64(p);
+  const Features f = features(q, /*for_gradients=*/false);
+  const Layout L(f);
+  const Tensor index = layout_index_of_flat(L, f.x.options());
+  return assemble(rows_of(f), L, chunk, begin, end).index_select(0, index).index_select(1, index);
+}
+
+InputGradients hessian_of_samples_backward(const MlpProblem& p, const Tensor& hessian_bar,
+                                           int64_t begin, int64_t end, int64_t chunk,
+                                           bool need_x) {
+  const MlpProblem q = in_float64(p);
+  const Features f = features(q, /*for_gradients=*/true);
+  const Layout L(f);
+  // To the layout, symmetrized: ⟨H̄, H⟩ = ⟨(H̄ + H̄ᵀ)/2, H⟩ for a symmetric H, and the reverse
+  // mode of the assembly reads a symmetric H̄.
+  Tensor bar = at::empty({L.n, L.n}, f.x.options());
+  const Tensor index = layout_index_of_flat(L, f.x.options());
+  const Tensor flat_bar = hessian_bar.to(at::kDouble);
+  bar.index_put_({index.unsqueeze(1), index.unsqueeze(0)}, 0.5 * (flat_bar + flat_bar.t()));
+  const Adjoints a = adjoints_of(rows_of(f), L, bar, chunk, need_x, begin, end);
+  return in_dtype(chain(q, f, a, need_x), p.x.scalar_type());
+}
 
 TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, int64_t chunk) {
   const bool with_gradients = gradients != Gradients::None;
@@ -201,13 +256,8 @@ TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, in
   const Features f = features(q, with_gradients);
   const Layout L(f);
   const int64_t N = f.num_samples();
-  const Tensor x_ext = f.has_b1 ? at::cat({f.x, at::ones({N, 1}, f.x.options())}, 1) : f.x;
-  const Rows all{x_ext, f.U, f.phi0, f.phi1, f.vt, f.terms.S, f.terms.e, f.rx};
-  Tensor hessian = at::zeros({L.n, L.n}, x_ext.options());
-  TORCH_INTERNAL_ASSERT(chunk >= 1, "multi_output::parameter_space_traces: chunk ", chunk);
-  for (int64_t i0 = 0; i0 < N; i0 += chunk) {
-    add_to_hessian(hessian, all.narrow(i0, std::min(chunk, N - i0)), L);
-  }
+  const Rows all = rows_of(f);
+  const Tensor hessian = assemble(all, L, chunk, 0, N);
   TracesResult out;
   out.trace = hessian.diagonal().sum();
   out.trace_sq = (hessian * hessian).sum();
@@ -215,9 +265,10 @@ TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, in
     const at::ScalarType dtype = p.x.scalar_type();
     // H̄ = 2H for tr(H²), symmetrized: the assembled H is symmetric only up to rounding.
     const Tensor twice_hessian = hessian + hessian.t();
-    out.trace_grad = in_dtype(chain(q, f, adjoints_of(all, L, Tensor(), chunk, need_x), need_x), dtype);
-    out.trace_sq_grad =
-        in_dtype(chain(q, f, adjoints_of(all, L, twice_hessian, chunk, need_x), need_x), dtype);
+    out.trace_grad =
+        in_dtype(chain(q, f, adjoints_of(all, L, Tensor(), chunk, need_x, 0, N), need_x), dtype);
+    out.trace_sq_grad = in_dtype(
+        chain(q, f, adjoints_of(all, L, twice_hessian, chunk, need_x, 0, N), need_x), dtype);
   }
   return out;
 }

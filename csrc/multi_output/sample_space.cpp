@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <optional>
+#include <utility>
+#include <vector>
 
 namespace torch_ws::multi_output {
 namespace {
@@ -135,31 +137,46 @@ Adjoints trace_adjoints(const Features& f, const Diagonal& dg, bool need_x) {
 
 }  // namespace
 
-TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64_t tile) {
+TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64_t tile,
+                                 const Share& share) {
   const bool with_gradients = gradients != Gradients::None;
   const bool need_x = gradients == Gradients::ParametersAndX;
   const Features f = features(p, with_gradients);
   const int64_t n = f.num_samples();
   TORCH_INTERNAL_ASSERT(tile >= 1, "multi_output::sample_space_traces: tile ", tile);
 
-  std::optional<Adjoints> pair_adjoints;
-  if (with_gradients) pair_adjoints = zero_adjoints(f, need_x);
-  Tensor trace_sq = at::zeros({}, f.x.options().dtype(at::kDouble));
+  // Block pairs (I, J), I ≤ J; with a share, only those dealt to it (core/share.h), weighed by
+  // their entries (an off-diagonal pair stands for both orders).
+  std::vector<std::pair<Block, Block>> pairs;
+  std::vector<double> cost;
   for (int64_t i0 = 0; i0 < n; i0 += tile) {
     const Block I{i0, std::min(tile, n - i0)};
     for (int64_t j0 = i0; j0 < n; j0 += tile) {
       const Block J{j0, std::min(tile, n - j0)};
-      trace_sq.add_(block_pair(f, I, J, pair_adjoints ? &*pair_adjoints : nullptr));
+      pairs.emplace_back(I, J);
+      cost.push_back(static_cast<double>(I.size) * J.size * (i0 == j0 ? 1 : 2));
     }
   }
-  const Diagonal dg = diagonal(f);
-  TracesResult out;
-  out.trace = (dg.k * dg.hidden_sum + dg.r * dg.trace_S).sum(at::kDouble);
-  out.trace_sq = trace_sq;
-  if (with_gradients) {
-    out.trace_grad = chain(p, f, trace_adjoints(f, dg, need_x), need_x);
-    out.trace_sq_grad = chain(p, f, std::move(*pair_adjoints), need_x);
+  const std::vector<int64_t> share_of = deal_by_cost(cost, share.count);
+  std::optional<Adjoints> pair_adjoints;
+  if (with_gradients) pair_adjoints = zero_adjoints(f, need_x);
+  Tensor trace_sq = at::zeros({}, f.x.options().dtype(at::kDouble));
+  for (size_t t = 0; t < pairs.size(); ++t) {
+    if (share_of[t] != share.index) continue;
+    trace_sq.add_(block_pair(f, pairs[t].first, pairs[t].second,
+                             pair_adjoints ? &*pair_adjoints : nullptr));
   }
+  TracesResult out;
+  out.trace_sq = trace_sq;
+  if (with_gradients) out.trace_sq_grad = chain(p, f, std::move(*pair_adjoints), need_x);
+  if (!share.holds_diagonal()) {
+    out.trace = at::zeros({}, trace_sq.options());
+    if (with_gradients) out.trace_grad = zero_gradients(p, need_x);
+    return out;
+  }
+  const Diagonal dg = diagonal(f);
+  out.trace = (dg.k * dg.hidden_sum + dg.r * dg.trace_S).sum(at::kDouble);
+  if (with_gradients) out.trace_grad = chain(p, f, trace_adjoints(f, dg, need_x), need_x);
   return out;
 }
 

@@ -10,6 +10,7 @@
 
 #include "core/engine.h"
 #include "core/problem.h"
+#include "core/share.h"
 
 #include <ATen/ATen.h>
 
@@ -58,7 +59,9 @@ struct PairwiseResult {
   std::optional<SampleAdjoints> adjoints;
 };
 PairwiseResult pairwise_whole(const SampleFeatures& f, Gradients gradients);
-PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile);
+// With a share (core/share.h): only the tile pairs dealt to it.
+PairwiseResult pairwise_tiled_cpu(const SampleFeatures& f, Gradients gradients, int64_t tile,
+                                  const Share& share = {});
 // How many distinct threads run the lanes of the tiled engine: at::get_num_threads() when this
 // library was built with OpenMP, 1 when the parallel loops silently run serially.
 int64_t parallel_threads();
