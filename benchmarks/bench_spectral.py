@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import torch_ws
-from torch_ws import reference
+# The slow references the tests check against (never part of the package): the baselines.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import reference  # noqa: E402
 
 from common import RESULTS, fmt_time, machine, time_alternating, write_json
 

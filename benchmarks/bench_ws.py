@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The slow references the tests check against (never part of the package): the baselines.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import (  # noqa: E402
     RESULTS, fmt_bytes, fmt_time, machine, mlp_problem, peak_memory, peak_memory_in_subprocess,
     time_alternating, write_json,
 )
 
 import torch_ws  # noqa: E402
-from torch_ws import reference  # noqa: E402
+import reference  # noqa: E402
 
 ACT = "tanh"
 # Above this many parameters the explicit n×n Hessian (and third-order autograd through it) is

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 import torch_ws
-from torch_ws import reference
 from torch_ws.reproduce.data import make_dataset
 
 OPTIMIZERS = {
@@ -50,7 +49,7 @@ def train(data, make_opt, rho, seed, epochs=40, batch=64):
         loss = float(bce(model(x).squeeze(-1), y))
         bound = float(reg(x, y))
         params = [p.detach() for p in (model[0].weight, model[0].bias, model[2].weight, model[2].bias)]
-        lam = float(torch.linalg.eigvalsh(reference.explicit_hessian(x, y, *params, "tanh")).max())
+        lam = float(torch.linalg.eigvalsh(torch_ws.explicit_hessian(x, y, *params, "tanh")).max())
         acc = float(((model(data.x_test).squeeze(-1) > 0).double() == data.y_test).double().mean())
     return {"failed": not math.isfinite(loss) or loss > math.log(2), "loss": loss, "bound": bound,
             "lambda_max": lam, "accuracy": acc}

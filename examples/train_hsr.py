@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 import torch_ws
-from torch_ws import reference
 from torch_ws.reproduce.data import make_dataset
 
 
@@ -24,7 +23,7 @@ def train(rho: float, steps: int = 1500, seed: int = 0):
         (loss + rho * bound if rho else loss).backward()
         if step % (steps // 5) == 0:
             params = [p.detach() for p in (model[0].weight, model[0].bias, model[2].weight, model[2].bias)]
-            lam = torch.linalg.eigvalsh(reference.explicit_hessian(x, y, *params, "tanh")).max()
+            lam = torch.linalg.eigvalsh(torch_ws.explicit_hessian(x, y, *params, "tanh")).max()
             print(f"{step:>6} {loss.item():>9.4f} {bound.item():>9.4f} {lam.item():>11.4f}")
         opt.step()
 

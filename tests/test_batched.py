@@ -6,7 +6,7 @@ import torch
 from testing import ACTIVATIONS, BIAS_CONFIGS, DEVICES, make_head_problem, rel_err
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 # (loss, C, target kind)
 HEADS = [("bce", 1, "soft"), ("mse", 3, "values"), ("cross_entropy", 3, "indices")]

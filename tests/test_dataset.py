@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 
 def model_and_data(n=23, d=3, h=4, classes=1, seed=0):
@@ -43,6 +43,18 @@ def test_gradient_is_the_whole_set_bounds():
     reg(x, y).backward()   # the same bound on all samples at once
     for g, e in zip(got, (p.grad for p in model.parameters())):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-15)
+
+
+def test_targets_that_require_grad_are_refused():
+    model, x, y = model_and_data()
+    with pytest.raises(ValueError, match="dataset_bounds: the target of batch 1 requires grad"):
+        torch_ws.dataset_bounds(model, [(x[:5], y[:5]), (x[5:], y[5:].requires_grad_())])
+
+
+def test_errors_name_dataset_bounds_and_the_missing_loss():
+    model, x, y = model_and_data(classes=3)
+    with pytest.raises(ValueError, match=r"^dataset_bounds: .*loss='cross_entropy'"):
+        torch_ws.dataset_bounds(model, [(x, y)])
 
 
 def test_without_grad_leaves_grads_alone():
@@ -100,7 +112,7 @@ def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
         shard = (x[start:start + sizes[rank]], y[start:start + sizes[rank]])
         batches = [(shard[0][i:i + 4], shard[1][i:i + 4]) for i in range(0, sizes[rank], 4)]
         try:
-            bounds = torch_ws.dataset_bounds(model, batches, loss=loss, grad=True, block_size=5)
+            bounds = torch_ws.dataset_bounds(model, batches, loss=loss, grad=True)
             result = {"bounds": [float(b) for b in bounds[:7]],
                       "grads": [p.grad for p in model.parameters()]}
         except ValueError as error:
@@ -124,10 +136,12 @@ def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_en
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
 @pytest.mark.parametrize("sizes", [(13, 9), (7, 11, 5), (12, 0)])
 def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, sizes, engine):
-    """2 and 3 gloo processes with uneven shards, one of them empty (and partial batches, a block
-    size that does not divide N), summing Hessian shares or pairs of samples: every rank gets the
-    single-process result on the concatenated data, to 1e-12."""
+    """2 and 3 gloo processes with uneven shards, one of them empty (and partial batches, tiles
+    of 5 samples that do not divide N, so that every rank gets tile pairs), summing Hessian
+    shares or shares of the pairs: every rank gets the single-process result on the
+    concatenated data, to 1e-12."""
     monkeypatch.setenv("TORCH_WS_ENGINE", engine)  # the spawned ranks inherit it
+    monkeypatch.setenv("TORCH_WS_TILE_SIZE", "5")
     results = _run_ranks(tmp_path, sizes)
     model, x, y = model_and_data(n=sum(sizes))
     expected = torch_ws.dataset_bounds(model, [(x, y)], grad=True)
@@ -138,10 +152,14 @@ def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, s
             torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("engine", ["parameter", "sample"])
 @pytest.mark.parametrize("loss_name", ["cross_entropy", "mse"])
-def test_ranks_with_a_head_of_three_logits(tmp_path, loss_name):
+def test_ranks_with_a_head_of_three_logits(tmp_path, monkeypatch, loss_name, engine):
     """Cross-entropy with label smoothing, and the squared error ("mean" over N·C), on C = 3
-    logits over 2 ranks (the Hessian-share order): the single-process result."""
+    logits over 2 ranks, in both orders (the sample-space one in blocks of 4 samples): the
+    single-process result."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    monkeypatch.setenv("TORCH_WS_TILE_SIZE", "4")
     results = _run_ranks(tmp_path, (10, 7), classes=3, loss_name=loss_name)
     model, x, y = model_and_data(n=17, classes=3)
     loss, y = _head(3, loss_name, y)

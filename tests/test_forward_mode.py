@@ -7,7 +7,7 @@ import torch.autograd.forward_ad as fwAD
 
 import torch_ws
 from testing import BIAS_CONFIGS, rel_err
-from torch_ws import reference
+import reference
 
 # (loss, C, target maker)
 HEADS = [

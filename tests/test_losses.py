@@ -13,7 +13,7 @@ from testing import (
 from torch import nn
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 # (loss, C, target kind): every width the issue names, where the loss allows it.
 HEADS = [
@@ -333,7 +333,7 @@ def test_regularizer_refuses_what_it_cannot_honour(loss, message):
 
 
 def test_regularizer_refuses_a_head_that_does_not_fit_the_loss():
-    with pytest.raises(ValueError, match=r"must be nn.Linear\(H, 1\) for loss 'bce'.*use loss='cross_entropy'"):
+    with pytest.raises(ValueError, match=r"must be nn.Linear\(H, 1\) for loss 'bce'.*pass loss='cross_entropy'"):
         torch_ws.HSRRegularizer(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)))
     with pytest.raises(ValueError, match=r"'cross_entropy' needs nn.Linear\(H, C\) with C >= 2"):
         torch_ws.HSRRegularizer(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)),

@@ -18,7 +18,7 @@ from testing import (
 )
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 
 @pytest.fixture(autouse=True, params=["sample", "parameter"])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from testing import rel_err
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 HEADS = st.one_of(
     st.just(("bce", 1)),

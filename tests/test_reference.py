@@ -5,7 +5,7 @@ import torch
 from testing import ACTIVATIONS, BIAS_CONFIGS, make_problem, rel_err
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 
 @pytest.mark.parametrize("bias", BIAS_CONFIGS)

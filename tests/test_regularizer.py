@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 SMOOTH_MODULES = [
     (nn.Identity(), "linear"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torch_ws
-from torch_ws import reference
+import reference
 from torch_ws.__main__ import main
 from torch_ws.reproduce.digits import (
     DigitsConfig, load_digits_split, make_model, measure, run_digits, train,

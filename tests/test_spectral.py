@@ -9,7 +9,7 @@ from testing import (
 )
 
 import torch_ws
-from torch_ws import reference
+import reference
 
 # (loss, C, target kind): one logit, and C logits for both losses that take them.
 HEADS = [

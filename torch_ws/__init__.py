@@ -18,6 +18,7 @@ from .ops import (
     REDUCTIONS,
     SpectralBound,
     WSBounds,
+    explicit_hessian,
     hessian_traces,
     num_params,
     spectral_bound,
@@ -25,6 +26,7 @@ from .ops import (
     ws_bound_batched,
     ws_bounds,
 )
+from .model import MlpSpec
 from .regularizer import HSRRegularizer
 from .dataset import dataset_bounds
 
@@ -34,7 +36,9 @@ __all__ = [
     "REDUCTIONS",
     "WSBounds",
     "dataset_bounds",
+    "explicit_hessian",
     "HSRRegularizer",
+    "MlpSpec",
     "SpectralBound",
     "hessian_traces",
     "num_params",

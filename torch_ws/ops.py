@@ -167,6 +167,28 @@ def num_params(w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor
     return torch.ops.torch_ws._num_params(in_dim, hidden, w2.shape[0], b1 is not None, b2 is not None)
 
 
+def explicit_hessian(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+                     b2: Optional[Tensor], activation: str = "tanh", reduction: str = "mean",
+                     loss: str = "bce") -> Tensor:
+    """The n×n loss Hessian itself, for small networks: assembled in closed form in C++
+    (docs/math.md §3, §8.5), O(N·C·n²) time and O(n²) float64 memory, every head.
+
+    Rows and columns follow θ = (W1 row-major, b1, W2 row-major, b2) (``torch_ws.model.
+    flatten_params``). Not differentiable (the result is detached): for a bound's gradient use
+    :func:`ws_bound` or :func:`spectral_bound`. Arguments as for :func:`hessian_traces`.
+
+    Returns:
+        (n, n) float64 tensor on x's device.
+    """
+    return torch.ops.torch_ws._hessian.default(
+        x.detach(), target.detach(), w1.detach(), _detached(b1), w2.detach(), _detached(b2),
+        activation, reduction, loss)
+
+
+def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
+    return t.detach() if t is not None else None
+
+
 class WSBounds(NamedTuple):
     """All Wolkowicz-Styan bounds on the loss Hessian's spectrum (docs/math.md §5).
 

@@ -185,13 +185,15 @@ TORCH_WS_VECTOR_CLONES void hessian_times(const double* __restrict__ hessian,
 // microseconds; the papers' scale, N = 200 and n = 41, has 3·10⁵ per pass).
 constexpr double kMinWorkPerLane = 5e4;
 
-// H assembled in closed form, with tr H and ‖H‖²_F.
+// H assembled in closed form (the terms of samples [begin, end)), with tr H and ‖H‖²_F.
 struct AssembledHessian {
   double trace, trace_sq;
   at::Tensor hessian;  // (n, n) float64, contiguous
 };
 
-AssembledHessian assemble_hessian(const SampleEvaluator& eval, const Layout& L, int64_t N) {
+AssembledHessian assemble_hessian(const SampleEvaluator& eval, const Layout& L, int64_t begin,
+                                  int64_t end) {
+  const int64_t N = end - begin;
   const int64_t n = L.num_params, block = L.block;
   at::Tensor hessian = at::zeros({n, n}, at::TensorOptions().dtype(at::kDouble));
   double* h = hessian.data_ptr<double>();
@@ -212,10 +214,10 @@ AssembledHessian assemble_hessian(const SampleEvaluator& eval, const Layout& L, 
     auto mine = [&](int64_t row) { return row >= row_begin && row < row_end; };
     Sample smp = eval.make_sample();
     std::vector<double> tangents(kChunk * n), s_chunk(kChunk);
-    for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
+    for (int64_t i0 = begin; i0 < end; i0 += kChunk) {
       std::fill(tangents.begin(), tangents.end(), 0.0);
       std::fill(s_chunk.begin(), s_chunk.end(), 0.0);
-      for (int64_t b = 0; b < kChunk && i0 + b < N; ++b) {
+      for (int64_t b = 0; b < kChunk && i0 + b < end; ++b) {
         eval.evaluate(i0 + b, smp, tangents.data() + b * n);
         s_chunk[b] = smp.s;
         // e_i M_i (§3): per hidden unit k, the (W1_k, W1_k) block e·w2_k φ''(a_k) x̃x̃ᵀ and the
@@ -376,11 +378,12 @@ void accumulate_sample(const Layout& L, const SampleEvaluator& eval, const Sampl
   }
 }
 
-// (gradient of tr H, gradient of tr(H²)) from the assembled Hessian, in `dtype`. Lanes take
-// contiguous runs of chunks of samples, each with its own accumulators (x's rows are disjoint),
-// summed in lane order.
+// (gradient of tr H, gradient of tr(H²)) from the assembled Hessian, in `dtype`, through the
+// terms of samples [begin, end) of N. Lanes take contiguous runs of chunks of samples, each with
+// its own accumulators (x's rows are disjoint), summed in lane order.
 std::pair<InputGradients, InputGradients> trace_gradients(const SampleEvaluator& eval,
                                                           const Layout& L, int64_t N,
+                                                          int64_t begin, int64_t end,
                                                           const at::Tensor& hessian,
                                                           bool need_grad_x, at::ScalarType dtype) {
   const int64_t n = L.num_params, H = L.hidden, block = L.block;
@@ -389,8 +392,9 @@ std::pair<InputGradients, InputGradients> trace_gradients(const SampleEvaluator&
       need_grad_x ? at::zeros({N, L.in_dim}, hessian.options()) : at::Tensor(),
       need_grad_x ? at::zeros({N, L.in_dim}, hessian.options()) : at::Tensor()};
   auto x_ptr = [&](int r) { return need_grad_x ? grad_x[r].data_ptr<double>() : nullptr; };
-  const int64_t num_chunks = (N + kChunk - 1) / kChunk;
-  const int64_t lanes = lanes_for(static_cast<double>(N) * n * n, kMinWorkPerLane, num_chunks);
+  const int64_t num_chunks = (end - begin + kChunk - 1) / kChunk;
+  const int64_t lanes =
+      lanes_for(static_cast<double>(end - begin) * n * n, kMinWorkPerLane, num_chunks);
   std::vector<std::array<GradientAccumulator, kSides>> acc(
       lanes, {GradientAccumulator(L, x_ptr(0)), GradientAccumulator(L, x_ptr(1))});
   run_lanes(lanes, [&](int64_t lane) {
@@ -400,7 +404,7 @@ std::pair<InputGradients, InputGradients> trace_gradients(const SampleEvaluator&
     std::vector<double> kk_x(H * block), cross(H * block);
     const int64_t chunk_end = num_chunks * (lane + 1) / lanes;
     for (int64_t chunk = num_chunks * lane / lanes; chunk < chunk_end; ++chunk) {
-      const int64_t i0 = chunk * kChunk, count = std::min(kChunk, N - i0);
+      const int64_t i0 = begin + chunk * kChunk, count = std::min(kChunk, end - i0);
       std::fill(tangents.begin(), tangents.end(), 0.0);
       for (int64_t b = 0; b < count; ++b) {
         eval.evaluate(i0 + b, samples[b], tangents.data() + b * n);
@@ -441,13 +445,36 @@ ParameterSpaceResult parameter_space_cpu(const MlpProblem& p, bool with_gradient
   const Layout L(p);
   // One evaluation of the samples (φ, φ', φ'' and, for the gradients, φ''') serves both passes.
   const SampleEvaluator eval(p, L, /*num_derivatives=*/with_gradients ? 3 : 2);
-  const AssembledHessian assembled = assemble_hessian(eval, L, p.num_samples());
+  const AssembledHessian assembled = assemble_hessian(eval, L, 0, p.num_samples());
   ParameterSpaceResult out{assembled.trace, assembled.trace_sq, std::nullopt};
   if (with_gradients) {
-    out.gradients = trace_gradients(eval, L, p.num_samples(), assembled.hessian, need_grad_x,
+    out.gradients = trace_gradients(eval, L, p.num_samples(), 0, p.num_samples(),
+                                    assembled.hessian, need_grad_x,
                                     p.x.scalar_type());
   }
   return out;
+}
+
+at::Tensor parameter_space_hessian_cpu(const MlpProblem& p, int64_t begin, int64_t end) {
+  TORCH_INTERNAL_ASSERT(p.x.is_cpu() && p.one_logit());
+  const Layout L(p);
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/2);
+  return assemble_hessian(eval, L, begin, end).hessian;
+}
+
+InputGradients parameter_space_hessian_backward_cpu(const MlpProblem& p,
+                                                    const at::Tensor& hessian_bar,
+                                                    int64_t begin, int64_t end,
+                                                    bool need_grad_x) {
+  TORCH_INTERNAL_ASSERT(p.x.is_cpu() && p.one_logit());
+  const Layout L(p);
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/3);
+  // The tr(H²) side reads its matrix as half its H̄ (H̄ = 2H): given H̄/2 it differentiates
+  // ⟨H̄, H⟩ (the tr H side comes along in the same loops and is dropped).
+  const at::Tensor half = (0.25 * (hessian_bar + hessian_bar.t())).contiguous();
+  return trace_gradients(eval, L, p.num_samples(), begin, end, half, need_grad_x,
+                         p.x.scalar_type())
+      .second;
 }
 
 }  // namespace torch_ws

@@ -19,4 +19,14 @@ struct ParameterSpaceResult {
 ParameterSpaceResult parameter_space_cpu(const MlpProblem& p, bool with_gradients,
                                          bool need_grad_x);
 
+// The terms of samples [begin, end) of H (one logit; the loss scaled over all N), in this
+// engine's layout (unit k's [W1_k, b1_k], then w2, then b2): (n, n) float64, symmetric.
+at::Tensor parameter_space_hessian_cpu(const MlpProblem& p, int64_t begin, int64_t end);
+// The gradient of ⟨H̄, those terms⟩ for a (n, n) float64 H̄ in the same layout (its symmetric
+// part counts), in the input dtype.
+InputGradients parameter_space_hessian_backward_cpu(const MlpProblem& p,
+                                                    const at::Tensor& hessian_bar,
+                                                    int64_t begin, int64_t end,
+                                                    bool need_grad_x);
+
 }  // namespace torch_ws

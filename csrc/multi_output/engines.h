@@ -31,4 +31,9 @@ InputGradients hessian_of_samples_backward(const MlpProblem& p, const at::Tensor
                                            int64_t begin, int64_t end, int64_t chunk,
                                            bool need_x);
 
+// An (n, n) matrix between the parameter-space engines' layout of θ (hidden unit k's [W1_k, b1_k],
+// then W2 row-major, then b2) and the flat order above.
+at::Tensor layout_to_flat(const at::Tensor& matrix, const MlpProblem& p);
+at::Tensor flat_to_layout(const at::Tensor& matrix, const MlpProblem& p);
+
 }  // namespace torch_ws::multi_output

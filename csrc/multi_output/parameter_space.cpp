@@ -213,24 +213,37 @@ Tensor assemble(const Rows& all, const Layout& L, int64_t chunk, int64_t begin, 
   return hessian;
 }
 
+// θ's layout above (unit k's [W1_k, b1_k], then W2, then b2) is also the one-logit CPU engine's.
 // For each index of θ in the flat order of the public API (W1 row-major, b1, W2 row-major, b2),
-// its index in this engine's layout: only W1 and b1 move (W2 and b2 sit at the same offsets).
-Tensor layout_index_of_flat(const Layout& L, const at::TensorOptions& options) {
-  const Tensor unit = at::arange(L.H, options.dtype(at::kLong)).unsqueeze(1) * L.D_ext;
-  std::vector<Tensor> parts{(unit + at::arange(L.D, options.dtype(at::kLong))).reshape({-1})};
-  if (L.D_ext > L.D) parts.push_back(unit.reshape({-1}) + L.D);
-  parts.push_back(at::arange(L.w2_offset, L.n, options.dtype(at::kLong)));
+// its index in the layout: only W1 and b1 move (W2 and b2 sit at the same offsets).
+Tensor layout_index_of_flat(const MlpProblem& p) {
+  const int64_t H = p.hidden(), D = p.in_dim(), D_ext = D + (p.b1 ? 1 : 0);
+  const auto longs = p.x.options().dtype(at::kLong);
+  const Tensor unit = at::arange(H, longs).unsqueeze(1) * D_ext;
+  std::vector<Tensor> parts{(unit + at::arange(D, longs)).reshape({-1})};
+  if (p.b1) parts.push_back(unit.reshape({-1}) + D);
+  parts.push_back(at::arange(H * D_ext, p.num_params(), longs));
   return at::cat(parts);
 }
 
 }  // namespace
 
+Tensor layout_to_flat(const Tensor& matrix, const MlpProblem& p) {
+  const Tensor index = layout_index_of_flat(p);
+  return matrix.index_select(0, index).index_select(1, index);
+}
+
+Tensor flat_to_layout(const Tensor& matrix, const MlpProblem& p) {
+  const Tensor index = layout_index_of_flat(p);
+  Tensor out = at::empty_like(matrix);
+  out.index_put_({index.unsqueeze(1), index.unsqueeze(0)}, matrix);
+  return out;
+}
+
 Tensor hessian_of_samples(const MlpProblem& p, int64_t begin, int64_t end, int64_t chunk) {
   const MlpProblem q = in_float64(p);
   const Features f = features(q, /*for_gradients=*/false);
-  const Layout L(f);
-  const Tensor index = layout_index_of_flat(L, f.x.options());
-  return assemble(rows_of(f), L, chunk, begin, end).index_select(0, index).index_select(1, index);
+  return layout_to_flat(assemble(rows_of(f), Layout(f), chunk, begin, end), p);
 }
 
 InputGradients hessian_of_samples_backward(const MlpProblem& p, const Tensor& hessian_bar,
@@ -238,14 +251,11 @@ InputGradients hessian_of_samples_backward(const MlpProblem& p, const Tensor& he
                                            bool need_x) {
   const MlpProblem q = in_float64(p);
   const Features f = features(q, /*for_gradients=*/true);
-  const Layout L(f);
   // To the layout, symmetrized: ⟨H̄, H⟩ = ⟨(H̄ + H̄ᵀ)/2, H⟩ for a symmetric H, and the reverse
   // mode of the assembly reads a symmetric H̄.
-  Tensor bar = at::empty({L.n, L.n}, f.x.options());
-  const Tensor index = layout_index_of_flat(L, f.x.options());
   const Tensor flat_bar = hessian_bar.to(at::kDouble);
-  bar.index_put_({index.unsqueeze(1), index.unsqueeze(0)}, 0.5 * (flat_bar + flat_bar.t()));
-  const Adjoints a = adjoints_of(rows_of(f), L, bar, chunk, need_x, begin, end);
+  const Tensor bar = flat_to_layout(0.5 * (flat_bar + flat_bar.t()), p);
+  const Adjoints a = adjoints_of(rows_of(f), Layout(f), bar, chunk, need_x, begin, end);
   return in_dtype(chain(q, f, a, need_x), p.x.scalar_type());
 }
 

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .. import ops, reference
+from .. import model as mlp, ops
 from .data import Dataset
 from .training import Run, init_params, macro_f1
 
@@ -32,9 +32,12 @@ def _hidden_and_slope(activation: str, pre: torch.Tensor):
     if activation == "sigmoid":
         hidden = torch.sigmoid(pre)
         return hidden, hidden * (1 - hidden)
-    hidden, slope, _ = reference._activation_derivatives(activation, pre.detach())
-    # Autograd may return a broadcast view (a linear φ's slope is expanded ones); the caller
-    # scales the slope in place.
+    with torch.enable_grad():  # φ' of the model's own φ, by autograd
+        pre = pre.detach().requires_grad_(True)
+        hidden = mlp.ACTIVATION_FUNCTIONS[activation](pre)
+        (slope,) = torch.autograd.grad(hidden.sum(), pre, allow_unused=True)
+    # A linear φ has no graph to its input's slope: ones. The caller scales the slope in place.
+    slope = torch.ones_like(pre) if slope is None else slope
     return hidden.detach(), slope.detach().contiguous()
 
 
@@ -51,7 +54,7 @@ def logits_of_hidden(hidden, w2, b2) -> torch.Tensor:
 def batched_logits(x, params, activation: str) -> torch.Tensor:
     """The B models' logits on x: (B, N)."""
     w1, b1, w2, b2 = params
-    hidden = reference.ACTIVATION_FUNCTIONS[activation](pre_activations(x, w1, b1))
+    hidden = mlp.ACTIVATION_FUNCTIONS[activation](pre_activations(x, w1, b1))
     return logits_of_hidden(hidden, w2, b2)
 
 
@@ -78,42 +81,13 @@ def stack_initializations(dim: int, width: int, std: float, seeds) -> list[torch
 
 
 def explicit_hessians(data: Dataset, params, activation: str) -> torch.Tensor:
-    """The B loss Hessians (B, n, n) in :func:`reference.flatten_params`' order (W1 row-major,
-    b1, w2, b2), assembled in closed form (docs/math.md §3):
-    H = Σ_i s_i g_i g_iᵀ + e_i M_i with batched matrix products. Each is the matrix
-    ``reference.explicit_hessian`` gives (the tests check it), at a small fraction of the cost of
-    vmapping ``torch.func.hessian`` over hundreds of models."""
-    w1, b1, w2, b2 = params
+    """The B loss Hessians (B, n, n) in :func:`torch_ws.model.flatten_params`' order (W1
+    row-major, b1, w2, b2): :func:`torch_ws.explicit_hessian` of each model (the C++ assembly,
+    docs/math.md §3)."""
     x, y = data.x_train, data.y_train
-    num_models, hidden, dim = w1.shape
-    num_samples = x.shape[0]
-    phi0, phi1, phi2 = (d.detach() for d in reference._activation_derivatives(
-        activation, pre_activations(x, w1, b1)))
-    z = logits_of_hidden(phi0, w2, b2)
-    prob = torch.sigmoid(z)
-    e = (prob - y) / num_samples                         # ℓ'(z)/N
-    s = prob * torch.sigmoid(-z) / num_samples           # ℓ''(z)/N
-    x_ext = torch.cat([x, torch.ones(num_samples, 1, dtype=x.dtype)], dim=1)   # (N, D + 1)
-    u = phi1 * w2                                        # w2_k φ'(a_ik): (B, N, H)
-    # The tangents g_i = ∂z_i/∂θ: (B, N, n).
-    tangent_w1 = (u.unsqueeze(3) * x_ext.view(1, num_samples, 1, dim + 1))
-    tangents = torch.cat([tangent_w1[..., :dim].reshape(num_models, num_samples, -1),
-                          u, phi0, torch.ones(num_models, num_samples, 1, dtype=x.dtype)], dim=2)
-    hessian = torch.bmm(tangents.transpose(1, 2), tangents * s.unsqueeze(2))
-    # e_i M_i: per hidden unit k, the (W1_k, b1_k) block Σ_i e_i w2_k φ''(a_ik) x̃_i x̃_iᵀ and its
-    # column against w2_k, Σ_i e_i φ'(a_ik) x̃_i.
-    unit_rows = torch.cat([torch.arange(hidden).unsqueeze(1) * dim + torch.arange(dim),
-                           (hidden * dim + torch.arange(hidden)).unsqueeze(1)], dim=1)
-    w2_rows = hidden * dim + hidden + torch.arange(hidden)
-    block = torch.einsum("bnk,nd,nf->bkdf", e.unsqueeze(2) * w2 * phi2, x_ext, x_ext)
-    cross = torch.einsum("bnk,nd->bkd", e.unsqueeze(2) * phi1, x_ext)
-    models = torch.arange(num_models).view(-1, 1, 1, 1)
-    rows = unit_rows.view(1, hidden, dim + 1, 1)
-    hessian[models, rows, unit_rows.view(1, hidden, 1, dim + 1)] += block
-    models = models.view(-1, 1, 1)
-    hessian[models, unit_rows.unsqueeze(0), w2_rows.view(1, hidden, 1)] += cross
-    hessian[models, w2_rows.view(1, hidden, 1), unit_rows.unsqueeze(0)] += cross
-    return hessian
+    return torch.stack([
+        ops.explicit_hessian(x, y, *(p[b] for p in params), activation, "mean")
+        for b in range(params[0].shape[0])])
 
 
 def extreme_eigenvalues(data: Dataset, params, activation: str, chunk: int = 256):
@@ -234,7 +208,7 @@ def measure_batch(data: Dataset, runs: list[Run]) -> list[dict]:
             trace, trace_sq, n)
         lam_max, lam_min = extreme_eigenvalues(data, params, activation)
         w1, b1 = params[0], params[1]
-        hidden = reference.ACTIVATION_FUNCTIONS[activation](pre_activations(x, w1, b1))
+        hidden = mlp.ACTIVATION_FUNCTIONS[activation](pre_activations(x, w1, b1))
         gram_norm = torch.linalg.matrix_norm(torch.bmm(hidden, hidden.transpose(1, 2)))
         test_logits = batched_logits(data.x_test, params, activation)
         f1 = macro_f1((test_logits > 0).double(), data.y_test)

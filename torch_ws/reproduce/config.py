@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 
 class SizePresets:
@@ -65,3 +66,8 @@ class ReproduceConfig(SizePresets):
     # reach 1e-3 (mean-reduced BCE on overlapping classes has a slow tail: the loss keeps
     # fitting noise along flat directions).
     FULL = dict(train_size=200, test_size=10000, runs=500, max_steps=20000, record_points=50)
+
+
+def setting_name(rho: Optional[float]) -> str:
+    """The name of a training setting in the digits reports: plain, or HSR with weight ρ."""
+    return "plain" if rho is None else f"HSR ρ={rho:g}"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import SizePresets
+from .config import SizePresets, setting_name
 
 DIGITS_FEATURES, DIGITS_CLASSES = 64, 10
 
@@ -134,15 +134,15 @@ def measure(cfg: DigitsConfig, data: DigitsData, model: nn.Sequential) -> dict:
     loss Hessian (explicit Hessian, ``eigvalsh``), the WS bounds, training loss and accuracy; and
     the test accuracy."""
     import torch_ws
-    from .. import reference
+    from .. import model as mlp, ops
 
     w1, b1, w2, b2 = (t.detach().double() for t in (model[0].weight, model[0].bias,
                                                     model[2].weight, model[2].bias))
     args = (data.x_train, data.y_train, w1, b1, w2, b2, cfg.activation, "mean", "cross_entropy")
-    eig = torch.linalg.eigvalsh(reference.explicit_hessian(*args).detach())
+    eig = torch.linalg.eigvalsh(ops.explicit_hessian(*args).detach())
     bounds = torch_ws.ws_bounds(*args)
-    logits = reference.mlp_logits(data.x_train, w1, b1, w2, b2, cfg.activation)
-    test_logits = reference.mlp_logits(data.x_test, w1, b1, w2, b2, cfg.activation)
+    logits = mlp.mlp_logits(data.x_train, w1, b1, w2, b2, cfg.activation)
+    test_logits = mlp.mlp_logits(data.x_test, w1, b1, w2, b2, cfg.activation)
     return {
         "lambda_max": float(eig[-1]), "lambda_min": float(eig[0]),
         "bound": float(bounds.lambda_max_upper), "lambda_min_lower": float(bounds.lambda_min_lower),
@@ -151,10 +151,6 @@ def measure(cfg: DigitsConfig, data: DigitsData, model: nn.Sequential) -> dict:
         "test_accuracy": float((test_logits.argmax(1) == data.y_test).double().mean()),
         "num_params": int(eig.numel()),
     }
-
-
-def setting_name(rho: float | None) -> str:
-    return "plain" if rho is None else f"HSR ρ={rho:g}"
 
 
 _WORKER: dict = {}

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .analysis import _median  # noqa: E402
+from .config import setting_name  # noqa: E402
 from .figures import _save, bound_equals_lambda_max_line  # noqa: E402
 
 #: The significance level the findings are stated at.
@@ -17,8 +18,6 @@ ALPHA = 0.01
 
 
 def _settings(cfg) -> list:
-    from .digits import setting_name
-
     return [setting_name(rho) for rho in (None, *cfg.rhos)]
 
 

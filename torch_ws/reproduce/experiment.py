@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .. import reference
+from .. import model as mlp
 from .analysis import summarize
 from .config import ReproduceConfig
 from .data import make_dataset
@@ -169,7 +169,7 @@ def run(cfg: ReproduceConfig, out_dir: str | os.PathLike, jobs: int | None = Non
         # Each analysed point's run: its trajectory and end point θ (flatten_params' order).
         "trajectories": [
             {k: getattr(r, k) for k in ("width", "activation", "seed", "lr", "hsr")} | r.trajectory
-            | {"params": reference.flatten_params(*r.params).tolist()}
+            | {"params": mlp.flatten_params(*r.params).tolist()}
             for r in runs_by_point
         ],
     }
@@ -221,7 +221,7 @@ def reanalyse(out_dir: str | os.PathLike) -> dict:
         width = t["width"]
         shapes = [torch.empty(width, data.dim), torch.empty(width), torch.empty(1, width),
                   torch.empty(1)]
-        params = [p.clone() for p in reference.unflatten_params(theta, *shapes)]
+        params = [p.clone() for p in mlp.unflatten_params(theta, *shapes)]
         trajectory = {k: t[k] for k in ("step", "loss", "bound", "lambda_max")}
         runs_by_point.append(Run(width, t["activation"], t["seed"], t["lr"], t["hsr"],
                                  point["converged"], False, point["steps"], point["grad_norm"],

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .. import reference  # noqa: E402
+from .. import model as mlp, ops  # noqa: E402
 from .analysis import config_key  # noqa: E402
 from .claims import p_text  # noqa: E402
 
@@ -138,7 +138,7 @@ def landscapes(data, points, runs, out):
             gx, gy = torch.meshgrid(g, g, indexing="xy")
             grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
             with torch.no_grad():
-                z = reference.mlp_logits(grid, *r.params, act).reshape(gx.shape)
+                z = mlp.mlp_logits(grid, *r.params, act).reshape(gx.shape)
             ax.contourf(gx, gy, torch.sigmoid(z), levels=20, cmap="coolwarm", alpha=0.6)
             ax.contour(gx, gy, z, levels=[0], colors="k")
             ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=6, edgecolors="k", linewidths=0.2)
@@ -147,12 +147,12 @@ def landscapes(data, points, runs, out):
             ax.set_yticks([])
         ax = axes[rows - 1][col]
         with torch.no_grad():
-            hess = reference.explicit_hessian(x, y, *r.params, act, "mean")
+            hess = ops.explicit_hessian(x, y, *r.params, act, "mean")
             _, vecs = torch.linalg.eigh(hess)
             direction = vecs[:, -1]
-            theta = reference.flatten_params(*r.params)
+            theta = mlp.flatten_params(*r.params)
             alphas = torch.linspace(-1.0, 1.0, 61, dtype=torch.float64)
-            losses = [float(reference.mlp_loss(x, y, *reference.unflatten_params(theta + a * direction, *r.params), act, "mean"))
+            losses = [float(mlp.mlp_loss(x, y, *mlp.unflatten_params(theta + a * direction, *r.params), act, "mean"))
                       for a in alphas]
         ax.plot(alphas, losses, color="k")
         ax.set_xlabel("step along top eigenvector")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import ops, reference
+from .. import model as mlp, ops
 from .data import Dataset
 
 
@@ -36,7 +36,7 @@ def init_params(dim: int, width: int, std: float, gen: torch.Generator) -> list:
 
 def exact_extreme_eigenvalues(data: Dataset, params, activation: str) -> tuple[float, float]:
     """(λ_max, λ_min) of the explicit loss Hessian."""
-    hess = reference.explicit_hessian(data.x_train, data.y_train, *params, activation, "mean")
+    hess = ops.explicit_hessian(data.x_train, data.y_train, *params, activation, "mean")
     eig = torch.linalg.eigvalsh(hess)
     return float(eig[-1]), float(eig[0])
 
@@ -55,7 +55,7 @@ def train_run(data: Dataset, width: int, activation: str, seed: int, lr: float, 
     grad_norm = math.inf
     step = 0
     for step in range(max_steps + 1):
-        loss = reference.mlp_loss(x, y, *params, activation, "mean")
+        loss = mlp.mlp_loss(x, y, *params, activation, "mean")
         bound = ops.ws_bound(x, y, *params, activation, "mean") if hsr else None
         objective = loss + rho * bound if hsr else loss
         grads = torch.autograd.grad(objective, params)
@@ -103,9 +103,9 @@ def measure(data: Dataset, run: Run) -> dict:
     with torch.no_grad():
         bounds = ops.ws_bounds(x, y, *params, act, "mean")
         lam_max, lam_min = exact_extreme_eigenvalues(data, params, act)
-        hidden = reference.ACTIVATION_FUNCTIONS[act](torch.nn.functional.linear(x, params[0], params[1]))
-        test_logits = reference.mlp_logits(data.x_test, *params, act)
-        train_loss = float(reference.mlp_loss(x, y, *params, act, "mean"))
+        hidden = mlp.ACTIVATION_FUNCTIONS[act](torch.nn.functional.linear(x, params[0], params[1]))
+        test_logits = mlp.mlp_logits(data.x_test, *params, act)
+        train_loss = float(mlp.mlp_loss(x, y, *params, act, "mean"))
     return {
         "width": run.width,
         "activation": act,
@@ -135,7 +135,7 @@ def deduplicate(runs: list[Run], tol: float) -> list[Run]:
     (runs of one width, activation and method)."""
     kept: list[Run] = []
     for run in runs:
-        theta = reference.flatten_params(*run.params)
-        if all(reference.flatten_params(*k.params).sub(theta).norm() >= tol for k in kept):
+        theta = mlp.flatten_params(*run.params)
+        if all(mlp.flatten_params(*k.params).sub(theta).norm() >= tol for k in kept):
             kept.append(run)
     return kept

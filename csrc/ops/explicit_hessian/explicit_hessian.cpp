@@ -8,9 +8,11 @@
 //   _hessian_backward(hessian_bar, ..., begin, end, need_grad_x) -> [x, w1, b1, w2, b2]: the
 //       gradient of ⟨H̄, that share⟩, in the inputs' dtype (x's empty unless asked for).
 //
-// Kernels: one device-generic kernel (ATen), the Meta kernel (the same checks, shapes only).
+// Kernels: one kernel for every device (the one-logit CPU engine's loops on the CPU, ATen
+// elsewhere and for C ≥ 2 logits), the Meta kernel (the same checks, shapes only).
 #include "core/engine.h"
 #include "core/problem.h"
+#include "cpu/parameter_space.h"
 #include "multi_output/engines.h"
 #include "ops/gradient_list.h"
 
@@ -38,6 +40,10 @@ std::pair<int64_t, int64_t> sample_range(std::string_view op, const MlpProblem& 
   return {begin, last};
 }
 
+// Two assemblies of the same H: the one-logit CPU engine's fused loops (the upper triangle only,
+// half the work of a general product), and the ATen one of every head and device.
+bool runs_one_logit_cpu_engine(const MlpProblem& p) { return p.one_logit() && p.x.is_cpu(); }
+
 int64_t chunk_of(const MlpProblem& p) {
   return multi_output_chunk_for(p.num_samples(), p.num_outputs(), p.num_params());
 }
@@ -49,6 +55,9 @@ Tensor hessian_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
   const MlpProblem p =
       check_problem(kHessianName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   const auto [first, last] = sample_range(kHessianName, p, begin, end);
+  if (runs_one_logit_cpu_engine(p)) {
+    return multi_output::layout_to_flat(parameter_space_hessian_cpu(p, first, last), p);
+  }
   return multi_output::hessian_of_samples(p, first, last, chunk_of(p));
 }
 
@@ -66,6 +75,11 @@ std::vector<Tensor> hessian_backward_kernel(
   TORCH_CHECK(hessian_bar.device() == x.device(), kHessianBackwardName,
               ": expected hessian_bar on x's device ", x.device(), ", got ", hessian_bar.device());
   const auto [first, last] = sample_range(kHessianBackwardName, p, begin, end);
+  if (runs_one_logit_cpu_engine(p)) {
+    const at::Tensor bar = multi_output::flat_to_layout(hessian_bar.to(at::kDouble), p);
+    return gradient_list(parameter_space_hessian_backward_cpu(p, bar, first, last, need_grad_x),
+                         x);
+  }
   return gradient_list(multi_output::hessian_of_samples_backward(p, hessian_bar, first, last,
                                                                  chunk_of(p), need_grad_x),
                        x);

@@ -1,4 +1,4 @@
-"""Slow references for tests, benchmarks and experiments; not the product.
+"""Slow references for the tests and benchmarks (never imported by the torch_ws package):
 
 - :func:`explicit_hessian`: the n×n loss Hessian by ``torch.func.hessian`` (the ground truth).
 - :func:`ws_bound_explicit`: the WS bound from that Hessian (differentiable by third-order
@@ -228,7 +228,7 @@ def ws_bound_closed_form(
     x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
 ) -> Tensor:
     """λ_sup from :func:`hessian_traces_closed_form` (plain PyTorch + autograd)."""
-    from .ops import num_params
+    from torch_ws import num_params
 
     trace, trace_sq = hessian_traces_closed_form(
         x, target, w1, b1, w2, b2, activation, reduction, loss

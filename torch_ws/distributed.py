@@ -1,0 +1,162 @@
+"""The whole-set bounds over the ranks of a torch.distributed group, each rank holding a shard.
+
+The ranks all-gather the shards (O(N·D) bytes per rank), so each holds the whole data set, and
+split the work of one evaluation on it in the order one process would choose (docs/math.md §4.3;
+every number comes from the C++ engines):
+
+- parameter space (small networks): each rank assembles its own samples' terms of the n×n
+  Hessian (``torch.ops.torch_ws._hessian``), the ranks all-reduce H (O(n²) bytes), and each
+  takes its samples' share of the gradient of α·tr H + β·tr(H²) by the reverse mode of the
+  assembly with H̄ = αI + 2βH (``_hessian_backward``);
+- sample space: the pairs of blocks of samples are dealt to the ranks by cost
+  (``_traces_share``); the ranks all-reduce their parts of tr H and tr(H²), then of the gradient.
+
+The result equals one process's call on the concatenated shards (up to the order of float64
+sums), for every head, at every size one process takes.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .model import MlpSpec
+
+#: The problem facts the ranks must agree on, in the order of the message naming a disagreement.
+_FACT_NAMES = ("input shape", "dtype", "W1 shape", "W2 shape", "b1", "b2", "activation", "loss",
+               "reduction")
+
+
+def _facts(spec: MlpSpec, x: Tensor) -> tuple:
+    w1, b1, w2, b2 = spec.params
+    return (tuple(x.shape[1:]), str(x.dtype), tuple(w1.shape), tuple(w2.shape), b1 is not None,
+            b2 is not None, spec.activation, spec.loss, spec.reduction)
+
+
+def bounds_and_weights(traces: Tensor, num_params: int, dtype) -> tuple[list[Tensor], tuple]:
+    """The five WS bounds from the float64 traces (``_ws_bounds_from_traces``, widened for
+    ``dtype``) and λ_sup's weights (∂λ_sup/∂tr H, ∂λ_sup/∂tr(H²))."""
+    leaves = [traces[0].clone().requires_grad_(True), traces[1].clone().requires_grad_(True)]
+    with torch.enable_grad():
+        bounds = torch.ops.torch_ws._ws_bounds_from_traces(*leaves, num_params, dtype)
+        weights = torch.autograd.grad(bounds[0], leaves)
+    return [b.detach() for b in bounds], weights
+
+
+class Shards:
+    """This rank's part of one whole-set evaluation over ``group``: the shards all-gathered and
+    checked (every rank raises the same error when the ranks disagree on the problem), the
+    evaluation order chosen as one process would choose it, and this rank's part of the work.
+
+    Args:
+        spec: the model and loss.
+        x, target: this rank's shard (the target prepared by ``spec.prepare_target``); a rank
+            may hold no samples.
+        group: the process group.
+    """
+
+    def __init__(self, spec: MlpSpec, x: Tensor, target: Tensor, group):
+        import torch.distributed as dist
+
+        facts = _facts(spec, x)
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        everyone = [None] * self.world
+        dist.all_gather_object(everyone, (facts, x.detach().cpu(), target.detach().cpu()),
+                               group=group)
+        for rank, (other, _, _) in enumerate(everyone):
+            if other != facts:
+                differ = [f"{name}: {a} here, {b} on rank {rank}"
+                          for name, a, b in zip(_FACT_NAMES, facts, other) if a != b]
+                raise ValueError("torch_ws: the ranks disagree on " + "; ".join(differ))
+        device = spec.hidden.weight.device
+        x_all = torch.cat([part[1] for part in everyone]).to(device)
+        target_all = torch.cat([part[2] for part in everyone]).to(device)
+        self.begin = sum(len(part[1]) for part in everyone[:self.rank])
+        self.end = self.begin + len(x)
+        self.spec = spec
+        self.num_params = spec.num_params
+        params = [p.detach() if p is not None else None for p in spec.params]
+        self.args = (x_all, target_all, *params, spec.activation, spec.reduction, spec.loss)
+        w1, b1, _, b2 = params
+        self.parameter_space = torch.ops.torch_ws._engine(
+            x_all, w1, b1 is not None, b2 is not None, spec.num_outputs) == "parameter"
+        self.hessian: Optional[Tensor] = None
+
+    def _all_reduce(self, tensor: Tensor) -> Tensor:
+        torch.distributed.all_reduce(tensor, group=self.group)
+        return tensor
+
+    def traces(self) -> Tensor:
+        """(tr H, tr H²) of the union of the shards, float64, on every rank."""
+        if self.parameter_space:
+            self.hessian = self._all_reduce(
+                torch.ops.torch_ws._hessian(*self.args, self.begin, self.end))
+            return torch.stack([self.hessian.diagonal().sum(), (self.hessian ** 2).sum()])
+        trace, trace_sq, _ = torch.ops.torch_ws._traces_share(*self.args, self.rank, self.world)
+        return self._all_reduce(torch.stack([trace, trace_sq]))
+
+    def gradient_share(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
+        """This rank's part of the gradient of d_trace·tr H + d_trace_sq·tr H² with respect to
+        the present parameters ((w1, b1, w2, b2) without absent biases); the parts of all ranks
+        sum to the whole gradient."""
+        if self.parameter_space:
+            # d(α tr H + β tr H²) = ⟨αI + 2βH, dH⟩, H the all-reduced Hessian, held fixed.
+            eye = torch.eye(self.num_params, dtype=torch.float64, device=self.hessian.device)
+            hessian_bar = d_trace * eye + (2 * d_trace_sq) * self.hessian
+            grads = torch.ops.torch_ws._hessian_backward(hessian_bar, *self.args, self.begin,
+                                                         self.end)
+        else:
+            _, _, grads = torch.ops.torch_ws._traces_share(*self.args, self.rank, self.world,
+                                                           [d_trace, d_trace_sq])
+        present = [p is not None for p in self.spec.params]
+        return [g for g, keep in zip(grads[1:], present) if keep]
+
+    def gradient(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
+        """The whole gradient, on every rank (the ranks' parts all-reduced)."""
+        return [self._all_reduce(g) for g in self.gradient_share(d_trace, d_trace_sq)]
+
+
+class GlobalBatchBound(torch.autograd.Function):
+    """λ_sup of the union of the ranks' batches, for ``HSRRegularizer(global_batch=True)``. The
+    backward returns this rank's part of the gradient times the world size:
+    DistributedDataParallel averages gradients over the ranks, which then leaves the whole
+    gradient in every rank's ``.grad``."""
+
+    @staticmethod
+    def forward(ctx, spec: MlpSpec, x: Tensor, target: Tensor, group, *leaves):
+        shards = Shards(spec, x, target, group)
+        traces = shards.traces()
+        bounds, weights = bounds_and_weights(traces, shards.num_params, x.dtype)
+        ctx.shards, ctx.weights = shards, weights
+        return bounds[0].to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_bound):
+        scale = float(grad_bound)
+        d_trace, d_trace_sq = (float(w) * scale for w in ctx.weights)
+        shares = ctx.shards.gradient_share(d_trace, d_trace_sq)
+        return (None, None, None, None, *(share * ctx.shards.world for share in shares))
+
+
+def distributed_bounds(spec: MlpSpec, x: Tensor, target: Tensor, group, grad: bool,
+                       progress: Optional[Callable[[str], None]] = None):
+    """The whole-set :class:`~torch_ws.WSBounds` when each rank of ``group`` holds a shard
+    (x, prepared target); with ``grad``, the whole gradient of ``lambda_max_upper`` is added to
+    the parameters' ``.grad`` on every rank. ``progress(stage)`` is called before each stage."""
+    from .ops import WSBounds
+
+    step = progress or (lambda stage: None)
+    step("gathering the shards")
+    shards = Shards(spec, x, target, group)
+    step("traces" + (" (Hessian shares)" if shards.parameter_space else " (pair shares)"))
+    traces = shards.traces()
+    bounds, (d_trace, d_trace_sq) = bounds_and_weights(traces, shards.num_params, x.dtype)
+    if grad:
+        step("gradient")
+        for g, p in zip(shards.gradient(float(d_trace), float(d_trace_sq)), spec.leaves):
+            g = g.to(p.dtype)
+            p.grad = g if p.grad is None else p.grad + g
+    return WSBounds(*(b.to(x.dtype) for b in bounds), trace=traces[0].to(x.dtype),
+                    trace_sq=traces[1].to(x.dtype), num_params=shards.num_params)
