@@ -156,3 +156,16 @@ def test_no_product_module_imports_the_reference():
             "    if m.name != 'torch_ws.__main__': importlib.import_module(m.name)\n"
             "assert 'reference' not in sys.modules and 'torch_ws.reference' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_explicit_hessian_in_cache_sized_bands(monkeypatch):
+    """n = 1101: the one-logit CPU assembly splits H's rows into bands that fit the caches
+    (more bands than lanes); its trace and Frobenius norm are the sample-space engine's."""
+    args = head_problem("bce", 1, "binary", n=30, d=20, h=50)
+    hessian = torch_ws.explicit_hessian(*args, "tanh", "mean", "bce")
+    assert hessian.shape == (1101, 1101)
+    torch.testing.assert_close(hessian, hessian.T, rtol=0, atol=0)
+    monkeypatch.setenv("TORCH_WS_ENGINE", "sample")
+    trace, trace_sq = torch_ws.hessian_traces(*args, "tanh", "mean", "bce")
+    assert float(hessian.trace()) == pytest.approx(float(trace), rel=1e-12)
+    assert float((hessian ** 2).sum()) == pytest.approx(float(trace_sq), rel=1e-12)
