@@ -102,6 +102,30 @@ def test_low_precision_inputs_without_autocast(dtype):
         assert torch.equal(g, e.to(dtype))
 
 
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_inputs_under_inference_mode(dtype):
+    """torch.inference_mode() skips the Autograd key, where the policy above first applies: the
+    backend kernels apply it too, so every public op gives the same numbers as without it."""
+    model, x, target = model_and_data()
+    low = model.to(dtype)
+    x, target = x.to(dtype), target.to(dtype)
+    p = [t.detach() for t in params(low)]
+    batched = [t.unsqueeze(0) for t in p]
+    calls = [lambda: torch_ws.ws_bound(x, target, *p),
+             lambda: torch_ws.hessian_traces(x, target, *p),
+             lambda: torch_ws.spectral_bound(x, target, *p),
+             lambda: torch_ws.ws_bound_batched(x, target, *batched)]
+    for call in calls:
+        expected = call()
+        with torch.inference_mode():
+            got = call()
+        got = got if isinstance(got, tuple) else (got,)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for g, e in zip(got, expected):
+            assert g.dtype == e.dtype and torch.equal(g, e)
+        assert got[0].dtype == dtype
+
+
 def test_mixed_low_and_full_precision_is_still_refused():
     model, x, target = model_and_data()
     w1, b1, w2, b2 = params(model)

@@ -21,6 +21,7 @@
 // form of _traces_with_gradients, and combines each model's gradients with its own coefficients.
 #include "core/problem.h"
 #include "core/ws_bound.h"
+#include "ops/low_precision.h"
 #include "ops/schemas.h"
 
 #include <torch/autograd.h>
@@ -380,28 +381,7 @@ void refuse_tangents(const std::vector<Tensor>& inputs, const char* op) {
   }
 }
 
-// ---- bfloat16 / float16 inputs. ----
-
-// Whether every floating input is in one lower-precision dtype (bfloat16 or float16): then the
-// ops compute in float32 (with float64 scalar sums, as for float32 inputs) on the exact upcast
-// values and return the input dtype. Mixed dtypes are left to the usual check, which names them.
-bool all_low_precision(const Tensor& x, const Tensor& target, const Tensor& w1,
-                       const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2) {
-  const at::ScalarType dtype = x.scalar_type();
-  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
-  auto same = [&](const Tensor& t) {
-    return !t.defined() || !t.is_floating_point() || t.scalar_type() == dtype;
-  };
-  return same(target) && same(w1) && same(w2) && same(b1.value_or(Tensor())) &&
-         same(b2.value_or(Tensor()));
-}
-
-Tensor as_float32(const Tensor& t) {
-  return t.is_floating_point() ? t.to(at::kFloat) : t;
-}
-optional<Tensor> as_float32(const optional<Tensor>& t) {
-  return t ? optional<Tensor>(as_float32(*t)) : t;
-}
+// ---- The public ops: the low-precision policy (ops/low_precision.h), then autograd. ----
 
 // Whether autograd will record this call; if not, the plain kernels skip the gradient work.
 bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
@@ -415,13 +395,8 @@ std::tuple<Tensor, Tensor> hessian_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
-  if (all_low_precision(x, target, w1, b1, w2, b2)) {
-    // The casts are ordinary differentiable ops: gradients return in the input dtype.
-    static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
-    auto [trace, trace_sq] = op.call(as_float32(x), as_float32(target), as_float32(w1),
-                                     as_float32(b1), as_float32(w2), as_float32(b2), activation,
-                                     reduction, loss);
-    return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
+  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
+    return low_precision::hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kHessianTracesName);
   const bool reverse = records_grad(x, w1, b1, w2, b2);
@@ -448,12 +423,8 @@ Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1
                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
                          c10::string_view activation, c10::string_view reduction,
                          c10::string_view loss) {
-  if (all_low_precision(x, target, w1, b1, w2, b2)) {
-    static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
-    const Tensor bound = op.call(as_float32(x), as_float32(target), as_float32(w1),
-                                 as_float32(b1), as_float32(w2), as_float32(b2), activation,
-                                 reduction, loss);
-    return round_directed(bound, x.scalar_type(), /*up=*/true);
+  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
+    return low_precision::ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundName);
   const bool reverse = records_grad(x, w1, b1, w2, b2);
@@ -484,13 +455,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_autogr
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
   static auto op = find_op<SpectralBoundSignature>("torch_ws::spectral_bound");
-  if (all_low_precision(x, target, w1, b1, w2, b2)) {
-    auto [upper, ggn, residual_max, lambda_min, residual, iterations] =
-        op.call(as_float32(x), as_float32(target), as_float32(w1), as_float32(b1),
-                as_float32(w2), as_float32(b2), activation, reduction, loss);
-    const auto dtype = x.scalar_type();
-    return {round_directed(upper, dtype, /*up=*/true), ggn.to(dtype), residual_max.to(dtype),
-            round_directed(lambda_min, dtype, /*up=*/false), residual.to(dtype), iterations};
+  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
+    return low_precision::spectral_bound(x, target, w1, b1, w2, b2, activation, reduction, loss);
   }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kSpectralBoundName);
   TORCH_CHECK(!tangents.any, kSpectralBoundName, ": forward-mode AD (torch.func.jvp, jacfwd, "
@@ -510,11 +476,9 @@ Tensor ws_bound_batched_autograd(const Tensor& x, const Tensor& target, const Te
                                  const optional<Tensor>& b2, c10::string_view activation,
                                  c10::string_view reduction, c10::string_view loss) {
   static auto op = find_op<WsBoundBatchedSignature>("torch_ws::ws_bound_batched");
-  if (all_low_precision(x, target, w1, b1, w2, b2)) {
-    const Tensor bound = op.call(as_float32(x), as_float32(target), as_float32(w1),
-                                 as_float32(b1), as_float32(w2), as_float32(b2), activation,
-                                 reduction, loss);
-    return round_directed(bound, x.scalar_type(), /*up=*/true);
+  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
+    return low_precision::ws_bound_batched(x, target, w1, b1, w2, b2, activation, reduction,
+                                           loss);
   }
   const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundBatchedName);
   TORCH_CHECK(!tangents.any, kWsBoundBatchedName, ": forward-mode AD (torch.func.jvp, jacfwd, "

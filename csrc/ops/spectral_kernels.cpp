@@ -4,6 +4,7 @@
 #include "core/engine.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"
+#include "ops/low_precision.h"
 #include "ops/schemas.h"
 #include "spectral/spectral_bound.h"
 
@@ -69,6 +70,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_kernel
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
+  if (low_precision::applies(x, target, w1, b1, w2, b2)) {  // under torch.inference_mode()
+    return low_precision::spectral_bound(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  }
   return public_outputs(
       spectral_parts_kernel(x, target, w1, b1, w2, b2, activation, reduction, loss));
 }

@@ -1,0 +1,46 @@
+// bfloat16 / float16 inputs: when every floating input has one of these dtypes, the public ops
+// compute in float32 (with float64 scalar sums, as for float32 inputs) on the exactly upcast
+// values and return the input dtype, bounds rounded outward. Mixed dtypes are left to the usual
+// check, which names them.
+//
+// The policy is applied where the call first arrives: the Autograd kernels (autograd.cpp), and
+// the backend kernels for calls that skip the Autograd key (torch.inference_mode()). Both call
+// the functions below, which redispatch with float32 tensors (the casts are ordinary
+// differentiable ops, so gradients return in the input dtype).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+
+namespace torch_ws::low_precision {
+
+bool applies(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+             const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+             const std::optional<at::Tensor>& b2);
+
+std::tuple<at::Tensor, at::Tensor> hessian_traces(
+    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const std::optional<at::Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss);
+
+at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                    const std::optional<at::Tensor>& b2, c10::string_view activation,
+                    c10::string_view reduction, c10::string_view loss);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+spectral_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+               const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+               const std::optional<at::Tensor>& b2, c10::string_view activation,
+               c10::string_view reduction, c10::string_view loss);
+
+at::Tensor ws_bound_batched(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
+                            const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                            const std::optional<at::Tensor>& b2, c10::string_view activation,
+                            c10::string_view reduction, c10::string_view loss);
+
+}  // namespace torch_ws::low_precision
