@@ -269,3 +269,47 @@ def test_spectral_regularizer_saves_and_loads(tmp_path):
 def test_unknown_bound_is_refused():
     with pytest.raises(ValueError, match="bound must be one of"):
         torch_ws.HSRRegularizer(mlp(nn.Tanh()), bound="lanczos")
+
+
+class _Tripled(nn.Linear):
+    def forward(self, x):
+        return 3 * super().forward(x)
+
+
+class _Renamed(nn.Linear):
+    """A subclass that keeps nn.Linear's forward: the same function, accepted."""
+
+
+@pytest.mark.parametrize("first, message", [
+    (lambda: _Tripled(3, 4), "the first layer is _Tripled, a subclass of nn.Linear with its own "
+                             "forward"),
+    (lambda: nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)),
+     r"the first layer is parametrized \(torch.nn.utils.parametrize"),
+    (lambda: nn.utils.parametrizations.spectral_norm(nn.Linear(3, 4)),
+     r"the first layer is parametrized"),
+    ("a forward hook that doubles the output", None),
+])
+def test_layers_whose_function_is_not_plain_linear_are_refused(first, message):
+    """A Linear subclass computing 3·(Wx + b) was bounded as the plain layer (λ_max 3.10, "bound"
+    0.877); parametrized layers train other tensors than W. Both are refused by every
+    module-level entry point, naming it."""
+    if message is None:
+        layer = nn.Linear(3, 4)
+        layer.register_forward_hook(lambda m, i, o: 2 * o)
+        message = "the first layer has forward hooks or a computed weight"
+    else:
+        layer = first()
+    model = nn.Sequential(layer, nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(5, 3), torch.rand(5)
+    with pytest.raises(ValueError, match="HSRRegularizer: " + message):
+        torch_ws.HSRRegularizer(model)
+    with pytest.raises(ValueError, match="dataset_bounds: " + message):
+        torch_ws.dataset_bounds(model, [(x, y)])
+
+
+def test_a_linear_subclass_with_linears_forward_is_accepted():
+    model = nn.Sequential(_Renamed(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(5, 3), torch.rand(5)
+    expected = torch_ws.ws_bound(x, y, model[0].weight, model[0].bias, model[2].weight,
+                                 model[2].bias)
+    assert torch.equal(torch_ws.HSRRegularizer(model)(x, y), expected)

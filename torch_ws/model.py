@@ -111,6 +111,31 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def _check_plain_linear(layer: nn.Module, name: str, caller: str) -> None:
+    """Accepts exactly the layers whose function is nn.Linear's x·Wᵀ + b in the parameters that
+    training updates; refuses the others, saying why (the closed form would silently describe
+    another function, or the Hessian in other parameters)."""
+    kind = type(layer).__name__
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"{caller}: the {name} layer must be nn.Linear, got {kind}")
+    if type(layer).forward is not nn.Linear.forward:
+        raise ValueError(
+            f"{caller}: the {name} layer is {kind}, a subclass of nn.Linear with its own "
+            "forward; the closed form describes nn.Linear's x·Wᵀ + b only")
+    if torch.nn.utils.parametrize.is_parametrized(layer):
+        raise ValueError(
+            f"{caller}: the {name} layer is parametrized (torch.nn.utils.parametrize, e.g. "
+            "weight_norm or spectral_norm): training updates the parametrization's tensors, "
+            "and the Hessian in those is not the one in W that the closed form gives; remove "
+            "the parametrization (parametrize.remove_parametrizations) to bound the plain layer")
+    if layer._forward_pre_hooks or layer._forward_hooks or not isinstance(
+            layer.weight, nn.Parameter):
+        raise ValueError(
+            f"{caller}: the {name} layer has forward hooks or a computed weight (e.g. the old "
+            "torch.nn.utils.weight_norm or spectral_norm), which change what it computes or "
+            "which tensors training updates; the closed form describes a plain nn.Linear")
+
+
 @dataclass(frozen=True, eq=False)
 class MlpSpec:
     """A model ``Linear(D, H) → φ → Linear(H, C)`` and its loss, as the closed forms read them.
@@ -164,9 +189,7 @@ class MlpSpec:
         else:
             hidden = model
         for name, layer in (("first", hidden), ("last", output)):
-            if not isinstance(layer, nn.Linear):
-                raise ValueError(
-                    f"{caller}: the {name} layer must be nn.Linear, got {type(layer).__name__}")
+            _check_plain_linear(layer, name, caller)
         loss_name, reduction, smoothing = loss_options(loss, reduction, caller)
         width = output.out_features
         if loss_name == "bce" and width != 1:
