@@ -96,3 +96,22 @@ def test_parameter_space_refuses_a_hessian_too_large(monkeypatch):
     p = make_problem(n=4, d=100, h=50)  # n = 5101
     with pytest.raises(RuntimeError, match="n = 5101 exceeds the limit of 4096"):
         torch_ws.ws_bound(*p.args())
+
+
+def test_the_engine_table_says_what_each_engine_costs_and_why_it_refuses(monkeypatch):
+    """_engines reads the same table as the automatic choice and TORCH_WS_ENGINE: every engine of
+    the head with its cost, whether it takes the problem or why not, the choice marked."""
+    monkeypatch.delenv("TORCH_WS_ENGINE", raising=False)
+    rows = torch.ops.torch_ws._engines(torch.empty(200, 2), torch.empty(10, 2), True, True)
+    assert [r.split(":")[0] for r in rows] == ["parameter", "sample"]
+    assert rows[0].endswith("takes this problem (chosen)") and "O(N·n²)" in rows[0]
+    assert rows[1].endswith("takes this problem")
+    wide = torch.ops.torch_ws._engines(torch.empty(4, 100), torch.empty(50, 100), True, True)
+    assert "refuses it: holds the n×n Hessian, and n = 5101 exceeds the limit of 4096" in wide[0]
+    assert wide[1].endswith("(chosen)")
+    heads = torch.ops.torch_ws._engines(torch.empty(500, 20), torch.empty(32, 20), True, True, 10)
+    assert "per-sample Jacobians" in heads[0] and "O(N²(D + C²H))" in heads[1]
+    monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
+    with pytest.raises(RuntimeError, match=r"_engines|TORCH_WS_ENGINE=parameter holds the n×n "
+                                           r"Hessian, and n = 5101"):
+        torch.ops.torch_ws._engines(torch.empty(4, 100), torch.empty(50, 100), True, True)

@@ -1,5 +1,5 @@
 // Shares: the sample-space sums split into parts that several processes (the ranks of a
-// torch.distributed group) compute independently and then add up (docs/math.md §4.3). tr(H²) is
+// torch.distributed group) compute independently and then add up (docs/math.md §4.1). tr(H²) is
 // a sum over pairs of blocks of samples; each pair goes to exactly one share, and tr H (O(N(D + H))
 // work) to share 0, so the shares' traces and gradients sum to the whole ones. The same dealing
 // spreads a share's pairs over the CPU lanes.

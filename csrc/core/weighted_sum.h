@@ -16,7 +16,7 @@ inline at::Tensor weighted_sum(const at::Tensor& alpha, const at::Tensor& a,
 }
 
 // CPU tensors of one shape and dtype (floating, bfloat16/float16 included): one fused loop, a
-// fresh contiguous result (cpu/weighted_sum.cpp). At the papers' scale five tensor operations
+// fresh contiguous result (engines/cpu/weighted_sum.cpp). At the papers' scale five tensor operations
 // per gradient were a third of a backward's time.
 at::Tensor weighted_sum_cpu(double alpha, const at::Tensor& a, double beta, const at::Tensor& b);
 

@@ -1,13 +1,15 @@
-// The op catalogue: every torch_ws schema, in one TORCH_LIBRARY. Kernels are registered where they
-// are implemented: kernels.cpp (CPU, CUDA, Meta), autograd/autograd.cpp (Autograd).
+// The op catalogue of the first op families, in one TORCH_LIBRARY (later families define their
+// schemas with TORCH_LIBRARY_FRAGMENT in their own folder, csrc/ops/<family>/). Kernels are
+// registered where they are implemented: ops/<family>/ (every backend, Meta),
+// autograd/autograd.cpp (Autograd).
 //
 // Public: hessian_traces, ws_bound, ws_bound_batched, spectral_bound. Internal, run by autograd:
 // _traces_with_gradients (the traces and the gradients of tr H and tr(H²) with respect to
 // (x, w1, b1, w2, b2), from whichever engine the problem gets), _traces_backward (their
 // combination with the upstream gradients, docs/math.md §6), _ws_bound_with_gradient (the traces
 // and λ_sup's gradient alone, which ws_bound's autograd uses), spectral_bound's _spectral_parts
-// and _spectral_backward (math.md §9; kernels in spectral_kernels.cpp), and ws_bound_batched's
-// _batched_traces (kernels in batched_kernels.cpp).
+// and _spectral_backward (math.md §9; kernels in ops/spectral/), and ws_bound_batched's
+// _batched_traces (kernels in ops/batched/).
 // The rest are small helpers shared with the Python package, so that facts
 // (supported names, the parameter count, the bounds from the traces) live in C++ only.
 #include "ops/schemas.h"
@@ -23,7 +25,7 @@ TORCH_LIBRARY(torch_ws, m) {
       "ws_bound(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> Tensor");
   // ws_bound of B networks of one shape on one data set: w1 (B, H, D), b1 (B, H), w2 (B, C, H),
-  // b2 (B, C) -> (B,). Kernels in batched_kernels.cpp.
+  // b2 (B, C) -> (B,). Kernels in ops/batched/.
   m.def(
       "ws_bound_batched(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> Tensor");
@@ -94,6 +96,9 @@ TORCH_LIBRARY(torch_ws, m) {
   // Introspection for tests and benchmarks: the engine a problem of these shapes gets, the tile
   // size of the CPU pairwise stage for N samples, and how many threads its lanes really run on.
   m.def("_engine(Tensor x, Tensor w1, bool has_b1, bool has_b2, int num_outputs=1) -> str");
+  // Every engine of the problem's head from the engine table: its cost, whether it takes the
+  // problem (or why not), the automatic choice marked.
+  m.def("_engines(Tensor x, Tensor w1, bool has_b1, bool has_b2, int num_outputs=1) -> str[]");
   m.def("_tile_size(int num_samples) -> int");
   m.def("_parallel_threads() -> int");
 }

@@ -10,10 +10,10 @@
 //
 // Kernels: one kernel for every device (the one-logit CPU engine's loops on the CPU, ATen
 // elsewhere and for C ≥ 2 logits), the Meta kernel (the same checks, shapes only).
-#include "core/engine.h"
+#include "engines/dispatch.h"
 #include "core/problem.h"
-#include "cpu/parameter_space.h"
-#include "multi_output/engines.h"
+#include "engines/parameter_space/parameter_space.h"
+#include "engines/multi_output/engines.h"
 #include "ops/gradient_list.h"
 
 #include <torch/library.h>

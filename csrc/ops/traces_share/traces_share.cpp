@@ -1,6 +1,6 @@
 // The traces-share family: one process's part of the sample-space sums when several processes
 // (the ranks of a torch.distributed group) hold the whole data set and split the work
-// (core/share.h, docs/math.md §4.3). The parts of tr H, of tr(H²) and of the gradient of
+// (core/share.h, docs/math.md §4.1). The parts of tr H, of tr(H²) and of the gradient of
 // α·tr H + β·tr(H²) sum, over shares 0 … S−1, to the whole ones; α and β (a bound's derivatives
 // in the whole traces) come from the caller, which knows the whole traces only after the sum.
 //
@@ -10,7 +10,7 @@
 //       dtype; x's empty unless asked for; an empty list without weights).
 //
 // Kernels: one device-generic kernel (the engines pick the device's path), the Meta kernel.
-#include "core/engine.h"
+#include "engines/dispatch.h"
 #include "core/problem.h"
 #include "ops/gradient_list.h"
 

@@ -7,8 +7,8 @@
 // Three stages, as in the one-logit engine (sample_space.h): per-sample features; the pairwise
 // sums with, for gradients, their adjoints with respect to the per-sample arrays; one chain from
 // those adjoints to x, w1, b1, w2, b2, shared by tr H and tr(H²). Stages 1 and 3 are features.cpp.
-#include "multi_output/engines.h"
-#include "multi_output/features.h"
+#include "engines/multi_output/engines.h"
+#include "engines/multi_output/features.h"
 
 #include <algorithm>
 #include <optional>

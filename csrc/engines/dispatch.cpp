@@ -1,10 +1,11 @@
-// The one place that chooses an engine and a tile size, and the evaluation every kernel calls.
-#include "engine.h"
+// The one place that chooses an engine and a tile size (the engine table below), and the
+// evaluation every kernel calls.
+#include "engines/dispatch.h"
 
 #include "core/weighted_sum.h"
-#include "cpu/parameter_space.h"
-#include "multi_output/engines.h"
-#include "sample_space/sample_space.h"
+#include "engines/parameter_space/parameter_space.h"
+#include "engines/multi_output/engines.h"
+#include "engines/sample_space/sample_space.h"
 
 #include <c10/util/Exception.h>
 
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace torch_ws {
 
@@ -66,11 +68,6 @@ int64_t tile_size_from(int64_t num_samples, int64_t setting, int64_t max_tile,
   return (num_samples + blocks - 1) / blocks;
 }
 
-// The weight of the multi-output parameter engine's work count against the sample engine's
-// (choose_engine), fitted on 2 cores (float32, value and gradients, 11 shapes from n = 21 to
-// 1002): near the boundary the time ratio was 0.6–0.7 of the work ratio (0.5 keeps N = 500,
-// C = 5, n = 325 on the parameter side, measured 28 ms against 31 ms).
-constexpr double kMultiOutputParameterWeight = 0.5;
 
 // One logit: tiles of at most 256, whose dozen T×T work arrays stay cache-sized while their
 // T×T×H products run near the BLAS peak. From 2·64 samples on there are at least two blocks
@@ -101,54 +98,14 @@ int64_t multi_output_chunk_for(int64_t num_samples, int64_t num_outputs, int64_t
   return tile_size_from(num_samples, tile_setting(), max_chunk, 1);
 }
 
-Engine choose_engine(const ProblemShape& shape) {
-  const EngineSetting setting = engine_setting();
-  if (setting == EngineSetting::SampleSpace) return Engine::SampleSpace;
-  const int64_t num_params = count_params(shape.hidden, shape.in_dim, shape.num_outputs,
-                                          shape.has_b1, shape.has_b2);
-  const bool one_logit = shape.num_outputs == 1;
-  // The one-logit parameter engine is fused CPU loops; the one for C ≥ 2 logits is ATen.
-  const bool device_ok = shape.device.is_cpu() || !one_logit;
-  if (setting == EngineSetting::ParameterSpace) {
-    TORCH_CHECK(device_ok, "torch_ws: TORCH_WS_ENGINE=parameter runs on the CPU only for heads of "
-                "one logit, but x is on ", shape.device, "; unset it or use 'sample'");
-    TORCH_CHECK(num_params <= kMaxParameterSpaceParams, "torch_ws: TORCH_WS_ENGINE=parameter "
-                "holds the n×n Hessian, and n = ", num_params, " exceeds the limit of ",
-                kMaxParameterSpaceParams, "; unset it or use 'sample'");
-    return Engine::ParameterSpace;
-  }
-  if (!device_ok || num_params > kMaxParameterSpaceParams) return Engine::SampleSpace;
-  const double n = static_cast<double>(shape.num_samples);
-  const double params = static_cast<double>(num_params);
-  if (!one_logit) {
-    // Both engines are ATen products here. Work with gradients, in multiply-adds: about
-    // 3·N·C·n² for the assembly, JH̄ and S̄ (parameter space) against about 3·N²·C·(C·H + 2H) + N²D
-    // for the block products and their adjoints (sample space), the first weighted by a factor
-    // fitted on 2 cores.
-    const double c = static_cast<double>(shape.num_outputs), h = static_cast<double>(shape.hidden);
-    const double parameter_work = kMultiOutputParameterWeight * 3.0 * n * c * params * params;
-    const double sample_work = n * n * (3.0 * c * (c * h + 2 * h) + shape.in_dim);
-    return parameter_work <= sample_work ? Engine::ParameterSpace : Engine::SampleSpace;
-  }
-  // Work per call with gradients: about 2·N·n² multiply-adds here (assembly, then H̄g_i per
-  // sample) against about 1.5·N²·(8H + D) for the pairwise sums and their adjoints. This
-  // engine's loops are scalar code, and once the n×n Hessian outgrows the caches each pass over
-  // it waits on memory, while the pairwise products run as BLAS. So its count is weighted by
-  // 0.14·√n, fitted on 2 cores (float32, both engines in lanes): at the boundary it picks the
-  // faster engine or one within 5% of it (N = 512, 1024, 2048 with n = 161 and 289).
-  const double weight = 0.14 * std::sqrt(params);
-  const double parameter_work = weight * 2.0 * params * params * n;
-  const double sample_work = 1.5 * n * n * (8 * shape.hidden + shape.in_dim);
-  return parameter_work <= sample_work ? Engine::ParameterSpace : Engine::SampleSpace;
-}
-
 namespace {
 
-TracesResult parameter_space(const MlpProblem& p, Gradients gradients) {
-  if (!p.one_logit()) {
-    return multi_output::parameter_space_traces(
-        p, gradients, multi_output_chunk_for(p.num_samples(), p.num_outputs(), p.num_params()));
-  }
+TracesResult multi_output_parameter_space(const MlpProblem& p, Gradients gradients) {
+  return multi_output::parameter_space_traces(
+      p, gradients, multi_output_chunk_for(p.num_samples(), p.num_outputs(), p.num_params()));
+}
+
+TracesResult one_logit_parameter_space(const MlpProblem& p, Gradients gradients) {
   ParameterSpaceResult r = parameter_space_cpu(p, gradients != Gradients::None,
                                                gradients == Gradients::ParametersAndX);
   auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options().dtype(at::kDouble)); };
@@ -210,11 +167,6 @@ TracesResult sample_space(const MlpProblem& p, Gradients gradients, const Share&
   return out;
 }
 
-ProblemShape shape_of(const MlpProblem& p) {
-  return {p.x.device(),      p.num_samples(),   p.in_dim(),      p.hidden(),
-          p.num_outputs(),   p.b1.has_value(),  p.b2.has_value()};
-}
-
 // α·a + β·b for each gradient (core/weighted_sum.h): on the CPU one fused loop each, which at
 // the papers' scale (the parameter-space engine, a call of a few hundred µs) saves the dozens of
 // small tensor operations of the any-device form.
@@ -231,11 +183,153 @@ InputGradients weigh_gradients(const at::Tensor& alpha, const InputGradients& a,
           weighted_sum(alpha, a.b2, beta, b.b2)};
 }
 
+// ---- The engine table: one row per engine, read by the automatic choice, TORCH_WS_ENGINE, the
+// _engine/_engines ops and the error messages. ----
+
+struct EngineEntry {
+  Engine engine;
+  bool one_logit;    // the head it serves: one logit (C = 1), or C ≥ 2 logits
+  const char* cost;  // its order and cost, in words
+  // Why it refuses a problem of this shape; empty when it takes it.
+  std::string (*refusal)(const ProblemShape&);
+  // Multiply-adds of a call with gradients, weighted as measured on 2 cores: the automatic
+  // choice takes the engine with the least.
+  double (*work)(const ProblemShape&);
+  TracesResult (*evaluate)(const MlpProblem&, Gradients);
+};
+
+int64_t num_params_of(const ProblemShape& s) {
+  return count_params(s.hidden, s.in_dim, s.num_outputs, s.has_b1, s.has_b2);
+}
+
+std::string hessian_too_large(const ProblemShape& s) {
+  const int64_t n = num_params_of(s);
+  if (n <= kMaxParameterSpaceParams) return "";
+  return "holds the n×n Hessian, and n = " + std::to_string(n) + " exceeds the limit of " +
+         std::to_string(kMaxParameterSpaceParams);
+}
+
+// The weight of the multi-output parameter engine's work count against the sample engine's,
+// fitted on 2 cores (float32, value and gradients, 11 shapes from n = 21 to 1002): near the
+// boundary the time ratio was 0.6–0.7 of the work ratio (0.5 keeps N = 500, C = 5, n = 325 on
+// the parameter side, measured 28 ms against 31 ms).
+constexpr double kMultiOutputParameterWeight = 0.5;
+
+// Parameter rows first: on equal work the Hessian is the smaller object.
+const EngineEntry kEngines[] = {
+    {Engine::ParameterSpace, true,
+     "the n×n Hessian assembled in fused CPU loops, O(N·n²) time, O(n²) memory",
+     [](const ProblemShape& s) -> std::string {
+       if (!s.device.is_cpu()) {
+         return "runs on the CPU only for heads of one logit, but x is on " + s.device.str();
+       }
+       return hessian_too_large(s);
+     },
+     // About 2·N·n² multiply-adds (assembly, then H̄g_i per sample). These loops are scalar
+     // code, and once H outgrows the caches each pass waits on memory while the pairwise
+     // products run as BLAS: weighted by 0.14·√n, fitted on 2 cores (float32, both engines in
+     // lanes): at the boundary it picks the faster engine or one within 5% of it (N = 512,
+     // 1024, 2048 with n = 161 and 289).
+     [](const ProblemShape& s) {
+       const auto n = static_cast<double>(num_params_of(s));
+       return 0.14 * std::sqrt(n) * 2.0 * n * n * static_cast<double>(s.num_samples);
+     },
+     &one_logit_parameter_space},
+    {Engine::SampleSpace, true,
+     "pairwise sums over samples in T×T tiles (whole matrices off the CPU), O(N²(D + H)) time, "
+     "O(N(D + H) + T²) memory",
+     [](const ProblemShape&) { return std::string(); },
+     // About 1.5·N²·(8H + D) for the pairwise sums and their adjoints.
+     [](const ProblemShape& s) {
+       const auto n = static_cast<double>(s.num_samples);
+       return 1.5 * n * n * static_cast<double>(8 * s.hidden + s.in_dim);
+     },
+     [](const MlpProblem& p, Gradients g) { return sample_space(p, g, {}); }},
+    {Engine::ParameterSpace, false,
+     "the n×n Hessian from the per-sample Jacobians (ATen, any device), O(N·C·n²) time, "
+     "O(n²) memory",
+     &hessian_too_large,
+     // About 3·N·C·n² for the assembly, JH̄ and S̄, weighted by the fitted factor.
+     [](const ProblemShape& s) {
+       const auto n = static_cast<double>(num_params_of(s));
+       return kMultiOutputParameterWeight * 3.0 * static_cast<double>(s.num_samples) *
+              static_cast<double>(s.num_outputs) * n * n;
+     },
+     &multi_output_parameter_space},
+    {Engine::SampleSpace, false,
+     "pairwise sums over blocks of samples (ATen, any device), O(N²(D + C²H)) time, "
+     "O(N(D + C·H) + (T·C)²) memory",
+     [](const ProblemShape&) { return std::string(); },
+     // About 3·N²·C·(C·H + 2H) + N²D for the block products and their adjoints.
+     [](const ProblemShape& s) {
+       const auto n = static_cast<double>(s.num_samples), c = static_cast<double>(s.num_outputs);
+       const auto h = static_cast<double>(s.hidden);
+       return n * n * (3.0 * c * (c * h + 2 * h) + static_cast<double>(s.in_dim));
+     },
+     [](const MlpProblem& p, Gradients g) { return sample_space(p, g, {}); }},
+};
+
+bool serves(const EngineEntry& e, const ProblemShape& s) {
+  return e.one_logit == (s.num_outputs == 1);
+}
+
+const EngineEntry& entry_of(Engine engine, const ProblemShape& s) {
+  for (const EngineEntry& e : kEngines) {
+    if (e.engine == engine && serves(e, s)) return e;
+  }
+  TORCH_INTERNAL_ASSERT(false, "no engine row for ", engine_name(engine));
+}
+
 }  // namespace
 
+Engine choose_engine(const ProblemShape& shape) {
+  const EngineSetting setting = engine_setting();
+  if (setting != EngineSetting::Auto) {
+    const Engine forced =
+        setting == EngineSetting::ParameterSpace ? Engine::ParameterSpace : Engine::SampleSpace;
+    const std::string why = entry_of(forced, shape).refusal(shape);
+    TORCH_CHECK(why.empty(), "torch_ws: TORCH_WS_ENGINE=", engine_name(forced), " ", why,
+                "; unset it or use '",
+                engine_name(forced == Engine::ParameterSpace ? Engine::SampleSpace
+                                                             : Engine::ParameterSpace),
+                "'");
+    return forced;
+  }
+  const EngineEntry* best = nullptr;
+  double best_work = 0;
+  for (const EngineEntry& e : kEngines) {
+    if (!serves(e, shape) || !e.refusal(shape).empty()) continue;
+    const double work = e.work(shape);
+    if (!best || work < best_work) {
+      best = &e;
+      best_work = work;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(best, "no engine takes the problem");  // the sample rows take any
+  return best->engine;
+}
+
+std::vector<std::string> describe_engines(const ProblemShape& shape) {
+  const Engine chosen = choose_engine(shape);
+  std::vector<std::string> out;
+  for (const EngineEntry& e : kEngines) {
+    if (!serves(e, shape)) continue;
+    const std::string why = e.refusal(shape);
+    out.push_back(std::string(engine_name(e.engine)) + ": " + e.cost + "; " +
+                  (why.empty() ? "takes this problem" : "refuses it: " + why) +
+                  (e.engine == chosen ? " (chosen)" : ""));
+  }
+  return out;
+}
+
+ProblemShape shape_of(const MlpProblem& p) {
+  return {p.x.device(),      p.num_samples(),   p.in_dim(),      p.hidden(),
+          p.num_outputs(),   p.b1.has_value(),  p.b2.has_value()};
+}
+
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
-  return choose_engine(shape_of(p)) == Engine::ParameterSpace ? parameter_space(p, gradients)
-                                                              : sample_space(p, gradients, {});
+  const ProblemShape shape = shape_of(p);
+  return entry_of(choose_engine(shape), shape).evaluate(p, gradients);
 }
 
 TracesResult evaluate_share(const MlpProblem& p, Gradients gradients, const Share& share) {

@@ -1,15 +1,16 @@
 // The kernels of the torch_ws ops below autograd. The public ops and _traces_with_gradients run
-// the engines (core/engine.h) on CPU and CUDA tensors; on the Meta key they run the same
+// the engines (engines/dispatch.h) on tensors of any backend (one CompositeExplicitAutograd
+// kernel: the engine table picks each device's path); on the Meta key they run the same
 // validation (check_problem) and return empty outputs of the right shapes, which is what
 // torch.compile and FakeTensor trace with. Helpers are CompositeImplicitAutograd.
-#include "core/engine.h"
+#include "engines/dispatch.h"
 #include "core/modules.h"
 #include "core/weighted_sum.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"
 #include "ops/low_precision.h"
 #include "ops/schemas.h"
-#include "sample_space/sample_space.h"
+#include "engines/sample_space/sample_space.h"
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -217,16 +218,26 @@ std::string activation_for_module_op(c10::string_view caller, c10::string_view c
                                module_prefix);
 }
 
+// The shapes _engine and _engines describe, checked.
+ProblemShape engine_query(const char* op, const Tensor& x, const Tensor& w1, bool has_b1,
+                          bool has_b2, int64_t num_outputs) {
+  TORCH_CHECK(x.defined() && w1.defined(), op, ": expected tensors x (N, D) and w1 (H, D), got ",
+              x.defined() ? "a tensor" : "None", " and ", w1.defined() ? "a tensor" : "None");
+  TORCH_CHECK(x.dim() == 2 && w1.dim() == 2, op, ": expected x (N, D) and w1 (H, D), got shapes ",
+              x.sizes(), " and ", w1.sizes());
+  TORCH_CHECK(num_outputs >= 1, op, ": expected num_outputs >= 1, got ", num_outputs);
+  return {x.device(), x.size(0), x.size(1), w1.size(0), num_outputs, has_b1, has_b2};
+}
+
 std::string engine_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b2,
                       int64_t num_outputs) {
-  TORCH_CHECK(x.defined() && w1.defined(), "torch_ws._engine: expected tensors x (N, D) and w1 "
-              "(H, D), got ", x.defined() ? "a tensor" : "None", " and ",
-              w1.defined() ? "a tensor" : "None");
-  TORCH_CHECK(x.dim() == 2 && w1.dim() == 2, "torch_ws._engine: expected x (N, D) and w1 (H, D), "
-              "got shapes ", x.sizes(), " and ", w1.sizes());
-  TORCH_CHECK(num_outputs >= 1, "torch_ws._engine: expected num_outputs >= 1, got ", num_outputs);
-  return engine_name(
-      choose_engine({x.device(), x.size(0), x.size(1), w1.size(0), num_outputs, has_b1, has_b2}));
+  return engine_name(choose_engine(
+      engine_query("torch_ws._engine", x, w1, has_b1, has_b2, num_outputs)));
+}
+
+std::vector<std::string> engines_op(const Tensor& x, const Tensor& w1, bool has_b1, bool has_b2,
+                                    int64_t num_outputs) {
+  return describe_engines(engine_query("torch_ws._engines", x, w1, has_b1, has_b2, num_outputs));
 }
 
 int64_t tile_size_op(int64_t num_samples) {
@@ -244,11 +255,10 @@ int64_t tile_size_op(int64_t num_samples) {
   m.impl("_traces_with_gradients", &torch_ws::traces_with_gradients_kernel); \
   m.impl("_ws_bound_with_gradient", &torch_ws::ws_bound_with_gradient_kernel)
 
+// The CPU's fused float64 weighting of the gradient lists; other backends take the generic one.
 TORCH_LIBRARY_IMPL(torch_ws, CPU, m) {
-  TORCH_WS_REGISTER_ENGINE_KERNELS(m);
   m.impl("_traces_backward", &torch_ws::traces_backward_cpu);
 }
-TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) { TORCH_WS_REGISTER_ENGINE_KERNELS(m); }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("hessian_traces", &torch_ws::hessian_traces_meta);
@@ -257,7 +267,9 @@ TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("_ws_bound_with_gradient", &torch_ws::ws_bound_with_gradient_meta);
 }
 
+// One kernel for every backend (CPU, CUDA, any other): the engines pick each device's path.
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
+  TORCH_WS_REGISTER_ENGINE_KERNELS(m);
   m.impl("_traces_backward", &torch_ws::traces_backward);
 }
 
@@ -267,6 +279,7 @@ TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("_supported", &torch_ws::supported_op);
   m.impl("_activation_for_module", &torch_ws::activation_for_module_op);
   m.impl("_engine", &torch_ws::engine_op);
+  m.impl("_engines", &torch_ws::engines_op);
   m.impl("_tile_size", &torch_ws::tile_size_op);
   m.impl("_parallel_threads", &torch_ws::parallel_threads);
 }

@@ -12,9 +12,9 @@
 // given thread count.
 #include "core/pair_terms.h"
 #include "core/share.h"
-#include "cpu/lanes.h"
-#include "cpu/vector_clones.h"
-#include "sample_space/sample_space.h"
+#include "engines/cpu/lanes.h"
+#include "engines/cpu/vector_clones.h"
+#include "engines/sample_space/sample_space.h"
 
 #include <ATen/Parallel.h>
 

@@ -15,9 +15,9 @@
 // assembled H, both in the same loops: O(N·n²), no autograd. Both passes run in lanes (lanes.h):
 // the assembly by bands of rows of H (every entry summed in one order whatever the thread count),
 // the gradient pass by runs of samples.
-#include "cpu/parameter_space.h"
-#include "cpu/lanes.h"
-#include "cpu/vector_clones.h"
+#include "engines/parameter_space/parameter_space.h"
+#include "engines/cpu/lanes.h"
+#include "engines/cpu/vector_clones.h"
 
 #include <c10/util/Exception.h>
 

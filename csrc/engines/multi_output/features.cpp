@@ -1,5 +1,5 @@
 // Stages 1 and 3 of the engines for heads of C ≥ 2 logits (features.h, docs/math.md §8.2, §8.4).
-#include "multi_output/features.h"
+#include "engines/multi_output/features.h"
 
 namespace torch_ws::multi_output {
 

@@ -8,9 +8,9 @@
 // where the spread is tiny; the sums over samples accumulate in float64). Rows go in blocks of a
 // size that depends on N only, each block with its own sums, added in block order: the result
 // does not depend on the thread count.
-#include "cpu/vector_clones.h"
-#include "sample_space/chain_terms.h"
-#include "sample_space/sample_space.h"
+#include "engines/cpu/vector_clones.h"
+#include "engines/sample_space/chain_terms.h"
+#include "engines/sample_space/sample_space.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -1,12 +1,12 @@
 // The kernels of ws_bound_batched and _batched_traces below autograd (CPU, CUDA, Meta): B networks
 // of one shape, stacked along a leading model dimension, on one shared data set. Each model is the
 // single-model problem of core/problem.h on views of its parameters, evaluated by the same engine
-// (core/engine.h), so the batched results are the single-model ones by construction. What the
+// (engines/dispatch.h), so the batched results are the single-model ones by construction. What the
 // batch saves is the per-call cost around the arithmetic: one dispatch, one validation and one
 // autograd node for B models instead of B of each, and on the CPU the models run in parallel
 // (a model per task; the engines' own lanes then run inline). At the papers' scale that per-call
 // cost is most of a call (docs/math.md §10). autograd/autograd.cpp holds the Autograd kernel.
-#include "core/engine.h"
+#include "engines/dispatch.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"
 #include "ops/low_precision.h"
@@ -168,11 +168,8 @@ Tensor ws_bound_batched_meta(const Tensor& x, const Tensor& target, const Tensor
 }  // namespace
 }  // namespace torch_ws
 
-TORCH_LIBRARY_IMPL(torch_ws, CPU, m) {
-  m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_kernel);
-  m.impl("_batched_traces", &torch_ws::batched_traces_kernel);
-}
-TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) {
+// One kernel for every backend (CPU, CUDA, any other): the engines pick each device's path.
+TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
   m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_kernel);
   m.impl("_batched_traces", &torch_ws::batched_traces_kernel);
 }

@@ -8,7 +8,7 @@
 //      tr H (whose adjoints come from the diagonal formula) and tr(H²) alike.
 #pragma once
 
-#include "core/engine.h"
+#include "core/traces.h"
 #include "core/problem.h"
 #include "core/share.h"
 

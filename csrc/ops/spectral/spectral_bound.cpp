@@ -1,5 +1,5 @@
 // The spectral bound's parts and their gradient (docs/math.md §9), in float64 ATen operations.
-#include "spectral/spectral_bound.h"
+#include "ops/spectral/spectral_bound.h"
 
 #include "core/ws_bound.h"  // kRoundingAllowance
 

@@ -1,12 +1,12 @@
 // The kernels of spectral_bound and its internal ops below autograd (CPU, CUDA, Meta). The parts
 // come from spectral/spectral_bound.h, the Wolkowicz-Styan bound they are compared with from the
 // trace engines; autograd/autograd.cpp holds the Autograd kernel.
-#include "core/engine.h"
+#include "engines/dispatch.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"
 #include "ops/low_precision.h"
 #include "ops/schemas.h"
-#include "spectral/spectral_bound.h"
+#include "ops/spectral/spectral_bound.h"
 
 #include <torch/library.h>
 
@@ -161,8 +161,8 @@ std::vector<Tensor> spectral_backward_meta(
   m.impl("_spectral_parts", &torch_ws::spectral_parts_kernel);         \
   m.impl("_spectral_backward", &torch_ws::spectral_backward_kernel)
 
-TORCH_LIBRARY_IMPL(torch_ws, CPU, m) { TORCH_WS_REGISTER_SPECTRAL_KERNELS(m); }
-TORCH_LIBRARY_IMPL(torch_ws, CUDA, m) { TORCH_WS_REGISTER_SPECTRAL_KERNELS(m); }
+// One kernel for every backend (CPU, CUDA, any other): the engines pick each device's path.
+TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) { TORCH_WS_REGISTER_SPECTRAL_KERNELS(m); }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("spectral_bound", &torch_ws::spectral_bound_meta);

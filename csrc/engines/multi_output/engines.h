@@ -7,7 +7,7 @@
 //     (n ≤ kMaxParameterSpaceParams).
 #pragma once
 
-#include "core/engine.h"
+#include "core/traces.h"
 #include "core/problem.h"
 #include "core/share.h"
 

@@ -15,8 +15,8 @@
 // Runs in float64 whatever the input dtype, as the one-logit parameter engine does (n is small, and
 // the assembled Hessian's sums over N·C rows then lose nothing); gradients come back in the input
 // dtype.
-#include "multi_output/engines.h"
-#include "multi_output/features.h"
+#include "engines/multi_output/engines.h"
+#include "engines/multi_output/features.h"
 
 #include <algorithm>
 #include <vector>
