@@ -61,7 +61,7 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             own shard and every rank gets the bounds (and, with ``grad``, the gradient) of the
             union of the shards: the shards are all-gathered (O(N·D) bytes per rank), and the
             ranks split one evaluation in the order one process would choose
-            (docs/math.md §4.3): each assembles its own samples' share of the n×n Hessian,
+            (docs/math.md §4.1): each assembles its own samples' share of the n×n Hessian,
             all-reduced (small networks), or the pairs of blocks of samples dealt to it; the
             gradients are all-reduced too. Every head and every size one process takes. The
             ranks must agree on the model's shapes, activation, loss and reduction (checked: a

@@ -1,7 +1,7 @@
 """The whole-set bounds over the ranks of a torch.distributed group, each rank holding a shard.
 
 The ranks all-gather the shards (O(N·D) bytes per rank), so each holds the whole data set, and
-split the work of one evaluation on it in the order one process would choose (docs/math.md §4.3;
+split the work of one evaluation on it in the order one process would choose (docs/math.md §4.1;
 every number comes from the C++ engines):
 
 - parameter space (small networks): each rank assembles its own samples' terms of the n×n
