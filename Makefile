@@ -11,8 +11,12 @@ BUILD := $(CURDIR)/build
 CPP_INSTALL := $(BUILD)/install
 VENV := $(BUILD)/venv
 WHEEL_DIR := $(BUILD)/dist
+# Files compiled at once (this machine has 2 cores); `make test JOBS=1` on a shared one.
+JOBS ?= 2
+export CMAKE_BUILD_PARALLEL_LEVEL := $(JOBS)
 
-.PHONY: deps lib develop wheel venv test test-python test-cpp test-dev demo bench bench-quick clean
+.PHONY: deps lib develop wheel venv test test-python test-cpp test-dev demo bench bench-quick \
+	device-check clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
@@ -22,23 +26,30 @@ deps:
 lib: deps
 	@[ -f $(BUILD)/cmake/CMakeCache.txt ] || cmake -S . -B $(BUILD)/cmake $(CMAKE_GENERATOR) \
 		-DCMAKE_PREFIX_PATH="$(TORCH_CMAKE_PREFIX)" -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(BUILD)/cmake --parallel 2
+	cmake --build $(BUILD)/cmake --parallel $(JOBS)
 	cmake --install $(BUILD)/cmake --prefix $(CPP_INSTALL)
 
 # In-place install for development (reuses the library built above: no recompilation).
 develop: lib
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
-# The wheel a user installs, built from the same library.
+# The wheel a user installs, built from the same library. setuptools' staging folders are emptied
+# first: it never deletes from them, so a module removed from torch_ws/ would ship again.
+SETUPTOOLS_STAGING := $(BUILD)/lib $(BUILD)/lib.* $(BUILD)/bdist.*
 wheel: lib
-	rm -rf $(WHEEL_DIR)
+	rm -rf $(WHEEL_DIR) $(SETUPTOOLS_STAGING)
 	$(PIP) wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
 
 # A fresh venv that already has torch (and the test packages) from this interpreter's
-# site-packages, with the wheel installed non-editable.
-venv: wheel
-	rm -rf $(VENV)
+# site-packages, where the wheel is built by the venv's own pip and setuptools (the one
+# `python -m venv` ships, 65.5 on Python 3.11: what a user's `pip install --no-build-isolation .`
+# runs) and installed non-editable. The library is the one `lib` built: nothing recompiles.
+venv: lib
+	rm -rf $(VENV) $(WHEEL_DIR) $(SETUPTOOLS_STAGING)
 	$(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(VENV)/bin/python -c "import setuptools; print('building the wheel with setuptools', \
+		setuptools.__version__, 'from', setuptools.__file__)"
+	$(VENV)/bin/python -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
 	$(VENV)/bin/python -m pip install -q --no-deps --no-index $(WHEEL_DIR)/torch_ws-*.whl
 
 # The Python suite against the installed wheel, run from outside the source tree so that
@@ -79,6 +90,11 @@ bench: develop
 
 bench-quick: develop
 	$(PYTHON) benchmarks/bench_ws.py --quick
+
+# On a GPU machine with torch and no registry: build, check the ops on CUDA, run the CUDA-axis tests
+# and time ws_bound on CUDA and CPU (benchmarks/device_check.sh). Installs nothing: no `deps`.
+device-check:
+	PYTHON=$(PYTHON) bash benchmarks/device_check.sh
 
 clean:
 	rm -rf build dist torch_ws/lib/*.so *.egg-info
