@@ -1,10 +1,12 @@
-"""torch_ws: closed-form Hessian traces and Wolkowicz-Styan eigenvalue bounds for 3-layer MLPs.
+"""torch_ws: exact Hessian traces and guaranteed eigenvalue bounds, with exact gradients, for MLPs
+``Linear(D, H) → φ → Linear(H, C)`` trained with ``BCEWithLogitsLoss``, ``CrossEntropyLoss`` or
+``MSELoss``.
 
-For ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, 1))`` trained with ``BCEWithLogitsLoss``,
-the traces tr(H) and tr(H²) of the loss Hessian have closed forms in N×N Gram matrices of the
-data, so the Wolkowicz-Styan upper bound on the largest Hessian eigenvalue costs a few matrix
-products, never an n×n Hessian. The ops are C++ (``torch.ops.torch_ws.*``) with a hand-derived
-backward, so the bound can be trained against directly (HSR regularization).
+tr(H) and tr(H²) of the loss Hessian have closed forms in N×N Gram matrices of the data, so the
+Wolkowicz-Styan bound on the largest Hessian eigenvalue costs a few matrix products (and the
+spectral bound a few small eigenproblems), never an n×n Hessian unless that is the smaller
+object. The ops are C++ (``torch.ops.torch_ws.*``) with a hand-derived backward, so a bound can
+be trained against directly (HSR regularization). docs/math.md is the specification.
 """
 import torch
 

@@ -20,7 +20,8 @@ struct ActivationModuleOptions {
 
 // The activation name (of kActivations) for the module class `class_name` ("Tanh", "GELU", …;
 // the same names in torch.nn and torch::nn). Raises c10::ValueError, prefixed by `caller`, saying
-// why a module is refused: non-smooth ones (ReLU and its kin) and anything unknown. Module names
+// why a module is refused: non-smooth ones outside the table (ReLU6, Hardtanh, ELU, …) and
+// anything unknown. Module names
 // in messages are spelled with `module_prefix` ("nn." for Python, "torch::nn::" for C++).
 std::string activation_for_module(std::string_view caller, std::string_view class_name,
                                   const ActivationModuleOptions& options,

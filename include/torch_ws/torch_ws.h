@@ -21,7 +21,8 @@ namespace torch_ws {
 
 // λ_sup = m + s·√(n−1) ≥ λ_max of the loss Hessian (m = tr H / n, s² = tr H²/n − m²).
 // x (N, D); w1 (H, D); b1 (H,) or nullopt; w2 (C, H); b2 (C,) or nullopt.
-// activation: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh; reduction: mean or sum.
+// activation: linear, sigmoid, tanh, softplus, gelu, silu, gelu_tanh, relu, leaky_relu (slope
+// 0.01; for these two the almost-everywhere Hessian, docs/math.md §3); reduction: mean or sum.
 // loss and its targets:
 //   "bce"            BCEWithLogitsLoss, C = 1: target (N,) or (N, 1) in [0, 1];
 //   "cross_entropy"  CrossEntropyLoss, C ≥ 2: class indices (N,) int64 or probabilities (N, C);
@@ -87,8 +88,9 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
 // "cross_entropy", which stay int64.
 // `bound` is "ws" (ws_bound) or "spectral" (spectral_bound's upper: tighter at large n, dearer).
 // Supported activations: Identity, Sigmoid, Tanh, Softplus (beta 1, threshold 20), GELU
-// ("none" or "tanh"), SiLU, the same as the Python HSRRegularizer; anything else (ReLU and other
-// non-smooth activations with the reason) throws c10::ValueError naming them.
+// ("none" or "tanh"), SiLU, ReLU, LeakyReLU (negative_slope 0.01), the same as the Python
+// HSRRegularizer; anything else (ReLU6, Hardtanh, ELU, … with the reason) throws c10::ValueError
+// naming them.
 class HSRRegularizer {
  public:
   explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean",

@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 #include <torch_ws/torch_ws.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 #include <cmath>
 #include <functional>
 #include <iostream>
@@ -348,8 +350,14 @@ int main(int argc, char** argv) {
       {"ws_bound_batched", test_ws_bound_batched},
       {"regularizer_spectral", test_regularizer_spectral},
   };
-  for (const char* act : {"linear", "sigmoid", "tanh", "softplus", "gelu", "silu", "gelu_tanh"}) {
-    cases[std::string("gradient_") + act] = [act] { test_gradient_against_finite_differences(act); };
+  // One gradient case per activation of the C++ table (the _supported op reads it), so a new
+  // activation gets its case here; CMakeLists.txt's TORCH_WS_CPP_TESTS names them for ctest.
+  static auto supported =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("torch_ws::_supported", "")
+          .typed<std::vector<std::string>(c10::string_view)>();
+  for (const std::string& act : supported.call("activation")) {
+    cases["gradient_" + act] = [act] { test_gradient_against_finite_differences(act); };
   }
   if (argc > 1) {  // one case, as ctest runs them
     auto it = cases.find(argv[1]);
