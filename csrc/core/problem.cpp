@@ -21,7 +21,7 @@ Reduction parse_reduction(std::string_view op, std::string_view name) {
 at::Tensor MlpProblem::output_row() const {
   TORCH_INTERNAL_ASSERT(num_outputs() == 1, "the engines implement one output (C = 1), got C = ",
                         num_outputs());
-  return w2.reshape({hidden()});
+  return w2().reshape({hidden()});
 }
 
 namespace {
@@ -196,10 +196,10 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
 
   p.x = x;
   p.target = checked_target(op, target, x, p.loss, c);
-  p.w1 = w1;
-  p.b1 = b1;
-  p.w2 = w2;
-  p.b2 = b2;
+  p.w1() = w1;
+  p.b1() = b1;
+  p.w2() = w2;
+  p.b2() = b2;
   return p;
 }
 
@@ -207,8 +207,8 @@ InputGradients zero_gradients(const MlpProblem& p, bool need_grad_x) {
   auto zeros = [](const std::optional<at::Tensor>& t) {
     return t ? at::zeros_like(*t) : at::Tensor();
   };
-  return {need_grad_x ? at::zeros_like(p.x) : at::Tensor(), at::zeros_like(p.w1), zeros(p.b1),
-          at::zeros_like(p.w2), zeros(p.b2)};
+  return {need_grad_x ? at::zeros_like(p.x) : at::Tensor(), at::zeros_like(p.w1()), zeros(p.b1()),
+          at::zeros_like(p.w2()), zeros(p.b2())};
 }
 
 }  // namespace torch_ws

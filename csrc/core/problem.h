@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
 #include <string_view>
 
 namespace torch_ws {
@@ -23,25 +24,42 @@ inline int64_t count_params(int64_t hidden, int64_t in_dim, int64_t num_outputs,
          (has_b2 ? num_outputs : 0);
 }
 
-// The checked arguments of every op.
+// One affine layer, as nn.Linear holds it: weight (out, in), bias (out,) or none.
+struct Layer {
+  at::Tensor weight;
+  std::optional<at::Tensor> bias;
+};
+
+// The checked arguments of every op: the data, the network as a list of affine layers with φ
+// between them, and the loss.
 struct MlpProblem {
-  at::Tensor x;                  // (N, D)
-  at::Tensor target;             // one logit (C = 1): (N,); C logits: (N, C) in x's dtype,
-                                 // class indices made one-hot
-  at::Tensor w1;                 // (H, D)
-  std::optional<at::Tensor> b1;  // (H,)
-  at::Tensor w2;                 // (C, H), as nn.Linear(H, C).weight
-  std::optional<at::Tensor> b2;  // (C,)
+  at::Tensor x;       // (N, D)
+  at::Tensor target;  // one logit (C = 1): (N,); C logits: (N, C) in x's dtype,
+                      // class indices made one-hot
+  // Linear(D, H), then Linear(H, C): the engines take one hidden layer; a deeper network is a
+  // longer list (check_problem builds two today).
+  std::vector<Layer> layers = std::vector<Layer>(2);
   Activation activation;
   Reduction reduction;
   Loss loss;
 
+  // The one-hidden-layer names the engines and docs/math.md use: w1 (H, D), b1 (H,) of the
+  // first layer, w2 (C, H), b2 (C,) of the last.
+  const at::Tensor& w1() const { return layers.front().weight; }
+  at::Tensor& w1() { return layers.front().weight; }
+  const std::optional<at::Tensor>& b1() const { return layers.front().bias; }
+  std::optional<at::Tensor>& b1() { return layers.front().bias; }
+  const at::Tensor& w2() const { return layers.back().weight; }
+  at::Tensor& w2() { return layers.back().weight; }
+  const std::optional<at::Tensor>& b2() const { return layers.back().bias; }
+  std::optional<at::Tensor>& b2() { return layers.back().bias; }
+
   int64_t num_samples() const { return x.size(0); }
   int64_t in_dim() const { return x.size(1); }
-  int64_t hidden() const { return w1.size(0); }
-  int64_t num_outputs() const { return w2.size(0); }
+  int64_t hidden() const { return w1().size(0); }
+  int64_t num_outputs() const { return w2().size(0); }
   int64_t num_params() const {
-    return count_params(hidden(), in_dim(), num_outputs(), b1.has_value(), b2.has_value());
+    return count_params(hidden(), in_dim(), num_outputs(), b1().has_value(), b2().has_value());
   }
   // c in L = c·Σ_i ℓ_i (losses.h): 1 for "sum"; for "mean" 1/N, or 1/(N·C) for the squared error.
   double loss_scale() const {

@@ -324,7 +324,7 @@ std::vector<std::string> describe_engines(const ProblemShape& shape) {
 
 ProblemShape shape_of(const MlpProblem& p) {
   return {p.x.device(),      p.num_samples(),   p.in_dim(),      p.hidden(),
-          p.num_outputs(),   p.b1.has_value(),  p.b2.has_value()};
+          p.num_outputs(),   p.b1().has_value(),  p.b2().has_value()};
 }
 
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {

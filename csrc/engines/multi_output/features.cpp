@@ -8,15 +8,15 @@ using at::Tensor;
 Features features(const MlpProblem& p, bool for_gradients) {
   Features f;
   f.x = p.x.contiguous();
-  f.w2 = p.w2.contiguous();
+  f.w2 = p.w2().contiguous();
   const int64_t n = p.num_samples(), c = p.num_outputs(), h = p.hidden();
-  Tensor pre = p.b1 ? at::addmm(*p.b1, f.x, p.w1.t()) : at::mm(f.x, p.w1.t());
+  Tensor pre = p.b1() ? at::addmm(*p.b1(), f.x, p.w1().t()) : at::mm(f.x, p.w1().t());
   ActivationValues<Tensor> act = activation_values(p.activation, pre, for_gradients ? 3 : 2);
   f.phi0 = act.phi0.contiguous();
   f.phi1 = act.phi1.contiguous();
   f.phi2 = act.phi2.contiguous();
   f.phi3 = act.phi3;
-  Tensor z = p.b2 ? at::addmm(*p.b2, f.phi0, f.w2.t()) : at::mm(f.phi0, f.w2.t());
+  Tensor z = p.b2() ? at::addmm(*p.b2(), f.phi0, f.w2.t()) : at::mm(f.phi0, f.w2.t());
   f.terms = output_terms(p.loss, z, p.target, p.loss_scale());
   f.terms.S = f.terms.S.contiguous();
   f.S_flat = f.terms.S.view({n, c * c});
@@ -28,8 +28,8 @@ Features features(const MlpProblem& p, bool for_gradients) {
   f.vt = f.e_hidden * f.phi2;
   f.lx = (f.phi0.unsqueeze(1) * f.SU).view({n, c * h});
   f.rx = (f.terms.e.unsqueeze(2) * f.phi1.unsqueeze(1)).reshape({n, c * h});
-  f.has_b1 = p.b1.has_value();
-  f.has_b2 = p.b2.has_value();
+  f.has_b1 = p.b1().has_value();
+  f.has_b2 = p.b2().has_value();
   return f;
 }
 
@@ -96,10 +96,10 @@ InputGradients chain(const MlpProblem& p, const Features& f, Adjoints a, bool ne
   if (phi2_bar.defined()) pre_bar = pre_bar + phi2_bar * f.phi3;
   InputGradients g;
   g.w1 = at::mm(pre_bar.t(), f.x);
-  if (need_x) g.x = a.x.defined() ? at::addmm(a.x, pre_bar, p.w1) : at::mm(pre_bar, p.w1);
-  if (p.b1) g.b1 = pre_bar.sum(0);
+  if (need_x) g.x = a.x.defined() ? at::addmm(a.x, pre_bar, p.w1()) : at::mm(pre_bar, p.w1());
+  if (p.b1()) g.b1 = pre_bar.sum(0);
   g.w2 = w2_bar;
-  if (p.b2) g.b2 = z_bar.sum(0);
+  if (p.b2()) g.b2 = z_bar.sum(0);
   return g;
 }
 

@@ -181,10 +181,10 @@ MlpProblem in_float64(const MlpProblem& p) {
   MlpProblem q = p;
   q.x = as_double(p.x);
   q.target = as_double(p.target);
-  q.w1 = as_double(p.w1);
-  q.w2 = as_double(p.w2);
-  if (p.b1) q.b1 = as_double(*p.b1);
-  if (p.b2) q.b2 = as_double(*p.b2);
+  q.w1() = as_double(p.w1());
+  q.w2() = as_double(p.w2());
+  if (p.b1()) q.b1() = as_double(*p.b1());
+  if (p.b2()) q.b2() = as_double(*p.b2());
   return q;
 }
 
@@ -217,11 +217,11 @@ Tensor assemble(const Rows& all, const Layout& L, int64_t chunk, int64_t begin, 
 // For each index of θ in the flat order of the public API (W1 row-major, b1, W2 row-major, b2),
 // its index in the layout: only W1 and b1 move (W2 and b2 sit at the same offsets).
 Tensor layout_index_of_flat(const MlpProblem& p) {
-  const int64_t H = p.hidden(), D = p.in_dim(), D_ext = D + (p.b1 ? 1 : 0);
+  const int64_t H = p.hidden(), D = p.in_dim(), D_ext = D + (p.b1() ? 1 : 0);
   const auto longs = p.x.options().dtype(at::kLong);
   const Tensor unit = at::arange(H, longs).unsqueeze(1) * D_ext;
   std::vector<Tensor> parts{(unit + at::arange(D, longs)).reshape({-1})};
-  if (p.b1) parts.push_back(unit.reshape({-1}) + D);
+  if (p.b1()) parts.push_back(unit.reshape({-1}) + D);
   parts.push_back(at::arange(H * D_ext, p.num_params(), longs));
   return at::cat(parts);
 }

@@ -41,13 +41,13 @@ struct Layout {
   bool has_b1, has_b2;
 
   explicit Layout(const MlpProblem& p)
-      : in_dim(p.w1.size(1)),
-        hidden(p.w1.size(0)),
-        block(in_dim + (p.b1 ? 1 : 0)),
+      : in_dim(p.w1().size(1)),
+        hidden(p.w1().size(0)),
+        block(in_dim + (p.b1() ? 1 : 0)),
         w2_offset(hidden * block),
         num_params(p.num_params()),
-        has_b1(p.b1.has_value()),
-        has_b2(p.b2.has_value()) {}
+        has_b1(p.b1().has_value()),
+        has_b2(p.b2().has_value()) {}
 };
 
 // One sample's quantities (docs/math.md §2), in double.
@@ -69,15 +69,15 @@ class SampleEvaluator {
     auto as_double = [](const at::Tensor& t) { return t.to(at::kDouble).contiguous(); };
     x_ = as_double(p.x);
     target_ = as_double(p.target);
-    w1_ = as_double(p.w1);
-    w2_ = as_double(p.w2);
+    w1_ = as_double(p.w1());
+    w2_ = as_double(p.w2());
     x = x_.data_ptr<double>();
     w1 = w1_.data_ptr<double>();
     // A = X W1ᵀ + b1 by a plain loop: at these sizes a BLAS call (or a broadcast of b1) costs
     // more than its arithmetic.
     const int64_t N = p.num_samples(), D = layout.in_dim, H = layout.hidden;
-    const at::Tensor b1 = p.b1 ? as_double(*p.b1) : at::Tensor();
-    const double* bias = p.b1 ? b1.data_ptr<double>() : nullptr;
+    const at::Tensor b1 = p.b1() ? as_double(*p.b1()) : at::Tensor();
+    const double* bias = p.b1() ? b1.data_ptr<double>() : nullptr;
     at::Tensor pre = at::empty({N, H}, x_.options());
     double* a = pre.data_ptr<double>();
     for (int64_t i = 0; i < N; ++i) {
@@ -92,7 +92,7 @@ class SampleEvaluator {
     phi_[1] = act.phi1.contiguous();
     phi_[2] = act.phi2.contiguous();
     if (num_derivatives >= 3) phi_[3] = act.phi3.contiguous();
-    b2_ = p.b2 ? p.b2->item<double>() : 0.0;
+    b2_ = p.b2() ? p.b2()->item<double>() : 0.0;
     w2 = w2_.data_ptr<double>();
     target = target_.data_ptr<double>();
     for (int k = 0; k < 4; ++k) phi[k] = phi_[k].defined() ? phi_[k].data_ptr<double>() : nullptr;

@@ -19,10 +19,10 @@ InputGradients chain_to_inputs(const MlpProblem& p, const SampleFeatures& f,
   InputGradients g;
   g.w1 = at::mm(pre_bar.t(), f.x);
   // x enters through A and through K (whose adjoint arrives as a.x).
-  if (need_grad_x) g.x = at::addmm(a.x, pre_bar, p.w1);
-  if (p.b1) g.b1 = pre_bar.sum(0);
-  g.w2 = ct::output_weight_adjoint(a.U, a.V, z_bar, f.phi0, f.phi1, f.phi2).sum(0).reshape_as(p.w2);
-  if (p.b2) g.b2 = z_bar.sum().reshape({1});
+  if (need_grad_x) g.x = at::addmm(a.x, pre_bar, p.w1());
+  if (p.b1()) g.b1 = pre_bar.sum(0);
+  g.w2 = ct::output_weight_adjoint(a.U, a.V, z_bar, f.phi0, f.phi1, f.phi2).sum(0).reshape_as(p.w2());
+  if (p.b2()) g.b2 = z_bar.sum().reshape({1});
   return g;
 }
 

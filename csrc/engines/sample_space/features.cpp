@@ -11,7 +11,7 @@ SampleFeatures sample_features(const MlpProblem& p, bool for_gradients) {
   f.x = p.x.contiguous();
   const at::Tensor w2 = p.output_row();  // (H,)
   // A = X W1ᵀ + b1, then φ and its derivatives (φ''' only for the gradients' chain through Φ2).
-  at::Tensor pre = p.b1 ? at::addmm(*p.b1, f.x, p.w1.t()) : at::mm(f.x, p.w1.t());
+  at::Tensor pre = p.b1() ? at::addmm(*p.b1(), f.x, p.w1().t()) : at::mm(f.x, p.w1().t());
   ActivationValues<at::Tensor> act = activation_values(p.activation, pre, for_gradients ? 3 : 2);
   f.phi0 = act.phi0.contiguous();
   f.phi1 = act.phi1.contiguous();
@@ -21,13 +21,13 @@ SampleFeatures sample_features(const MlpProblem& p, bool for_gradients) {
   f.V = f.phi2 * w2;
   // z = Φ0 w2ᵀ + b2; s and e are the loss's second and first derivatives in the logit.
   at::Tensor z = at::mv(f.phi0, w2);
-  if (p.b2) z = z + *p.b2;
+  if (p.b2()) z = z + *p.b2();
   LogitTerms<at::Tensor> logit = logit_terms(p.loss, z, p.target, p.loss_scale());
   f.s = logit.s;
   f.e = logit.e;
   if (for_gradients) f.ds_dz = logit.ds_dz;
-  f.has_b1 = p.b1.has_value();
-  f.has_b2 = p.b2.has_value();
+  f.has_b1 = p.b1().has_value();
+  f.has_b2 = p.b2().has_value();
   return f;
 }
 

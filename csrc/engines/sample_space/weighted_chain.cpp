@@ -140,12 +140,12 @@ InputGradients weighted_chain_cpu(const MlpProblem& p, const SampleFeatures& f,
     // X̄ = α·(tr H's factor)∘X + β·(tr(H²)'s X̄), then x enters A too.
     const at::Tensor x_bar =
         (x_factor.unsqueeze(1) * f.x.to(at::kDouble) + beta * b.x.to(at::kDouble)).to(dtype);
-    g.x = at::addmm(x_bar, pre_bar, p.w1);
+    g.x = at::addmm(x_bar, pre_bar, p.w1());
   }
   // Copies (also in float64): the op's outputs must not share `totals`.
-  if (p.b1) g.b1 = totals.narrow(0, h, h).to(dtype, false, /*copy=*/true);
-  g.w2 = totals.narrow(0, 0, h).to(dtype, false, /*copy=*/true).reshape_as(p.w2);
-  if (p.b2) g.b2 = at::full({1}, z_sum, f.x.options());
+  if (p.b1()) g.b1 = totals.narrow(0, h, h).to(dtype, false, /*copy=*/true);
+  g.w2 = totals.narrow(0, 0, h).to(dtype, false, /*copy=*/true).reshape_as(p.w2());
+  if (p.b2()) g.b2 = at::full({1}, z_sum, f.x.options());
   return g;
 }
 

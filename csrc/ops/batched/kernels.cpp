@@ -62,10 +62,10 @@ MlpProblem checked_first_model(const Tensor& x, const Tensor& target, const Tens
 MlpProblem model_problem(const MlpProblem& first, const Tensor& w1, const optional<Tensor>& b1,
                          const Tensor& w2, const optional<Tensor>& b2, int64_t b) {
   MlpProblem p = first;
-  p.w1 = w1.select(0, b);
-  p.b1 = model_of(b1, b);
-  p.w2 = w2.select(0, b);
-  p.b2 = model_of(b2, b);
+  p.w1() = w1.select(0, b);
+  p.b1() = model_of(b1, b);
+  p.w2() = w2.select(0, b);
+  p.b2() = model_of(b2, b);
   return p;
 }
 

@@ -38,13 +38,13 @@ struct Network {
 Network network(const MlpProblem& p, bool for_gradients) {
   Network n;
   n.x = f64(p.x);
-  n.w1 = f64(p.w1);
-  n.w2 = f64(p.w2);
-  n.has_b1 = p.b1.has_value();
-  n.has_b2 = p.b2.has_value();
+  n.w1 = f64(p.w1());
+  n.w2 = f64(p.w2());
+  n.has_b1 = p.b1().has_value();
+  n.has_b2 = p.b2().has_value();
   const int64_t N = n.num_samples(), C = n.num_outputs();
   Tensor a = at::matmul(n.x, n.w1.t());
-  if (n.has_b1) a = a + f64(*p.b1);
+  if (n.has_b1) a = a + f64(*p.b1());
   n.x_tilde = n.has_b1 ? at::cat({n.x, at::ones({N, 1}, n.x.options())}, 1) : n.x;
   auto act = activation_values(p.activation, a, for_gradients ? 3 : 2);
   n.phi0 = act.phi0;
@@ -52,7 +52,7 @@ Network network(const MlpProblem& p, bool for_gradients) {
   n.phi2 = act.phi2;
   n.phi3 = act.phi3;
   Tensor z = at::matmul(n.phi0, n.w2.t());
-  if (n.has_b2) z = z + f64(*p.b2);
+  if (n.has_b2) z = z + f64(*p.b2());
   n.U = n.w2.unsqueeze(0) * n.phi1.unsqueeze(1);
   if (p.one_logit()) {
     n.logit = logit_terms(p.loss, z.squeeze(1), f64(p.target).reshape({N}), p.loss_scale());
