@@ -100,6 +100,17 @@ ForwardResult forward_traces(const Tensor& x, const Tensor& target, const Tensor
   return {std::move(saved), param_count(w1, b1, w2, b2)};
 }
 
+// An autograd node in the pointer its torch holds nodes in: c10::intrusive_ptr from torch 2.13 on,
+// std::shared_ptr before (torch 2.11).
+template <typename NodeType, typename... Args>
+auto make_node(Args&&... args) {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>) {
+    return c10::make_intrusive<NodeType>(std::forward<Args>(args)...);
+  } else {
+    return std::make_shared<NodeType>(std::forward<Args>(args)...);
+  }
+}
+
 // Under create_graph=True (grad mode on in the backward), the gradients get an Error node whose
 // inputs are the op's differentiable inputs: differentiating them again raises `message`. Nothing
 // happens where no input requires grad.
@@ -109,7 +120,7 @@ void attach_double_backward_error(std::vector<Tensor>& grads, const std::vector<
     return t.defined() && t.requires_grad();
   });
   if (!torch::autograd::GradMode::is_enabled() || !any_requires_grad) return;
-  auto node = c10::make_intrusive<torch::autograd::Error>(
+  auto node = make_node<torch::autograd::Error>(
       message, torch::autograd::collect_next_edges(inputs));
   for (Tensor& grad : grads) {
     if (grad.defined()) {

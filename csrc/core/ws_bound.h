@@ -144,7 +144,13 @@ inline at::Tensor round_directed(const at::Tensor& value, at::ScalarType dtype, 
   const at::Tensor back = nearest.to(value.scalar_type());
   const at::Tensor missed = up ? back < value : back > value;
   const at::Tensor away = at::full_like(nearest, up ? HUGE_VAL : -HUGE_VAL);
-  return at::where(missed, at::nextafter(nearest, away), nearest);
+  // The step to the neighbour is taken off the graph (torch 2.11 has no derivative of nextafter;
+  // 2.13's is the identity), and the rounded value gets the gradient of `nearest`: one ulp added
+  // exactly. At ±∞ (an overflow rounded back to the largest finite value) only the value counts.
+  const at::Tensor fixed = nearest.detach();
+  const at::Tensor rounded = at::where(missed, at::nextafter(fixed, away), fixed);
+  const at::Tensor through = nearest + (rounded - fixed);
+  return at::where(missed & at::isfinite(fixed), through, at::where(missed, rounded, nearest));
 }
 
 // The two forms the ops use, on the 0-d float64 traces the engines return. On the CPU the traces

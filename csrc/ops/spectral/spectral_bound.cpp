@@ -194,7 +194,7 @@ ResidualEigen residual_eigen(const Network& n) {
   // (2N + κ)u·(Σ_i |β_ik|·‖x̃_i‖² + 2‖|X̃|ᵀ|γ_k|‖_F), a bound on ‖R_k‖ with absolute values.
   const Tensor abs_norm = at::matmul(n.x_tilde.square().sum(1), beta.abs()) +
                           2 * at::matmul(n.x_tilde.abs().t(), gamma.abs().reshape({N, C * H}))
-                                  .view({Dt, C, H}).square().sum({0, 1}).sqrt();
+                                  .view({Dt, C, H}).square().sum(at::IntArrayRef{0, 1}).sqrt();
   ResidualEigen out;
   out.allowance = (2.0 * static_cast<double>(N) + kRoundingAllowance) * kUnitRoundoff *
                   abs_norm.max();
