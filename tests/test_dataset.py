@@ -96,13 +96,13 @@ def _head(classes, loss_name, y):
 
 
 def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
-                 loss_name="cross_entropy"):
+                 loss_name="cross_entropy", dims=(3, 4)):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        model, x, y = model_and_data(n=sum(sizes), classes=classes)
+        model, x, y = model_and_data(n=sum(sizes), d=dims[0], h=dims[1], classes=classes)
         loss, y = _head(classes, loss_name, y)
         if activations[rank] == "sigmoid":
             model[1] = nn.Sigmoid()
@@ -123,13 +123,14 @@ def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
         dist.destroy_process_group()
 
 
-def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_entropy"):
+def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_entropy",
+               dims=(3, 4)):
     import torch.multiprocessing as mp
 
     world = len(sizes)
     activations = activations or ["tanh"] * world
     mp.spawn(_rank_worker, args=(world, str(tmp_path / "init"), str(tmp_path), sizes,
-                                 activations, classes, loss_name), nprocs=world, join=True)
+                                 activations, classes, loss_name, dims), nprocs=world, join=True)
     return [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
 
 
@@ -169,6 +170,22 @@ def test_ranks_with_a_head_of_three_logits(tmp_path, monkeypatch, loss_name, eng
             assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
         for got, p in zip(result["grads"], model.parameters()):
             torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_ranks_with_ten_logits_beyond_the_hessian_limit(tmp_path):
+    """C = 10, D = H = 64: n = 4810 > 4096, which the ranks once refused for heads of C ≥ 2
+    logits; now the sample-space order splits like one process's: the single-process result."""
+    results = _run_ranks(tmp_path, (13, 11), classes=10, dims=(64, 64))
+    model, x, y = model_and_data(n=24, d=64, h=64, classes=10)
+    assert torch_ws.num_params(model[0].weight, model[0].bias, model[2].weight,
+                               model[2].bias) == 4810
+    loss, y = _head(10, "cross_entropy", y)
+    expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
+    for result in results:
+        for got, want in zip(result["bounds"], expected[:7]):
+            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=1e-11, atol=1e-15)
 
 
 @pytest.mark.parametrize("other, message", [
