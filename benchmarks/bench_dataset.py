@@ -6,7 +6,8 @@ It reports, value only (no gradient):
 
 - one process: wall time of dataset_bounds over a DataLoader of batches of 4096, and the peak
   resident memory the call adds (measured in a fresh process);
-- 2 gloo processes (spawned here, loopback): wall time per rank and the bytes each rank receives
+- 2 gloo processes (spawned here, loopback), each splitting the one evaluation with the other
+  (docs/math.md §4.1): wall time per rank and the bytes each rank receives
   (the pickled shards of the others, all_gather_object) against the N·(D + H) floats the design
   allows, and the agreement of the result with the one-process value.
 
@@ -124,11 +125,15 @@ def main() -> None:
     reduce_text = (f" + all-reduce of the {params}×{params} float64 Hessian "
                    f"({hessian_bytes / 2**20:.1f} MiB)" if hessian_bytes else "")
     for r, rank in enumerate(ranks):
-        lines.append(f"| gloo rank {r} of 2 ({engine} order, float64 tensor blocks, one thread) | "
+        lines.append(f"| gloo rank {r} of 2 ({engine} order, C++ shares, one thread) | "
                      f"{rank['seconds']:.1f} s | receives {rank['received'] / 2**20:.1f} MiB of "
                      f"shards{reduce_text}; N·(D+H) float32 = {design / 2**20:.1f} MiB |")
+    ratio = max(r["seconds"] for r in ranks) / single_seconds
     lines += ["", f"The ranks' bound agrees with the one-process value to {agreement:.1e} "
-                  "(relative)."]
+                  f"(relative). Slowest rank / one process: {ratio:.2f}. The ranks run one "
+                  "thread each on the same cores that the one process runs its threads on: "
+                  "the split saves that process's threading losses, not arithmetic; with "
+                  "a core per thread for each rank it would be about 1/ranks."]
     (RESULTS / f"bench_dataset{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -57,25 +57,29 @@ struct Sample {
   double s = 0, e = 0, ds_dz = 0;              // c·ℓ'', c·ℓ', c·ℓ''' at z_i (losses.h)
 };
 
-// The problem's arrays as contiguous float64 (a copy only for float32 inputs), φ^(k)(A) for all
-// samples at once (the tensor form of the activation table: vectorized, unlike one std::tanh
-// per entry), and the evaluation of one sample from them.
+// The problem's arrays as contiguous float64 (a copy only for float32 inputs), φ^(k)(A) for the
+// samples [begin, end) at once (the tensor form of the activation table: vectorized, unlike one
+// std::tanh per entry), and the evaluation of one of them (by its index among all N samples; the
+// loss scale is that of all N).
 class SampleEvaluator {
  public:
-  SampleEvaluator(const MlpProblem& p, const Layout& layout, int num_derivatives)
+  SampleEvaluator(const MlpProblem& p, const Layout& layout, int num_derivatives,
+                  int64_t begin = 0, int64_t end = -1)
       : layout_(layout),
         loss_(p.loss),
-        scale_(p.loss_scale()) {
+        scale_(p.loss_scale()),
+        first_(begin) {
     auto as_double = [](const at::Tensor& t) { return t.to(at::kDouble).contiguous(); };
-    x_ = as_double(p.x);
-    target_ = as_double(p.target);
+    const int64_t count = (end < 0 ? p.num_samples() : end) - begin;
+    x_ = as_double(p.x.narrow(0, begin, count));
+    target_ = as_double(p.target.narrow(0, begin, count));
     w1_ = as_double(p.w1());
     w2_ = as_double(p.w2());
     x = x_.data_ptr<double>();
     w1 = w1_.data_ptr<double>();
     // A = X W1ᵀ + b1 by a plain loop: at these sizes a BLAS call (or a broadcast of b1) costs
     // more than its arithmetic.
-    const int64_t N = p.num_samples(), D = layout.in_dim, H = layout.hidden;
+    const int64_t N = count, D = layout.in_dim, H = layout.hidden;
     const at::Tensor b1 = p.b1() ? as_double(*p.b1()) : at::Tensor();
     const double* bias = p.b1() ? b1.data_ptr<double>() : nullptr;
     at::Tensor pre = at::empty({N, H}, x_.options());
@@ -105,8 +109,9 @@ class SampleEvaluator {
   }
 
   // Fills `out` and the tangent g (n entries) for sample i.
-  void evaluate(int64_t i, Sample& out, double* g) const {
+  void evaluate(int64_t sample, Sample& out, double* g) const {
     const int64_t D = layout_.in_dim, H = layout_.hidden, block = layout_.block;
+    const int64_t i = sample - first_;  // its row in the arrays here
     const double* xi = x + i * D;
     for (int64_t d = 0; d < D; ++d) out.x_ext[d] = xi[d];
     if (layout_.has_b1) out.x_ext[D] = 1;
@@ -137,6 +142,7 @@ class SampleEvaluator {
   const Layout& layout_;
   Loss loss_;
   double scale_, b2_;
+  int64_t first_;
   at::Tensor x_, target_, w1_, w2_, phi_[4];
 };
 
@@ -471,7 +477,7 @@ ParameterSpaceResult parameter_space_cpu(const MlpProblem& p, bool with_gradient
 at::Tensor parameter_space_hessian_cpu(const MlpProblem& p, int64_t begin, int64_t end) {
   TORCH_INTERNAL_ASSERT(p.x.is_cpu() && p.one_logit());
   const Layout L(p);
-  const SampleEvaluator eval(p, L, /*num_derivatives=*/2);
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/2, begin, end);
   return assemble_hessian(eval, L, begin, end).hessian;
 }
 
@@ -481,7 +487,7 @@ InputGradients parameter_space_hessian_backward_cpu(const MlpProblem& p,
                                                     bool need_grad_x) {
   TORCH_INTERNAL_ASSERT(p.x.is_cpu() && p.one_logit());
   const Layout L(p);
-  const SampleEvaluator eval(p, L, /*num_derivatives=*/3);
+  const SampleEvaluator eval(p, L, /*num_derivatives=*/3, begin, end);
   // The tr(H²) side reads its matrix as half its H̄ (H̄ = 2H): given H̄/2 it differentiates
   // ⟨H̄, H⟩ (the tr H side comes along in the same loops and is dropped).
   const at::Tensor half = (0.25 * (hessian_bar + hessian_bar.t())).contiguous();
