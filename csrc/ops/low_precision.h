@@ -3,7 +3,7 @@
 // values and return the input dtype, bounds rounded outward. Mixed dtypes are left to the usual
 // check, which names them.
 //
-// The policy is applied where the call first arrives: the Autograd kernels (autograd.cpp), and
+// The policy is applied where the call first arrives: the Autograd kernels (ops/<family>/autograd.cpp), and
 // the backend kernels for calls that skip the Autograd key (torch.inference_mode()). Both call
 // the functions below, which redispatch with float32 tensors (the casts are ordinary
 // differentiable ops, so gradients return in the input dtype).

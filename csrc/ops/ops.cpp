@@ -1,7 +1,7 @@
 // The op catalogue of the first op families, in one TORCH_LIBRARY (later families define their
 // schemas with TORCH_LIBRARY_FRAGMENT in their own folder, csrc/ops/<family>/). Kernels are
 // registered where they are implemented: ops/<family>/ (every backend, Meta),
-// autograd/autograd.cpp (Autograd).
+// ops/<family>/autograd.cpp (Autograd, on the shared pieces of autograd/support.h).
 //
 // Public: hessian_traces, ws_bound, ws_bound_batched, spectral_bound. Internal, run by autograd:
 // _traces_with_gradients (the traces and the gradients of tr H and tr(H²) with respect to

@@ -5,7 +5,7 @@
 // batch saves is the per-call cost around the arithmetic: one dispatch, one validation and one
 // autograd node for B models instead of B of each, and on the CPU the models run in parallel
 // (a model per task; the engines' own lanes then run inline). At the papers' scale that per-call
-// cost is most of a call (docs/math.md §10). autograd/autograd.cpp holds the Autograd kernel.
+// cost is most of a call (docs/math.md §10). ops/batched/autograd.cpp holds the Autograd kernel.
 #include "engines/dispatch.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"

@@ -1,6 +1,6 @@
 // The kernels of spectral_bound and its internal ops below autograd (CPU, CUDA, Meta). The parts
 // come from spectral/spectral_bound.h, the Wolkowicz-Styan bound they are compared with from the
-// trace engines; autograd/autograd.cpp holds the Autograd kernel.
+// trace engines; ops/spectral/autograd.cpp holds the Autograd kernel.
 #include "engines/dispatch.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"
