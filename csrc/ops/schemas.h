@@ -1,4 +1,5 @@
-// The C++ signatures of the torch_ws ops' kernels (ops.cpp holds the schemas): typed handles for
+// The C++ signatures of the torch_ws ops' kernels (ops/<family>/schemas.cpp hold the schemas):
+// typed handles for
 // calls through the dispatcher (so calls get autograd and reach the CPU, CUDA or Meta kernel).
 #pragma once
 
