@@ -1,6 +1,6 @@
 // The C++ signatures of the torch_ws ops' kernels (ops/<family>/schemas.cpp hold the schemas):
-// typed handles for
-// calls through the dispatcher (so calls get autograd and reach the CPU, CUDA or Meta kernel).
+// typed handles for calls through the dispatcher (so calls get autograd and reach the kernel of
+// the tensors' backend, or the Meta kernel).
 #pragma once
 
 #include <ATen/ATen.h>
