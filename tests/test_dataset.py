@@ -134,6 +134,16 @@ def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_en
     return [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
 
 
+def _assert_every_rank_got(results, expected, model, grad_rtol=1e-12):
+    """Every rank's bounds and gradients are the single-process ones (`expected`, and the
+    gradient the single-process call left in `model`)."""
+    for result in results:
+        for got, want in zip(result["bounds"], expected[:7]):
+            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=grad_rtol, atol=1e-15)
+
+
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
 @pytest.mark.parametrize("sizes", [(13, 9), (7, 11, 5), (12, 0)])
 def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, sizes, engine):
@@ -146,11 +156,7 @@ def test_ranks_get_the_bounds_and_gradient_of_the_union(tmp_path, monkeypatch, s
     results = _run_ranks(tmp_path, sizes)
     model, x, y = model_and_data(n=sum(sizes))
     expected = torch_ws.dataset_bounds(model, [(x, y)], grad=True)
-    for result in results:
-        for got, want in zip(result["bounds"], expected[:7]):
-            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
-        for got, p in zip(result["grads"], model.parameters()):
-            torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
+    _assert_every_rank_got(results, expected, model)
 
 
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
@@ -165,11 +171,7 @@ def test_ranks_with_a_head_of_three_logits(tmp_path, monkeypatch, loss_name, eng
     model, x, y = model_and_data(n=17, classes=3)
     loss, y = _head(3, loss_name, y)
     expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
-    for result in results:
-        for got, want in zip(result["bounds"], expected[:7]):
-            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
-        for got, p in zip(result["grads"], model.parameters()):
-            torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-15)
+    _assert_every_rank_got(results, expected, model)
 
 
 def test_ranks_with_ten_logits_beyond_the_hessian_limit(tmp_path):
@@ -181,11 +183,7 @@ def test_ranks_with_ten_logits_beyond_the_hessian_limit(tmp_path):
                                model[2].bias) == 4810
     loss, y = _head(10, "cross_entropy", y)
     expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
-    for result in results:
-        for got, want in zip(result["bounds"], expected[:7]):
-            assert got == pytest.approx(float(want), rel=1e-12, abs=1e-15)
-        for got, p in zip(result["grads"], model.parameters()):
-            torch.testing.assert_close(got, p.grad, rtol=1e-11, atol=1e-15)
+    _assert_every_rank_got(results, expected, model, grad_rtol=1e-11)
 
 
 @pytest.mark.parametrize("other, message", [

@@ -122,8 +122,8 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             bounds = ws_bounds(*spec.op_args(x, target))
             if grad:
                 bounds.lambda_max_upper.backward()
+        stage("done")
         return WSBounds(*(b.detach() for b in bounds[:7]), num_params=bounds.num_params)
     finally:
         if bar is not None:
-            stage("done")
             bar.close()

@@ -129,18 +129,22 @@ PairwiseStage pairwise_stage(const SampleFeatures& f, Gradients gradients, const
   if (f.x.is_cpu() && setting != kWholeMatrices) {
     return {pairwise_tiled_cpu(f, gradients, one_logit_tile(f.x.size(0), setting), share), true};
   }
-  // Whole matrices are one piece of work: share 0 holds it, the others nothing.
-  PairwiseResult whole = pairwise_whole(f, gradients);
-  if (!share.holds_diagonal()) {
-    whole.trace_sq = at::zeros_like(whole.trace_sq);
-    if (whole.adjoints) {
-      SampleAdjoints& a = *whole.adjoints;
-      for (at::Tensor* t : {&a.U, &a.V, &a.phi0, &a.phi1, &a.x, &a.s, &a.e}) {
-        if (t->defined()) t->zero_();
-      }
-    }
+  // Whole matrices are one piece of work: share 0 holds it, the others nothing (zeros, not
+  // the N×N products computed and dropped).
+  if (share.holds_diagonal()) return {pairwise_whole(f, gradients), false};
+  PairwiseResult none{at::zeros({}, f.x.options().dtype(at::kDouble)), std::nullopt};
+  if (gradients != Gradients::None) {
+    SampleAdjoints a;
+    a.U = at::zeros_like(f.U);
+    a.V = at::zeros_like(f.V);
+    a.phi0 = at::zeros_like(f.phi0);
+    a.phi1 = at::zeros_like(f.phi1);
+    if (gradients == Gradients::ParametersAndX) a.x = at::zeros_like(f.x);
+    a.s = at::zeros_like(f.s);
+    a.e = at::zeros_like(f.e);
+    none.adjoints = std::move(a);
   }
-  return {std::move(whole), false};
+  return {std::move(none), false};
 }
 
 TracesResult sample_space(const MlpProblem& p, Gradients gradients, const Share& share) {
@@ -181,6 +185,11 @@ InputGradients weigh_gradients(const at::Tensor& alpha, const InputGradients& a,
   return {weighted_sum(alpha, a.x, beta, b.x), weighted_sum(alpha, a.w1, beta, b.w1),
           weighted_sum(alpha, a.b1, beta, b.b1), weighted_sum(alpha, a.w2, beta, b.w2),
           weighted_sum(alpha, a.b2, beta, b.b2)};
+}
+
+// The sample-space engine of either head on all the sums (no share).
+TracesResult unshared_sample_space(const MlpProblem& p, Gradients gradients) {
+  return sample_space(p, gradients, {});
 }
 
 // ---- The engine table: one row per engine, read by the automatic choice, TORCH_WS_ENGINE, the
@@ -244,7 +253,7 @@ const EngineEntry kEngines[] = {
        const auto n = static_cast<double>(s.num_samples);
        return 1.5 * n * n * static_cast<double>(8 * s.hidden + s.in_dim);
      },
-     [](const MlpProblem& p, Gradients g) { return sample_space(p, g, {}); }},
+     &unshared_sample_space},
     {Engine::ParameterSpace, false,
      "the n×n Hessian from the per-sample Jacobians (ATen, any device), O(N·C·n²) time, "
      "O(n²) memory",
@@ -266,7 +275,7 @@ const EngineEntry kEngines[] = {
        const auto h = static_cast<double>(s.hidden);
        return n * n * (3.0 * c * (c * h + 2 * h) + static_cast<double>(s.in_dim));
      },
-     [](const MlpProblem& p, Gradients g) { return sample_space(p, g, {}); }},
+     &unshared_sample_space},
 };
 
 bool serves(const EngineEntry& e, const ProblemShape& s) {
