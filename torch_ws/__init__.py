@@ -18,10 +18,15 @@ from .ops import (
     ACTIVATIONS,
     LOSSES,
     REDUCTIONS,
+    EigenvalueInterval,
+    INTERVAL_SOURCES,
     SpectralBound,
     WSBounds,
     explicit_hessian,
     hessian_traces,
+    hessian_vector_products,
+    lambda_max_interval,
+    lambda_min_interval,
     num_params,
     spectral_bound,
     ws_bound,
@@ -31,6 +36,7 @@ from .ops import (
 from .model import MlpSpec
 from .regularizer import HSRRegularizer
 from .dataset import dataset_bounds
+from .sharpness import Sharpness, sharpness
 
 __all__ = [
     "ACTIVATIONS",
@@ -38,12 +44,19 @@ __all__ = [
     "REDUCTIONS",
     "WSBounds",
     "dataset_bounds",
+    "EigenvalueInterval",
     "explicit_hessian",
     "HSRRegularizer",
     "MlpSpec",
     "SpectralBound",
     "hessian_traces",
+    "hessian_vector_products",
+    "INTERVAL_SOURCES",
+    "lambda_max_interval",
+    "lambda_min_interval",
     "num_params",
+    "Sharpness",
+    "sharpness",
     "spectral_bound",
     "ws_bound",
     "ws_bound_batched",

@@ -306,3 +306,98 @@ def spectral_bound(
     return SpectralBound(*torch.ops.torch_ws.spectral_bound.default(
         x, target, w1, b1, w2, b2, activation, reduction, loss
     ))
+
+
+def hessian_vector_products(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tensor],
+                            w2: Tensor, b2: Optional[Tensor], vectors: Tensor,
+                            activation: str = "tanh", reduction: str = "mean",
+                            loss: str = "bce") -> Tensor:
+    """H·v for each row v of ``vectors``, in closed form in C++ (docs/math.md §11.1).
+
+    The forward-over-reverse of the network written out as matrix products: O(N·(D + C)·H) per
+    vector and k vectors at once, never an n×n, N×N or (N·C)² array. θ follows the flat order
+    (W1 row-major, b1, W2 row-major, b2) of ``torch_ws.model.flatten_params``. Not
+    differentiable (the result is detached). Other arguments as for :func:`hessian_traces`.
+
+    Args:
+        vectors: (n,) or (k, n), any floating dtype, on x's device.
+
+    Returns:
+        H·v in ``vectors``' shape and x's dtype (bfloat16/float16 computed in float32).
+    """
+    return torch.ops.torch_ws.hessian_vector_products.default(
+        x.detach(), target.detach(), w1.detach(), _detached(b1), w2.detach(), _detached(b2),
+        vectors.detach(), activation, reduction, loss)
+
+
+#: What gave an interval's outer bound (docs/math.md §11): the Wolkowicz-Styan bound of the
+#: traces, the trace cap (interlacing), or Kato-Temple on the top Ritz pair.
+INTERVAL_SOURCES = ("wolkowicz_styan", "trace_cap", "kato_temple")
+
+
+class EigenvalueInterval(NamedTuple):
+    """A certified interval on an extreme eigenvalue of the loss Hessian (docs/math.md §11).
+
+    ``lower ≤ λ ≤ upper`` holds for the computed numbers (every rounding error bounded, §11.3),
+    both in x's dtype and rounded outward. For λ_max, ``lower`` is a Rayleigh quotient and
+    ``upper`` the smallest of the guarantees named by ``source`` (one of
+    :data:`INTERVAL_SOURCES`); for λ_min the roles are mirrored. ``ritz_values`` (k,) float64
+    are the Rayleigh-Ritz values, the extreme one first, and ``ritz_vectors`` (k, n) float64
+    their vectors: pass them as ``start`` to the next call to track the eigenvalue during
+    training. ``products`` counts the Hessian-vector products used.
+    """
+
+    lower: Tensor
+    upper: Tensor
+    source: str
+    ritz_values: Tensor
+    ritz_vectors: Tensor
+    products: int
+
+
+def _eigenvalue_interval(largest: bool, x, target, w1, b1, w2, b2, activation, reduction, loss,
+                         steps, start, seed) -> EigenvalueInterval:
+    lower, upper, source, values, vectors, products = torch.ops.torch_ws.eigenvalue_interval.default(
+        x.detach(), target.detach(), w1.detach(), _detached(b1), w2.detach(), _detached(b2),
+        activation, reduction, loss, largest, steps, _detached(start), seed)
+    return EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
+                              int(products))
+
+
+def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+                        b2: Optional[Tensor], activation: str = "tanh", reduction: str = "mean",
+                        loss: str = "bce", *, steps: int = 32, start: Optional[Tensor] = None,
+                        seed: int = 0) -> EigenvalueInterval:
+    """A certified interval ``lower ≤ λ_max(H) ≤ upper`` (docs/math.md §11).
+
+    ``steps`` Lanczos steps (full reorthogonalization) on closed-form Hessian-vector products
+    build a basis Q; Rayleigh-Ritz on it gives the lower bound (the top Ritz vector's Rayleigh
+    quotient, recomputed and certified) and, with the exact tr(H²), the trace cap: by
+    interlacing, λ_max² ≤ tr(H²) − Σ of the other Ritz values' squares. Where the cap certifies
+    that λ_2 lies below the top Ritz value minus its residual, Kato-Temple closes the interval
+    to the residual's square. ``upper`` is the smallest of these and the Wolkowicz-Styan bound.
+    The interval is tight when the top eigenvalue stands out of a light bulk (trained networks);
+    on random networks with a heavy bulk the cap stays loose (compare :func:`spectral_bound`).
+    Computed in float64 whatever x's dtype; not differentiable (the inputs are detached).
+
+    Args:
+        x, target, w1, b1, w2, b2, activation, reduction, loss: as for :func:`hessian_traces`.
+        steps: Lanczos steps ≥ 1 (capped at n), one Hessian-vector product each (plus one to
+            certify the top Ritz pair).
+        start: (n,) or (r, n): the first row starts the iteration, e.g. the ``ritz_vectors`` of
+            the previous call (a warm start; the guarantee does not depend on it). Default: a
+            random vector from ``seed``.
+        seed: the seed of the random start (and of restarts when the Krylov space closes).
+    """
+    return _eigenvalue_interval(True, x, target, w1, b1, w2, b2, activation, reduction, loss,
+                                steps, start, seed)
+
+
+def lambda_min_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
+                        b2: Optional[Tensor], activation: str = "tanh", reduction: str = "mean",
+                        loss: str = "bce", *, steps: int = 32, start: Optional[Tensor] = None,
+                        seed: int = 0) -> EigenvalueInterval:
+    """A certified interval ``lower ≤ λ_min(H) ≤ upper``: :func:`lambda_max_interval` of −H
+    (``upper`` is the bottom Ritz value, ``lower`` the guarantee named by ``source``)."""
+    return _eigenvalue_interval(False, x, target, w1, b1, w2, b2, activation, reduction, loss,
+                                steps, start, seed)

@@ -1,0 +1,201 @@
+"""The certified eigenvalue interval and the closed-form Hessian-vector products (docs/math.md
+§11) against independent truths: autograd's double-backward HVP of the loss as PyTorch computes
+it, and eigvalsh of the explicit Hessian from torch.func.hessian (float64, tests/reference.py)."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from testing import ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, make_head_problem
+
+import reference
+import torch_ws
+
+# (loss, C, kind of target): every head and target form.
+HEADS = (("bce", 1, "probabilities"), ("cross_entropy", 3, "indices"),
+         ("cross_entropy", 3, "probabilities"), ("mse", 2, "values"), ("mse", 1, "values"))
+
+
+def head_problem(loss, c, kind, **kwargs):
+    x, target, w1, b1, w2, b2 = make_head_problem(loss, c, kind, **kwargs)
+    if loss == "bce":  # make_head_problem draws (N, C) probabilities: one column, as (N,)
+        target = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(1),
+                            dtype=torch.float64).to(x.dtype)
+    if loss == "mse" and c == 1:
+        target = target.reshape(-1)
+    return x, target, w1, b1, w2, b2
+
+
+def autograd_hvp(args, vectors, activation, reduction, loss):
+    """H·v by autograd's double backward through the loss as PyTorch computes it (float64)."""
+    x, target, w1, b1, w2, b2 = args
+    theta = reference.flatten_params(w1, b1, w2, b2).detach().requires_grad_(True)
+    value = reference.mlp_loss(x, target, *reference.unflatten_params(theta, w1, b1, w2, b2),
+                               activation, reduction, loss)
+    (gradient,) = torch.autograd.grad(value, theta, create_graph=True)
+    return torch.stack([torch.autograd.grad(gradient @ v, theta, retain_graph=True)[0]
+                        for v in vectors])
+
+
+def spectrum(args, activation, reduction, loss):
+    x, target = args[0].double(), args[1].double() if args[1].is_floating_point() else args[1]
+    params = [p.double() if p is not None else None for p in args[2:]]
+    return torch.linalg.eigvalsh(
+        reference.explicit_hessian(x, target, *params, activation, reduction, loss).detach())
+
+
+# Every activation with every head; the bias setting and reduction rotate through the cases.
+CASES = [(head, activation, BIAS_CONFIGS[i % 4], REDUCTIONS[i % 2])
+         for i, (head, activation) in enumerate(itertools.product(HEADS, ACTIVATIONS))]
+
+
+@pytest.mark.parametrize("head,activation,bias,reduction", CASES)
+def test_products_match_autograd(head, activation, bias, reduction):
+    args = head_problem(*head, n=9, d=3, h=4, bias=bias, seed=3)
+    n = torch_ws.num_params(*args[2:])
+    vectors = torch.randn(3, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = autograd_hvp(args, vectors, activation, reduction, head[0])
+    actual = torch_ws.hessian_vector_products(*args, vectors, activation, reduction, head[0])
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    one = torch_ws.hessian_vector_products(*args, vectors[1], activation, reduction, head[0])
+    torch.testing.assert_close(one, expected[1], rtol=1e-10, atol=1e-12)
+
+
+def test_products_float32():
+    args = head_problem("cross_entropy", 4, "indices", n=30, d=5, h=6, seed=1)
+    args32 = tuple(a.float() if a is not None and a.is_floating_point() else a for a in args)
+    vectors = torch.randn(2, torch_ws.num_params(*args[2:]), dtype=torch.float64)
+    expected = torch_ws.hessian_vector_products(*args, vectors, "gelu", "mean", "cross_entropy")
+    actual = torch_ws.hessian_vector_products(*args32, vectors.float(), "gelu", "mean",
+                                              "cross_entropy")
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("head,activation,bias,reduction", CASES)
+def test_interval_contains_extreme_eigenvalues(head, activation, bias, reduction, dtype):
+    args = head_problem(*head, n=12, d=3, h=5, bias=bias, seed=5, dtype=dtype)
+    eigenvalues = spectrum(args, activation, reduction, head[0])
+    top = torch_ws.lambda_max_interval(*args, activation, reduction, head[0], steps=12)
+    bottom = torch_ws.lambda_min_interval(*args, activation, reduction, head[0], steps=12)
+    for interval in (top, bottom):
+        assert interval.lower.dtype == dtype and interval.upper.dtype == dtype
+        assert interval.source in torch_ws.INTERVAL_SOURCES
+    # The float32 interval holds the float64 eigenvalue of the same float32 values.
+    assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+    assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
+    # The Ritz value is a Rayleigh quotient: never more than rounding beyond λ_max.
+    assert float(top.ritz_values[0]) <= float(eigenvalues[-1]) * (1 + 1e-12) + 1e-15
+
+
+def test_full_basis_is_exact():
+    """k ≥ n: the basis spans the space, every eigenvalue is a Ritz value, the interval closes."""
+    args = head_problem("cross_entropy", 3, "indices", n=10, d=2, h=3, seed=2)
+    n = torch_ws.num_params(*args[2:])
+    eigenvalues = spectrum(args, "tanh", "mean", "cross_entropy")
+    top = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=n + 10)
+    assert top.products == n + 1 and top.ritz_values.shape == (n,)
+    torch.testing.assert_close(top.ritz_values.flip(0), eigenvalues, rtol=1e-9, atol=1e-12)
+    assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+    assert float(top.upper - top.lower) <= 1e-9 * float(eigenvalues[-1])
+
+
+@pytest.mark.parametrize("loss,c,kind", [("bce", 1, "probabilities"), ("mse", 2, "values")])
+def test_one_sample(loss, c, kind):
+    args = head_problem(loss, c, kind, n=1, d=3, h=4, seed=7)
+    eigenvalues = spectrum(args, "tanh", "sum", loss)
+    for interval, value in ((torch_ws.lambda_max_interval(*args, "tanh", "sum", loss), eigenvalues[-1]),
+                            (torch_ws.lambda_min_interval(*args, "tanh", "sum", loss), eigenvalues[0])):
+        assert float(interval.lower) <= float(value) <= float(interval.upper)
+
+
+def test_zero_residual_and_repeated_eigenvalues():
+    """e = 0 (targets equal to the outputs: H = GGN, rank ≤ N·C) and, at w = 0, an eigenvalue
+    repeated H times (every hidden unit's residual block is the same)."""
+    x, target, w1, b1, w2, b2 = head_problem("mse", 2, "values", n=6, d=3, h=4, seed=8)
+    fitted = reference.mlp_logits(x, w1, b1, w2, b2, "tanh").detach()
+    for args in ((x, fitted, w1, b1, w2, b2),
+                 (x, target, torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2), b2)):
+        eigenvalues = spectrum(args, "tanh", "mean", "mse")
+        top = torch_ws.lambda_max_interval(*args, "tanh", "mean", "mse", steps=8)
+        bottom = torch_ws.lambda_min_interval(*args, "tanh", "mean", "mse", steps=8)
+        assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+        assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
+
+
+def trained_net():
+    """A one-hidden-layer tanh net fit (loss 7e-4) to 3 Gaussian classes: its top eigenvalue
+    stands out of a light bulk, the case the interval closes on (docs/math.md §11.4)."""
+    gen = torch.Generator().manual_seed(0)
+    centers = 3 * torch.randn(3, 10, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (400,), generator=gen)
+    x = centers[y] + torch.randn(400, 10, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(300):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model, x, y
+
+
+def test_trained_net_interval_is_tight_and_warm_start_keeps_the_guarantee():
+    model, x, y = trained_net()
+    args = (x, y, model[0].weight, model[0].bias, model[2].weight, model[2].bias)
+    eigenvalues = spectrum(args, "tanh", "mean", "cross_entropy")
+    cold = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=32)
+    assert float(cold.lower) <= float(eigenvalues[-1]) <= float(cold.upper)
+    assert float(cold.upper) <= 1.01 * float(eigenvalues[-1])
+    assert float(cold.lower) >= 0.999 * float(eigenvalues[-1])
+    warm = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=4,
+                                        start=cold.ritz_vectors)
+    assert warm.products == 5
+    assert float(warm.lower) <= float(eigenvalues[-1]) <= float(warm.upper)
+    assert float(warm.lower) >= 0.999 * float(eigenvalues[-1])
+
+
+def test_sharpness_of_a_module():
+    model, x, y = trained_net()
+    result = torch_ws.sharpness(model, x, y, loss=nn.CrossEntropyLoss())
+    args = (x, y, model[0].weight, model[0].bias, model[2].weight, model[2].bias)
+    expected = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy")
+    assert float(result.lambda_max.lower) == float(expected.lower)
+    assert float(result.lambda_max.upper) == float(expected.upper)
+    trace, trace_sq = torch_ws.hessian_traces(*args, "tanh", "mean", "cross_entropy")
+    torch.testing.assert_close(result.trace, trace.detach())
+    torch.testing.assert_close(result.trace_sq, trace_sq.detach())
+    with pytest.raises(ValueError, match="sharpness expects nn.Sequential"):
+        torch_ws.sharpness(model[0], x, y, loss="cross_entropy")
+
+
+def test_nan_input_gives_nan_interval():
+    args = list(head_problem("bce", 1, "probabilities", n=5, d=2, h=3, seed=0))
+    args[0] = args[0].clone()
+    args[0][1, 1] = float("nan")
+    interval = torch_ws.lambda_max_interval(*args)
+    assert torch.isnan(interval.lower) and torch.isnan(interval.upper)
+
+
+def test_bad_input():
+    args = head_problem("bce", 1, "probabilities", n=5, d=2, h=3, seed=0)
+    n = torch_ws.num_params(*args[2:])
+    with pytest.raises(RuntimeError, match=r"eigenvalue_interval: expected steps >= 1"):
+        torch_ws.lambda_max_interval(*args, steps=0)
+    with pytest.raises(RuntimeError, match=rf"expected start of shape \(n,\) or \(r, n\) with n = {n}"):
+        torch_ws.lambda_max_interval(*args, start=torch.ones(n + 1, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="expected a finite, non-zero start vector"):
+        torch_ws.lambda_max_interval(*args, start=torch.zeros(n, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=rf"hessian_vector_products: expected vectors of shape"):
+        torch_ws.hessian_vector_products(*args, torch.ones(2, n - 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    args = head_problem("cross_entropy", 3, "indices", n=6, d=2, h=3, seed=0, dtype=dtype)
+    n = torch_ws.num_params(*args[2:])
+    torch.library.opcheck(torch.ops.torch_ws.hessian_vector_products.default,
+                          args + (torch.randn(2, n, dtype=dtype), "tanh", "mean", "cross_entropy"))
+    torch.library.opcheck(torch.ops.torch_ws.eigenvalue_interval.default,
+                          args + ("tanh", "mean", "cross_entropy"), {"steps": 5})

@@ -1,0 +1,53 @@
+"""``torch_ws.sharpness``: how sharp is my model, in one call."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .model import MlpSpec
+from .ops import EigenvalueInterval, hessian_traces, lambda_max_interval
+
+
+class Sharpness(NamedTuple):
+    """The loss Hessian's curvature of a model on a batch.
+
+    ``lambda_max``: the certified interval on the top eigenvalue (:class:`EigenvalueInterval`);
+    ``trace`` = tr H and ``trace_sq`` = tr(H²), exact (float64, 0-d).
+    """
+
+    lambda_max: EigenvalueInterval
+    trace: Tensor
+    trace_sq: Tensor
+
+
+def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
+              reduction: Optional[str] = None, *, steps: int = 32,
+              start: Optional[Tensor] = None, seed: int = 0) -> Sharpness:
+    """The top Hessian eigenvalue (a certified interval), tr H and tr(H²) of ``model``'s loss on
+    ``(x, target)``.
+
+    Args:
+        model: ``nn.Sequential(nn.Linear(D, H), activation, nn.Linear(H, C))`` (DDP,
+            DataParallel and torch.compile wrappers are unwrapped), as :class:`HSRRegularizer`
+            takes it.
+        x, target: the batch; targets as the loss takes them (class indices for
+            ``"cross_entropy"``).
+        loss: ``"bce"``, ``"cross_entropy"``, ``"mse"`` or the PyTorch loss module.
+        reduction: ``"mean"`` (default) or ``"sum"``; read from a loss module.
+        steps, start, seed: as for :func:`torch_ws.lambda_max_interval` (pass the previous
+            call's ``lambda_max.ritz_vectors`` as ``start`` when tracking during training).
+
+    Example::
+
+        s = torch_ws.sharpness(model, x, y, loss="cross_entropy")
+        print(f"{s.lambda_max.lower:.4g} <= lambda_max <= {s.lambda_max.upper:.4g}")
+    """
+    spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="sharpness")
+    args = spec.op_args(x, spec.prepare_target(x, target, caller="sharpness"))
+    with torch.no_grad():
+        interval = lambda_max_interval(*args, steps=steps, start=start, seed=seed)
+        trace, trace_sq = torch.ops.torch_ws.hessian_traces.default(
+            *(a.detach() if isinstance(a, Tensor) else a for a in args))
+    return Sharpness(interval, trace, trace_sq)
