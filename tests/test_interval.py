@@ -199,3 +199,84 @@ def test_opcheck(dtype):
                           args + (torch.randn(2, n, dtype=dtype), "tanh", "mean", "cross_entropy"))
     torch.library.opcheck(torch.ops.torch_ws.eigenvalue_interval.default,
                           args + ("tanh", "mean", "cross_entropy"), {"steps": 5})
+
+
+def explicit_ends(interval, H, largest):
+    """lower and upper as functions of the explicit Hessian H with the returned basis held fixed
+    (docs/math.md §11.5), differentiable by autograd: the truth for the closed-form gradients."""
+    sign = 1 if largest else -1
+    U = interval.ritz_vectors
+    u = U[0]
+    theta = u @ (sign * H) @ u / (u @ u)
+    ritz = torch.linalg.eigvalsh(U @ (sign * H) @ U.T).flip(0)
+    trace_sq = (H * H).sum()
+    if interval.source == "kato_temple":
+        nu = torch.sqrt(trace_sq - theta ** 2 - (ritz[2:] ** 2).sum())
+        image = (H @ u) @ (H @ u) / (u @ u)
+        top = theta + (image - theta ** 2) / (theta - nu)
+    elif interval.source == "trace_cap":
+        top = torch.sqrt(trace_sq - (ritz[1:] ** 2).sum())
+    else:
+        top = reference.ws_upper_from_traces(sign * torch.trace(H), trace_sq, H.shape[0])
+    return (theta, top) if largest else (-top, -theta)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("steps", [3, 30])
+@pytest.mark.parametrize("head,activation,bias", [
+    (HEADS[0], "tanh", (True, True)), (HEADS[1], "gelu", (False, True)),
+    (HEADS[2], "softplus", (True, False)), (HEADS[3], "relu", (True, True)),
+    (HEADS[4], "silu", (False, False))])
+def test_gradients_match_autograd_through_explicit_hessian(head, activation, bias, steps, largest):
+    args = head_problem(*head, n=9, d=3, h=4, bias=bias, seed=3)
+    args = tuple(a.detach().requires_grad_(True) if a is not None and a.is_floating_point() and i != 1
+                 else a for i, a in enumerate(args))
+    leaves = [a for i, a in enumerate(args) if a is not None and i != 1]
+    function = torch_ws.lambda_max_interval if largest else torch_ws.lambda_min_interval
+    interval = function(*args, activation, "mean", head[0], steps=steps)
+    assert interval.lower.grad_fn is not None and interval.upper.grad_fn is not None
+    actual = torch.autograd.grad(interval.lower + 2 * interval.upper, leaves)
+    H = reference.explicit_hessian(*args, activation, "mean", head[0])
+    lower, upper = explicit_ends(interval, H, largest)
+    expected = torch.autograd.grad(lower + 2 * upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+
+def test_gradient_of_the_wolkowicz_styan_end_is_ws_bounds():
+    """On a spectrum where WS is the tightest guarantee (N = 1, n = 2... : one logit, D = H = 1
+    without biases), upper and its gradient are those of ws_bound."""
+    x = torch.tensor([[0.7]], dtype=torch.float64)
+    w1 = torch.tensor([[1.3]], dtype=torch.float64, requires_grad=True)
+    w2 = torch.tensor([[-0.4]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1.0], dtype=torch.float64)
+    interval = torch_ws.lambda_max_interval(x, target, w1, None, w2, None, steps=1)
+    if interval.source != "wolkowicz_styan":
+        pytest.skip(f"upper came from {interval.source}")
+    bound = torch_ws.ws_bound(x, target, w1, None, w2, None)
+    torch.testing.assert_close(interval.upper, bound)
+    for a, e in zip(torch.autograd.grad(interval.upper, [w1, w2]),
+                    torch.autograd.grad(bound, [w1, w2])):
+        torch.testing.assert_close(a, e)
+
+
+def test_forward_mode_is_refused():
+    args = head_problem("bce", 1, "probabilities", n=5, d=2, h=3, seed=0)
+    with torch.autograd.forward_ad.dual_level():
+        w1 = torch.autograd.forward_ad.make_dual(args[2], torch.ones_like(args[2]))
+        with pytest.raises(RuntimeError, match="forward-mode AD .* is not supported"):
+            torch_ws.lambda_max_interval(args[0], args[1], w1, *args[3:])
+
+
+def test_regularizer_penalizes_the_interval_upper_end():
+    model, x, y = trained_net()
+    reg = torch_ws.HSRRegularizer(model, loss="cross_entropy", bound="interval")
+    value = reg(x, y)
+    args = (x, y, model[0].weight, model[0].bias, model[2].weight, model[2].bias)
+    expected = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy")
+    torch.testing.assert_close(value, expected.upper)
+    grads = torch.autograd.grad(value, list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    again = reg(x, y)  # warm-started from the first call's Ritz vector: the same guarantee
+    eigenvalues = spectrum(args, "tanh", "mean", "cross_entropy")
+    assert float(eigenvalues[-1]) <= float(again) <= 1.0001 * float(eigenvalues[-1])

@@ -358,8 +358,8 @@ class EigenvalueInterval(NamedTuple):
 def _eigenvalue_interval(largest: bool, x, target, w1, b1, w2, b2, activation, reduction, loss,
                          steps, start, seed) -> EigenvalueInterval:
     lower, upper, source, values, vectors, products = torch.ops.torch_ws.eigenvalue_interval.default(
-        x.detach(), target.detach(), w1.detach(), _detached(b1), w2.detach(), _detached(b2),
-        activation, reduction, loss, largest, steps, _detached(start), seed)
+        x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, _detached(start),
+        seed)
     return EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
                               int(products))
 

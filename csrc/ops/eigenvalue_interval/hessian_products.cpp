@@ -35,14 +35,17 @@ HessianProducts::HessianProducts(const MlpProblem& p)
       num_outputs_(p.num_outputs()),
       num_params_(p.num_params()),
       has_b1_(p.b1().has_value()),
-      has_b2_(p.b2().has_value()) {
+      has_b2_(p.b2().has_value()),
+      w1_(p.w1()),
+      loss_(p.loss) {
   at::Tensor pre = at::matmul(p.x, p.w1().t());
   if (has_b1_) pre = pre + *p.b1();
-  const ActivationValues<at::Tensor> phi = activation_values(p.activation, pre, 2);
+  const ActivationValues<at::Tensor> phi = activation_values(p.activation, pre, 3);
+  phi3_ = phi.phi3;
   at::Tensor logits = at::matmul(phi.phi0, p.w2().t());
   if (has_b2_) logits = logits + *p.b2();
-  const OutputTerms terms = output_terms(p.loss, logits, p.target.view(logits.sizes()),
-                                         p.loss_scale());
+  terms_ = output_terms(p.loss, logits, p.target.view(logits.sizes()), p.loss_scale());
+  const OutputTerms& terms = terms_;
   values_ = {p.x, p.w2(), phi.phi0, phi.phi1, phi.phi2, terms.S, terms.e,
              at::matmul(terms.e, p.w2())};
   magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
@@ -65,19 +68,26 @@ at::Tensor HessianProducts::majorant(const at::Tensor& directions) const {
   return run(magnitudes_, directions.abs());
 }
 
-at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) const {
+HessianProducts::Blocks HessianProducts::split(const at::Tensor& directions) const {
   const int64_t k = directions.size(0), H = hidden_, D = in_dim_, C = num_outputs_;
-  // Views of each block of the flat θ order.
   int64_t offset = 0;
   auto block = [&](int64_t length) {
     at::Tensor view = directions.narrow(1, offset, length);
     offset += length;
     return view;
   };
-  const at::Tensor d_w1 = block(H * D).reshape({k, H, D});
-  const at::Tensor d_b1 = has_b1_ ? block(H) : at::Tensor();
-  const at::Tensor d_w2 = block(C * H).reshape({k, C, H});
-  const at::Tensor d_b2 = has_b2_ ? block(C) : at::Tensor();
+  Blocks out;
+  out.w1 = block(H * D).reshape({k, H, D});
+  if (has_b1_) out.b1 = block(H);
+  out.w2 = block(C * H).reshape({k, C, H});
+  if (has_b2_) out.b2 = block(C);
+  return out;
+}
+
+at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) const {
+  const int64_t k = directions.size(0), H = hidden_, D = in_dim_, C = num_outputs_;
+  const Blocks v = split(directions);
+  const at::Tensor &d_w1 = v.w1, &d_b1 = v.b1, &d_w2 = v.w2, &d_b2 = v.b2;
 
   at::Tensor dz = at::matmul(c.x, d_w1.transpose(1, 2));  // (k, N, H)
   if (has_b1_) dz = dz + d_b1.unsqueeze(1);
@@ -96,6 +106,74 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
   parts.push_back(h_w2.reshape({k, C * H}));
   if (has_b2_) parts.push_back(dg.sum(1));
   return at::cat(parts, 1);
+}
+
+// docs/math.md §11.5. Per sample i and pair j, with za = X aW1ᵀ + ab1, fa = (φ'∘za)W2ᵀ + Φ aW2ᵀ +
+// ab2 (the Jacobian times a) and the same for b:
+//   ⟨a, H b⟩ = Σ_i [ fa_iᵀ S_i fb_i + Σ_k ẽ_ik φ''_ik za_ik zb_ik
+//                    + Σ_k φ'_ik ((e_i aW2)_k zb_ik + (e_i bW2)_k za_ik) ],   ẽ = eW2,
+// whose reverse pass runs through S and e (losses.h' output_terms_backward), the logits, φ, φ',
+// φ'' (with φ''') and the first layer.
+InputGradients HessianProducts::bilinear_backward(const at::Tensor& A, const at::Tensor& B,
+                                                  const at::Tensor& coefficients,
+                                                  bool need_grad_x) const {
+  const Chain& c = values_;
+  const Blocks a = split(A), b = split(B);
+  const at::Tensor weight = coefficients.to(A.scalar_type()).view({-1, 1, 1});  // (k, 1, 1)
+  auto first_layer = [&](const Blocks& v) {  // X vW1ᵀ + vb1, (k, N, H)
+    at::Tensor z = at::matmul(c.x, v.w1.transpose(1, 2));
+    return has_b1_ ? z + v.b1.unsqueeze(1) : z;
+  };
+  auto jacobian = [&](const Blocks& v, const at::Tensor& z) {  // (φ'∘z)W2ᵀ + Φ vW2ᵀ + vb2
+    at::Tensor f = at::matmul(c.phi1 * z, c.w2.t()) + at::matmul(c.phi0, v.w2.transpose(1, 2));
+    return has_b2_ ? f + v.b2.unsqueeze(1) : f;
+  };
+  const at::Tensor za = first_layer(a), zb = first_layer(b);
+  const at::Tensor fa = jacobian(a, za), fb = jacobian(b, zb);
+  const at::Tensor ea = at::matmul(c.e, a.w2), eb = at::matmul(c.e, b.w2);  // (k, N, H)
+
+  // The term fa_iᵀ S_i fb_i: adjoints of S, of fa and fb (through W2, φ', φ and za, zb).
+  const at::Tensor S_bar = at::einsum("knc,knd->ncd", {weight * fa, fb});
+  const at::Tensor fa_bar = weight * at::matmul(c.S, fb.unsqueeze(-1)).squeeze(-1);
+  const at::Tensor fb_bar = weight * at::matmul(c.S, fa.unsqueeze(-1)).squeeze(-1);
+  at::Tensor w2_bar = at::einsum("knc,knh->ch", {fa_bar, c.phi1 * za}) +
+                      at::einsum("knc,knh->ch", {fb_bar, c.phi1 * zb});
+  const at::Tensor ta = at::matmul(fa_bar, c.w2), tb = at::matmul(fb_bar, c.w2);  // (k, N, H)
+  at::Tensor phi1_bar = (ta * za + tb * zb).sum(0);
+  at::Tensor phi0_bar = (at::matmul(fa_bar, a.w2) + at::matmul(fb_bar, b.w2)).sum(0);
+  at::Tensor za_bar = ta * c.phi1, zb_bar = tb * c.phi1;
+
+  // The term Σ_k ẽ_ik φ''_ik za_ik zb_ik.
+  const at::Tensor pair = (weight * za * zb).sum(0);  // (N, H)
+  const at::Tensor phi2_bar = c.hidden_residual * pair;
+  const at::Tensor hidden_residual_bar = c.phi2 * pair;
+  at::Tensor e_bar = at::matmul(hidden_residual_bar, c.w2.t());
+  w2_bar = w2_bar + at::matmul(c.e.t(), hidden_residual_bar);
+  za_bar = za_bar + weight * c.hidden_residual * c.phi2 * zb;
+  zb_bar = zb_bar + weight * c.hidden_residual * c.phi2 * za;
+
+  // The term Σ_k φ'_ik ((e_i aW2)_k zb_ik + (e_i bW2)_k za_ik).
+  phi1_bar = phi1_bar + (weight * (ea * zb + eb * za)).sum(0);
+  e_bar = e_bar + (at::matmul(weight * c.phi1 * zb, a.w2.transpose(1, 2)) +
+                   at::matmul(weight * c.phi1 * za, b.w2.transpose(1, 2))).sum(0);
+  zb_bar = zb_bar + weight * c.phi1 * ea;
+  za_bar = za_bar + weight * c.phi1 * eb;
+
+  // The logits z = ΦW2ᵀ + b2 carry S and e; the hidden pre-activations carry φ, φ', φ''.
+  const at::Tensor z_bar = output_terms_backward(loss_, terms_, S_bar, e_bar);
+  w2_bar = w2_bar + at::matmul(z_bar.t(), c.phi0);
+  phi0_bar = phi0_bar + at::matmul(z_bar, c.w2);
+  const at::Tensor pre_bar = phi0_bar * c.phi1 + phi1_bar * c.phi2 + phi2_bar * phi3_;
+
+  InputGradients out;
+  out.w1 = at::matmul(pre_bar.t(), c.x);
+  if (has_b1_) out.b1 = pre_bar.sum(0);
+  out.w2 = w2_bar;
+  if (has_b2_) out.b2 = z_bar.sum(0);
+  if (need_grad_x) {
+    out.x = at::matmul(pre_bar, w1_) + (at::matmul(za_bar, a.w1) + at::matmul(zb_bar, b.w1)).sum(0);
+  }
+  return out;
 }
 
 }  // namespace torch_ws

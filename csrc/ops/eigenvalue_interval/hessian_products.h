@@ -31,13 +31,27 @@ class HessianProducts {
 
   int64_t num_params() const { return num_params_; }
 
+  // The gradient of Σ_j c_j·⟨A_j, H B_j⟩ (A, B (k, n), c (k,)) with respect to x (only when
+  // `need_grad_x`), w1, b1, w2, b2, with the directions held fixed (docs/math.md §11.5): what the
+  // gradients of Rayleigh quotients and residual norms of fixed vectors are made of.
+  InputGradients bilinear_backward(const at::Tensor& A, const at::Tensor& B,
+                                   const at::Tensor& coefficients, bool need_grad_x) const;
+
  private:
+  struct Blocks {
+    at::Tensor w1, b1, w2, b2;  // (k, H, D), (k, H) or undefined, (k, C, H), (k, C) or undefined
+  };
+  Blocks split(const at::Tensor& directions) const;
+
   struct Chain {
     at::Tensor x, w2, phi0, phi1, phi2, S, e, hidden_residual;
   };
   at::Tensor run(const Chain& chain, const at::Tensor& directions) const;
 
   Chain values_, magnitudes_;
+  at::Tensor w1_, phi3_;  // for bilinear_backward
+  OutputTerms terms_;
+  Loss loss_;
   int64_t hidden_, in_dim_, num_outputs_, num_params_;
   bool has_b1_, has_b2_;
   double error_factor_;

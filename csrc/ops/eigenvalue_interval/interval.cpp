@@ -10,13 +10,17 @@
 //       extreme first; products: the Hessian-vector products used.
 //   hessian_vector_products(..., vectors) -> H·v for each row of vectors (k, n), in x's dtype.
 //
+//   _eigenvalue_interval_with_gradients(..., need_grad_x) -> the same and the gradients of lower
+//       and of upper ([x, w1, b1, w2, b2] each, x's empty unless asked for): what the Autograd
+//       kernel (autograd.cpp) saves for its backward.
+//
 // Kernels: one device-generic kernel each (ATen; the scalars of the certificate are read on the
-// host), the Meta kernels (the same checks, shapes only). Not differentiable: the Python wrappers
-// pass detached tensors.
+// host), the Meta kernels (the same checks, shapes only).
 #include "engines/dispatch.h"
 #include "core/problem.h"
 #include "core/ws_bound.h"
 #include "ops/eigenvalue_interval/hessian_products.h"
+#include "ops/gradient_list.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
@@ -64,6 +68,39 @@ struct Interval {
   Source source;
   Tensor ritz_values, ritz_vectors;
   int64_t products;
+  // With gradients (docs/math.md §11.5): of lower and of upper, in float64.
+  optional<InputGradients> lower_grad, upper_grad;
+};
+
+// α·a + β·b over the gradients that exist (x's only where both have it).
+InputGradients combine(double alpha, const InputGradients& a, double beta, const InputGradients& b) {
+  auto mix = [&](const Tensor& s, const Tensor& t) {
+    if (!s.defined() || !t.defined()) return Tensor();
+    return alpha * s + beta * t;
+  };
+  return {mix(a.x, b.x), mix(a.w1, b.w1), mix(a.b1, b.b1), mix(a.w2, b.w2), mix(a.b2, b.b2)};
+}
+
+// The Ritz vectors of `rows` with the coefficients of their quadratic forms, and the extra
+// bilinear pairs, as the (A, B, c) of HessianProducts::bilinear_backward.
+struct QuadraticForms {
+  std::vector<Tensor> a, b;
+  std::vector<double> c;
+  void add(const Tensor& left, const Tensor& right, double coefficient) {
+    a.push_back(left);
+    b.push_back(right);
+    c.push_back(coefficient);
+  }
+  // Their gradient; with no form, zeros in the gradients' shapes (`like` is a vector of θ).
+  InputGradients gradient(const HessianProducts& products, const Tensor& like,
+                          bool need_grad_x) const {
+    if (a.empty()) {
+      const Tensor row = like.unsqueeze(0);
+      return products.bilinear_backward(row, row, at::zeros({1}, like.options()), need_grad_x);
+    }
+    return products.bilinear_backward(at::stack(a), at::stack(b),
+                                       at::tensor(c, like.options()), need_grad_x);
+  }
 };
 
 // A unit vector orthogonal to the rows of `basis` (m, n), m < n, from `seed`'s generator:
@@ -84,11 +121,11 @@ Tensor random_orthogonal(const Tensor& basis, int64_t n, at::Generator& generato
 // λ_max of σ·H for σ = ±1 (docs/math.md §11): Lanczos with full reorthogonalization, then the
 // certificate on the basis it built.
 Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
-                       const optional<Tensor>& start, int64_t seed) {
+                       const optional<Tensor>& start, int64_t seed, Gradients gradients) {
   const HessianProducts products(p);
   const int64_t n = products.num_params(), k = std::min(steps, n);
   const at::TensorOptions options = p.x.options();
-  const TracesResult traces = evaluate_traces(p, Gradients::None);
+  const TracesResult traces = evaluate_traces(p, gradients);
   const double trace = sign * traces.trace.item<double>(), trace_sq = traces.trace_sq.item<double>();
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double ws = ws_upper_bound(trace, trace_sq, n, rounding_allowance(at::kDouble));
@@ -217,6 +254,68 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   Interval out{theta_low, ws, Source::WolkowiczStyan, mu.to(options.device()), ritz_vectors, k + 1};
   if (cap < out.upper) out.upper = cap, out.source = Source::TraceCap;
   if (kato_temple < out.upper) out.upper = kato_temple, out.source = Source::KatoTemple;
+  if (gradients == Gradients::None) return out;
+
+  // ---- Gradients (docs/math.md §11.5): with Q held fixed, lower and upper are smooth functions
+  // of the parameters made of Rayleigh quotients of fixed vectors and of the traces. The
+  // allowances are constants. ----
+  const bool need_grad_x = gradients == Gradients::ParametersAndX;
+  const InputGradients& trace_grad = *traces.trace_grad;
+  const InputGradients& trace_sq_grad = *traces.trace_sq_grad;
+  // The quadratic form of H (not σH) in a fixed vector v, as a Rayleigh quotient: σ/‖v‖².
+  auto ritz_norm_sq = [&](int64_t i) { return dot_value(ritz_vectors[i], ritz_vectors[i]); };
+  QuadraticForms lower_forms;
+  lower_forms.add(u, u, sign / denominator);
+  out.lower_grad = lower_forms.gradient(products, u, need_grad_x);
+
+  QuadraticForms upper_forms;
+  double trace_weight = 0, trace_sq_weight = 0;
+  if (out.source == Source::WolkowiczStyan) {
+    const auto [d_trace, d_trace_sq] = bound_trace_grads(1.0, trace, trace_sq, n);
+    trace_weight = sign * d_trace;
+    trace_sq_weight = d_trace_sq;
+  } else if (out.source == Source::TraceCap) {
+    // cap = √(tr(H²) − Σ_{i ∈ cap} μ_i²), μ_i the Ritz values of the fixed basis.
+    double subtracted = 0;
+    for (int64_t i = 1; i < k; ++i) {
+      if (std::abs(mu_values[i]) > eps_T) subtracted += mu_values[i] * mu_values[i];
+    }
+    const double value = std::sqrt(std::max(trace_sq - subtracted, 0.0));
+    if (value > 0) {
+      trace_sq_weight = 1 / (2 * value);
+      for (int64_t i = 1; i < k; ++i) {
+        if (!(std::abs(mu_values[i]) > eps_T)) continue;
+        upper_forms.add(ritz_vectors[i], ritz_vectors[i],
+                        -mu_values[i] / value * sign / ritz_norm_sq(i));
+      }
+    }
+  } else {
+    // θ + ρ²/(θ − ν), ρ² = ‖Hû‖² − θ², ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²).
+    double subtracted = 0;
+    for (int64_t i = 2; i < k; ++i) {
+      if (std::abs(mu_values[i]) > eps_T) subtracted += mu_values[i] * mu_values[i];
+    }
+    const double nu_value = std::sqrt(std::max(trace_sq - theta * theta - subtracted, 0.0));
+    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
+    const double rho_sq = std::max(image_sq - theta * theta, 0.0), gap = theta - nu_value;
+    const double d_nu = rho_sq / (gap * gap);
+    double d_theta = 1 - 2 * theta / gap - rho_sq / (gap * gap);
+    if (nu_value > 0) {
+      d_theta += d_nu * (-theta / nu_value);
+      trace_sq_weight = d_nu / (2 * nu_value);
+      for (int64_t i = 2; i < k; ++i) {
+        if (!(std::abs(mu_values[i]) > eps_T)) continue;
+        upper_forms.add(ritz_vectors[i], ritz_vectors[i],
+                        d_nu * (-mu_values[i] / nu_value) * sign / ritz_norm_sq(i));
+      }
+    }
+    upper_forms.add(u, u, d_theta * sign / denominator);
+    // ∇‖Hû‖² = 2⟨Hu, ∇H u⟩/‖u‖², and Hu = σ·hu.
+    upper_forms.add(hu, u, (1 / gap) * 2 * sign / denominator);
+  }
+  InputGradients upper_grad = upper_forms.gradient(products, u, need_grad_x);
+  upper_grad = combine(1, upper_grad, trace_weight, trace_grad);
+  out.upper_grad = combine(1, upper_grad, trace_sq_weight, trace_sq_grad);
   return out;
 }
 
@@ -236,28 +335,64 @@ void check_steps_and_start(const MlpProblem& p, int64_t steps, const optional<Te
               p.x.device(), ", got ", start->device());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> eigenvalue_interval_kernel(
-    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
-    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
-    const optional<Tensor>& start, int64_t seed) {
+using IntervalOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using IntervalWithGradients = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                         std::vector<Tensor>, std::vector<Tensor>>;
+
+// Both kernels: the interval of λ_max (largest) or of λ_min = −λ_max(−H), mirrored, and with
+// `gradients` those of its two ends.
+IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const Tensor& w1,
+                                  const optional<Tensor>& b1, const Tensor& w2,
+                                  const optional<Tensor>& b2, c10::string_view activation,
+                                  c10::string_view reduction, c10::string_view loss,
+                                  bool largest, int64_t steps, const optional<Tensor>& start,
+                                  int64_t seed, Gradients gradients) {
   const MlpProblem checked =
       check_problem(kIntervalName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   check_steps_and_start(checked, steps, start);
   const double sign = largest ? 1 : -1;
-  const Interval top = certified_top(as_float64(checked), sign, steps, start, seed);
-  // λ_min(H) = −λ_max(−H): the interval of −H, mirrored.
+  const Interval top = certified_top(as_float64(checked), sign, steps, start, seed, gradients);
   const double lower = largest ? top.lower : -top.upper;
   const double upper = largest ? top.upper : -top.lower;
   const auto options = x.options().dtype(at::kDouble);
+  std::vector<Tensor> lower_grads, upper_grads;
+  if (gradients != Gradients::None) {
+    auto in_dtype = [&](const InputGradients& g, double factor) {
+      std::vector<Tensor> list = gradient_list(combine(factor, g, 0, g), x);
+      for (Tensor& t : list) t = t.to(x.scalar_type());
+      return list;
+    };
+    lower_grads = largest ? in_dtype(*top.lower_grad, 1) : in_dtype(*top.upper_grad, -1);
+    upper_grads = largest ? in_dtype(*top.upper_grad, 1) : in_dtype(*top.lower_grad, -1);
+  }
   return {round_directed(at::scalar_tensor(lower, options), x.scalar_type(), /*up=*/false),
           round_directed(at::scalar_tensor(upper, options), x.scalar_type(), /*up=*/true),
           at::scalar_tensor(static_cast<int64_t>(top.source), options.dtype(at::kLong)),
           top.ritz_values * sign, top.ritz_vectors,
-          at::scalar_tensor(top.products, options.dtype(at::kLong))};
+          at::scalar_tensor(top.products, options.dtype(at::kLong)), lower_grads, upper_grads};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> eigenvalue_interval_meta(
+IntervalOutputs eigenvalue_interval_kernel(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
+    const optional<Tensor>& start, int64_t seed) {
+  auto [lower, upper, source, values, vectors, products, unused_lower, unused_upper] =
+      interval_of(x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, start,
+                  seed, Gradients::None);
+  return {lower, upper, source, values, vectors, products};
+}
+
+IntervalWithGradients eigenvalue_interval_with_gradients_kernel(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
+    const optional<Tensor>& start, int64_t seed, bool need_grad_x) {
+  return interval_of(x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps,
+                     start, seed, need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters);
+}
+
+IntervalOutputs eigenvalue_interval_meta(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, bool /*largest*/, int64_t steps,
@@ -272,6 +407,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> eigenvalue_interval_m
   return {at::empty({}, x.options()), at::empty({}, x.options()),
           at::empty({}, x.options().dtype(at::kLong)), at::empty_symint({k}, f64),
           at::empty_symint({k, n}, f64), at::empty({}, x.options().dtype(at::kLong))};
+}
+
+IntervalWithGradients eigenvalue_interval_with_gradients_meta(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
+    const optional<Tensor>& start, int64_t seed, bool need_grad_x) {
+  auto [lower, upper, source, values, vectors, products] = eigenvalue_interval_meta(
+      x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, start, seed);
+  return {lower, upper, source, values, vectors, products,
+          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2),
+          empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
 }
 
 // The problem in the dtype the products are computed in: bfloat16/float16 in float32.
@@ -331,6 +478,11 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "bool largest=True, int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, "
       "Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products)");
   m.def(
+      "_eigenvalue_interval_with_gradients(Tensor x, Tensor target, Tensor w1, Tensor? b1, "
+      "Tensor w2, Tensor? b2, str activation, str reduction, str loss, bool largest, int steps, "
+      "Tensor? start, int seed, bool need_grad_x) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor[], Tensor[])");
+  m.def(
       "hessian_vector_products(Tensor x, Tensor target, Tensor w1, Tensor? b1, Tensor w2, "
       "Tensor? b2, Tensor vectors, str activation=\"tanh\", str reduction=\"mean\", "
       "str loss=\"bce\") -> Tensor");
@@ -338,10 +490,14 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
 
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
   m.impl("eigenvalue_interval", &torch_ws::eigenvalue_interval_kernel);
+  m.impl("_eigenvalue_interval_with_gradients",
+         &torch_ws::eigenvalue_interval_with_gradients_kernel);
   m.impl("hessian_vector_products", &torch_ws::hessian_vector_products_kernel);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("eigenvalue_interval", &torch_ws::eigenvalue_interval_meta);
+  m.impl("_eigenvalue_interval_with_gradients",
+         &torch_ws::eigenvalue_interval_with_gradients_meta);
   m.impl("hessian_vector_products", &torch_ws::hessian_vector_products_meta);
 }

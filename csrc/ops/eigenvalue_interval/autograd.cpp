@@ -1,0 +1,107 @@
+// Autograd of the eigenvalue-interval family, registered at the Autograd key: the forward
+// redispatches below autograd to _eigenvalue_interval_with_gradients, which returns the gradients
+// of both ends with the basis held fixed (docs/math.md §11.5); the backward weighs them by the
+// upstream gradients. Only lower and upper are differentiable; forward mode is refused.
+// hessian_vector_products is not differentiable (its Python wrapper detaches).
+#include "autograd/support.h"
+#include "ops/schemas.h"
+
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+// At global scope for grad_fn's name (<CppNode<EigenvalueIntervalBackward>>; see traces/autograd.cpp).
+using at::Tensor;
+using std::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace ws = torch_ws;
+
+namespace torch_ws {
+inline constexpr char kEigenvalueIntervalName[] = "torch_ws.eigenvalue_interval";
+using EigenvalueIntervalSignature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const optional<Tensor>&, const Tensor&,
+    const optional<Tensor>&, c10::string_view, c10::string_view, c10::string_view, bool, int64_t,
+    const optional<Tensor>&, int64_t);
+using EigenvalueIntervalWithGradientsSignature =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>,
+               std::vector<Tensor>>(const Tensor&, const Tensor&, const Tensor&,
+                                    const optional<Tensor>&, const Tensor&,
+                                    const optional<Tensor>&, c10::string_view, c10::string_view,
+                                    c10::string_view, bool, int64_t, const optional<Tensor>&,
+                                    int64_t, bool);
+}  // namespace torch_ws
+
+class EigenvalueIntervalBackward : public torch::autograd::Function<EigenvalueIntervalBackward> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
+                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
+                               const optional<Tensor>& b2, c10::string_view activation,
+                               c10::string_view reduction, c10::string_view loss, bool largest,
+                               int64_t steps, const optional<Tensor>& start, int64_t seed) {
+    static auto op = ws::find_op<ws::EigenvalueIntervalWithGradientsSignature>(
+        "torch_ws::_eigenvalue_interval_with_gradients");
+    auto [lower, upper, source, values, vectors, products, lower_grads, upper_grads] = [&] {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps,
+                     start, seed, x.requires_grad());
+    }();
+    variable_list saved = lower_grads;
+    saved.insert(saved.end(), upper_grads.begin(), upper_grads.end());
+    saved.insert(saved.end(), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())});
+    ctx->save_for_backward(saved);
+    ctx->mark_non_differentiable({source, values, vectors, products});
+    return {lower, upper, source, values, vectors, products};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    constexpr size_t k = ws::SavedTraces::kGradients;
+    const std::vector<Tensor> inputs(saved.begin() + 2 * k, saved.end());
+    std::vector<Tensor> grads(k);
+    for (size_t i = 0; i < k; ++i) {
+      const Tensor &of_lower = saved[i], &of_upper = saved[k + i];
+      if (of_lower.numel() == 0 && !inputs[i].defined()) continue;
+      Tensor sum = at::zeros_like(of_lower);
+      if (grad_outputs[0].defined()) sum = sum + of_lower * grad_outputs[0].to(of_lower.scalar_type());
+      if (grad_outputs[1].defined()) sum = sum + of_upper * grad_outputs[1].to(of_upper.scalar_type());
+      grads[i] = sum;
+    }
+    variable_list out = ws::op_input_grads(std::move(grads), inputs, ws::kEigenvalueIntervalName);
+    out.resize(13);  // largest, steps, start, seed: not differentiable
+    return out;
+  }
+};
+
+namespace torch_ws {
+namespace {
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> eigenvalue_interval_autograd(
+    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
+    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
+    const optional<Tensor>& start, int64_t seed) {
+  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kEigenvalueIntervalName);
+  TORCH_CHECK(!tangents.any, kEigenvalueIntervalName, ": forward-mode AD (torch.func.jvp, "
+              "jacfwd, forward_ad) is not supported; differentiate the interval in reverse mode "
+              "(backward, torch.autograd.grad)");
+  if (!records_grad(x, w1, b1, w2, b2)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = find_op<EigenvalueIntervalSignature>("torch_ws::eigenvalue_interval");
+    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, start,
+                   seed);
+  }
+  variable_list out = EigenvalueIntervalBackward::apply(x, target, w1, b1, w2, b2, activation,
+                                                        reduction, loss, largest, steps, start,
+                                                        seed);
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
+}  // namespace
+}  // namespace torch_ws
+
+TORCH_LIBRARY_IMPL(torch_ws, Autograd, m) {
+  m.impl("eigenvalue_interval", &torch_ws::eigenvalue_interval_autograd);
+}
