@@ -1,6 +1,6 @@
 // Autograd of the eigenvalue-interval family, registered at the Autograd key: the forward
 // redispatches below autograd to _eigenvalue_interval_with_gradients, which returns the gradients
-// of both ends with the basis held fixed (docs/math.md §11.5); the backward weighs them by the
+// of both ends with the basis held fixed (docs/math.md §11.4); the backward weighs them by the
 // upstream gradients. Only lower and upper are differentiable; forward mode is refused.
 // hessian_vector_products is not differentiable (its Python wrapper detaches).
 #include "autograd/support.h"

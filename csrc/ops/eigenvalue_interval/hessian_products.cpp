@@ -108,7 +108,7 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
   return at::cat(parts, 1);
 }
 
-// docs/math.md §11.5. Per sample i and pair j, with za = X aW1ᵀ + ab1, fa = (φ'∘za)W2ᵀ + Φ aW2ᵀ +
+// docs/math.md §11.4. Per sample i and pair j, with za = X aW1ᵀ + ab1, fa = (φ'∘za)W2ᵀ + Φ aW2ᵀ +
 // ab2 (the Jacobian times a) and the same for b:
 //   ⟨a, H b⟩ = Σ_i [ fa_iᵀ S_i fb_i + Σ_k ẽ_ik φ''_ik za_ik zb_ik
 //                    + Σ_k φ'_ik ((e_i aW2)_k zb_ik + (e_i bW2)_k za_ik) ],   ẽ = eW2,

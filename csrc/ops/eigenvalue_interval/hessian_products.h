@@ -32,7 +32,7 @@ class HessianProducts {
   int64_t num_params() const { return num_params_; }
 
   // The gradient of Σ_j c_j·⟨A_j, H B_j⟩ (A, B (k, n), c (k,)) with respect to x (only when
-  // `need_grad_x`), w1, b1, w2, b2, with the directions held fixed (docs/math.md §11.5): what the
+  // `need_grad_x`), w1, b1, w2, b2, with the directions held fixed (docs/math.md §11.4): what the
   // gradients of Rayleigh quotients and residual norms of fixed vectors are made of.
   InputGradients bilinear_backward(const at::Tensor& A, const at::Tensor& B,
                                    const at::Tensor& coefficients, bool need_grad_x) const;

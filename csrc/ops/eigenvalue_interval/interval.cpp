@@ -68,7 +68,7 @@ struct Interval {
   Source source;
   Tensor ritz_values, ritz_vectors;
   int64_t products;
-  // With gradients (docs/math.md §11.5): of lower and of upper, in float64.
+  // With gradients (docs/math.md §11.4): of lower and of upper, in float64.
   optional<InputGradients> lower_grad, upper_grad;
 };
 
@@ -256,7 +256,7 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   if (kato_temple < out.upper) out.upper = kato_temple, out.source = Source::KatoTemple;
   if (gradients == Gradients::None) return out;
 
-  // ---- Gradients (docs/math.md §11.5): with Q held fixed, lower and upper are smooth functions
+  // ---- Gradients (docs/math.md §11.4): with Q held fixed, lower and upper are smooth functions
   // of the parameters made of Rayleigh quotients of fixed vectors and of the traces. The
   // allowances are constants. ----
   const bool need_grad_x = gradients == Gradients::ParametersAndX;
