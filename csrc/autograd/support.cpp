@@ -1,69 +1,68 @@
 // The shared pieces of the ops' autograd (support.h).
 #include "autograd/support.h"
 
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+
 #include <algorithm>
+#include <type_traits>
 
 namespace torch_ws {
 
 using at::Tensor;
-using std::optional;
 
-// n from the layers' shapes. It does not depend on the batch: tracing with dynamic shapes
-// specializes the layer widths only.
-int64_t param_count(const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
-                    const optional<Tensor>& b2) {
-  auto width = [](const Tensor& t, int64_t dim) {
-    return t.sym_size(dim).guard_int(__FILE__, __LINE__);
-  };
-  return count_params(width(w1, 0), width(w1, 1), width(w2, 0), b1.has_value(), b2.has_value());
+namespace {
+
+// An autograd node in the pointer its torch holds nodes in: c10::intrusive_ptr from torch 2.13 on,
+// std::shared_ptr before (torch 2.11).
+template <typename NodeType, typename... Args>
+auto make_node(Args&&... args) {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>) {
+    return c10::make_intrusive<NodeType>(std::forward<Args>(args)...);
+  } else {
+    return std::make_shared<NodeType>(std::forward<Args>(args)...);
+  }
 }
 
-ForwardResult forward_traces(const Tensor& x, const Tensor& target, const Tensor& w1,
-                             const optional<Tensor>& b1, const Tensor& w2,
-                             const optional<Tensor>& b2, c10::string_view activation,
-                             c10::string_view reduction, c10::string_view loss,
-                             const char* caller, bool need_grad_x) {
+}  // namespace
+
+SavedTraces forward_traces(const ProblemArgs& p, const char* caller, bool need_grad_x) {
   at::AutoDispatchBelowADInplaceOrView guard;
   static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
-  auto [trace, trace_sq, trace_grads, trace_sq_grads] = op.call(
-      x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
-  SavedTraces saved{trace, trace_sq, std::move(trace_grads), std::move(trace_sq_grads),
-                    {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
-  return {std::move(saved), param_count(w1, b1, w2, b2)};
+  auto [trace, trace_sq, trace_grads, trace_sq_grads] =
+      op.call(p.x, p.target, p.w1(), p.b1(), p.w2(), p.b2(), p.activation, p.reduction,
+              need_grad_x, caller, p.loss);
+  return {trace, trace_sq, std::move(trace_grads), std::move(trace_sq_grads), p.inputs()};
 }
 
-// Under create_graph=True (grad mode on in the backward), the gradients get an Error node whose
-// inputs are the op's differentiable inputs: differentiating them again raises `message`. Nothing
-// happens where no input requires grad.
-void attach_double_backward_error(std::vector<Tensor>& grads, const std::vector<Tensor>& inputs,
-                                  const std::string& message) {
+void attach_error_node(const std::vector<Tensor*>& results, const std::vector<Tensor>& inputs,
+                       const std::string& message) {
   const bool any_requires_grad = std::any_of(inputs.begin(), inputs.end(), [](const Tensor& t) {
     return t.defined() && t.requires_grad();
   });
   if (!torch::autograd::GradMode::is_enabled() || !any_requires_grad) return;
   auto node = make_node<torch::autograd::Error>(
       message, torch::autograd::collect_next_edges(inputs));
-  for (Tensor& grad : grads) {
-    if (grad.defined()) {
-      grad = grad.detach();
-      torch::autograd::create_gradient_edge(grad, node);
-    }
+  for (Tensor* result : results) {
+    *result = result->detach();
+    torch::autograd::create_gradient_edge(*result, node);
   }
 }
 
-// Gradients (x, w1, b1, w2, b2) as the gradients of the forward's nine arguments, with the
-// double-backward Error node under create_graph.
 variable_list op_input_grads(std::vector<Tensor> grads, const std::vector<Tensor>& inputs,
                              const char* caller) {
   attach_double_backward_error(grads, inputs, std::string(caller) + kDoubleBackward);
-  // Entries that were not computed (x without requires_grad, absent biases) are empty.
-  auto present = [&](size_t k, bool computed) { return computed ? grads[k] : Tensor(); };
-  return {present(0, inputs[0].requires_grad()), Tensor(), grads[1],
-          present(2, inputs[2].defined()), grads[3], present(4, inputs[4].defined()),
-          Tensor(), Tensor(), Tensor()};
+  // x's gradient is computed only where x requires grad; target has none.
+  variable_list out = {Tensor() /* the ProblemArgs */,
+                       inputs[0].requires_grad() ? grads[0] : Tensor(), Tensor() /* target */};
+  // The layers' weights and biases, an absent bias (undefined among inputs) not being one of
+  // ProblemArgs::tensors().
+  for (size_t k = 1; k < inputs.size(); ++k) {
+    if (inputs[k].defined()) out.push_back(grads[k]);
+  }
+  return out;
 }
 
-// grad_trace·∇tr H + grad_trace_sq·∇tr(H²) as the gradients of the forward's nine arguments.
 variable_list input_grads(const SavedTraces& saved, const Tensor& grad_trace,
                           const Tensor& grad_trace_sq, const char* caller) {
   static auto op = find_op<TracesBackwardSignature>("torch_ws::_traces_backward");
@@ -79,22 +78,17 @@ Tensor grad_or_zero(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad : at::zeros({}, like.options());
 }
 
-Tangents forward_tangents(const Tensor& x, const Tensor& target, const Tensor& w1,
-                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
-                          const char* caller) {
+Tangents forward_tangents(const ProblemArgs& p, const char* caller) {
   auto tangent = [](const Tensor& t) { return t.defined() ? t._fw_grad(/*level=*/0) : Tensor(); };
-  TORCH_CHECK(!tangent(target).defined(), caller, ": target has a forward-mode tangent, but the "
+  TORCH_CHECK(!tangent(p.target).defined(), caller, ": target has a forward-mode tangent, but the "
               "bound is not differentiable in the labels; pass target without one");
   Tangents out;
-  out.of_inputs = {tangent(x), tangent(w1), tangent(b1.value_or(Tensor())), tangent(w2),
-                   tangent(b2.value_or(Tensor()))};
+  for (const Tensor& input : p.inputs()) out.of_inputs.push_back(tangent(input));
   out.any = std::any_of(out.of_inputs.begin(), out.of_inputs.end(),
                         [](const Tensor& t) { return t.defined(); });
   return out;
 }
 
-// Σ_k ⟨gradient_k, tangent_k⟩ in float64: the directional derivative of a scalar output. Out of
-// place: under torch.func.jacfwd the tangents are batched (vmap over a basis), and so is the sum.
 Tensor directional_derivative(const std::vector<Tensor>& gradients, const Tangents& tangents) {
   Tensor sum = at::zeros({}, gradients[1].options().dtype(at::kDouble));
   for (size_t k = 0; k < gradients.size(); ++k) {
@@ -106,13 +100,10 @@ Tensor directional_derivative(const std::vector<Tensor>& gradients, const Tangen
   return sum;
 }
 
-// Sets `output`'s tangent (level 0) to `tangent` in the output's dtype.
 void set_tangent(Tensor& output, const Tensor& tangent) {
   output._set_fw_grad(tangent.to(output.scalar_type()), /*level=*/0, /*is_inplace_op=*/false);
 }
 
-// Tangents on inputs that also require grad: forward-over-reverse (a Hessian-vector product of the
-// bound) or reverse-over-forward would need the bound's second derivative, which is not provided.
 void refuse_both_modes(bool reverse, const char* caller) {
   TORCH_CHECK(!reverse, caller, ": forward-mode AD on inputs that also require grad (e.g. a "
               "Hessian-vector product of the bound) is not supported: the bound is "
@@ -120,20 +111,11 @@ void refuse_both_modes(bool reverse, const char* caller) {
               "reverse mode (backward, torch.autograd.grad) alone");
 }
 
-// The internal ops return derivatives already: a tangent on their inputs is refused.
 void refuse_tangents(const std::vector<Tensor>& inputs, const char* op) {
   for (const Tensor& t : inputs) {
     TORCH_CHECK(!t.defined() || !t._fw_grad(/*level=*/0).defined(), op, " is not differentiable "
                 "in forward mode; call torch_ws.hessian_traces or torch_ws.ws_bound instead");
   }
-}
-
-// Whether autograd will record this call; if not, the plain kernels skip the gradient work.
-bool records_grad(const Tensor& x, const Tensor& w1, const optional<Tensor>& b1,
-                  const Tensor& w2, const optional<Tensor>& b2) {
-  return torch::autograd::GradMode::is_enabled() &&
-         (x.requires_grad() || w1.requires_grad() || w2.requires_grad() ||
-          (b1 && b1->requires_grad()) || (b2 && b2->requires_grad()));
 }
 
 }  // namespace torch_ws

@@ -9,38 +9,23 @@
 // differentiable ops, so gradients return in the input dtype).
 #pragma once
 
+#include "ops/problem_args.h"
+
 #include <ATen/ATen.h>
 
-#include <optional>
-#include <string_view>
 #include <tuple>
 
 namespace torch_ws::low_precision {
 
-bool applies(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-             const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-             const std::optional<at::Tensor>& b2);
+bool applies(const ProblemArgs& p);
 
-std::tuple<at::Tensor, at::Tensor> hessian_traces(
-    const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-    const std::optional<at::Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, c10::string_view loss);
+std::tuple<at::Tensor, at::Tensor> hessian_traces(const ProblemArgs& p);
 
-at::Tensor ws_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-                    const std::optional<at::Tensor>& b2, c10::string_view activation,
-                    c10::string_view reduction, c10::string_view loss);
+at::Tensor ws_bound(const ProblemArgs& p);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-spectral_bound(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-               const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-               const std::optional<at::Tensor>& b2, c10::string_view activation,
-               c10::string_view reduction, c10::string_view loss);
+spectral_bound(const ProblemArgs& p);
 
-at::Tensor ws_bound_batched(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
-                            const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-                            const std::optional<at::Tensor>& b2, c10::string_view activation,
-                            c10::string_view reduction, c10::string_view loss);
+at::Tensor ws_bound_batched(const ProblemArgs& p);
 
 }  // namespace torch_ws::low_precision

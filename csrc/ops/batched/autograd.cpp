@@ -1,11 +1,12 @@
 // Autograd of the batched family (ws_bound_batched, B models on one data set, docs/math.md §10),
 // registered at the Autograd key: the forward redispatches to _batched_traces, the batched form
 // of _traces_with_gradients, and the backward combines each model's gradients with its own
-// coefficients. Forward mode is refused with an error; bfloat16/float16 inputs go through the
-// low-precision policy first.
-#include "autograd/support.h"
+// coefficients. Forward mode is refused with an error. The kernels follow the skeletons of
+// autograd/skeleton.h (bfloat16/float16 inputs go through the low-precision policy first).
+#include "autograd/skeleton.h"
 #include "core/ws_bound.h"
 #include "ops/low_precision.h"
+#include "ops/problem_args.h"
 #include "ops/schemas.h"
 
 #include <torch/library.h>
@@ -19,7 +20,6 @@
 // so a namespaced T read <WsBoundFunction>> (a stray bracket); a global one reads
 // <CppNode<WsBoundBackward>>.
 using at::Tensor;
-using std::optional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace ws = torch_ws;
@@ -29,25 +29,23 @@ namespace ws = torch_ws;
 // data set is shared, so x's gradient is the sum over the models.
 class WsBoundBatchedBackward : public torch::autograd::Function<WsBoundBatchedBackward> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
-                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
-                               const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction, c10::string_view loss) {
+  static variable_list forward(AutogradContext* ctx, const ws::ProblemArgs& p,
+                               at::TensorList /*p.tensors()*/) {
     static auto op = ws::find_op<ws::BatchedTracesSignature>("torch_ws::_batched_traces");
     auto [trace, trace_sq, trace_grads, trace_sq_grads] = [&] {
       at::AutoDispatchBelowADInplaceOrView guard;
-      return op.call(x, target, w1, b1, w2, b2, activation, reduction, /*with_gradients=*/true,
-                     x.requires_grad(), loss);
+      return op.call(p.x, p.target, p.w1(), p.b1(), p.w2(), p.b2(), p.activation, p.reduction,
+                     /*with_gradients=*/true, p.x.requires_grad(), p.loss);
     }();
-    const int64_t n = ws::count_params(w1.size(1), w1.size(2), w2.size(1), b1.has_value(),
-                                       b2.has_value());
+    // The weights are (B, out, in): n of one model.
+    const int64_t n = ws::count_params(p.w1().size(1), p.w1().size(2), p.w2().size(1),
+                                       p.b1().has_value(), p.b2().has_value());
     const ws::SavedTraces saved{trace, trace_sq, std::move(trace_grads),
-                                std::move(trace_sq_grads),
-                                {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())}};
+                                std::move(trace_sq_grads), p.inputs()};
     saved.save(ctx);
     ctx->saved_data["num_params"] = n;
-    ctx->saved_data["need_grad_x"] = x.requires_grad();
-    return {ws::ws_upper_bound_batched(trace, trace_sq, n, x.scalar_type())};
+    ctx->saved_data["need_grad_x"] = p.x.requires_grad();
+    return {ws::ws_upper_bound_batched(trace, trace_sq, n, p.x.scalar_type())};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -83,39 +81,29 @@ Tensor ws_bound_batched_autograd(const Tensor& x, const Tensor& target, const Te
                                  const optional<Tensor>& b2, c10::string_view activation,
                                  c10::string_view reduction, c10::string_view loss) {
   static auto op = find_op<WsBoundBatchedSignature>("torch_ws::ws_bound_batched");
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
-    return low_precision::ws_bound_batched(x, target, w1, b1, w2, b2, activation, reduction,
-                                           loss);
-  }
-  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundBatchedName);
-  TORCH_CHECK(!tangents.any, kWsBoundBatchedName, ": forward-mode AD (torch.func.jvp, jacfwd, "
-              "forward_ad) is not supported; differentiate the bounds in reverse mode "
-              "(backward, torch.autograd.grad), or use torch_ws.ws_bound per model");
-  if (!records_grad(x, w1, b1, w2, b2)) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
-  return WsBoundBatchedBackward::apply(x, target, w1, b1, w2, b2, activation, reduction,
-                                       loss)[0];
+  return public_op_autograd<WsBoundBatchedBackward>(
+      op, kWsBoundBatchedName, {x, target, w1, b1, w2, b2, activation, reduction, loss},
+      &low_precision::ws_bound_batched,
+      NoForwardMode{": forward-mode AD (torch.func.jvp, jacfwd, forward_ad) is not supported; "
+                    "differentiate the bounds in reverse mode (backward, torch.autograd.grad), "
+                    "or use torch_ws.ws_bound per model"});
 }
 
-// The internal op, not differentiable itself.
+// The internal op, not differentiable itself (autograd/skeleton.h).
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> batched_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, bool with_gradients, bool need_grad_x, c10::string_view loss) {
-  refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
-                  "torch_ws._batched_traces");
   static auto op = find_op<BatchedTracesSignature>("torch_ws::_batched_traces");
-  auto out = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, with_gradients,
-                   need_grad_x, loss);
-  }();
-  return not_differentiable(
-      std::move(out), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
+  const ProblemArgs p(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  return internal_op_autograd(
+      "torch_ws._batched_traces", p.tensors(), p.inputs(),
       "torch_ws._batched_traces is not differentiable; call torch_ws.ws_bound_batched to "
-      "differentiate the bounds");
+      "differentiate the bounds",
+      [&] {
+        return op.call(x, target, w1, b1, w2, b2, activation, reduction, with_gradients,
+                       need_grad_x, loss);
+      });
 }
 
 }  // namespace

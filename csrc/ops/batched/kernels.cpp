@@ -128,10 +128,9 @@ Tensor ws_bound_batched_kernel(const Tensor& x, const Tensor& target, const Tens
                                const optional<Tensor>& b1, const Tensor& w2,
                                const optional<Tensor>& b2, c10::string_view activation,
                                c10::string_view reduction, c10::string_view loss) {
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {  // under torch.inference_mode()
-    return low_precision::ws_bound_batched(x, target, w1, b1, w2, b2, activation, reduction,
-                                           loss);
-  }
+  const ProblemArgs args(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  // Under torch.inference_mode(), which skips the Autograd key (ops/low_precision.h).
+  if (low_precision::applies(args)) return low_precision::ws_bound_batched(args);
   const auto [trace, trace_sq, unused_grads, unused_sq_grads] = batched_traces_kernel(
       x, target, w1, b1, w2, b2, activation, reduction, false, false, loss);
   const int64_t n = count_params(w1.size(1), w1.size(2), w2.size(1), b1.has_value(),

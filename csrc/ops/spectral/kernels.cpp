@@ -70,9 +70,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_kernel
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {  // under torch.inference_mode()
-    return low_precision::spectral_bound(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
+  const ProblemArgs args(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  // Under torch.inference_mode(), which skips the Autograd key (ops/low_precision.h).
+  if (low_precision::applies(args)) return low_precision::spectral_bound(args);
   return public_outputs(
       spectral_parts_kernel(x, target, w1, b1, w2, b2, activation, reduction, loss));
 }

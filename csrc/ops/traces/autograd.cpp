@@ -5,11 +5,12 @@
 // backward combines those saved gradients with the upstream ones through _traces_backward
 // (docs/math.md §6). ws_bound's forward asks _ws_bound_with_gradient for λ_sup's gradient alone
 // (one chain, §6.3) and its backward scales it by the upstream gradient. Forward mode is served
-// from the same evaluation (autograd/support.h). bfloat16/float16 inputs go through the
-// low-precision policy first (ops/low_precision.h).
-#include "autograd/support.h"
+// from the same evaluation (autograd/support.h). The kernels follow the skeletons of
+// autograd/skeleton.h (bfloat16/float16 inputs go through the low-precision policy first).
+#include "autograd/skeleton.h"
 #include "core/ws_bound.h"
 #include "ops/low_precision.h"
+#include "ops/problem_args.h"
 #include "ops/schemas.h"
 
 #include <torch/library.h>
@@ -23,23 +24,20 @@
 // so a namespaced T read <WsBoundFunction>> (a stray bracket); a global one reads
 // <CppNode<WsBoundBackward>>.
 using at::Tensor;
-using std::optional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace ws = torch_ws;
 
 class HessianTracesBackward : public torch::autograd::Function<HessianTracesBackward> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
-                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
-                               const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction, c10::string_view loss) {
-    ws::ForwardResult r = ws::forward_traces(x, target, w1, b1, w2, b2, activation, reduction,
-                                             loss, ws::kHessianTracesName, x.requires_grad());
-    r.saved.save(ctx);
+  static variable_list forward(AutogradContext* ctx, const ws::ProblemArgs& p,
+                               at::TensorList /*p.tensors()*/) {
+    const ws::SavedTraces saved =
+        ws::forward_traces(p, ws::kHessianTracesName, p.x.requires_grad());
+    saved.save(ctx);
     // A Function's outputs must be its own tensors: copy even where the dtype is already right.
-    return {r.saved.trace.to(x.scalar_type(), false, true),
-            r.saved.trace_sq.to(x.scalar_type(), false, true)};
+    return {saved.trace.to(p.x.scalar_type(), false, true),
+            saved.trace_sq.to(p.x.scalar_type(), false, true)};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -54,23 +52,21 @@ class HessianTracesBackward : public torch::autograd::Function<HessianTracesBack
 // gradients weighed before the chain, docs/math.md §6.3), so the backward only scales it.
 class WsBoundBackward : public torch::autograd::Function<WsBoundBackward> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& target,
-                               const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
-                               const optional<Tensor>& b2, c10::string_view activation,
-                               c10::string_view reduction, c10::string_view loss) {
+  static variable_list forward(AutogradContext* ctx, const ws::ProblemArgs& p,
+                               at::TensorList /*p.tensors()*/) {
     static auto op =
         ws::find_op<ws::WsBoundWithGradientSignature>("torch_ws::_ws_bound_with_gradient");
     auto [trace, trace_sq, bound_grads] = [&] {
       at::AutoDispatchBelowADInplaceOrView guard;
-      return op.call(x, target, w1, b1, w2, b2, activation, reduction, x.requires_grad(),
-                     ws::kWsBoundName, loss);
+      return op.call(p.x, p.target, p.w1(), p.b1(), p.w2(), p.b2(), p.activation, p.reduction,
+                     p.x.requires_grad(), ws::kWsBoundName, p.loss);
     }();
     // The gradients, then the differentiable inputs (for the double-backward Error node).
     variable_list saved = bound_grads;
-    saved.insert(saved.end(), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())});
+    const variable_list inputs = p.inputs();
+    saved.insert(saved.end(), inputs.begin(), inputs.end());
     ctx->save_for_backward(saved);
-    return {ws::ws_upper_bound_tensor(trace, trace_sq, ws::param_count(w1, b1, w2, b2),
-                                      x.scalar_type())};
+    return {ws::ws_upper_bound_tensor(trace, trace_sq, p.num_params(), p.x.scalar_type())};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -92,85 +88,71 @@ namespace {
 using at::Tensor;
 using std::optional;
 
-// ---- The public ops: the low-precision policy (ops/low_precision.h), then autograd. ----
+// ---- Forward mode (docs/math.md §6): each output is a scalar, so its tangent is the inner
+// product of its gradient with the inputs' tangents, from one evaluation with gradients. ----
+
+std::tuple<Tensor, Tensor> hessian_traces_with_tangents(const ProblemArgs& p,
+                                                        const Tangents& tangents) {
+  const SavedTraces r = forward_traces(p, kHessianTracesName, tangents.of_inputs[0].defined());
+  Tensor trace = r.trace.to(p.x.scalar_type(), false, true);
+  Tensor trace_sq = r.trace_sq.to(p.x.scalar_type(), false, true);
+  set_tangent(trace, directional_derivative(r.trace_grads, tangents));
+  set_tangent(trace_sq, directional_derivative(r.trace_sq_grads, tangents));
+  return {trace, trace_sq};
+}
+
+Tensor ws_bound_with_tangents(const ProblemArgs& p, const Tangents& tangents) {
+  const SavedTraces r = forward_traces(p, kWsBoundName, tangents.of_inputs[0].defined());
+  const int64_t n = p.num_params();
+  Tensor bound = ws_upper_bound_tensor(r.trace, r.trace_sq, n, p.x.scalar_type());
+  // d bound = (∂bound/∂tr H)·d tr H + (∂bound/∂tr H²)·d tr H² (docs/math.md §7).
+  const auto [d_trace, d_trace_sq] =
+      bound_trace_grads_tensor(at::ones({}, r.trace.options()), r.trace, r.trace_sq, n);
+  set_tangent(bound, d_trace.to(at::kDouble) * directional_derivative(r.trace_grads, tangents) +
+                         d_trace_sq.to(at::kDouble) *
+                             directional_derivative(r.trace_sq_grads, tangents));
+  return bound;
+}
+
+// ---- The public ops (autograd/skeleton.h). ----
 
 std::tuple<Tensor, Tensor> hessian_traces_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
-    return low_precision::hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
-  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kHessianTracesName);
-  const bool reverse = records_grad(x, w1, b1, w2, b2);
-  if (tangents.any) {
-    refuse_both_modes(reverse, kHessianTracesName);
-    const ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                                           kHessianTracesName, tangents.of_inputs[0].defined());
-    Tensor trace = r.saved.trace.to(x.scalar_type(), false, true);
-    Tensor trace_sq = r.saved.trace_sq.to(x.scalar_type(), false, true);
-    set_tangent(trace, directional_derivative(r.saved.trace_grads, tangents));
-    set_tangent(trace_sq, directional_derivative(r.saved.trace_sq_grads, tangents));
-    return {trace, trace_sq};
-  }
-  if (!reverse) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
-  variable_list out = HessianTracesBackward::apply(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  return {out[0], out[1]};
+  static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
+  return public_op_autograd<HessianTracesBackward>(
+      op, kHessianTracesName, {x, target, w1, b1, w2, b2, activation, reduction, loss},
+      &low_precision::hessian_traces, &hessian_traces_with_tangents);
 }
 
 Tensor ws_bound_autograd(const Tensor& x, const Tensor& target, const Tensor& w1,
                          const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
                          c10::string_view activation, c10::string_view reduction,
                          c10::string_view loss) {
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {
-    return low_precision::ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
-  const Tangents tangents = forward_tangents(x, target, w1, b1, w2, b2, kWsBoundName);
-  const bool reverse = records_grad(x, w1, b1, w2, b2);
-  if (tangents.any) {
-    refuse_both_modes(reverse, kWsBoundName);
-    const ForwardResult r = forward_traces(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                                           kWsBoundName, tangents.of_inputs[0].defined());
-    Tensor bound =
-        ws_upper_bound_tensor(r.saved.trace, r.saved.trace_sq, r.num_params, x.scalar_type());
-    // d bound = (∂bound/∂tr H)·d tr H + (∂bound/∂tr H²)·d tr H² (docs/math.md §7).
-    const auto [d_trace, d_trace_sq] = bound_trace_grads_tensor(
-        at::ones({}, r.saved.trace.options()), r.saved.trace, r.saved.trace_sq, r.num_params);
-    set_tangent(bound, d_trace.to(at::kDouble) * directional_derivative(r.saved.trace_grads, tangents) +
-                           d_trace_sq.to(at::kDouble) *
-                               directional_derivative(r.saved.trace_sq_grads, tangents));
-    return bound;
-  }
-  if (!reverse) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
-  return WsBoundBackward::apply(x, target, w1, b1, w2, b2, activation, reduction, loss)[0];
+  static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
+  return public_op_autograd<WsBoundBackward>(
+      op, kWsBoundName, {x, target, w1, b1, w2, b2, activation, reduction, loss},
+      &low_precision::ws_bound, &ws_bound_with_tangents);
 }
 
-// ---- The internal ops, not differentiable themselves. ----
+// ---- The internal ops, not differentiable themselves (autograd/skeleton.h). ----
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with_gradients_autograd(
     const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, bool need_grad_x, c10::string_view caller,
     c10::string_view loss) {
-  refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
-                  "torch_ws._traces_with_gradients");
   static auto op = find_op<TracesWithGradientsSignature>("torch_ws::_traces_with_gradients");
-  auto out = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
-  }();
-  return not_differentiable(
-      std::move(out), {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
+  const ProblemArgs p(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  return internal_op_autograd(
+      "torch_ws._traces_with_gradients", p.tensors(), p.inputs(),
       "torch_ws._traces_with_gradients is not differentiable; call torch_ws.hessian_traces or "
-      "torch_ws.ws_bound to differentiate the traces");
+      "torch_ws.ws_bound to differentiate the traces",
+      [&] {
+        return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller,
+                       loss);
+      });
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_autograd(
@@ -178,18 +160,16 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_autograd(
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, bool need_grad_x, c10::string_view caller,
     c10::string_view loss) {
-  refuse_tangents({x, target, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
-                  "torch_ws._ws_bound_with_gradient");
   static auto op = find_op<WsBoundWithGradientSignature>("torch_ws::_ws_bound_with_gradient");
-  auto [trace, trace_sq, bound_grads] = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller, loss);
-  }();
-  not_differentiable(trace, trace_sq, {x, w1, b1.value_or(Tensor()), w2, b2.value_or(Tensor())},
-                     "torch_ws._ws_bound_with_gradient is not differentiable; call "
-                     "torch_ws.ws_bound to differentiate the bound",
-                     bound_grads);
-  return {trace, trace_sq, bound_grads};
+  const ProblemArgs p(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  return internal_op_autograd(
+      "torch_ws._ws_bound_with_gradient", p.tensors(), p.inputs(),
+      "torch_ws._ws_bound_with_gradient is not differentiable; call torch_ws.ws_bound to "
+      "differentiate the bound",
+      [&] {
+        return op.call(x, target, w1, b1, w2, b2, activation, reduction, need_grad_x, caller,
+                       loss);
+      });
 }
 
 std::vector<Tensor> traces_backward_autograd(const Tensor& grad_trace, const Tensor& grad_trace_sq,
@@ -199,15 +179,10 @@ std::vector<Tensor> traces_backward_autograd(const Tensor& grad_trace, const Ten
   std::vector<Tensor> inputs = {grad_trace, grad_trace_sq};
   inputs.insert(inputs.end(), trace_grads.begin(), trace_grads.end());
   inputs.insert(inputs.end(), trace_sq_grads.begin(), trace_sq_grads.end());
-  refuse_tangents(inputs, "torch_ws._traces_backward");
-  std::vector<Tensor> grads;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    grads = op.call(grad_trace, grad_trace_sq, trace_grads, trace_sq_grads);
-  }
-  attach_double_backward_error(grads, inputs, std::string("torch_ws._traces_backward") +
-                                                  kDoubleBackward);
-  return grads;
+  return internal_op_autograd(
+      "torch_ws._traces_backward", inputs, inputs,
+      std::string("torch_ws._traces_backward") + kDoubleBackward,
+      [&] { return op.call(grad_trace, grad_trace_sq, trace_grads, trace_sq_grads); });
 }
 
 }  // namespace

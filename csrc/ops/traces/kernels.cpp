@@ -33,9 +33,9 @@ std::tuple<Tensor, Tensor> hessian_traces_kernel(const Tensor& x, const Tensor& 
                                                  c10::string_view activation,
                                                  c10::string_view reduction,
                                                  c10::string_view loss) {
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {  // under torch.inference_mode()
-    return low_precision::hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
+  const ProblemArgs args(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  // Under torch.inference_mode(), which skips the Autograd key (ops/low_precision.h).
+  if (low_precision::applies(args)) return low_precision::hessian_traces(args);
   const MlpProblem p =
       check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   const TracesResult t = evaluate_traces(p, Gradients::None);
@@ -46,9 +46,9 @@ Tensor ws_bound_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
                        const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
                        c10::string_view activation, c10::string_view reduction,
                        c10::string_view loss) {
-  if (low_precision::applies(x, target, w1, b1, w2, b2)) {  // under torch.inference_mode()
-    return low_precision::ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  }
+  const ProblemArgs args(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  // Under torch.inference_mode(), which skips the Autograd key (ops/low_precision.h).
+  if (low_precision::applies(args)) return low_precision::ws_bound(args);
   const MlpProblem p =
       check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   const TracesResult t = evaluate_traces(p, Gradients::None);
