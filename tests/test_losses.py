@@ -381,3 +381,28 @@ def test_plain_pytorch_closed_form_matches_the_op_and_the_explicit_hessian(head)
     for a, b in zip(torch.autograd.grad(bound, differentiable(args)),
                     torch.autograd.grad(reference_bound, differentiable(args))):
         assert rel_err(a, b) <= 1e-10
+
+
+@pytest.mark.parametrize("rows", ["float32_rows_in_float64", "sum_1.5", "sum_0.2"])
+def test_class_probabilities_of_any_row_sum_are_exact(rows):
+    """F.cross_entropy takes probability rows of any sum, and the closed form is exact for them
+    (the logit Hessian is τ(diag p − ppᵀ), τ the row's sum): no tolerance refuses float32 rows
+    cast to float64, whose sums miss 1 by float32's rounding."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    w1, b1 = torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)
+    w2, b2 = torch.randn(3, 4, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
+    target = torch.softmax(torch.randn(7, 3, generator=gen), 1)
+    if rows == "float32_rows_in_float64":
+        target = target.float().double()
+    elif rows == "sum_1.5":
+        target = target.double() * 0.6 + 0.3  # entries ≤ 0.9, rows summing to 1.5
+    else:
+        target = target.double() * 0.2
+    H = reference.explicit_hessian(x, target, w1, b1, w2, b2, "tanh", "mean", "cross_entropy")
+    trace, trace_sq = torch_ws.hessian_traces(x, target, w1, b1, w2, b2, "tanh", "mean", "cross_entropy")
+    torch.testing.assert_close(trace, torch.trace(H), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(trace_sq, (H * H).sum(), rtol=1e-10, atol=1e-12)
+    eigenvalues = torch.linalg.eigvalsh(H)
+    bound = torch_ws.spectral_bound(x, target, w1, b1, w2, b2, "tanh", "mean", "cross_entropy")
+    assert float(bound.upper) >= float(eigenvalues[-1])

@@ -46,7 +46,8 @@ def hessian_traces(
 
             - ``"bce"``: probabilities in [0, 1] (soft labels allowed), (N,) or (N, 1);
             - ``"cross_entropy"``: class indices (N,) int64 in [0, C), or class probabilities
-              (N, C) whose rows sum to 1 (soft labels, label smoothing);
+              (N, C) in [0, 1] (soft labels, label smoothing; rows of any sum, exactly as
+              ``F.cross_entropy`` takes them);
             - ``"mse"``: real values (N, C), or (N,) when C = 1.
         w1, b1: ``nn.Linear(D, H)`` weight (H, D) and bias (H,) or ``None`` (no bias parameter).
         w2, b2: ``nn.Linear(H, C)`` weight (C, H) and bias (C,) or ``None``.
@@ -330,9 +331,10 @@ def hessian_vector_products(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[
         vectors.detach(), activation, reduction, loss)
 
 
-#: What gave an interval's outer bound (docs/math.md §11): the Wolkowicz-Styan bound of the
-#: traces, the trace cap (interlacing), or Kato-Temple on the top Ritz pair.
-INTERVAL_SOURCES = ("wolkowicz_styan", "trace_cap", "kato_temple")
+#: What gave an interval's outer bound (docs/math.md §11.2): the Wolkowicz-Styan bound of the
+#: traces, the trace cap (interlacing), Kato-Temple on the top Ritz pair, or Weyl's sum of the
+#: Gauss-Newton and residual parts (spectral_bound, tried up to N·C = 2048 dual rows).
+INTERVAL_SOURCES = ("wolkowicz_styan", "trace_cap", "kato_temple", "weyl")
 
 
 class EigenvalueInterval(NamedTuple):

@@ -34,7 +34,7 @@ inline constexpr std::array<LossEntry, 3> kLosses = {{
     {Loss::BinaryCrossEntropy, "bce", 1, 1, "BCEWithLogitsLoss",
      "probabilities in [0, 1] of shape (N,) or (N, 1)"},
     {Loss::CrossEntropy, "cross_entropy", 2, -1, "CrossEntropyLoss",
-     "class indices (N,) int64 in [0, C) or class probabilities (N, C) whose rows sum to 1"},
+     "class indices (N,) int64 in [0, C) or class probabilities (N, C) in [0, 1] (rows of any sum)"},
     {Loss::MeanSquaredError, "mse", 1, -1, "MSELoss",
      "real values (N, C) (or (N,) when C = 1)"},
 }};

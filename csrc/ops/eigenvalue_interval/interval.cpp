@@ -21,6 +21,7 @@
 #include "core/ws_bound.h"
 #include "ops/eigenvalue_interval/hessian_products.h"
 #include "ops/gradient_list.h"
+#include "ops/schemas.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
@@ -41,7 +42,13 @@ constexpr char kIntervalName[] = "torch_ws.eigenvalue_interval";
 constexpr char kProductsName[] = "torch_ws.hessian_vector_products";
 constexpr double kUnit = 0x1p-53;  // float64's unit roundoff: the certificate runs in float64
 
-enum class Source : int64_t { WolkowiczStyan = 0, TraceCap = 1, KatoTemple = 2 };
+enum class Source : int64_t { WolkowiczStyan = 0, TraceCap = 1, KatoTemple = 2, Weyl = 3 };
+
+// Up to this many dual rows (N·C), the Weyl bound of spectral_bound (docs/math.md §9: the exact
+// Gauss-Newton top eigenvalue plus the residual's, certified) joins the candidates for `upper`:
+// its dual eigenproblem then costs about what the Lanczos products do (§11.2).
+constexpr int64_t kWeylMaxDualRows = 2048;
+constexpr double kWeylWorthIt = 1.01;
 
 // Directed rounding of one float64 operation's result (docs/math.md §11.3): the neighbour
 // toward ±∞ of a correctly rounded result bounds the exact one.
@@ -319,6 +326,36 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   return out;
 }
 
+// The Weyl bound of spectral_bound (docs/math.md §9) as a candidate for the top end of σ·H:
+// λ_max(GGN) + λ_max(R) for λ_max (σ = 1), and −(λ_min(R) − allowance) ≥ −λ_min(H) for σ = −1.
+// With gradients, spectral_bound's own (§9.4) for the end it gives.
+void weyl_candidate(const MlpProblem& p, c10::string_view activation, c10::string_view reduction,
+                    c10::string_view loss, bool largest, Gradients gradients, Interval& top) {
+  static auto parts_op = find_op<SpectralPartsSignature>("torch_ws::_spectral_parts");
+  auto [upper, ggn, residual_max, lambda_min, residual, iterations, ws_wins, ggn_vector,
+        max_vector, max_unit, min_vector, min_unit] =
+      parts_op.call(p.x, p.target, p.w1(), p.b1(), p.w2(), p.b2(), activation, reduction, loss);
+  // Where spectral_bound's upper is its WS bound, ours (the same) is a candidate already.
+  if (largest && ws_wins.item<bool>()) return;
+  const double candidate = largest ? upper.item<double>() : -lambda_min.item<double>();
+  if (!(candidate < top.upper)) return;
+  top.upper = candidate;
+  top.source = Source::Weyl;
+  if (gradients == Gradients::None) return;
+  static auto backward_op = find_op<SpectralBackwardSignature>("torch_ws::_spectral_backward");
+  const Tensor one = at::ones({}, p.x.options()), zero = at::zeros({}, p.x.options());
+  const std::vector<Tensor> grads = backward_op.call(
+      largest ? one : zero, zero, zero, largest ? zero : one, p.x, p.target, p.w1(), p.b1(),
+      p.w2(), p.b2(), activation, reduction, loss, ws_wins, ggn_vector, max_vector, max_unit,
+      min_vector, min_unit, gradients == Gradients::ParametersAndX);
+  auto entry = [](const Tensor& g) { return g.numel() == 0 ? Tensor() : g; };
+  // The gradient of the top end of σ·H: σ times that of the bound on H's own end.
+  const double sign = largest ? 1 : -1;
+  const InputGradients of_bound{entry(grads[0]), grads[1], entry(grads[2]), grads[3],
+                                entry(grads[4])};
+  top.upper_grad = combine(sign, of_bound, 0, of_bound);
+}
+
 void check_steps_and_start(const MlpProblem& p, int64_t steps, const optional<Tensor>& start) {
   TORCH_CHECK(steps >= 1, kIntervalName, ": expected steps >= 1 (the Hessian-vector products of "
               "the Lanczos iteration), got ", steps);
@@ -351,7 +388,16 @@ IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const T
       check_problem(kIntervalName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   check_steps_and_start(checked, steps, start);
   const double sign = largest ? 1 : -1;
-  const Interval top = certified_top(as_float64(checked), sign, steps, start, seed, gradients);
+  const MlpProblem p64 = as_float64(checked);
+  Interval top = certified_top(p64, sign, steps, start, seed, gradients);
+  // Only where the cheaper guarantees left the interval wider than 1% (trained networks close it
+  // by Kato-Temple at no extra cost), and not on NaN or ±Inf input, where the interval is NaN
+  // already and the eigensolvers would refuse to converge.
+  const bool wide = !(top.upper <= kWeylWorthIt * top.lower) || top.lower <= 0;
+  if (wide && std::isfinite(top.lower) &&
+      checked.num_samples() * checked.num_outputs() <= kWeylMaxDualRows) {
+    weyl_candidate(p64, activation, reduction, loss, largest, gradients, top);
+  }
   const double lower = largest ? top.lower : -top.upper;
   const double upper = largest ? top.upper : -top.lower;
   const auto options = x.options().dtype(at::kDouble);
