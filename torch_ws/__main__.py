@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
                            "5 minutes on 2 cores)")
     rep.add_argument("--out", help="report folder (default: reports/reproduce for the Gaussians, "
                                     "reports/reproduce-<dataset> for another data set)")
+    rep.add_argument("--experiment", choices=("papers", "edge-of-stability"), default="papers",
+                     help="papers (default): the papers' experiments; edge-of-stability: "
+                          "full-batch GD on digits with the top Hessian eigenvalue certified every "
+                          "10 steps, against 2/η (--max-steps, --seed, --out)")
     rep.add_argument("--dataset", choices=ALL_DATASETS,
                      help="default: gaussians. digits: a 10-class head (cross-entropy) trained by "
                           "minibatch SGD, plain and with HSR, paired by seed (--runs seeds, "
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
             return 2
         print(f"wrote {args.reanalyse}/report.md")
         return 0
+    if args.command == "reproduce" and args.experiment == "edge-of-stability":
+        return _reproduce_edge_of_stability(args)
     if args.command == "reproduce" and args.dataset == "digits":
         return _reproduce_digits(args)
     if args.command == "reproduce":
@@ -96,6 +102,27 @@ def main(argv=None) -> int:
         out = args.out or default_out(cfg.dataset)
         results = run(cfg, out, jobs=args.jobs)
         print(f"wrote {out}/report.md ({results['seconds']} s)")
+    return 0
+
+
+def _reproduce_edge_of_stability(args) -> int:
+    """`torch-ws reproduce --experiment edge-of-stability`: --max-steps, --seed, --out and
+    --no-progress apply; the other options belong to the papers' experiments."""
+    from .reproduce.edge_of_stability import EdgeOfStabilityConfig, run_edge_of_stability
+
+    unused = [flag for flag, value in vars(args).items()
+              if value not in (None, False) and flag not in (
+                  "command", "experiment", "max_steps", "seed", "out", "no_progress", "quick")]
+    if unused:
+        print(f"torch-ws: --experiment edge-of-stability does not take "
+              f"{', '.join('--' + u.replace('_', '-') for u in unused)}", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in dict(steps=args.max_steps, seed=args.seed).items()
+                 if v is not None}
+    cfg = EdgeOfStabilityConfig(progress=not args.no_progress, **overrides)
+    out = args.out or "reports/edge-of-stability"
+    results = run_edge_of_stability(cfg, out)
+    print(f"wrote {out}/report.md ({results['seconds']} s)")
     return 0
 
 
