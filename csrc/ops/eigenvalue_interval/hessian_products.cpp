@@ -30,7 +30,8 @@ double unit_roundoff(at::ScalarType dtype) {
 }  // namespace
 
 HessianProducts::HessianProducts(const MlpProblem& p)
-    : hidden_(p.hidden()),
+    : num_samples_(p.num_samples()),
+      hidden_(p.hidden()),
       in_dim_(p.in_dim()),
       num_outputs_(p.num_outputs()),
       num_params_(p.num_params()),
@@ -46,10 +47,13 @@ HessianProducts::HessianProducts(const MlpProblem& p)
   if (has_b2_) logits = logits + *p.b2();
   terms_ = output_terms(p.loss, logits, p.target.view(logits.sizes()), p.loss_scale());
   const OutputTerms& terms = terms_;
-  values_ = {p.x, p.w2(), phi.phi0, phi.phi1, phi.phi2, terms.S, terms.e,
-             at::matmul(terms.e, p.w2())};
+  const at::Tensor hidden_residual = at::matmul(terms.e, p.w2());
+  values_ = {p.x, p.w2(), phi.phi0, phi.phi1, phi.phi2, terms.S, terms.e, hidden_residual,
+             phi.phi2 * hidden_residual};
+  const at::Tensor hidden_residual_magnitude = at::matmul(terms.e.abs(), p.w2().abs());
   magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
-                 terms.S.abs(), terms.e.abs(), at::matmul(terms.e.abs(), p.w2().abs())};
+                 terms.S.abs(), terms.e.abs(), hidden_residual_magnitude,
+                 phi.phi2.abs() * hidden_residual_magnitude};
   // The longest chain of sums and products behind one entry of H·v (docs/math.md §11.3): the
   // inner products of lengths D, H, C, C, then the sum over N samples, a dozen operations
   // besides, each coefficient within κu; doubled for the second-order terms.
@@ -60,12 +64,30 @@ HessianProducts::HessianProducts(const MlpProblem& p)
   error_factor_ = 2 * depth * u / (1 - depth * u);
 }
 
+// The directions of one run: as many as keep its (N, k, H) intermediates within about a megabyte,
+// where the elementwise steps run from cache (measured: batching beyond that made them
+// memory-bound and the products 3x slower per vector at N = 2048, H = 256), at least one.
+int64_t HessianProducts::directions_per_run() const {
+  constexpr int64_t kElementsInCache = 1 << 17;
+  return std::max<int64_t>(1, kElementsInCache / (num_samples_ * std::max(hidden_, num_outputs_)));
+}
+
+at::Tensor HessianProducts::in_runs(const Chain& chain, const at::Tensor& directions) const {
+  const int64_t k = directions.size(0), step = directions_per_run();
+  if (k <= step) return run(chain, directions);
+  std::vector<at::Tensor> parts;
+  for (int64_t first = 0; first < k; first += step) {
+    parts.push_back(run(chain, directions.narrow(0, first, std::min(step, k - first))));
+  }
+  return at::cat(parts, 0);
+}
+
 at::Tensor HessianProducts::apply(const at::Tensor& directions) const {
-  return run(values_, directions);
+  return in_runs(values_, directions);
 }
 
 at::Tensor HessianProducts::majorant(const at::Tensor& directions) const {
-  return run(magnitudes_, directions.abs());
+  return in_runs(magnitudes_, directions.abs());
 }
 
 HessianProducts::Blocks HessianProducts::split(const at::Tensor& directions) const {
@@ -85,26 +107,33 @@ HessianProducts::Blocks HessianProducts::split(const at::Tensor& directions) con
 }
 
 at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) const {
-  const int64_t k = directions.size(0), H = hidden_, D = in_dim_, C = num_outputs_;
+  const int64_t k = directions.size(0), N = c.x.size(0), H = hidden_, D = in_dim_,
+                C = num_outputs_;
   const Blocks v = split(directions);
-  const at::Tensor &d_w1 = v.w1, &d_b1 = v.b1, &d_w2 = v.w2, &d_b2 = v.b2;
+  // Sample-major layout (N, k, ·): the k directions share every product with the data, so each
+  // step is one large GEMM (N rows against k·H or k·C columns), not k small ones.
+  at::Tensor dz = at::mm(c.x, v.w1.reshape({k * H, D}).t()).view({N, k, H});
+  if (has_b1_) dz = dz + v.b1.unsqueeze(0);
+  const at::Tensor da = c.phi1.unsqueeze(1) * dz;
+  at::Tensor df = at::mm(da.reshape({N * k, H}), c.w2.t()).view({N, k, C}) +
+                  at::mm(c.phi0, v.w2.reshape({k * C, H}).t()).view({N, k, C});
+  if (has_b2_) df = df + v.b2.unsqueeze(0);
+  // dg_i = S_i df_i (S_i symmetric); one logit: a scalar per sample.
+  const at::Tensor dg = C == 1 ? df * c.S.view({N, 1, 1}) : at::bmm(df, c.S);  // (N, k, C)
+  const at::Tensor h_w2 =
+      at::mm(dg.reshape({N, k * C}).t(), c.phi0).view({k, C, H}) +
+      at::mm(c.e.t(), da.reshape({N, k * H})).view({C, k, H}).transpose(0, 1);
+  const at::Tensor e_dw2 =
+      at::mm(c.e, v.w2.transpose(0, 1).reshape({C, k * H})).view({N, k, H});
+  const at::Tensor d_eps =
+      c.phi1.unsqueeze(1) * (at::mm(dg.reshape({N * k, C}), c.w2).view({N, k, H}) + e_dw2) +
+      c.second_order.unsqueeze(1) * dz;  // (N, k, H)
+  const at::Tensor h_w1 = at::mm(d_eps.reshape({N, k * H}).t(), c.x).view({k, H * D});
 
-  at::Tensor dz = at::matmul(c.x, d_w1.transpose(1, 2));  // (k, N, H)
-  if (has_b1_) dz = dz + d_b1.unsqueeze(1);
-  const at::Tensor da = c.phi1 * dz;
-  at::Tensor df = at::matmul(da, c.w2.t()) + at::matmul(c.phi0, d_w2.transpose(1, 2));  // (k,N,C)
-  if (has_b2_) df = df + d_b2.unsqueeze(1);
-  const at::Tensor dg = at::matmul(c.S, df.unsqueeze(-1)).squeeze(-1);  // (k, N, C)
-  const at::Tensor h_w2 = at::matmul(dg.transpose(1, 2), c.phi0) +
-                          at::matmul(c.e.t(), da);  // (k, C, H)
-  const at::Tensor d_eps = c.phi1 * (at::matmul(dg, c.w2) + at::matmul(c.e, d_w2)) +
-                           c.phi2 * dz * c.hidden_residual;  // (k, N, H)
-  const at::Tensor h_w1 = at::matmul(d_eps.transpose(1, 2), c.x);  // (k, H, D)
-
-  std::vector<at::Tensor> parts = {h_w1.reshape({k, H * D})};
-  if (has_b1_) parts.push_back(d_eps.sum(1));
+  std::vector<at::Tensor> parts = {h_w1};
+  if (has_b1_) parts.push_back(d_eps.sum(0));
   parts.push_back(h_w2.reshape({k, C * H}));
-  if (has_b2_) parts.push_back(dg.sum(1));
+  if (has_b2_) parts.push_back(dg.sum(0));
   return at::cat(parts, 1);
 }
 

@@ -44,15 +44,19 @@ class HessianProducts {
   Blocks split(const at::Tensor& directions) const;
 
   struct Chain {
-    at::Tensor x, w2, phi0, phi1, phi2, S, e, hidden_residual;
+    at::Tensor x, w2, phi0, phi1, phi2, S, e;
+    at::Tensor hidden_residual;  // e W2 (N, H): the hidden layer's adjoint before φ'
+    at::Tensor second_order;     // φ''(A) ∘ (e W2)
   };
   at::Tensor run(const Chain& chain, const at::Tensor& directions) const;
+  at::Tensor in_runs(const Chain& chain, const at::Tensor& directions) const;
+  int64_t directions_per_run() const;
 
   Chain values_, magnitudes_;
   at::Tensor w1_, phi3_;  // for bilinear_backward
   OutputTerms terms_;
   Loss loss_;
-  int64_t hidden_, in_dim_, num_outputs_, num_params_;
+  int64_t num_samples_, hidden_, in_dim_, num_outputs_, num_params_;
   bool has_b1_, has_b2_;
   double error_factor_;
 };
