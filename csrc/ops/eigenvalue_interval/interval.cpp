@@ -196,7 +196,11 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   const double q_norm = up(norm_value(Q) * (1 + gamma_n));
   // ‖fl(HQ) − HQ‖_F ≤ γ_H ‖majorant‖_F, then the product QWᵀ's own rounding, then eigh's
   // backward error (κ + k)u‖T‖_F: |μ̃_i − μ_i(QHQᵀ)| ≤ ε_T.
-  const double w_error = up(products.error_factor() * norm_value(products.majorant(Q)) * (1 + gamma_n));
+  // The majorant is linear with non-negative coefficients, so M(|q_j|) ≤ M(Σ_j |q_j|)
+  // elementwise for every row and ‖M(|Q|)‖_F ≤ √k·‖M(Σ_j |q_j|)‖: one majorant product, not k.
+  const Tensor row_sum = Q.abs().sum(0, /*keepdim=*/true);
+  const double w_error = up(products.error_factor() * std::sqrt(static_cast<double>(k)) *
+                            norm_value(products.majorant(row_sum)) * (1 + gamma_n));
   const double eps_T = up(up(q_norm * w_error) + up(gamma_n * q_norm * up(norm_value(W) * (1 + gamma_n))) +
                           up((kRoundingAllowance + k) * kUnit * norm_value(T) * 2));
   // η ≥ ‖QQᵀ − I‖_2: the basis' departure from orthonormality (Ostrowski's theorem).
