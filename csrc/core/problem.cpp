@@ -120,6 +120,11 @@ at::Tensor checked_target(std::string_view op, const at::Tensor& target, const a
               loss == Loss::CrossEntropy ? " (class indices are int64)" : "");
   switch (loss) {
     case Loss::CrossEntropy:
+      // A (N,) floating target is class indices in the wrong dtype (what F.cross_entropy would
+      // refuse too): say so, rather than only that the shape is not (N, C).
+      TORCH_CHECK(!is_vector, op, ": ", expected(), n, ", C = ", num_outputs, "; got a ",
+                  target.scalar_type(), " target of shape ", target.sym_sizes(),
+                  ": class indices must be int64 (pass target.long())");
       TORCH_CHECK(is_matrix, op, ": ", expected(), n, ", C = ", num_outputs,
                   "; got target of shape ", target.sym_sizes());
       check_class_probabilities(op, target);

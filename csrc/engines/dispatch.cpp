@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -336,13 +337,49 @@ ProblemShape shape_of(const MlpProblem& p) {
           p.num_outputs(),   p.b1().has_value(),  p.b2().has_value()};
 }
 
+namespace {
+
+// 0 where every input value is finite, NaN otherwise, as a 0-d float64 tensor on the problem's
+// device (no host sync). Added to what the engines return, it gives one behaviour for NaN and
+// ±Inf input across the ops: NaN out. (An infinite weight saturates φ, and the engines could
+// return a finite number for it: a number for a network no loss can be evaluated on.)
+at::Tensor non_finite_poison(const MlpProblem& p) {
+  at::Tensor finite = at::isfinite(p.x).all();
+  if (p.target.is_floating_point()) finite = finite & at::isfinite(p.target).all();
+  for (const Layer& layer : p.layers) {
+    finite = finite & at::isfinite(layer.weight).all();
+    if (layer.bias) finite = finite & at::isfinite(*layer.bias).all();
+  }
+  const at::Tensor zero = at::zeros({}, p.x.options().dtype(at::kDouble));
+  return at::where(finite, zero, at::full_like(zero, std::numeric_limits<double>::quiet_NaN()));
+}
+
+void poison(at::Tensor& t, const at::Tensor& nan_or_zero) {
+  if (t.defined() && t.numel() > 0) t = t + nan_or_zero.to(t.scalar_type());
+}
+
+TracesResult poisoned(TracesResult t, const MlpProblem& p) {
+  const at::Tensor nan_or_zero = non_finite_poison(p);
+  poison(t.trace, nan_or_zero);
+  poison(t.trace_sq, nan_or_zero);
+  for (auto* g : {&t.trace_grad, &t.trace_sq_grad}) {
+    if (!*g) continue;
+    for (at::Tensor* part : {&(*g)->x, &(*g)->w1, &(*g)->b1, &(*g)->w2, &(*g)->b2}) {
+      poison(*part, nan_or_zero);
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
   const ProblemShape shape = shape_of(p);
-  return entry_of(choose_engine(shape), shape).evaluate(p, gradients);
+  return poisoned(entry_of(choose_engine(shape), shape).evaluate(p, gradients), p);
 }
 
 TracesResult evaluate_share(const MlpProblem& p, Gradients gradients, const Share& share) {
-  return sample_space(p, gradients, share);
+  return poisoned(sample_space(p, gradients, share), p);
 }
 
 WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
@@ -353,7 +390,7 @@ WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
       !share && choose_engine(shape_of(p)) == Engine::ParameterSpace;
   if (parameter_space_engine || !p.one_logit()) {
     // These engines' gradients come out per trace: weigh them.
-    TracesResult t = share ? sample_space(p, gradients, *share) : evaluate_traces(p, gradients);
+    TracesResult t = share ? evaluate_share(p, gradients, *share) : evaluate_traces(p, gradients);
     const auto [alpha, beta] = weights(t.trace, t.trace_sq);
     return {t.trace, t.trace_sq, weigh_gradients(alpha, *t.trace_grad, beta, *t.trace_sq_grad)};
   }
@@ -376,7 +413,12 @@ WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
                             weigh_adjoints(alpha, trace_adjoints(f, d, need_grad_x), beta,
                                            trace_sq_adjoints),
                             need_grad_x);
-  return {std::move(trace), pairwise.result.trace_sq, std::move(grad)};
+  at::Tensor trace_sq = pairwise.result.trace_sq;
+  const at::Tensor nan_or_zero = non_finite_poison(p);
+  for (at::Tensor* t : {&trace, &trace_sq, &grad.x, &grad.w1, &grad.b1, &grad.w2, &grad.b2}) {
+    poison(*t, nan_or_zero);
+  }
+  return {std::move(trace), std::move(trace_sq), std::move(grad)};
 }
 
 }  // namespace torch_ws

@@ -7,11 +7,13 @@
 //   (Hv)_W1 = dεᵀ X,   (Hv)_b1 = Σ_i dε_i,
 //
 // with A = X W1ᵀ + b1, Φ = φ(A) and S_i, e_i the loss's (scaled) Hessian and gradient in the
-// logits (losses.h). k directions go through as one batch of matrix products.
+// logits (losses.h). k directions go through in runs of cache size, each run as one set of
+// matrix products.
 #include "ops/eigenvalue_interval/hessian_products.h"
 
 #include "core/activations.h"
 #include "core/losses.h"
+#include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <algorithm>
 #include <vector>
@@ -19,9 +21,6 @@
 namespace torch_ws {
 
 namespace {
-
-// κ of docs/math.md §5.1: the relative error allowed each per-sample coefficient's evaluation.
-constexpr double kCoefficientAllowance = 8192;
 
 double unit_roundoff(at::ScalarType dtype) {
   return dtype == at::kDouble ? 0x1p-53 : 0x1p-24;
@@ -56,10 +55,11 @@ HessianProducts::HessianProducts(const MlpProblem& p)
                  phi.phi2.abs() * hidden_residual_magnitude};
   // The longest chain of sums and products behind one entry of H·v (docs/math.md §11.3): the
   // inner products of lengths D, H, C, C, then the sum over N samples, a dozen operations
-  // besides, each coefficient within κu; doubled for the second-order terms.
+  // besides, each coefficient within κu (κ of docs/math.md §5.1); doubled for the second-order
+  // terms.
   const double depth = static_cast<double>(in_dim_ + 2 * hidden_ + 2 * num_outputs_ +
                                            p.num_samples() + 16) +
-                       kCoefficientAllowance;
+                       kRoundingAllowance;
   const double u = unit_roundoff(p.x.scalar_type());
   error_factor_ = 2 * depth * u / (1 - depth * u);
 }

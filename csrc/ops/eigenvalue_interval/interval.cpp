@@ -6,7 +6,7 @@
 //       -> (lower, upper, source, ritz_values, ritz_vectors, products):
 //       lower ≤ λ ≤ upper for λ = λ_max (largest) or λ_min, both in x's dtype rounded outward;
 //       source says which guarantee gave the bound away from the Ritz value (0 Wolkowicz-Styan,
-//       1 the trace cap, 2 Kato-Temple); the Ritz values (k,) and vectors (k, n) in float64,
+//       1 the trace cap, 2 Kato-Temple, 3 Weyl); the Ritz values (k,) and vectors (k, n) in float64,
 //       extreme first; products: the Hessian-vector products used.
 //   hessian_vector_products(..., vectors) -> H·v for each row of vectors (k, n), in x's dtype.
 //
@@ -88,8 +88,9 @@ InputGradients combine(double alpha, const InputGradients& a, double beta, const
   return {mix(a.x, b.x), mix(a.w1, b.w1), mix(a.b1, b.b1), mix(a.w2, b.w2), mix(a.b2, b.b2)};
 }
 
-// The Ritz vectors of `rows` with the coefficients of their quadratic forms, and the extra
-// bilinear pairs, as the (A, B, c) of HessianProducts::bilinear_backward.
+// Σ_j c_j⟨a_j, H b_j⟩ over fixed vectors: what each end's gradient is made of (Rayleigh
+// quotients of Ritz vectors, ‖Hu‖²), collected so that one reverse pass
+// (HessianProducts::bilinear_backward) gives the gradient of all of them.
 struct QuadraticForms {
   std::vector<Tensor> a, b;
   std::vector<double> c;
@@ -407,6 +408,11 @@ IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const T
   const auto options = x.options().dtype(at::kDouble);
   std::vector<Tensor> lower_grads, upper_grads;
   if (gradients != Gradients::None) {
+    // NaN input: NaN gradients, as the other ops give.
+    const InputGradients zeros = zero_gradients(p64, gradients == Gradients::ParametersAndX);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if (!top.lower_grad) top.lower_grad = combine(nan, zeros, 0, zeros);
+    if (!top.upper_grad) top.upper_grad = combine(nan, zeros, 0, zeros);
     auto in_dtype = [&](const InputGradients& g, double factor) {
       std::vector<Tensor> list = gradient_list(combine(factor, g, 0, g), x);
       for (Tensor& t : list) t = t.to(x.scalar_type());

@@ -10,6 +10,8 @@
 
 #include <torch/library.h>
 
+#include <limits>
+
 namespace torch_ws {
 namespace {
 
@@ -27,6 +29,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> public_outputs(
           std::get<4>(parts), std::get<5>(parts)};
 }
 
+bool finite_input(const MlpProblem& p) {
+  bool finite = at::isfinite(p.x).all().item<bool>() &&
+                (!p.target.is_floating_point() || at::isfinite(p.target).all().item<bool>());
+  for (const Layer& layer : p.layers) {
+    finite = finite && at::isfinite(layer.weight).all().item<bool>() &&
+             (!layer.bias || at::isfinite(*layer.bias).all().item<bool>());
+  }
+  return finite;
+}
+
+// The parts of a NaN input: NaN values and vectors in the shapes the Meta kernel gives.
+SpectralPartsResult nan_parts(const Tensor& x, const optional<Tensor>& b1, const Tensor& w2) {
+  const auto like = x.options();
+  const auto f64 = like.dtype(at::kDouble), i64 = like.dtype(at::kLong);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const int64_t block = x.size(1) + (b1 ? 1 : 0) + w2.size(0);
+  auto scalar = [&] { return at::full({}, nan, like); };
+  return {scalar(), scalar(), scalar(), scalar(), scalar(), at::zeros({}, i64),
+          at::zeros({}, like.dtype(at::kBool)), at::full({x.size(0), w2.size(0)}, nan, f64),
+          at::full({block}, nan, f64), at::zeros({}, i64), at::full({block}, nan, f64),
+          at::zeros({}, i64)};
+}
+
 // The parts, the WS bound, and their combination: upper = min(λ_max(GGN) + λ_max(R) + the
 // allowances, WS), rounded up to the inputs' dtype; lambda_min_lower rounded down.
 SpectralPartsResult spectral_parts_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
@@ -35,11 +60,16 @@ SpectralPartsResult spectral_parts_kernel(const Tensor& x, const Tensor& target,
                                           c10::string_view reduction, c10::string_view loss) {
   const MlpProblem p =
       check_problem(kSpectralBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
+  // NaN or ±Inf in the input: NaN out, as every other op gives (the eigensolvers would refuse
+  // to converge on it).
+  if (!finite_input(p)) return nan_parts(x, b1, w2);
   const spectral::SpectralParts s = spectral::evaluate(p);
   const TracesResult t = evaluate_traces(p, Gradients::None);
   const auto dtype = x.scalar_type();
-  const Tensor ws = ws_upper_bound_tensor(t.trace, t.trace_sq, p.num_params(), dtype)
-                        .to(at::kDouble);
+  // On finite input the traces can still overflow the input's dtype (float32 x·10³⁰): WS is
+  // then no bound at all (NaN or ∞), and the spectral parts, in float64, give `upper`.
+  Tensor ws = ws_upper_bound_tensor(t.trace, t.trace_sq, p.num_params(), dtype).to(at::kDouble);
+  ws = at::where(at::isnan(ws), at::full_like(ws, HUGE_VAL), ws);
   // No GGN part (the dual matrix too large): the spectral sum is +∞ and WS gives `upper`.
   Tensor spectral_upper = s.ggn_lambda_max + s.ggn_allowance + s.residual_lambda_max +
                           s.residual_allowance;
