@@ -59,16 +59,19 @@ double gamma(double m) { return up(up(m * kUnit) / down(1 - m * kUnit)); }
 double dot_value(const Tensor& a, const Tensor& b) { return at::dot(a, b).item<double>(); }
 double norm_value(const Tensor& a) { return a.norm().item<double>(); }
 
-// The problem in float64 (exact conversion of every value): the certificate's arithmetic.
-MlpProblem as_float64(MlpProblem p) {
-  p.x = p.x.to(at::kDouble);
-  if (p.target.is_floating_point()) p.target = p.target.to(at::kDouble);
+// The problem with every floating tensor converted to `dtype` (exactly, when widening).
+MlpProblem converted(MlpProblem p, at::ScalarType dtype) {
+  p.x = p.x.to(dtype);
+  if (p.target.is_floating_point()) p.target = p.target.to(dtype);
   for (Layer& layer : p.layers) {
-    layer.weight = layer.weight.to(at::kDouble);
-    if (layer.bias) layer.bias = layer.bias->to(at::kDouble);
+    layer.weight = layer.weight.to(dtype);
+    if (layer.bias) layer.bias = layer.bias->to(dtype);
   }
   return p;
 }
+
+// The certificate's arithmetic runs in float64 on the exact values of the inputs.
+MlpProblem as_float64(const MlpProblem& p) { return converted(p, at::kDouble); }
 
 struct Interval {
   double lower, upper;
@@ -478,15 +481,9 @@ IntervalWithGradients eigenvalue_interval_with_gradients_meta(
 }
 
 // The problem in the dtype the products are computed in: bfloat16/float16 in float32.
-MlpProblem in_compute_dtype(MlpProblem p) {
-  if (p.x.scalar_type() == at::kDouble || p.x.scalar_type() == at::kFloat) return p;
-  p.x = p.x.to(at::kFloat);
-  if (p.target.is_floating_point()) p.target = p.target.to(at::kFloat);
-  for (Layer& layer : p.layers) {
-    layer.weight = layer.weight.to(at::kFloat);
-    if (layer.bias) layer.bias = layer.bias->to(at::kFloat);
-  }
-  return p;
+MlpProblem in_compute_dtype(const MlpProblem& p) {
+  const at::ScalarType dtype = p.x.scalar_type();
+  return dtype == at::kDouble || dtype == at::kFloat ? p : converted(p, at::kFloat);
 }
 
 void check_vectors(const MlpProblem& p, const Tensor& vectors) {
