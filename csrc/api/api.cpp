@@ -60,6 +60,23 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
   return {upper, ggn, residual_max, lambda_min, residual, iterations};
 }
 
+EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& target,
+                                       const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                       const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                                       std::string_view activation, std::string_view reduction,
+                                       std::string_view loss, bool largest, int64_t steps,
+                                       const std::optional<at::Tensor>& start, int64_t seed) {
+  using Signature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                               at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view, c10::string_view,
+      c10::string_view, bool, int64_t, const std::optional<at::Tensor>&, int64_t);
+  static auto op = find_op<Signature>("torch_ws::eigenvalue_interval");
+  auto [lower, upper, source, values, vectors, products] =
+      op.call(x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, start, seed);
+  return {lower, upper, source, values, vectors, products};
+}
+
 namespace {
 
 constexpr char kRegularizer[] = "torch_ws::HSRRegularizer";

@@ -79,6 +79,27 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
                              std::string_view activation = "tanh",
                              std::string_view reduction = "mean", std::string_view loss = "bce");
 
+// A certified interval on λ_max (largest) or λ_min of the loss Hessian (docs/math.md §11):
+// `steps` Lanczos steps on closed-form Hessian-vector products, lower ≤ λ ≤ upper for the
+// computed numbers, both differentiable (the basis held fixed). `source` (int64): 0
+// Wolkowicz-Styan, 1 the trace cap, 2 Kato-Temple, 3 Weyl. Pass `ritz_vectors` as `start` to the
+// next call to track the eigenvalue during training.
+struct EigenvalueInterval {
+  at::Tensor lower, upper;
+  at::Tensor source;                     // int64
+  at::Tensor ritz_values, ritz_vectors;  // float64, (k,) and (k, n), the extreme one first
+  at::Tensor products;                   // int64: the Hessian-vector products used
+};
+EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& target,
+                                       const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                       const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                                       std::string_view activation = "tanh",
+                                       std::string_view reduction = "mean",
+                                       std::string_view loss = "bce", bool largest = true,
+                                       int64_t steps = 32,
+                                       const std::optional<at::Tensor>& start = std::nullopt,
+                                       int64_t seed = 0);
+
 // HSR regularization: the WS bound of a three-layer MLP at its current parameters.
 //   torch::nn::Sequential model(torch::nn::Linear(2, 10), torch::nn::Tanh(), torch::nn::Linear(10, 1));
 //   torch_ws::HSRRegularizer reg(model);

@@ -7,6 +7,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <iostream>
@@ -277,6 +278,29 @@ void test_spectral_bound() {
                             std::to_string(max_err));
 }
 
+// The certified interval from C++ (tests/test_interval.py checks it against explicit Hessians):
+// its ends are ordered and consistent with spectral_bound's guarantee, the products are counted,
+// a warm start's interval still holds λ_max, and λ_min's lies below.
+void test_eigenvalue_interval() {
+  torch::manual_seed(4);
+  Problem p = make_problem(10, 2, 3);
+  auto r = torch_ws::eigenvalue_interval(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh");
+  const double lower = r.lower.item<double>(), upper = r.upper.item<double>();
+  check(lower <= upper, "interval: lower <= upper");
+  const double spectral =
+      torch_ws::spectral_bound(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh").upper.item<double>();
+  check(lower <= spectral, "interval: lower <= spectral_bound's upper (both bound λ_max)");
+  check(r.products.item<int64_t>() == std::min<int64_t>(32, r.ritz_vectors.size(1)) + 1,
+        "interval: products = steps + 1");
+  auto warm = torch_ws::eigenvalue_interval(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh", "mean",
+                                            "bce", true, 4, r.ritz_vectors);
+  check(warm.lower.item<double>() <= upper && lower <= warm.upper.item<double>(),
+        "interval: a warm start's interval overlaps the first (both hold λ_max)");
+  auto bottom = torch_ws::eigenvalue_interval(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh",
+                                              "mean", "bce", false);
+  check(bottom.upper.item<double>() <= lower, "interval: λ_min's interval lies below λ_max's");
+}
+
 // HSRRegularizer(..., "spectral") is spectral_bound's upper, with its gradient; an unknown bound
 // is refused.
 void test_regularizer_spectral() {
@@ -347,6 +371,7 @@ int main(int argc, char** argv) {
       {"regularizer_refusals", test_regularizer_refusals},
       {"losses", test_losses},
       {"spectral_bound", test_spectral_bound},
+      {"eigenvalue_interval", test_eigenvalue_interval},
       {"ws_bound_batched", test_ws_bound_batched},
       {"regularizer_spectral", test_regularizer_spectral},
   };
