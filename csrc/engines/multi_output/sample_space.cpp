@@ -9,6 +9,7 @@
 // those adjoints to x, w1, b1, w2, b2, shared by tr H and tr(H²). Stages 1 and 3 are features.cpp.
 #include "engines/multi_output/engines.h"
 #include "engines/multi_output/features.h"
+#include "engines/cpu/lanes.h"
 
 #include <algorithm>
 #include <optional>
@@ -37,6 +38,17 @@ Adjoints zero_adjoints(const Features& f, bool need_x) {
   a.lx = zeros(f.lx);
   a.rx = zeros(f.rx);
   return a;
+}
+
+// into += from, field by field (the lanes' accumulators).
+void add_adjoints(Adjoints& into, const Adjoints& from) {
+  for (auto [a, b] : {std::pair{&into.x, &from.x}, {&into.phi0, &from.phi0},
+                      {&into.phi1, &from.phi1}, {&into.U, &from.U}, {&into.SU, &from.SU},
+                      {&into.Y, &from.Y}, {&into.S, &from.S}, {&into.e, &from.e},
+                      {&into.omega, &from.omega}, {&into.vt, &from.vt}, {&into.lx, &from.lx},
+                      {&into.rx, &from.rx}}) {
+    if (a->defined()) a->add_(*b);
+  }
 }
 
 // Rows [begin, begin + size) of a per-sample array, as a matrix with `columns` columns (a view).
@@ -158,17 +170,48 @@ TracesResult sample_space_traces(const MlpProblem& p, Gradients gradients, int64
     }
   }
   const std::vector<int64_t> share_of = deal_by_cost(cost, share.count);
-  std::optional<Adjoints> pair_adjoints;
-  if (with_gradients) pair_adjoints = zero_adjoints(f, need_x);
-  Tensor trace_sq = at::zeros({}, f.x.options().dtype(at::kDouble));
+  std::vector<size_t> mine;
+  std::vector<double> my_cost;
   for (size_t t = 0; t < pairs.size(); ++t) {
     if (share_of[t] != share.index) continue;
-    trace_sq.add_(block_pair(f, pairs[t].first, pairs[t].second,
-                             pair_adjoints ? &*pair_adjoints : nullptr));
+    mine.push_back(t);
+    my_cost.push_back(cost[t]);
+  }
+  // On the CPU the block pairs are dealt to lanes (cpu/lanes.h), one per thread, each running its
+  // blocks' products single-threaded into its own accumulators: one parallel region per call.
+  // Letting every product of every block open a parallel region of its own (hundreds per call)
+  // made each of them wait for the slowest thread, which on a busy machine is one the scheduler
+  // has set aside: calls took 4–12× their one-thread time with two busy processes beside them
+  // (issue 30, benchmarks/bench_contention.py). Elsewhere, one lane and the device's own
+  // parallelism.
+  const int64_t lanes =
+      f.x.is_cpu() ? std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(mine.size()),
+                                                            at::get_num_threads()))
+                   : 1;
+  const std::vector<int64_t> lane_of = deal_by_cost(my_cost, lanes);
+  std::vector<Tensor> lane_trace_sq(lanes);
+  std::vector<std::optional<Adjoints>> lane_adjoints(lanes);
+  for (int64_t lane = 0; lane < lanes; ++lane) {
+    lane_trace_sq[lane] = at::zeros({}, f.x.options().dtype(at::kDouble));
+    if (with_gradients) lane_adjoints[lane] = zero_adjoints(f, need_x);
+  }
+  run_lanes(lanes, [&](int64_t lane) {
+    for (size_t k = 0; k < mine.size(); ++k) {
+      if (lane_of[k] != lane) continue;
+      const auto& [I, J] = pairs[mine[k]];
+      lane_trace_sq[lane].add_(
+          block_pair(f, I, J, lane_adjoints[lane] ? &*lane_adjoints[lane] : nullptr));
+    }
+  });
+  // Deterministic reduction in lane order.
+  Tensor trace_sq = lane_trace_sq[0];
+  for (int64_t lane = 1; lane < lanes; ++lane) {
+    trace_sq = trace_sq + lane_trace_sq[lane];
+    if (with_gradients) add_adjoints(*lane_adjoints[0], *lane_adjoints[lane]);
   }
   TracesResult out;
   out.trace_sq = trace_sq;
-  if (with_gradients) out.trace_sq_grad = chain(p, f, std::move(*pair_adjoints), need_x);
+  if (with_gradients) out.trace_sq_grad = chain(p, f, std::move(*lane_adjoints[0]), need_x);
   if (!share.holds_diagonal()) {
     out.trace = at::zeros({}, trace_sq.options());
     if (with_gradients) out.trace_grad = zero_gradients(p, need_x);
