@@ -279,6 +279,12 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   const InputGradients& trace_sq_grad = *traces.trace_sq_grad;
   // The quadratic form of H (not σH) in a fixed vector v, as a Rayleigh quotient: σ/‖v‖².
   auto ritz_norm_sq = [&](int64_t i) { return dot_value(ritz_vectors[i], ritz_vectors[i]); };
+  // The Ritz values the value subtracted from tr(H²): the certified ones, positive from index
+  // `first_positive` on (1 for the cap, 2 for ν), and every negative one.
+  auto subtracted_from = [&](int64_t i, int64_t first_positive) {
+    if (!(std::abs(mu_values[i]) > eps_T) || !orthonormal_enough) return false;
+    return mu_values[i] < 0 || i >= first_positive;
+  };
   QuadraticForms lower_forms;
   lower_forms.add(u, u, sign / denominator);
   out.lower_grad = lower_forms.gradient(products, u, need_grad_x);
@@ -292,14 +298,14 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   } else if (out.source == Source::TraceCap) {
     // cap = √(tr(H²) − Σ_{i ∈ cap} μ_i²), μ_i the Ritz values of the fixed basis.
     double subtracted = 0;
-    for (int64_t i = 1; i < k; ++i) {
-      if (std::abs(mu_values[i]) > eps_T) subtracted += mu_values[i] * mu_values[i];
+    for (int64_t i = 0; i < k; ++i) {
+      if (subtracted_from(i, /*first_positive=*/1)) subtracted += mu_values[i] * mu_values[i];
     }
     const double value = std::sqrt(std::max(trace_sq - subtracted, 0.0));
     if (value > 0) {
       trace_sq_weight = 1 / (2 * value);
-      for (int64_t i = 1; i < k; ++i) {
-        if (!(std::abs(mu_values[i]) > eps_T)) continue;
+      for (int64_t i = 0; i < k; ++i) {
+        if (!subtracted_from(i, /*first_positive=*/1)) continue;
         upper_forms.add(ritz_vectors[i], ritz_vectors[i],
                         -mu_values[i] / value * sign / ritz_norm_sq(i));
       }
@@ -307,8 +313,8 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   } else {
     // θ + ρ²/(θ − ν), ρ² = ‖Hû‖² − θ², ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²).
     double subtracted = 0;
-    for (int64_t i = 2; i < k; ++i) {
-      if (std::abs(mu_values[i]) > eps_T) subtracted += mu_values[i] * mu_values[i];
+    for (int64_t i = 0; i < k; ++i) {
+      if (subtracted_from(i, /*first_positive=*/2)) subtracted += mu_values[i] * mu_values[i];
     }
     const double nu_value = std::sqrt(std::max(trace_sq - theta * theta - subtracted, 0.0));
     const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
@@ -318,8 +324,8 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
     if (nu_value > 0) {
       d_theta += d_nu * (-theta / nu_value);
       trace_sq_weight = d_nu / (2 * nu_value);
-      for (int64_t i = 2; i < k; ++i) {
-        if (!(std::abs(mu_values[i]) > eps_T)) continue;
+      for (int64_t i = 0; i < k; ++i) {
+        if (!subtracted_from(i, /*first_positive=*/2)) continue;
         upper_forms.add(ritz_vectors[i], ritz_vectors[i],
                         d_nu * (-mu_values[i] / nu_value) * sign / ritz_norm_sq(i));
       }
