@@ -291,3 +291,21 @@ def test_regularizer_penalizes_the_interval_upper_end():
     again = reg(x, y)  # warm-started from the first call's Ritz vector: the same guarantee
     eigenvalues = spectrum(args, "tanh", "mean", "cross_entropy")
     assert float(eigenvalues[-1]) <= float(again) <= 1.0001 * float(eigenvalues[-1])
+
+
+def test_block_warm_start_uses_every_start_row():
+    """All of the previous call's Ritz vectors as `start`: they are the first basis vectors, so
+    a few products recover the certified interval; duplicated or dependent rows are replaced by
+    fresh directions and the guarantee holds."""
+    model, x, y = trained_net()
+    args = (x, y, model[0].weight, model[0].bias, model[2].weight, model[2].bias,
+            "tanh", "mean", "cross_entropy")
+    eigenvalues = spectrum(args[:6], *args[6:])
+    cold = torch_ws.lambda_max_interval(*args, steps=32)
+    warm = torch_ws.lambda_max_interval(*args, steps=32, start=cold.ritz_vectors)
+    assert warm.products == 33
+    assert float(warm.lower) <= float(eigenvalues[-1]) <= float(warm.upper)
+    assert float(warm.upper) <= 1.0001 * float(eigenvalues[-1])
+    repeated = torch.cat([cold.ritz_vectors[:3], cold.ritz_vectors[:3]])
+    again = torch_ws.lambda_max_interval(*args, steps=10, start=repeated)
+    assert float(again.lower) <= float(eigenvalues[-1]) <= float(again.upper)

@@ -386,9 +386,10 @@ def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tens
         x, target, w1, b1, w2, b2, activation, reduction, loss: as for :func:`hessian_traces`.
         steps: Lanczos steps ≥ 1 (capped at n), one Hessian-vector product each (plus one to
             certify the top Ritz pair).
-        start: (n,) or (r, n): the first row starts the iteration, e.g. the ``ritz_vectors`` of
-            the previous call (a warm start; the guarantee does not depend on it). Default: a
-            random vector from ``seed``.
+        start: (n,) or (r, n), e.g. the ``ritz_vectors`` of the previous call (a warm start;
+            the guarantee does not depend on it): the first min(r, steps) basis vectors are its
+            rows (orthonormalized), the rest Krylov directions from them. Default: a random
+            vector from ``seed``.
         seed: the seed of the random start (and of restarts when the Krylov space closes).
     """
     return _eigenvalue_interval(True, x, target, w1, b1, w2, b2, activation, reduction, loss,

@@ -147,42 +147,40 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   }
   auto product = [&](const Tensor& rows) { return products.apply(rows) * sign; };
 
-  // ---- Lanczos with full reorthogonalization (twice is enough: Parlett, §6.9). ----
+  // ---- The basis: the start rows first (a warm start: the previous call's Ritz vectors), then
+  // Krylov directions H·q, each orthogonalized twice against all before it (Lanczos with full
+  // reorthogonalization, Parlett §6.9; after seeds, Arnoldi's expansion of their span). The
+  // certificate below relies on no recurrence, only on Q and W = fl(QH). ----
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   Tensor Q = at::zeros({k, n}, options), W = at::zeros({k, n}, options);
-  Tensor q = start ? start->reshape({-1, n})[0].to(options) : Tensor();
-  if (q.defined()) {
-    const double size = norm_value(q);
+  const Tensor seeds = start ? start->reshape({-1, n}).to(options) : at::empty({0, n}, options);
+  const int64_t num_seeds = seeds.size(0);
+  Tensor q;
+  if (num_seeds > 0) {
+    const double size = norm_value(seeds[0]);
     TORCH_CHECK(std::isfinite(size) && size > 0, kIntervalName,
                 ": expected a finite, non-zero start vector, got one of norm ", size);
-    q = q / size;
+    q = seeds[0] / size;
   } else {
     q = random_orthogonal(Q.narrow(0, 0, 0), n, generator, options);
   }
-  Tensor q_previous;
-  double beta_previous = 0;
   const double scale = std::sqrt(std::max(trace_sq, 0.0));
   for (int64_t j = 0; j < k; ++j) {
     Q[j] = q;
     const Tensor w = product(q.unsqueeze(0)).squeeze(0);
     W[j] = w;
     if (j + 1 == k) break;
-    const double alpha = dot_value(q, w);
-    Tensor r = w - alpha * q;
-    if (beta_previous > 0) r = r - beta_previous * q_previous;
+    const bool seeded = j + 1 < num_seeds;
+    Tensor r = seeded ? seeds[j + 1] : w;
+    const double reference = seeded ? norm_value(r) : std::max(norm_value(w), scale);
     const Tensor basis = Q.narrow(0, 0, j + 1);
     for (int pass = 0; pass < 2; ++pass) r = r - at::mv(basis.t(), at::mv(basis, r));
-    const double beta = norm_value(r);
-    q_previous = q;
-    if (beta > 1e-10 * std::max({scale, std::abs(alpha), beta_previous}) && std::isfinite(beta)) {
-      q = r / beta;
-      beta_previous = beta;
-    } else {
-      // The Krylov space is invariant: go on in a fresh direction (the certificate below does
-      // not rely on the recurrence, only on Q and W = HQ).
-      q = random_orthogonal(basis, n, generator, options);
-      beta_previous = 0;
-    }
+    const double size = norm_value(r);
+    // A direction already in the span (an invariant subspace, or a seed the others span): go on
+    // in a fresh random one.
+    q = size > 1e-10 * reference && std::isfinite(size)
+            ? r / size
+            : random_orthogonal(basis, n, generator, options);
   }
 
   // ---- Rayleigh-Ritz on Q, with every rounding error bounded (docs/math.md §11.3). ----
