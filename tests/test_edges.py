@@ -48,3 +48,33 @@ def test_interval_of_nan_input_with_gradients_gives_nan_gradients():
     interval = torch_ws.lambda_max_interval(*p.args())
     grads = torch.autograd.grad(interval.upper, [p.w1, p.w2])
     assert all(torch.isnan(g).all() for g in grads)
+
+
+def saturated_float32_problems():
+    """Cross-entropy, N = 1, weights scaled until the softmax saturates: λ_max from 4·10⁻¹² down
+    to 2·10⁻⁵⁵, below float32's range (the fuzz's finding)."""
+    torch.manual_seed(0)
+    out = []
+    for scale in (30.0, 60.0, 120.0):
+        x = torch.randn(1, 3, dtype=torch.float64)
+        w1, b1 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+        w2, b2 = torch.randn(3, 4, dtype=torch.float64) * scale, torch.randn(3, dtype=torch.float64)
+        y = torch.tensor([int((torch.tanh(x @ w1.T + b1) @ w2.T + b2).argmax())])
+        out.append(tuple(t.float() if t.is_floating_point() else t for t in (x, y, w1, b1, w2, b2)))
+    return out
+
+
+@pytest.mark.parametrize("engine", ["sample", "parameter"])
+def test_float32_bounds_stay_bounds_below_float32_range(engine, monkeypatch):
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    for args in saturated_float32_problems():
+        wide = [t.double() if t.is_floating_point() else t for t in args]
+        eigenvalues = torch.linalg.eigvalsh(
+            reference.explicit_hessian(*wide, "tanh", "mean", "cross_entropy"))
+        top, bottom = float(eigenvalues[-1]), float(eigenvalues[0])
+        bound = torch_ws.ws_bound(*args, "tanh", "mean", "cross_entropy")
+        bounds = torch_ws.ws_bounds(*args, "tanh", "mean", "cross_entropy")
+        assert float(bound) >= top > 0  # was 0.0 on the sample engine at λ_max = 1.8e-55
+        assert float(bounds.lambda_max_upper) == float(bound)  # ws_bounds gave 0.0
+        assert float(bounds.lambda_min_lower) <= bottom
+        assert float(bounds.spread_upper) >= top - bottom

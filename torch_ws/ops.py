@@ -229,8 +229,36 @@ def ws_bounds(
     """
     trace, trace_sq = hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss)
     n = num_params(w1, b1, w2, b2)
-    bounds = torch.ops.torch_ws._ws_bounds_from_traces(trace, trace_sq, n)
+    bound_trace, bound_trace_sq = trace, trace_sq
+    if _float32_underflow_risk(x, trace_sq):
+        # Traces too small for float32 (a saturated network): the bounds from the float64 traces
+        # of the same values, as ws_bound's are, still rounded outward to float32 (issue 30: the
+        # float32 traces rounded to 0 and every bound with them).
+        def wide(t):
+            return t.double() if t is not None and t.is_floating_point() else t
+
+        bound_trace, bound_trace_sq = hessian_traces(
+            wide(x), wide(target), wide(w1), wide(b1), wide(w2), wide(b2), activation, reduction,
+            loss)
+    bounds = torch.ops.torch_ws._ws_bounds_from_traces(bound_trace, bound_trace_sq, n, x.dtype)
     return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)
+
+
+#: Below this tr(H²) a float32 evaluation may have lost terms to underflow (the same threshold as
+#: the C++ engines' float64 re-evaluation, csrc/engines/dispatch.cpp).
+_FLOAT32_UNDERFLOW_RISK = 2.0 ** -60
+
+
+def _float32_underflow_risk(x: Tensor, trace_sq: Tensor) -> bool:
+    # Read only where the value can be read: a plain CPU tensor, outside tracing and functorch.
+    if x.dtype != torch.float32 or type(trace_sq) is not torch.Tensor:
+        return False
+    if trace_sq.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(trace_sq):
+        return False
+    value = float(trace_sq.detach())
+    return value == value and value < _FLOAT32_UNDERFLOW_RISK
 
 
 class SpectralBound(NamedTuple):

@@ -407,18 +407,75 @@ TracesResult poisoned(TracesResult t, const MlpProblem& p) {
 
 }  // namespace
 
+namespace {
+
+// Below this tr(H²), float32 arithmetic may have lost terms to underflow (products of per-sample
+// factors under 2⁻¹²⁶) by more than the rounding allowance covers (docs/math.md §5.1): a
+// saturated network's float32 bound came out 0 below λ_max = 1.8·10⁻⁵⁵ (issue 30). There the
+// traces are computed again in float64 on the exact values of the inputs: rare, and exact.
+constexpr double kFloat32UnderflowRisk = 0x1p-60;
+
+bool float32_underflow_risk(const MlpProblem& p, const at::Tensor& trace_sq) {
+  if (p.x.scalar_type() != at::kFloat || !plain_cpu(trace_sq)) return false;
+  const double value = trace_sq.item<double>();
+  return std::isfinite(value) && value < kFloat32UnderflowRisk;
+}
+
+MlpProblem in_float64(MlpProblem p) {
+  p.x = p.x.to(at::kDouble);
+  if (p.target.is_floating_point()) p.target = p.target.to(at::kDouble);
+  for (Layer& layer : p.layers) {
+    layer.weight = layer.weight.to(at::kDouble);
+    if (layer.bias) layer.bias = layer.bias->to(at::kDouble);
+  }
+  return p;
+}
+
+void to_dtype(InputGradients& g, at::ScalarType dtype) {
+  for (at::Tensor* t : {&g.x, &g.w1, &g.b1, &g.w2, &g.b2}) {
+    if (t->defined()) *t = t->to(dtype);
+  }
+}
+
+}  // namespace
+
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
   const ProblemShape shape = shape_of(p);
-  return poisoned(entry_of(choose_engine(shape), shape).evaluate(p, gradients), p);
+  TracesResult out = poisoned(entry_of(choose_engine(shape), shape).evaluate(p, gradients), p);
+  if (float32_underflow_risk(p, out.trace_sq)) {
+    out = evaluate_traces(in_float64(p), gradients);
+    for (auto* g : {&out.trace_grad, &out.trace_sq_grad}) {
+      if (*g) to_dtype(**g, at::kFloat);
+    }
+  }
+  return out;
 }
 
 TracesResult evaluate_share(const MlpProblem& p, Gradients gradients, const Share& share) {
   return poisoned(sample_space(p, gradients, share), p);
 }
 
+namespace {
+// The evaluation itself (below).
+WeightedTraces weighted_gradient(const MlpProblem& p, bool need_grad_x,
+                                 const TraceWeights& weights, const std::optional<Share>& share);
+}  // namespace
+
 WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
                                           const TraceWeights& weights,
                                           const std::optional<Share>& share) {
+  WeightedTraces out = weighted_gradient(p, need_grad_x, weights, share);
+  if (!share && float32_underflow_risk(p, out.trace_sq)) {  // as evaluate_traces
+    out = weighted_gradient(in_float64(p), need_grad_x, weights, share);
+    to_dtype(out.grad, at::kFloat);
+  }
+  return out;
+}
+
+namespace {
+
+WeightedTraces weighted_gradient(const MlpProblem& p, bool need_grad_x,
+                                 const TraceWeights& weights, const std::optional<Share>& share) {
   const Gradients gradients = need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters;
   const bool parameter_space_engine =
       !share && choose_engine(shape_of(p)) == Engine::ParameterSpace;
@@ -454,5 +511,7 @@ WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
   }
   return {std::move(trace), std::move(trace_sq), std::move(grad)};
 }
+
+}  // namespace
 
 }  // namespace torch_ws
