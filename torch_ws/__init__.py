@@ -6,7 +6,9 @@ tr(H) and tr(H²) of the loss Hessian have closed forms in N×N Gram matrices of
 Wolkowicz-Styan bound on the largest Hessian eigenvalue costs a few matrix products (and the
 spectral bound a few small eigenproblems), never an n×n Hessian unless that is the smaller
 object. The ops are C++ (``torch.ops.torch_ws.*``) with a hand-derived backward, so a bound can
-be trained against directly (HSR regularization). docs/math.md is the specification.
+be trained against directly (HSR regularization). Lanczos on closed-form Hessian-vector products,
+capped by the exact traces, gives a certified interval on λ_max (``lambda_max_interval``,
+``sharpness``). docs/math.md is the specification.
 """
 import torch
 
