@@ -53,8 +53,8 @@ class HSRRegularizer(nn.Module):
             1.3 s at N=2048 D=128 H=256 on 2 cores) or ``"interval"``
             (:func:`torch_ws.lambda_max_interval`'s ``upper``: Lanczos on closed-form
             Hessian-vector products capped by the exact traces, within 10⁻⁸ of λ_max once the
-            top eigenvalue stands out of the bulk; each call starts from the previous call's
-            Ritz vectors, so tracking costs a few products per step).
+            top eigenvalue stands out of the bulk; each call's Lanczos starts from the previous
+            call's top Ritz vector).
         global_batch: under ``torch.distributed`` (DistributedDataParallel), the bound of the
             union of all ranks' batches rather than of this rank's: every rank passes its own
             batch and gets the same value. Its backward leaves this rank's share of the whole
