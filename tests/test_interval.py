@@ -309,3 +309,27 @@ def test_block_warm_start_uses_every_start_row():
     repeated = torch.cat([cold.ritz_vectors[:3], cold.ritz_vectors[:3]])
     again = torch_ws.lambda_max_interval(*args, steps=10, start=repeated)
     assert float(again.lower) <= float(eigenvalues[-1]) <= float(again.upper)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs_are_computed_in_float32(dtype):
+    """bfloat16/float16 inputs (all of one dtype): the interval of their exact values, in their
+    dtype rounded outward, under inference_mode too; gradients in their dtype; products too."""
+    args = head_problem("bce", 1, "probabilities", n=12, d=3, h=4, seed=2, dtype=dtype)
+    eigenvalues = spectrum(args, "tanh", "mean", "bce")
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            interval = torch_ws.lambda_max_interval(*args)
+        assert interval.lower.dtype == dtype and interval.upper.dtype == dtype
+        assert float(interval.lower) <= float(eigenvalues[-1]) <= float(interval.upper)
+    leaves = [a.detach().requires_grad_(True) for a in args[2:]]
+    upper = torch_ws.lambda_max_interval(args[0], args[1], *leaves).upper
+    grads = torch.autograd.grad(upper, leaves)
+    assert all(g.dtype == dtype and torch.isfinite(g.float()).all() for g in grads)
+    n = torch_ws.num_params(*args[2:])
+    vectors = torch.randn(2, n, dtype=torch.float64)
+    wide = [a.double() if a.is_floating_point() else a for a in args]
+    expected = torch_ws.hessian_vector_products(*wide, vectors)
+    actual = torch_ws.hessian_vector_products(*args, vectors.to(dtype))
+    assert actual.dtype == dtype
+    torch.testing.assert_close(actual.double(), expected, rtol=0.05, atol=0.05)

@@ -4,6 +4,8 @@
 // upstream gradients. Only lower and upper are differentiable; forward mode is refused.
 // hessian_vector_products is not differentiable (its Python wrapper detaches).
 #include "autograd/support.h"
+#include "ops/eigenvalue_interval/low_precision.h"
+#include "ops/low_precision.h"
 #include "ops/problem_args.h"
 #include "ops/schemas.h"
 
@@ -91,6 +93,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> eigenvalue_interval_a
     c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
     const optional<Tensor>& start, int64_t seed) {
   const ProblemArgs p(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  if (low_precision::applies(p)) {
+    return eigenvalue_interval_low_precision::via_float32(x, target, w1, b1, w2, b2, activation,
+                                                          reduction, loss, largest, steps, start,
+                                                          seed);
+  }
   TORCH_CHECK(!forward_tangents(p, kEigenvalueIntervalName).any, kEigenvalueIntervalName,
               ": forward-mode AD (torch.func.jvp, jacfwd, forward_ad) is not supported; "
               "differentiate the interval in reverse mode (backward, torch.autograd.grad)");

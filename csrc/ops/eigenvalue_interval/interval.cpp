@@ -20,6 +20,9 @@
 #include "core/problem.h"
 #include "core/ws_bound.h"
 #include "ops/eigenvalue_interval/hessian_products.h"
+#include "ops/eigenvalue_interval/low_precision.h"
+#include "ops/low_precision.h"
+#include "ops/problem_args.h"
 #include "ops/gradient_list.h"
 #include "ops/schemas.h"
 
@@ -59,19 +62,16 @@ double gamma(double m) { return up(up(m * kUnit) / down(1 - m * kUnit)); }
 double dot_value(const Tensor& a, const Tensor& b) { return at::dot(a, b).item<double>(); }
 double norm_value(const Tensor& a) { return a.norm().item<double>(); }
 
-// The problem with every floating tensor converted to `dtype` (exactly, when widening).
-MlpProblem converted(MlpProblem p, at::ScalarType dtype) {
-  p.x = p.x.to(dtype);
-  if (p.target.is_floating_point()) p.target = p.target.to(dtype);
+// The problem in float64 (exact conversion of every value): the certificate's arithmetic.
+MlpProblem as_float64(MlpProblem p) {
+  p.x = p.x.to(at::kDouble);
+  if (p.target.is_floating_point()) p.target = p.target.to(at::kDouble);
   for (Layer& layer : p.layers) {
-    layer.weight = layer.weight.to(dtype);
-    if (layer.bias) layer.bias = layer.bias->to(dtype);
+    layer.weight = layer.weight.to(at::kDouble);
+    if (layer.bias) layer.bias = layer.bias->to(at::kDouble);
   }
   return p;
 }
-
-// The certificate's arithmetic runs in float64 on the exact values of the inputs.
-MlpProblem as_float64(const MlpProblem& p) { return converted(p, at::kDouble); }
 
 struct Interval {
   double lower, upper;
@@ -440,6 +440,12 @@ IntervalOutputs eigenvalue_interval_kernel(
     const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
     const optional<Tensor>& start, int64_t seed) {
+  // bfloat16/float16 under torch.inference_mode(), which skips the Autograd key.
+  if (low_precision::applies(ProblemArgs(x, target, w1, b1, w2, b2, activation, reduction, loss))) {
+    return eigenvalue_interval_low_precision::via_float32(x, target, w1, b1, w2, b2, activation,
+                                                          reduction, loss, largest, steps, start,
+                                                          seed);
+  }
   auto [lower, upper, source, values, vectors, products, unused_lower, unused_upper] =
       interval_of(x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, start,
                   seed, Gradients::None);
@@ -484,12 +490,6 @@ IntervalWithGradients eigenvalue_interval_with_gradients_meta(
           empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
 }
 
-// The problem in the dtype the products are computed in: bfloat16/float16 in float32.
-MlpProblem in_compute_dtype(const MlpProblem& p) {
-  const at::ScalarType dtype = p.x.scalar_type();
-  return dtype == at::kDouble || dtype == at::kFloat ? p : converted(p, at::kFloat);
-}
-
 void check_vectors(const MlpProblem& p, const Tensor& vectors) {
   const int64_t n = p.num_params();
   TORCH_CHECK(vectors.is_floating_point(), kProductsName,
@@ -508,11 +508,21 @@ Tensor hessian_vector_products_kernel(const Tensor& x, const Tensor& target, con
                                       const optional<Tensor>& b2, const Tensor& vectors,
                                       c10::string_view activation, c10::string_view reduction,
                                       c10::string_view loss) {
-  const MlpProblem checked =
-      check_problem(kProductsName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  check_vectors(checked, vectors);
-  const MlpProblem p = in_compute_dtype(checked);
-  const Tensor rows = vectors.reshape({-1, checked.num_params()}).to(p.x.scalar_type());
+  // bfloat16/float16 inputs (all of one dtype) are computed in float32, as the other ops do.
+  auto wide = [&](const Tensor& t) {
+    return low_precision::applies(ProblemArgs(x, target, w1, b1, w2, b2, activation, reduction,
+                                              loss)) && t.is_floating_point()
+               ? t.to(at::kFloat)
+               : t;
+  };
+  auto wide_optional = [&](const optional<Tensor>& t) {
+    return t ? optional<Tensor>(wide(*t)) : std::nullopt;
+  };
+  const MlpProblem p = check_problem(kProductsName, wide(x), wide(target), wide(w1),
+                                     wide_optional(b1), wide(w2), wide_optional(b2), activation,
+                                     reduction, loss);
+  check_vectors(p, vectors);
+  const Tensor rows = vectors.reshape({-1, p.num_params()}).to(p.x.scalar_type());
   return HessianProducts(p).apply(rows).to(x.scalar_type()).reshape(vectors.sizes());
 }
 
