@@ -213,4 +213,21 @@ InputGradients zero_gradients(const MlpProblem& p, bool need_grad_x) {
           at::zeros_like(p.w2()), zeros(p.b2())};
 }
 
+MlpProblem with_dtype(MlpProblem p, at::ScalarType dtype) {
+  p.x = p.x.to(dtype);
+  if (p.target.is_floating_point()) p.target = p.target.to(dtype);
+  for (Layer& layer : p.layers) {
+    layer.weight = layer.weight.to(dtype);
+    if (layer.bias) layer.bias = layer.bias->to(dtype);
+  }
+  return p;
+}
+
+InputGradients with_dtype(InputGradients g, at::ScalarType dtype) {
+  for (at::Tensor* t : {&g.x, &g.w1, &g.b1, &g.w2, &g.b2}) {
+    if (t->defined()) *t = t->to(dtype);
+  }
+  return g;
+}
+
 }  // namespace torch_ws

@@ -100,4 +100,11 @@ struct InputGradients {
 // that holds none of a sum's terms (core/share.h).
 InputGradients zero_gradients(const MlpProblem& p, bool need_grad_x);
 
+// The problem with x, a floating target and every layer converted to `dtype` (exactly, when
+// widening): the float64 evaluations of the float32 underflow guard and of the eigenvalue
+// interval's certificate.
+MlpProblem with_dtype(MlpProblem p, at::ScalarType dtype);
+// The gradients that exist, converted to `dtype` (back to the inputs' after such an evaluation).
+InputGradients with_dtype(InputGradients g, at::ScalarType dtype);
+
 }  // namespace torch_ws

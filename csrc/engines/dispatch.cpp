@@ -421,31 +421,15 @@ bool float32_underflow_risk(const MlpProblem& p, const at::Tensor& trace_sq) {
   return std::isfinite(value) && value < kFloat32UnderflowRisk;
 }
 
-MlpProblem in_float64(MlpProblem p) {
-  p.x = p.x.to(at::kDouble);
-  if (p.target.is_floating_point()) p.target = p.target.to(at::kDouble);
-  for (Layer& layer : p.layers) {
-    layer.weight = layer.weight.to(at::kDouble);
-    if (layer.bias) layer.bias = layer.bias->to(at::kDouble);
-  }
-  return p;
-}
-
-void to_dtype(InputGradients& g, at::ScalarType dtype) {
-  for (at::Tensor* t : {&g.x, &g.w1, &g.b1, &g.w2, &g.b2}) {
-    if (t->defined()) *t = t->to(dtype);
-  }
-}
-
 }  // namespace
 
 TracesResult evaluate_traces(const MlpProblem& p, Gradients gradients) {
   const ProblemShape shape = shape_of(p);
   TracesResult out = poisoned(entry_of(choose_engine(shape), shape).evaluate(p, gradients), p);
   if (float32_underflow_risk(p, out.trace_sq)) {
-    out = evaluate_traces(in_float64(p), gradients);
+    out = evaluate_traces(with_dtype(p, at::kDouble), gradients);
     for (auto* g : {&out.trace_grad, &out.trace_sq_grad}) {
-      if (*g) to_dtype(**g, at::kFloat);
+      if (*g) **g = with_dtype(**g, at::kFloat);
     }
   }
   return out;
@@ -466,8 +450,8 @@ WeightedTraces evaluate_weighted_gradient(const MlpProblem& p, bool need_grad_x,
                                           const std::optional<Share>& share) {
   WeightedTraces out = weighted_gradient(p, need_grad_x, weights, share);
   if (!share && float32_underflow_risk(p, out.trace_sq)) {  // as evaluate_traces
-    out = weighted_gradient(in_float64(p), need_grad_x, weights, share);
-    to_dtype(out.grad, at::kFloat);
+    out = weighted_gradient(with_dtype(p, at::kDouble), need_grad_x, weights, share);
+    out.grad = with_dtype(out.grad, at::kFloat);
   }
   return out;
 }

@@ -176,24 +176,6 @@ Adjoints adjoints_of(const Rows& all, const Layout& L, const Tensor& hessian_bar
   return a;
 }
 
-MlpProblem in_float64(const MlpProblem& p) {
-  auto as_double = [](const Tensor& t) { return t.to(at::kDouble); };
-  MlpProblem q = p;
-  q.x = as_double(p.x);
-  q.target = as_double(p.target);
-  q.w1() = as_double(p.w1());
-  q.w2() = as_double(p.w2());
-  if (p.b1()) q.b1() = as_double(*p.b1());
-  if (p.b2()) q.b2() = as_double(*p.b2());
-  return q;
-}
-
-InputGradients in_dtype(InputGradients g, at::ScalarType dtype) {
-  for (Tensor* t : {&g.x, &g.w1, &g.b1, &g.w2, &g.b2}) {
-    if (t->defined()) *t = t->to(dtype);
-  }
-  return g;
-}
 
 
 // The per-sample arrays of every sample.
@@ -241,7 +223,7 @@ Tensor flat_to_layout(const Tensor& matrix, const MlpProblem& p) {
 }
 
 Tensor hessian_of_samples(const MlpProblem& p, int64_t begin, int64_t end, int64_t chunk) {
-  const MlpProblem q = in_float64(p);
+  const MlpProblem q = with_dtype(p, at::kDouble);
   const Features f = features(q, /*for_gradients=*/false);
   return layout_to_flat(assemble(rows_of(f), Layout(f), chunk, begin, end), p);
 }
@@ -249,20 +231,20 @@ Tensor hessian_of_samples(const MlpProblem& p, int64_t begin, int64_t end, int64
 InputGradients hessian_of_samples_backward(const MlpProblem& p, const Tensor& hessian_bar,
                                            int64_t begin, int64_t end, int64_t chunk,
                                            bool need_x) {
-  const MlpProblem q = in_float64(p);
+  const MlpProblem q = with_dtype(p, at::kDouble);
   const Features f = features(q, /*for_gradients=*/true);
   // To the layout, symmetrized: ⟨H̄, H⟩ = ⟨(H̄ + H̄ᵀ)/2, H⟩ for a symmetric H, and the reverse
   // mode of the assembly reads a symmetric H̄.
   const Tensor flat_bar = hessian_bar.to(at::kDouble);
   const Tensor bar = flat_to_layout(0.5 * (flat_bar + flat_bar.t()), p);
   const Adjoints a = adjoints_of(rows_of(f), Layout(f), bar, chunk, need_x, begin, end);
-  return in_dtype(chain(q, f, a, need_x), p.x.scalar_type());
+  return with_dtype(chain(q, f, a, need_x), p.x.scalar_type());
 }
 
 TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, int64_t chunk) {
   const bool with_gradients = gradients != Gradients::None;
   const bool need_x = gradients == Gradients::ParametersAndX;
-  const MlpProblem q = in_float64(p);
+  const MlpProblem q = with_dtype(p, at::kDouble);
   const Features f = features(q, with_gradients);
   const Layout L(f);
   const int64_t N = f.num_samples();
@@ -276,8 +258,8 @@ TracesResult parameter_space_traces(const MlpProblem& p, Gradients gradients, in
     // H̄ = 2H for tr(H²), symmetrized: the assembled H is symmetric only up to rounding.
     const Tensor twice_hessian = hessian + hessian.t();
     out.trace_grad =
-        in_dtype(chain(q, f, adjoints_of(all, L, Tensor(), chunk, need_x, 0, N), need_x), dtype);
-    out.trace_sq_grad = in_dtype(
+        with_dtype(chain(q, f, adjoints_of(all, L, Tensor(), chunk, need_x, 0, N), need_x), dtype);
+    out.trace_sq_grad = with_dtype(
         chain(q, f, adjoints_of(all, L, twice_hessian, chunk, need_x, 0, N), need_x), dtype);
   }
   return out;

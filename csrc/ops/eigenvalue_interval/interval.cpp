@@ -62,17 +62,6 @@ double gamma(double m) { return up(up(m * kUnit) / down(1 - m * kUnit)); }
 double dot_value(const Tensor& a, const Tensor& b) { return at::dot(a, b).item<double>(); }
 double norm_value(const Tensor& a) { return a.norm().item<double>(); }
 
-// The problem in float64 (exact conversion of every value): the certificate's arithmetic.
-MlpProblem as_float64(MlpProblem p) {
-  p.x = p.x.to(at::kDouble);
-  if (p.target.is_floating_point()) p.target = p.target.to(at::kDouble);
-  for (Layer& layer : p.layers) {
-    layer.weight = layer.weight.to(at::kDouble);
-    if (layer.bias) layer.bias = layer.bias->to(at::kDouble);
-  }
-  return p;
-}
-
 struct Interval {
   double lower, upper;
   Source source;
@@ -400,7 +389,7 @@ IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const T
       check_problem(kIntervalName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   check_steps_and_start(checked, steps, start);
   const double sign = largest ? 1 : -1;
-  const MlpProblem p64 = as_float64(checked);
+  const MlpProblem p64 = with_dtype(checked, at::kDouble);
   Interval top = certified_top(p64, sign, steps, start, seed, gradients);
   // Only where the cheaper guarantees left the interval wider than 1% (trained networks close it
   // by Kato-Temple at no extra cost), and not on NaN or ±Inf input, where the interval is NaN
