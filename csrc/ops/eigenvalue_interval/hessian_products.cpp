@@ -28,7 +28,7 @@ double unit_roundoff(at::ScalarType dtype) {
 
 }  // namespace
 
-HessianProducts::HessianProducts(const MlpProblem& p)
+HessianProducts::HessianProducts(const MlpProblem& p, Uses uses)
     : num_samples_(p.num_samples()),
       hidden_(p.hidden()),
       in_dim_(p.in_dim()),
@@ -40,7 +40,8 @@ HessianProducts::HessianProducts(const MlpProblem& p)
       loss_(p.loss) {
   at::Tensor pre = at::matmul(p.x, p.w1().t());
   if (has_b1_) pre = pre + *p.b1();
-  const ActivationValues<at::Tensor> phi = activation_values(p.activation, pre, 3);
+  const bool certificate = uses == Uses::Certificate;
+  const ActivationValues<at::Tensor> phi = activation_values(p.activation, pre, certificate ? 3 : 2);
   phi3_ = phi.phi3;
   at::Tensor logits = at::matmul(phi.phi0, p.w2().t());
   if (has_b2_) logits = logits + *p.b2();
@@ -49,10 +50,12 @@ HessianProducts::HessianProducts(const MlpProblem& p)
   const at::Tensor hidden_residual = at::matmul(terms.e, p.w2());
   values_ = {p.x, p.w2(), phi.phi0, phi.phi1, phi.phi2, terms.S, terms.e, hidden_residual,
              phi.phi2 * hidden_residual};
-  const at::Tensor hidden_residual_magnitude = at::matmul(terms.e.abs(), p.w2().abs());
-  magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
-                 terms.S.abs(), terms.e.abs(), hidden_residual_magnitude,
-                 phi.phi2.abs() * hidden_residual_magnitude};
+  if (certificate) {
+    const at::Tensor hidden_residual_magnitude = at::matmul(terms.e.abs(), p.w2().abs());
+    magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
+                   terms.S.abs(), terms.e.abs(), hidden_residual_magnitude,
+                   phi.phi2.abs() * hidden_residual_magnitude};
+  }
   // The longest chain of sums and products behind one entry of H·v (docs/math.md §11.3): the
   // inner products of lengths D, H, C, C, then the sum over N samples, a dozen operations
   // besides, each coefficient within κu (κ of docs/math.md §5.1); doubled for the second-order
@@ -87,6 +90,7 @@ at::Tensor HessianProducts::apply(const at::Tensor& directions) const {
 }
 
 at::Tensor HessianProducts::majorant(const at::Tensor& directions) const {
+  TORCH_INTERNAL_ASSERT(magnitudes_.x.defined(), "HessianProducts::majorant: built for products");
   return in_runs(magnitudes_, directions.abs());
 }
 
@@ -146,6 +150,7 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
 InputGradients HessianProducts::bilinear_backward(const at::Tensor& A, const at::Tensor& B,
                                                   const at::Tensor& coefficients,
                                                   bool need_grad_x) const {
+  TORCH_INTERNAL_ASSERT(phi3_.defined(), "HessianProducts::bilinear_backward: built for products");
   const Chain& c = values_;
   const Blocks a = split(A), b = split(B);
   const at::Tensor weight = coefficients.to(A.scalar_type()).view({-1, 1, 1});  // (k, 1, 1)

@@ -13,9 +13,13 @@ namespace torch_ws {
 
 class HessianProducts {
  public:
+  // What the products serve: `Products` alone (hessian_vector_products), or a `Certificate`
+  // as well, which also needs the majorant's absolute values and φ''' (bilinear_backward).
+  enum class Uses { Products, Certificate };
+
   // The per-sample coefficients (φ(a), φ'(a), φ''(a), S_i, e_i) are computed once here, in the
   // problem's dtype; every product reuses them.
-  explicit HessianProducts(const MlpProblem& p);
+  explicit HessianProducts(const MlpProblem& p, Uses uses);
 
   // H·v for each row v of `directions` (k, n), θ in the flat order (W1 row-major, b1, W2
   // row-major, b2); returns (k, n) in the problem's dtype.

@@ -122,7 +122,7 @@ Tensor random_orthogonal(const Tensor& basis, int64_t n, at::Generator& generato
 // certificate on the basis it built.
 Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
                        const optional<Tensor>& start, int64_t seed, Gradients gradients) {
-  const HessianProducts products(p);
+  const HessianProducts products(p, HessianProducts::Uses::Certificate);
   const int64_t n = products.num_params(), k = std::min(steps, n);
   const at::TensorOptions options = p.x.options();
   const TracesResult traces = evaluate_traces(p, gradients);
@@ -512,7 +512,7 @@ Tensor hessian_vector_products_kernel(const Tensor& x, const Tensor& target, con
                                      reduction, loss);
   check_vectors(p, vectors);
   const Tensor rows = vectors.reshape({-1, p.num_params()}).to(p.x.scalar_type());
-  return HessianProducts(p).apply(rows).to(x.scalar_type()).reshape(vectors.sizes());
+  return HessianProducts(p, HessianProducts::Uses::Products).apply(rows).to(x.scalar_type()).reshape(vectors.sizes());
 }
 
 Tensor hessian_vector_products_meta(const Tensor& x, const Tensor& target, const Tensor& w1,
