@@ -1,6 +1,11 @@
 // The two skeletons every Autograd kernel follows, one for the public ops and one for the internal
 // ops, so that an op family's autograd file (ops/<family>/autograd.cpp) holds only what is its
 // own: its Functions, its forward mode, its error messages.
+//
+// The families' Functions live at global scope for their grad_fn's sake: Python prints a C++
+// Function's node as the last "::" segment of its demangled type, torch::autograd::CppNode<T>,
+// so a namespaced T read <WsBoundFunction>> (a stray bracket); a global one reads
+// <CppNode<WsBoundBackward>>.
 #pragma once
 
 #include "autograd/support.h"

@@ -15,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-// At global scope for grad_fn's name (<CppNode<EigenvalueIntervalBackward>>; see traces/autograd.cpp).
+// The Functions live at global scope for their grad_fn's name (autograd/skeleton.h says why).
 using at::Tensor;
 using std::optional;
 using torch::autograd::AutogradContext;

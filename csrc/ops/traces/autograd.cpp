@@ -19,10 +19,7 @@
 #include <tuple>
 #include <vector>
 
-// The Functions live at global scope for their grad_fn's sake: Python prints a C++
-// Function's node as the last "::" segment of its demangled type, torch::autograd::CppNode<T>,
-// so a namespaced T read <WsBoundFunction>> (a stray bracket); a global one reads
-// <CppNode<WsBoundBackward>>.
+// The Functions live at global scope for their grad_fn's name (autograd/skeleton.h says why).
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
