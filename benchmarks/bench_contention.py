@@ -24,7 +24,7 @@ import torch
 
 import torch_ws
 
-from common import RESULTS, fmt_time, machine, write_json
+from common import fmt_time, machine, publish
 
 BUSY = "while True: pass"
 
@@ -154,12 +154,9 @@ def main() -> None:
     args = parser.parse_args()
     payload = run(args.reps, args.budget, args.quick)
     name = "bench_contention_quick" if args.quick else "bench_contention"
-    write_json(f"{name}.json", payload)
     command = "python benchmarks/bench_contention.py" + (" --quick" if args.quick else "")
     command += f" --reps {args.reps}" if args.reps != 64 else ""
-    text = table(payload, command)
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    publish(name, payload, table(payload, command))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import reference  # noqa: E402  (the baselines: never part of the package)
 
 from bench_spectral import make_network  # noqa: E402
-from common import RESULTS, fmt_time, machine, time_alternating, write_json  # noqa: E402
+from common import fmt_time, machine, machine_line, publish, time_alternating  # noqa: E402
 
 PROBLEMS = [  # (N, D, H, dtype)
     (200, 2, 10, torch.float64),
@@ -201,7 +201,7 @@ def run(quick: bool) -> dict:
 def table(payload: dict, command: str) -> str:
     m = payload["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Command: `{command}`.",
+        machine_line(m, command),
         "",
         "Tanh, mean reduction. Ratios are to λ_max; the interval's are guarantees (lower ≤ λ_max ≤ "
         "upper), PyHessian's an estimate. Times are medians, all methods timed in turn.",
@@ -232,11 +232,9 @@ def main() -> None:
     torch.manual_seed(0)
     payload = run(args.quick)
     name = "bench_interval_quick" if args.quick else "bench_interval"
-    write_json(f"{name}.json", payload)
     command = "python benchmarks/bench_interval.py" + (" --quick" if args.quick else "")
     text = table(payload, command)
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    publish(name, payload, text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch_ws
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import reference  # noqa: E402
 
-from common import RESULTS, fmt_time, machine, time_alternating, write_json
+from common import RESULTS, fmt_time, machine, machine_line, publish, time_alternating
 
 PROBLEMS = [  # (N, D, H, dtype)
     (200, 2, 10, torch.float64),
@@ -175,7 +175,7 @@ def run(quick: bool) -> dict:
 def table(payload: dict, command: str) -> str:
     m = payload["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Command: `{command}`.",
+        machine_line(m, command),
         "",
         "Tanh, BCE, mean reduction. Ratios are bound / λ_max (Lanczos-30: its estimate / λ_max, "
         "not a bound); times are medians of value + gradient (Lanczos: value only, 30 HVPs).",
@@ -233,13 +233,11 @@ def main() -> None:
     args = parser.parse_args()
     payload = run(args.quick)
     name = "bench_spectral_quick" if args.quick else "bench_spectral"
-    write_json(f"{name}.json", payload)
     command = "python benchmarks/bench_spectral.py" + (" --quick" if args.quick else "")
     text = table(payload, command)
-    (RESULTS / f"{name}.md").write_text(text)
     if not args.quick:
         plot(payload)
-    print(text)
+    publish(name, payload, text)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,19 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def machine_line(m: dict, command: str) -> str:
+    """The first line of a results table: the machine (``machine()``) and the command."""
+    return f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}. Command: `{command}`."
+
+
+def publish(name: str, payload: dict, text: str) -> None:
+    """Writes results/<name>.json (the payload) and results/<name>.md (the table), and prints
+    the table."""
+    write_json(f"{name}.json", payload)
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
 def fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "—"
