@@ -20,6 +20,8 @@ enum class Activation { Linear, Sigmoid, Tanh, Softplus, Gelu, Silu, GeluTanh, R
 
 // LeakyReLU's slope for a < 0: nn.LeakyReLU's default, the one "leaky_relu" means.
 inline constexpr double kLeakyReluSlope = 0.01;
+// nn.Softplus's default threshold: above it the module computes the identity.
+inline constexpr double kSoftplusThreshold = 20;
 
 struct ActivationEntry {
   Activation activation;
@@ -52,7 +54,7 @@ const char* activation_name(Activation activation);
 namespace primitives {
 inline at::Tensor sigmoid(const at::Tensor& a) { return at::sigmoid(a); }
 inline at::Tensor tanh(const at::Tensor& a) { return at::tanh(a); }
-inline at::Tensor erf(const at::Tensor& a) { return at::erf(a); }
+inline at::Tensor erfc(const at::Tensor& a) { return at::erfc(a); }
 inline at::Tensor exp(const at::Tensor& a) { return at::exp(a); }
 inline at::Tensor softplus(const at::Tensor& a) { return at::softplus(a); }
 inline at::Tensor constant_like(const at::Tensor& a, double value) {
@@ -62,15 +64,20 @@ inline at::Tensor constant_like(const at::Tensor& a, double value) {
 inline at::Tensor step(const at::Tensor& a, double slope) {
   return (a > 0).to(a.scalar_type()) * (1 - slope) + slope;
 }
+// 1 where a <= threshold (and where a is NaN), else 0.
+inline at::Tensor at_most(const at::Tensor& a, double threshold) {
+  return 1 - (a > threshold).to(a.scalar_type());
+}
 
 inline double sigmoid(double a) { return 1 / (1 + std::exp(-a)); }  // exp overflow → 0, no NaN
 inline double tanh(double a) { return std::tanh(a); }
-inline double erf(double a) { return std::erf(a); }
+inline double erfc(double a) { return std::erfc(a); }
 inline double exp(double a) { return std::exp(a); }
 // As at::softplus (β = 1, threshold 20): the identity above the threshold.
-inline double softplus(double a) { return a > 20 ? a : std::log1p(std::exp(a)); }
+inline double softplus(double a) { return a > kSoftplusThreshold ? a : std::log1p(std::exp(a)); }
 inline double constant_like(double, double value) { return value; }
 inline double step(double a, double slope) { return a > 0 ? 1.0 : slope; }
+inline double at_most(double a, double threshold) { return a > threshold ? 0.0 : 1.0; }
 }  // namespace primitives
 
 // φ and its derivatives up to φ''' evaluated at `a`. Only the first `num_derivatives + 1`
@@ -121,17 +128,23 @@ ActivationValues<T> activation_values(Activation activation, const T& a, int num
       break;
     }
     case Activation::Softplus: {
-      // softplus' = σ, so the derivatives are the logistic ones shifted by one order.
+      // softplus' = σ, so the derivatives are the logistic ones shifted by one order. Above the
+      // threshold nn.Softplus is the identity (φ = a, φ' = 1, φ'' = φ''' = 0, as its autograd
+      // has it), and these are the derivatives of the function the module computes: σ(a) there
+      // differs from 1 by e⁻²⁰ ≈ 2·10⁻⁹, which a float64 Hessian shows (docs/math.md §3).
       logistic(sig, p);
+      const T smooth = fn::at_most(a, kSoftplusThreshold);  // 1 or 0, exactly
       out.phi0 = fn::softplus(a);
-      out.phi1 = sig;
-      if (need2) out.phi2 = p;
-      if (need3) out.phi3 = p * (1 - 2 * sig);
+      out.phi1 = smooth * sig + (1 - smooth);
+      if (need2) out.phi2 = smooth * p;
+      if (need3) out.phi3 = smooth * (p * (1 - 2 * sig));
       break;
     }
     case Activation::Gelu: {
       // φ = aΦ(a); with ϕ the normal density: φ' = Φ + aϕ, φ'' = (2 − a²)ϕ, φ''' = (a³ − 4a)ϕ.
-      T cdf = 0.5 * (1 + fn::erf(a * M_SQRT1_2));
+      // Φ(a) = erfc(−a/√2)/2, which keeps its relative accuracy in the lower tail, where
+      // (1 + erf(a/√2))/2 cancels (to 0 below a ≈ −8.3 in float64).
+      T cdf = 0.5 * fn::erfc(-a * M_SQRT1_2);
       T pdf = fn::exp(-0.5 * a * a) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
       out.phi0 = a * cdf;
       out.phi1 = cdf + a * pdf;

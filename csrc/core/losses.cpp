@@ -36,14 +36,18 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
       //   ∇ℓ = τp − t,   ∇²ℓ = τ(diag(p) − p pᵀ)                 (docs/math.md §8.1)
       // Written so that nothing cancels when the softmax saturates: 1 − p_c is the sum of the
       // other probabilities (rest_c), never 1 minus a rounded p_c ≈ 1, so the diagonal
-      // p_c(1 − p_c) and the residual τp_c − t_c = (Σ_{c'≠c} t_c') − τ·rest_c keep their relative
-      // accuracy (the analogue of σ(z)σ(−z) for one logit).
+      // p_c(1 − p_c) keeps its relative accuracy (the analogue of σ(z)σ(−z) for one logit); the
+      // residual τp_c − t_c is (τ − t_c)p_c − t_c·rest_c, the analogue of (1 − t)σ(z) − tσ(−z):
+      // for a class-index target both terms are exact products, whichever class saturates.
+      // (The form Σ_{c'≠c} t_c' − τ·rest_c cancelled for every class but the target's when
+      // p_target → 1: 1 − (1 − 10⁻¹⁶) in float64 made W1's Hessian entries 50% off.)
       out.probs = at::softmax(z, 1);
       const at::Tensor others = 1 - at::eye(num_outputs, z.options());
       const at::Tensor rest = at::matmul(out.probs, others);  // Σ_{c'≠c} p_c' (others symmetric)
-      const at::Tensor target_rest = at::matmul(target, others);
+      const at::Tensor target_rest = at::matmul(target, others);  // τ − t_c, also without cancelling
       const at::Tensor tau = target.sum(1, /*keepdim=*/true);
-      out.e = scale * (target_rest - tau * rest);
+      out.e = scale * (target_rest * out.probs - target * rest);
+      out.e_magnitude = scale * (target_rest * out.probs + target * rest);
       const at::Tensor p_i = out.probs.unsqueeze(2), p_j = out.probs.unsqueeze(1);
       out.S = (scale * tau).unsqueeze(2) * (at::diag_embed(out.probs * rest) - p_i * p_j * others);
       out.rest = rest;
@@ -53,6 +57,7 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
     case Loss::MeanSquaredError: {
       // ℓ = Σ_c (z_c − t_c)²: ∇ℓ = 2(z − t), ∇²ℓ = 2I.
       out.e = 2 * scale * (z - target.view_as(z));  // one logit's target is (N,)
+      out.e_magnitude = 2 * scale * (z.abs() + target.view_as(z).abs());
       out.S = (2 * scale * at::eye(num_outputs, z.options())).expand({z.size(0), num_outputs,
                                                                        num_outputs});
       out.curvature_scale = at::full({z.size(0), 1}, 2 * scale, z.options());
@@ -64,6 +69,9 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
       TORCH_INTERNAL_ASSERT(num_outputs == 1, "output_terms: binary cross-entropy has one logit");
       const LogitTerms<at::Tensor> t = logit_terms(loss, z.squeeze(1), target.reshape({-1}), scale);
       out.e = t.e.unsqueeze(1);
+      // e = c((1 − t)σ(z) − tσ(−z)) (losses.h), t ∈ [0, 1]
+      const at::Tensor t_col = target.reshape({-1, 1});
+      out.e_magnitude = scale * ((1 - t_col) * at::sigmoid(z) + t_col * at::sigmoid(-z));
       out.S = t.s.view({-1, 1, 1});
       out.curvature_scale = t.s.unsqueeze(1);
       out.ds_dz = t.ds_dz.unsqueeze(1);

@@ -92,6 +92,11 @@ struct OutputTerms {
   at::Tensor curvature_scale;
   // The cross-entropy's 1 − p computed as the sum of the other probabilities (N, C).
   at::Tensor rest;
+  // The sum of the absolute terms of each e entry's formula (N, C), ≥ |e|: what e's rounding
+  // error is relative to where the formula subtracts (soft targets, a squared error near its
+  // target); for the squared error |z| + |t|, leaving z's own rounding to the certificate
+  // (eigenvalue_interval/hessian_products.cpp).
+  at::Tensor e_magnitude;
   // Binary cross-entropy (C = 1): ds/dz = c·ℓ''' (N, 1).
   at::Tensor ds_dz;
 };

@@ -53,9 +53,9 @@ std::string activation_for_module(std::string_view caller, std::string_view clas
   }
   if (class_name == "Softplus") {
     // Any other beta or threshold is a different function than the table's softplus.
-    TORCH_CHECK_VALUE(options.beta == 1 && options.threshold == 20, caller, " supports ",
-                      module_prefix, "Softplus only with beta=1 and threshold=20 (the exact "
-                      "softplus), got beta=", options.beta, ", threshold=", options.threshold);
+    TORCH_CHECK_VALUE(options.beta == 1 && options.threshold == kSoftplusThreshold, caller,
+                      " supports ", module_prefix, "Softplus only with beta=1 and threshold=20 "
+                      "(its defaults), got beta=", options.beta, ", threshold=", options.threshold);
   }
   if (class_name == "LeakyReLU") {
     TORCH_CHECK_VALUE(options.negative_slope == kLeakyReluSlope, caller, " supports ",

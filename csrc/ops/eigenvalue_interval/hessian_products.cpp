@@ -50,19 +50,33 @@ HessianProducts::HessianProducts(const MlpProblem& p, Uses uses)
   const at::Tensor hidden_residual = at::matmul(terms.e, p.w2());
   values_ = {p.x, p.w2(), phi.phi0, phi.phi1, phi.phi2, terms.S, terms.e, hidden_residual,
              phi.phi2 * hidden_residual};
+  // The logits' rounding error is at most (H + 2)u·Z with Z = |Φ||W2|ᵀ + |b2| (docs/math.md
+  // §11.3): absolute, so it enters the squared error's e as such, and the softmax's and
+  // sigmoid's S and e relatively, as at most 4(H + 2)u·max Z (a product of two probabilities).
+  double logit_allowance = 0;
+  at::Tensor e_magnitude = terms.e_magnitude;
   if (certificate) {
-    const at::Tensor hidden_residual_magnitude = at::matmul(terms.e.abs(), p.w2().abs());
+    at::Tensor logit_magnitude = at::matmul(phi.phi0.abs(), p.w2().abs().t());
+    if (has_b2_) logit_magnitude = logit_magnitude + p.b2()->abs();
+    if (p.loss == Loss::MeanSquaredError) {
+      e_magnitude = 2 * p.loss_scale() *
+                    (logit_magnitude + p.target.view(logits.sizes()).abs());
+    } else {
+      logit_allowance = 4.0 * static_cast<double>(hidden_ + 2) *
+                        logit_magnitude.max().item<double>();
+    }
+    const at::Tensor hidden_residual_magnitude = at::matmul(e_magnitude, p.w2().abs());
     magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
-                   terms.S.abs(), terms.e.abs(), hidden_residual_magnitude,
+                   terms.S.abs(), e_magnitude, hidden_residual_magnitude,
                    phi.phi2.abs() * hidden_residual_magnitude};
   }
   // The longest chain of sums and products behind one entry of H·v (docs/math.md §11.3): the
   // inner products of lengths D, H, C, C, then the sum over N samples, a dozen operations
-  // besides, each coefficient within κu (κ of docs/math.md §5.1); doubled for the second-order
-  // terms.
+  // besides, each coefficient within κu of its magnitude (κ of docs/math.md §5.1) plus the
+  // logits' share; doubled for the second-order terms.
   const double depth = static_cast<double>(in_dim_ + 2 * hidden_ + 2 * num_outputs_ +
                                            p.num_samples() + 16) +
-                       kRoundingAllowance;
+                       kRoundingAllowance + logit_allowance;
   const double u = unit_roundoff(p.x.scalar_type());
   error_factor_ = 2 * depth * u / (1 - depth * u);
 }
