@@ -7,7 +7,10 @@ float32 errors |Δm|/(u·q) and |Δs²|/(u·q²) against float64 runs on the sam
 prints the largest per weight scale: κ must exceed them. Cases whose tr(H²) is below 1e-30
 (Hessian entries near float32's underflow) are counted apart: float32 cannot hold them.
 
-    python benchmarks/rounding_allowance.py [--trials 400]
+    python benchmarks/rounding_allowance.py [--trials 400] [--deep]
+
+--deep measures the same for torch_ws.deep_hessian_traces on networks of 2 and 3 hidden layers
+(docs/math.md §12.5).
 """
 from __future__ import annotations
 
@@ -58,16 +61,51 @@ def one_trial(rng: random.Random, scale: float, seed: int):
     return abs(m32 - m) / (U32 * q), abs(spread32 - spread) / (U32 * mean_square), (act, loss, engine)
 
 
+def one_deep_trial(rng: random.Random, scale: float, seed: int):
+    n, d = rng.randint(1, 30), rng.randint(1, 6)
+    widths = [rng.randint(1, 7) for _ in range(rng.choice([2, 3]))]
+    loss, c = rng.choice([("bce", 1), ("cross_entropy", 3), ("mse", 2), ("mse", 1)])
+    act, red = rng.choice(torch_ws.ACTIVATIONS), rng.choice(torch_ws.REDUCTIONS)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen) * scale
+    dims = [d] + widths + [c]
+    weights = [torch.randn(o, i, generator=gen) * scale / math.sqrt(i) for i, o in zip(dims, dims[1:])]
+    weights[-1] = weights[-1] * math.sqrt(dims[-2])  # the output layer unnormalised, as above
+    biases = [torch.randn(o, generator=gen) if rng.random() < 0.5 else None for o in dims[1:]]
+    if loss == "bce":
+        target = torch.randint(0, 2, (n,), generator=gen).float()
+    elif loss == "cross_entropy":
+        target = torch.randint(0, c, (n,), generator=gen)
+    else:
+        target = torch.randn(n, c, generator=gen)
+    wide = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
+    trace32, trace_sq32 = (float(t) for t in torch_ws.deep_hessian_traces(
+        x, target, weights, biases, act, red, loss))
+    trace, trace_sq = (float(t) for t in torch_ws.deep_hessian_traces(
+        wide(x), wide(target), [wide(w) for w in weights], [wide(b) for b in biases], act, red, loss))
+    num = torch_ws.deep_num_params(weights, biases)
+    mean_square = trace_sq / num
+    if mean_square * num < 1e-30:
+        return None
+    m32, m = trace32 / num, trace / num
+    spread32, spread = trace_sq32 / num - m32 ** 2, mean_square - m ** 2
+    q = math.sqrt(mean_square)
+    return (abs(m32 - m) / (U32 * q), abs(spread32 - spread) / (U32 * mean_square),
+            (act, loss, f"{len(widths)} layers"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=400, help="random problems per scale")
+    parser.add_argument("--deep", action="store_true", help="deep_hessian_traces, 2-3 hidden layers")
     args = parser.parse_args()
+    trial = one_deep_trial if args.deep else one_trial
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
     print("| weight scale | problems | tiny (skipped) | max |Δm|/(uq) | max |Δs²|/(uq²) | worst case |")
     print("|---|---|---|---|---|---|")
     for scale in (0.1, 1.0, 3.0, 10.0, 30.0):
         rng = random.Random(int(scale * 1000))
-        results = [one_trial(rng, scale, seed) for seed in range(args.trials)]
+        results = [trial(rng, scale, seed) for seed in range(args.trials)]
         kept = [r for r in results if r is not None]
         worst_m = max(r[0] for r in kept)
         worst = max(kept, key=lambda r: r[1])

@@ -39,6 +39,7 @@ from .model import MlpSpec
 from .regularizer import HSRRegularizer
 from .dataset import dataset_bounds
 from .sharpness import Sharpness, sharpness
+from .deep import DeepMlpSpec, deep_hessian_traces, deep_num_params, deep_ws_bounds
 
 __all__ = [
     "ACTIVATIONS",
@@ -46,6 +47,10 @@ __all__ = [
     "REDUCTIONS",
     "WSBounds",
     "dataset_bounds",
+    "DeepMlpSpec",
+    "deep_hessian_traces",
+    "deep_num_params",
+    "deep_ws_bounds",
     "EigenvalueInterval",
     "explicit_hessian",
     "HSRRegularizer",

@@ -182,7 +182,10 @@ class MlpSpec:
                 raise ValueError(
                     f"{caller} expects nn.Sequential(nn.Linear(D, H), activation, "
                     f"nn.Linear(H, C)) or the three modules separately, got {type(model).__name__}"
-                    + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else ""))
+                    + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
+                    + ("; for several hidden layers, torch_ws.deep_ws_bounds gives the traces and"
+                       " WS bounds with gradients (torch_ws.DeepMlpSpec reads the network)"
+                       if isinstance(model, nn.Sequential) and len(model) > 3 else ""))
             hidden, activation, output = model[0], model[1], model[2]
         elif activation is None or output is None:
             raise ValueError(f"{caller}: pass the activation and the output layer together")

@@ -46,7 +46,7 @@ WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tens
   const int64_t n =
       count_params(w1.size(0), w1.size(1), w2.size(0), b1.has_value(), b2.has_value());
   auto [max_upper, max_lower, min_lower, min_upper, spread] =
-      op.call(trace, trace_sq, n, std::nullopt);
+      op.call(trace, trace_sq, n, std::nullopt, 0.0, 0.0);
   return {max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq, n};
 }
 

@@ -45,10 +45,11 @@ void check_vector(std::string_view op, const char* name, const at::Tensor& t,
 }
 
 // Asserts `ok` (a 0-d bool tensor): at once on the CPU, asynchronously on an accelerator (reading
-// the answer back would block the stream), not at all on meta tensors (no values while tracing).
+// the answer back would block the stream), not at all on meta tensors nor on the fake tensors of
+// a trace through a composite kernel (Python dispatch key: no values while tracing).
 void check_values(std::string_view op, const at::Tensor& target, const at::Tensor& ok,
                   const std::string& expected, const std::function<std::string()>& arrived) {
-  if (target.is_meta()) return;
+  if (target.is_meta() || target.key_set().has(c10::DispatchKey::Python)) return;
   if (target.is_cpu()) {
     TORCH_CHECK(ok.item<bool>(), op, ": expected targets ", expected, ", got ", arrived());
     return;
@@ -202,6 +203,59 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
   p.b1() = b1;
   p.w2() = w2;
   p.b2() = b2;
+  return p;
+}
+
+MlpProblem check_deep_problem(std::string_view op, const at::Tensor& x, const at::Tensor& target,
+                              at::TensorList weights,
+                              const c10::List<std::optional<at::Tensor>>& biases,
+                              std::string_view activation, std::string_view reduction,
+                              std::string_view loss) {
+  MlpProblem p;
+  p.activation = parse_activation(op, activation);
+  p.reduction = parse_reduction(op, reduction);
+  p.loss = parse_loss(op, loss);
+  const LossEntry& head = loss_entry(p.loss);
+  TORCH_CHECK(x.defined(), op, ": x is an undefined tensor");
+  check_float_tensor(op, "x", x, x);
+  TORCH_CHECK(x.dim() == 2 && x.sym_size(0) > 0 && x.sym_size(1) > 0, op,
+              ": expected x of shape (N, D) with N, D >= 1, got shape ", x.sym_sizes());
+  const auto num_layers = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(num_layers >= 2, op, ": expected the weights of at least two nn.Linear layers "
+              "(one hidden layer and the output), got ", num_layers);
+  TORCH_CHECK(biases.size() == 0 || static_cast<int64_t>(biases.size()) == num_layers, op,
+              ": expected one bias entry per layer (None for a layer without bias) or an empty "
+              "list, got ", biases.size(), " for ", num_layers, " weights");
+  p.layers.assign(num_layers, Layer{});
+  c10::SymInt width = x.sym_size(1);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const std::string name = "weights[" + std::to_string(l) + "]";
+    const at::Tensor& w = weights[l];
+    check_float_tensor(op, name.c_str(), w, x);
+    TORCH_CHECK(w.dim() == 2 && w.sym_size(0) > 0, op, ": expected ", name, " of shape (out, in) "
+                "as in nn.Linear(in, out).weight, got shape ", w.sym_sizes());
+    TORCH_CHECK(w.sym_size(1) == width, op, ": ", name, " has ", w.sym_size(1), " input columns "
+                "but the layer before gives ", width, " features; expected shape (out, ", width, ")");
+    width = w.sym_size(0);
+    p.layers[l].weight = w;
+    if (biases.size() > 0) {
+      const std::optional<at::Tensor> bias = biases.get(l);
+      if (bias && bias->defined()) {
+        const std::string bias_name = "biases[" + std::to_string(l) + "]";
+        check_float_tensor(op, bias_name.c_str(), *bias, x);
+        check_vector(op, bias_name.c_str(), *bias, width, "(out,) of the layer's weight");
+        p.layers[l].bias = *bias;
+      }
+    }
+  }
+  const int64_t c = width.guard_int(__FILE__, __LINE__);
+  const bool c_fits = c >= head.min_outputs && (head.max_outputs < 0 || c <= head.max_outputs);
+  TORCH_CHECK(c_fits, op, ": loss '", head.name, "' (", head.as_torch, ") expects an output layer "
+              "with ", head.max_outputs == 1 ? std::string("exactly one output")
+                                             : "at least " + std::to_string(head.min_outputs) + " outputs",
+              ", got ", c);
+  p.x = x;
+  p.target = checked_target(op, target, x, p.loss, c);
   return p;
 }
 

@@ -84,6 +84,14 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
                          std::string_view activation, std::string_view reduction,
                          std::string_view loss);
 
+// The same checks for a network of any depth (docs/math.md §12): `weights` (L + 1 layers, L ≥ 1
+// hidden), `biases` empty or one entry per layer (None where a layer has no bias).
+MlpProblem check_deep_problem(std::string_view op, const at::Tensor& x, const at::Tensor& target,
+                              at::TensorList weights,
+                              const c10::List<std::optional<at::Tensor>>& biases,
+                              std::string_view activation, std::string_view reduction,
+                              std::string_view loss);
+
 Reduction parse_reduction(std::string_view op, std::string_view name);
 
 }  // namespace torch_ws

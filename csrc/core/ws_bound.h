@@ -16,6 +16,8 @@ inline at::Tensor sqrt(const at::Tensor& v) { return v.sqrt(); }
 inline double sqrt(double v) { return std::sqrt(v); }
 inline at::Tensor clamp_min(const at::Tensor& v, double lo) { return v.clamp_min(lo); }
 inline double clamp_min(double v, double lo) { return v < lo ? lo : v; }  // NaN stays NaN
+inline at::Tensor abs(const at::Tensor& v) { return v.abs(); }
+inline double abs(double v) { return std::abs(v); }
 inline at::Tensor where(const at::Tensor& c, const at::Tensor& a, double b) {
   return at::where(c, a, b);
 }
@@ -55,19 +57,23 @@ inline double rounding_allowance(at::ScalarType dtype) {
 }
 
 // m = tr/n, s² = tr(H²)/n − m² (docs/math.md §5), s² not yet clamped, and the allowances on
-// both (κuq and κuq²).
+// both (κuq and κuq²), plus what certified absolute errors e_tr, e_sq of the traces move them by
+// (the deep op's, docs/math.md §12.5): e_tr/n on m, e_sq/n + (2|m| + e_tr/n)·e_tr/n on s².
 template <typename T>
 struct WsMoments {
   T mean, spread_sq, mean_allowance, spread_sq_allowance;
 };
 
 template <typename T>
-WsMoments<T> ws_moments(const T& trace, const T& trace_sq, int64_t num_params, double allowance) {
+WsMoments<T> ws_moments(const T& trace, const T& trace_sq, int64_t num_params, double allowance,
+                        double trace_error = 0, double trace_sq_error = 0) {
   namespace fn = primitives;
-  const double n = static_cast<double>(num_params), k = allowance;
+  const double n = static_cast<double>(num_params), k = allowance, mean_error = trace_error / n;
   T mean = trace / n;
   T mean_square = fn::clamp_min(fn::constant(trace_sq) / n, 0.0);  // q²
-  return {mean, trace_sq / n - mean * mean, k * fn::sqrt(mean_square), k * mean_square};
+  return {mean, trace_sq / n - mean * mean, k * fn::sqrt(mean_square) + mean_error,
+          k * mean_square + trace_sq_error / n +
+              (2 * fn::abs(fn::constant(mean)) + mean_error) * mean_error};
 }
 
 // √max(v, 0) for v = s² (widened or narrowed). Where v ≤ 0 (a spectrum with one value, or
@@ -99,10 +105,12 @@ struct WsBounds {
 
 template <typename T>
 WsBounds<T> ws_bounds_from_traces(const T& trace, const T& trace_sq, int64_t num_params,
-                                  double allowance) {
+                                  double allowance, double trace_error = 0,
+                                  double trace_sq_error = 0) {
   namespace fn = primitives;
   const double n = static_cast<double>(num_params), root = std::sqrt(n - 1);
-  const WsMoments<T> w = ws_moments(trace, trace_sq, num_params, allowance);
+  const WsMoments<T> w =
+      ws_moments(trace, trace_sq, num_params, allowance, trace_error, trace_sq_error);
   const T spread = ws_spread(w.spread_sq);
   const T wide = ws_spread(w.spread_sq + w.spread_sq_allowance);
   const T narrow = ws_spread(w.spread_sq - w.spread_sq_allowance);

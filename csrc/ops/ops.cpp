@@ -11,10 +11,12 @@
 TORCH_LIBRARY(torch_ws, m) {
   // The five Wolkowicz-Styan bounds from the traces (core/ws_bound.h), differentiable through
   // their ATen decomposition, widened by the rounding allowance of `dtype` (the precision the
-  // traces were computed in, and the results' dtype; default: the traces' dtype).
+  // traces were computed in, and the results' dtype; default: the traces' dtype), and by
+  // certified absolute errors of the traces where a caller has them (the deep op's, §12.5).
   m.def(
       "_ws_bounds_from_traces(Tensor trace, Tensor trace_sq, int num_params, "
-      "ScalarType? dtype=None) -> (Tensor lambda_max_upper, Tensor lambda_max_lower, "
+      "ScalarType? dtype=None, float trace_error=0., float trace_sq_error=0.) "
+      "-> (Tensor lambda_max_upper, Tensor lambda_max_lower, "
       "Tensor lambda_min_lower, Tensor lambda_min_upper, Tensor spread_upper)");
   // n = H·D + H·[b1] + C·H + C·[b2].
   m.def("_num_params(int in_dim, int hidden, int num_outputs, bool has_b1, bool has_b2) -> int");

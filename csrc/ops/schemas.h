@@ -41,7 +41,7 @@ using TracesBackwardSignature = std::vector<at::Tensor>(const at::Tensor& grad_t
 using WsBoundsFromTracesSignature =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params,
-        std::optional<at::ScalarType> dtype);
+        std::optional<at::ScalarType> dtype, double trace_error, double trace_sq_error);
 
 using SpectralBoundSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                           at::Tensor, at::Tensor>(

@@ -175,14 +175,16 @@ std::vector<Tensor> traces_backward_cpu(const Tensor& grad_trace, const Tensor& 
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ws_bounds_from_traces_op(
     const Tensor& trace, const Tensor& trace_sq, int64_t num_params,
-    std::optional<at::ScalarType> compute_dtype) {
+    std::optional<at::ScalarType> compute_dtype, double trace_error, double trace_sq_error) {
   TORCH_CHECK(num_params >= 2, "torch_ws: the Wolkowicz-Styan bounds need n >= 2 parameters, "
               "got n = ", num_params);
   // The allowance's u, and the results' dtype, each rounded in the direction that keeps it a
   // bound.
   const auto dtype = compute_dtype.value_or(trace.scalar_type());
+  TORCH_CHECK(trace_error >= 0 && trace_sq_error >= 0, "torch_ws: trace errors must be >= 0, got ",
+              trace_error, " and ", trace_sq_error);
   const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params,
-                                       rounding_allowance(dtype));
+                                       rounding_allowance(dtype), trace_error, trace_sq_error);
   return {round_directed(b.lambda_max_upper, dtype, true),
           round_directed(b.lambda_max_lower, dtype, false),
           round_directed(b.lambda_min_lower, dtype, false),

@@ -1,0 +1,148 @@
+"""Deep MLPs (issue 29's targets): deep_ws_bounds' λ_max bound, value and gradient, against
+third-order autograd through torch.func.hessian of the same network, and its time and peak
+memory at the edge-of-stability width and on the digits set.
+
+    python benchmarks/bench_deep.py            # results/bench_deep.{json,md}
+
+Each configuration runs in a fresh interpreter (`--one NAME`) so that its peak resident memory
+is its own. The baseline is timed once where it fits (it forms the n × n Hessian and
+differentiates through it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from common import fmt_bytes, fmt_time, machine, machine_line, publish  # noqa: E402
+
+# name: (N, D, hidden widths, C, loss, dtype, gradient?, baseline?)
+CONFIGS = {
+    "32x32-N100": (100, 20, [32, 32], 1, "bce", torch.float64, True, True),
+    "32x32-N500": (500, 20, [32, 32], 1, "bce", torch.float64, True, True),
+    "200x200-N250": (250, 64, [200, 200], 1, "bce", torch.float32, True, False),
+    "200x200-N500": (500, 64, [200, 200], 1, "bce", torch.float32, True, False),
+    "200x200-N1000-value": (1000, 64, [200, 200], 1, "bce", torch.float32, False, False),
+    "digits-64x64-value": (1797, 64, [64, 64], 10, "cross_entropy", torch.float32, False, False),
+}
+
+
+def problem(n, d, widths, c, loss, dtype):
+    g = torch.Generator().manual_seed(0)
+    if n == 1797:  # the digits set, standardised
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x = torch.tensor(data.data, dtype=dtype)
+        x = (x - x.mean(0)) / (x.std(0) + 1)
+        target = torch.tensor(data.target)
+    else:
+        x = torch.randn(n, d, generator=g, dtype=dtype)
+        target = (torch.rand(n, generator=g) > 0.5).to(dtype)
+    dims = [d] + widths + [c]
+    weights = [(torch.randn(o, i, generator=g, dtype=dtype) / i ** 0.5).requires_grad_()
+               for i, o in zip(dims, dims[1:])]
+    biases = [torch.zeros(o, dtype=dtype).requires_grad_() for o in dims[1:]]
+    return x, target, weights, biases
+
+
+def ours(x, target, weights, biases, loss, gradient):
+    import torch_ws
+
+    with torch.set_grad_enabled(gradient):
+        bound = torch_ws.deep_ws_bounds(x, target, weights, biases, "tanh", "mean", loss)
+    if gradient:
+        bound.lambda_max_upper.backward()
+    return float(bound.lambda_max_upper.detach()), bound.num_params
+
+
+def baseline(x, target, weights, biases, loss):
+    from test_deep import explicit_hessian
+
+    H = explicit_hessian(x, target, weights, biases, "tanh", "mean", loss)
+    n = H.shape[0]
+    m = H.trace() / n
+    upper = m + ((H * H).sum() / n - m * m).sqrt() * (n - 1) ** 0.5
+    upper.backward()
+    return float(upper.detach())
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_one(name: str, method: str) -> dict:
+    n, d, widths, c, loss, dtype, gradient, _ = CONFIGS[name]
+    x, target, weights, biases = problem(n, d, widths, c, loss, dtype)
+    before = peak_rss()
+    start = time.perf_counter()
+    if method == "ours":
+        value, params = ours(x, target, weights, biases, loss, gradient)
+    else:
+        value, params = baseline(x, target, weights, biases, loss), None
+    return {"seconds": time.perf_counter() - start, "value": value, "num_params": params,
+            "peak_bytes": peak_rss() - before}
+
+
+def in_subprocess(name: str, method: str, timeout: float) -> dict | None:
+    try:
+        out = subprocess.run([sys.executable, __file__, "--one", name, method],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", nargs=2, metavar=("NAME", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one)))
+        return
+    m = machine()
+    rows, payload = [], {"machine": m, "results": {}}
+    for name, config in CONFIGS.items():
+        result = {"ours": in_subprocess(name, "ours", args.timeout)}
+        if config[-1]:
+            result["baseline"] = in_subprocess(name, "baseline", args.timeout)
+        payload["results"][name] = result
+        o, b = result["ours"], result.get("baseline")
+        speedup = (f"{b['seconds'] / o['seconds']:.0f}×" if b and "seconds" in b and "seconds" in o
+                   else "—")
+        rows.append(f"| {name} | {o.get('num_params', '—')} | {fmt_time(o.get('seconds'))} | "
+                    f"{fmt_bytes(o.get('peak_bytes'))} | "
+                    f"{fmt_time(b.get('seconds')) if b else '—'} | "
+                    f"{fmt_bytes(b.get('peak_bytes')) if b else '—'} | {speedup} |")
+    text = "\n".join([
+        machine_line(m, "python benchmarks/bench_deep.py"),
+        "",
+        "deep_ws_bounds' λ_max bound, value and gradient (one call, fresh process; `-value`: "
+        "the value alone), against third-order autograd through torch.func.hessian of the same "
+        "network (tanh). Peak: resident memory added by the call.",
+        "",
+        "| problem | n | ours | ours peak | baseline | baseline peak | speed-up |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ])
+    publish("bench_deep", payload, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Networks with several hidden layers: exact tr H, tr(H²) and the Wolkowicz-Styan bounds
+(docs/math.md §12), from the C++ op ``torch.ops.torch_ws.deep_hessian_traces``.
+
+What is there so far (issue 29): the traces and bounds, differentiable in every layer and in x
+(by autograd through the op's ATen kernel, not a hand-derived backward), for every loss,
+activation, reduction and bias setting, float32 and float64, on any device. Not yet: the
+engines' tiling, the spectral bound, the certified interval, HSRRegularizer and dataset_bounds
+for deep networks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .model import _check_plain_linear, activation_name, loss_options, unwrap_model
+from .ops import WSBounds, _float32_underflow_risk
+
+
+def _bias_list(weights: Sequence[Tensor], biases: Optional[Sequence[Optional[Tensor]]]):
+    return [None] * len(weights) if biases is None else list(biases)
+
+
+def deep_num_params(weights: Sequence[Tensor], biases: Optional[Sequence[Optional[Tensor]]] = None
+                    ) -> int:
+    """n = Σ_l (out_l·in_l + [b_l]·out_l): the number of parameters, the Hessian's size."""
+    return sum(w.numel() + (b.numel() if b is not None else 0)
+               for w, b in zip(weights, _bias_list(weights, biases)))
+
+
+def deep_hessian_traces(
+    x: Tensor,
+    target: Tensor,
+    weights: Sequence[Tensor],
+    biases: Optional[Sequence[Optional[Tensor]]] = None,
+    activation: str = "tanh",
+    reduction: str = "mean",
+    loss: str = "bce",
+) -> tuple[Tensor, Tensor]:
+    """Exact (tr H, tr H²) of the loss Hessian of ``Linear → φ → … → Linear`` in closed form.
+
+    The network is ``nn.Sequential(nn.Linear(D, H_1), φ, nn.Linear(H_1, H_2), φ, …,
+    nn.Linear(H_L, C))``: L ≥ 1 hidden layers of any widths, one activation φ for all of them.
+    H is the n×n Hessian of the loss with respect to every weight and bias,
+    n = :func:`deep_num_params`. Computed by the Gram forms of docs/math.md §12.3: per-sample
+    Jacobians between layers (N·L²·H² numbers) and N×N Gram matrices, O(N·L³H³ + N²·L²H²) time,
+    never the n×n Hessian. Differentiable (autograd through the op's ATen kernel, which keeps
+    those intermediates for the backward).
+
+    Args:
+        x: inputs (N, D), float32 or float64.
+        target: as for :func:`torch_ws.hessian_traces` (probabilities for "bce", class indices
+            or class probabilities for "cross_entropy", values for "mse").
+        weights: the L + 1 ``nn.Linear`` weights, (H_1, D), (H_2, H_1), …, (C, H_L).
+        biases: ``None`` (no layer has a bias) or one entry per layer, ``None`` where a layer has
+            none.
+        activation, reduction, loss: as for :func:`torch_ws.hessian_traces`.
+
+    Returns:
+        (tr H, tr H²) as 0-d tensors in x's dtype (summed in float64).
+    """
+    return torch.ops.torch_ws.deep_hessian_traces(
+        x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
+
+
+def deep_ws_bounds(
+    x: Tensor,
+    target: Tensor,
+    weights: Sequence[Tensor],
+    biases: Optional[Sequence[Optional[Tensor]]] = None,
+    activation: str = "tanh",
+    reduction: str = "mean",
+    loss: str = "bce",
+) -> WSBounds:
+    """Every Wolkowicz-Styan bound on the extreme eigenvalues of a deep MLP's loss Hessian, from
+    :func:`deep_hessian_traces` (arguments as there), rounded outward as :func:`torch_ws.ws_bounds`
+    does for one hidden layer, and widened by the allowance of docs/math.md §5.1 plus a certified
+    bound on the traces' own rounding error (§12.5: the Gram forms sum terms of both signs, so
+    their error is measured against the sum of the terms' magnitudes, evaluated by a second pass
+    on magnitudes)."""
+    trace, trace_sq = deep_hessian_traces(x, target, weights, biases, activation, reduction, loss)
+    n = deep_num_params(weights, biases)
+    bound_trace, bound_trace_sq = trace, trace_sq
+    if _float32_underflow_risk(x, trace_sq):
+        # As ws_bounds: float32 traces below 2⁻⁶⁰ may have lost terms; bound from float64 ones.
+        def wide(t):
+            return t.double() if t is not None and t.is_floating_point() else t
+
+        bound_trace, bound_trace_sq = deep_hessian_traces(
+            wide(x), wide(target), [wide(w) for w in weights],
+            [wide(b) for b in _bias_list(weights, biases)], activation, reduction, loss)
+    # The traces are evaluated in float64 (docs/math.md §12.5), with certified error bounds.
+    errors = torch.ops.torch_ws._deep_trace_errors(
+        x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
+    bounds = torch.ops.torch_ws._ws_bounds_from_traces(
+        bound_trace, bound_trace_sq, n, x.dtype, *(float(e) for e in errors))
+    return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)
+
+
+@dataclass(frozen=True, eq=False)
+class DeepMlpSpec:
+    """``nn.Sequential(Linear, φ, Linear, φ, …, Linear)`` and its loss, as the deep op reads them.
+
+    Holds references to the layers (it sees their current parameters). Build one with
+    :meth:`from_module`; ``op_args(x, target)`` gives the arguments of
+    :func:`deep_hessian_traces` and :func:`deep_ws_bounds`.
+    """
+
+    linears: tuple
+    activation: str
+    loss: str
+    reduction: str
+
+    @classmethod
+    def from_module(cls, model: nn.Module, loss="bce", reduction: Optional[str] = None,
+                    caller: str = "DeepMlpSpec") -> "DeepMlpSpec":
+        """Parses the network or raises a ValueError that says what was expected and what
+        arrived. Every hidden layer must have the same activation (the same module type and
+        options): the closed form has one φ; a network mixing them is refused. Label smoothing
+        is not taken here (pass smoothed probabilities as the target)."""
+        model = unwrap_model(model)
+        if not isinstance(model, nn.Sequential) or len(model) < 3 or len(model) % 2 == 0:
+            raise ValueError(
+                f"{caller} expects nn.Sequential(nn.Linear, activation, nn.Linear, …, "
+                f"nn.Linear) with L >= 1 hidden layers, got {type(model).__name__}"
+                + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else ""))
+        linears = tuple(model[i] for i in range(0, len(model), 2))
+        for index, layer in zip(range(0, len(model), 2), linears):
+            _check_plain_linear(layer, f"module {index}", caller)
+        names = [activation_name(model[i], caller) for i in range(1, len(model), 2)]
+        if len(set(names)) != 1:
+            listing = ", ".join(f"{i}: {name}" for i, name in zip(range(1, len(model), 2), names))
+            raise ValueError(f"{caller}: every hidden layer must have the same activation (the "
+                             f"closed form has one φ), got {listing}")
+        for before, after in zip(linears, linears[1:]):
+            if after.in_features != before.out_features:
+                raise ValueError(f"{caller}: a layer gives {before.out_features} features but the "
+                                 f"next expects {after.in_features}")
+        loss_name, reduction, smoothing = loss_options(loss, reduction, caller)
+        if smoothing:
+            raise ValueError(f"{caller}: label smoothing is not taken here; pass the smoothed "
+                             "class probabilities as the target and a loss without smoothing")
+        return cls(linears, names[0], loss_name, reduction)
+
+    @property
+    def weights(self) -> list[Tensor]:
+        return [layer.weight for layer in self.linears]
+
+    @property
+    def biases(self) -> list[Optional[Tensor]]:
+        return [layer.bias for layer in self.linears]
+
+    @property
+    def num_params(self) -> int:
+        """n, the size of the loss Hessian."""
+        return deep_num_params(self.weights, self.biases)
+
+    def op_args(self, x: Tensor, target: Tensor) -> tuple:
+        """(x, target, weights, biases, activation, reduction, loss) for the deep functions."""
+        if self.loss != "cross_entropy" or target.is_floating_point():
+            target = target.to(x.dtype)
+        else:
+            target = target.long()
+        return (x, target, self.weights, self.biases, self.activation, self.reduction, self.loss)
