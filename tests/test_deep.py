@@ -172,7 +172,7 @@ def test_refusals_say_what_was_expected():
                                torch.nn.Tanh(), torch.nn.Linear(4, 1))
     with pytest.raises(ValueError, match="with 5 modules; for several hidden layers, "
                        "torch_ws.deep_ws_bounds"):
-        torch_ws.HSRRegularizer(deep)
+        torch_ws.MlpSpec.from_module(deep)
     x, target, weights, biases = make_problem([4, 3], HEADS[0], "all", seed=0)
     with pytest.raises(RuntimeError, match=r"weights\[1\] has 4 input columns.*gives 5 features|"
                        r"weights\[1\] has"):
@@ -236,3 +236,25 @@ def test_many_logits_take_the_gram_route_for_the_gauss_newton_part():
     one = torch_ws.hessian_traces(x, target, w1, b1, w2, b2, "tanh", "mean", "cross_entropy")
     for a, b in zip(deep, one):
         assert float(a) == pytest.approx(float(b), rel=1e-11)
+
+
+def test_hsr_regularizer_takes_a_deep_network(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5),
+                              torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    reg = torch_ws.HSRRegularizer(net, loss="cross_entropy")
+    assert "hidden=[6, 5]" in repr(reg)
+    value = reg(x, y)
+    expected = torch_ws.deep_ws_bounds(x, y, [m.weight for m in net[::2]],
+                                       [m.bias for m in net[::2]], "tanh", "mean", "cross_entropy")
+    assert float(value) == float(expected.lambda_max_upper)
+    value.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    assert len(list(reg.parameters())) == 0  # the model's layers are not re-registered
+    torch.save(reg, tmp_path / "reg.pt")
+    loaded = torch.load(tmp_path / "reg.pt")  # weights_only=True, the default
+    assert float(loaded(x, y)) == float(value)
+    for bound, flag in (("spectral", False), ("ws", True)):
+        with pytest.raises(ValueError, match="several hidden layers bound='ws' without global"):
+            torch_ws.HSRRegularizer(net, loss="cross_entropy", bound=bound, global_batch=flag)

@@ -3,9 +3,9 @@
 
 What is there so far (issue 29): the traces and bounds, differentiable in every layer and in x
 (by autograd through the op's ATen kernel, not a hand-derived backward), for every loss,
-activation, reduction and bias setting, float32 and float64, on any device. Not yet: the
-engines' tiling, the spectral bound, the certified interval, HSRRegularizer and dataset_bounds
-for deep networks.
+activation, reduction and bias setting, float32 and float64, on any device; HSRRegularizer
+takes such a network with bound="ws". Not yet: a hand-derived backward, the engines' tiling,
+the spectral bound, the certified interval and dataset_bounds for deep networks.
 """
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ class DeepMlpSpec:
     activation: str
     loss: str
     reduction: str
+    label_smoothing: float = 0.0  # not taken (from_module refuses it); here for a uniform spec
 
     @classmethod
     def from_module(cls, model: nn.Module, loss="bce", reduction: Optional[str] = None,
@@ -153,14 +154,32 @@ class DeepMlpSpec:
         return [layer.bias for layer in self.linears]
 
     @property
+    def leaves(self) -> list[Tensor]:
+        """The parameters that exist, layer by layer (weight, then bias)."""
+        return [t for layer in self.linears for t in (layer.weight, layer.bias) if t is not None]
+
+    @property
     def num_params(self) -> int:
         """n, the size of the loss Hessian."""
         return deep_num_params(self.weights, self.biases)
 
+    def prepare_target(self, x: Tensor, target: Tensor, caller: str = "DeepMlpSpec") -> Tensor:
+        """The targets as the deep op takes them: in x's dtype, class indices as int64."""
+        if target.requires_grad:
+            raise ValueError(f"{caller}: target requires grad, but the bound is not "
+                             "differentiable in the labels; pass target.detach()")
+        if self.loss != "cross_entropy" or target.is_floating_point():
+            return target.to(x.dtype)
+        return target.long()
+
     def op_args(self, x: Tensor, target: Tensor) -> tuple:
         """(x, target, weights, biases, activation, reduction, loss) for the deep functions."""
-        if self.loss != "cross_entropy" or target.is_floating_point():
-            target = target.to(x.dtype)
-        else:
-            target = target.long()
-        return (x, target, self.weights, self.biases, self.activation, self.reduction, self.loss)
+        return (x, self.prepare_target(x, target), self.weights, self.biases, self.activation,
+                self.reduction, self.loss)
+
+    def describe(self) -> str:
+        """The spec in words, for ``__repr__``s."""
+        widths = [layer.out_features for layer in self.linears[:-1]]
+        return (f"in_features={self.linears[0].in_features}, hidden={widths}, "
+                f"outputs={self.linears[-1].out_features}, activation={self.activation!r}, "
+                f"loss={self.loss!r}, reduction={self.reduction!r}")

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .model import MlpSpec
+from .deep import DeepMlpSpec, deep_ws_bounds
+from .model import MlpSpec, unwrap_model
 from .ops import ACTIVATIONS, LOSSES, REDUCTIONS, lambda_max_interval, spectral_bound, ws_bound
 
 
@@ -35,7 +36,10 @@ class HSRRegularizer(nn.Module):
         model: ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, C))``, or the first Linear
             when ``activation`` and ``output`` are given as the next two arguments. A model
             wrapped in ``nn.DataParallel``, ``DistributedDataParallel`` or ``torch.compile`` is
-            unwrapped (the wrapper shares the parameters).
+            unwrapped (the wrapper shares the parameters). A deeper
+            ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation) takes the
+            WS bound of :func:`torch_ws.deep_ws_bounds` (``bound="ws"``, no ``global_batch``,
+            no label smoothing).
         activation, output: the activation module and ``nn.Linear(H, C)``, when ``model`` is the
             first layer alone.
         reduction: ``"mean"`` or ``"sum"``, matching the training loss's reduction; read from
@@ -96,6 +100,17 @@ class HSRRegularizer(nn.Module):
         self.__dict__["_group"] = group
         # A plain attribute, not a submodule: the regularizer must not re-register (and so
         # duplicate in .parameters()) the model's layers.
+        core = unwrap_model(model)
+        if (activation is None and output is None and isinstance(core, nn.Sequential)
+                and len(core) > 3):
+            # Several hidden layers: the deep op's WS bound (docs/math.md §12).
+            if bound != "ws" or global_batch:
+                raise ValueError(
+                    "HSRRegularizer: for several hidden layers bound='ws' without global_batch "
+                    f"is implemented, got bound={bound!r}, global_batch={global_batch}")
+            self.__dict__["spec"] = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction,
+                                                            caller="HSRRegularizer")
+            return
         self.__dict__["spec"] = MlpSpec.from_module(model, loss=loss, reduction=reduction,
                                                     activation=activation, output=output)
 
@@ -106,13 +121,17 @@ class HSRRegularizer(nn.Module):
     label_smoothing = property(lambda self: self.spec.label_smoothing)
 
     @property
-    def _layers(self) -> tuple[nn.Linear, nn.Linear]:
+    def _layers(self) -> tuple:
+        if isinstance(self.spec, DeepMlpSpec):
+            return self.spec.linears
         return self.spec.hidden, self.spec.output
 
     def forward(self, x: Tensor, target: Tensor) -> Tensor:
         """The chosen upper bound on λ_max at the current parameters for inputs ``x`` (N, D) and
         the targets of the loss (see :func:`torch_ws.hessian_traces`); a 0-dim tensor
         differentiable into every parameter and into x."""
+        if isinstance(self.spec, DeepMlpSpec):
+            return deep_ws_bounds(*self.spec.op_args(x, target)).lambda_max_upper
         target = self.spec.prepare_target(x, target)
         if self.global_batch:
             return self._global_bound(x, target)
@@ -152,6 +171,11 @@ class HSRRegularizer(nn.Module):
         # Pickled as its options and the layers' parameters, rebuilt by a function torch.load
         # allows with weights_only=True (the default): the default pickle of a Module names
         # classes (nn.Linear, the activation) that the weights-only unpickler refuses.
+        if isinstance(self.spec, DeepMlpSpec):
+            return _restore_deep_regularizer, (
+                self.activation, self.loss, self.reduction,
+                [layer.weight for layer in self._layers], [layer.bias for layer in self._layers],
+                self.training)
         hidden, output = self._layers
         return _restore_regularizer, (
             self.activation, self.loss, self.reduction, self.label_smoothing,
@@ -192,4 +216,27 @@ def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w
     return reg.train(training)
 
 
-torch.serialization.add_safe_globals([_restore_regularizer])
+def _restore_deep_regularizer(activation, loss, reduction, weights, biases, training):
+    """An HSRRegularizer over a deep network's Linear layers holding the unpickled parameters
+    (the inverse of ``HSRRegularizer.__reduce_ex__`` for several hidden layers)."""
+    if activation not in ACTIVATIONS or loss not in LOSSES or reduction not in REDUCTIONS:
+        raise ValueError(f"HSRRegularizer: cannot restore activation={activation!r}, "
+                         f"loss={loss!r}, reduction={reduction!r}")
+    layers = []
+    for weight, bias in zip(weights, biases):
+        layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
+                                         bias=bias is not None, device="meta")
+        layer.weight = weight
+        if bias is not None:
+            layer.bias = bias
+        layers.append(layer)
+    reg = HSRRegularizer.__new__(HSRRegularizer)
+    nn.Module.__init__(reg)
+    reg.bound = "ws"
+    reg.global_batch = False
+    reg.__dict__["_group"] = None
+    reg.__dict__["spec"] = DeepMlpSpec(tuple(layers), activation, loss, reduction)
+    return reg.train(training)
+
+
+torch.serialization.add_safe_globals([_restore_regularizer, _restore_deep_regularizer])
