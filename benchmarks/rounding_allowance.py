@@ -27,6 +27,26 @@ import torch_ws
 U32 = 2.0 ** -24
 
 
+def errors_in_units(trace32, trace_sq32, trace, trace_sq, num, case):
+    """(|Δm|/(u·q), |Δs²|/(u·q²), case), or None where tr(H²) < 1e-30 (float32 cannot hold it)."""
+    mean_square = trace_sq / num
+    if mean_square * num < 1e-30:
+        return None
+    m32, m = trace32 / num, trace / num
+    spread32, spread = trace_sq32 / num - m32 ** 2, mean_square - m ** 2
+    q = math.sqrt(mean_square)
+    return abs(m32 - m) / (U32 * q), abs(spread32 - spread) / (U32 * mean_square), case
+
+
+def random_target(loss: str, n: int, c: int, gen: torch.Generator) -> torch.Tensor:
+    """Labels for `loss`: 0/1 for bce, class indices for cross_entropy, normal values for mse."""
+    if loss == "bce":
+        return torch.randint(0, 2, (n,), generator=gen).float()
+    if loss == "cross_entropy":
+        return torch.randint(0, c, (n,), generator=gen)
+    return torch.randn(n, c, generator=gen)
+
+
 def one_trial(rng: random.Random, scale: float, seed: int):
     n, d, h = rng.randint(1, 40), rng.randint(1, 6), rng.randint(1, 8)
     loss, c = rng.choice([("bce", 1), ("cross_entropy", 3), ("mse", 2), ("mse", 1)])
@@ -38,12 +58,7 @@ def one_trial(rng: random.Random, scale: float, seed: int):
     b1 = torch.randn(h, generator=gen) if rng.random() < 0.5 else None
     w2 = torch.randn(c, h, generator=gen) * scale
     b2 = torch.randn(c, generator=gen) if rng.random() < 0.5 else None
-    if loss == "bce":
-        target = torch.randint(0, 2, (n,), generator=gen).float()
-    elif loss == "cross_entropy":
-        target = torch.randint(0, c, (n,), generator=gen)
-    else:
-        target = torch.randn(n, c, generator=gen)
+    target = random_target(loss, n, c, gen)
     args32 = [x, target, w1, b1, w2, b2]
     args64 = [t.double() if t is not None and t.is_floating_point() else t for t in args32]
     os.environ["TORCH_WS_ENGINE"] = engine
@@ -51,14 +66,8 @@ def one_trial(rng: random.Random, scale: float, seed: int):
         *args32, act, red, False, "benchmark", loss)[:2])
     os.environ["TORCH_WS_ENGINE"] = "auto"
     trace, trace_sq = (float(t) for t in torch_ws.hessian_traces(*args64, act, red, loss))
-    num = torch_ws.num_params(w1, b1, w2, b2)
-    mean_square = trace_sq / num
-    if mean_square * num < 1e-30:
-        return None
-    m32, m = trace32 / num, trace / num
-    spread32, spread = trace_sq32 / num - m32 ** 2, mean_square - m ** 2
-    q = math.sqrt(mean_square)
-    return abs(m32 - m) / (U32 * q), abs(spread32 - spread) / (U32 * mean_square), (act, loss, engine)
+    return errors_in_units(trace32, trace_sq32, trace, trace_sq, torch_ws.num_params(w1, b1, w2, b2),
+                           (act, loss, engine))
 
 
 def one_deep_trial(rng: random.Random, scale: float, seed: int):
@@ -72,26 +81,15 @@ def one_deep_trial(rng: random.Random, scale: float, seed: int):
     weights = [torch.randn(o, i, generator=gen) * scale / math.sqrt(i) for i, o in zip(dims, dims[1:])]
     weights[-1] = weights[-1] * math.sqrt(dims[-2])  # the output layer unnormalised, as above
     biases = [torch.randn(o, generator=gen) if rng.random() < 0.5 else None for o in dims[1:]]
-    if loss == "bce":
-        target = torch.randint(0, 2, (n,), generator=gen).float()
-    elif loss == "cross_entropy":
-        target = torch.randint(0, c, (n,), generator=gen)
-    else:
-        target = torch.randn(n, c, generator=gen)
+    target = random_target(loss, n, c, gen)
     wide = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
     trace32, trace_sq32 = (float(t) for t in torch_ws.deep_hessian_traces(
         x, target, weights, biases, act, red, loss))
     trace, trace_sq = (float(t) for t in torch_ws.deep_hessian_traces(
         wide(x), wide(target), [wide(w) for w in weights], [wide(b) for b in biases], act, red, loss))
-    num = torch_ws.deep_num_params(weights, biases)
-    mean_square = trace_sq / num
-    if mean_square * num < 1e-30:
-        return None
-    m32, m = trace32 / num, trace / num
-    spread32, spread = trace_sq32 / num - m32 ** 2, mean_square - m ** 2
-    q = math.sqrt(mean_square)
-    return (abs(m32 - m) / (U32 * q), abs(spread32 - spread) / (U32 * mean_square),
-            (act, loss, f"{len(widths)} layers"))
+    return errors_in_units(trace32, trace_sq32, trace, trace_sq,
+                           torch_ws.deep_num_params(weights, biases),
+                           (act, loss, f"{len(widths)} layers"))
 
 
 def main() -> None:

@@ -189,6 +189,16 @@ class HSRRegularizer(nn.Module):
                 + (", global_batch=True" if self.global_batch else ""))
 
 
+def _linear_holding(weight, bias) -> nn.Linear:
+    """An nn.Linear whose parameters are the given (unpickled) tensors, allocating nothing."""
+    layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
+                                     bias=bias is not None, device="meta")
+    layer.weight = weight
+    if bias is not None:
+        layer.bias = bias
+    return layer
+
+
 def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w2, b2, training,
                          bound="ws", global_batch=False):
     """An HSRRegularizer over two Linear layers holding the unpickled parameters (the inverse of
@@ -198,14 +208,7 @@ def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w
         raise ValueError(f"HSRRegularizer: cannot restore activation={activation!r}, "
                          f"loss={loss!r}, reduction={reduction!r}, bound={bound!r}; expected one "
                          f"of {ACTIVATIONS}, {LOSSES}, {REDUCTIONS}, {BOUNDS}")
-    layers = []
-    for weight, bias in ((w1, b1), (w2, b2)):
-        layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
-                                         bias=bias is not None, device="meta")
-        layer.weight = weight
-        if bias is not None:
-            layer.bias = bias
-        layers.append(layer)
+    layers = [_linear_holding(w1, b1), _linear_holding(w2, b2)]
     reg = HSRRegularizer.__new__(HSRRegularizer)
     nn.Module.__init__(reg)
     reg.bound = bound
@@ -222,14 +225,7 @@ def _restore_deep_regularizer(activation, loss, reduction, weights, biases, trai
     if activation not in ACTIVATIONS or loss not in LOSSES or reduction not in REDUCTIONS:
         raise ValueError(f"HSRRegularizer: cannot restore activation={activation!r}, "
                          f"loss={loss!r}, reduction={reduction!r}")
-    layers = []
-    for weight, bias in zip(weights, biases):
-        layer = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0],
-                                         bias=bias is not None, device="meta")
-        layer.weight = weight
-        if bias is not None:
-            layer.bias = bias
-        layers.append(layer)
+    layers = [_linear_holding(weight, bias) for weight, bias in zip(weights, biases)]
     reg = HSRRegularizer.__new__(HSRRegularizer)
     nn.Module.__init__(reg)
     reg.bound = "ws"

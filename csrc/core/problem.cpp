@@ -145,25 +145,38 @@ at::Tensor checked_target(std::string_view op, const at::Tensor& target, const a
 
 }  // namespace
 
+namespace {
+
+// The names and x, checked as every entry point checks them: the start of a problem.
+MlpProblem checked_names_and_inputs(std::string_view op, const at::Tensor& x,
+                                    std::string_view activation, std::string_view reduction,
+                                    std::string_view loss) {
+  MlpProblem p;
+  p.activation = parse_activation(op, activation);
+  p.reduction = parse_reduction(op, reduction);
+  p.loss = parse_loss(op, loss);
+  TORCH_CHECK(x.defined(), op, ": x is an undefined tensor");
+  check_float_tensor(op, "x", x, x);
+  TORCH_CHECK(x.dim() == 2, op, ": expected x of shape (N, D), got a ", x.dim(),
+              "-d tensor of shape ", x.sym_sizes());
+  TORCH_CHECK(x.sym_size(0) > 0, op, ": expected a non-empty batch (N >= 1), got x of shape ",
+              x.sym_sizes());
+  TORCH_CHECK(x.sym_size(1) > 0, op, ": expected at least one input feature (D >= 1), got x of "
+              "shape ", x.sym_sizes());
+  p.x = x;
+  return p;
+}
+
+}  // namespace
+
 MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Tensor& target,
                          const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                          const at::Tensor& w2, const std::optional<at::Tensor>& b2,
                          std::string_view activation, std::string_view reduction,
                          std::string_view loss) {
-  MlpProblem p;
-  p.activation = parse_activation(op, activation);
-  p.reduction = parse_reduction(op, reduction);
-  p.loss = parse_loss(op, loss);
+  MlpProblem p = checked_names_and_inputs(op, x, activation, reduction, loss);
   const LossEntry& head = loss_entry(p.loss);
-
-  TORCH_CHECK(x.defined(), op, ": x is an undefined tensor");
-  check_float_tensor(op, "x", x, x);
-  TORCH_CHECK(x.dim() == 2, op, ": expected x of shape (N, D), got a ", x.dim(),
-              "-d tensor of shape ", x.sym_sizes());
-  const c10::SymInt n = x.sym_size(0), d = x.sym_size(1);
-  TORCH_CHECK(n > 0, op, ": expected a non-empty batch (N >= 1), got x of shape ", x.sym_sizes());
-  TORCH_CHECK(d > 0, op, ": expected at least one input feature (D >= 1), got x of shape ",
-              x.sym_sizes());
+  const c10::SymInt d = x.sym_size(1);
 
   check_float_tensor(op, "w1", w1, x);
   TORCH_CHECK(w1.dim() == 2, op, ": expected w1 of shape (H, D) as in nn.Linear(D, H).weight, "
@@ -197,7 +210,6 @@ MlpProblem check_problem(std::string_view op, const at::Tensor& x, const at::Ten
     check_vector(op, "b2", *b2, c, "(C,) with C the rows of w2");
   }
 
-  p.x = x;
   p.target = checked_target(op, target, x, p.loss, c);
   p.w1() = w1;
   p.b1() = b1;
@@ -211,15 +223,8 @@ MlpProblem check_deep_problem(std::string_view op, const at::Tensor& x, const at
                               const c10::List<std::optional<at::Tensor>>& biases,
                               std::string_view activation, std::string_view reduction,
                               std::string_view loss) {
-  MlpProblem p;
-  p.activation = parse_activation(op, activation);
-  p.reduction = parse_reduction(op, reduction);
-  p.loss = parse_loss(op, loss);
+  MlpProblem p = checked_names_and_inputs(op, x, activation, reduction, loss);
   const LossEntry& head = loss_entry(p.loss);
-  TORCH_CHECK(x.defined(), op, ": x is an undefined tensor");
-  check_float_tensor(op, "x", x, x);
-  TORCH_CHECK(x.dim() == 2 && x.sym_size(0) > 0 && x.sym_size(1) > 0, op,
-              ": expected x of shape (N, D) with N, D >= 1, got shape ", x.sym_sizes());
   const auto num_layers = static_cast<int64_t>(weights.size());
   TORCH_CHECK(num_layers >= 2, op, ": expected the weights of at least two nn.Linear layers "
               "(one hidden layer and the output), got ", num_layers);
@@ -254,7 +259,6 @@ MlpProblem check_deep_problem(std::string_view op, const at::Tensor& x, const at
               "with ", head.max_outputs == 1 ? std::string("exactly one output")
                                              : "at least " + std::to_string(head.min_outputs) + " outputs",
               ", got ", c);
-  p.x = x;
   p.target = checked_target(op, target, x, p.loss, c);
   return p;
 }
