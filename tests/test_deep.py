@@ -258,3 +258,16 @@ def test_hsr_regularizer_takes_a_deep_network(tmp_path):
     for bound, flag in (("spectral", False), ("ws", True)):
         with pytest.raises(ValueError, match="several hidden layers bound='ws' without global"):
             torch_ws.HSRRegularizer(net, loss="cross_entropy", bound=bound, global_batch=flag)
+
+
+def test_non_finite_input_gives_nan():
+    x, target, weights, biases = make_problem([4, 3], HEADS[1], "all", seed=4)
+    for bad in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[0, 0] = bad
+        traces = torch_ws.deep_hessian_traces(x_bad, target, weights, biases, "tanh", "mean",
+                                              "cross_entropy")
+        bounds = torch_ws.deep_ws_bounds(x_bad, target, weights, biases, "tanh", "mean",
+                                         "cross_entropy")
+        assert all(torch.isnan(t) for t in traces)
+        assert torch.isnan(bounds.lambda_max_upper) and torch.isnan(bounds.lambda_min_lower)

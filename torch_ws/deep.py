@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .model import _check_plain_linear, activation_name, loss_options, unwrap_model
-from .ops import WSBounds, _float32_underflow_risk
+from .ops import WSBounds
 
 
 def _bias_list(weights: Sequence[Tensor], biases: Optional[Sequence[Optional[Tensor]]]):
@@ -80,22 +80,21 @@ def deep_ws_bounds(
     bound on the traces' own rounding error (§12.5: the Gram forms sum terms of both signs, so
     their error is measured against the sum of the terms' magnitudes, evaluated by a second pass
     on magnitudes)."""
-    trace, trace_sq = deep_hessian_traces(x, target, weights, biases, activation, reduction, loss)
-    n = deep_num_params(weights, biases)
-    bound_trace, bound_trace_sq = trace, trace_sq
-    if _float32_underflow_risk(x, trace_sq):
-        # As ws_bounds: float32 traces below 2⁻⁶⁰ may have lost terms; bound from float64 ones.
-        def wide(t):
-            return t.double() if t is not None and t.is_floating_point() else t
+    # The op evaluates in float64 whatever the dtype (docs/math.md §12.5); the bounds are taken
+    # from those float64 traces (exactly converted inputs, differentiable back to x's dtype), so
+    # float32 traces below float32's range lose nothing, and the result is rounded outward to it.
+    def wide(t):
+        return t.double() if t is not None and t.is_floating_point() else t
 
-        bound_trace, bound_trace_sq = deep_hessian_traces(
-            wide(x), wide(target), [wide(w) for w in weights],
-            [wide(b) for b in _bias_list(weights, biases)], activation, reduction, loss)
-    # The traces are evaluated in float64 (docs/math.md §12.5), with certified error bounds.
-    errors = torch.ops.torch_ws._deep_trace_errors(
-        x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
+    wide_args = (wide(x), wide(target), [wide(w) for w in weights],
+                 [wide(b) for b in _bias_list(weights, biases)], activation, reduction, loss)
+    wide_trace, wide_trace_sq = deep_hessian_traces(*wide_args)
+    n = deep_num_params(weights, biases)
+    # Certified errors of that evaluation, from a second pass on magnitudes (§12.5).
+    errors = torch.ops.torch_ws._deep_trace_errors(*wide_args)
     bounds = torch.ops.torch_ws._ws_bounds_from_traces(
-        bound_trace, bound_trace_sq, n, x.dtype, *(float(e) for e in errors))
+        wide_trace, wide_trace_sq, n, x.dtype, *(float(e) for e in errors))
+    trace, trace_sq = wide_trace.to(x.dtype), wide_trace_sq.to(x.dtype)
     return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)
 
 

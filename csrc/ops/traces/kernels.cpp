@@ -181,8 +181,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ws_bounds_from_traces_op(
   // The allowance's u, and the results' dtype, each rounded in the direction that keeps it a
   // bound.
   const auto dtype = compute_dtype.value_or(trace.scalar_type());
-  TORCH_CHECK(trace_error >= 0 && trace_sq_error >= 0, "torch_ws: trace errors must be >= 0, got ",
-              trace_error, " and ", trace_sq_error);
+  // NaN errors (of a non-finite input) pass, and make the bounds NaN as the traces do.
+  TORCH_CHECK(!(trace_error < 0) && !(trace_sq_error < 0), "torch_ws: trace errors must be >= 0, "
+              "got ", trace_error, " and ", trace_sq_error);
   const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params,
                                        rounding_allowance(dtype), trace_error, trace_sq_error);
   return {round_directed(b.lambda_max_upper, dtype, true),
