@@ -79,22 +79,11 @@ def deep_ws_bounds(
     does for one hidden layer, and widened by the allowance of docs/math.md §5.1 plus a certified
     bound on the traces' own rounding error (§12.5: the Gram forms sum terms of both signs, so
     their error is measured against the sum of the terms' magnitudes, evaluated by a second pass
-    on magnitudes)."""
-    # The op evaluates in float64 whatever the dtype (docs/math.md §12.5); the bounds are taken
-    # from those float64 traces (exactly converted inputs, differentiable back to x's dtype), so
-    # float32 traces below float32's range lose nothing, and the result is rounded outward to it.
-    def wide(t):
-        return t.double() if t is not None and t.is_floating_point() else t
-
-    wide_args = (wide(x), wide(target), [wide(w) for w in weights],
-                 [wide(b) for b in _bias_list(weights, biases)], activation, reduction, loss)
-    wide_trace, wide_trace_sq = deep_hessian_traces(*wide_args)
+    on magnitudes). The bounds come from the float64 traces (the op's precision), so a float32
+    network's traces below float32's range lose nothing; every field is differentiable."""
+    *bounds, trace, trace_sq = torch.ops.torch_ws.deep_ws_bounds(
+        x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
     n = deep_num_params(weights, biases)
-    # Certified errors of that evaluation, from a second pass on magnitudes (§12.5).
-    errors = torch.ops.torch_ws._deep_trace_errors(*wide_args)
-    bounds = torch.ops.torch_ws._ws_bounds_from_traces(
-        wide_trace, wide_trace_sq, n, x.dtype, *(float(e) for e in errors))
-    trace, trace_sq = wide_trace.to(x.dtype), wide_trace_sq.to(x.dtype)
     return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)
 
 

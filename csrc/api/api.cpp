@@ -36,6 +36,40 @@ std::tuple<at::Tensor, at::Tensor> hessian_traces(
   return op.call(x, target, w1, b1, w2, b2, activation, reduction, loss);
 }
 
+namespace {
+c10::List<std::optional<at::Tensor>> bias_list(const std::vector<at::Tensor>& weights,
+                                               const std::vector<std::optional<at::Tensor>>& biases) {
+  c10::List<std::optional<at::Tensor>> out;
+  for (size_t l = 0; l < biases.size(); ++l) out.push_back(biases[l]);
+  if (biases.empty()) {
+    for (size_t l = 0; l < weights.size(); ++l) out.push_back(std::nullopt);
+  }
+  return out;
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
+    const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,
+    const std::vector<std::optional<at::Tensor>>& biases, std::string_view activation,
+    std::string_view reduction, std::string_view loss) {
+  static auto op = find_op<DeepHessianTracesSignature>("torch_ws::deep_hessian_traces");
+  return op.call(x, target, weights, bias_list(weights, biases), activation, reduction, loss);
+}
+
+WSBounds deep_ws_bounds(const at::Tensor& x, const at::Tensor& target,
+                        const std::vector<at::Tensor>& weights,
+                        const std::vector<std::optional<at::Tensor>>& biases,
+                        std::string_view activation, std::string_view reduction,
+                        std::string_view loss) {
+  static auto op = find_op<DeepWsBoundsSignature>("torch_ws::deep_ws_bounds");
+  auto [max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq] =
+      op.call(x, target, weights, bias_list(weights, biases), activation, reduction, loss);
+  int64_t n = 0;
+  for (const at::Tensor& w : weights) n += w.numel();
+  for (const auto& b : biases) n += b ? b->numel() : 0;
+  return {max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq, n};
+}
+
 WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                    const std::optional<at::Tensor>& b2, std::string_view activation,

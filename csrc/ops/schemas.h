@@ -73,6 +73,17 @@ using BatchedTracesSignature =
         c10::string_view reduction, bool with_gradients, bool need_grad_x,
         c10::string_view loss);
 
+// The deep family (ops/deep/): weights of the L + 1 layers, biases empty or one per layer.
+using DeepHessianTracesSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss);
+using DeepWsBoundsSignature =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+        const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+        c10::string_view reduction, c10::string_view loss);
+
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();

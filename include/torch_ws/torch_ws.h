@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 namespace torch_ws {
 
@@ -62,6 +63,21 @@ WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tens
                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                    const std::optional<at::Tensor>& b2, std::string_view activation = "tanh",
                    std::string_view reduction = "mean", std::string_view loss = "bce");
+
+// Networks with L ≥ 1 hidden layers, Linear → φ → … → Linear (docs/math.md §12): `weights` are
+// the L + 1 nn.Linear weights (H_1, D), …, (C, H_L); `biases` empty (no biases) or one entry per
+// layer (nullopt where a layer has none). Exact (tr H, tr H²), differentiable by autograd.
+std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
+    const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,
+    const std::vector<std::optional<at::Tensor>>& biases = {},
+    std::string_view activation = "tanh", std::string_view reduction = "mean",
+    std::string_view loss = "bce");
+// Every Wolkowicz-Styan bound of such a network, with certified rounding (docs/math.md §12.5).
+WSBounds deep_ws_bounds(const at::Tensor& x, const at::Tensor& target,
+                        const std::vector<at::Tensor>& weights,
+                        const std::vector<std::optional<at::Tensor>>& biases = {},
+                        std::string_view activation = "tanh",
+                        std::string_view reduction = "mean", std::string_view loss = "bce");
 
 // The spectral bound (docs/math.md §9): λ_max(H) ≤ λ_max(GGN) + λ_max(R) by Weyl, both parts
 // exact (the N·C × N·C dual of the Gauss-Newton matrix, certified Lanczos above 512 rows; R's H

@@ -149,6 +149,45 @@ void test_ws_bounds() {
         "ws_bounds: lambda_max_upper equals ws_bound");
 }
 
+// The deep entry points: one hidden layer through them equals the one-layer ops; two hidden
+// layers give gradients in every layer and bounds that bracket their own traces' moments.
+void test_deep() {
+  torch::manual_seed(5);
+  Problem p = make_problem(9, 3, 4);
+  const auto [trace, trace_sq] =
+      torch_ws::deep_hessian_traces(p.x, p.target, {p.w1, p.w2}, {p.b1, p.b2}, "tanh");
+  const auto [one_trace, one_trace_sq] =
+      torch_ws::hessian_traces(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh");
+  check(std::abs(trace.item<double>() - one_trace.item<double>()) <=
+            1e-12 * std::abs(one_trace.item<double>()),
+        "deep_hessian_traces: L = 1 equals hessian_traces (tr H)");
+  check(std::abs(trace_sq.item<double>() - one_trace_sq.item<double>()) <=
+            1e-12 * one_trace_sq.item<double>(),
+        "deep_hessian_traces: L = 1 equals hessian_traces (tr H²)");
+  auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  std::vector<torch::Tensor> weights = {torch::randn({5, 3}, opts), torch::randn({4, 5}, opts),
+                                        torch::randn({1, 4}, opts)};
+  for (auto& w : weights) w.requires_grad_(true);
+  const auto b = torch_ws::deep_ws_bounds(p.x, p.target, weights, {}, "gelu");
+  check(b.num_params == 15 + 20 + 4, "deep_ws_bounds: n without biases");
+  const double n = static_cast<double>(b.num_params), m = b.trace.item<double>() / n;
+  const double s = std::sqrt(b.trace_sq.item<double>() / n - m * m);
+  check(b.lambda_max_upper.item<double>() >= m + s * std::sqrt(n - 1),
+        "deep_ws_bounds: lambda_max_upper at least its formula");
+  b.lambda_max_upper.backward();
+  for (const auto& w : weights) {
+    check(w.grad().defined() && w.grad().abs().sum().item<double>() > 0,
+          "deep_ws_bounds: gradient in every layer");
+  }
+  bool refused = false;
+  try {
+    torch_ws::deep_hessian_traces(p.x, p.target, {p.w1, torch::randn({1, 3}, opts)});
+  } catch (const c10::Error& e) {
+    refused = std::string(e.what()).find("weights[1] has 3 input columns") != std::string::npos;
+  }
+  check(refused, "deep_hessian_traces: inconsistent widths refused, naming the layer");
+}
+
 void test_regularizer() {
   torch::manual_seed(2);
   torch::nn::Sequential model(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 1));
@@ -366,6 +405,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::function<void()>> cases = {
       {"traces_consistent_with_bound", test_traces_consistent_with_bound},
       {"ws_bounds", test_ws_bounds},
+      {"deep", test_deep},
       {"bad_input", test_bad_input},
       {"regularizer", test_regularizer},
       {"regularizer_refusals", test_regularizer_refusals},

@@ -10,6 +10,7 @@
 #include "core/losses.h"
 #include "core/problem.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
+#include "ops/schemas.h"     // find_op, WsBoundsFromTracesSignature
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -267,6 +268,42 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
   return {gamma * trace_magnitude, gamma * trace_sq_magnitude};
 }
 
+// Every WS bound of the network (docs/math.md §5, §12.5), from the float64 traces of the exactly
+// converted inputs (differentiable back to the inputs' dtype), widened by the §5.1 allowance of
+// the inputs' dtype and by the certified errors above, rounded outward to the inputs' dtype; then
+// the traces in that dtype. The bounds are those of _ws_bounds_from_traces (one implementation).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+               const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+               c10::string_view reduction, c10::string_view loss) {
+  static auto bounds_op =
+      find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
+  const auto wide = [](const at::Tensor& t) {
+    return t.defined() && t.is_floating_point() ? t.to(at::kDouble) : t;
+  };
+  std::vector<at::Tensor> wide_weights;
+  int64_t num_params = 0;
+  for (const at::Tensor& w : weights) {
+    wide_weights.push_back(wide(w));
+    num_params += w.numel();
+  }
+  c10::List<std::optional<at::Tensor>> wide_biases;
+  for (const std::optional<at::Tensor>& b : biases) {
+    wide_biases.push_back(b ? std::optional<at::Tensor>(wide(*b)) : std::nullopt);
+    if (b) num_params += b->numel();
+  }
+  const at::Tensor wide_x = wide(x), wide_target = wide(target);
+  const auto [trace, trace_sq] = deep_hessian_traces(wide_x, wide_target, wide_weights,
+                                                     wide_biases, activation, reduction, loss);
+  const auto [trace_error, trace_sq_error] = deep_trace_errors(
+      wide_x, wide_target, wide_weights, wide_biases, activation, reduction, loss);
+  const auto [max_upper, max_lower, min_lower, min_upper, spread] =
+      bounds_op.call(trace, trace_sq, num_params, x.scalar_type(), trace_error.item<double>(),
+                     trace_sq_error.item<double>());
+  return {max_upper, max_lower, min_lower, min_upper, spread, trace.to(x.scalar_type()),
+          trace_sq.to(x.scalar_type())};
+}
+
 }  // namespace
 }  // namespace torch_ws
 
@@ -277,6 +314,12 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "deep_hessian_traces(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
       "-> (Tensor trace, Tensor trace_sq)");
+  // Every WS bound (docs/math.md §12.5), then tr H and tr(H²); arguments as above.
+  m.def(
+      "deep_ws_bounds(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
+      "-> (Tensor lambda_max_upper, Tensor lambda_max_lower, Tensor lambda_min_lower, "
+      "Tensor lambda_min_upper, Tensor spread_upper, Tensor trace, Tensor trace_sq)");
   // Certified bounds on the float64 rounding errors of those traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -286,4 +329,5 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
 TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("deep_hessian_traces", &torch_ws::deep_hessian_traces);
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
+  m.impl("deep_ws_bounds", &torch_ws::deep_ws_bounds);
 }
