@@ -69,9 +69,7 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
       TORCH_INTERNAL_ASSERT(num_outputs == 1, "output_terms: binary cross-entropy has one logit");
       const LogitTerms<at::Tensor> t = logit_terms(loss, z.squeeze(1), target.reshape({-1}), scale);
       out.e = t.e.unsqueeze(1);
-      // e = c((1 − t)σ(z) − tσ(−z)) (losses.h), t ∈ [0, 1]
-      const at::Tensor t_col = target.reshape({-1, 1});
-      out.e_magnitude = scale * ((1 - t_col) * at::sigmoid(z) + t_col * at::sigmoid(-z));
+      out.e_magnitude = logit_e_magnitude(loss, z, target.reshape({-1, 1}), scale);
       out.S = t.s.view({-1, 1, 1});
       out.curvature_scale = t.s.unsqueeze(1);
       out.ds_dz = t.ds_dz.unsqueeze(1);

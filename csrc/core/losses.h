@@ -79,6 +79,14 @@ LogitTerms<T> logit_terms(Loss loss, const T& z, const Target& target, double sc
   }
 }
 
+// The sum of the absolute terms of e's formula above (≥ |e|, what e's rounding is relative to):
+// c((1 − t)σ(z) + tσ(−z)) for the binary cross-entropy, 2c(|z| + |t|) for the squared error.
+inline at::Tensor logit_e_magnitude(Loss loss, const at::Tensor& z, const at::Tensor& target,
+                                    double scale) {
+  if (loss == Loss::MeanSquaredError) return 2 * scale * (z.abs() + target.abs());
+  return scale * ((1 - target) * at::sigmoid(z) + target * at::sigmoid(-z));
+}
+
 // ---- C logits (docs/math.md §8). ----
 
 // The loss derivatives in the logits z_i (C,) of every sample, scaled by c, for the losses that

@@ -24,6 +24,7 @@ struct Network {
   Tensor w1, w2;                   // (H, D), (C, H)
   Tensor phi0, phi1, phi2, phi3;   // φ^(k)(A), (N, H); phi3 only for gradients
   Tensor e;                        // c·∇_z ℓ, (N, C)
+  Tensor e_magnitude;              // Σ|terms| of e's formula (losses.h), ≥ |e|
   Tensor U;                        // U_i = W2 diag(φ'(a_i)), (N, C, H): ∂z_ic/∂W̃1_k = U_ick x̃_i
   Tensor Lt, Y;                    // L_iᵀ (N, C, C) and L_iᵀ U_i (N, C, H), S_i = L_i L_iᵀ
   LogitTerms<Tensor> logit;        // one logit: s, e, ds/dz (N,)
@@ -57,11 +58,14 @@ Network network(const MlpProblem& p, bool for_gradients) {
   if (p.one_logit()) {
     n.logit = logit_terms(p.loss, z.squeeze(1), f64(p.target).reshape({N}), p.loss_scale());
     n.e = n.logit.e.unsqueeze(1);
+    n.e_magnitude =
+        logit_e_magnitude(p.loss, z, f64(p.target).reshape({N, 1}), p.loss_scale());
     n.Lt = n.logit.s.sqrt().view({N, 1, 1});
     n.Y = n.Lt * n.U;
   } else {
     n.terms = output_terms(p.loss, z, f64(p.target), p.loss_scale());
     n.e = n.terms.e;
+    n.e_magnitude = n.terms.e_magnitude;
     n.Lt = factor_times(p.loss, n.terms, at::eye(C, z.options()).expand({N, C, C}));
     n.Y = factor_times(p.loss, n.terms, n.U);
   }
@@ -191,10 +195,14 @@ ResidualEigen residual_eigen(const Network& n) {
   const Tensor coupling =                                                   // F_k: (H, D̃, C)
       at::matmul(n.x_tilde.t(), gamma.reshape({N, C * H})).view({Dt, C, H}).permute({2, 0, 1});
   // The allowance: the forming error of R_k and eigh's backward error are both within
-  // (2N + κ)u·(Σ_i |β_ik|·‖x̃_i‖² + 2‖|X̃|ᵀ|γ_k|‖_F), a bound on ‖R_k‖ with absolute values.
-  const Tensor abs_norm = at::matmul(n.x_tilde.square().sum(1), beta.abs()) +
-                          2 * at::matmul(n.x_tilde.abs().t(), gamma.abs().reshape({N, C * H}))
-                                  .view({Dt, C, H}).square().sum(at::IntArrayRef{0, 1}).sqrt();
+  // (2N + κ)u·(Σ_i |β_ik|·‖x̃_i‖² + 2‖|X̃|ᵀ|γ_k|‖_F), a bound on ‖R_k‖ with absolute values, where
+  // e enters by its magnitude (what its rounding is relative to, losses.h), not by |e|.
+  const Tensor beta_magnitude = n.phi2.abs() * at::matmul(n.e_magnitude, n.w2.abs());
+  const Tensor gamma_magnitude = n.e_magnitude.unsqueeze(2) * n.phi1.abs().unsqueeze(1);
+  const Tensor abs_norm =
+      at::matmul(n.x_tilde.square().sum(1), beta_magnitude) +
+      2 * at::matmul(n.x_tilde.abs().t(), gamma_magnitude.reshape({N, C * H}))
+              .view({Dt, C, H}).square().sum(at::IntArrayRef{0, 1}).sqrt();
   ResidualEigen out;
   out.allowance = (2.0 * static_cast<double>(N) + kRoundingAllowance) * kUnitRoundoff *
                   abs_norm.max();
