@@ -168,6 +168,10 @@ def test_refusals_say_what_was_expected():
         torch_ws.DeepMlpSpec.from_module(mixed)
     with pytest.raises(ValueError, match="expects nn.Sequential"):
         torch_ws.DeepMlpSpec.from_module(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh()))
+    three = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4),
+                                torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="one output for loss 'bce'.*loss='cross_entropy'"):
+        torch_ws.DeepMlpSpec.from_module(three)
     deep = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4),
                                torch.nn.Tanh(), torch.nn.Linear(4, 1))
     with pytest.raises(ValueError, match="with 5 modules; for several hidden layers, "

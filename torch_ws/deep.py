@@ -131,14 +131,23 @@ class DeepMlpSpec:
         if smoothing:
             raise ValueError(f"{caller}: label smoothing is not taken here; pass the smoothed "
                              "class probabilities as the target and a loss without smoothing")
+        width = linears[-1].out_features
+        if loss_name == "bce" and width != 1:
+            raise ValueError(f"{caller}: the output layer must have one output for loss 'bce', "
+                             f"got out_features={width}; for C classes pass loss='cross_entropy'")
+        if loss_name == "cross_entropy" and width < 2:
+            raise ValueError(f"{caller}: loss 'cross_entropy' needs C >= 2 outputs, got "
+                             f"out_features={width}; for one logit pass loss='bce'")
         return cls(linears, names[0], loss_name, reduction)
 
     @property
     def weights(self) -> list[Tensor]:
+        """The layers' current weights, first to last."""
         return [layer.weight for layer in self.linears]
 
     @property
     def biases(self) -> list[Optional[Tensor]]:
+        """The layers' current biases, None where a layer has none."""
         return [layer.bias for layer in self.linears]
 
     @property
