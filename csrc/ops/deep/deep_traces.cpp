@@ -49,6 +49,13 @@ at::Tensor paired_products(const at::Tensor& weight, const at::Tensor& n_mats, c
   return total;
 }
 
+// The same sum where G_j = diag(d_j) (k = m − 1, where F_{m-1,m-1} = I): right_ijb = z_i[b]·d_j[b],
+// so Σ_b left_ijb·right_ijb = ⟨N_i ∘ z_i (columns), p_j d_jᵀ⟩, one Gram of (H_a·H_b) arrays.
+at::Tensor paired_products_diagonal(const at::Tensor& weight, const at::Tensor& n_mats,
+                                    const at::Tensor& p, const at::Tensor& d, const at::Tensor& z) {
+  return weighted_gram(weight, n_mats * z.unsqueeze(1), p.unsqueeze(2) * d.unsqueeze(1));
+}
+
 // What the traces are made of (docs/math.md §12.1), for layers l = 1..o (index 0 unused): the
 // features z_l entering layer l + 1 (z_0 = x), φ'(a_l), φ''(a_l), the feature kernels κ_l, the
 // weights, and the loss's S and e. Either the values, or their magnitudes (every entry replaced
@@ -126,15 +133,15 @@ std::pair<at::Tensor, at::Tensor> traces_from(const Coefficients& c) {
   const auto E = [&](int64_t m, int64_t k) {
     return at::matmul(F[out][m].transpose(1, 2), at::matmul(c.S, F[out][k]));
   };
+  // N_mat[L][L] = diag(r_L) is left unbuilt: its Grams are taken from r_L (below).
   std::vector<std::vector<at::Tensor>> N_mat(out + 1, std::vector<at::Tensor>(out + 1));
   for (int64_t k = 1; k <= L; ++k) {
     for (int64_t k2 = 1; k2 <= L; ++k2) {
+      if (k == L && k2 == L) continue;
       at::Tensor sum;
       for (int64_t l = std::max(k, k2); l <= L; ++l) {
         at::Tensor term;
-        if (l == k && l == k2) {
-          term = at::diag_embed(r[l]);
-        } else if (l == k) {  // F_lk = I
+        if (l == k) {  // F_lk = I
           term = r[l].unsqueeze(2) * F[l][k2];
         } else if (l == k2) {
           term = F[l][k].transpose(1, 2) * r[l].unsqueeze(1);
@@ -182,23 +189,41 @@ std::pair<at::Tensor, at::Tensor> traces_from(const Coefficients& c) {
     }
   }
 
-  // 2 tr(GR) + tr(R²) by the Gram forms of §12.3.
+  // 2 tr(GR) + tr(R²) by the Gram forms of §12.3. Where a factor is diagonal (N_LL = diag r_L;
+  // G = D'_{m-1} when k = m − 1) its Gram is one of vectors: ⟨diag a, diag b⟩ = a·b.
   for (int64_t k = 1; k <= L; ++k) {
     for (int64_t k2 = 1; k2 <= L; ++k2) {
       const at::Tensor weight = c.kappa[k] * c.kappa[k2];
+      if (k == L && k2 == L) {
+        trace_sq = trace_sq + weighted_gram(weight, r[L], r[L])                          // Q1
+                   + 2 * weighted_gram(weight, E(L, L).diagonal(0, 1, 2), r[L]);         // 2·T1
+        continue;
+      }
       trace_sq = trace_sq + weighted_gram(weight, N_mat[k][k2], N_mat[k][k2])  // Q1
                  + 2 * weighted_gram(weight, E(k, k2), N_mat[k][k2]);         // 2·T1
     }
   }
   for (int64_t m = 2; m <= out; ++m) {
     for (int64_t k = 1; k < m; ++k) {
+      const at::Tensor pair_weight = c.kappa[k] * at::mm(pvec[m], pvec[m].t());
+      if (k == m - 1) {
+        const at::Tensor& d = c.d1[m - 1];
+        trace_sq = trace_sq + 4 * paired_products_diagonal(c.kappa[k], E(m, k), pvec[m], d,
+                                                           c.z[m - 1]);  // 2·T2
+        if (m <= L) {
+          trace_sq = trace_sq + 4 * paired_products_diagonal(c.kappa[k], N_mat[m][k], pvec[m], d,
+                                                             c.z[m - 1]);  // Q2
+        }
+        trace_sq = trace_sq + 2 * weighted_gram(pair_weight, d, d);  // Q3
+        continue;
+      }
       // g_ij = F_{j,m-1,k}ᵀ(φ'_{j,m-1} ∘ z_{i,m-1}): G_j = D'_{j,m-1} F_{j,m-1,k}
       const at::Tensor G = c.d1[m - 1].unsqueeze(2) * F[m - 1][k];
       trace_sq = trace_sq + 4 * paired_products(c.kappa[k], E(m, k), pvec[m], G, c.z[m - 1]);  // 2·T2
       if (m <= L) {
         trace_sq = trace_sq + 4 * paired_products(c.kappa[k], N_mat[m][k], pvec[m], G, c.z[m - 1]);  // Q2
       }
-      trace_sq = trace_sq + 2 * weighted_gram(c.kappa[k] * at::mm(pvec[m], pvec[m].t()), G, G);  // Q3
+      trace_sq = trace_sq + 2 * weighted_gram(pair_weight, G, G);  // Q3
     }
   }
   return {trace, trace_sq};
