@@ -57,7 +57,7 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
     case Loss::MeanSquaredError: {
       // ℓ = Σ_c (z_c − t_c)²: ∇ℓ = 2(z − t), ∇²ℓ = 2I.
       out.e = 2 * scale * (z - target.view_as(z));  // one logit's target is (N,)
-      out.e_magnitude = 2 * scale * (z.abs() + target.view_as(z).abs());
+      out.e_magnitude = logit_e_magnitude(loss, z, target.view_as(z), scale);
       out.S = (2 * scale * at::eye(num_outputs, z.options())).expand({z.size(0), num_outputs,
                                                                        num_outputs});
       out.curvature_scale = at::full({z.size(0), 1}, 2 * scale, z.options());
@@ -105,6 +105,18 @@ at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::
     }
   }
   TORCH_INTERNAL_ASSERT(false, "output_terms_backward: unknown loss");
+}
+
+LogitRounding logit_rounding(Loss loss, const at::Tensor& e_magnitude, const at::Tensor& features,
+                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const at::Tensor& target, double scale) {
+  at::Tensor logit_magnitude = at::matmul(features.abs(), weight.abs().t());  // Z
+  if (bias) logit_magnitude = logit_magnitude + bias->abs();
+  if (loss == Loss::MeanSquaredError) {
+    return {2 * scale * (logit_magnitude + target.abs()), 0.0};
+  }
+  return {e_magnitude, 4.0 * static_cast<double>(features.size(1) + 2) *
+                           logit_magnitude.max().item<double>()};
 }
 
 namespace {

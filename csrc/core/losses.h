@@ -102,8 +102,7 @@ struct OutputTerms {
   at::Tensor rest;
   // The sum of the absolute terms of each e entry's formula (N, C), ≥ |e|: what e's rounding
   // error is relative to where the formula subtracts (soft targets, a squared error near its
-  // target); for the squared error |z| + |t|, leaving z's own rounding to the certificate
-  // (eigenvalue_interval/hessian_products.cpp).
+  // target); for the squared error |z| + |t|, leaving z's own rounding to logit_rounding.
   at::Tensor e_magnitude;
   // Binary cross-entropy (C = 1): ds/dz = c·ℓ''' (N, 1).
   at::Tensor ds_dz;
@@ -113,6 +112,19 @@ OutputTerms output_terms(Loss loss, const at::Tensor& z, const at::Tensor& targe
 // z̄ (N, C) from the adjoints S̄ (N, C, C) and ē (N, C) of S and e (either may be undefined).
 at::Tensor output_terms_backward(Loss loss, const OutputTerms& terms, const at::Tensor& S_bar,
                                  const at::Tensor& e_bar);
+
+// How the logits' own rounding reaches S and e, for the certificates (docs/math.md §11.3, §12.5):
+// logits z = Φ Wᵀ + b computed from features Φ (N, H) are within (H + 2)u·Z, Z = |Φ||W|ᵀ + |b|.
+// The squared error's e takes that error absolutely: its magnitude becomes 2c(Z + |t|). The
+// softmax's and sigmoid's S and e take it relatively, at most 4(H + 2)u·max Z (a product of two
+// probabilities): `allowance`, in units of u, for the chain's depth.
+struct LogitRounding {
+  at::Tensor e_magnitude;  // (N, C)
+  double allowance = 0;
+};
+LogitRounding logit_rounding(Loss loss, const at::Tensor& e_magnitude, const at::Tensor& features,
+                             const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const at::Tensor& target, double scale);
 
 // Y_i = L_iᵀ U_i for a factor S_i = L_i L_iᵀ and U (N, C, H): then tr(S_i Q S_j Qᵀ) with
 // Q = U_i U_jᵀ is ‖Y_i Y_jᵀ‖²_F, one symmetric product per block pair (docs/math.md §8.3).

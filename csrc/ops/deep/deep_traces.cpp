@@ -264,19 +264,11 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
     widths += layer.weight.size(0);
     widest = std::max<int64_t>(widest, layer.weight.size(0));
   }
-  // The logits' own rounding reaches the softmax's and sigmoid's S and e relatively, at most
-  // 4(H_L + 2)u·max(|Φ||W_o|ᵀ + |b_o|), as in the interval's certificate (§11.3); the squared
-  // error's e takes it absolutely, through its magnitude 2c(Z + |t|).
-  at::Tensor logit_magnitude = at::matmul(c.z[out - 1].abs(), c.weight[out].abs().t());
-  if (p.layers.back().bias) logit_magnitude = logit_magnitude + p.layers.back().bias->abs();
-  double logit_allowance = 0;
-  if (p.loss == Loss::MeanSquaredError) {
-    c.e = 2 * p.loss_scale() * (logit_magnitude + p.target.view(c.e.sizes()).abs());
-  } else {
-    c.e = c.e_magnitude;
-    logit_allowance = 4.0 * static_cast<double>(c.weight[out].size(1) + 2) *
-                      logit_magnitude.max().item<double>();
-  }
+  // The logits' own rounding, as it reaches S and e (losses.h logit_rounding, §11.3).
+  const LogitRounding rounding =
+      logit_rounding(p.loss, c.e_magnitude, c.z[out - 1], c.weight[out], p.layers.back().bias,
+                     p.target.view(c.e.sizes()), p.loss_scale());
+  c.e = rounding.e_magnitude;
   c.S = c.S.abs();
   for (int64_t l = 0; l <= out; ++l) {
     for (std::vector<at::Tensor>* v : {&c.z, &c.d1, &c.d2, &c.weight}) {
@@ -288,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
   }
   const auto [trace_magnitude, trace_sq_magnitude] = traces_from(c);
   const double chain = static_cast<double>(widths * 4 + widest * widest + N * N + 4 * out + 32) +
-                       kRoundingAllowance + logit_allowance;
+                       kRoundingAllowance + rounding.allowance;
   const double u = 0x1p-53, gamma = 2 * chain * u / (1 - chain * u);
   return {gamma * trace_magnitude, gamma * trace_sq_magnitude};
 }

@@ -50,21 +50,14 @@ HessianProducts::HessianProducts(const MlpProblem& p, Uses uses)
   const at::Tensor hidden_residual = at::matmul(terms.e, p.w2());
   values_ = {p.x, p.w2(), phi.phi0, phi.phi1, phi.phi2, terms.S, terms.e, hidden_residual,
              phi.phi2 * hidden_residual};
-  // The logits' rounding error is at most (H + 2)u·Z with Z = |Φ||W2|ᵀ + |b2| (docs/math.md
-  // §11.3): absolute, so it enters the squared error's e as such, and the softmax's and
-  // sigmoid's S and e relatively, as at most 4(H + 2)u·max Z (a product of two probabilities).
+  // The logits' own rounding, as it reaches S and e (losses.h logit_rounding).
   double logit_allowance = 0;
-  at::Tensor e_magnitude = terms.e_magnitude;
   if (certificate) {
-    at::Tensor logit_magnitude = at::matmul(phi.phi0.abs(), p.w2().abs().t());
-    if (has_b2_) logit_magnitude = logit_magnitude + p.b2()->abs();
-    if (p.loss == Loss::MeanSquaredError) {
-      e_magnitude = 2 * p.loss_scale() *
-                    (logit_magnitude + p.target.view(logits.sizes()).abs());
-    } else {
-      logit_allowance = 4.0 * static_cast<double>(hidden_ + 2) *
-                        logit_magnitude.max().item<double>();
-    }
+    const LogitRounding rounding =
+        logit_rounding(p.loss, terms.e_magnitude, phi.phi0, p.w2(), p.b2(),
+                       p.target.view(logits.sizes()), p.loss_scale());
+    logit_allowance = rounding.allowance;
+    const at::Tensor& e_magnitude = rounding.e_magnitude;
     const at::Tensor hidden_residual_magnitude = at::matmul(e_magnitude, p.w2().abs());
     magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
                    terms.S.abs(), e_magnitude, hidden_residual_magnitude,
