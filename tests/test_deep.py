@@ -184,6 +184,8 @@ def test_refusals_say_what_was_expected():
                                                  weights[2]], None, "tanh", "mean", "bce")
     with pytest.raises(RuntimeError, match="at least two nn.Linear layers"):
         torch_ws.deep_hessian_traces(x, target, [weights[0]], None, "tanh", "mean", "bce")
+    with pytest.raises(RuntimeError, match="torch_ws.deep_ws_bounds: expected the weights of at"):
+        torch_ws.deep_ws_bounds(x, target, [weights[0]], None, "tanh", "mean", "bce")
     with pytest.raises(RuntimeError, match="one bias entry per layer"):
         torch_ws.deep_hessian_traces(x, target, weights, biases[:2], "tanh", "mean", "bce")
     with pytest.raises(RuntimeError, match="exactly one output"):

@@ -295,6 +295,9 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
                c10::string_view reduction, c10::string_view loss) {
   static auto bounds_op =
       find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
+  // Checked here first, so that a bad call's message names the function the user called.
+  check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights, biases, activation, reduction,
+                     loss);
   const auto wide = [](const at::Tensor& t) {
     return t.defined() && t.is_floating_point() ? t.to(at::kDouble) : t;
   };
