@@ -2,10 +2,11 @@
 the loss Hessian of a deep MLP  x -> Linear -> phi -> ... -> Linear  without forming any n × n
 matrix; the executable check of the derivation (tests/test_deep_derivation.py compares it with
 torch.func.hessian of the real nn.Sequential). Test-only: never imported by the torch_ws package,
-which does not compute deep networks yet (issue 29). Runs under torch's default dtype (the tests
-set float64) and forms every (N, N, ·, ·) pair array at once: small problems only.
+whose C++ op (csrc/ops/deep/) evaluates the same Gram forms on its own. Runs under torch's
+default dtype (the tests set float64) and forms every (N, N, ·, ·) pair array at once: small
+problems only.
 
-Notation (see derivation.md):
+Notation (docs/math.md §12.1):
   layers l = 1..L+1 (L hidden), a_l = W_l z_{l-1} + b_l, z_l = phi(a_l), f = a_{L+1}.
   at[l-1] = ã_{l-1} = [z_{l-1}; 1]  (or z_{l-1} without biases)
   F[l][k] = ∂a_l/∂a_k (k <= l),  B_l = F[L+1][l]

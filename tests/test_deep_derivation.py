@@ -1,7 +1,7 @@
 """The derivation of docs/math.md §12 (deep MLPs) against torch.func.hessian of the real
 nn.Sequential: tr H, tr(H²) and their parts tr G, tr R, tr G², tr(GR), tr(R²), the layer-pair
 blocks and the nonzero spectrum from the N·r × N·r kernel. The formulas run in plain PyTorch
-(tests/deep_reference.py); the C++ ops do not take deep networks yet (issue 29)."""
+(tests/deep_reference.py), independently of the C++ op that evaluates them (tests/test_deep.py)."""
 import itertools
 import math
 
