@@ -51,12 +51,14 @@ def _sample_loss(z, target_row, loss: str):
 
 
 class Problem:
-    """One problem (x, target, w1, b1, w2, b2) with its loss as a function of the flat parameter
-    vector (w1, b1, w2, b2 in that order, as torch_ws.explicit_hessian orders them)."""
+    """One problem (x, target, the layers' weights and biases) with its loss as a function of the
+    flat parameter vector (w_1, b_1, w_2, b_2, … in that order, as torch_ws.explicit_hessian
+    orders them; a None bias has no entries)."""
 
-    def __init__(self, x, target, w1, b1, w2, b2, activation: str, reduction: str, loss: str):
-        self.shapes = [tuple(t.shape) for t in (w1, b1, w2, b2)]
-        self.theta = [v for t in (w1, b1, w2, b2) for v in _numbers(t)]
+    def __init__(self, x, target, weights, biases, activation: str, reduction: str, loss: str):
+        self.shapes = [(tuple(w.shape), b is not None) for w, b in zip(weights, biases)]
+        self.theta = [v for w, b in zip(weights, biases)
+                      for t in (w, b) if t is not None for v in _numbers(t)]
         self.x = [_numbers(row) for row in x]
         if loss == "cross_entropy" and not target.is_floating_point():
             self.targets = [int(v) for v in target.tolist()]
@@ -66,22 +68,26 @@ class Problem:
             self.targets = [_numbers(row) for row in target.reshape(len(x), -1)]
         self.phi = ACTIVATIONS[activation]
         self.loss = loss
-        outputs = w2.shape[0]
+        outputs = weights[-1].shape[0]
         count = len(x) * (outputs if loss == "mse" else 1)
         self.scale = mp.mpf(1) / count if reduction == "mean" else mp.mpf(1)
 
     def value(self, theta) -> mp.mpf:
-        (h, d), _, (c, _), _ = self.shapes
-        w1 = [theta[k * d:(k + 1) * d] for k in range(h)]
-        b1 = theta[h * d:h * d + h]
-        offset = h * d + h
-        w2 = [theta[offset + r * h:offset + (r + 1) * h] for r in range(c)]
-        b2 = theta[offset + c * h:offset + c * h + c]
+        layers, offset = [], 0
+        for (rows, cols), has_bias in self.shapes:
+            w = [theta[offset + r * cols:offset + (r + 1) * cols] for r in range(rows)]
+            offset += rows * cols
+            b = theta[offset:offset + rows] if has_bias else [mp.mpf(0)] * rows
+            offset += rows if has_bias else 0
+            layers.append((w, b))
         total = mp.mpf(0)
         for xi, ti in zip(self.x, self.targets):
-            hidden = [self.phi(mp.fsum(w * v for w, v in zip(row, xi)) + b) for row, b in zip(w1, b1)]
-            z = [mp.fsum(w * v for w, v in zip(row, hidden)) + b for row, b in zip(w2, b2)]
-            total += _sample_loss(z, ti, self.loss)
+            h = xi
+            for index, (w, b) in enumerate(layers):
+                h = [mp.fsum(a * v for a, v in zip(row, h)) + c for row, c in zip(w, b)]
+                if index < len(layers) - 1:
+                    h = [self.phi(a) for a in h]
+            total += _sample_loss(h, ti, self.loss)
         return self.scale * total
 
     def hessian(self) -> list[list[mp.mpf]]:
@@ -109,5 +115,10 @@ class Problem:
 
 def hessian(x, target, w1, b1, w2, b2, activation: str, reduction: str, loss: str) -> Tensor:
     """The loss Hessian at 100 digits, rounded to float64 at the end (n × n)."""
-    rows = Problem(x, target, w1, b1, w2, b2, activation, reduction, loss).hessian()
+    return deep_hessian(x, target, [w1, w2], [b1, b2], activation, reduction, loss)
+
+
+def deep_hessian(x, target, weights, biases, activation: str, reduction: str, loss: str) -> Tensor:
+    """The same for Linear → φ → … → Linear: `weights` of every layer, `biases` (None where absent)."""
+    rows = Problem(x, target, weights, biases, activation, reduction, loss).hessian()
     return torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)

@@ -277,3 +277,50 @@ def test_non_finite_input_gives_nan():
                                          "cross_entropy")
         assert all(torch.isnan(t) for t in traces)
         assert torch.isnan(bounds.lambda_max_upper) and torch.isnan(bounds.lambda_min_lower)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("head", [HEADS[1], HEADS[0]], ids=["cross_entropy", "bce"])
+def test_bounds_hold_at_saturation(head, dtype):
+    """A saturated softmax or output sigmoid (last layer × 30) and saturated hidden units (first
+    layer × 8), against the 100-digit oracle (tests/extended_precision.py): torch.func.hessian
+    in float64 is no truth there."""
+    import extended_precision
+
+    x, target, weights, biases = make_problem([4, 3], head, "all", seed=30, n=2)
+    weights = [weights[0] * 8, weights[1], weights[2] * 30]
+    x, target, weights, biases = [t.to(dtype) if t.is_floating_point() else t
+                                  for t in [x, target]] + [[w.to(dtype) for w in weights],
+                                                           [b.to(dtype) for b in biases]]
+    wide = lambda t: t.double() if t.is_floating_point() else t  # noqa: E731
+    H = extended_precision.deep_hessian(wide(x), wide(target), [wide(w) for w in weights],
+                                        [wide(b) for b in biases], "tanh", "mean", head[0])
+    eigenvalues = torch.linalg.eigvalsh(H)
+    slack = 1e-14 * float(eigenvalues.abs().max())
+    bounds = torch_ws.deep_ws_bounds(x, target, weights, biases, "tanh", "mean", head[0])
+    assert float(bounds.lambda_max_upper) >= float(eigenvalues[-1]) - slack
+    assert float(bounds.lambda_max_lower) <= float(eigenvalues[-1]) + slack
+    assert float(bounds.lambda_min_lower) <= float(eigenvalues[0]) + slack
+    assert float(bounds.lambda_min_upper) >= float(eigenvalues[0]) - slack
+    if dtype == torch.float64:
+        trace, trace_sq = torch_ws.deep_hessian_traces(x, target, weights, biases, "tanh",
+                                                       "mean", head[0])
+        assert abs(float(trace) - float(H.trace())) <= 1e-11 * float(H.diagonal().abs().sum())
+        assert float(trace_sq) == pytest.approx(float((H * H).sum()), rel=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_bounds_hold_with_repeated_eigenvalues(dtype):
+    """x = 0 makes every first-layer weight's row and column of H zero: 0 is an eigenvalue of
+    multiplicity ≥ 12, and the bounds must still bracket the spectrum."""
+    x, target, weights, biases = make_problem([4, 3], HEADS[3], "all", seed=31, dtype=dtype)
+    x = torch.zeros_like(x)
+    wide = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
+    H = explicit_hessian(wide(x), wide(target), [wide(w) for w in weights],
+                         [wide(b) for b in biases], "tanh", "mean", "mse")
+    eigenvalues = torch.linalg.eigvalsh(H)
+    assert int((eigenvalues.abs() < 1e-12).sum()) >= 12
+    bounds = torch_ws.deep_ws_bounds(x, target, weights, biases, "tanh", "mean", "mse")
+    assert float(bounds.lambda_max_lower) <= float(eigenvalues[-1]) <= float(bounds.lambda_max_upper)
+    assert float(bounds.lambda_min_lower) <= float(eigenvalues[0]) <= float(bounds.lambda_min_upper)
+    assert float(eigenvalues[-1] - eigenvalues[0]) <= float(bounds.spread_upper)
