@@ -10,6 +10,7 @@
 #include "core/losses.h"
 #include "core/problem.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
+#include "ops/deep/deep_traces.h"
 #include "ops/schemas.h"     // find_op, WsBoundsFromTracesSignature
 
 #include <ATen/ATen.h>
@@ -229,10 +230,14 @@ std::pair<at::Tensor, at::Tensor> traces_from(const Coefficients& c) {
   return {trace, trace_sq};
 }
 
+}  // namespace
+
 // The float64 evaluation of a float32 problem: the Gram forms sum terms of both signs, whose
 // rounding is relative to Σ|terms| (docs/math.md §12.5); in float32 that cost 2.6% of tr(H²) on a
 // small-weight network. Converting is exact, and autograd differentiates through it.
+namespace {
 MlpProblem in_float64(const MlpProblem& p) { return with_dtype(p, at::kDouble); }
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
@@ -324,7 +329,6 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
           trace_sq.to(x.scalar_type())};
 }
 
-}  // namespace
 }  // namespace torch_ws
 
 TORCH_LIBRARY_FRAGMENT(torch_ws, m) {

@@ -6,12 +6,13 @@
 #pragma once
 
 #include "core/problem.h"
+#include "core/ritz_certificate.h"
 
 #include <ATen/ATen.h>
 
 namespace torch_ws {
 
-class HessianProducts {
+class HessianProducts final : public SymmetricProducts {
  public:
   // What the products serve: `Products` alone (hessian_vector_products), or a `Certificate`
   // as well, which also needs the majorant's absolute values and φ''' (bilinear_backward).
@@ -23,17 +24,17 @@ class HessianProducts {
 
   // H·v for each row v of `directions` (k, n), θ in the flat order (W1 row-major, b1, W2
   // row-major, b2); returns (k, n) in the problem's dtype.
-  at::Tensor apply(const at::Tensor& directions) const;
+  at::Tensor apply(const at::Tensor& directions) const override;
 
   // The same chain with every factor replaced by its absolute value, applied to |directions|:
   // an elementwise majorant of the sums of absolute terms whose rounding the computed H·v
   // carries (docs/math.md §11.3).
-  at::Tensor majorant(const at::Tensor& directions) const;
+  at::Tensor majorant(const at::Tensor& directions) const override;
 
   // γ with |fl(H·v) − H·v| ≤ γ·majorant(v) elementwise (docs/math.md §11.3).
-  double error_factor() const { return error_factor_; }
+  double error_factor() const override { return error_factor_; }
 
-  int64_t num_params() const { return num_params_; }
+  int64_t num_params() const override { return num_params_; }
 
   // The gradient of Σ_j c_j·⟨A_j, H B_j⟩ (A, B (k, n), c (k,)) with respect to x (only when
   // `need_grad_x`), w1, b1, w2, b2, with the directions held fixed (docs/math.md §11.4): what the

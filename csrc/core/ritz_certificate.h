@@ -1,0 +1,68 @@
+// The certificate of the eigenvalue interval (docs/math.md §11.2, §11.3), for any network whose
+// loss Hessian comes as closed-form products: Lanczos with full reorthogonalization builds a basis
+// Q, Rayleigh-Ritz on Q gives the lower end, and the exact tr(H²) (the trace cap by interlacing,
+// then Kato-Temple on the top Ritz pair) the upper one, every rounding error bounded. The one-
+// hidden-layer family (ops/eigenvalue_interval) and the deep one (ops/deep) differ only in their
+// products and traces; this is the part they share.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace torch_ws {
+
+// H·v in closed form for blocks of directions, and what bounds its rounding (§11.3).
+class SymmetricProducts {
+ public:
+  virtual ~SymmetricProducts() = default;
+  // H·v for each row v of `directions` (k, n); (k, n) in the problem's dtype.
+  virtual at::Tensor apply(const at::Tensor& directions) const = 0;
+  // The same chain with every factor replaced by a majorant of its magnitude, applied to
+  // |directions|: an elementwise majorant of the sums of absolute terms behind H·v.
+  virtual at::Tensor majorant(const at::Tensor& directions) const = 0;
+  // γ with |fl(H·v) − H·v| ≤ γ·majorant(v) elementwise.
+  virtual double error_factor() const = 0;
+  virtual int64_t num_params() const = 0;
+};
+
+// Which guarantee gave the bound away from the Ritz value (the op's `source` output).
+enum class IntervalSource : int64_t { WolkowiczStyan = 0, TraceCap = 1, KatoTemple = 2, Weyl = 3 };
+
+// What the certificate knows of σH (σ = ±1) before any product: its exact traces and the
+// Wolkowicz-Styan bound on its top eigenvalue, each already a guarantee for the computed numbers.
+struct TraceFacts {
+  double trace;          // tr(σH) as computed (NaN or ±Inf: no interval)
+  double trace_sq;       // tr(H²) as computed
+  double trace_sq_high;  // ≥ the exact tr(H²)
+  double ws_upper;       // ≥ λ_max(σH)
+};
+
+// lower ≤ λ_max(σH) ≤ upper, and what the gradients of both ends are made of (§11.4).
+struct RitzCertificate {
+  double lower, upper;
+  IntervalSource source;
+  at::Tensor ritz_values;   // (k,) float64, μ_1 ≥ … ≥ μ_k of σH on Q (NaN where no interval)
+  at::Tensor ritz_vectors;  // (k, n) in the problem's dtype, their vectors
+  int64_t products;         // Hessian-vector products used
+  // For the gradients: the top Ritz vector u (unnormalized), σH·u, uᵀu, θ = uᵀσHu/uᵀu, the
+  // Ritz values' certified error ε_T, and whether the basis was orthonormal enough (η < 1/2)
+  // for the cap to subtract Ritz values. Undefined/NaN where no interval was computed.
+  at::Tensor u, hu;
+  double denominator = 0, theta = 0, eps_T = 0;
+  bool orthonormal_enough = false;
+};
+
+// The interval of λ_max(σH) from `steps` Lanczos steps (the first rows `start`, else a random
+// vector from `seed`), with `products` giving σ-free H·v in float64. `op` names the caller in
+// errors.
+RitzCertificate certify_top(const SymmetricProducts& products, double sign, const TraceFacts& facts,
+                            int64_t steps, const std::optional<at::Tensor>& start, int64_t seed,
+                            const at::TensorOptions& options, const char* op);
+
+// Checks `steps` and `start` against n (the network's parameter count) and x's device.
+void check_steps_and_start(const char* op, int64_t n, const at::Device& device, int64_t steps,
+                           const std::optional<at::Tensor>& start);
+
+}  // namespace torch_ws

@@ -1,0 +1,195 @@
+// The deep family's certified eigenvalue interval and Hessian-vector products (docs/math.md
+// §12.6): the certificate of §11.2 (core/ritz_certificate.h) on the closed-form products of
+// deep_products.h, capped by the exact traces of deep_traces.cpp.
+//
+//   deep_eigenvalue_interval(x, target, weights, biases, ..., largest, steps, start, seed)
+//       -> (lower, upper, source, ritz_values, ritz_vectors, products), as eigenvalue_interval.
+//   deep_hessian_vector_products(x, target, weights, biases, vectors, ...) -> H·v per row.
+//
+// Not differentiable yet (the one-hidden-layer interval is, §11.4): the Python functions detach
+// their inputs. Kernels: one device-generic kernel each (ATen), the Meta kernels (the same checks,
+// shapes only).
+#include "core/problem.h"
+#include "core/ritz_certificate.h"
+#include "core/ws_bound.h"
+#include "ops/deep/deep_products.h"
+#include "ops/deep/deep_traces.h"
+#include "ops/schemas.h"  // find_op, WsBoundsFromTracesSignature
+
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace torch_ws {
+namespace {
+
+using at::Tensor;
+using std::optional;
+
+constexpr char kIntervalName[] = "torch_ws.deep_eigenvalue_interval";
+constexpr char kProductsName[] = "torch_ws.deep_hessian_vector_products";
+
+int64_t num_params_of(at::TensorList weights, const c10::List<optional<Tensor>>& biases) {
+  int64_t n = 0;
+  for (const Tensor& w : weights) n += w.numel();
+  for (const optional<Tensor>& b : biases) n += b ? b->numel() : 0;
+  return n;
+}
+
+c10::SymInt sym_num_params_of(at::TensorList weights, const c10::List<optional<Tensor>>& biases) {
+  c10::SymInt n = 0;
+  for (const Tensor& w : weights) n = n + w.sym_numel();
+  for (const optional<Tensor>& b : biases) n = b ? n + b->sym_numel() : n;
+  return n;
+}
+
+// The arguments converted exactly to float64: the certificate runs there (§11.3).
+struct Wide {
+  Tensor x, target;
+  std::vector<Tensor> weights;
+  c10::List<optional<Tensor>> biases;
+};
+Wide widened(const Tensor& x, const Tensor& target, at::TensorList weights,
+             const c10::List<optional<Tensor>>& biases) {
+  auto wide = [](const Tensor& t) { return t.is_floating_point() ? t.to(at::kDouble) : t; };
+  Wide out;
+  out.x = wide(x);
+  out.target = wide(target);
+  for (const Tensor& w : weights) out.weights.push_back(wide(w));
+  for (const optional<Tensor>& b : biases) {
+    out.biases.push_back(b ? optional<Tensor>(wide(*b)) : std::nullopt);
+  }
+  return out;
+}
+
+using IntervalOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
+                                         at::TensorList weights,
+                                         const c10::List<optional<Tensor>>& biases,
+                                         c10::string_view activation, c10::string_view reduction,
+                                         c10::string_view loss, bool largest, int64_t steps,
+                                         const optional<Tensor>& start, int64_t seed) {
+  check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss);
+  const int64_t n = num_params_of(weights, biases);
+  check_steps_and_start(kIntervalName, n, x.device(), steps, start);
+  const Wide w = widened(x, target, weights, biases);
+  const MlpProblem p64 = check_deep_problem(kIntervalName, w.x, w.target, w.weights, w.biases,
+                                            activation, reduction, loss);
+  const double sign = largest ? 1 : -1;
+
+  // The traces of H (exact forms, float64, with certified rounding errors, §12.5) and the WS
+  // bound of σH from them (§5, with the same errors).
+  const auto [trace_t, trace_sq_t] =
+      deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+  const auto [trace_error, trace_sq_error] =
+      deep_trace_errors(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+  static auto bounds_op = find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
+  const auto [max_upper, max_lower, min_lower, min_upper, spread] =
+      bounds_op.call(trace_t, trace_sq_t, n, at::kDouble, trace_error.item<double>(),
+                     trace_sq_error.item<double>());
+  const double trace = sign * trace_t.item<double>(), trace_sq = trace_sq_t.item<double>();
+  // tr(H²) + its certified error, then the §5.1 allowance as deep_ws_bounds takes it.
+  const double trace_sq_high = std::nextafter(
+      std::nextafter(trace_sq + trace_sq_error.item<double>(), HUGE_VAL) *
+          (1 + rounding_allowance(at::kDouble)),
+      HUGE_VAL);
+  const double ws = largest ? max_upper.item<double>() : -min_lower.item<double>();
+
+  const DeepHessianProducts products(p64, DeepHessianProducts::Uses::Certificate);
+  const RitzCertificate top =
+      certify_top(products, sign, {trace, trace_sq, trace_sq_high, ws}, steps, start, seed,
+                  p64.x.options(), kIntervalName);
+  const double lower = largest ? top.lower : -top.upper;
+  const double upper = largest ? top.upper : -top.lower;
+  const auto options = x.options().dtype(at::kDouble);
+  return {round_directed(at::scalar_tensor(lower, options), x.scalar_type(), /*up=*/false),
+          round_directed(at::scalar_tensor(upper, options), x.scalar_type(), /*up=*/true),
+          at::scalar_tensor(static_cast<int64_t>(top.source), options.dtype(at::kLong)),
+          top.ritz_values * sign, top.ritz_vectors,
+          at::scalar_tensor(top.products, options.dtype(at::kLong))};
+}
+
+IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& target,
+                                              at::TensorList weights,
+                                              const c10::List<optional<Tensor>>& biases,
+                                              c10::string_view activation,
+                                              c10::string_view reduction, c10::string_view loss,
+                                              bool /*largest*/, int64_t steps,
+                                              const optional<Tensor>& start, int64_t /*seed*/) {
+  check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss);
+  TORCH_CHECK(steps >= 1, kIntervalName, ": expected steps >= 1 (the Hessian-vector products of "
+              "the Lanczos iteration), got ", steps);
+  const c10::SymInt n = sym_num_params_of(weights, biases);
+  const c10::SymInt k = c10::SymInt(steps).min(n);
+  const auto f64 = x.options().dtype(at::kDouble);
+  return {at::empty({}, x.options()), at::empty({}, x.options()),
+          at::empty({}, x.options().dtype(at::kLong)), at::empty_symint({k}, f64),
+          at::empty_symint({k, n}, f64), at::empty({}, x.options().dtype(at::kLong))};
+}
+
+void check_vectors(int64_t n, const Tensor& x, const Tensor& vectors) {
+  TORCH_CHECK(vectors.is_floating_point(), kProductsName,
+              ": expected floating-point vectors, got ", vectors.scalar_type());
+  TORCH_CHECK((vectors.dim() == 1 && vectors.size(0) == n) ||
+                  (vectors.dim() == 2 && vectors.size(1) == n),
+              kProductsName, ": expected vectors of shape (n,) or (k, n) with n = ", n,
+              " (the network's parameter count, θ = (W_1 row-major, b_1, W_2 row-major, b_2, …) "
+              "as nn.Sequential.parameters() lists them), got ", vectors.sizes());
+  TORCH_CHECK(vectors.device() == x.device(), kProductsName,
+              ": expected vectors on x's device ", x.device(), ", got ", vectors.device());
+}
+
+Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::TensorList weights,
+                                    const c10::List<optional<Tensor>>& biases,
+                                    const Tensor& vectors, c10::string_view activation,
+                                    c10::string_view reduction, c10::string_view loss) {
+  const MlpProblem p =
+      check_deep_problem(kProductsName, x, target, weights, biases, activation, reduction, loss);
+  const int64_t n = num_params_of(weights, biases);
+  check_vectors(n, x, vectors);
+  const Tensor rows = vectors.reshape({-1, n}).to(x.scalar_type());
+  return DeepHessianProducts(p, DeepHessianProducts::Uses::Products)
+      .apply(rows)
+      .reshape(vectors.sizes());
+}
+
+Tensor deep_hessian_vector_products_meta(const Tensor& x, const Tensor& target,
+                                         at::TensorList weights,
+                                         const c10::List<optional<Tensor>>& biases,
+                                         const Tensor& vectors, c10::string_view activation,
+                                         c10::string_view reduction, c10::string_view loss) {
+  check_deep_problem(kProductsName, x, target, weights, biases, activation, reduction, loss);
+  return at::empty_symint(vectors.sym_sizes(), x.options());
+}
+
+}  // namespace
+}  // namespace torch_ws
+
+TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
+  // A certified interval on λ_max (largest) or λ_min of a deep MLP's loss Hessian (§12.6);
+  // arguments as deep_hessian_traces, then as eigenvalue_interval.
+  m.def(
+      "deep_eigenvalue_interval(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", bool largest=True, "
+      "int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, Tensor upper, "
+      "Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products)");
+  // H·v for each row of vectors (n,) or (k, n), θ in nn.Sequential.parameters() order.
+  m.def(
+      "deep_hessian_vector_products(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "Tensor vectors, str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
+  m.impl("deep_eigenvalue_interval", &torch_ws::deep_eigenvalue_interval);
+  m.impl("deep_hessian_vector_products", &torch_ws::deep_hessian_vector_products);
+}
+
+TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
+  m.impl("deep_eigenvalue_interval", &torch_ws::deep_eigenvalue_interval_meta);
+  m.impl("deep_hessian_vector_products", &torch_ws::deep_hessian_vector_products_meta);
+}

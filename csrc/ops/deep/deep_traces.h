@@ -1,0 +1,28 @@
+// The deep family's traces (docs/math.md §12.3) and their certified rounding errors (§12.5), as
+// the ops of deep_traces.cpp compute them; the deep eigenvalue interval (deep_interval.cpp)
+// builds its certificate from them.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/List.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+
+namespace torch_ws {
+
+// tr H and tr(H²) in x's dtype, evaluated in float64 (the op deep_hessian_traces).
+std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss);
+
+// Bounds on the rounding errors of that float64 evaluation, float64 0-d (the op
+// _deep_trace_errors).
+std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss);
+
+}  // namespace torch_ws
