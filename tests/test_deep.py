@@ -282,8 +282,8 @@ def test_non_finite_input_gives_nan():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("head", [HEADS[1], HEADS[0]], ids=["cross_entropy", "bce"])
 def test_bounds_hold_at_saturation(head, dtype):
-    """A saturated softmax or output sigmoid (last layer × 30) and saturated hidden units (first
-    layer × 8), against the 100-digit oracle (tests/extended_precision.py): torch.func.hessian
+    """The WS bounds and the certified interval with a saturated softmax or output sigmoid
+    (last layer × 30) and saturated hidden units (first layer × 8), against the 100-digit oracle (tests/extended_precision.py): torch.func.hessian
     in float64 is no truth there."""
     import extended_precision
 
@@ -302,6 +302,13 @@ def test_bounds_hold_at_saturation(head, dtype):
     assert float(bounds.lambda_max_lower) <= float(eigenvalues[-1]) + slack
     assert float(bounds.lambda_min_lower) <= float(eigenvalues[0]) + slack
     assert float(bounds.lambda_min_upper) >= float(eigenvalues[0]) - slack
+    # The certified interval (docs/math.md §12.6), both ends, on the same oracle.
+    top = torch_ws.deep_lambda_max_interval(x, target, weights, biases, "tanh", "mean", head[0])
+    bottom = torch_ws.deep_lambda_min_interval(x, target, weights, biases, "tanh", "mean", head[0])
+    assert float(top.lower) <= float(eigenvalues[-1]) + slack
+    assert float(top.upper) >= float(eigenvalues[-1]) - slack
+    assert float(bottom.lower) <= float(eigenvalues[0]) + slack
+    assert float(bottom.upper) >= float(eigenvalues[0]) - slack
     if dtype == torch.float64:
         trace, trace_sq = torch_ws.deep_hessian_traces(x, target, weights, biases, "tanh",
                                                        "mean", head[0])

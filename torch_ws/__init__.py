@@ -39,7 +39,15 @@ from .model import MlpSpec
 from .regularizer import HSRRegularizer
 from .dataset import dataset_bounds
 from .sharpness import Sharpness, sharpness
-from .deep import DeepMlpSpec, deep_hessian_traces, deep_num_params, deep_ws_bounds
+from .deep import (
+    DeepMlpSpec,
+    deep_hessian_traces,
+    deep_hessian_vector_products,
+    deep_lambda_max_interval,
+    deep_lambda_min_interval,
+    deep_num_params,
+    deep_ws_bounds,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -49,6 +57,9 @@ __all__ = [
     "dataset_bounds",
     "DeepMlpSpec",
     "deep_hessian_traces",
+    "deep_hessian_vector_products",
+    "deep_lambda_max_interval",
+    "deep_lambda_min_interval",
     "deep_num_params",
     "deep_ws_bounds",
     "EigenvalueInterval",

@@ -4,8 +4,10 @@
 What is there so far (issue 29): the traces and bounds, differentiable in every layer and in x
 (by autograd through the op's ATen kernel, not a hand-derived backward), for every loss,
 activation, reduction and bias setting, float32 and float64, on any device; HSRRegularizer
-takes such a network with bound="ws". Not yet: a hand-derived backward, the engines' tiling,
-the spectral bound, the certified interval and dataset_bounds for deep networks.
+takes such a network with bound="ws"; closed-form Hessian-vector products and the certified
+interval on λ_max and λ_min (§12.6, not differentiable yet), which ``torch_ws.sharpness`` uses
+for deep networks. Not yet: a hand-derived backward, the engines' tiling, the spectral bound and
+dataset_bounds for deep networks.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .model import _check_plain_linear, activation_name, loss_options, unwrap_model
-from .ops import WSBounds
+from .ops import INTERVAL_SOURCES, EigenvalueInterval, WSBounds
 
 
 def _bias_list(weights: Sequence[Tensor], biases: Optional[Sequence[Optional[Tensor]]]):
@@ -85,6 +87,100 @@ def deep_ws_bounds(
         x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
     n = deep_num_params(weights, biases)
     return WSBounds(*bounds, trace=trace, trace_sq=trace_sq, num_params=n)
+
+
+def _detached_list(tensors: Sequence[Optional[Tensor]]) -> list:
+    return [t.detach() if t is not None else None for t in tensors]
+
+
+def deep_hessian_vector_products(
+    x: Tensor,
+    target: Tensor,
+    weights: Sequence[Tensor],
+    biases: Optional[Sequence[Optional[Tensor]]],
+    vectors: Tensor,
+    activation: str = "tanh",
+    reduction: str = "mean",
+    loss: str = "bce",
+) -> Tensor:
+    """H·v for each row v of ``vectors``, in closed form in C++ (docs/math.md §12.6), for the
+    deep MLP of :func:`deep_hessian_traces` (arguments as there).
+
+    The forward-over-reverse of the network written out as matrix products: O(N·n) per vector
+    and k vectors at once, never an n×n, N×N or (N·C)² array. θ is the network's parameters in
+    ``nn.Sequential.parameters()`` order (W_1 row-major, b_1, W_2 row-major, b_2, …). Not
+    differentiable (the inputs are detached).
+
+    Args:
+        vectors: (n,) or (k, n), any floating dtype, on x's device; n = :func:`deep_num_params`.
+
+    Returns:
+        H·v in ``vectors``' shape and x's dtype.
+    """
+    return torch.ops.torch_ws.deep_hessian_vector_products(
+        x.detach(), target.detach(), _detached_list(weights),
+        _detached_list(_bias_list(weights, biases)), vectors.detach(), activation, reduction, loss)
+
+
+def _deep_interval(largest: bool, x, target, weights, biases, activation, reduction, loss, steps,
+                   start, seed) -> EigenvalueInterval:
+    lower, upper, source, values, vectors, products = torch.ops.torch_ws.deep_eigenvalue_interval(
+        x.detach(), target.detach(), _detached_list(weights),
+        _detached_list(_bias_list(weights, biases)), activation, reduction, loss, largest, steps,
+        start.detach() if start is not None else None, seed)
+    return EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
+                              int(products))
+
+
+def deep_lambda_max_interval(
+    x: Tensor,
+    target: Tensor,
+    weights: Sequence[Tensor],
+    biases: Optional[Sequence[Optional[Tensor]]] = None,
+    activation: str = "tanh",
+    reduction: str = "mean",
+    loss: str = "bce",
+    *,
+    steps: int = 32,
+    start: Optional[Tensor] = None,
+    seed: int = 0,
+) -> EigenvalueInterval:
+    """A certified interval ``lower ≤ λ_max(H) ≤ upper`` for a deep MLP (docs/math.md §12.6).
+
+    The certificate of :func:`torch_ws.lambda_max_interval` (Lanczos with full
+    reorthogonalization on :func:`deep_hessian_vector_products`, Rayleigh-Ritz, the trace cap from
+    the exact tr(H²) of :func:`deep_hessian_traces` plus its certified rounding error, then
+    Kato-Temple), every rounding error bounded; ``upper`` is the smallest of these and the
+    Wolkowicz-Styan bound (``source`` says which; Weyl is not available for deep networks).
+    Computed in float64 whatever x's dtype; not differentiable (the inputs are detached).
+
+    Args:
+        x, target, weights, biases, activation, reduction, loss: as for
+            :func:`deep_hessian_traces`.
+        steps, start, seed: as for :func:`torch_ws.lambda_max_interval` (``start``: e.g. the
+            previous call's ``ritz_vectors``, (r, n) with n = :func:`deep_num_params`).
+    """
+    return _deep_interval(True, x, target, weights, biases, activation, reduction, loss, steps,
+                          start, seed)
+
+
+def deep_lambda_min_interval(
+    x: Tensor,
+    target: Tensor,
+    weights: Sequence[Tensor],
+    biases: Optional[Sequence[Optional[Tensor]]] = None,
+    activation: str = "tanh",
+    reduction: str = "mean",
+    loss: str = "bce",
+    *,
+    steps: int = 32,
+    start: Optional[Tensor] = None,
+    seed: int = 0,
+) -> EigenvalueInterval:
+    """A certified interval ``lower ≤ λ_min(H) ≤ upper`` for a deep MLP:
+    :func:`deep_lambda_max_interval` of −H, mirrored (arguments as there)."""
+    return _deep_interval(False, x, target, weights, biases, activation, reduction, loss, steps,
+                          start, seed)
 
 
 @dataclass(frozen=True, eq=False)

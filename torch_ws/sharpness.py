@@ -6,15 +6,16 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .model import MlpSpec
-from .ops import EigenvalueInterval, hessian_traces, lambda_max_interval
+from .deep import DeepMlpSpec, deep_lambda_max_interval
+from .model import MlpSpec, unwrap_model
+from .ops import EigenvalueInterval, lambda_max_interval
 
 
 class Sharpness(NamedTuple):
     """The loss Hessian's curvature of a model on a batch.
 
     ``lambda_max``: the certified interval on the top eigenvalue (:class:`EigenvalueInterval`);
-    ``trace`` = tr H and ``trace_sq`` = tr(H²), exact (float64, 0-d).
+    ``trace`` = tr H and ``trace_sq`` = tr(H²), exact (0-d, in x's dtype, summed in float64).
     """
 
     lambda_max: EigenvalueInterval
@@ -31,7 +32,9 @@ def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
     Args:
         model: ``nn.Sequential(nn.Linear(D, H), activation, nn.Linear(H, C))`` (DDP,
             DataParallel and torch.compile wrappers are unwrapped), as :class:`HSRRegularizer`
-            takes it.
+            takes it; or a deeper ``nn.Sequential(Linear, φ, Linear, φ, …, Linear)`` with one
+            activation φ (then :func:`torch_ws.deep_lambda_max_interval` and
+            :func:`torch_ws.deep_hessian_traces`, docs/math.md §12).
         x, target: the batch; targets as the loss takes them (class indices for
             ``"cross_entropy"``).
         loss: ``"bce"``, ``"cross_entropy"``, ``"mse"`` or the PyTorch loss module.
@@ -44,6 +47,16 @@ def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
         s = torch_ws.sharpness(model, x, y, loss="cross_entropy")
         print(f"{s.lambda_max.lower:.4g} <= lambda_max <= {s.lambda_max.upper:.4g}")
     """
+    core = unwrap_model(model)
+    if isinstance(core, nn.Sequential) and len(core) > 3:
+        deep = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction, caller="sharpness")
+        args = deep.op_args(x, deep.prepare_target(x, target, caller="sharpness"))
+        with torch.no_grad():
+            interval = deep_lambda_max_interval(*args, steps=steps, start=start, seed=seed)
+            trace, trace_sq = torch.ops.torch_ws.deep_hessian_traces(
+                x.detach(), args[1], [w.detach() for w in deep.weights],
+                [b.detach() if b is not None else None for b in deep.biases], *args[4:])
+        return Sharpness(interval, trace, trace_sq)
     spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="sharpness")
     args = spec.op_args(x, spec.prepare_target(x, target, caller="sharpness"))
     with torch.no_grad():
