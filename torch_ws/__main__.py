@@ -26,10 +26,14 @@ def _parser() -> argparse.ArgumentParser:
                            "5 minutes on 2 cores)")
     rep.add_argument("--out", help="report folder (default: reports/reproduce for the Gaussians, "
                                     "reports/reproduce-<dataset> for another data set)")
-    rep.add_argument("--experiment", choices=("papers", "edge-of-stability"), default="papers",
+    rep.add_argument("--experiment", choices=("papers", "edge-of-stability", "deep"),
+                     default="papers",
                      help="papers (default): the papers' experiments; edge-of-stability: "
                           "full-batch GD on digits with the top Hessian eigenvalue certified every "
-                          "10 steps, against 2/η (--max-steps, --seed, --out)")
+                          "10 steps, against 2/η (--max-steps, --seed, --out); deep: the papers' "
+                          "protocol with several hidden layers (--hidden, default 10 10; --runs, "
+                          "--activations one, --rho, --dataset, --train-size, --test-size, "
+                          "--max-steps, --grad-tol, --lr-range, --seed)")
     rep.add_argument("--dataset", choices=ALL_DATASETS,
                      help="default: gaussians. digits: a 10-class head (cross-entropy) trained by "
                           "minibatch SGD, plain and with HSR, paired by seed (--runs seeds, "
@@ -39,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--train-size", type=int)
     rep.add_argument("--test-size", type=int)
     rep.add_argument("--widths", type=int, nargs="+")
+    rep.add_argument("--hidden", type=int, nargs="+",
+                     help="--experiment deep only: the hidden layers' widths (default 10 10)")
     rep.add_argument("--activations", nargs="+")
     rep.add_argument("--max-steps", type=int)
     rep.add_argument("--epochs", type=int, help="digits only: SGD epochs")
@@ -73,6 +79,11 @@ def main(argv=None) -> int:
         return 0
     if args.command == "reproduce" and args.experiment == "edge-of-stability":
         return _reproduce_edge_of_stability(args)
+    if args.command == "reproduce" and args.experiment == "deep":
+        return _reproduce_deep(args)
+    if args.command == "reproduce" and args.hidden is not None:
+        print("torch-ws: --hidden is an option of --experiment deep", file=sys.stderr)
+        return 2
     if args.command == "reproduce" and args.dataset == "digits":
         return _reproduce_digits(args)
     if args.command == "reproduce":
@@ -122,6 +133,41 @@ def _reproduce_edge_of_stability(args) -> int:
     cfg = EdgeOfStabilityConfig(progress=not args.no_progress, **overrides)
     out = args.out or "reports/edge-of-stability"
     results = run_edge_of_stability(cfg, out)
+    print(f"wrote {out}/report.md ({results['seconds']} s)")
+    return 0
+
+
+def _reproduce_deep(args) -> int:
+    """`torch-ws reproduce --experiment deep`: options mapped onto DeepConfig, and refused where
+    the experiment has no such setting."""
+    from .reproduce.deep_networks import DeepConfig, run_deep
+
+    taken = dict(dataset="dataset", hidden="hidden", runs="runs", rho="rho", seed="seed",
+                 max_steps="max_steps", grad_tol="grad_tol", lr_range="lr_range",
+                 train_size="train_size", test_size="test_size")
+    unused = [flag for flag, value in vars(args).items()
+              if value not in (None, False) and flag not in taken and flag not in (
+                  "command", "experiment", "out", "no_progress", "quick", "full", "activations")]
+    if unused:
+        print(f"torch-ws: --experiment deep does not take "
+              f"{', '.join('--' + u.replace('_', '-') for u in unused)}", file=sys.stderr)
+        return 2
+    overrides = {field: getattr(args, flag) for flag, field in taken.items()
+                 if getattr(args, flag) is not None}
+    if args.activations is not None:
+        if len(args.activations) != 1:
+            print("torch-ws: --experiment deep takes one activation (every hidden layer has it), "
+                  f"got {args.activations}", file=sys.stderr)
+            return 2
+        overrides["activation"] = args.activations[0]
+    try:
+        preset = DeepConfig.full if args.full else DeepConfig.quick
+        cfg = preset(progress=not args.no_progress, **overrides)
+    except ValueError as error:
+        print(f"torch-ws: {error}", file=sys.stderr)
+        return 2
+    out = args.out or "reports/reproduce-deep"
+    results = run_deep(cfg, out)
     print(f"wrote {out}/report.md ({results['seconds']} s)")
     return 0
 
