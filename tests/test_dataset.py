@@ -45,6 +45,35 @@ def test_gradient_is_the_whole_set_bounds():
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-15)
 
 
+def test_a_deep_network_over_the_whole_set():
+    """Two hidden layers: the whole-set traces against torch.func.hessian over all samples (the
+    test-only reference of tests/test_deep.py), the gradient against HSRRegularizer on all
+    samples at once, and the distributed path refused with a reason."""
+    from test_deep import explicit_hessian
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Softplus(), nn.Linear(5, 4), nn.Softplus(),
+                          nn.Linear(4, 3)).double()
+    x, y = torch.randn(17, 3, dtype=torch.float64), torch.randint(0, 3, (17,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=5)
+    bounds = torch_ws.dataset_bounds(model, loader, loss="cross_entropy", grad=True)
+    hessian = explicit_hessian(x, y, [m.weight.detach() for m in model[::2]],
+                               [m.bias.detach() for m in model[::2]], "softplus", "mean",
+                               "cross_entropy")
+    assert float(bounds.trace) == pytest.approx(float(hessian.trace()), rel=1e-10)
+    assert float(bounds.trace_sq) == pytest.approx(float((hessian * hessian).sum()), rel=1e-10)
+    assert float(bounds.lambda_max_upper) >= float(torch.linalg.eigvalsh(hessian)[-1])
+    assert bounds.num_params == hessian.shape[0]
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch_ws.HSRRegularizer(model, loss="cross_entropy")(x, y).backward()
+    for g, e in zip(got, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="dataset_bounds: a network with several hidden layers "
+                                         "is bounded in one process"):
+        torch_ws.dataset_bounds(model, loader, loss="cross_entropy", group=object())
+
+
 def test_targets_that_require_grad_are_refused():
     model, x, y = model_and_data()
     with pytest.raises(ValueError, match="dataset_bounds: the target of batch 1 requires grad"):

@@ -8,8 +8,9 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from .deep import DeepMlpSpec, deep_ws_bounds
 from .distributed import distributed_bounds
-from .model import MlpSpec
+from .model import MlpSpec, unwrap_model
 from .ops import WSBounds, ws_bounds
 
 
@@ -47,7 +48,10 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
 
     Args:
         model: ``nn.Sequential(nn.Linear(D, H), act, nn.Linear(H, C))``, as for
-            :class:`HSRRegularizer` (read by :meth:`torch_ws.MlpSpec.from_module`).
+            :class:`HSRRegularizer` (read by :meth:`torch_ws.MlpSpec.from_module`); or a
+            deeper ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation; read
+            by :meth:`torch_ws.DeepMlpSpec.from_module`, bounded by
+            :func:`torch_ws.deep_ws_bounds`, one process only: O(N²) memory in its Gram forms).
         data: a ``DataLoader`` or any iterable of ``(x, target)`` batches (a last partial batch
             is fine); every batch has the same D, dtype and target layout.
         loss, reduction: as for :class:`HSRRegularizer` (a loss module is read as there); a
@@ -70,10 +74,22 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
     Returns:
         :class:`WSBounds` of the whole-set loss, detached.
     """
-    spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="dataset_bounds")
-    device = spec.hidden.weight.device
+    core = unwrap_model(model)
+    deep = isinstance(core, nn.Sequential) and len(core) > 3
+    if deep:
+        # Several hidden layers: deep_ws_bounds on the concatenated data (docs/math.md §12).
+        spec = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction,
+                                       caller="dataset_bounds")
+        device = spec.linears[0].weight.device
+    else:
+        spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="dataset_bounds")
+        device = spec.hidden.weight.device
     if group is None and torch.distributed.is_available() and torch.distributed.is_initialized():
         group = torch.distributed.group.WORLD
+    if deep and group is not None:
+        raise ValueError("dataset_bounds: a network with several hidden layers is bounded in one "
+                         "process (torch.distributed is implemented for one hidden layer); "
+                         "gather the data on one rank and call it there without a group")
     bar = None
     batches = data
     if progress:
@@ -119,7 +135,7 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             return distributed_bounds(spec, x, target, group, grad, progress=stage)
         stage("bounds and gradient" if grad else "bounds")
         with torch.set_grad_enabled(grad):
-            bounds = ws_bounds(*spec.op_args(x, target))
+            bounds = (deep_ws_bounds if deep else ws_bounds)(*spec.op_args(x, target))
             if grad:
                 bounds.lambda_max_upper.backward()
         stage("done")

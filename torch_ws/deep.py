@@ -6,8 +6,9 @@ What is there so far (issue 29): the traces and bounds, differentiable in every 
 activation, reduction and bias setting, float32 and float64, on any device; HSRRegularizer
 takes such a network with bound="ws"; closed-form Hessian-vector products and the certified
 interval on λ_max and λ_min (§12.6, not differentiable yet), which ``torch_ws.sharpness`` uses
-for deep networks. Not yet: a hand-derived backward, the engines' tiling, the spectral bound and
-dataset_bounds for deep networks.
+for deep networks; ``torch_ws.dataset_bounds`` on one process. Not yet: a hand-derived backward,
+the engines' tiling, the spectral bound, the interval's gradients, dataset_bounds over
+torch.distributed.
 """
 from __future__ import annotations
 
