@@ -70,6 +70,36 @@ WSBounds deep_ws_bounds(const at::Tensor& x, const at::Tensor& target,
   return {max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq, n};
 }
 
+at::Tensor deep_hessian_vector_products(const at::Tensor& x, const at::Tensor& target,
+                                        const std::vector<at::Tensor>& weights,
+                                        const std::vector<std::optional<at::Tensor>>& biases,
+                                        const at::Tensor& vectors, std::string_view activation,
+                                        std::string_view reduction, std::string_view loss) {
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, at::TensorList,
+                               const c10::List<std::optional<at::Tensor>>&, const at::Tensor&,
+                               c10::string_view, c10::string_view, c10::string_view);
+  static auto op = find_op<Signature>("torch_ws::deep_hessian_vector_products");
+  return op.call(x, target, weights, bias_list(weights, biases), vectors, activation, reduction,
+                 loss);
+}
+
+EigenvalueInterval deep_eigenvalue_interval(
+    const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,
+    const std::vector<std::optional<at::Tensor>>& biases, std::string_view activation,
+    std::string_view reduction, std::string_view loss, bool largest, int64_t steps,
+    const std::optional<at::Tensor>& start, int64_t seed) {
+  using Signature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                               at::Tensor>(
+      const at::Tensor&, const at::Tensor&, at::TensorList,
+      const c10::List<std::optional<at::Tensor>>&, c10::string_view, c10::string_view,
+      c10::string_view, bool, int64_t, const std::optional<at::Tensor>&, int64_t);
+  static auto op = find_op<Signature>("torch_ws::deep_eigenvalue_interval");
+  auto [lower, upper, source, values, vectors, products] =
+      op.call(x, target, weights, bias_list(weights, biases), activation, reduction, loss,
+              largest, steps, start, seed);
+  return {lower, upper, source, values, vectors, products};
+}
+
 WSBounds ws_bounds(const at::Tensor& x, const at::Tensor& target, const at::Tensor& w1,
                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                    const std::optional<at::Tensor>& b2, std::string_view activation,

@@ -79,6 +79,16 @@ WSBounds deep_ws_bounds(const at::Tensor& x, const at::Tensor& target,
                         std::string_view activation = "tanh",
                         std::string_view reduction = "mean", std::string_view loss = "bce");
 
+// H·v of such a network for each row of `vectors` ((n,) or (k, n), θ in the layers' order, W_l
+// row-major then b_l), in closed form (docs/math.md §12.6). Not differentiable.
+at::Tensor deep_hessian_vector_products(const at::Tensor& x, const at::Tensor& target,
+                                        const std::vector<at::Tensor>& weights,
+                                        const std::vector<std::optional<at::Tensor>>& biases,
+                                        const at::Tensor& vectors,
+                                        std::string_view activation = "tanh",
+                                        std::string_view reduction = "mean",
+                                        std::string_view loss = "bce");
+
 // The spectral bound (docs/math.md §9): λ_max(H) ≤ λ_max(GGN) + λ_max(R) by Weyl, both parts
 // exact (the N·C × N·C dual of the Gauss-Newton matrix, certified Lanczos above 512 rows; R's H
 // blocks of size D + [b1] + C). `upper` is the smaller of that and ws_bound, rounded up;
@@ -115,6 +125,16 @@ EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& ta
                                        int64_t steps = 32,
                                        const std::optional<at::Tensor>& start = std::nullopt,
                                        int64_t seed = 0);
+
+// The same interval for a network with L ≥ 1 hidden layers (docs/math.md §12.6): arguments as
+// deep_hessian_traces, then as eigenvalue_interval; `source` never 3 (no Weyl candidate). Not
+// differentiable yet.
+EigenvalueInterval deep_eigenvalue_interval(
+    const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,
+    const std::vector<std::optional<at::Tensor>>& biases = {},
+    std::string_view activation = "tanh", std::string_view reduction = "mean",
+    std::string_view loss = "bce", bool largest = true, int64_t steps = 32,
+    const std::optional<at::Tensor>& start = std::nullopt, int64_t seed = 0);
 
 // HSR regularization: the WS bound of a three-layer MLP at its current parameters.
 //   torch::nn::Sequential model(torch::nn::Linear(2, 10), torch::nn::Tanh(), torch::nn::Linear(10, 1));

@@ -186,6 +186,28 @@ void test_deep() {
     refused = std::string(e.what()).find("weights[1] has 3 input columns") != std::string::npos;
   }
   check(refused, "deep_hessian_traces: inconsistent widths refused, naming the layer");
+
+  // The deep products and interval: with one hidden layer, the Hessian the products assemble
+  // has the closed-form traces; with two, the interval brackets a Rayleigh quotient of them.
+  const int64_t n1 = p.w1.numel() + p.b1.numel() + p.w2.numel() + p.b2.numel();
+  const auto assembled = torch_ws::deep_hessian_vector_products(
+      p.x, p.target, {p.w1, p.w2}, {p.b1, p.b2}, torch::eye(n1, opts), "tanh");
+  check(std::abs(assembled.trace().item<double>() - one_trace.item<double>()) <=
+                1e-12 * std::abs(one_trace.item<double>()) &&
+            std::abs(assembled.pow(2).sum().item<double>() - one_trace_sq.item<double>()) <=
+                1e-12 * one_trace_sq.item<double>(),
+        "deep_hessian_vector_products: L = 1 assembles a Hessian with hessian_traces' traces");
+  std::vector<torch::Tensor> plain_weights;
+  for (const auto& w : weights) plain_weights.push_back(w.detach());
+  const auto top = torch_ws::deep_eigenvalue_interval(p.x, p.target, plain_weights, {}, "gelu");
+  const auto u = torch::randn({b.num_params}, opts);
+  const double quotient =
+      (u.dot(torch_ws::deep_hessian_vector_products(p.x, p.target, plain_weights, {}, u, "gelu")) /
+       u.dot(u)).item<double>();
+  check(top.lower.item<double>() <= top.upper.item<double>() &&
+            quotient <= top.upper.item<double>() &&
+            top.upper.item<double>() <= b.lambda_max_upper.item<double>(),
+        "deep_eigenvalue_interval: upper above any Rayleigh quotient, below the WS bound");
 }
 
 void test_regularizer() {
