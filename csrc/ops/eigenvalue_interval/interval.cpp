@@ -94,8 +94,8 @@ struct QuadraticForms {
   }
 };
 
-// λ_max of σ·H for σ = ±1 (docs/math.md §11): Lanczos with full reorthogonalization, then the
-// certificate on the basis it built.
+// λ_max of σ·H for σ = ±1 (docs/math.md §11): the shared certificate (core/ritz_certificate.h)
+// on this family's products and traces, then, if asked, the gradients of its ends (§11.4).
 Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
                        const optional<Tensor>& start, int64_t seed, Gradients gradients) {
   const HessianProducts products(p, HessianProducts::Uses::Certificate);
