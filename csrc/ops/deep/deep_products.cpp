@@ -13,7 +13,7 @@
 // k directions run as one set of matrix products (sample-major (N, k, H_l) layout).
 #include "ops/deep/deep_products.h"
 
-#include "core/activations.h"
+#include "ops/deep/forward.h"
 #include "core/losses.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 
@@ -37,26 +37,14 @@ DeepHessianProducts::DeepHessianProducts(const MlpProblem& p, Uses uses)
     c->g.resize(out + 1);
     c->weight.resize(out + 1);
   }
-  // The forward pass, keeping φ'' for the second-order terms.
-  std::vector<at::Tensor> d2(out + 1);
-  values_.z[0] = p.x;
-  at::Tensor logits;
-  for (int64_t l = 1; l <= out; ++l) {
-    const Layer& layer = p.layers[l - 1];
-    values_.weight[l] = layer.weight;
-    at::Tensor a = at::matmul(values_.z[l - 1], layer.weight.t());
-    if (layer.bias) a = a + *layer.bias;
-    if (l == out) {
-      logits = a;
-      break;
-    }
-    const ActivationValues<at::Tensor> phi = activation_values(p.activation, a, 2);
-    values_.z[l] = phi.phi0;
-    values_.d1[l] = phi.phi1;
-    d2[l] = phi.phi2;
-  }
-  const at::Tensor target = p.target.view(logits.sizes());
-  const OutputTerms terms = output_terms(p.loss, logits, target, p.loss_scale());
+  // The forward pass (forward.h), keeping φ'' for the second-order terms.
+  DeepForward f = deep_forward(p);
+  values_.z = f.z;
+  values_.d1 = f.d1;
+  values_.weight = f.weight;
+  const std::vector<at::Tensor>& d2 = f.d2;
+  const at::Tensor& target = f.target;
+  const OutputTerms& terms = f.terms;
   values_.S = terms.S;
   // The adjoints, and φ''(a_l) ∘ (g_{l+1} W_{l+1}): what the second-order term multiplies.
   auto adjoints = [out](Chain& c, const std::vector<at::Tensor>& phi2) {

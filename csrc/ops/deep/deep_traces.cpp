@@ -11,6 +11,7 @@
 #include "core/problem.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 #include "ops/deep/deep_traces.h"
+#include "ops/deep/forward.h"
 #include "ops/schemas.h"     // find_op, WsBoundsFromTracesSignature
 
 #include <ATen/ATen.h>
@@ -66,40 +67,17 @@ struct Coefficients {
   at::Tensor S, e, e_magnitude;  // e_magnitude: Σ|terms| of e's formula (losses.h)
 };
 
+// The coefficients of the values: the family's forward pass (forward.h) and the feature kernels
+// κ_l(i,j) = ã_{i,l-1}·ã_{j,l-1} (the appended 1 of a bias adds 1).
 Coefficients forward(const MlpProblem& p) {
+  DeepForward f = deep_forward(p);
   const int64_t out = static_cast<int64_t>(p.layers.size());
-  Coefficients c;
-  c.z.resize(out + 1);
-  c.d1.resize(out + 1);
-  c.d2.resize(out + 1);
+  Coefficients c{std::move(f.z), std::move(f.d1), std::move(f.d2), {}, std::move(f.weight),
+                 f.terms.S, f.terms.e, f.terms.e_magnitude};
   c.kappa.resize(out + 1);
-  c.weight.resize(out + 1);
-  c.z[0] = p.x;
-  at::Tensor logits;
   for (int64_t l = 1; l <= out; ++l) {
-    const Layer& layer = p.layers[l - 1];
-    c.weight[l] = layer.weight;
-    at::Tensor a = at::matmul(c.z[l - 1], layer.weight.t());
-    // κ_l(i,j) = ã_{i,l-1}·ã_{j,l-1}: the appended 1 of a bias adds 1
-    c.kappa[l] = at::mm(c.z[l - 1], c.z[l - 1].t());
-    if (layer.bias) {
-      a = a + *layer.bias;
-      c.kappa[l] = c.kappa[l] + 1;
-    }
-    if (l == out) {
-      logits = a;
-      break;
-    }
-    const ActivationValues<at::Tensor> phi = activation_values(p.activation, a, 2);
-    c.z[l] = phi.phi0;
-    c.d1[l] = phi.phi1;
-    c.d2[l] = phi.phi2;
+    c.kappa[l] = at::mm(c.z[l - 1], c.z[l - 1].t()) + (p.layers[l - 1].bias ? 1 : 0);
   }
-  const OutputTerms terms =
-      output_terms(p.loss, logits, p.target.view(logits.sizes()), p.loss_scale());
-  c.S = terms.S;
-  c.e = terms.e;
-  c.e_magnitude = terms.e_magnitude;
   return c;
 }
 
