@@ -34,6 +34,27 @@ def test_products_match_the_explicit_hessian(activation, head_index):
     assert (one - products[0]).abs().max() <= 1e-13 * expected.abs().max()
 
 
+def test_products_in_runs_match_autograd():
+    """N·width large enough that the directions go through in runs of one (core/
+    ritz_certificate.cpp, in_runs): against autograd's double-backward HVP of the real loss."""
+    g = torch.Generator().manual_seed(11)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 40), torch.nn.Tanh(), torch.nn.Linear(40, 30),
+                              torch.nn.Tanh(), torch.nn.Linear(30, 2)).double()
+    x = torch.randn(2000, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    params = list(net.parameters())
+    V = torch.randn(3, sum(p.numel() for p in params), generator=g, dtype=torch.float64)
+    products = torch_ws.deep_hessian_vector_products(
+        x, y, [m.weight for m in net[::2]], [m.bias for m in net[::2]], V, "tanh", "mean", "mse")
+    gradient = torch.autograd.grad(torch.nn.functional.mse_loss(net(x), y), params,
+                                   create_graph=True)
+    flat = torch.cat([t.reshape(-1) for t in gradient])
+    for v, got in zip(V, products):
+        expected = torch.cat([t.reshape(-1) for t in torch.autograd.grad(flat, params, v,
+                                                                         retain_graph=True)])
+        assert (got - expected).abs().max() <= 1e-12 * expected.abs().max()
+
+
 def test_products_in_float32_and_of_one_hidden_layer():
     """float32 inputs give float32 products close to float64's; with one hidden layer the deep
     products equal the one-hidden-layer op's (the same θ order)."""

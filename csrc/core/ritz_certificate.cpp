@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace torch_ws {
 namespace {
@@ -42,6 +43,23 @@ Tensor random_orthogonal(const Tensor& basis, int64_t n, at::Generator& generato
 }
 
 }  // namespace
+
+at::Tensor SymmetricProducts::in_runs(const at::Tensor& directions, int64_t num_samples,
+                                      int64_t width,
+                                      const std::function<at::Tensor(const at::Tensor&)>& run) {
+  // Near a megabyte the elementwise steps run from cache (measured on the one-hidden-layer
+  // products: batching beyond that made them memory-bound and 3x slower per vector at N = 2048,
+  // H = 256).
+  constexpr int64_t kElementsInCache = 1 << 17;
+  const int64_t step = std::max<int64_t>(1, kElementsInCache / std::max<int64_t>(1, num_samples * width));
+  const int64_t k = directions.size(0);
+  if (k <= step) return run(directions);
+  std::vector<Tensor> parts;
+  for (int64_t first = 0; first < k; first += step) {
+    parts.push_back(run(directions.narrow(0, first, std::min(step, k - first))));
+  }
+  return at::cat(parts, 0);
+}
 
 void check_steps_and_start(const char* op, int64_t n, const at::Device& device, int64_t steps,
                            const std::optional<at::Tensor>& start) {

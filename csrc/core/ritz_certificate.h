@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 namespace torch_ws {
@@ -25,6 +26,12 @@ class SymmetricProducts {
   // γ with |fl(H·v) − H·v| ≤ γ·majorant(v) elementwise.
   virtual double error_factor() const = 0;
   virtual int64_t num_params() const = 0;
+
+ protected:
+  // `run` applied to the rows of `directions` in runs of as many as keep the (N, k, width)
+  // intermediates of one run near a megabyte (at least one row per run), concatenated.
+  static at::Tensor in_runs(const at::Tensor& directions, int64_t num_samples, int64_t width,
+                            const std::function<at::Tensor(const at::Tensor&)>& run);
 };
 
 // Which guarantee gave the bound away from the Ritz value (the op's `source` output).

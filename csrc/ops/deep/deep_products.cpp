@@ -90,28 +90,19 @@ DeepHessianProducts::DeepHessianProducts(const MlpProblem& p, Uses uses)
   error_factor_ = 2 * depth * u / (1 - depth * u);
 }
 
-at::Tensor DeepHessianProducts::in_runs(const Chain& chain, const at::Tensor& directions) const {
-  // As many directions per run as keep the (N, k, H_l) intermediates near a megabyte (the
-  // one-hidden-layer products' measurement, hessian_products.cpp), at least one.
-  constexpr int64_t kElementsInCache = 1 << 17;
-  const int64_t widest = *std::max_element(widths_.begin() + 1, widths_.end());
-  const int64_t step = std::max<int64_t>(1, kElementsInCache / (num_samples_ * widest));
-  const int64_t k = directions.size(0);
-  if (k <= step) return run(chain, directions);
-  std::vector<at::Tensor> parts;
-  for (int64_t first = 0; first < k; first += step) {
-    parts.push_back(run(chain, directions.narrow(0, first, std::min(step, k - first))));
-  }
-  return at::cat(parts, 0);
+int64_t DeepHessianProducts::widest() const {
+  return *std::max_element(widths_.begin() + 1, widths_.end());
 }
 
 at::Tensor DeepHessianProducts::apply(const at::Tensor& directions) const {
-  return in_runs(values_, directions);
+  return in_runs(directions, num_samples_, widest(),
+                 [&](const at::Tensor& rows) { return run(values_, rows); });
 }
 
 at::Tensor DeepHessianProducts::majorant(const at::Tensor& directions) const {
   TORCH_INTERNAL_ASSERT(magnitudes_.S.defined(), "DeepHessianProducts::majorant: built for products");
-  return in_runs(magnitudes_, directions.abs());
+  return in_runs(directions.abs(), num_samples_, widest(),
+                 [&](const at::Tensor& rows) { return run(magnitudes_, rows); });
 }
 
 at::Tensor DeepHessianProducts::run(const Chain& c, const at::Tensor& directions) const {

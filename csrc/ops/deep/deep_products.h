@@ -40,7 +40,7 @@ class DeepHessianProducts final : public SymmetricProducts {
     at::Tensor S;
   };
   at::Tensor run(const Chain& chain, const at::Tensor& directions) const;
-  at::Tensor in_runs(const Chain& chain, const at::Tensor& directions) const;
+  int64_t widest() const;  // the widest layer after the input: the (N, k, ·) runs' width
 
   Chain values_, magnitudes_;
   std::vector<bool> has_bias_;

@@ -74,31 +74,15 @@ HessianProducts::HessianProducts(const MlpProblem& p, Uses uses)
   error_factor_ = 2 * depth * u / (1 - depth * u);
 }
 
-// The directions of one run: as many as keep its (N, k, H) intermediates within about a megabyte,
-// where the elementwise steps run from cache (measured: batching beyond that made them
-// memory-bound and the products 3x slower per vector at N = 2048, H = 256), at least one.
-int64_t HessianProducts::directions_per_run() const {
-  constexpr int64_t kElementsInCache = 1 << 17;
-  return std::max<int64_t>(1, kElementsInCache / (num_samples_ * std::max(hidden_, num_outputs_)));
-}
-
-at::Tensor HessianProducts::in_runs(const Chain& chain, const at::Tensor& directions) const {
-  const int64_t k = directions.size(0), step = directions_per_run();
-  if (k <= step) return run(chain, directions);
-  std::vector<at::Tensor> parts;
-  for (int64_t first = 0; first < k; first += step) {
-    parts.push_back(run(chain, directions.narrow(0, first, std::min(step, k - first))));
-  }
-  return at::cat(parts, 0);
-}
-
 at::Tensor HessianProducts::apply(const at::Tensor& directions) const {
-  return in_runs(values_, directions);
+  return in_runs(directions, num_samples_, std::max(hidden_, num_outputs_),
+                 [&](const at::Tensor& rows) { return run(values_, rows); });
 }
 
 at::Tensor HessianProducts::majorant(const at::Tensor& directions) const {
   TORCH_INTERNAL_ASSERT(magnitudes_.x.defined(), "HessianProducts::majorant: built for products");
-  return in_runs(magnitudes_, directions.abs());
+  return in_runs(directions.abs(), num_samples_, std::max(hidden_, num_outputs_),
+                 [&](const at::Tensor& rows) { return run(magnitudes_, rows); });
 }
 
 HessianProducts::Blocks HessianProducts::split(const at::Tensor& directions) const {

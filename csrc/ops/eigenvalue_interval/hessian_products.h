@@ -54,8 +54,6 @@ class HessianProducts final : public SymmetricProducts {
     at::Tensor second_order;     // φ''(A) ∘ (e W2)
   };
   at::Tensor run(const Chain& chain, const at::Tensor& directions) const;
-  at::Tensor in_runs(const Chain& chain, const at::Tensor& directions) const;
-  int64_t directions_per_run() const;
 
   Chain values_, magnitudes_;
   at::Tensor w1_, phi3_;  // for bilinear_backward
