@@ -58,8 +58,13 @@ struct MlpProblem {
   int64_t in_dim() const { return x.size(1); }
   int64_t hidden() const { return w1().size(0); }
   int64_t num_outputs() const { return w2().size(0); }
+  // n, summed over the layers: count_params for one hidden layer, and any depth alike.
   int64_t num_params() const {
-    return count_params(hidden(), in_dim(), num_outputs(), b1().has_value(), b2().has_value());
+    int64_t n = 0;
+    for (const Layer& layer : layers) {
+      n += layer.weight.size(0) * layer.weight.size(1) + (layer.bias ? layer.weight.size(0) : 0);
+    }
+    return n;
   }
   // c in L = c·Σ_i ℓ_i (losses.h): 1 for "sum"; for "mean" 1/N, or 1/(N·C) for the squared error.
   double loss_scale() const {

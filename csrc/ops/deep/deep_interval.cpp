@@ -32,37 +32,11 @@ using std::optional;
 constexpr char kIntervalName[] = "torch_ws.deep_eigenvalue_interval";
 constexpr char kProductsName[] = "torch_ws.deep_hessian_vector_products";
 
-int64_t num_params_of(at::TensorList weights, const c10::List<optional<Tensor>>& biases) {
-  int64_t n = 0;
-  for (const Tensor& w : weights) n += w.numel();
-  for (const optional<Tensor>& b : biases) n += b ? b->numel() : 0;
-  return n;
-}
-
 c10::SymInt sym_num_params_of(at::TensorList weights, const c10::List<optional<Tensor>>& biases) {
   c10::SymInt n = 0;
   for (const Tensor& w : weights) n = n + w.sym_numel();
   for (const optional<Tensor>& b : biases) n = b ? n + b->sym_numel() : n;
   return n;
-}
-
-// The arguments converted exactly to float64: the certificate runs there (§11.3).
-struct Wide {
-  Tensor x, target;
-  std::vector<Tensor> weights;
-  c10::List<optional<Tensor>> biases;
-};
-Wide widened(const Tensor& x, const Tensor& target, at::TensorList weights,
-             const c10::List<optional<Tensor>>& biases) {
-  auto wide = [](const Tensor& t) { return t.is_floating_point() ? t.to(at::kDouble) : t; };
-  Wide out;
-  out.x = wide(x);
-  out.target = wide(target);
-  for (const Tensor& w : weights) out.weights.push_back(wide(w));
-  for (const optional<Tensor>& b : biases) {
-    out.biases.push_back(b ? optional<Tensor>(wide(*b)) : std::nullopt);
-  }
-  return out;
 }
 
 using IntervalOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
@@ -73,10 +47,12 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
                                          c10::string_view activation, c10::string_view reduction,
                                          c10::string_view loss, bool largest, int64_t steps,
                                          const optional<Tensor>& start, int64_t seed) {
-  check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss);
-  const int64_t n = num_params_of(weights, biases);
+  const int64_t n =
+      check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss)
+          .num_params();
   check_steps_and_start(kIntervalName, n, x.device(), steps, start);
-  const Wide w = widened(x, target, weights, biases);
+  // Converted exactly to float64: the certificate runs there (§11.3).
+  const DeepInputs w = in_float64(x, target, weights, biases);
   const MlpProblem p64 = check_deep_problem(kIntervalName, w.x, w.target, w.weights, w.biases,
                                             activation, reduction, loss);
   const double sign = largest ? 1 : -1;
@@ -149,7 +125,7 @@ Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::T
                                     c10::string_view reduction, c10::string_view loss) {
   const MlpProblem p =
       check_deep_problem(kProductsName, x, target, weights, biases, activation, reduction, loss);
-  const int64_t n = num_params_of(weights, biases);
+  const int64_t n = p.num_params();
   check_vectors(n, x, vectors);
   const Tensor rows = vectors.reshape({-1, n}).to(x.scalar_type());
   return DeepHessianProducts(p, DeepHessianProducts::Uses::Products)

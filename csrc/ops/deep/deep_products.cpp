@@ -22,13 +22,12 @@
 namespace torch_ws {
 
 DeepHessianProducts::DeepHessianProducts(const MlpProblem& p, Uses uses)
-    : num_samples_(p.num_samples()), num_params_(0) {
+    : num_samples_(p.num_samples()), num_params_(p.num_params()) {
   const int64_t out = static_cast<int64_t>(p.layers.size());
   widths_.push_back(p.in_dim());
   for (const Layer& layer : p.layers) {
     widths_.push_back(layer.weight.size(0));
     has_bias_.push_back(layer.bias.has_value());
-    num_params_ += layer.weight.numel() + (layer.bias ? layer.bias->numel() : 0);
   }
   for (Chain* c : {&values_, &magnitudes_}) {
     c->z.resize(out + 1);

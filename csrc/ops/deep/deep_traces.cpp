@@ -217,6 +217,21 @@ namespace {
 MlpProblem in_float64(const MlpProblem& p) { return with_dtype(p, at::kDouble); }
 }  // namespace
 
+DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                      const c10::List<std::optional<at::Tensor>>& biases) {
+  const auto wide = [](const at::Tensor& t) {
+    return t.defined() && t.is_floating_point() ? t.to(at::kDouble) : t;
+  };
+  DeepInputs out;
+  out.x = wide(x);
+  out.target = wide(target);
+  for (const at::Tensor& w : weights) out.weights.push_back(wide(w));
+  for (const std::optional<at::Tensor>& b : biases) {
+    out.biases.push_back(b ? std::optional<at::Tensor>(wide(*b)) : std::nullopt);
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
@@ -279,27 +294,14 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
   static auto bounds_op =
       find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
   // Checked here first, so that a bad call's message names the function the user called.
-  check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights, biases, activation, reduction,
-                     loss);
-  const auto wide = [](const at::Tensor& t) {
-    return t.defined() && t.is_floating_point() ? t.to(at::kDouble) : t;
-  };
-  std::vector<at::Tensor> wide_weights;
-  int64_t num_params = 0;
-  for (const at::Tensor& w : weights) {
-    wide_weights.push_back(wide(w));
-    num_params += w.numel();
-  }
-  c10::List<std::optional<at::Tensor>> wide_biases;
-  for (const std::optional<at::Tensor>& b : biases) {
-    wide_biases.push_back(b ? std::optional<at::Tensor>(wide(*b)) : std::nullopt);
-    if (b) num_params += b->numel();
-  }
-  const at::Tensor wide_x = wide(x), wide_target = wide(target);
-  const auto [trace, trace_sq] = deep_hessian_traces(wide_x, wide_target, wide_weights,
-                                                     wide_biases, activation, reduction, loss);
-  const auto [trace_error, trace_sq_error] = deep_trace_errors(
-      wide_x, wide_target, wide_weights, wide_biases, activation, reduction, loss);
+  const int64_t num_params = check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights,
+                                                biases, activation, reduction, loss)
+                                 .num_params();
+  const DeepInputs w = in_float64(x, target, weights, biases);
+  const auto [trace, trace_sq] =
+      deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+  const auto [trace_error, trace_sq_error] =
+      deep_trace_errors(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
   const auto [max_upper, max_lower, min_lower, min_upper, spread] =
       bounds_op.call(trace, trace_sq, num_params, x.scalar_type(), trace_error.item<double>(),
                      trace_sq_error.item<double>());

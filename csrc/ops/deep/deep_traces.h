@@ -9,8 +9,19 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 namespace torch_ws {
+
+// A deep op's tensor arguments with every floating one converted (exactly) to float64, where the
+// family evaluates its traces and certificates (docs/math.md §12.5).
+struct DeepInputs {
+  at::Tensor x, target;
+  std::vector<at::Tensor> weights;
+  c10::List<std::optional<at::Tensor>> biases;
+};
+DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                      const c10::List<std::optional<at::Tensor>>& biases);
 
 // tr H and tr(H²) in x's dtype, evaluated in float64 (the op deep_hessian_traces).
 std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
