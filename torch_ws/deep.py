@@ -124,13 +124,16 @@ def deep_hessian_vector_products(
 
 
 def _deep_interval(largest: bool, x, target, weights, biases, activation, reduction, loss, steps,
-                   start, seed) -> EigenvalueInterval:
-    lower, upper, source, values, vectors, products = torch.ops.torch_ws.deep_eigenvalue_interval(
+                   start, seed) -> tuple[EigenvalueInterval, Tensor, Tensor]:
+    """The interval, and the exact (tr H, tr H²) its certificate used (what sharpness reports)."""
+    (lower, upper, source, values, vectors, products, trace,
+     trace_sq) = torch.ops.torch_ws.deep_eigenvalue_interval(
         x.detach(), target.detach(), _detached_list(weights),
         _detached_list(_bias_list(weights, biases)), activation, reduction, loss, largest, steps,
         start.detach() if start is not None else None, seed)
-    return EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
-                              int(products))
+    interval = EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
+                                  int(products))
+    return interval, trace, trace_sq
 
 
 def deep_lambda_max_interval(
@@ -162,7 +165,7 @@ def deep_lambda_max_interval(
             previous call's ``ritz_vectors``, (r, n) with n = :func:`deep_num_params`).
     """
     return _deep_interval(True, x, target, weights, biases, activation, reduction, loss, steps,
-                          start, seed)
+                          start, seed)[0]
 
 
 def deep_lambda_min_interval(
@@ -181,7 +184,7 @@ def deep_lambda_min_interval(
     """A certified interval ``lower ≤ λ_min(H) ≤ upper`` for a deep MLP:
     :func:`deep_lambda_max_interval` of −H, mirrored (arguments as there)."""
     return _deep_interval(False, x, target, weights, biases, activation, reduction, loss, steps,
-                          start, seed)
+                          start, seed)[0]
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .deep import DeepMlpSpec, deep_lambda_max_interval
+from .deep import DeepMlpSpec, _deep_interval
 from .model import MlpSpec, unwrap_model
 from .ops import EigenvalueInterval, lambda_max_interval
 
@@ -51,11 +51,9 @@ def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
     if isinstance(core, nn.Sequential) and len(core) > 3:
         deep = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction, caller="sharpness")
         args = deep.op_args(x, deep.prepare_target(x, target, caller="sharpness"))
-        with torch.no_grad():
-            interval = deep_lambda_max_interval(*args, steps=steps, start=start, seed=seed)
-            trace, trace_sq = torch.ops.torch_ws.deep_hessian_traces(
-                x.detach(), args[1], [w.detach() for w in deep.weights],
-                [b.detach() if b is not None else None for b in deep.biases], *args[4:])
+        # The interval's certificate computes the exact traces (the costly part at large N·H):
+        # they are taken from it, not evaluated again.
+        interval, trace, trace_sq = _deep_interval(True, *args, steps, start, seed)
         return Sharpness(interval, trace, trace_sq)
     spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="sharpness")
     args = spec.op_args(x, spec.prepare_target(x, target, caller="sharpness"))

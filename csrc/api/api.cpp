@@ -89,12 +89,12 @@ EigenvalueInterval deep_eigenvalue_interval(
     std::string_view reduction, std::string_view loss, bool largest, int64_t steps,
     const std::optional<at::Tensor>& start, int64_t seed) {
   using Signature = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                               at::Tensor>(
+                               at::Tensor, at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, at::TensorList,
       const c10::List<std::optional<at::Tensor>>&, c10::string_view, c10::string_view,
       c10::string_view, bool, int64_t, const std::optional<at::Tensor>&, int64_t);
   static auto op = find_op<Signature>("torch_ws::deep_eigenvalue_interval");
-  auto [lower, upper, source, values, vectors, products] =
+  auto [lower, upper, source, values, vectors, products, trace, trace_sq] =
       op.call(x, target, weights, bias_list(weights, biases), activation, reduction, loss,
               largest, steps, start, seed);
   return {lower, upper, source, values, vectors, products};

@@ -3,7 +3,8 @@
 // deep_products.h, capped by the exact traces of deep_traces.cpp.
 //
 //   deep_eigenvalue_interval(x, target, weights, biases, ..., largest, steps, start, seed)
-//       -> (lower, upper, source, ritz_values, ritz_vectors, products), as eigenvalue_interval.
+//       -> (lower, upper, source, ritz_values, ritz_vectors, products), as eigenvalue_interval,
+//          then (trace, trace_sq): the exact traces its certificate used.
 //   deep_hessian_vector_products(x, target, weights, biases, vectors, ...) -> H·v per row.
 //
 // Not differentiable yet (the one-hidden-layer interval is, §11.4): the Python functions detach
@@ -39,7 +40,10 @@ c10::SymInt sym_num_params_of(at::TensorList weights, const c10::List<optional<T
   return n;
 }
 
-using IntervalOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+// lower, upper, source, ritz_values, ritz_vectors, products, and the traces the certificate used
+// (tr H, tr H² in x's dtype): what sharpness() reports, so it need not evaluate them again.
+using IntervalOutputs =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
                                          at::TensorList weights,
@@ -86,7 +90,8 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
           round_directed(at::scalar_tensor(upper, options), x.scalar_type(), /*up=*/true),
           at::scalar_tensor(static_cast<int64_t>(top.source), options.dtype(at::kLong)),
           top.ritz_values * sign, top.ritz_vectors,
-          at::scalar_tensor(top.products, options.dtype(at::kLong))};
+          at::scalar_tensor(top.products, options.dtype(at::kLong)),
+          trace_t.to(x.scalar_type()), trace_sq_t.to(x.scalar_type())};
 }
 
 IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& target,
@@ -104,7 +109,8 @@ IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& tar
   const auto f64 = x.options().dtype(at::kDouble);
   return {at::empty({}, x.options()), at::empty({}, x.options()),
           at::empty({}, x.options().dtype(at::kLong)), at::empty_symint({k}, f64),
-          at::empty_symint({k, n}, f64), at::empty({}, x.options().dtype(at::kLong))};
+          at::empty_symint({k, n}, f64), at::empty({}, x.options().dtype(at::kLong)),
+          at::empty({}, x.options()), at::empty({}, x.options())};
 }
 
 void check_vectors(int64_t n, const Tensor& x, const Tensor& vectors) {
@@ -152,7 +158,8 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "deep_eigenvalue_interval(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", bool largest=True, "
       "int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, Tensor upper, "
-      "Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products)");
+      "Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products, Tensor trace, "
+      "Tensor trace_sq)");
   // H·v for each row of vectors (n,) or (k, n), θ in nn.Sequential.parameters() order.
   m.def(
       "deep_hessian_vector_products(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
