@@ -61,6 +61,18 @@ at::Tensor SymmetricProducts::in_runs(const at::Tensor& directions, int64_t num_
   return at::cat(parts, 0);
 }
 
+void check_directions(const char* op, int64_t n, const at::Device& device,
+                      const at::Tensor& vectors, const char* order) {
+  TORCH_CHECK(vectors.is_floating_point(), op, ": expected floating-point vectors, got ",
+              vectors.scalar_type());
+  TORCH_CHECK((vectors.dim() == 1 && vectors.size(0) == n) ||
+                  (vectors.dim() == 2 && vectors.size(1) == n),
+              op, ": expected vectors of shape (n,) or (k, n) with n = ", n,
+              " (the network's parameter count, θ = ", order, "), got ", vectors.sizes());
+  TORCH_CHECK(vectors.device() == device, op, ": expected vectors on x's device ", device,
+              ", got ", vectors.device());
+}
+
 void check_steps_and_start(const char* op, int64_t n, const at::Device& device, int64_t steps,
                            const std::optional<at::Tensor>& start) {
   TORCH_CHECK(steps >= 1, op, ": expected steps >= 1 (the Hessian-vector products of "

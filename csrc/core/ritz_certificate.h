@@ -68,6 +68,11 @@ RitzCertificate certify_top(const SymmetricProducts& products, double sign, cons
                             int64_t steps, const std::optional<at::Tensor>& start, int64_t seed,
                             const at::TensorOptions& options, const char* op);
 
+// Checks the rows a products op is given: floating, (n,) or (k, n), on x's device; `order`
+// describes θ's flat order for the message.
+void check_directions(const char* op, int64_t n, const at::Device& device,
+                      const at::Tensor& vectors, const char* order);
+
 // Checks `steps` and `start` against n (the network's parameter count) and x's device.
 void check_steps_and_start(const char* op, int64_t n, const at::Device& device, int64_t steps,
                            const std::optional<at::Tensor>& start);

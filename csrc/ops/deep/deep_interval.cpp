@@ -113,18 +113,6 @@ IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& tar
           at::empty({}, x.options()), at::empty({}, x.options())};
 }
 
-void check_vectors(int64_t n, const Tensor& x, const Tensor& vectors) {
-  TORCH_CHECK(vectors.is_floating_point(), kProductsName,
-              ": expected floating-point vectors, got ", vectors.scalar_type());
-  TORCH_CHECK((vectors.dim() == 1 && vectors.size(0) == n) ||
-                  (vectors.dim() == 2 && vectors.size(1) == n),
-              kProductsName, ": expected vectors of shape (n,) or (k, n) with n = ", n,
-              " (the network's parameter count, θ = (W_1 row-major, b_1, W_2 row-major, b_2, …) "
-              "as nn.Sequential.parameters() lists them), got ", vectors.sizes());
-  TORCH_CHECK(vectors.device() == x.device(), kProductsName,
-              ": expected vectors on x's device ", x.device(), ", got ", vectors.device());
-}
-
 Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::TensorList weights,
                                     const c10::List<optional<Tensor>>& biases,
                                     const Tensor& vectors, c10::string_view activation,
@@ -132,7 +120,9 @@ Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::T
   const MlpProblem p =
       check_deep_problem(kProductsName, x, target, weights, biases, activation, reduction, loss);
   const int64_t n = p.num_params();
-  check_vectors(n, x, vectors);
+  check_directions(kProductsName, n, x.device(), vectors,
+                   "(W_1 row-major, b_1, W_2 row-major, b_2, …) as nn.Sequential.parameters() "
+                   "lists them");
   const Tensor rows = vectors.reshape({-1, n}).to(x.scalar_type());
   return DeepHessianProducts(p, DeepHessianProducts::Uses::Products)
       .apply(rows)

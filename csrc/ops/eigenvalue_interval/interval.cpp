@@ -325,19 +325,6 @@ IntervalWithGradients eigenvalue_interval_with_gradients_meta(
           empty_gradient_list(x, need_grad_x, w1, b1, w2, b2)};
 }
 
-void check_vectors(const MlpProblem& p, const Tensor& vectors) {
-  const int64_t n = p.num_params();
-  TORCH_CHECK(vectors.is_floating_point(), kProductsName,
-              ": expected floating-point vectors, got ", vectors.scalar_type());
-  TORCH_CHECK((vectors.dim() == 1 && vectors.size(0) == n) ||
-                  (vectors.dim() == 2 && vectors.size(1) == n),
-              kProductsName, ": expected vectors of shape (n,) or (k, n) with n = ", n,
-              " (the network's parameter count, θ = (W1 row-major, b1, W2 row-major, b2)), got ",
-              vectors.sizes());
-  TORCH_CHECK(vectors.device() == p.x.device(), kProductsName,
-              ": expected vectors on x's device ", p.x.device(), ", got ", vectors.device());
-}
-
 Tensor hessian_vector_products_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
                                       const optional<Tensor>& b1, const Tensor& w2,
                                       const optional<Tensor>& b2, const Tensor& vectors,
@@ -356,7 +343,8 @@ Tensor hessian_vector_products_kernel(const Tensor& x, const Tensor& target, con
   const MlpProblem p = check_problem(kProductsName, wide(x), wide(target), wide(w1),
                                      wide_optional(b1), wide(w2), wide_optional(b2), activation,
                                      reduction, loss);
-  check_vectors(p, vectors);
+  check_directions(kProductsName, p.num_params(), p.x.device(), vectors,
+                   "(W1 row-major, b1, W2 row-major, b2)");
   const Tensor rows = vectors.reshape({-1, p.num_params()}).to(p.x.scalar_type());
   return HessianProducts(p, HessianProducts::Uses::Products).apply(rows).to(x.scalar_type()).reshape(vectors.sizes());
 }
