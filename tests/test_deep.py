@@ -319,7 +319,8 @@ def test_bounds_hold_at_saturation(head, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_bounds_hold_with_repeated_eigenvalues(dtype):
     """x = 0 makes every first-layer weight's row and column of H zero: 0 is an eigenvalue of
-    multiplicity ≥ 12, and the bounds must still bracket the spectrum."""
+    multiplicity ≥ 12, and the bounds and the certified interval must still bracket the
+    spectrum."""
     x, target, weights, biases = make_problem([4, 3], HEADS[3], "all", seed=31, dtype=dtype)
     x = torch.zeros_like(x)
     wide = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
@@ -331,3 +332,11 @@ def test_bounds_hold_with_repeated_eigenvalues(dtype):
     assert float(bounds.lambda_max_lower) <= float(eigenvalues[-1]) <= float(bounds.lambda_max_upper)
     assert float(bounds.lambda_min_lower) <= float(eigenvalues[0]) <= float(bounds.lambda_min_upper)
     assert float(eigenvalues[-1] - eigenvalues[0]) <= float(bounds.spread_upper)
+    # The certified interval (docs/math.md §12.6) with the repeated zero in its Krylov space.
+    for steps in (8, 40):
+        top = torch_ws.deep_lambda_max_interval(x, target, weights, biases, "tanh", "mean", "mse",
+                                                steps=steps)
+        bottom = torch_ws.deep_lambda_min_interval(x, target, weights, biases, "tanh", "mean",
+                                                   "mse", steps=steps)
+        assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+        assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
