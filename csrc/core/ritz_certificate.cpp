@@ -61,6 +61,86 @@ at::Tensor SymmetricProducts::in_runs(const at::Tensor& directions, int64_t num_
   return at::cat(parts, 0);
 }
 
+EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
+                               const TraceFacts& facts, int64_t num_params) {
+  const int64_t k = certificate.ritz_values.size(0);
+  EndDerivatives out;
+  out.lower.ritz.assign(k, 0.0);
+  out.upper.ritz.assign(k, 0.0);
+  if (!certificate.u.defined()) {  // no interval: NaN gradients, as the other ops give
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (EndDerivative* end : {&out.lower, &out.upper}) {
+      end->ritz.assign(k, nan);
+      end->image = end->trace = end->trace_sq = nan;
+    }
+    return out;
+  }
+  const Tensor &hu = certificate.hu, &ritz_vectors = certificate.ritz_vectors;
+  const double denominator = certificate.denominator, theta = certificate.theta;
+  const double trace = facts.trace, trace_sq = facts.trace_sq;
+  const Tensor mu = certificate.ritz_values.cpu();
+  const auto mu_values = mu.accessor<double, 1>();
+  // The quadratic form of H (not σH) in a fixed vector v, as a Rayleigh quotient: σ/‖v‖².
+  auto ritz_norm_sq = [&](int64_t i) { return dot_value(ritz_vectors[i], ritz_vectors[i]); };
+  // The Ritz values the value subtracted from tr(H²): the certified ones, positive from index
+  // `first_positive` on (1 for the cap, 2 for ν), and every negative one.
+  auto subtracted_from = [&](int64_t i, int64_t first_positive) {
+    if (!(std::abs(mu_values[i]) > certificate.eps_T) || !certificate.orthonormal_enough) {
+      return false;
+    }
+    return mu_values[i] < 0 || i >= first_positive;
+  };
+  // lower = θ = uᵀσHu/uᵀu.
+  out.lower.ritz[0] = sign / denominator;
+
+  EndDerivative& upper = out.upper;
+  if (certificate.source == IntervalSource::WolkowiczStyan) {
+    const auto [d_trace, d_trace_sq] = bound_trace_grads(1.0, trace, trace_sq, num_params);
+    upper.trace = sign * d_trace;
+    upper.trace_sq = d_trace_sq;
+  } else if (certificate.source == IntervalSource::TraceCap) {
+    // cap = √(tr(H²) − Σ_{i ∈ cap} μ_i²), μ_i the Ritz values of the fixed basis.
+    double subtracted = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      if (subtracted_from(i, /*first_positive=*/1)) subtracted += mu_values[i] * mu_values[i];
+    }
+    const double value = std::sqrt(std::max(trace_sq - subtracted, 0.0));
+    if (value > 0) {
+      upper.trace_sq = 1 / (2 * value);
+      for (int64_t i = 0; i < k; ++i) {
+        if (subtracted_from(i, /*first_positive=*/1)) {
+          upper.ritz[i] = -mu_values[i] / value * sign / ritz_norm_sq(i);
+        }
+      }
+    }
+  } else if (certificate.source == IntervalSource::KatoTemple) {
+    // θ + ρ²/(θ − ν), ρ² = ‖Hû‖² − θ², ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²).
+    double subtracted = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      if (subtracted_from(i, /*first_positive=*/2)) subtracted += mu_values[i] * mu_values[i];
+    }
+    const double nu_value = std::sqrt(std::max(trace_sq - theta * theta - subtracted, 0.0));
+    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
+    const double rho_sq = std::max(image_sq - theta * theta, 0.0), gap = theta - nu_value;
+    const double d_nu = rho_sq / (gap * gap);
+    double d_theta = 1 - 2 * theta / gap - rho_sq / (gap * gap);
+    if (nu_value > 0) {
+      d_theta += d_nu * (-theta / nu_value);
+      upper.trace_sq = d_nu / (2 * nu_value);
+      for (int64_t i = 0; i < k; ++i) {
+        if (subtracted_from(i, /*first_positive=*/2)) {
+          upper.ritz[i] = d_nu * (-mu_values[i] / nu_value) * sign / ritz_norm_sq(i);
+        }
+      }
+    }
+    upper.ritz[0] += d_theta * sign / denominator;
+    // ∇‖Hû‖² = 2⟨Hu, ∇H u⟩/‖u‖², and Hu = σ·hu.
+    upper.image = (1 / gap) * 2 * sign / denominator;
+  }
+  // (Weyl is the one-hidden-layer family's own candidate, with its own gradient, §9.4.)
+  return out;
+}
+
 void check_directions(const char* op, int64_t n, const at::Device& device,
                       const at::Tensor& vectors, const char* order) {
   TORCH_CHECK(vectors.is_floating_point(), op, ": expected floating-point vectors, got ",

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <vector>
 
 namespace torch_ws {
 
@@ -60,6 +61,23 @@ struct RitzCertificate {
   double denominator = 0, theta = 0, eps_T = 0;
   bool orthonormal_enough = false;
 };
+
+// Each end of the interval of λ_max(σH) as a smooth function of the parameters with the basis
+// held fixed (docs/math.md §11.4), to first order:
+//   d(end) = Σ_i ritz[i]·⟨r_i, dH r_i⟩ + image·⟨Hu, dH u⟩ + trace·d tr H + trace_sq·d tr(H²),
+// r_i the certificate's Ritz vectors (u = r_0) and Hu its product `hu`; the forms and traces are
+// those of H, not σH. Each family turns this into gradients its own way (one hidden layer: the
+// hand-derived reverse pass of the forms; deep networks: autograd through the products).
+struct EndDerivative {
+  std::vector<double> ritz;  // one coefficient per Ritz vector, 0 where it does not enter
+  double image = 0, trace = 0, trace_sq = 0;
+};
+struct EndDerivatives {
+  EndDerivative lower, upper;
+};
+// NaN coefficients where the certificate computed no interval (NaN or ±Inf input).
+EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
+                               const TraceFacts& facts, int64_t num_params);
 
 // The interval of λ_max(σH) from `steps` Lanczos steps (the first rows `start`, else a random
 // vector from `seed`), with `products` giving σ-free H·v in float64. `op` names the caller in

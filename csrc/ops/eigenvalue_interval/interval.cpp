@@ -112,80 +112,26 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
                certificate.ritz_vectors, certificate.products};
   if (!certificate.u.defined()) return out;  // NaN or ±Inf input: no interval, NaN gradients
   if (gradients == Gradients::None) return out;
-  const Tensor &u = certificate.u, &hu = certificate.hu, &ritz_vectors = certificate.ritz_vectors;
-  const double denominator = certificate.denominator, theta = certificate.theta;
-  const double eps_T = certificate.eps_T;
-  const bool orthonormal_enough = certificate.orthonormal_enough;
-  const Tensor mu = certificate.ritz_values.cpu();
-  const auto mu_values = mu.accessor<double, 1>();
-  const int64_t k = mu.size(0);
-
-  // ---- Gradients (docs/math.md §11.4): with Q held fixed, lower and upper are smooth functions
-  // of the parameters made of Rayleigh quotients of fixed vectors and of the traces. The
-  // allowances are constants. ----
+  // With Q held fixed, both ends are smooth functions of the parameters made of Rayleigh
+  // quotients of fixed vectors and of the traces (docs/math.md §11.4); the allowances are
+  // constants. One reverse pass of the forms per end, then the traces' gradients.
+  const EndDerivatives derivatives =
+      end_derivatives(certificate, sign, {trace, trace_sq, trace_sq_high, ws}, n);
   const bool need_grad_x = gradients == Gradients::ParametersAndX;
-  const InputGradients& trace_grad = *traces.trace_grad;
-  const InputGradients& trace_sq_grad = *traces.trace_sq_grad;
-  // The quadratic form of H (not σH) in a fixed vector v, as a Rayleigh quotient: σ/‖v‖².
-  auto ritz_norm_sq = [&](int64_t i) { return dot_value(ritz_vectors[i], ritz_vectors[i]); };
-  // The Ritz values the value subtracted from tr(H²): the certified ones, positive from index
-  // `first_positive` on (1 for the cap, 2 for ν), and every negative one.
-  auto subtracted_from = [&](int64_t i, int64_t first_positive) {
-    if (!(std::abs(mu_values[i]) > eps_T) || !orthonormal_enough) return false;
-    return mu_values[i] < 0 || i >= first_positive;
+  auto gradient_of = [&](const EndDerivative& end) {
+    QuadraticForms forms;
+    for (size_t i = 0; i < end.ritz.size(); ++i) {
+      if (end.ritz[i] != 0) forms.add(certificate.ritz_vectors[i], certificate.ritz_vectors[i],
+                                      end.ritz[i]);
+    }
+    if (end.image != 0) forms.add(certificate.hu, certificate.u, end.image);
+    InputGradients g = forms.gradient(products, certificate.u, need_grad_x);
+    if (end.trace != 0) g = combine(1, g, end.trace, *traces.trace_grad);
+    if (end.trace_sq != 0) g = combine(1, g, end.trace_sq, *traces.trace_sq_grad);
+    return g;
   };
-  QuadraticForms lower_forms;
-  lower_forms.add(u, u, sign / denominator);
-  out.lower_grad = lower_forms.gradient(products, u, need_grad_x);
-
-  QuadraticForms upper_forms;
-  double trace_weight = 0, trace_sq_weight = 0;
-  if (out.source == Source::WolkowiczStyan) {
-    const auto [d_trace, d_trace_sq] = bound_trace_grads(1.0, trace, trace_sq, n);
-    trace_weight = sign * d_trace;
-    trace_sq_weight = d_trace_sq;
-  } else if (out.source == Source::TraceCap) {
-    // cap = √(tr(H²) − Σ_{i ∈ cap} μ_i²), μ_i the Ritz values of the fixed basis.
-    double subtracted = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      if (subtracted_from(i, /*first_positive=*/1)) subtracted += mu_values[i] * mu_values[i];
-    }
-    const double value = std::sqrt(std::max(trace_sq - subtracted, 0.0));
-    if (value > 0) {
-      trace_sq_weight = 1 / (2 * value);
-      for (int64_t i = 0; i < k; ++i) {
-        if (!subtracted_from(i, /*first_positive=*/1)) continue;
-        upper_forms.add(ritz_vectors[i], ritz_vectors[i],
-                        -mu_values[i] / value * sign / ritz_norm_sq(i));
-      }
-    }
-  } else {
-    // θ + ρ²/(θ − ν), ρ² = ‖Hû‖² − θ², ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²).
-    double subtracted = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      if (subtracted_from(i, /*first_positive=*/2)) subtracted += mu_values[i] * mu_values[i];
-    }
-    const double nu_value = std::sqrt(std::max(trace_sq - theta * theta - subtracted, 0.0));
-    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
-    const double rho_sq = std::max(image_sq - theta * theta, 0.0), gap = theta - nu_value;
-    const double d_nu = rho_sq / (gap * gap);
-    double d_theta = 1 - 2 * theta / gap - rho_sq / (gap * gap);
-    if (nu_value > 0) {
-      d_theta += d_nu * (-theta / nu_value);
-      trace_sq_weight = d_nu / (2 * nu_value);
-      for (int64_t i = 0; i < k; ++i) {
-        if (!subtracted_from(i, /*first_positive=*/2)) continue;
-        upper_forms.add(ritz_vectors[i], ritz_vectors[i],
-                        d_nu * (-mu_values[i] / nu_value) * sign / ritz_norm_sq(i));
-      }
-    }
-    upper_forms.add(u, u, d_theta * sign / denominator);
-    // ∇‖Hû‖² = 2⟨Hu, ∇H u⟩/‖u‖², and Hu = σ·hu.
-    upper_forms.add(hu, u, (1 / gap) * 2 * sign / denominator);
-  }
-  InputGradients upper_grad = upper_forms.gradient(products, u, need_grad_x);
-  upper_grad = combine(1, upper_grad, trace_weight, trace_grad);
-  out.upper_grad = combine(1, upper_grad, trace_sq_weight, trace_sq_grad);
+  out.lower_grad = gradient_of(derivatives.lower);
+  out.upper_grad = gradient_of(derivatives.upper);
   return out;
 }
 
