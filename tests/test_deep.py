@@ -262,7 +262,8 @@ def test_hsr_regularizer_takes_a_deep_network(tmp_path):
     loaded = torch.load(tmp_path / "reg.pt")  # weights_only=True, the default
     assert float(loaded(x, y)) == float(value)
     for bound, flag in (("spectral", False), ("ws", True)):
-        with pytest.raises(ValueError, match="several hidden layers bound='ws' without global"):
+        with pytest.raises(ValueError, match="several hidden layers bound='ws' or 'interval' "
+                                             "without global_batch"):
             torch_ws.HSRRegularizer(net, loss="cross_entropy", bound=bound, global_batch=flag)
 
 

@@ -1,7 +1,8 @@
 """Deep MLPs' closed-form Hessian-vector products and certified eigenvalue interval
 (torch_ws.deep_hessian_vector_products, deep_lambda_max_interval, deep_lambda_min_interval,
 sharpness on a deep nn.Sequential; docs/math.md §12.6) against torch.func.hessian of the real
-network in float64 and eigvalsh of it."""
+network in float64 and eigvalsh of it; the interval's gradients (§11.4 with the basis held fixed)
+against autograd through that explicit Hessian."""
 import itertools
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import torch_ws
 from test_deep import ACTIVATION_MODULES, BIASES, HEADS, explicit_hessian, make_problem
+from test_interval import explicit_ends
 
 CASES = list(itertools.product(["tanh", "softplus", "gelu", "sigmoid", "relu"], range(len(HEADS))))
 
@@ -179,6 +181,100 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.torch_ws.deep_hessian_vector_products.default,
                           (x, target, weights, biases, torch.randn(2, n, dtype=x.dtype), "tanh",
                            "mean", "cross_entropy"), test_utils=utils)
-    torch.library.opcheck(torch.ops.torch_ws.deep_eigenvalue_interval.default,
+    torch.library.opcheck(torch.ops.torch_ws._deep_eigenvalue_interval_derivatives.default,
                           (x, target, weights, biases, "tanh", "mean", "cross_entropy"),
                           {"steps": 5}, test_utils=utils)
+    # With inputs that require grad: the Autograd kernel, traced with fake tensors too.
+    leaves = [w.detach().requires_grad_(True) for w in weights]
+    torch.library.opcheck(torch.ops.torch_ws.deep_eigenvalue_interval.default,
+                          (x.detach().requires_grad_(True), target, leaves, biases, "tanh",
+                           "mean", "cross_entropy"), {"steps": 5},
+                          test_utils=utils + ("test_autograd_registration",))
+
+
+GRADIENT_CASES = [(HEADS[0], "tanh", "all", [4, 3]), (HEADS[1], "gelu", "mixed", [3, 4, 2]),
+                  (HEADS[2], "softplus", "none", [4, 3]), (HEADS[3], "sigmoid", "all", [3, 2, 3])]
+
+
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+@pytest.mark.parametrize("steps", [1, 3, 40])
+@pytest.mark.parametrize("head,activation,bias,widths", GRADIENT_CASES,
+                         ids=[f"{c[0][0]}-{c[0][2]}-{c[1]}-L{len(c[3])}" for c in GRADIENT_CASES])
+def test_gradients_match_autograd_through_explicit_hessian(head, activation, bias, widths, steps,
+                                                           largest):
+    """Both ends' gradients (every layer and x) are those of the ends as functions of the
+    explicit Hessian with the returned basis held fixed (docs/math.md §11.4), whichever guarantee
+    gave `upper` (1 step: the trace cap or WS; 40: Kato-Temple)."""
+    x, target, weights, biases = make_problem(widths, head, bias, seed=len(widths) + steps)
+    x = x.requires_grad_(True)
+    weights = [w.requires_grad_(True) for w in weights]
+    biases = [b.requires_grad_(True) if b is not None else None for b in biases]
+    leaves = [x] + weights + [b for b in biases if b is not None]
+    function = torch_ws.deep_lambda_max_interval if largest else torch_ws.deep_lambda_min_interval
+    interval = function(x, target, weights, biases, activation, "mean", head[0], steps=steps)
+    assert interval.lower.grad_fn is not None and interval.upper.grad_fn is not None
+    actual = torch.autograd.grad(interval.lower + 2 * interval.upper, leaves)
+    H = explicit_hessian(x, target, weights, biases, activation, "mean", head[0])
+    lower, upper = explicit_ends(interval, H, largest)
+    # The certified values are the smooth functions' up to the rounding allowances.
+    assert abs(float(interval.lower.detach()) - float(lower)) <= 1e-8 * abs(float(lower)) + 1e-12
+    expected = torch.autograd.grad(lower + 2 * upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+
+def test_gradients_in_float32_forward_mode_and_nan():
+    """float32 inputs get float32 gradients close to float64's; forward mode (torch.func.jvp)
+    gives the reverse gradient's directional derivative; NaN input gives NaN gradients."""
+    x, target, weights, biases = make_problem([4, 3], HEADS[1], "all", seed=5)
+
+    def upper(x, *weights):
+        return torch_ws.deep_lambda_max_interval(x, target, list(weights), biases, "tanh", "mean",
+                                                 "cross_entropy").upper
+
+    leaves = [t.detach().requires_grad_(True) for t in [x] + weights]
+    exact = torch.autograd.grad(upper(*leaves), leaves)
+    low = [t.detach().float().requires_grad_(True) for t in [x] + weights]
+    biases32 = [b.float() for b in biases]
+    value = torch_ws.deep_lambda_max_interval(low[0], target, low[1:], biases32, "tanh", "mean",
+                                              "cross_entropy").upper
+    assert value.dtype == torch.float32
+    for a, e in zip(torch.autograd.grad(value, low), exact):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), e, rtol=1e-3, atol=1e-5)
+    tangents = [torch.randn_like(t) for t in [x] + weights]
+    _, derivative = torch.func.jvp(upper, tuple(t.detach() for t in [x] + weights),
+                                   tuple(tangents))
+    torch.testing.assert_close(derivative, sum((g * t).sum() for g, t in zip(exact, tangents)))
+    broken = leaves[0].detach().clone()
+    broken[0, 0] = float("nan")
+    broken.requires_grad_(True)
+    value = upper(broken, *leaves[1:])
+    assert torch.isnan(value)
+    assert all(torch.isnan(g).all() for g in torch.autograd.grad(value, [broken] + leaves[1:]))
+
+
+def test_regularizer_penalizes_the_deep_interval(tmp_path):
+    """HSRRegularizer(deep net, bound="interval") is the interval's upper end with its gradient,
+    warm-started from the previous call's top Ritz vector, and pickles with its bound."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5),
+                              torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    x, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 3, (20,))
+    reg = torch_ws.HSRRegularizer(net, loss="cross_entropy", bound="interval")
+    value = reg(x, y)
+    weights, biases = [m.weight for m in net[::2]], [m.bias for m in net[::2]]
+    expected = torch_ws.deep_lambda_max_interval(x, y, weights, biases, "tanh", "mean",
+                                                 "cross_entropy")
+    torch.testing.assert_close(value, expected.upper)
+    actual = torch.autograd.grad(value, list(net.parameters()))
+    for a, e in zip(actual, torch.autograd.grad(expected.upper, list(net.parameters()))):
+        torch.testing.assert_close(a, e)
+    H = explicit_hessian(x, y, [w.detach() for w in weights], [b.detach() for b in biases],
+                         "tanh", "mean", "cross_entropy")
+    top = float(torch.linalg.eigvalsh(H)[-1])
+    again = reg(x, y)  # warm-started: the same guarantee
+    assert top <= float(again)
+    torch.save(reg, tmp_path / "reg.pt")
+    loaded = torch.load(tmp_path / "reg.pt")
+    assert loaded.bound == "interval" and top <= float(loaded(x, y))

@@ -5,9 +5,10 @@ What is there so far (issue 29): the traces and bounds, differentiable in every 
 (by autograd through the op's ATen kernel, not a hand-derived backward), for every loss,
 activation, reduction and bias setting, float32 and float64, on any device; HSRRegularizer
 takes such a network with bound="ws"; closed-form Hessian-vector products and the certified
-interval on λ_max and λ_min (§12.6, not differentiable yet), which ``torch_ws.sharpness`` uses
-for deep networks; ``torch_ws.dataset_bounds`` on one process. Not yet: a hand-derived backward,
-the engines' tiling, the spectral bound, the interval's gradients, dataset_bounds over
+interval on λ_max and λ_min (§12.6, differentiable by autograd through the products and traces
+with the basis held fixed), which ``torch_ws.sharpness`` uses for deep networks and
+``HSRRegularizer(bound="interval")`` penalizes; ``torch_ws.dataset_bounds`` on one process. Not
+yet: a hand-derived backward, the engines' tiling, the spectral bound, dataset_bounds over
 torch.distributed.
 """
 from __future__ import annotations
@@ -128,9 +129,8 @@ def _deep_interval(largest: bool, x, target, weights, biases, activation, reduct
     """The interval, and the exact (tr H, tr H²) its certificate used (what sharpness reports)."""
     (lower, upper, source, values, vectors, products, trace,
      trace_sq) = torch.ops.torch_ws.deep_eigenvalue_interval(
-        x.detach(), target.detach(), _detached_list(weights),
-        _detached_list(_bias_list(weights, biases)), activation, reduction, loss, largest, steps,
-        start.detach() if start is not None else None, seed)
+        x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss,
+        largest, steps, start, seed)
     interval = EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
                                   int(products))
     return interval, trace, trace_sq
@@ -156,7 +156,11 @@ def deep_lambda_max_interval(
     the exact tr(H²) of :func:`deep_hessian_traces` plus its certified rounding error, then
     Kato-Temple), every rounding error bounded; ``upper`` is the smallest of these and the
     Wolkowicz-Styan bound (``source`` says which; Weyl is not available for deep networks).
-    Computed in float64 whatever x's dtype; not differentiable (the inputs are detached).
+    Computed in float64 whatever x's dtype. ``lower`` and ``upper`` (and the op's traces) are
+    differentiable in x and every layer, in reverse and forward mode: with the basis held fixed
+    each end is a smooth function of them that stays a bound (docs/math.md §11.4, §12.6); the
+    gradient evaluates the basis' quadratic forms and the exact traces once more with autograd
+    recording, about the interval's own cost again.
 
     Args:
         x, target, weights, biases, activation, reduction, loss: as for

@@ -410,7 +410,7 @@ def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tens
     on random networks with a heavy bulk the cap stays loose (compare :func:`spectral_bound`).
     Computed in float64 whatever x's dtype. Differentiable in x and the parameters: with the
     basis held fixed both ends are smooth functions of them that stay bounds (docs/math.md
-    §11.4); the deep networks' interval (:func:`torch_ws.deep_lambda_max_interval`) is not yet.
+    §11.4), as is the deep networks' (:func:`torch_ws.deep_lambda_max_interval`).
 
     Args:
         x, target, w1, b1, w2, b2, activation, reduction, loss: as for :func:`hessian_traces`.

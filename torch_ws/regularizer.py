@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .deep import DeepMlpSpec, deep_ws_bounds
+from .deep import DeepMlpSpec, deep_lambda_max_interval, deep_ws_bounds
 from .model import MlpSpec, unwrap_model
 from .ops import ACTIVATIONS, LOSSES, REDUCTIONS, lambda_max_interval, spectral_bound, ws_bound
 
@@ -38,8 +38,9 @@ class HSRRegularizer(nn.Module):
             wrapped in ``nn.DataParallel``, ``DistributedDataParallel`` or ``torch.compile`` is
             unwrapped (the wrapper shares the parameters). A deeper
             ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation) takes the
-            WS bound of :func:`torch_ws.deep_ws_bounds` (``bound="ws"``, no ``global_batch``,
-            no label smoothing).
+            WS bound of :func:`torch_ws.deep_ws_bounds` (``bound="ws"``) or the interval's
+            ``upper`` of :func:`torch_ws.deep_lambda_max_interval` (``bound="interval"``); no
+            ``"spectral"``, ``global_batch`` or label smoothing there.
         activation, output: the activation module and ``nn.Linear(H, C)``, when ``model`` is the
             first layer alone.
         reduction: ``"mean"`` or ``"sum"``, matching the training loss's reduction; read from
@@ -103,11 +104,12 @@ class HSRRegularizer(nn.Module):
         core = unwrap_model(model)
         if (activation is None and output is None and isinstance(core, nn.Sequential)
                 and len(core) > 3):
-            # Several hidden layers: the deep op's WS bound (docs/math.md §12).
-            if bound != "ws" or global_batch:
+            # Several hidden layers: the deep ops' WS bound or interval (docs/math.md §12).
+            if bound == "spectral" or global_batch:
                 raise ValueError(
-                    "HSRRegularizer: for several hidden layers bound='ws' without global_batch "
-                    f"is implemented, got bound={bound!r}, global_batch={global_batch}")
+                    "HSRRegularizer: for several hidden layers bound='ws' or 'interval' without "
+                    f"global_batch is implemented, got bound={bound!r}, "
+                    f"global_batch={global_batch}")
             self.__dict__["spec"] = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction,
                                                             caller="HSRRegularizer")
             return
@@ -130,9 +132,11 @@ class HSRRegularizer(nn.Module):
         """The chosen upper bound on λ_max at the current parameters for inputs ``x`` (N, D) and
         the targets of the loss (see :func:`torch_ws.hessian_traces`); a 0-dim tensor
         differentiable into every parameter and into x."""
-        if isinstance(self.spec, DeepMlpSpec):
+        deep = isinstance(self.spec, DeepMlpSpec)
+        if deep and self.bound == "ws":
             return deep_ws_bounds(*self.spec.op_args(x, target)).lambda_max_upper
-        target = self.spec.prepare_target(x, target)
+        if not deep:
+            target = self.spec.prepare_target(x, target)
         if self.global_batch:
             return self._global_bound(x, target)
         args = self.spec.op_args(x, target)
@@ -143,7 +147,8 @@ class HSRRegularizer(nn.Module):
             if start is not None and (start.shape[1] != self.spec.num_params
                                       or start.device != x.device):
                 start = None
-            interval = lambda_max_interval(*args, start=start)
+            interval = (deep_lambda_max_interval if deep else lambda_max_interval)(*args,
+                                                                                    start=start)
             self.__dict__["_ritz_vectors"] = interval.ritz_vectors[:1]  # the warm start
             return interval.upper
         return ws_bound(*args)
@@ -175,7 +180,7 @@ class HSRRegularizer(nn.Module):
             return _restore_deep_regularizer, (
                 self.activation, self.loss, self.reduction,
                 [layer.weight for layer in self._layers], [layer.bias for layer in self._layers],
-                self.training)
+                self.training, self.bound)
         hidden, output = self._layers
         return _restore_regularizer, (
             self.activation, self.loss, self.reduction, self.label_smoothing,
@@ -219,7 +224,8 @@ def _restore_regularizer(activation, loss, reduction, label_smoothing, w1, b1, w
     return reg.train(training)
 
 
-def _restore_deep_regularizer(activation, loss, reduction, weights, biases, training):
+def _restore_deep_regularizer(activation, loss, reduction, weights, biases, training,
+                              bound="ws"):
     """An HSRRegularizer over a deep network's Linear layers holding the unpickled parameters
     (the inverse of ``HSRRegularizer.__reduce_ex__`` for several hidden layers)."""
     if activation not in ACTIVATIONS or loss not in LOSSES or reduction not in REDUCTIONS:
@@ -228,7 +234,9 @@ def _restore_deep_regularizer(activation, loss, reduction, weights, biases, trai
     layers = [_linear_holding(weight, bias) for weight, bias in zip(weights, biases)]
     reg = HSRRegularizer.__new__(HSRRegularizer)
     nn.Module.__init__(reg)
-    reg.bound = "ws"
+    if bound not in ("ws", "interval"):
+        raise ValueError(f"HSRRegularizer: cannot restore bound={bound!r} for a deep network")
+    reg.bound = bound
     reg.global_batch = False
     reg.__dict__["_group"] = None
     reg.__dict__["spec"] = DeepMlpSpec(tuple(layers), activation, loss, reduction)

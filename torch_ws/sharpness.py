@@ -52,8 +52,10 @@ def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
         deep = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction, caller="sharpness")
         args = deep.op_args(x, deep.prepare_target(x, target, caller="sharpness"))
         # The interval's certificate computes the exact traces (the costly part at large N·H):
-        # they are taken from it, not evaluated again.
-        interval, trace, trace_sq = _deep_interval(True, *args, steps, start, seed)
+        # they are taken from it, not evaluated again. A measurement, not differentiated (as
+        # below): deep_lambda_max_interval is the differentiable one.
+        with torch.no_grad():
+            interval, trace, trace_sq = _deep_interval(True, *args, steps, start, seed)
         return Sharpness(interval, trace, trace_sq)
     spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="sharpness")
     args = spec.op_args(x, spec.prepare_target(x, target, caller="sharpness"))

@@ -127,8 +127,8 @@ EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& ta
                                        int64_t seed = 0);
 
 // The same interval for a network with L ≥ 1 hidden layers (docs/math.md §12.6): arguments as
-// deep_hessian_traces, then as eigenvalue_interval; `source` never 3 (no Weyl candidate). Not
-// differentiable yet.
+// deep_hessian_traces, then as eigenvalue_interval; `source` never 3 (no Weyl candidate).
+// lower and upper are differentiable in x and every layer (§11.4, basis held fixed).
 EigenvalueInterval deep_eigenvalue_interval(
     const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,
     const std::vector<std::optional<at::Tensor>>& biases = {},

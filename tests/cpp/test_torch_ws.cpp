@@ -208,6 +208,27 @@ void test_deep() {
             quotient <= top.upper.item<double>() &&
             top.upper.item<double>() <= b.lambda_max_upper.item<double>(),
         "deep_eigenvalue_interval: upper above any Rayleigh quotient, below the WS bound");
+  // Differentiable through LibTorch autograd: with as many steps as parameters the interval
+  // closes on λ_max, so upper's gradient along a direction matches a central finite difference.
+  const int64_t all_steps = b.num_params;
+  const auto closed = torch_ws::deep_eigenvalue_interval(p.x, p.target, weights, {}, "gelu", "mean",
+                                                         "bce", true, all_steps);
+  for (auto& w : weights) w.mutable_grad().reset();  // deep_ws_bounds' gradient is there
+  closed.upper.backward();
+  const auto direction = torch::randn({4, 5}, opts);
+  const double h = 1e-5;
+  auto upper_at = [&](double step) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> moved = plain_weights;
+    moved[1] = moved[1] + step * direction;
+    return torch_ws::deep_eigenvalue_interval(p.x, p.target, moved, {}, "gelu", "mean", "bce",
+                                              true, all_steps)
+        .upper.item<double>();
+  };
+  const double difference = (upper_at(h) - upper_at(-h)) / (2 * h);
+  const double derivative = (weights[1].grad() * direction).sum().item<double>();
+  check(std::abs(difference - derivative) <= 1e-6 * (1 + std::abs(derivative)),
+        "deep_eigenvalue_interval: upper's gradient matches a finite difference");
 }
 
 void test_regularizer() {

@@ -7,9 +7,14 @@
 //          then (trace, trace_sq): the exact traces its certificate used.
 //   deep_hessian_vector_products(x, target, weights, biases, vectors, ...) -> H·v per row.
 //
-// Not differentiable yet (the one-hidden-layer interval is, §11.4): the Python functions detach
-// their inputs. Kernels: one device-generic kernel each (ATen), the Meta kernels (the same checks,
-// shapes only).
+//   _deep_eigenvalue_interval_derivatives(same arguments) -> the same eight, then (image,
+//       derivatives): the certificate's H·u (n,) and, per end of H's interval (rows: lower,
+//       upper), its first-order description with the basis held fixed (core/ritz_certificate.h,
+//       EndDerivative): [the Ritz vectors' coefficients (k), image, tr H, tr(H²)], (2, k + 3)
+//       float64. What the Autograd kernel (autograd.cpp) differentiates.
+//
+// deep_hessian_vector_products is not differentiable (its Python function detaches). Kernels: one
+// device-generic kernel each (ATen), the Meta kernels (the same checks, shapes only).
 #include "core/problem.h"
 #include "core/ritz_certificate.h"
 #include "core/ws_bound.h"
@@ -45,12 +50,17 @@ c10::SymInt sym_num_params_of(at::TensorList weights, const c10::List<optional<T
 using IntervalOutputs =
     std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
-                                         at::TensorList weights,
-                                         const c10::List<optional<Tensor>>& biases,
-                                         c10::string_view activation, c10::string_view reduction,
-                                         c10::string_view loss, bool largest, int64_t steps,
-                                         const optional<Tensor>& start, int64_t seed) {
+using IntervalWithDerivatives = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                         Tensor, Tensor, Tensor>;
+
+// Both kernels: the interval of λ_max (largest) or of λ_min = −λ_max(−H), mirrored, and with
+// `derivatives` the first-order description of its ends (§11.4).
+IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::TensorList weights,
+                                    const c10::List<optional<Tensor>>& biases,
+                                    c10::string_view activation, c10::string_view reduction,
+                                    c10::string_view loss, bool largest, int64_t steps,
+                                    const optional<Tensor>& start, int64_t seed,
+                                    bool derivatives) {
   const int64_t n =
       check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss)
           .num_params();
@@ -86,12 +96,49 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
   const double lower = largest ? top.lower : -top.upper;
   const double upper = largest ? top.upper : -top.lower;
   const auto options = x.options().dtype(at::kDouble);
+  Tensor image, described;
+  if (derivatives) {
+    // Of H's ends: λ_min's interval is −(σH's), so its lower end is −(σH's upper) and back.
+    const EndDerivatives of_top =
+        end_derivatives(top, sign, {trace, trace_sq, trace_sq_high, ws}, n);
+    auto row = [](const EndDerivative& end, double factor) {
+      std::vector<double> r = end.ritz;
+      r.insert(r.end(), {end.image, end.trace, end.trace_sq});
+      for (double& v : r) v *= factor;
+      return at::tensor(r, at::kDouble);
+    };
+    described = (largest ? at::stack({row(of_top.lower, 1), row(of_top.upper, 1)})
+                         : at::stack({row(of_top.upper, -1), row(of_top.lower, -1)}))
+                    .to(options.device());
+    image = top.hu.defined() ? top.hu : at::full({n}, std::nan(""), options);
+  }
   return {round_directed(at::scalar_tensor(lower, options), x.scalar_type(), /*up=*/false),
           round_directed(at::scalar_tensor(upper, options), x.scalar_type(), /*up=*/true),
           at::scalar_tensor(static_cast<int64_t>(top.source), options.dtype(at::kLong)),
           top.ritz_values * sign, top.ritz_vectors,
           at::scalar_tensor(top.products, options.dtype(at::kLong)),
-          trace_t.to(x.scalar_type()), trace_sq_t.to(x.scalar_type())};
+          trace_t.to(x.scalar_type()), trace_sq_t.to(x.scalar_type()), image, described};
+}
+
+IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
+                                         at::TensorList weights,
+                                         const c10::List<optional<Tensor>>& biases,
+                                         c10::string_view activation, c10::string_view reduction,
+                                         c10::string_view loss, bool largest, int64_t steps,
+                                         const optional<Tensor>& start, int64_t seed) {
+  auto [lower, upper, source, values, vectors, products, trace, trace_sq, unused_image,
+        unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
+                                          largest, steps, start, seed, /*derivatives=*/false);
+  return {lower, upper, source, values, vectors, products, trace, trace_sq};
+}
+
+IntervalWithDerivatives deep_eigenvalue_interval_derivatives(
+    const Tensor& x, const Tensor& target, at::TensorList weights,
+    const c10::List<optional<Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
+    const optional<Tensor>& start, int64_t seed) {
+  return interval_of(x, target, weights, biases, activation, reduction, loss, largest, steps,
+                     start, seed, /*derivatives=*/true);
 }
 
 IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& target,
@@ -111,6 +158,21 @@ IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& tar
           at::empty({}, x.options().dtype(at::kLong)), at::empty_symint({k}, f64),
           at::empty_symint({k, n}, f64), at::empty({}, x.options().dtype(at::kLong)),
           at::empty({}, x.options()), at::empty({}, x.options())};
+}
+
+IntervalWithDerivatives deep_eigenvalue_interval_derivatives_meta(
+    const Tensor& x, const Tensor& target, at::TensorList weights,
+    const c10::List<optional<Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
+    const optional<Tensor>& start, int64_t seed) {
+  auto [lower, upper, source, values, vectors, products, trace, trace_sq] =
+      deep_eigenvalue_interval_meta(x, target, weights, biases, activation, reduction, loss,
+                                    largest, steps, start, seed);
+  const c10::SymInt n = sym_num_params_of(weights, biases);
+  const c10::SymInt k = c10::SymInt(steps).min(n);
+  const auto f64 = x.options().dtype(at::kDouble);
+  return {lower, upper, source, values, vectors, products, trace, trace_sq,
+          at::empty_symint({n}, f64), at::empty_symint({2, k + 3}, f64)};
 }
 
 Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::TensorList weights,
@@ -150,6 +212,13 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, Tensor upper, "
       "Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products, Tensor trace, "
       "Tensor trace_sq)");
+  // The same, and what its Autograd kernel differentiates (the header says the layout).
+  m.def(
+      "_deep_eigenvalue_interval_derivatives(Tensor x, Tensor target, Tensor[] weights, "
+      "Tensor?[] biases, str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", "
+      "bool largest=True, int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, "
+      "Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products, "
+      "Tensor trace, Tensor trace_sq, Tensor image, Tensor derivatives)");
   // H·v for each row of vectors (n,) or (k, n), θ in nn.Sequential.parameters() order.
   m.def(
       "deep_hessian_vector_products(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -159,10 +228,14 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
 
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
   m.impl("deep_eigenvalue_interval", &torch_ws::deep_eigenvalue_interval);
+  m.impl("_deep_eigenvalue_interval_derivatives",
+         &torch_ws::deep_eigenvalue_interval_derivatives);
   m.impl("deep_hessian_vector_products", &torch_ws::deep_hessian_vector_products);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("deep_eigenvalue_interval", &torch_ws::deep_eigenvalue_interval_meta);
+  m.impl("_deep_eigenvalue_interval_derivatives",
+         &torch_ws::deep_eigenvalue_interval_derivatives_meta);
   m.impl("deep_hessian_vector_products", &torch_ws::deep_hessian_vector_products_meta);
 }
