@@ -10,9 +10,13 @@ import torch_ws
 import reference
 
 
-def model_and_data(n=23, d=3, h=4, classes=1, seed=0):
+def model_and_data(n=23, d=3, h=4, classes=1, seed=0, hidden_layers=1):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, classes)).double()
+    layers = [nn.Linear(d, h), nn.Tanh()]
+    for _ in range(hidden_layers - 1):
+        layers += [nn.Linear(h, h - 1), nn.Tanh()]
+        h -= 1
+    model = nn.Sequential(*layers, nn.Linear(h, classes)).double()
     x = torch.randn(n, d, dtype=torch.float64)
     y = (torch.randint(0, 2, (n,)).double() if classes == 1
          else torch.randint(0, classes, (n,)))
@@ -48,7 +52,7 @@ def test_gradient_is_the_whole_set_bounds():
 def test_a_deep_network_over_the_whole_set():
     """Two hidden layers: the whole-set traces against torch.func.hessian over all samples (the
     test-only reference of tests/test_deep.py), the gradient against HSRRegularizer on all
-    samples at once, and the distributed path refused with a reason."""
+    samples at once (over torch.distributed: test_ranks_with_a_deep_network)."""
     from test_deep import explicit_hessian
 
     torch.manual_seed(1)
@@ -69,9 +73,6 @@ def test_a_deep_network_over_the_whole_set():
     torch_ws.HSRRegularizer(model, loss="cross_entropy")(x, y).backward()
     for g, e in zip(got, (p.grad for p in model.parameters())):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-15)
-    with pytest.raises(ValueError, match="dataset_bounds: a network with several hidden layers "
-                                         "is bounded in one process"):
-        torch_ws.dataset_bounds(model, loader, loss="cross_entropy", group=object())
 
 
 def test_targets_that_require_grad_are_refused():
@@ -125,18 +126,20 @@ def _head(classes, loss_name, y):
 
 
 def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
-                 loss_name="cross_entropy", dims=(3, 4)):
+                 loss_name="cross_entropy", dims=(3, 4), hidden_layers=1):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        model, x, y = model_and_data(n=sum(sizes), d=dims[0], h=dims[1], classes=classes)
+        model, x, y = model_and_data(n=sum(sizes), d=dims[0], h=dims[1], classes=classes,
+                                     hidden_layers=hidden_layers)
         loss, y = _head(classes, loss_name, y)
         if activations[rank] == "sigmoid":
             model[1] = nn.Sigmoid()
         elif activations[rank] == "wider":  # a hidden layer of 5 units instead of 4
-            model, _, _ = model_and_data(n=sum(sizes), h=5, classes=classes)
+            model, _, _ = model_and_data(n=sum(sizes), h=5, classes=classes,
+                                         hidden_layers=hidden_layers)
         start = sum(sizes[:rank])
         shard = (x[start:start + sizes[rank]], y[start:start + sizes[rank]])
         batches = [(shard[0][i:i + 4], shard[1][i:i + 4]) for i in range(0, sizes[rank], 4)]
@@ -153,13 +156,14 @@ def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
 
 
 def _run_ranks(tmp_path, sizes, activations=None, classes=1, loss_name="cross_entropy",
-               dims=(3, 4)):
+               dims=(3, 4), hidden_layers=1):
     import torch.multiprocessing as mp
 
     world = len(sizes)
     activations = activations or ["tanh"] * world
     mp.spawn(_rank_worker, args=(world, str(tmp_path / "init"), str(tmp_path), sizes,
-                                 activations, classes, loss_name, dims), nprocs=world, join=True)
+                                 activations, classes, loss_name, dims, hidden_layers),
+             nprocs=world, join=True)
     return [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
 
 
@@ -213,6 +217,22 @@ def test_ranks_with_ten_logits_beyond_the_hessian_limit(tmp_path):
     loss, y = _head(10, "cross_entropy", y)
     expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
     _assert_every_rank_got(results, expected, model, grad_rtol=1e-11)
+
+
+@pytest.mark.parametrize("sizes", [(13, 9), (7, 0, 5)])
+def test_ranks_with_a_deep_network(tmp_path, sizes):
+    """Two hidden layers, C = 3, the squared error, over 2 and 3 ranks (one empty): every rank
+    evaluates the union (no split of the deep Gram forms yet) and gets the single-process bounds
+    and gradient; ranks whose layers differ are told which."""
+    results = _run_ranks(tmp_path, sizes, classes=3, loss_name="mse", hidden_layers=2)
+    model, x, y = model_and_data(n=sum(sizes), classes=3, hidden_layers=2)
+    loss, y = _head(3, "mse", y)
+    expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
+    _assert_every_rank_got(results, expected, model)
+    if len(sizes) == 2:
+        results = _run_ranks(tmp_path, (6, 6), activations=["tanh", "wider"], classes=3,
+                             loss_name="mse", hidden_layers=2)
+        assert all("the ranks disagree on layer shapes" in r["error"] for r in results)
 
 
 @pytest.mark.parametrize("other, message", [

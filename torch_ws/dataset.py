@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .deep import DeepMlpSpec, deep_ws_bounds
-from .distributed import distributed_bounds
+from .distributed import distributed_bounds, gather_shards
 from .model import MlpSpec, unwrap_model
 from .ops import WSBounds, ws_bounds
 
@@ -51,7 +51,9 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             :class:`HSRRegularizer` (read by :meth:`torch_ws.MlpSpec.from_module`); or a
             deeper ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation; read
             by :meth:`torch_ws.DeepMlpSpec.from_module`, bounded by
-            :func:`torch_ws.deep_ws_bounds`, one process only: O(N²) memory in its Gram forms).
+            :func:`torch_ws.deep_ws_bounds`: O(N²) memory in its Gram forms; over a process
+            group every rank evaluates the whole union, there being no split of those forms
+            yet).
         data: a ``DataLoader`` or any iterable of ``(x, target)`` batches (a last partial batch
             is fine); every batch has the same D, dtype and target layout.
         loss, reduction: as for :class:`HSRRegularizer` (a loss module is read as there); a
@@ -86,10 +88,6 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
         device = spec.hidden.weight.device
     if group is None and torch.distributed.is_available() and torch.distributed.is_initialized():
         group = torch.distributed.group.WORLD
-    if deep and group is not None:
-        raise ValueError("dataset_bounds: a network with several hidden layers is bounded in one "
-                         "process (torch.distributed is implemented for one hidden layer); "
-                         "gather the data on one rank and call it there without a group")
     bar = None
     batches = data
     if progress:
@@ -116,8 +114,9 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
     if not xs:
         # A rank without samples still takes part (the others wait for its shard): an empty
         # shard of the layout the loss expects.
-        x = spec.hidden.weight.new_empty(0, spec.hidden.in_features).detach()
-        classes = spec.num_outputs
+        first, last = (spec.linears[0], spec.linears[-1]) if deep else (spec.hidden, spec.output)
+        x = first.weight.new_empty(0, first.in_features).detach()
+        classes = last.out_features
         target = (torch.empty(0, dtype=torch.long, device=x.device)
                   if spec.loss == "cross_entropy"
                   else x.new_empty((0, classes) if spec.loss == "mse" and classes > 1 else (0,)))
@@ -131,8 +130,13 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             bar.refresh()
 
     try:
-        if group is not None:
+        if group is not None and not deep:
             return distributed_bounds(spec, x, target, group, grad, progress=stage)
+        if group is not None:
+            # Several hidden layers: the deep Gram forms have no split over ranks yet, so every
+            # rank evaluates the union (the same numbers on every rank, one process's time).
+            stage("gathering the shards")
+            x, target, _ = gather_shards(spec, x, target, group)
         stage("bounds and gradient" if grad else "bounds")
         with torch.set_grad_enabled(grad):
             bounds = (deep_ws_bounds if deep else ws_bounds)(*spec.op_args(x, target))

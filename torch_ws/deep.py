@@ -7,9 +7,9 @@ activation, reduction and bias setting, float32 and float64, on any device; HSRR
 takes such a network with bound="ws"; closed-form Hessian-vector products and the certified
 interval on λ_max and λ_min (§12.6, differentiable by autograd through the products and traces
 with the basis held fixed), which ``torch_ws.sharpness`` uses for deep networks and
-``HSRRegularizer(bound="interval")`` penalizes; ``torch_ws.dataset_bounds`` on one process. Not
-yet: a hand-derived backward, the engines' tiling, the spectral bound, dataset_bounds over
-torch.distributed.
+``HSRRegularizer(bound="interval")`` penalizes; ``torch_ws.dataset_bounds`` (over
+torch.distributed, every rank evaluates the union). Not yet: a hand-derived backward, the engines'
+tiling, the spectral bound, a split of the Gram forms over ranks.
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ every number comes from the C++ engines):
   (``_traces_share``); the ranks all-reduce their parts of tr H and tr(H²), then of the gradient.
 
 The result equals one process's call on the concatenated shards (up to the order of float64
-sums), for every head, at every size one process takes.
+sums), for every head, at every size one process takes. Networks with several hidden layers use
+``gather_shards`` alone: dataset_bounds then evaluates the union on every rank (no split of the
+deep Gram forms yet).
 """
 from __future__ import annotations
 
@@ -26,12 +28,44 @@ from .model import MlpSpec
 #: The problem facts the ranks must agree on, in the order of the message naming a disagreement.
 _FACT_NAMES = ("input shape", "dtype", "W1 shape", "W2 shape", "b1", "b2", "activation", "loss",
                "reduction")
+_DEEP_FACT_NAMES = ("input shape", "dtype", "layer shapes", "biases", "activation", "loss",
+                    "reduction")
 
 
-def _facts(spec: MlpSpec, x: Tensor) -> tuple:
-    w1, b1, w2, b2 = spec.params
-    return (tuple(x.shape[1:]), str(x.dtype), tuple(w1.shape), tuple(w2.shape), b1 is not None,
-            b2 is not None, spec.activation, spec.loss, spec.reduction)
+def _facts(spec, x: Tensor) -> tuple[tuple, tuple]:
+    """(names, values) of the facts of an MlpSpec or a DeepMlpSpec."""
+    if isinstance(spec, MlpSpec):
+        w1, b1, w2, b2 = spec.params
+        return _FACT_NAMES, (tuple(x.shape[1:]), str(x.dtype), tuple(w1.shape), tuple(w2.shape),
+                             b1 is not None, b2 is not None, spec.activation, spec.loss,
+                             spec.reduction)
+    return _DEEP_FACT_NAMES, (tuple(x.shape[1:]), str(x.dtype),
+                              tuple(tuple(layer.weight.shape) for layer in spec.linears),
+                              tuple(layer.bias is not None for layer in spec.linears),
+                              spec.activation, spec.loss, spec.reduction)
+
+
+def gather_shards(spec, x: Tensor, target: Tensor, group) -> tuple[Tensor, Tensor, int]:
+    """The union of the ranks' shards (x, prepared target), concatenated in rank order on the
+    model's device, on every rank, and where this rank's shard begins in it. Every rank raises
+    the same error when the ranks disagree on the problem (``spec``: an MlpSpec or a
+    DeepMlpSpec)."""
+    import torch.distributed as dist
+
+    names, facts = _facts(spec, x)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, (facts, x.detach().cpu(), target.detach().cpu()),
+                           group=group)
+    for other_rank, (other, _, _) in enumerate(everyone):
+        if other != facts:
+            differ = [f"{name}: {a} here, {b} on rank {other_rank}"
+                      for name, a, b in zip(names, facts, other) if a != b]
+            raise ValueError("torch_ws: the ranks disagree on " + "; ".join(differ))
+    device = spec.leaves[0].device
+    x_all = torch.cat([part[1] for part in everyone]).to(device)
+    target_all = torch.cat([part[2] for part in everyone]).to(device)
+    return x_all, target_all, sum(len(part[1]) for part in everyone[:rank])
 
 
 def bounds_and_weights(traces: Tensor, num_params: int, dtype) -> tuple[list[Tensor], tuple]:
@@ -59,21 +93,9 @@ class Shards:
     def __init__(self, spec: MlpSpec, x: Tensor, target: Tensor, group):
         import torch.distributed as dist
 
-        facts = _facts(spec, x)
         self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
-        everyone = [None] * self.world
-        dist.all_gather_object(everyone, (facts, x.detach().cpu(), target.detach().cpu()),
-                               group=group)
-        for rank, (other, _, _) in enumerate(everyone):
-            if other != facts:
-                differ = [f"{name}: {a} here, {b} on rank {rank}"
-                          for name, a, b in zip(_FACT_NAMES, facts, other) if a != b]
-                raise ValueError("torch_ws: the ranks disagree on " + "; ".join(differ))
-        device = spec.hidden.weight.device
-        x_all = torch.cat([part[1] for part in everyone]).to(device)
-        target_all = torch.cat([part[2] for part in everyone]).to(device)
-        self.begin = sum(len(part[1]) for part in everyone[:self.rank])
+        x_all, target_all, self.begin = gather_shards(spec, x, target, group)
         self.end = self.begin + len(x)
         self.spec = spec
         self.num_params = spec.num_params
