@@ -333,3 +333,68 @@ def test_low_precision_inputs_are_computed_in_float32(dtype):
     actual = torch_ws.hessian_vector_products(*args, vectors.to(dtype))
     assert actual.dtype == dtype
     torch.testing.assert_close(actual.double(), expected, rtol=0.05, atol=0.05)
+
+
+def teacher_net(n, d, h, seed):
+    """A one-logit tanh net after 300 full-batch Adam steps on a random teacher's labels (the
+    benchmarks' trained nets, smaller): λ_1 and λ_2 lie close (7% apart at the benchmark's
+    N = 1000), over a bulk that holds most of tr(H²), so the trace cap cannot put λ_2 below the top
+    Ritz value, and Weyl's λ_2(GGN) + λ_max(R) can."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    torch.manual_seed(seed)
+    teacher = (nn.Linear(d, h).double(), nn.Linear(h, 1).double())
+    with torch.no_grad():
+        logits = teacher[1](torch.tanh(teacher[0](x))).squeeze(1)
+        target = (logits > logits.median()).double()
+    student = [nn.Linear(d, h).double(), nn.Linear(h, 1).double()]
+    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        reference.mlp_loss(x, target, *params, "tanh", "mean").backward()
+        optimizer.step()
+    return (x, target, *(p.detach() for p in params))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("size,seed,steps", [((400, 16, 16), 0, 16), ((400, 16, 16), 0, 32),
+                                             ((500, 16, 24), 1, 16), ((300, 8, 16), 0, 16)])
+def test_kato_temple_with_a_weyl_bound_on_the_second_eigenvalue(size, seed, steps, dtype):
+    """Where the cap leaves λ_2 unresolved, λ_2(H) ≤ λ_2(GGN) + λ_max(R) (docs/math.md §11.2)
+    lets Kato-Temple close the interval: source "kato_temple_weyl", both ends within 1e-8 of
+    eigvalsh's λ_max (float32: within float32's rounding) and around the float64 λ_max."""
+    cast = tuple(a.to(dtype) for a in teacher_net(*size, seed))
+    exact = float(spectrum(cast, "tanh", "mean", "bce")[-1])  # of the inputs as given, in float64
+    interval = torch_ws.lambda_max_interval(*cast, "tanh", "mean", "bce", steps=steps)
+    if dtype == torch.float64:
+        assert interval.source == "kato_temple_weyl"
+    assert float(interval.lower) <= exact <= float(interval.upper)
+    slack = 1e-8 if dtype == torch.float64 else 1e-5
+    assert float(interval.upper) <= (1 + slack) * exact
+    assert float(interval.lower) >= (1 - slack) * exact
+
+
+def test_kato_temple_weyl_gradient_matches_autograd_through_explicit_matrices():
+    """With source "kato_temple_weyl" the upper end is θ + (‖Hû‖² − θ²)/(θ − ν) with the Ritz
+    vector û held fixed and ν = λ_2(GGN) + λ_max(R) (their eigenvectors held fixed: Hellmann-
+    Feynman, so eigvalsh's eigenvalues have the same gradient): against autograd through the
+    explicit H, GGN and R = H − GGN. (ν's term carries the factor ρ²/(θ − ν)², small here; its
+    mechanism, the GGN form's gradient in a fixed vector, is tests/test_spectral.py's
+    test_gradient_of_the_gauss_newton_form_in_any_fixed_vector.)"""
+    args = tuple(a.requires_grad_(True) if i != 1 else a
+                 for i, a in enumerate(teacher_net(400, 16, 16, 0)))
+    leaves = [a for i, a in enumerate(args) if i != 1]
+    interval = torch_ws.lambda_max_interval(*args, "tanh", "mean", "bce", steps=16)
+    assert interval.source == "kato_temple_weyl"
+    actual = torch.autograd.grad(interval.upper, leaves)
+    H = reference.explicit_hessian(*args, "tanh", "mean", "bce")
+    G = reference.explicit_gauss_newton(*args, "tanh", "mean", "bce")
+    nu = torch.linalg.eigvalsh(G)[-2] + torch.linalg.eigvalsh(H - G)[-1]
+    u = interval.ritz_vectors[0]
+    theta = u @ H @ u / (u @ u)
+    image = (H @ u) @ (H @ u) / (u @ u)
+    upper = theta + (image - theta ** 2) / (theta - nu)
+    expected = torch.autograd.grad(upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-12)

@@ -285,3 +285,47 @@ def test_autocast_runs_in_float32_and_stays_a_bound():
     plain = torch_ws.spectral_bound(*p.args())
     assert result.upper.dtype == torch.float32
     assert torch.equal(result.upper, plain.upper)
+
+
+@pytest.mark.parametrize("head", [HEADS[0], ("mse", 2, "values")], ids=["bce", "mse"])
+def test_gradient_of_the_gauss_newton_form_in_any_fixed_vector(head):
+    """The GGN term of the gradient is that of zᵀMz with z held fixed (§9.4), for any z, not
+    only the top eigenvector (where Hellmann-Feynman makes the two agree): the eigenvalue
+    interval differentiates its bound on λ_2(GGN) this way, with z the deflated dual matrix's
+    vector (§11.2). Against autograd through zᵀMz = ‖Σ_i J_iᵀ L_i z_i‖², J by torch.func and
+    S_i = L_i L_iᵀ from the explicit loss Hessian in the logits."""
+    loss = head[0]
+    args = problem(head, n=7, d=3, h=4, seed=5, requires_grad=True)
+    inputs = differentiable(args)
+    x, target, w1, b1, w2, b2 = args
+    parts = torch.ops.torch_ws._spectral_parts(*args, "tanh", "mean", loss)
+    z = torch.randn(parts[7].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    zero, one = torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64)
+    ours = torch.ops.torch_ws._spectral_backward(
+        zero, one, zero, zero, *args, "tanh", "mean", loss, torch.tensor(False), z, *parts[8:],
+        True)
+
+    def form(x, w1, b1, w2, b2):
+        theta = reference.flatten_params(w1, b1, w2, b2)
+        logits = reference.mlp_logits(x, w1, b1, w2, b2, "tanh").reshape(len(x), -1)
+        n, c = logits.shape
+
+        def logits_of(theta_):
+            return reference.mlp_logits(x, *reference.unflatten_params(theta_, w1, b1, w2, b2),
+                                        "tanh").reshape(-1)
+
+        jacobian = torch.func.jacrev(logits_of)(theta).view(n, c, -1)
+        curvature = torch.func.hessian(
+            lambda v: reference.loss_of_logits(v.view(n, c).squeeze(1) if loss == "bce"
+                                               else v.view(n, c), target, "mean", loss)
+        )(logits.reshape(-1)).view(n, c, n, c)
+        blocks = torch.stack([curvature[i, :, i, :] for i in range(n)])   # S_i (C × C)
+        values, vectors = torch.linalg.eigh(blocks)                         # S_i = L_i L_iᵀ,
+        factor = vectors * values.clamp_min(0).sqrt().unsqueeze(1)          # L_i = V√Λ
+        weights = torch.einsum("icd,id->ic", factor, z)                     # L_i z_i
+        return (torch.einsum("icn,ic->n", jacobian, weights) ** 2).sum()
+
+    expected = torch.autograd.grad(form(x, w1, b1, w2, b2), inputs)
+    present = [g for g in ours if g.numel() > 0]
+    for a, b in zip(present, expected):
+        assert rel_err(a, b) < 1e-9

@@ -360,9 +360,10 @@ def hessian_vector_products(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[
 
 
 #: What gave an interval's outer bound (docs/math.md §11.2): the Wolkowicz-Styan bound of the
-#: traces, the trace cap (interlacing), Kato-Temple on the top Ritz pair, or Weyl's sum of the
-#: Gauss-Newton and residual parts (spectral_bound, tried up to N·C = 2048 dual rows).
-INTERVAL_SOURCES = ("wolkowicz_styan", "trace_cap", "kato_temple", "weyl")
+#: traces, the trace cap (interlacing), Kato-Temple on the top Ritz pair (λ_2 bounded by the
+#: cap), Weyl's sum of the Gauss-Newton and residual parts (spectral_bound), or Kato-Temple with
+#: λ_2 bounded by Weyl, λ_2(GGN) + λ_max(R) (the last two tried up to N·C = 2048 dual rows).
+INTERVAL_SOURCES = ("wolkowicz_styan", "trace_cap", "kato_temple", "weyl", "kato_temple_weyl")
 
 
 class EigenvalueInterval(NamedTuple):

@@ -113,6 +113,15 @@ EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
         }
       }
     }
+  } else if (certificate.source == IntervalSource::KatoTempleWeyl) {
+    // θ + ρ²/(θ − ν) with ν the family's own smooth function (not of θ): its derivative comes
+    // from the family, weighted by `nu`.
+    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
+    const double rho_sq = std::max(image_sq - theta * theta, 0.0);
+    const double gap = theta - certificate.nu_weyl;
+    upper.ritz[0] = (1 - 2 * theta / gap - rho_sq / (gap * gap)) * sign / denominator;
+    upper.image = (1 / gap) * 2 * sign / denominator;
+    upper.nu = rho_sq / (gap * gap);
   } else if (certificate.source == IntervalSource::KatoTemple) {
     // θ + ρ²/(θ − ν), ρ² = ‖Hû‖² − θ², ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²).
     double subtracted = 0;
@@ -309,7 +318,22 @@ RitzCertificate certify_top(const SymmetricProducts& products, double sign, cons
   out.theta = theta;
   out.eps_T = eps_T;
   out.orthonormal_enough = orthonormal_enough;
+  out.theta_high = theta_high;
+  out.rho = rho;
   return out;
+}
+
+bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value) {
+  const double theta_low = certificate.lower, theta_high = certificate.theta_high;
+  const double rho = certificate.rho;
+  // As in certify_top: with λ_2 ≤ ν < θ − ρ, λ_1 ≤ θ + ρ²/(θ − ν), growing with θ there.
+  if (!certificate.u.defined() || !(theta_low - nu_upper > rho)) return false;
+  const double bound = up(theta_high + up(up(rho * rho) / down(theta_high - nu_upper)));
+  if (!(bound < certificate.upper)) return false;
+  certificate.upper = bound;
+  certificate.source = IntervalSource::KatoTempleWeyl;
+  certificate.nu_weyl = nu_value;
+  return true;
 }
 
 }  // namespace torch_ws

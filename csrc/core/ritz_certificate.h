@@ -36,7 +36,14 @@ class SymmetricProducts {
 };
 
 // Which guarantee gave the bound away from the Ritz value (the op's `source` output).
-enum class IntervalSource : int64_t { WolkowiczStyan = 0, TraceCap = 1, KatoTemple = 2, Weyl = 3 };
+// KatoTempleWeyl: Kato-Temple with λ_2 bounded by the family's own Weyl bound (§11.2).
+enum class IntervalSource : int64_t {
+  WolkowiczStyan = 0,
+  TraceCap = 1,
+  KatoTemple = 2,
+  Weyl = 3,
+  KatoTempleWeyl = 4
+};
 
 // What the certificate knows of σH (σ = ±1) before any product: its exact traces and the
 // Wolkowicz-Styan bound on its top eigenvalue, each already a guarantee for the computed numbers.
@@ -60,17 +67,30 @@ struct RitzCertificate {
   at::Tensor u, hu;
   double denominator = 0, theta = 0, eps_T = 0;
   bool orthonormal_enough = false;
+  // θ's certified upper end and the certified residual ρ ≥ ‖σHû − θû‖ (what Kato-Temple takes),
+  // and, where source is KatoTempleWeyl, the smooth value of the λ_2 bound it used.
+  double theta_high = 0, rho = 0, nu_weyl = 0;
 };
+
+// Kato-Temple on the certificate's top Ritz pair with a bound on λ_2(σH) that the family
+// certified itself (e.g. Weyl: λ_2(H) ≤ λ_2(GGN) + λ_max(R), §11.2): `nu_upper` ≥ λ_2(σH),
+// `nu_value` the smooth function it rounds up (for the derivatives). Where θ_low − ν > ρ, replaces
+// `upper` (and source, KatoTempleWeyl) if smaller; returns whether it did.
+bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value);
 
 // Each end of the interval of λ_max(σH) as a smooth function of the parameters with the basis
 // held fixed (docs/math.md §11.4), to first order:
-//   d(end) = Σ_i ritz[i]·⟨r_i, dH r_i⟩ + image·⟨Hu, dH u⟩ + trace·d tr H + trace_sq·d tr(H²),
+//   d(end) = Σ_i ritz[i]·⟨r_i, dH r_i⟩ + image·⟨Hu, dH u⟩ + trace·d tr H + trace_sq·d tr(H²)
+//            (+ nu·dν for Kato-Temple with the family's own λ_2 bound ν),
 // r_i the certificate's Ritz vectors (u = r_0) and Hu its product `hu`; the forms and traces are
 // those of H, not σH. Each family turns this into gradients its own way (one hidden layer: the
 // hand-derived reverse pass of the forms; deep networks: autograd through the products).
 struct EndDerivative {
   std::vector<double> ritz;  // one coefficient per Ritz vector, 0 where it does not enter
   double image = 0, trace = 0, trace_sq = 0;
+  // Source KatoTempleWeyl: the coefficient of d(ν), the family's own λ_2 bound, whose gradient
+  // the family adds (ν's smooth function is the family's).
+  double nu = 0;
 };
 struct EndDerivatives {
   EndDerivative lower, upper;

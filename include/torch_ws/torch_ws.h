@@ -108,7 +108,8 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
 // A certified interval on λ_max (largest) or λ_min of the loss Hessian (docs/math.md §11):
 // `steps` Lanczos steps on closed-form Hessian-vector products, lower ≤ λ ≤ upper for the
 // computed numbers, both differentiable (the basis held fixed). `source` (int64): 0
-// Wolkowicz-Styan, 1 the trace cap, 2 Kato-Temple, 3 Weyl. Pass `ritz_vectors` as `start` to the
+// Wolkowicz-Styan, 1 the trace cap, 2 Kato-Temple, 3 Weyl, 4 Kato-Temple with Weyl's bound on
+// λ_2. Pass `ritz_vectors` as `start` to the
 // next call to track the eigenvalue during training.
 struct EigenvalueInterval {
   at::Tensor lower, upper;

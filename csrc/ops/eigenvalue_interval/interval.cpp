@@ -6,7 +6,8 @@
 //       -> (lower, upper, source, ritz_values, ritz_vectors, products):
 //       lower ≤ λ ≤ upper for λ = λ_max (largest) or λ_min, both in x's dtype rounded outward;
 //       source says which guarantee gave the bound away from the Ritz value (0 Wolkowicz-Styan,
-//       1 the trace cap, 2 Kato-Temple, 3 Weyl); the Ritz values (k,) and vectors (k, n) in float64,
+//       1 the trace cap, 2 Kato-Temple, 3 Weyl, 4 Kato-Temple with Weyl's λ_2 bound); the Ritz
+//       values (k,) and vectors (k, n) in float64,
 //       extreme first; products: the Hessian-vector products used.
 //   hessian_vector_products(..., vectors) -> H·v for each row of vectors (k, n), in x's dtype.
 //
@@ -26,6 +27,7 @@
 #include "ops/problem_args.h"
 #include "ops/gradient_list.h"
 #include "ops/schemas.h"
+#include "ops/spectral/spectral_bound.h"
 
 #include <torch/library.h>
 
@@ -60,7 +62,31 @@ struct Interval {
   int64_t products;
   // With gradients (docs/math.md §11.4): of lower and of upper, in float64.
   optional<InputGradients> lower_grad, upper_grad;
+  // The spectral parts (§9), where the interval was wide enough to call for them.
+  optional<spectral::SpectralParts> parts;
 };
+
+// Whether [lower, upper] is still wider than 1% and small enough for the spectral parts: they
+// cost about what the Lanczos products do up to kWeylMaxDualRows dual rows (trained networks
+// close the interval by Kato-Temple without them); not on NaN or ±Inf input, where the interval
+// is NaN already and the eigensolvers would refuse to converge.
+bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
+  const bool wide = !(upper <= kWeylWorthIt * lower) || lower <= 0;
+  return wide && std::isfinite(lower) &&
+         p.num_samples() * p.num_outputs() <= kWeylMaxDualRows;
+}
+
+// The gradient of the spectral parts' g_ggn·λ + g_max·λ_max(R) + g_min·λ_min(R) (§9.4), with
+// `ggn_vector` the GGN eigenvector in question (the top one, or the deflated one for λ_2).
+InputGradients spectral_gradient(const MlpProblem& p, const spectral::SpectralParts& s,
+                                 const Tensor& ggn_vector, double g_ggn, double g_max,
+                                 double g_min, bool need_grad_x) {
+  const auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options()); };
+  return spectral::gradient(p,
+                            {ggn_vector, s.residual_max_vector, s.residual_max_unit,
+                             s.residual_min_vector, s.residual_min_unit},
+                            scalar(g_ggn), scalar(g_max), scalar(g_min), need_grad_x);
+}
 
 // α·a + β·b over the gradients that exist (x's only where both have it).
 InputGradients combine(double alpha, const InputGradients& a, double beta, const InputGradients& b) {
@@ -108,8 +134,28 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
       std::nextafter(trace_sq * (1 + rounding_allowance(at::kDouble)), HUGE_VAL);
   RitzCertificate certificate = certify_top(products, sign, {trace, trace_sq, trace_sq_high, ws},
                                             steps, start, seed, p.x.options(), kIntervalName);
+  // Still wide: the spectral parts. For λ_max, λ_2(H) ≤ λ_2(GGN) + λ_max(R) (Weyl's inequality
+  // for the second eigenvalue, §11.2) may put λ_2 below θ − ρ where the cap could not, and
+  // Kato-Temple then closes the interval. (For λ_min it cannot: λ_2(−H) ≤ −λ_min(R), which is
+  // at least −λ_min(H) ≥ θ.)
+  optional<spectral::SpectralParts> parts;
+  if (calls_for_spectral_parts(certificate.lower, certificate.upper, p)) {
+    parts = spectral::evaluate(p, /*second=*/sign > 0);
+    if (sign > 0 && parts->ggn_second_upper.defined()) {
+      const double residual_upper = std::nextafter(
+          parts->residual_lambda_max.item<double>() + parts->residual_allowance.item<double>(),
+          HUGE_VAL);
+      const double nu_upper = std::nextafter(
+          std::nextafter(parts->ggn_second_upper.item<double>(), HUGE_VAL) + residual_upper,
+          HUGE_VAL);
+      kato_temple_with_second(certificate, nu_upper,
+                              parts->ggn_second_value.item<double>() +
+                                  parts->residual_lambda_max.item<double>());
+    }
+  }
   Interval out{certificate.lower, certificate.upper, certificate.source, certificate.ritz_values,
                certificate.ritz_vectors, certificate.products};
+  out.parts = parts;
   if (!certificate.u.defined()) return out;  // NaN or ±Inf input: no interval, NaN gradients
   if (gradients == Gradients::None) return out;
   // With Q held fixed, both ends are smooth functions of the parameters made of Rayleigh
@@ -128,6 +174,10 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
     InputGradients g = forms.gradient(products, certificate.u, need_grad_x);
     if (end.trace != 0) g = combine(1, g, end.trace, *traces.trace_grad);
     if (end.trace_sq != 0) g = combine(1, g, end.trace_sq, *traces.trace_sq_grad);
+    if (end.nu != 0) {  // ν = λ_2(GGN)'s bound + λ_max(R): both are Rayleigh quotients (§9.4)
+      g = combine(1, g, end.nu,
+                  spectral_gradient(p, *parts, parts->ggn_second_vector, 1, 1, 0, need_grad_x));
+    }
     return g;
   };
   out.lower_grad = gradient_of(derivatives.lower);
@@ -136,33 +186,29 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
 }
 
 // The Weyl bound of spectral_bound (docs/math.md §9) as a candidate for the top end of σ·H:
-// λ_max(GGN) + λ_max(R) for λ_max (σ = 1), and −(λ_min(R) − allowance) ≥ −λ_min(H) for σ = −1.
-// With gradients, spectral_bound's own (§9.4) for the end it gives.
-void weyl_candidate(const MlpProblem& p, c10::string_view activation, c10::string_view reduction,
-                    c10::string_view loss, bool largest, Gradients gradients, Interval& top) {
-  static auto parts_op = find_op<SpectralPartsSignature>("torch_ws::_spectral_parts");
-  auto [upper, ggn, residual_max, lambda_min, residual, iterations, ws_wins, ggn_vector,
-        max_vector, max_unit, min_vector, min_unit] =
-      parts_op.call(p.x, p.target, p.w1(), p.b1(), p.w2(), p.b2(), activation, reduction, loss);
-  // Where spectral_bound's upper is its WS bound, ours (the same) is a candidate already.
-  if (largest && ws_wins.item<bool>()) return;
-  const double candidate = largest ? upper.item<double>() : -lambda_min.item<double>();
+// λ_max(GGN) + λ_max(R) for λ_max (σ = 1), and −(λ_min(R) − allowance) ≥ −λ_min(H) for σ = −1,
+// from the parts certified_top computed. With gradients, spectral_bound's own (§9.4).
+void weyl_candidate(const MlpProblem& p, bool largest, Gradients gradients, Interval& top) {
+  const spectral::SpectralParts& s = *top.parts;
+  auto up = [](double v) { return std::nextafter(v, HUGE_VAL); };
+  double candidate = HUGE_VAL;
+  if (!largest) {
+    candidate = up(-(s.residual_lambda_min.item<double>() - s.residual_allowance.item<double>()));
+  } else if (!at::isnan(s.ggn_lambda_max).item<bool>()) {
+    candidate = up(up(s.ggn_lambda_max.item<double>() + s.ggn_allowance.item<double>()) +
+                   up(s.residual_lambda_max.item<double>() + s.residual_allowance.item<double>()));
+  }
   if (!(candidate < top.upper)) return;
   top.upper = candidate;
   top.source = Source::Weyl;
   if (gradients == Gradients::None) return;
-  static auto backward_op = find_op<SpectralBackwardSignature>("torch_ws::_spectral_backward");
-  const Tensor one = at::ones({}, p.x.options()), zero = at::zeros({}, p.x.options());
-  const std::vector<Tensor> grads = backward_op.call(
-      largest ? one : zero, zero, zero, largest ? zero : one, p.x, p.target, p.w1(), p.b1(),
-      p.w2(), p.b2(), activation, reduction, loss, ws_wins, ggn_vector, max_vector, max_unit,
-      min_vector, min_unit, gradients == Gradients::ParametersAndX);
-  auto entry = [](const Tensor& g) { return g.numel() == 0 ? Tensor() : g; };
   // The gradient of the top end of σ·H: σ times that of the bound on H's own end.
-  const double sign = largest ? 1 : -1;
-  const InputGradients of_bound{entry(grads[0]), grads[1], entry(grads[2]), grads[3],
-                                entry(grads[4])};
-  top.upper_grad = combine(sign, of_bound, 0, of_bound);
+  const InputGradients of_bound =
+      largest ? spectral_gradient(p, s, s.ggn_vector, 1, 1, 0,
+                                  gradients == Gradients::ParametersAndX)
+              : spectral_gradient(p, s, s.ggn_vector, 0, 0, 1,
+                                  gradients == Gradients::ParametersAndX);
+  top.upper_grad = combine(largest ? 1 : -1, of_bound, 0, of_bound);
 }
 
 using IntervalOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
@@ -183,13 +229,8 @@ IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const T
   const double sign = largest ? 1 : -1;
   const MlpProblem p64 = with_dtype(checked, at::kDouble);
   Interval top = certified_top(p64, sign, steps, start, seed, gradients);
-  // Only where the cheaper guarantees left the interval wider than 1% (trained networks close it
-  // by Kato-Temple at no extra cost), and not on NaN or ±Inf input, where the interval is NaN
-  // already and the eigensolvers would refuse to converge.
-  const bool wide = !(top.upper <= kWeylWorthIt * top.lower) || top.lower <= 0;
-  if (wide && std::isfinite(top.lower) &&
-      checked.num_samples() * checked.num_outputs() <= kWeylMaxDualRows) {
-    weyl_candidate(p64, activation, reduction, loss, largest, gradients, top);
+  if (top.parts && calls_for_spectral_parts(top.lower, top.upper, p64)) {
+    weyl_candidate(p64, largest, gradients, top);
   }
   const double lower = largest ? top.lower : -top.upper;
   const double upper = largest ? top.upper : -top.lower;

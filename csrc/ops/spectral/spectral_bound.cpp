@@ -100,7 +100,9 @@ double forming_factor(const Network& n) {
          kUnitRoundoff;
 }
 
-TopEigenpair dense_top_eigenpair(const Tensor& M, double forming) {
+// `forming_error` ≥ ‖fl(M) − M‖₂ and `norm` ≥ ‖M‖₂ (0-dim float64): what the allowances of the
+// two solvers below are made of (tr M for both when M is positive semi-definite).
+TopEigenpair dense_top_eigenpair(const Tensor& M, const Tensor& forming_error, const Tensor& norm) {
   const auto [values, vectors] = at::linalg_eigh(M);
   const int64_t m = M.size(0);
   TopEigenpair top;
@@ -109,7 +111,7 @@ TopEigenpair dense_top_eigenpair(const Tensor& M, double forming) {
   top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
   // eigh is backward stable: its eigenvalues are those of M + E with ‖E‖ ≤ p(m)·u·‖M‖.
   const double eigh_factor = (kRoundingAllowance + 2.0 * static_cast<double>(m)) * kUnitRoundoff;
-  top.allowance = (forming + eigh_factor) * M.trace();
+  top.allowance = forming_error + eigh_factor * norm;
   top.iterations = at::zeros({}, M.options().dtype(at::kLong));
   return top;
 }
@@ -118,7 +120,8 @@ TopEigenpair dense_top_eigenpair(const Tensor& M, double forming) {
 // τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on λ_max(M) iff τI − M is positive definite,
 // which a Cholesky factorization decides (docs/math.md §9.2). Where the certificate fails (the
 // Ritz value missed the top eigenvalue), the dense solver decides instead.
-TopEigenpair lanczos_top_eigenpair(const Tensor& M, double forming) {
+TopEigenpair lanczos_top_eigenpair(const Tensor& M, const Tensor& forming_error,
+                                   const Tensor& norm) {
   const int64_t m = M.size(0);
   const int64_t max_steps = std::min<int64_t>(m, 300);
   const auto options = M.options();
@@ -169,15 +172,21 @@ TopEigenpair lanczos_top_eigenpair(const Tensor& M, double forming) {
   const double tau = theta + 2 * residual + 1e-10 * std::abs(theta) + 1e-300;
   const Tensor shifted = at::eye(m, options) * tau - M;
   const auto [factor, info] = at::linalg_cholesky_ex(shifted);
-  if (info.item<int64_t>() != 0) return dense_top_eigenpair(M, forming);
+  if (info.item<int64_t>() != 0) return dense_top_eigenpair(M, forming_error, norm);
   // A Cholesky factorization that succeeds in floating point proves A + E positive definite with
   // ‖E‖ ≤ γ_{m+1}·tr(A) (Demmel); so λ_max(M) ≤ τ + γ_{m+1}·tr(τI − M), and M itself is off by
   // the forming error.
   const double cholesky_factor = 2.0 * static_cast<double>(m + 1) * kUnitRoundoff;
   const Tensor trace = M.trace();
   top.allowance = (tau - theta) + cholesky_factor * (static_cast<double>(m) * tau - trace) +
-                  (forming + kRoundingAllowance * kUnitRoundoff) * trace;
+                  forming_error + kRoundingAllowance * kUnitRoundoff * norm;
   return top;
+}
+
+// The top eigenpair of M by the solver its size calls for.
+TopEigenpair top_eigenpair(const Tensor& M, const Tensor& forming_error, const Tensor& norm) {
+  return M.size(0) <= kDenseDual ? dense_top_eigenpair(M, forming_error, norm)
+                                 : lanczos_top_eigenpair(M, forming_error, norm);
 }
 
 // ---- λ_max(R) and λ_min(R) from the H blocks (docs/math.md §9.3). ----
@@ -243,21 +252,36 @@ ResidualEigen residual_eigen(const Network& n) {
 
 }  // namespace
 
-SpectralParts evaluate(const MlpProblem& p) {
+SpectralParts evaluate(const MlpProblem& p, bool second) {
   const Network n = network(p, /*for_gradients=*/false);
   const int64_t N = n.num_samples(), C = n.num_outputs(), m = N * C;
   const auto options = n.x.options();
   SpectralParts out;
   if (m <= kMaxDual) {
     const Tensor M = dual_matrix(n);
-    const double forming = forming_factor(n);
-    TopEigenpair top = m <= kDenseDual ? dense_top_eigenpair(M, forming)
-                                       : lanczos_top_eigenpair(M, forming);
+    const Tensor trace = M.trace();  // ≥ ‖M‖₂: M is positive semi-definite
+    TopEigenpair top = top_eigenpair(M, forming_factor(n) * trace, trace);
     out.ggn_lambda_max = top.value;
     out.ggn_allowance = top.allowance;
     out.eigen_residual = top.residual;
     out.iterations = top.iterations;
     out.ggn_vector = top.vector.view({N, C});
+    if (second) {
+      // λ_2(M) ≤ λ_max(M − c·yyᵀ) for every y ≠ 0 and c ≥ 0: on the unit vectors orthogonal to y,
+      // where Courant-Fischer's max-min puts a value ≥ λ_2(M), the two quadratic forms agree.
+      const Tensor c = top.value.clamp_min(0);
+      const Tensor deflated = M - c * at::outer(top.vector, top.vector);
+      const Tensor y_sq = at::dot(top.vector, top.vector);
+      // M's forming error, plus the rank-one update's rounding (each entry fl(fl(c·y_i)·y_j),
+      // then the subtraction: within 2u|c·y_i·y_j| + u|entry|, so in norm 2u·c‖y‖² + u‖·‖_F,
+      // doubled for the second-order terms); ‖M − c·yyᵀ‖₂ ≤ tr M + c‖y‖².
+      const Tensor error = forming_factor(n) * trace +
+                           kUnitRoundoff * (4 * c * y_sq + 2 * deflated.norm());
+      const TopEigenpair next = top_eigenpair(deflated, error, trace + c * y_sq);
+      out.ggn_second_upper = next.value + next.allowance;
+      out.ggn_second_value = next.value;
+      out.ggn_second_vector = next.vector.view({N, C});
+    }
   } else {
     out.ggn_lambda_max = at::full({}, NAN, options);
     out.ggn_allowance = at::zeros({}, options);

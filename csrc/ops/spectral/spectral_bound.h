@@ -37,9 +37,14 @@ struct SpectralParts {
   at::Tensor ggn_vector;                                  // (N, C); zeros when there is none
   at::Tensor residual_max_vector, residual_min_vector;    // (D̃ + C,)
   at::Tensor residual_max_unit, residual_min_unit;        // int64
+  // With `second` (and the GGN part): an upper bound on λ_2(GGN), for Kato-Temple on the
+  // interval's top Ritz pair (docs/math.md §11.2): λ_max(M − c·yyᵀ) with y, c the top dual pair,
+  // certified like λ_max(GGN), its smooth value, and its unit vector z (N, C), so that the
+  // value's derivative with y and c held fixed is zᵀ dM z (the GGN term of `gradient` with z).
+  at::Tensor ggn_second_upper, ggn_second_value, ggn_second_vector;
 };
 
-SpectralParts evaluate(const MlpProblem& p);
+SpectralParts evaluate(const MlpProblem& p, bool second = false);
 
 // The eigenvectors a gradient needs (SpectralParts' last six fields).
 struct Eigenvectors {
