@@ -406,9 +406,12 @@ def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tens
     quotient, recomputed and certified) and, with the exact tr(H²), the trace cap: by
     interlacing, λ_max² ≤ tr(H²) − Σ of the other Ritz values' squares. Where the cap certifies
     that λ_2 lies below the top Ritz value minus its residual, Kato-Temple closes the interval
-    to the residual's square. ``upper`` is the smallest of these and the Wolkowicz-Styan bound.
-    The interval is tight when the top eigenvalue stands out of a light bulk (trained networks);
-    on random networks with a heavy bulk the cap stays loose (compare :func:`spectral_bound`).
+    to the residual's square. Where the interval is still wider than 1% and N·C ≤ 2048, the
+    spectral parts (:func:`spectral_bound`) join: Weyl's λ_2(GGN) + λ_max(R) ≥ λ_2 for
+    Kato-Temple (source ``"kato_temple_weyl"``), and λ_max(GGN) + λ_max(R) itself (``"weyl"``).
+    ``upper`` is the smallest of these and the Wolkowicz-Styan bound. The interval is tight when
+    the top eigenvalue stands out of a light bulk, or the top two are GGN's and certified apart
+    (trained networks); on random networks with a heavy bulk it stays at Weyl's or the cap's.
     Computed in float64 whatever x's dtype. Differentiable in x and the parameters: with the
     basis held fixed both ends are smooth functions of them that stay bounds (docs/math.md
     §11.4), as is the deep networks' (:func:`torch_ws.deep_lambda_max_interval`).
