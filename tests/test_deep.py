@@ -129,6 +129,36 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(traces, tuple(leaves))
 
 
+def test_forward_mode_gives_the_directional_derivative():
+    """torch.func.jvp of the traces and of deep_ws_bounds' λ_max bound (forward-mode AD through
+    the op's ATen kernel) along a random tangent of x and every layer: the reverse gradient's
+    inner product with it, and the explicit Hessian's for the traces."""
+    x, target, weights, biases = make_problem([3, 4], HEADS[1], "mixed", seed=2)
+    primals = tuple([x] + weights)
+    g = torch.Generator().manual_seed(4)
+    tangents = tuple(torch.randn(t.shape, dtype=t.dtype, generator=g) for t in primals)
+
+    def traces(x, *ws):
+        return torch.stack(torch_ws.deep_hessian_traces(x, target, list(ws), biases, "tanh",
+                                                        "mean", "cross_entropy"))
+
+    def bound(x, *ws):
+        return torch_ws.deep_ws_bounds(x, target, list(ws), biases, "tanh", "mean",
+                                       "cross_entropy").lambda_max_upper
+
+    def explicit(x, *ws):
+        H = explicit_hessian(x, target, list(ws), biases, "tanh", "mean", "cross_entropy")
+        return torch.stack([H.trace(), (H * H).sum()])
+
+    _, ours = torch.func.jvp(traces, primals, tangents)
+    _, truth = torch.func.jvp(explicit, primals, tangents)
+    torch.testing.assert_close(ours, truth, rtol=1e-8, atol=1e-12)
+    _, derivative = torch.func.jvp(bound, primals, tangents)
+    leaves = [t.detach().requires_grad_(True) for t in primals]
+    reverse = torch.autograd.grad(bound(*leaves), leaves)
+    torch.testing.assert_close(derivative, sum((r * t).sum() for r, t in zip(reverse, tangents)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("head", HEADS, ids=[f"{h[0]}-{h[2]}" for h in HEADS])
 def test_bounds_hold(head, dtype):
