@@ -124,6 +124,19 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
   return {upper, ggn, residual_max, lambda_min, residual, iterations};
 }
 
+at::Tensor hessian_vector_products(const at::Tensor& x, const at::Tensor& target,
+                                   const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                   const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                                   const at::Tensor& vectors, std::string_view activation,
+                                   std::string_view reduction, std::string_view loss) {
+  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, const at::Tensor&,
+                               c10::string_view, c10::string_view, c10::string_view);
+  static auto op = find_op<Signature>("torch_ws::hessian_vector_products");
+  return op.call(x, target, w1, b1, w2, b2, vectors, activation, reduction, loss);
+}
+
 EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& target,
                                        const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                                        const at::Tensor& w2, const std::optional<at::Tensor>& b2,

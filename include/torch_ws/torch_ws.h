@@ -105,6 +105,16 @@ SpectralBound spectral_bound(const at::Tensor& x, const at::Tensor& target, cons
                              std::string_view activation = "tanh",
                              std::string_view reduction = "mean", std::string_view loss = "bce");
 
+// H·v for each row of `vectors` ((n,) or (k, n), θ = (W1 row-major, b1, W2 row-major, b2) as
+// nn.Sequential.parameters() lists them), in closed form (docs/math.md §11.1): matrix products,
+// k vectors at once, never the n×n Hessian. Not differentiable.
+at::Tensor hessian_vector_products(const at::Tensor& x, const at::Tensor& target,
+                                   const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                   const at::Tensor& w2, const std::optional<at::Tensor>& b2,
+                                   const at::Tensor& vectors, std::string_view activation = "tanh",
+                                   std::string_view reduction = "mean",
+                                   std::string_view loss = "bce");
+
 // A certified interval on λ_max (largest) or λ_min of the loss Hessian (docs/math.md §11):
 // `steps` Lanczos steps on closed-form Hessian-vector products, lower ≤ λ ≤ upper for the
 // computed numbers, both differentiable (the basis held fixed). `source` (int64): 0

@@ -381,6 +381,23 @@ void test_eigenvalue_interval() {
   auto bottom = torch_ws::eigenvalue_interval(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh",
                                               "mean", "bce", false);
   check(bottom.upper.item<double>() <= lower, "interval: λ_min's interval lies below λ_max's");
+  // The Hessian the closed-form products assemble has the traces of the trace engines, and its
+  // eigenvalues lie in the intervals.
+  const int64_t n = r.ritz_vectors.size(1);
+  const auto H = torch_ws::hessian_vector_products(p.x, p.target, p.w1, p.b1, p.w2, p.b2,
+                                                   torch::eye(n, p.x.options()), "tanh");
+  const auto [trace, trace_sq] =
+      torch_ws::hessian_traces(p.x, p.target, p.w1, p.b1, p.w2, p.b2, "tanh");
+  check(std::abs(H.trace().item<double>() - trace.item<double>()) <=
+                1e-12 * std::abs(trace.item<double>()) &&
+            std::abs(H.pow(2).sum().item<double>() - trace_sq.item<double>()) <=
+                1e-12 * trace_sq.item<double>(),
+        "hessian_vector_products: the assembled Hessian has hessian_traces' traces");
+  const auto eigenvalues = at::linalg_eigvalsh((H + H.t()) / 2);
+  check(lower <= eigenvalues[n - 1].item<double>() && eigenvalues[n - 1].item<double>() <= upper &&
+            bottom.lower.item<double>() <= eigenvalues[0].item<double>() &&
+            eigenvalues[0].item<double>() <= bottom.upper.item<double>(),
+        "interval: eigvalsh of the assembled Hessian lies in both intervals");
 }
 
 // HSRRegularizer(..., "spectral") is spectral_bound's upper, with its gradient; an unknown bound
