@@ -53,7 +53,7 @@ def test_a_deep_network_over_the_whole_set():
     """Two hidden layers: the whole-set traces against torch.func.hessian over all samples (the
     test-only reference of tests/test_deep.py), the gradient against HSRRegularizer on all
     samples at once (over torch.distributed: test_ranks_with_a_deep_network)."""
-    from test_deep import explicit_hessian
+    from deep_testing import explicit_hessian
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 5), nn.Softplus(), nn.Linear(5, 4), nn.Softplus(),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import torch_ws
-from test_deep import ACTIVATION_MODULES, BIASES, HEADS, explicit_hessian, make_problem
-from test_interval import explicit_ends
+from deep_testing import ACTIVATION_MODULES, BIASES, HEADS, explicit_hessian, make_problem
+from testing import explicit_ends
 
 CASES = list(itertools.product(["tanh", "softplus", "gelu", "sigmoid", "relu"], range(len(HEADS))))
 

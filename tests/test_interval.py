@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from testing import ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, make_head_problem
+from testing import ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, explicit_ends, make_head_problem
 
 import reference
 import torch_ws
@@ -201,27 +201,6 @@ def test_opcheck(dtype):
                           args + (torch.randn(2, n, dtype=dtype), "tanh", "mean", "cross_entropy"))
     torch.library.opcheck(torch.ops.torch_ws.eigenvalue_interval.default,
                           args + ("tanh", "mean", "cross_entropy"), {"steps": 5})
-
-
-def explicit_ends(interval, H, largest):
-    """lower and upper as functions of the explicit Hessian H with the returned basis held fixed
-    (docs/math.md §11.5), differentiable by autograd: the truth for the closed-form gradients."""
-    sign = 1 if largest else -1
-    U = interval.ritz_vectors
-    u = U[0]
-    theta = u @ (sign * H) @ u / (u @ u)
-    ritz = torch.linalg.eigvalsh(U @ (sign * H) @ U.T).flip(0)
-    trace_sq = (H * H).sum()
-    if interval.source == "kato_temple":
-        nu = torch.sqrt(trace_sq - theta ** 2 - (ritz[2:] ** 2).sum())
-        image = (H @ u) @ (H @ u) / (u @ u)
-        top = theta + (image - theta ** 2) / (theta - nu)
-    elif interval.source == "trace_cap":
-        top = torch.sqrt(trace_sq - (ritz[1:] ** 2).sum())
-    else:
-        assert interval.source == "wolkowicz_styan", interval.source
-        top = reference.ws_upper_from_traces(sign * torch.trace(H), trace_sq, H.shape[0])
-    return (theta, top) if largest else (-top, -theta)
 
 
 @pytest.mark.parametrize("largest", [True, False])

@@ -8,6 +8,7 @@ from typing import Optional
 import pytest
 import torch
 
+import reference
 import torch_ws
 
 DTYPES = (torch.float32, torch.float64)
@@ -142,3 +143,24 @@ def assert_float32_bound(bound32: torch.Tensor, bound64: torch.Tensor) -> None:
     assert bound32.dtype == torch.float32
     assert b32 >= b64 - 1e-12 * abs(b64), (b32, b64)
     assert b32 - b64 <= FLOAT32_BOUND_WIDENING * abs(b64), (b32, b64)
+
+
+def explicit_ends(interval, H, largest):
+    """lower and upper as functions of the explicit Hessian H with the returned basis held fixed
+    (docs/math.md §11.5), differentiable by autograd: the truth for the closed-form gradients."""
+    sign = 1 if largest else -1
+    U = interval.ritz_vectors
+    u = U[0]
+    theta = u @ (sign * H) @ u / (u @ u)
+    ritz = torch.linalg.eigvalsh(U @ (sign * H) @ U.T).flip(0)
+    trace_sq = (H * H).sum()
+    if interval.source == "kato_temple":
+        nu = torch.sqrt(trace_sq - theta ** 2 - (ritz[2:] ** 2).sum())
+        image = (H @ u) @ (H @ u) / (u @ u)
+        top = theta + (image - theta ** 2) / (theta - nu)
+    elif interval.source == "trace_cap":
+        top = torch.sqrt(trace_sq - (ritz[1:] ** 2).sum())
+    else:
+        assert interval.source == "wolkowicz_styan", interval.source
+        top = reference.ws_upper_from_traces(sign * torch.trace(H), trace_sq, H.shape[0])
+    return (theta, top) if largest else (-top, -theta)
