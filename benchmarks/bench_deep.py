@@ -65,7 +65,7 @@ def ours(x, target, weights, biases, loss, gradient):
 
 
 def baseline(x, target, weights, biases, loss):
-    from test_deep import explicit_hessian
+    from deep_testing import explicit_hessian
 
     H = explicit_hessian(x, target, weights, biases, "tanh", "mean", loss)
     n = H.shape[0]

@@ -51,7 +51,7 @@ def test_gradient_is_the_whole_set_bounds():
 
 def test_a_deep_network_over_the_whole_set():
     """Two hidden layers: the whole-set traces against torch.func.hessian over all samples (the
-    test-only reference of tests/test_deep.py), the gradient against HSRRegularizer on all
+    test-only reference of tests/deep_testing.py), the gradient against HSRRegularizer on all
     samples at once (over torch.distributed: test_ranks_with_a_deep_network)."""
     from deep_testing import explicit_hessian
 
