@@ -10,11 +10,16 @@ median at the default thread count ≤ 1.3× its one-thread median, and the 95th
 calls at batch 64 ≤ 2× their median.
 
 Usage: python benchmarks/bench_contention.py [--reps 64] [--budget 6] [--quick]
-Writes results/bench_contention.{json,md} (or _quick).
+Writes results/bench_contention.{json,md} (or _quick). OpenMP's waiting policy is read from the
+environment when torch loads, so it is set on the command line, and a run with OMP_WAIT_POLICY or
+GOMP_SPINCOUNT set writes results/bench_contention_<variable>_<value>.{json,md} instead:
+
+    GOMP_SPINCOUNT=1000 python benchmarks/bench_contention.py
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -153,8 +158,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller problems, for a look")
     args = parser.parse_args()
     payload = run(args.reps, args.budget, args.quick)
+    # OpenMP's waiting policy (read from the environment when torch loaded libgomp).
+    policy = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    payload["openmp_environment"] = policy
     name = "bench_contention_quick" if args.quick else "bench_contention"
-    command = "python benchmarks/bench_contention.py" + (" --quick" if args.quick else "")
+    name += "".join(f"_{k.lower()}_{v.lower()}" for k, v in policy.items())
+    command = "".join(f"{k}={v} " for k, v in policy.items())
+    command += "python benchmarks/bench_contention.py" + (" --quick" if args.quick else "")
     command += f" --reps {args.reps}" if args.reps != 64 else ""
     publish(name, payload, table(payload, command))
 
