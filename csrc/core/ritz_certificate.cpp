@@ -94,6 +94,16 @@ EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
   out.lower.ritz[0] = sign / denominator;
 
   EndDerivative& upper = out.upper;
+  // Kato-Temple, θ + ρ²/(θ − ν) with ρ² = ‖Hû‖² − θ²: its terms in θ and in ‖Hû‖² (ν held)
+  // go into `upper`; returns its derivative in ν.
+  auto kato_temple = [&](double nu_value) {
+    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
+    const double rho_sq = std::max(image_sq - theta * theta, 0.0), gap = theta - nu_value;
+    upper.ritz[0] += (1 - 2 * theta / gap - rho_sq / (gap * gap)) * sign / denominator;
+    // ∇‖Hû‖² = 2⟨Hu, ∇H u⟩/‖u‖², and Hu = σ·hu.
+    upper.image = (1 / gap) * 2 * sign / denominator;
+    return rho_sq / (gap * gap);
+  };
   if (certificate.source == IntervalSource::WolkowiczStyan) {
     const auto [d_trace, d_trace_sq] = bound_trace_grads(1.0, trace, trace_sq, num_params);
     upper.trace = sign * d_trace;
@@ -114,37 +124,26 @@ EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
       }
     }
   } else if (certificate.source == IntervalSource::KatoTempleWeyl) {
-    // θ + ρ²/(θ − ν) with ν the family's own smooth function (not of θ): its derivative comes
-    // from the family, weighted by `nu`.
-    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
-    const double rho_sq = std::max(image_sq - theta * theta, 0.0);
-    const double gap = theta - certificate.nu_weyl;
-    upper.ritz[0] = (1 - 2 * theta / gap - rho_sq / (gap * gap)) * sign / denominator;
-    upper.image = (1 / gap) * 2 * sign / denominator;
-    upper.nu = rho_sq / (gap * gap);
+    // ν is the family's own smooth function (not of θ): its derivative comes from the family,
+    // weighted by `nu`.
+    upper.nu = kato_temple(certificate.nu_weyl);
   } else if (certificate.source == IntervalSource::KatoTemple) {
-    // θ + ρ²/(θ − ν), ρ² = ‖Hû‖² − θ², ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²).
+    // ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²), a function of θ, of tr(H²) and of the Ritz values.
     double subtracted = 0;
     for (int64_t i = 0; i < k; ++i) {
       if (subtracted_from(i, /*first_positive=*/2)) subtracted += mu_values[i] * mu_values[i];
     }
     const double nu_value = std::sqrt(std::max(trace_sq - theta * theta - subtracted, 0.0));
-    const double image_sq = dot_value(hu, hu) / denominator;  // ‖Hû‖²
-    const double rho_sq = std::max(image_sq - theta * theta, 0.0), gap = theta - nu_value;
-    const double d_nu = rho_sq / (gap * gap);
-    double d_theta = 1 - 2 * theta / gap - rho_sq / (gap * gap);
+    const double d_nu = kato_temple(nu_value);
     if (nu_value > 0) {
-      d_theta += d_nu * (-theta / nu_value);
+      upper.ritz[0] += d_nu * (-theta / nu_value) * sign / denominator;
       upper.trace_sq = d_nu / (2 * nu_value);
       for (int64_t i = 0; i < k; ++i) {
         if (subtracted_from(i, /*first_positive=*/2)) {
-          upper.ritz[i] = d_nu * (-mu_values[i] / nu_value) * sign / ritz_norm_sq(i);
+          upper.ritz[i] += d_nu * (-mu_values[i] / nu_value) * sign / ritz_norm_sq(i);
         }
       }
     }
-    upper.ritz[0] += d_theta * sign / denominator;
-    // ∇‖Hû‖² = 2⟨Hu, ∇H u⟩/‖u‖², and Hu = σ·hu.
-    upper.image = (1 / gap) * 2 * sign / denominator;
   }
   // (Weyl is the one-hidden-layer family's own candidate, with its own gradient, §9.4.)
   return out;
