@@ -11,8 +11,9 @@
 // forward_ad) goes through the same functions. trace and trace_sq come out differentiable too;
 // the Ritz values, vectors, source and product count are not.
 //
-// Cost with gradients: the certificate, then the k + 1 forms' products and the exact traces once
-// more with their graphs (about twice the interval's time and the traces' backward memory).
+// Cost with gradients: the exact traces with their graph (the certificate takes their values
+// rather than evaluating them again), the certificate, then the k + 1 forms' products with their
+// graphs: about the interval's time plus the traces' backward, and the traces' backward memory.
 #include "core/problem.h"
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
@@ -42,7 +43,7 @@ using DerivativesSignature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, 
                                         Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, at::TensorList, const c10::List<optional<Tensor>>&,
     c10::string_view, c10::string_view, c10::string_view, bool, int64_t, const optional<Tensor>&,
-    int64_t);
+    int64_t, const optional<Tensor>&);
 
 // Whether autograd would record anything: an input requiring grad (with grad mode on) or
 // carrying a forward-mode tangent (the smooth functions below propagate tangents as well).
@@ -78,25 +79,27 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
     return op.call(x, target, weights, biases, activation, reduction, loss, largest, steps, start,
                    seed);
   }
+  // The traces as functions of the inputs (float64, as the certificate; the casts are
+  // differentiable), evaluated once: the certificate takes their values.
+  const DeepInputs w = in_float64(x, target, weights, biases);
+  const auto [smooth_trace, smooth_trace_sq] =
+      deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
   static auto op =
       find_op<DerivativesSignature>("torch_ws::_deep_eigenvalue_interval_derivatives");
   auto [lower, upper, source, values, vectors, products, trace, trace_sq, image, derivatives] =
       [&] {
         at::AutoDispatchBelowADInplaceOrView guard;
         return op.call(x, target, weights, biases, activation, reduction, loss, largest, steps,
-                       start, seed);
+                       start, seed, at::stack({smooth_trace, smooth_trace_sq}).detach());
       }();
-  // The forms ⟨r_i, H r_i⟩ (r_i the Ritz vectors) and ⟨Hu, H u⟩ (u = r_0), and the traces, as
-  // functions of the inputs (float64, as the certificate; the casts are differentiable).
-  const DeepInputs w = in_float64(x, target, weights, biases);
+  // The forms ⟨r_i, H r_i⟩ (r_i the Ritz vectors) and ⟨Hu, H u⟩ (u = r_0), as functions of the
+  // inputs.
   const MlpProblem p = check_deep_problem(kIntervalName, w.x, w.target, w.weights, w.biases,
                                           activation, reduction, loss);
   const Tensor left = at::cat({vectors, image.unsqueeze(0)});
   const Tensor right = at::cat({vectors, vectors.narrow(0, 0, 1)});
   const Tensor forms =
       (left * DeepHessianProducts(p, DeepHessianProducts::Uses::Products).apply(right)).sum(1);
-  const auto [smooth_trace, smooth_trace_sq] =
-      deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
   const Tensor terms = at::cat({forms, smooth_trace.reshape({1}), smooth_trace_sq.reshape({1})});
   const Tensor ends = at::mv(derivatives, terms);  // (lower, upper) to first order
   return {with_gradient_of(lower, ends[0]), with_gradient_of(upper, ends[1]), source, values,

@@ -7,11 +7,13 @@
 //          then (trace, trace_sq): the exact traces its certificate used.
 //   deep_hessian_vector_products(x, target, weights, biases, vectors, ...) -> H·v per row.
 //
-//   _deep_eigenvalue_interval_derivatives(same arguments) -> the same eight, then (image,
+//   _deep_eigenvalue_interval_derivatives(same arguments, traces=None) -> the same eight, then (image,
 //       derivatives): the certificate's H·u (n,) and, per end of H's interval (rows: lower,
 //       upper), its first-order description with the basis held fixed (core/ritz_certificate.h,
 //       EndDerivative): [the Ritz vectors' coefficients (k), image, tr H, tr(H²)], (2, k + 3)
-//       float64. What the Autograd kernel (autograd.cpp) differentiates.
+//       float64. What the Autograd kernel (autograd.cpp) differentiates; it passes `traces`,
+//       deep_hessian_traces' float64 (tr H, tr H²) of these inputs, which it has evaluated
+//       itself with autograd recording, so that they are not evaluated twice.
 //
 // deep_hessian_vector_products is not differentiable (its Python function detaches). Kernels: one
 // device-generic kernel each (ATen), the Meta kernels (the same checks, shapes only).
@@ -60,7 +62,7 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
                                     c10::string_view activation, c10::string_view reduction,
                                     c10::string_view loss, bool largest, int64_t steps,
                                     const optional<Tensor>& start, int64_t seed,
-                                    bool derivatives) {
+                                    bool derivatives, const optional<Tensor>& given_traces) {
   const int64_t n =
       check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss)
           .num_params();
@@ -73,8 +75,11 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
 
   // The traces of H (exact forms, float64, with certified rounding errors, §12.5) and the WS
   // bound of σH from them (§5, with the same errors).
+  // (The Autograd kernel evaluates them itself, with autograd recording, and passes them in.)
   const auto [trace_t, trace_sq_t] =
-      deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+      given_traces ? std::make_tuple(given_traces->select(0, 0), given_traces->select(0, 1))
+                   : deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation,
+                                         reduction, loss);
   const auto [trace_error, trace_sq_error] =
       deep_trace_errors(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
   static auto bounds_op = find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
@@ -117,7 +122,9 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
           at::scalar_tensor(static_cast<int64_t>(top.source), options.dtype(at::kLong)),
           top.ritz_values * sign, top.ritz_vectors,
           at::scalar_tensor(top.products, options.dtype(at::kLong)),
-          trace_t.to(x.scalar_type()), trace_sq_t.to(x.scalar_type()), image, described};
+          // fresh tensors: given traces must not alias an output
+          trace_t.to(x.scalar_type(), false, /*copy=*/true),
+          trace_sq_t.to(x.scalar_type(), false, /*copy=*/true), image, described};
 }
 
 IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
@@ -128,7 +135,8 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
                                          const optional<Tensor>& start, int64_t seed) {
   auto [lower, upper, source, values, vectors, products, trace, trace_sq, unused_image,
         unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
-                                          largest, steps, start, seed, /*derivatives=*/false);
+                                          largest, steps, start, seed, /*derivatives=*/false,
+                                          std::nullopt);
   return {lower, upper, source, values, vectors, products, trace, trace_sq};
 }
 
@@ -136,9 +144,16 @@ IntervalWithDerivatives deep_eigenvalue_interval_derivatives(
     const Tensor& x, const Tensor& target, at::TensorList weights,
     const c10::List<optional<Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
-    const optional<Tensor>& start, int64_t seed) {
+    const optional<Tensor>& start, int64_t seed, const optional<Tensor>& traces) {
+  if (traces) {
+    TORCH_CHECK(traces->scalar_type() == at::kDouble && traces->dim() == 1 &&
+                    traces->size(0) == 2,
+                kIntervalName, ": traces must be deep_hessian_traces' float64 (tr H, tr H²) of "
+                "these inputs, shape (2,), got ", traces->scalar_type(), " of shape ",
+                traces->sizes());
+  }
   return interval_of(x, target, weights, biases, activation, reduction, loss, largest, steps,
-                     start, seed, /*derivatives=*/true);
+                     start, seed, /*derivatives=*/true, traces);
 }
 
 IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& target,
@@ -164,7 +179,7 @@ IntervalWithDerivatives deep_eigenvalue_interval_derivatives_meta(
     const Tensor& x, const Tensor& target, at::TensorList weights,
     const c10::List<optional<Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, bool largest, int64_t steps,
-    const optional<Tensor>& start, int64_t seed) {
+    const optional<Tensor>& start, int64_t seed, const optional<Tensor>& /*traces*/) {
   auto [lower, upper, source, values, vectors, products, trace, trace_sq] =
       deep_eigenvalue_interval_meta(x, target, weights, biases, activation, reduction, loss,
                                     largest, steps, start, seed);
@@ -216,9 +231,9 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
   m.def(
       "_deep_eigenvalue_interval_derivatives(Tensor x, Tensor target, Tensor[] weights, "
       "Tensor?[] biases, str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", "
-      "bool largest=True, int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, "
-      "Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products, "
-      "Tensor trace, Tensor trace_sq, Tensor image, Tensor derivatives)");
+      "bool largest=True, int steps=32, Tensor? start=None, int seed=0, Tensor? traces=None) "
+      "-> (Tensor lower, Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, "
+      "Tensor products, Tensor trace, Tensor trace_sq, Tensor image, Tensor derivatives)");
   // H·v for each row of vectors (n,) or (k, n), θ in nn.Sequential.parameters() order.
   m.def(
       "deep_hessian_vector_products(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
