@@ -53,7 +53,9 @@ using Source = IntervalSource;
 constexpr int64_t kWeylMaxDualRows = 2048;
 constexpr double kWeylWorthIt = 1.01;
 
-double dot_value(const Tensor& a, const Tensor& b) { return at::dot(a, b).item<double>(); }
+// A float64 operation's result moved one ulp up: the upper neighbour of a correctly rounded
+// result bounds the exact one (docs/math.md §11.3).
+double up(double v) { return std::nextafter(v, HUGE_VAL); }
 
 struct Interval {
   double lower, upper;
@@ -70,6 +72,11 @@ struct Interval {
 // cost about what the Lanczos products do up to kWeylMaxDualRows dual rows (trained networks
 // close the interval by Kato-Temple without them); not on NaN or ±Inf input, where the interval
 // is NaN already and the eigensolvers would refuse to converge.
+// λ_max(R) plus its allowance (§9.5), rounded up: what both spectral candidates add for R.
+double residual_max_upper(const spectral::SpectralParts& s) {
+  return up(s.residual_lambda_max.item<double>() + s.residual_allowance.item<double>());
+}
+
 bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
   const bool wide = !(upper <= kWeylWorthIt * lower) || lower <= 0;
   return wide && std::isfinite(lower) &&
@@ -130,8 +137,7 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   const double trace = sign * traces.trace.item<double>(), trace_sq = traces.trace_sq.item<double>();
   const double ws = ws_upper_bound(trace, trace_sq, n, rounding_allowance(at::kDouble));
   // tr(H²) is taken as (1 + κu)·tr(H²) (docs/math.md §11.3, §5.1).
-  const double trace_sq_high =
-      std::nextafter(trace_sq * (1 + rounding_allowance(at::kDouble)), HUGE_VAL);
+  const double trace_sq_high = up(trace_sq * (1 + rounding_allowance(at::kDouble)));
   RitzCertificate certificate = certify_top(products, sign, {trace, trace_sq, trace_sq_high, ws},
                                             steps, start, seed, p.x.options(), kIntervalName);
   // Still wide: the spectral parts. For λ_max, λ_2(H) ≤ λ_2(GGN) + λ_max(R) (Weyl's inequality
@@ -142,12 +148,8 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   if (calls_for_spectral_parts(certificate.lower, certificate.upper, p)) {
     parts = spectral::evaluate(p, /*second=*/sign > 0);
     if (sign > 0 && parts->ggn_second_upper.defined()) {
-      const double residual_upper = std::nextafter(
-          parts->residual_lambda_max.item<double>() + parts->residual_allowance.item<double>(),
-          HUGE_VAL);
-      const double nu_upper = std::nextafter(
-          std::nextafter(parts->ggn_second_upper.item<double>(), HUGE_VAL) + residual_upper,
-          HUGE_VAL);
+      const double nu_upper =
+          up(up(parts->ggn_second_upper.item<double>()) + residual_max_upper(*parts));
       kato_temple_with_second(certificate, nu_upper,
                               parts->ggn_second_value.item<double>() +
                                   parts->residual_lambda_max.item<double>());
@@ -190,13 +192,12 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
 // from the parts certified_top computed. With gradients, spectral_bound's own (§9.4).
 void weyl_candidate(const MlpProblem& p, bool largest, Gradients gradients, Interval& top) {
   const spectral::SpectralParts& s = *top.parts;
-  auto up = [](double v) { return std::nextafter(v, HUGE_VAL); };
   double candidate = HUGE_VAL;
   if (!largest) {
     candidate = up(-(s.residual_lambda_min.item<double>() - s.residual_allowance.item<double>()));
   } else if (!at::isnan(s.ggn_lambda_max).item<bool>()) {
     candidate = up(up(s.ggn_lambda_max.item<double>() + s.ggn_allowance.item<double>()) +
-                   up(s.residual_lambda_max.item<double>() + s.residual_allowance.item<double>()));
+                   residual_max_upper(s));
   }
   if (!(candidate < top.upper)) return;
   top.upper = candidate;
