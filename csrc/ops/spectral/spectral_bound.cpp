@@ -260,7 +260,8 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
   if (m <= kMaxDual) {
     const Tensor M = dual_matrix(n);
     const Tensor trace = M.trace();  // ≥ ‖M‖₂: M is positive semi-definite
-    TopEigenpair top = top_eigenpair(M, forming_factor(n) * trace, trace);
+    const Tensor forming_error = forming_factor(n) * trace;
+    TopEigenpair top = top_eigenpair(M, forming_error, trace);
     out.ggn_lambda_max = top.value;
     out.ggn_allowance = top.allowance;
     out.eigen_residual = top.residual;
@@ -275,8 +276,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
       // M's forming error, plus the rank-one update's rounding (each entry fl(fl(c·y_i)·y_j),
       // then the subtraction: within 2u|c·y_i·y_j| + u|entry|, so in norm 2u·c‖y‖² + u‖·‖_F,
       // doubled for the second-order terms); ‖M − c·yyᵀ‖₂ ≤ tr M + c‖y‖².
-      const Tensor error = forming_factor(n) * trace +
-                           kUnitRoundoff * (4 * c * y_sq + 2 * deflated.norm());
+      const Tensor error = forming_error + kUnitRoundoff * (4 * c * y_sq + 2 * deflated.norm());
       const TopEigenpair next = top_eigenpair(deflated, error, trace + c * y_sq);
       out.ggn_second_upper = next.value + next.allowance;
       out.ggn_second_value = next.value;
