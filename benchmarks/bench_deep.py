@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,11 +29,15 @@ from common import fmt_bytes, fmt_time, machine, machine_line, publish  # noqa: 
 CONFIGS = {
     "32x32-N100": (100, 20, [32, 32], 1, "bce", torch.float64, True, True),
     "32x32-N500": (500, 20, [32, 32], 1, "bce", torch.float64, True, True),
+    "32x32-N500-sample": (500, 20, [32, 32], 1, "bce", torch.float64, True, False),
     "200x200-N250": (250, 64, [200, 200], 1, "bce", torch.float32, True, False),
     "200x200-N500": (500, 64, [200, 200], 1, "bce", torch.float32, True, False),
     "200x200-N1000-value": (1000, 64, [200, 200], 1, "bce", torch.float32, False, False),
     "digits-64x64-value": (1797, 64, [64, 64], 10, "cross_entropy", torch.float32, False, False),
 }
+
+# Rows run with an engine forced (TORCH_WS_ENGINE); the others take the automatic choice.
+FORCED = {"32x32-N500-sample": "sample"}
 
 
 def problem(n, d, widths, c, loss, dtype):
@@ -61,7 +66,9 @@ def ours(x, target, weights, biases, loss, gradient):
         bound = torch_ws.deep_ws_bounds(x, target, weights, biases, "tanh", "mean", loss)
     if gradient:
         bound.lambda_max_upper.backward()
-    return float(bound.lambda_max_upper.detach()), bound.num_params
+    lines = torch.ops.torch_ws._deep_engines(x, target, weights, biases, "tanh", "mean", loss)
+    engine = next(line.split(":")[0] for line in lines if line.endswith("(chosen)"))
+    return float(bound.lambda_max_upper.detach()), bound.num_params, engine
 
 
 def baseline(x, target, weights, biases, loss):
@@ -88,18 +95,23 @@ def run_one(name: str, method: str) -> dict:
     x, target, weights, biases = problem(n, d, widths, c, loss, dtype)
     before = peak_rss()
     start = time.perf_counter()
+    engine = None
     if method == "ours":
-        value, params = ours(x, target, weights, biases, loss, gradient)
+        value, params, engine = ours(x, target, weights, biases, loss, gradient)
     else:
         value, params = baseline(x, target, weights, biases, loss), None
     return {"seconds": time.perf_counter() - start, "value": value, "num_params": params,
-            "peak_bytes": peak_rss() - before}
+            "engine": engine, "peak_bytes": peak_rss() - before}
 
 
 def in_subprocess(name: str, method: str, timeout: float) -> dict | None:
+    env = dict(os.environ)
+    env.pop("TORCH_WS_ENGINE", None)
+    if name in FORCED:
+        env["TORCH_WS_ENGINE"] = FORCED[name]
     try:
         out = subprocess.run([sys.executable, __file__, "--one", name, method],
-                             capture_output=True, text=True, timeout=timeout)
+                             capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"timeout": timeout}
     if out.returncode != 0:
@@ -125,7 +137,8 @@ def main() -> None:
         o, b = result["ours"], result.get("baseline")
         speedup = (f"{b['seconds'] / o['seconds']:.0f}×" if b and "seconds" in b and "seconds" in o
                    else "—")
-        rows.append(f"| {name} | {o.get('num_params', '—')} | {fmt_time(o.get('seconds'))} | "
+        rows.append(f"| {name} | {o.get('num_params', '—')} | {o.get('engine') or '—'} | "
+                    f"{fmt_time(o.get('seconds'))} | "
                     f"{fmt_bytes(o.get('peak_bytes'))} | "
                     f"{fmt_time(b.get('seconds')) if b else '—'} | "
                     f"{fmt_bytes(b.get('peak_bytes')) if b else '—'} | {speedup} |")
@@ -134,10 +147,12 @@ def main() -> None:
         "",
         "deep_ws_bounds' λ_max bound, value and gradient (one call, fresh process; `-value`: "
         "the value alone), against third-order autograd through torch.func.hessian of the same "
-        "network (tanh). Peak: resident memory added by the call.",
+        "network (tanh). Engine: the deep family's (csrc/ops/deep/engines.cpp), chosen "
+        "automatically except where the name says (`-sample`: TORCH_WS_ENGINE=sample). Peak: "
+        "resident memory added by the call.",
         "",
-        "| problem | n | ours | ours peak | baseline | baseline peak | speed-up |",
-        "|---|---|---|---|---|---|---|",
+        "| problem | n | engine | ours | ours peak | baseline | baseline peak | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ])

@@ -12,9 +12,17 @@ from deep_testing import ACTIVATION_MODULES, BIASES, HEADS, explicit_hessian, ma
 CASES = list(itertools.product(ACTIVATION_MODULES, range(len(HEADS))))
 
 
+@pytest.fixture(params=["sample", "parameter"])
+def engine(request, monkeypatch):
+    """Each test against the explicit Hessian runs on both engines of the deep family
+    (csrc/ops/deep/engines.h): the Gram forms and the assembled Hessian."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("activation,head_index", CASES,
                          ids=[f"{a}-{HEADS[h][0]}-{HEADS[h][2]}" for a, h in CASES])
-def test_traces_match_the_explicit_hessian(activation, head_index):
+def test_traces_match_the_explicit_hessian(activation, head_index, engine):
     head = HEADS[head_index]
     case = CASES.index((activation, head_index))
     widths = [[4, 3], [3, 4, 2]][case % 2]  # L = 2 and 3
@@ -40,7 +48,7 @@ def test_one_hidden_layer_agrees_with_hessian_traces(head, bias):
 
 
 @pytest.mark.parametrize("head", HEADS[:2] + HEADS[3:], ids=lambda h: h[0])
-def test_gradients_match_third_order_autograd(head):
+def test_gradients_match_third_order_autograd(head, engine):
     """d tr H and d tr(H²) in every weight, bias and x, against autograd through the explicit
     Hessian of the real network (third order)."""
     x, target, weights, biases = make_problem([3, 4], head, "mixed", seed=11)
@@ -57,7 +65,7 @@ def test_gradients_match_third_order_autograd(head):
             assert (a - b).abs().max() <= 1e-8 * max(1.0, float(b.abs().max()))
 
 
-def test_gradcheck():
+def test_gradcheck(engine):
     x, target, weights, biases = make_problem([2, 3], HEADS[1], "all", seed=5, n=3, d=2)
     leaves = [x] + weights + biases
     for t in leaves:
@@ -70,7 +78,7 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(traces, tuple(leaves))
 
 
-def test_forward_mode_gives_the_directional_derivative():
+def test_forward_mode_gives_the_directional_derivative(engine):
     """torch.func.jvp of the traces and of deep_ws_bounds' λ_max bound (forward-mode AD through
     the op's ATen kernel) along a random tangent of x and every layer: the reverse gradient's
     inner product with it, and the explicit Hessian's for the traces."""
@@ -164,7 +172,7 @@ def test_refusals_say_what_was_expected():
                                      None, "tanh", "mean", "bce")
 
 
-def test_opcheck():
+def test_opcheck(engine):
     x, target, weights, biases = make_problem([3, 2], HEADS[1], "mixed", seed=1, n=4)
     # Static shapes: the kernel reads layer widths as integers (a network's shape, as the
     # one-hidden-layer ops guard on C); dynamic-shape tracing is not claimed for it yet.
@@ -174,7 +182,7 @@ def test_opcheck():
                                       "test_faketensor", "test_aot_dispatch_static"))
 
 
-def test_trace_errors_are_certified_and_small():
+def test_trace_errors_are_certified_and_small(engine):
     """The deep bounds widen by the traces' certified rounding errors (§12.5): small on an
     ordinary network, and covering the actual error where the Gram terms cancel (weights 0.1:
     the float32 evaluation of tr(H²) was 2.6% off before the op moved to float64)."""

@@ -31,16 +31,18 @@ std::string environment(const char* name) {
   return value ? value : "";
 }
 
-enum class EngineSetting { Auto, SampleSpace, ParameterSpace };
+}  // namespace
 
-EngineSetting engine_setting() {
+std::optional<Engine> engine_from_environment() {
   const std::string value = environment("TORCH_WS_ENGINE");
-  if (value.empty() || value == "auto") return EngineSetting::Auto;
-  if (value == "sample") return EngineSetting::SampleSpace;
-  if (value == "parameter") return EngineSetting::ParameterSpace;
+  if (value.empty() || value == "auto") return std::nullopt;
+  if (value == "sample") return Engine::SampleSpace;
+  if (value == "parameter") return Engine::ParameterSpace;
   TORCH_CHECK(false, "torch_ws: TORCH_WS_ENGINE must be 'auto', 'sample' or 'parameter', got '",
               value, "'");
 }
+
+namespace {
 
 // TORCH_WS_TILE_SIZE: unset, "", "0" or "auto" → kAutoTile; "whole" → kWholeMatrices; a positive
 // integer (digits only) → that tile size; anything else raises.
@@ -295,10 +297,8 @@ const EngineEntry& entry_of(Engine engine, const ProblemShape& s) {
 }  // namespace
 
 Engine choose_engine(const ProblemShape& shape) {
-  const EngineSetting setting = engine_setting();
-  if (setting != EngineSetting::Auto) {
-    const Engine forced =
-        setting == EngineSetting::ParameterSpace ? Engine::ParameterSpace : Engine::SampleSpace;
+  if (const std::optional<Engine> named = engine_from_environment()) {
+    const Engine forced = *named;
     const std::string why = entry_of(forced, shape).refusal(shape);
     TORCH_CHECK(why.empty(), "torch_ws: TORCH_WS_ENGINE=", engine_name(forced), " ", why,
                 "; unset it or use '",

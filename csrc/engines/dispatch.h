@@ -33,6 +33,11 @@ const char* engine_name(Engine engine);
 // The largest n the parameter-space engines take (their n×n float64 Hessian is then 128 MiB).
 constexpr int64_t kMaxParameterSpaceParams = 4096;
 
+// The engine TORCH_WS_ENGINE names ("sample", "parameter"), or nullopt when it is unset or
+// "auto"; raises on anything else. Read by this family's table and the deep family's
+// (ops/deep/engines.cpp).
+std::optional<Engine> engine_from_environment();
+
 // The engine for this problem: TORCH_WS_ENGINE ("auto", "sample", "parameter"; raises on anything
 // else, or with the table's reason when the named engine refuses the problem), or the one that
 // takes it with the least weighted work.

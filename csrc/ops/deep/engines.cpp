@@ -1,0 +1,153 @@
+// The deep family's engine table (engines.h). One row per engine; nothing else chooses.
+#include "ops/deep/engines.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+namespace torch_ws {
+namespace {
+
+// What the table reads of a problem: shapes only.
+struct DeepShape {
+  int64_t samples, in_dim, params, outputs;
+  std::vector<int64_t> widths;  // H_1, …, H_o (H_o = C)
+};
+
+DeepShape deep_shape_of(const MlpProblem& p) {
+  DeepShape s{p.num_samples(), p.in_dim(), p.num_params(), p.num_outputs(), {}};
+  for (const Layer& layer : p.layers) s.widths.push_back(layer.weight.size(0));
+  return s;
+}
+
+int64_t sum_of_widths(const DeepShape& s) {
+  int64_t sum = 0;
+  for (const int64_t w : s.widths) sum += w;
+  return sum;
+}
+
+// The parameter-space engine's work against the sample-space engine's, fitted on 2 cores
+// (float64, value and gradient, 8 shapes from n = 625 to 2,929, N = 100 to 2,000): its time
+// ratio was 1.0–1.3× the work ratio with one logit (docs/engines.md).
+constexpr double kAssemblyWeight = 1.2;
+
+// The largest n the assembly takes: with gradients autograd keeps every block, n² float64 numbers
+// (1.1 GiB at this n); without, it holds one block at a time. (The one-hidden-layer engines keep
+// the whole n × n Hessian and its adjoint in their own loops: kMaxParameterSpaceParams.)
+constexpr int64_t kMaxAssembledParams = 12288;
+
+struct DeepEngineEntry {
+  Engine engine;
+  const char* cost;  // its order and cost, in words
+  // Why it refuses a problem of this shape; empty when it takes it.
+  std::string (*refusal)(const DeepShape&);
+  // Multiply-adds of the value, weighted: the automatic choice takes the engine with the least.
+  double (*work)(const DeepShape&);
+  // ℓ of docs/math.md §12.5 / §12.7 without the coefficients' and the logits' shares.
+  double (*error_chain)(const DeepShape&);
+  std::pair<at::Tensor, at::Tensor> (*evaluate)(const JacobianChain&);
+};
+
+// Parameter row first: on equal work the Hessian is the smaller object.
+const DeepEngineEntry kDeepEngines[] = {
+    {Engine::ParameterSpace,
+     "the n×n Hessian assembled by blocks, one product over the samples each (ATen, any "
+     "device), O(N·n²) time, O(n² + N·H²) memory",
+     [](const DeepShape& s) -> std::string {
+       if (s.params <= kMaxAssembledParams) return "";
+       return "holds the n×n Hessian's blocks, and n = " + std::to_string(s.params) +
+              " exceeds the limit of " + std::to_string(kMaxAssembledParams);
+     },
+     // The lower blocks' products and the cross-layer terms: about N·n².
+     [](const DeepShape& s) {
+       const auto n = static_cast<double>(s.params);
+       return kAssemblyWeight * static_cast<double>(s.samples) * n * n;
+     },
+     // A block entry: the chain of §12.5 up to a sum over the N samples; squared (twice the
+     // entry's chain) and summed over the n² entries.
+     [](const DeepShape& s) {
+       const int64_t widest = *std::max_element(s.widths.begin(), s.widths.end());
+       const double entry =
+           static_cast<double>(4 * (s.in_dim + sum_of_widths(s)) + widest + s.samples);
+       const auto n = static_cast<double>(s.params);
+       return 2 * entry + n * n + static_cast<double>(4 * s.widths.size() + 32);
+     },
+     &assembled_hessian_traces},
+    {Engine::SampleSpace,
+     "Gram forms of per-sample matrices in N×N feature kernels (ATen, any device), "
+     "O(N²·(ΣH)²) time, O(N² + N·H²) memory",
+     [](const DeepShape&) { return std::string(); },
+     // The Grams of the per-sample blocks of every pair of layers: about 4·N²·(Σ_l H_l)², and
+     // the Gauss-Newton part's C × C blocks on top (fitted: C = 10 took 3.5× the one-logit
+     // estimate's share at [32, 32], N = 500).
+     [](const DeepShape& s) {
+       const auto n = static_cast<double>(s.samples), h = static_cast<double>(sum_of_widths(s));
+       return 4 * n * n * h * h * (1 + static_cast<double>(s.outputs - 1) / 4);
+     },
+     // §12.5: the Grams sum N² terms of inner products of length ≤ H².
+     [](const DeepShape& s) {
+       const int64_t widest =
+           std::max(s.in_dim, *std::max_element(s.widths.begin(), s.widths.end()));
+       return static_cast<double>(4 * (s.in_dim + sum_of_widths(s)) + widest * widest +
+                                  s.samples * s.samples + 4 * s.widths.size() + 32);
+     },
+     &gram_form_traces},
+};
+
+const DeepEngineEntry& entry_of(Engine engine) {
+  for (const DeepEngineEntry& e : kDeepEngines) {
+    if (e.engine == engine) return e;
+  }
+  TORCH_INTERNAL_ASSERT(false, "no deep engine row for ", engine_name(engine));
+}
+
+Engine choose(const DeepShape& s) {
+  if (const std::optional<Engine> named = engine_from_environment()) {
+    const std::string why = entry_of(*named).refusal(s);
+    TORCH_CHECK(why.empty(), "torch_ws: TORCH_WS_ENGINE=", engine_name(*named), " ", why,
+                "; unset it or use '",
+                engine_name(*named == Engine::ParameterSpace ? Engine::SampleSpace
+                                                             : Engine::ParameterSpace),
+                "'");
+    return *named;
+  }
+  const DeepEngineEntry* best = nullptr;
+  double best_work = 0;
+  for (const DeepEngineEntry& e : kDeepEngines) {
+    if (!e.refusal(s).empty()) continue;
+    const double work = e.work(s);
+    if (!best || work < best_work) {
+      best = &e;
+      best_work = work;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(best, "no deep engine takes the problem");  // the sample row takes any
+  return best->engine;
+}
+
+}  // namespace
+
+Engine choose_deep_engine(const MlpProblem& p) { return choose(deep_shape_of(p)); }
+
+std::vector<std::string> describe_deep_engines(const MlpProblem& p) {
+  const DeepShape s = deep_shape_of(p);
+  const Engine chosen = choose(s);
+  std::vector<std::string> out;
+  for (const DeepEngineEntry& e : kDeepEngines) {
+    const std::string why = e.refusal(s);
+    out.push_back(std::string(engine_name(e.engine)) + ": " + e.cost + "; " +
+                  (why.empty() ? "takes this problem" : "refuses it: " + why) +
+                  (e.engine == chosen ? " (chosen)" : ""));
+  }
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> deep_traces_by(Engine engine, const Coefficients& c) {
+  return entry_of(engine).evaluate(JacobianChain(c));
+}
+
+double deep_error_chain(Engine engine, const MlpProblem& p) {
+  return entry_of(engine).error_chain(deep_shape_of(p));
+}
+
+}  // namespace torch_ws

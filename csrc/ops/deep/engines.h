@@ -1,0 +1,40 @@
+// The deep family's engines for tr H and tr(H²) (docs/math.md §12.3, §12.7), in one table
+// (engines.cpp): each row says what it costs and why it refuses a problem; the automatic choice,
+// TORCH_WS_ENGINE (read as for one hidden layer, engines/dispatch.h), the error messages, the
+// _deep_engines op and the certified rounding errors all read it. Both engines are ATen: autograd
+// differentiates them (every mode, torch.func), and they run on any device.
+#pragma once
+
+#include "core/problem.h"
+#include "engines/dispatch.h"  // Engine
+#include "ops/deep/jacobian_chain.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace torch_ws {
+
+// The engines themselves, on values or magnitudes (jacobian_chain.h); float64 0-d tensors.
+//   sample space: Gram forms in N × N feature kernels (gram_forms.cpp);
+std::pair<at::Tensor, at::Tensor> gram_form_traces(const JacobianChain& chain);
+//   parameter space: the n × n Hessian assembled by blocks (assembled_hessian.cpp).
+std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain);
+
+// The engine a deep problem gets: TORCH_WS_ENGINE's, or the one taking it with the least
+// weighted work. Reads shapes only (so fake tensors trace it).
+Engine choose_deep_engine(const MlpProblem& p);
+// Every engine, in words: its name, its cost, whether it takes the problem or why not; the
+// automatic choice marked.
+std::vector<std::string> describe_deep_engines(const MlpProblem& p);
+
+// tr H and tr(H²) by `engine`, on the coefficients given (values or magnitudes).
+std::pair<at::Tensor, at::Tensor> deep_traces_by(Engine engine, const Coefficients& c);
+
+// The longest chain of sums and products behind one computed trace by `engine`, in units of the
+// rounding unit (docs/math.md §12.5): what γ of the certified rounding error is made of.
+double deep_error_chain(Engine engine, const MlpProblem& p);
+
+}  // namespace torch_ws

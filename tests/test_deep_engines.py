@@ -1,0 +1,111 @@
+"""The deep family's two engines (csrc/ops/deep/engines.h) give the same traces, gradients and
+certified errors: the Gram forms in N × N feature kernels (sample space) and the n × n Hessian
+assembled by blocks (parameter space), over every head × activation × reduction × bias setting
+at L = 2 and 3. Also the automatic choice, TORCH_WS_ENGINE's refusals and _deep_engines. Each
+engine is checked against the explicit Hessian in tests/test_deep.py."""
+import itertools
+
+import pytest
+import torch
+
+import torch_ws
+from deep_testing import ACTIVATION_MODULES, BIASES, HEADS, make_problem
+
+CASES = list(itertools.product(HEADS, ACTIVATION_MODULES, ["mean", "sum"], BIASES))
+
+
+def traces_and_gradients(x, target, weights, biases, activation, reduction, loss):
+    """tr H, tr(H²), their certified errors, and the gradient of 0.3·tr H − 0.7·tr(H²) in x and
+    every weight and bias."""
+    leaves = [t.detach().requires_grad_(True) for t in [x] + weights]
+    bias_leaves = [b.detach().requires_grad_(True) if b is not None else None for b in biases]
+    x, weights = leaves[0], leaves[1:]
+    trace, trace_sq = torch_ws.deep_hessian_traces(x, target, weights, bias_leaves, activation,
+                                                   reduction, loss)
+    grads = torch.autograd.grad(0.3 * trace - 0.7 * trace_sq,
+                                leaves + [b for b in bias_leaves if b is not None])
+    errors = torch.ops.torch_ws._deep_trace_errors(x, target, weights, bias_leaves, activation,
+                                                  reduction, loss)
+    return [trace.detach(), trace_sq.detach()], list(grads), list(errors)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}-{c[0][2]}-{c[1]}-{c[2]}-{c[3]}")
+def test_both_engines_agree(monkeypatch, case):
+    head, activation, reduction, bias = case
+    index = CASES.index(case)
+    widths = [[4, 3], [3, 4, 2]][index % 2]  # L = 2 and 3
+    problem = make_problem(widths, head, bias, seed=index, n=6)
+    out = {}
+    for engine in ("sample", "parameter"):
+        monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+        out[engine] = traces_and_gradients(*problem, activation, reduction, head[0])
+    (values_s, grads_s, errors_s), (values_p, grads_p, errors_p) = out["sample"], out["parameter"]
+    for a, b in zip(values_s, values_p):
+        assert abs(float(a) - float(b)) <= 1e-10 * max(abs(float(a)), 1e-30)
+    for a, b in zip(grads_s, grads_p):
+        assert (a - b).abs().max() <= 1e-10 * max(float(a.abs().max()), 1e-30)
+    # Each engine certifies its own arithmetic (docs/math.md §12.5, §12.7): the two errors are of
+    # one size, both far below the values, and both cover the engines' difference.
+    for value, e_s, e_p in zip(values_s, errors_s, errors_p):
+        assert 0 <= float(e_s) <= 1e-8 * abs(float(value)) + 1e-300
+        assert 0 <= float(e_p) <= 1e-8 * abs(float(value)) + 1e-300
+    for a, b, e_s, e_p in zip(values_s, values_p, errors_s, errors_p):
+        assert abs(float(a) - float(b)) <= float(e_s) + float(e_p)
+
+
+def test_float32_inputs_agree():
+    problem = make_problem([5, 4], HEADS[0], "all", seed=3, dtype=torch.float32, n=12)
+    out = {}
+    for engine in ("sample", "parameter"):
+        with pytest.MonkeyPatch.context() as m:
+            m.setenv("TORCH_WS_ENGINE", engine)
+            out[engine] = torch_ws.deep_ws_bounds(*problem, "tanh", "mean", "bce")
+    for a, b in zip(out["sample"], out["parameter"]):
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == torch.float32
+            assert float(a) == pytest.approx(float(b), rel=1e-6)
+
+
+def shapes(widths, n, d=20, outputs=1):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    dims = [d] + widths + [outputs]
+    weights = [torch.randn(o, i, generator=g, dtype=torch.float64) for i, o in zip(dims, dims[1:])]
+    return x, torch.zeros(n, dtype=torch.float64), weights, [None] * len(weights)
+
+
+def chosen(problem):
+    lines = torch.ops.torch_ws._deep_engines(*problem, "tanh", "mean", "bce")
+    return [line.split(":")[0] for line in lines if line.endswith("(chosen)")]
+
+
+def test_automatic_choice_follows_the_work(monkeypatch):
+    monkeypatch.delenv("TORCH_WS_ENGINE", raising=False)
+    # [32, 32], n = 1,696: the Gram forms at N = 50 (N² small), the assembly at N = 500
+    # (measured 0.52 s vs 0.21 s with the gradient, docs/engines.md).
+    assert chosen(shapes([32, 32], 50)) == ["sample"]
+    assert chosen(shapes([32, 32], 500)) == ["parameter"]
+    # n = 44,200 > the limit: only the Gram forms take it, whatever N.
+    lines = torch.ops.torch_ws._deep_engines(*shapes([200, 200], 5000), "tanh", "mean", "bce")
+    assert lines[0].startswith("parameter:") and "refuses it: holds the n×n Hessian's blocks" in lines[0]
+    assert lines[1].startswith("sample:") and lines[1].endswith("(chosen)")
+
+
+def test_forcing_a_refusing_engine_says_why(monkeypatch):
+    monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
+    with pytest.raises(RuntimeError, match=r"TORCH_WS_ENGINE=parameter holds the n×n Hessian's blocks, "
+                                           r"and n = 44200 exceeds the limit"):
+        torch_ws.deep_hessian_traces(*shapes([200, 200], 3))
+    monkeypatch.setenv("TORCH_WS_ENGINE", "fast")
+    with pytest.raises(RuntimeError, match="TORCH_WS_ENGINE must be 'auto', 'sample' or "
+                                           "'parameter', got 'fast'"):
+        torch_ws.deep_hessian_traces(*shapes([3, 3], 3))
+
+
+def test_the_choice_reads_shapes_only():
+    """Fake tensors carry no values: the choice (and so the op) traces with them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        problem = shapes([32, 32], 500)
+        trace, trace_sq = torch_ws.deep_hessian_traces(*problem)
+    assert trace.shape == () and trace_sq.shape == ()
