@@ -281,3 +281,41 @@ def test_regularizer_penalizes_the_deep_interval(tmp_path):
     torch.save(reg, tmp_path / "reg.pt")
     loaded = torch.load(tmp_path / "reg.pt")
     assert loaded.bound == "interval" and top <= float(loaded(x, y))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+@pytest.mark.parametrize("head", HEADS, ids=[f"{h[0]}-{h[2]}" for h in HEADS])
+def test_the_assembled_hessian_closes_the_interval(head, largest, dtype):
+    """Few Lanczos steps leave the interval wide; with n small the Hessian assembled by blocks
+    (docs/math.md §11.6, §12.7) gives both ends, a Cholesky certificate the upper one: source
+    "assembled_hessian", both ends around eigvalsh's and (float64) within 1e-8 of it."""
+    x, target, weights, biases = make_problem([6, 5], head, "mixed", seed=9, n=30, dtype=dtype)
+    wide = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
+    H = explicit_hessian(wide(x), wide(target), [wide(w) for w in weights],
+                         [wide(b) for b in biases], "tanh", "mean", head[0])
+    eigenvalues = torch.linalg.eigvalsh(H)
+    value = float(eigenvalues[-1] if largest else eigenvalues[0])
+    function = torch_ws.deep_lambda_max_interval if largest else torch_ws.deep_lambda_min_interval
+    interval = function(x, target, weights, biases, "tanh", "mean", head[0], steps=3)
+    assert float(interval.lower) <= value <= float(interval.upper)
+    if dtype == torch.float64:
+        assert interval.source == "assembled_hessian"
+        assert float(interval.upper - interval.lower) <= 1e-8 * abs(value)
+
+
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_assembled_hessian_gradients_match_autograd_through_the_explicit_hessian(largest):
+    """Source "assembled_hessian": both ends' gradients (every layer and x) are σ⟨z, dH z⟩ at
+    the assembled Hessian's top eigenvector, eigvalsh's through the explicit Hessian."""
+    x, target, weights, biases = make_problem([4, 3], HEADS[1], "all", seed=2, n=12)
+    leaves = [t.requires_grad_(True) for t in [x] + weights + biases]
+    function = torch_ws.deep_lambda_max_interval if largest else torch_ws.deep_lambda_min_interval
+    interval = function(x, target, weights, biases, "gelu", "mean", "cross_entropy", steps=2)
+    assert interval.source == "assembled_hessian"
+    actual = torch.autograd.grad(interval.lower + 2 * interval.upper, leaves)
+    H = explicit_hessian(x, target, weights, biases, "gelu", "mean", "cross_entropy")
+    lower, upper = explicit_ends(interval, H, largest)
+    expected = torch.autograd.grad(lower + 2 * upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-12)

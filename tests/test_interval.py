@@ -377,3 +377,46 @@ def test_kato_temple_weyl_gradient_matches_autograd_through_explicit_matrices():
     expected = torch.autograd.grad(upper, leaves)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+@pytest.mark.parametrize("head", HEADS, ids=[f"{h[0]}-{h[2]}" for h in HEADS])
+def test_the_assembled_hessian_closes_random_networks(head, largest, dtype):
+    """Random networks (a heavy bulk: the cap and Weyl leave the interval wide) with a small n:
+    the Hessian assembled by blocks (docs/math.md §11.6, §12.7) gives both ends, a Cholesky
+    certificate the upper one: source "assembled_hessian", both ends around eigvalsh's and
+    (float64) within 1e-8 of it."""
+    args = head_problem(*head, n=60, d=6, h=16, bias=(True, True), seed=11)
+    args = tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in args)
+    exact = spectrum(args, "tanh", "mean", head[0])
+    value = float(exact[-1] if largest else exact[0])
+    function = torch_ws.lambda_max_interval if largest else torch_ws.lambda_min_interval
+    interval = function(*args, "tanh", "mean", head[0], steps=8)
+    assert float(interval.lower) <= value <= float(interval.upper)
+    if dtype == torch.float64:
+        assert interval.source == "assembled_hessian"
+        assert float(interval.upper - interval.lower) <= 1e-8 * abs(value)
+
+
+@pytest.mark.parametrize("largest", [True, False], ids=["max", "min"])
+def test_assembled_hessian_gradients_match_autograd_through_the_explicit_hessian(largest):
+    """With source "assembled_hessian" the upper end is λ_max(σH) itself and the lower the
+    Rayleigh quotient of its computed eigenvector z held fixed, both with the derivative
+    σ⟨z, dH z⟩ (Hellmann-Feynman): against autograd through eigvalsh of the explicit Hessian
+    (testing.explicit_ends)."""
+    args = head_problem(*HEADS[1], n=40, d=3, h=5, bias=(True, True), seed=4)
+    args = tuple(a.detach().requires_grad_(True) if a is not None and a.is_floating_point() and i != 1
+                 else a for i, a in enumerate(args))
+    leaves = [a for i, a in enumerate(args) if a is not None and i != 1]
+    function = torch_ws.lambda_max_interval if largest else torch_ws.lambda_min_interval
+    interval = function(*args, "tanh", "mean", "cross_entropy", steps=4)
+    assert interval.source == "assembled_hessian"
+    actual = torch.autograd.grad(interval.lower + 2 * interval.upper, leaves)
+    H = reference.explicit_hessian(*args, "tanh", "mean", "cross_entropy")
+    lower, upper = explicit_ends(interval, H, largest)
+    for ours, truth in ((interval.lower, lower), (interval.upper, upper)):
+        assert abs(float(ours.detach()) - float(truth)) <= 1e-8 * abs(float(truth))
+    expected = torch.autograd.grad(lower + 2 * upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-12)

@@ -160,7 +160,18 @@ def explicit_ends(interval, H, largest):
         top = theta + (image - theta ** 2) / (theta - nu)
     elif interval.source == "trace_cap":
         top = torch.sqrt(trace_sq - (ritz[1:] ** 2).sum())
+    elif interval.source == "assembled_hessian":
+        # λ_max(σH) itself (math.md §11.6): eigvalsh's top eigenvalue has its gradient.
+        top = torch.linalg.eigvalsh(sign * H)[-1]
     else:
         assert interval.source == "wolkowicz_styan", interval.source
         top = reference.ws_upper_from_traces(sign * torch.trace(H), trace_sq, H.shape[0])
+    # The lower end of σH is θ, or the assembled Hessian's Rayleigh quotient at its top
+    # eigenvector where that is tighter (to first order, λ_max(σH)'s gradient): whichever
+    # the interval's value is.
+    lowest = interval.lower if largest else -interval.upper
+    if interval.source == "assembled_hessian" or abs(float(lowest) - float(theta)) > 1e-9 * abs(float(theta)):
+        assembled = torch.linalg.eigvalsh(sign * H)[-1]
+        if abs(float(lowest) - float(assembled)) < abs(float(lowest) - float(theta)):
+            theta = assembled
     return (theta, top) if largest else (-top, -theta)

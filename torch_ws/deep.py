@@ -8,8 +8,9 @@ takes such a network with bound="ws"; closed-form Hessian-vector products and th
 interval on λ_max and λ_min (§12.6, differentiable by autograd through the products and traces
 with the basis held fixed), which ``torch_ws.sharpness`` uses for deep networks and
 ``HSRRegularizer(bound="interval")`` penalizes; ``torch_ws.dataset_bounds`` (over
-torch.distributed, every rank evaluates the union). Not yet: a hand-derived backward, the engines'
-tiling, the spectral bound, a split of the Gram forms over ranks.
+torch.distributed, every rank evaluates the union). Two engines, chosen per call: the Gram forms
+(§12.3) and, for small n, the Hessian assembled by blocks (§12.7). Not yet: a hand-derived
+backward, tiling of the Gram forms, the spectral bound, a split of the evaluation over ranks.
 """
 from __future__ import annotations
 
@@ -48,10 +49,12 @@ def deep_hessian_traces(
     The network is ``nn.Sequential(nn.Linear(D, H_1), φ, nn.Linear(H_1, H_2), φ, …,
     nn.Linear(H_L, C))``: L ≥ 1 hidden layers of any widths, one activation φ for all of them.
     H is the n×n Hessian of the loss with respect to every weight and bias,
-    n = :func:`deep_num_params`. Computed by the Gram forms of docs/math.md §12.3: per-sample
-    Jacobians between layers (N·L²·H² numbers) and N×N Gram matrices, O(N·L³H³ + N²·L²H²) time,
-    never the n×n Hessian. Differentiable (autograd through the op's ATen kernel, which keeps
-    those intermediates for the backward).
+    n = :func:`deep_num_params`. Computed by one of two engines, whichever needs less work
+    (``torch.ops.torch_ws._deep_engines`` lists them; ``TORCH_WS_ENGINE`` forces one): the Gram
+    forms of docs/math.md §12.3, per-sample Jacobians between layers (N·L²·H² numbers) and N×N
+    Gram matrices, O(N·L³H³ + N²·L²H²) time, never the n×n Hessian; or, for n ≤ 12,288, the
+    Hessian assembled by blocks of layers (§12.7), O(N·n²) time. Differentiable (autograd through
+    the op's ATen kernel, which keeps the engine's intermediates for the backward).
 
     Args:
         x: inputs (N, D), float32 or float64.
@@ -156,6 +159,8 @@ def deep_lambda_max_interval(
     the exact tr(H²) of :func:`deep_hessian_traces` plus its certified rounding error, then
     Kato-Temple), every rounding error bounded; ``upper`` is the smallest of these and the
     Wolkowicz-Styan bound (``source`` says which; Weyl is not available for deep networks).
+    Where n is small (n ≤ 4096, N·n² ≤ 2³⁴) and the interval is still wider than 10⁻⁶, both ends
+    come from the Hessian assembled in closed form (source ``"assembled_hessian"``, §11.6).
     Computed in float64 whatever x's dtype. ``lower`` and ``upper`` (and the op's traces) are
     differentiable in x and every layer, in reverse and forward mode: with the basis held fixed
     each end is a smooth function of them that stays a bound (docs/math.md §11.4, §12.6); with

@@ -363,7 +363,8 @@ def hessian_vector_products(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[
 #: traces, the trace cap (interlacing), Kato-Temple on the top Ritz pair (λ_2 bounded by the
 #: cap), Weyl's sum of the Gauss-Newton and residual parts (spectral_bound), or Kato-Temple with
 #: λ_2 bounded by Weyl, λ_2(GGN) + λ_max(R) (the last two tried up to N·C = 2048 dual rows).
-INTERVAL_SOURCES = ("wolkowicz_styan", "trace_cap", "kato_temple", "weyl", "kato_temple_weyl")
+INTERVAL_SOURCES = (
+    "wolkowicz_styan", "trace_cap", "kato_temple", "weyl", "kato_temple_weyl", "assembled_hessian")
 
 
 class EigenvalueInterval(NamedTuple):
@@ -411,7 +412,10 @@ def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tens
     Kato-Temple (source ``"kato_temple_weyl"``), and λ_max(GGN) + λ_max(R) itself (``"weyl"``).
     ``upper`` is the smallest of these and the Wolkowicz-Styan bound. The interval is tight when
     the top eigenvalue stands out of a light bulk, or the top two are GGN's and certified apart
-    (trained networks); on random networks with a heavy bulk it stays at Weyl's or the cap's.
+    (trained networks); on networks with a heavy bulk it stays at Weyl's or the cap's, except
+    where n is small (n ≤ 4096, N·n² ≤ 2³⁴): there, if still wider than 10⁻⁶, both ends come
+    from the Hessian assembled in closed form (source ``"assembled_hessian"``, docs/math.md
+    §11.6; its top eigenvalue certified by a Cholesky factorization, no gap needed).
     Computed in float64 whatever x's dtype. Differentiable in x and the parameters: with the
     basis held fixed both ends are smooth functions of them that stay bounds (docs/math.md
     §11.4), as is the deep networks' (:func:`torch_ws.deep_lambda_max_interval`).

@@ -2,6 +2,7 @@
 // Lanczos recurrence: only on the basis Q and the products W = fl(QH) computed for its rows.
 #include "core/ritz_certificate.h"
 
+#include "core/dense_eigen.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -90,8 +91,16 @@ EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
     }
     return mu_values[i] < 0 || i >= first_positive;
   };
-  // lower = θ = uᵀσHu/uᵀu.
-  out.lower.ritz[0] = sign / denominator;
+  // lower = θ = uᵀσHu/uᵀu, or the assembled Hessian's zᵀσHz/zᵀz.
+  const double assembled_form =
+      certificate.assembled_vector.defined()
+          ? sign / dot_value(certificate.assembled_vector, certificate.assembled_vector)
+          : 0.0;
+  if (certificate.lower_from_assembled) {
+    out.lower.assembled = assembled_form;
+  } else {
+    out.lower.ritz[0] = sign / denominator;
+  }
 
   EndDerivative& upper = out.upper;
   // Kato-Temple, θ + ρ²/(θ − ν) with ρ² = ‖Hû‖² − θ²: its terms in θ and in ‖Hû‖² (ν held)
@@ -123,10 +132,13 @@ EndDerivatives end_derivatives(const RitzCertificate& certificate, double sign,
         }
       }
     }
+  } else if (certificate.source == IntervalSource::AssembledHessian) {
+    // λ_max(σH) itself: σ⟨z, dH z⟩/zᵀz at its eigenvector (simple), as the lower end's form.
+    upper.assembled = assembled_form;
   } else if (certificate.source == IntervalSource::KatoTempleWeyl) {
     // ν is the family's own smooth function (not of θ): its derivative comes from the family,
     // weighted by `nu`.
-    upper.nu = kato_temple(certificate.nu_weyl);
+    upper.nu = kato_temple(certificate.nu_value);
   } else if (certificate.source == IntervalSource::KatoTemple) {
     // ν = √(tr(H²) − θ² − Σ_{i ∈ ν} μ_i²), a function of θ, of tr(H²) and of the Ritz values.
     double subtracted = 0;
@@ -322,7 +334,8 @@ RitzCertificate certify_top(const SymmetricProducts& products, double sign, cons
   return out;
 }
 
-bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value) {
+bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value,
+                             IntervalSource source) {
   const double theta_low = certificate.lower, theta_high = certificate.theta_high;
   const double rho = certificate.rho;
   // As in certify_top: with λ_2 ≤ ν < θ − ρ, λ_1 ≤ θ + ρ²/(θ − ν), growing with θ there.
@@ -330,9 +343,42 @@ bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, doub
   const double bound = up(theta_high + up(up(rho * rho) / down(theta_high - nu_upper)));
   if (!(bound < certificate.upper)) return false;
   certificate.upper = bound;
-  certificate.source = IntervalSource::KatoTempleWeyl;
-  certificate.nu_weyl = nu_value;
+  certificate.source = source;
+  certificate.nu_value = nu_value;
   return true;
+}
+
+bool certify_on_assembled(RitzCertificate& certificate, double sign, const at::Tensor& hessian,
+                          double forming_error, double norm) {
+  if (!certificate.u.defined() || !std::isfinite(certificate.lower)) return false;
+  const int64_t n = hessian.size(0);
+  const Tensor matrix = sign * hessian;
+  const auto scalar = [&](double v) { return at::scalar_tensor(v, matrix.options()); };
+  const CertifiedEigenpair top =
+      certified_top_eigenpair(matrix, scalar(forming_error), scalar(norm));
+  const double upper = up(top.value.item<double>() + top.allowance.item<double>());
+  // λ_max(σH) ≥ zᵀσHz/zᵀz for the computed z: the quotient on the computed matrix is within
+  // ‖fl(H) − H‖₂ of the exact one, and its own rounding within γ_{n+3}·|z|ᵀ|fl(H)||z|/zᵀz ≤
+  // γ_{n+3}·(‖H‖_F + ‖fl(H) − H‖₂)(1 + γ) (the dot products' and the division's).
+  const Tensor& z = top.vector;
+  const double z_sq = dot_value(z, z);
+  const double quotient = dot_value(z, at::mv(matrix, z)) / z_sq;
+  const double g = gamma(static_cast<double>(n + 3));
+  const double slack = up(forming_error + up(up(g * up(norm + forming_error)) * (1 + 2 * g)));
+  const double lower = down(quotient - slack);
+  bool changed = false;
+  if (upper < certificate.upper) {
+    certificate.upper = upper;
+    certificate.source = IntervalSource::AssembledHessian;
+    changed = true;
+  }
+  if (lower > certificate.lower) {
+    certificate.lower = lower;
+    certificate.lower_from_assembled = true;
+    changed = true;
+  }
+  if (changed) certificate.assembled_vector = z.contiguous().clone();
+  return changed;
 }
 
 }  // namespace torch_ws

@@ -36,13 +36,16 @@ class SymmetricProducts {
 };
 
 // Which guarantee gave the bound away from the Ritz value (the op's `source` output).
-// KatoTempleWeyl: Kato-Temple with λ_2 bounded by the family's own Weyl bound (§11.2).
+// KatoTempleWeyl: Kato-Temple with λ_2 bounded by the family's own Weyl bound (§11.2);
+// AssembledHessian: λ_max of the assembled n × n Hessian itself, certified (certify_on_assembled
+// below).
 enum class IntervalSource : int64_t {
   WolkowiczStyan = 0,
   TraceCap = 1,
   KatoTemple = 2,
   Weyl = 3,
-  KatoTempleWeyl = 4
+  KatoTempleWeyl = 4,
+  AssembledHessian = 5
 };
 
 // What the certificate knows of σH (σ = ±1) before any product: its exact traces and the
@@ -69,14 +72,27 @@ struct RitzCertificate {
   bool orthonormal_enough = false;
   // θ's certified upper end and the certified residual ρ ≥ ‖σHû − θû‖ (what Kato-Temple takes),
   // and, where source is KatoTempleWeyl, the smooth value of the λ_2 bound it used.
-  double theta_high = 0, rho = 0, nu_weyl = 0;
+  double theta_high = 0, rho = 0, nu_value = 0;
+  // Where the assembled Hessian gave an end (certify_on_assembled): its top eigenvector z (n,)
+  // float64, unit; `lower_from_assembled` where it gave the lower end too.
+  at::Tensor assembled_vector;
+  bool lower_from_assembled = false;
 };
 
 // Kato-Temple on the certificate's top Ritz pair with a bound on λ_2(σH) that the family
 // certified itself (e.g. Weyl: λ_2(H) ≤ λ_2(GGN) + λ_max(R), §11.2): `nu_upper` ≥ λ_2(σH),
 // `nu_value` the smooth function it rounds up (for the derivatives). Where θ_low − ν > ρ, replaces
-// `upper` (and source, KatoTempleWeyl) if smaller; returns whether it did.
-bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value);
+// `upper` (and source, `source`) if smaller; returns whether it did.
+bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value,
+                             IntervalSource source = IntervalSource::KatoTempleWeyl);
+
+// Both ends from the assembled Hessian (docs/math.md §11.6): `hessian` the computed n × n H
+// (float64, symmetric), `forming_error` ≥ ‖fl(H) − H‖₂, `norm` ≥ ‖H‖_F. The top eigenpair (z, λ)
+// of σH by core/dense_eigen.h gives λ_max(σH) ≤ λ + allowance (a Cholesky certificate) and
+// λ_max(σH) ≥ zᵀσHz less its rounding; each replaces the certificate's end where tighter (upper:
+// source AssembledHessian). Returns whether either did.
+bool certify_on_assembled(RitzCertificate& certificate, double sign, const at::Tensor& hessian,
+                          double forming_error, double norm);
 
 // Each end of the interval of λ_max(σH) as a smooth function of the parameters with the basis
 // held fixed (docs/math.md §11.4), to first order:
@@ -88,9 +104,13 @@ bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, doub
 struct EndDerivative {
   std::vector<double> ritz;  // one coefficient per Ritz vector, 0 where it does not enter
   double image = 0, trace = 0, trace_sq = 0;
-  // Source KatoTempleWeyl: the coefficient of d(ν), the family's own λ_2 bound, whose gradient
+  // Source KatoTempleWeyl: the coefficient of dν, the family's own λ_2 bound, whose gradient
   // the family adds (ν's smooth function is the family's).
   double nu = 0;
+  // An end from the assembled Hessian: the coefficient of ⟨z, dH z⟩, z the certificate's
+  // assembled_vector (the lower end: the Rayleigh quotient of the fixed z; the upper: λ_max(σH)
+  // itself, whose derivative is σ⟨z, dH z⟩ where it is simple).
+  double assembled = 0;
 };
 struct EndDerivatives {
   EndDerivative lower, upper;

@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace torch_ws {
 namespace {
 
@@ -21,53 +23,110 @@ at::Tensor sum_over_samples(const at::Tensor& x, const at::Tensor& y) {
   return at::mm(x.reshape({n, -1}).t(), y.reshape({n, -1}));
 }
 
+// The assembly of (12.7): the per-sample factors and features of a chain, and its blocks.
+class Assembly {
+ public:
+  explicit Assembly(const JacobianChain& chain) : chain_(chain), features_(chain.out + 1) {
+    for (int64_t l = 1; l <= chain.out; ++l) features_[l] = chain.features_in(l);
+  }
+
+  // The per-sample factor of block (m, k) that multiplies ã_{m-1}ã_{k-1}ᵀ: the Gauss-Newton
+  // part E(m, k) and the forward curvature N[m][k] (hidden m, k; N[L][L] = diag r_L).
+  at::Tensor factor(int64_t m, int64_t k) const {
+    at::Tensor f = chain_.E(m, k);
+    const int64_t L = chain_.L;
+    if (m <= L && k <= L) {
+      f = f + (m == L && k == L ? at::diag_embed(chain_.r[L]) : chain_.curvature[m][k]);
+    }
+    return f;
+  }
+
+  // H_mk (k ≤ m) laid out (p, P, q, Q): (H_m, H_k, H̃_{m-1}, H̃_{k-1}), from its factor.
+  at::Tensor block(int64_t m, int64_t k, const at::Tensor& x) const {
+    const int64_t rows = x.size(1), cols = x.size(2);
+    const int64_t in_m = features_[m].size(1), in_k = features_[k].size(1);
+    // H[(m; p, q), (k; P, Q)] = Σ_i X_i[p, P] ã_{i,m-1}[q] ã_{i,k-1}[Q].
+    at::Tensor out = sum_over_samples(x, features_[m].unsqueeze(2) * features_[k].unsqueeze(1))
+                         .view({rows, cols, in_m, in_k});
+    if (k < m) {
+      // W̃_m multiplies z_{m-1}, which depends on W̃_k: Σ_i p_m[p] G_i[q, P] ã_{i,k-1}[Q] with
+      // G = D'_{m-1} F_{m-1,k} (the bias's coordinate q of ã_{m-1} is constant: a zero row).
+      at::Tensor g = chain_.c.d1[m - 1].unsqueeze(2) * chain_.F[m - 1][k];  // (N, H_{m-1}, H_k)
+      if (chain_.c.bias[m]) g = at::constant_pad_nd(g, {0, 0, 0, 1});
+      const at::Tensor pair = sum_over_samples(
+          chain_.p[m].unsqueeze(2) * features_[k].unsqueeze(1), g);  // (p, Q) × (q, P)
+      out = out + pair.view({rows, in_k, in_m, cols}).permute({0, 3, 2, 1});
+    }
+    return out;
+  }
+
+  const at::Tensor& features(int64_t l) const { return features_[l]; }
+
+ private:
+  const JacobianChain& chain_;
+  std::vector<at::Tensor> features_;  // ã_{l-1}, entering layer l
+};
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain) {
-  const Coefficients& c = chain.c;
-  const int64_t out = chain.out, L = chain.L, N = chain.N;
-  const auto options = c.z[0].options();
-  std::vector<at::Tensor> features(out + 1);  // ã_{l-1}, entering layer l
-  for (int64_t l = 1; l <= out; ++l) features[l] = chain.features_in(l);
-  // The per-sample factor of block (m, k) that multiplies ã_{m-1}ã_{k-1}ᵀ (§12.7): the
-  // Gauss-Newton part E(m, k) and the forward curvature N[m][k] (hidden m, k; N[L][L] = diag r_L).
-  const auto factor = [&](int64_t m, int64_t k) {
-    at::Tensor f = chain.E(m, k);
-    if (m <= L && k <= L) {
-      f = f + (m == L && k == L ? at::diag_embed(chain.r[L]) : chain.curvature[m][k]);
-    }
-    return f;
-  };
-
-  at::Tensor trace = at::zeros({}, options.dtype(at::kDouble));
-  at::Tensor trace_sq = at::zeros({}, options.dtype(at::kDouble));
-  for (int64_t m = 1; m <= out; ++m) {
+  const Assembly assembly(chain);
+  const auto options = chain.c.z[0].options().dtype(at::kDouble);
+  at::Tensor trace = at::zeros({}, options), trace_sq = at::zeros({}, options);
+  for (int64_t m = 1; m <= chain.out; ++m) {
     for (int64_t k = 1; k <= m; ++k) {
-      const at::Tensor x = factor(m, k);  // (N, H_m, H_k)
-      const int64_t rows = x.size(1), cols = x.size(2);
-      const int64_t in_m = features[m].size(1), in_k = features[k].size(1);
+      const at::Tensor x = assembly.factor(m, k);  // (N, H_m, H_k)
       if (m == k) {
         // Its diagonal: Σ_i tr(X_i)·‖ã_{i,k-1}‖², without the block.
-        trace = trace + (x.diagonal(0, 1, 2).sum(1) * features[k].pow(2).sum(1)).sum(at::kDouble);
-      }
-      // H[(m; p, q), (k; P, Q)] = Σ_i X_i[p, P] ã_{i,m-1}[q] ã_{i,k-1}[Q], laid out (p, P, q, Q).
-      at::Tensor block = sum_over_samples(
-          x, features[m].unsqueeze(2) * features[k].unsqueeze(1));
-      if (k < m) {
-        // W̃_m multiplies z_{m-1}, which depends on W̃_k: Σ_i p_m[p] G_i[q, P] ã_{i,k-1}[Q] with
-        // G = D'_{m-1} F_{m-1,k} (the bias's coordinate q of ã_{m-1} is constant: a zero row).
-        at::Tensor g = c.d1[m - 1].unsqueeze(2) * chain.F[m - 1][k];  // (N, H_{m-1}, H_k)
-        if (c.bias[m]) g = at::constant_pad_nd(g, {0, 0, 0, 1});
-        const at::Tensor pair = sum_over_samples(
-            chain.p[m].unsqueeze(2) * features[k].unsqueeze(1), g);  // (p, Q) × (q, P)
-        block = block.view({rows, cols, in_m, in_k}) +
-                pair.view({rows, in_k, in_m, cols}).permute({0, 3, 2, 1});
+        trace = trace + (x.diagonal(0, 1, 2).sum(1) * assembly.features(k).pow(2).sum(1))
+                            .sum(at::kDouble);
       }
       // Off-diagonal blocks stand twice in ‖H‖²_F (H is symmetric).
-      trace_sq = trace_sq + (m == k ? 1 : 2) * block.pow(2).sum(at::kDouble);
+      trace_sq = trace_sq + (m == k ? 1 : 2) * assembly.block(m, k, x).pow(2).sum(at::kDouble);
     }
   }
   return {trace, trace_sq};
+}
+
+at::Tensor assembled_hessian(const JacobianChain& chain) {
+  const Assembly assembly(chain);
+  const Coefficients& c = chain.c;
+  // Each layer's parameters as W̃_l (p, q), at the offset nn.Sequential.parameters() gives the
+  // layer; then the permutation to that order (W_l row-major, then b_l).
+  std::vector<int64_t> offset(chain.out + 2, 0), order;
+  for (int64_t l = 1; l <= chain.out; ++l) {
+    const int64_t rows = c.weight[l].size(0), cols = c.weight[l].size(1);
+    const int64_t width = cols + (c.bias[l] ? 1 : 0);
+    offset[l + 1] = offset[l] + rows * width;
+    for (int64_t p = 0; p < rows; ++p) {
+      for (int64_t q = 0; q < cols; ++q) order.push_back(offset[l] + p * width + q);
+    }
+    if (c.bias[l]) {
+      for (int64_t p = 0; p < rows; ++p) order.push_back(offset[l] + p * width + cols);
+    }
+  }
+  const int64_t n = offset[chain.out + 1];
+  const auto options = c.z[0].options();
+  at::Tensor tilde = at::empty({n, n}, options);
+  for (int64_t m = 1; m <= chain.out; ++m) {
+    for (int64_t k = 1; k <= m; ++k) {
+      const at::Tensor b = assembly.block(m, k, assembly.factor(m, k));  // (p, P, q, Q)
+      const at::Tensor rows_by_cols =
+          b.permute({0, 2, 1, 3}).reshape({b.size(0) * b.size(2), b.size(1) * b.size(3)});
+      const int64_t r0 = offset[m], c0 = offset[k];
+      tilde.narrow(0, r0, rows_by_cols.size(0)).narrow(1, c0, rows_by_cols.size(1))
+          .copy_(rows_by_cols);
+      if (k < m) {
+        tilde.narrow(0, c0, rows_by_cols.size(1)).narrow(1, r0, rows_by_cols.size(0))
+            .copy_(rows_by_cols.t());
+      }
+    }
+  }
+  // The diagonal blocks' products need not come out exactly symmetric: their mean is, and each
+  // entry stays within the rounding bound of §12.7 (one more operation).
+  tilde = (tilde + tilde.t()) * 0.5;
+  const at::Tensor index = at::tensor(order, options.dtype(at::kLong));
+  return tilde.index_select(0, index).index_select(1, index);
 }
 
 }  // namespace torch_ws

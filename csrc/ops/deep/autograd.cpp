@@ -12,7 +12,7 @@
 // the Ritz values, vectors, source and product count are not.
 //
 // Cost with gradients: the exact traces with their graph (the certificate takes their values
-// rather than evaluating them again), the certificate, then the k + 1 forms' products with their
+// rather than evaluating them again), the certificate, then the k + 2 forms' products with their
 // graphs: about the interval's time plus the traces' backward, and the traces' backward memory.
 #include "core/problem.h"
 #include "ops/deep/deep_products.h"
@@ -40,7 +40,7 @@ using IntervalSignature = IntervalOutputs(const Tensor&, const Tensor&, at::Tens
                                           c10::string_view, c10::string_view, bool, int64_t,
                                           const optional<Tensor>&, int64_t);
 using DerivativesSignature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                        Tensor, Tensor, Tensor>(
+                                        Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, at::TensorList, const c10::List<optional<Tensor>>&,
     c10::string_view, c10::string_view, c10::string_view, bool, int64_t, const optional<Tensor>&,
     int64_t, const optional<Tensor>&);
@@ -86,18 +86,21 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
       deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
   static auto op =
       find_op<DerivativesSignature>("torch_ws::_deep_eigenvalue_interval_derivatives");
-  auto [lower, upper, source, values, vectors, products, trace, trace_sq, image, derivatives] =
+  auto [lower, upper, source, values, vectors, products, trace, trace_sq, image, second,
+        derivatives] =
       [&] {
         at::AutoDispatchBelowADInplaceOrView guard;
         return op.call(x, target, weights, biases, activation, reduction, loss, largest, steps,
                        start, seed, at::stack({smooth_trace, smooth_trace_sq}).detach());
       }();
-  // The forms ⟨r_i, H r_i⟩ (r_i the Ritz vectors) and ⟨Hu, H u⟩ (u = r_0), as functions of the
-  // inputs.
+  // The forms ⟨r_i, H r_i⟩ (r_i the Ritz vectors), ⟨Hu, H u⟩ (u = r_0) and ⟨z, H z⟩ (the
+  // assembled Hessian's top eigenvector; zeros and coefficient 0 where it gave no end), as
+  // functions of the inputs.
   const MlpProblem p = check_deep_problem(kIntervalName, w.x, w.target, w.weights, w.biases,
                                           activation, reduction, loss);
-  const Tensor left = at::cat({vectors, image.unsqueeze(0)});
-  const Tensor right = at::cat({vectors, vectors.narrow(0, 0, 1)});
+  const Tensor z = second.to(vectors.scalar_type()).unsqueeze(0);
+  const Tensor left = at::cat({vectors, image.unsqueeze(0), z});
+  const Tensor right = at::cat({vectors, vectors.narrow(0, 0, 1), z});
   const Tensor forms =
       (left * DeepHessianProducts(p, DeepHessianProducts::Uses::Products).apply(right)).sum(1);
   const Tensor terms = at::cat({forms, smooth_trace.reshape({1}), smooth_trace_sq.reshape({1})});

@@ -7,10 +7,12 @@
 //          then (trace, trace_sq): the exact traces its certificate used.
 //   deep_hessian_vector_products(x, target, weights, biases, vectors, ...) -> H·v per row.
 //
-//   _deep_eigenvalue_interval_derivatives(same arguments, traces=None) -> the same eight, then (image,
-//       derivatives): the certificate's H·u (n,) and, per end of H's interval (rows: lower,
-//       upper), its first-order description with the basis held fixed (core/ritz_certificate.h,
-//       EndDerivative): [the Ritz vectors' coefficients (k), image, tr H, tr(H²)], (2, k + 3)
+//   _deep_eigenvalue_interval_derivatives(same arguments, traces=None) -> the same eight, then
+//       (image, second, derivatives): the certificate's H·u (n,), the assembled Hessian's top
+//       eigenvector z (n,; zeros where it gave neither end) and, per end of H's
+//       interval (rows: lower, upper), its first-order description with the basis held fixed
+//       (core/ritz_certificate.h, EndDerivative): [the coefficients of ⟨r_i, dH r_i⟩ for the
+//       Ritz vectors (k), of ⟨Hu, dH u⟩, of ⟨z, dH z⟩, of d tr H, of d tr(H²)], (2, k + 4)
 //       float64. What the Autograd kernel (autograd.cpp) differentiates; it passes `traces`,
 //       deep_hessian_traces' float64 (tr H, tr H²) of these inputs, which it has evaluated
 //       itself with autograd recording, so that they are not evaluated twice.
@@ -22,6 +24,7 @@
 #include "core/ws_bound.h"
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
+#include "ops/deep/engines.h"  // try_assembled_certificate
 #include "ops/schemas.h"  // find_op, WsBoundsFromTracesSignature
 
 #include <torch/library.h>
@@ -53,7 +56,7 @@ using IntervalOutputs =
     std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 using IntervalWithDerivatives = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                         Tensor, Tensor, Tensor>;
+                                         Tensor, Tensor, Tensor, Tensor>;
 
 // Both kernels: the interval of λ_max (largest) or of λ_min = −λ_max(−H), mirrored, and with
 // `derivatives` the first-order description of its ends (§11.4).
@@ -95,20 +98,22 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
   const double ws = largest ? max_upper.item<double>() : -min_lower.item<double>();
 
   const DeepHessianProducts products(p64, DeepHessianProducts::Uses::Certificate);
-  const RitzCertificate top =
+  RitzCertificate top =
       certify_top(products, sign, {trace, trace_sq, trace_sq_high, ws}, steps, start, seed,
                   p64.x.options(), kIntervalName);
+  // Still wide, and n small: both ends from the assembled Hessian (§11.6).
+  try_assembled_certificate(top, sign, p64, trace_sq_high);
   const double lower = largest ? top.lower : -top.upper;
   const double upper = largest ? top.upper : -top.lower;
   const auto options = x.options().dtype(at::kDouble);
-  Tensor image, described;
+  Tensor image, second, described;
   if (derivatives) {
     // Of H's ends: λ_min's interval is −(σH's), so its lower end is −(σH's upper) and back.
     const EndDerivatives of_top =
         end_derivatives(top, sign, {trace, trace_sq, trace_sq_high, ws}, n);
-    auto row = [](const EndDerivative& end, double factor) {
+    auto row = [&](const EndDerivative& end, double factor) {
       std::vector<double> r = end.ritz;
-      r.insert(r.end(), {end.image, end.trace, end.trace_sq});
+      r.insert(r.end(), {end.image, end.assembled, end.trace, end.trace_sq});
       for (double& v : r) v *= factor;
       return at::tensor(r, at::kDouble);
     };
@@ -116,6 +121,8 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
                          : at::stack({row(of_top.upper, -1), row(of_top.lower, -1)}))
                     .to(options.device());
     image = top.hu.defined() ? top.hu : at::full({n}, std::nan(""), options);
+    second = top.assembled_vector.defined() ? top.assembled_vector.to(options)
+                                            : at::zeros({n}, options);
   }
   return {round_directed(at::scalar_tensor(lower, options), x.scalar_type(), /*up=*/false),
           round_directed(at::scalar_tensor(upper, options), x.scalar_type(), /*up=*/true),
@@ -124,7 +131,7 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
           at::scalar_tensor(top.products, options.dtype(at::kLong)),
           // fresh tensors: given traces must not alias an output
           trace_t.to(x.scalar_type(), false, /*copy=*/true),
-          trace_sq_t.to(x.scalar_type(), false, /*copy=*/true), image, described};
+          trace_sq_t.to(x.scalar_type(), false, /*copy=*/true), image, second, described};
 }
 
 IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
@@ -134,7 +141,7 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
                                          c10::string_view loss, bool largest, int64_t steps,
                                          const optional<Tensor>& start, int64_t seed) {
   auto [lower, upper, source, values, vectors, products, trace, trace_sq, unused_image,
-        unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
+        unused_second, unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
                                           largest, steps, start, seed, /*derivatives=*/false,
                                           std::nullopt);
   return {lower, upper, source, values, vectors, products, trace, trace_sq};
@@ -187,7 +194,8 @@ IntervalWithDerivatives deep_eigenvalue_interval_derivatives_meta(
   const c10::SymInt k = c10::SymInt(steps).min(n);
   const auto f64 = x.options().dtype(at::kDouble);
   return {lower, upper, source, values, vectors, products, trace, trace_sq,
-          at::empty_symint({n}, f64), at::empty_symint({2, k + 3}, f64)};
+          at::empty_symint({n}, f64), at::empty_symint({n}, f64),
+          at::empty_symint({2, k + 4}, f64)};
 }
 
 Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::TensorList weights,
@@ -233,7 +241,8 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "Tensor?[] biases, str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", "
       "bool largest=True, int steps=32, Tensor? start=None, int seed=0, Tensor? traces=None) "
       "-> (Tensor lower, Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, "
-      "Tensor products, Tensor trace, Tensor trace_sq, Tensor image, Tensor derivatives)");
+      "Tensor products, Tensor trace, Tensor trace_sq, Tensor image, Tensor second, "
+      "Tensor derivatives)");
   // H·v for each row of vectors (n,) or (k, n), θ in nn.Sequential.parameters() order.
   m.def(
       "deep_hessian_vector_products(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "

@@ -77,6 +77,19 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
   return {gamma * trace_magnitude, gamma * trace_sq_magnitude};
 }
 
+// The n × n Hessian assembled by blocks (§12.7) in nn.Sequential.parameters() order, float64,
+// and the bound on its rounding error in the spectral norm (engines.h assemble_hessian).
+std::tuple<at::Tensor, at::Tensor> assembled_hessian_op(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss) {
+  const MlpProblem p = in_float64(check_deep_problem("torch_ws._deep_assembled_hessian", x, target,
+                                                     weights, biases, activation, reduction,
+                                                     loss));
+  const AssembledHessian h = assemble_hessian(p);
+  return {h.matrix, at::scalar_tensor(h.forming_error, h.matrix.options())};
+}
+
 // The deep engines in words (engines.h), for the problem these arguments make.
 std::vector<std::string> deep_engines(const at::Tensor& x, const at::Tensor& target,
                                       at::TensorList weights,
@@ -132,6 +145,11 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
   m.def(
       "_deep_engines(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> str[]");
+  // The assembled Hessian (n, n) in float64 and its rounding error's bound (§12.7).
+  m.def(
+      "_deep_assembled_hessian(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
+      "-> (Tensor hessian, Tensor forming_error)");
   // Certified bounds on the float64 rounding errors of those traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -142,5 +160,6 @@ TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("deep_hessian_traces", &torch_ws::deep_hessian_traces);
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
   m.impl("_deep_engines", &torch_ws::deep_engines);
+  m.impl("_deep_assembled_hessian", &torch_ws::assembled_hessian_op);
   m.impl("deep_ws_bounds", &torch_ws::deep_ws_bounds);
 }

@@ -1,9 +1,12 @@
 // The deep family's engine table (engines.h). One row per engine; nothing else chooses.
 #include "ops/deep/engines.h"
 
+#include "core/ws_bound.h"  // kRoundingAllowance
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace torch_ws {
 namespace {
@@ -24,6 +27,14 @@ int64_t sum_of_widths(const DeepShape& s) {
   int64_t sum = 0;
   for (const int64_t w : s.widths) sum += w;
   return sum;
+}
+
+// ℓ of an entry of the assembled Hessian (docs/math.md §12.7): the per-sample coefficients
+// through the layers (§12.5's chain), then the sum over the N samples.
+double assembled_entry_chain(const DeepShape& s) {
+  const int64_t widest = *std::max_element(s.widths.begin(), s.widths.end());
+  return static_cast<double>(4 * (s.in_dim + sum_of_widths(s)) + widest + s.samples +
+                             4 * s.widths.size() + 32);
 }
 
 // The parameter-space engine's work against the sample-space engine's, fitted on 2 cores
@@ -63,14 +74,10 @@ const DeepEngineEntry kDeepEngines[] = {
        const auto n = static_cast<double>(s.params);
        return kAssemblyWeight * static_cast<double>(s.samples) * n * n;
      },
-     // A block entry: the chain of §12.5 up to a sum over the N samples; squared (twice the
-     // entry's chain) and summed over the n² entries.
+     // An entry's chain, twice for its square, then the sum over the n² entries.
      [](const DeepShape& s) {
-       const int64_t widest = *std::max_element(s.widths.begin(), s.widths.end());
-       const double entry =
-           static_cast<double>(4 * (s.in_dim + sum_of_widths(s)) + widest + s.samples);
        const auto n = static_cast<double>(s.params);
-       return 2 * entry + n * n + static_cast<double>(4 * s.widths.size() + 32);
+       return 2 * assembled_entry_chain(s) + n * n;
      },
      &assembled_hessian_traces},
     {Engine::SampleSpace,
@@ -148,6 +155,37 @@ std::pair<at::Tensor, at::Tensor> deep_traces_by(Engine engine, const Coefficien
 
 double deep_error_chain(Engine engine, const MlpProblem& p) {
   return entry_of(engine).error_chain(deep_shape_of(p));
+}
+
+bool try_assembled_certificate(RitzCertificate& certificate, double sign, const MlpProblem& p,
+                               double trace_sq_high) {
+  constexpr int64_t kMaxParams = 4096;
+  // Run wherever the interval is not closed to ~1e-6: the assembly's cost is bounded below.
+  constexpr double kMaxWork = 0x1p34, kWorthIt = 1 + 1e-6;
+  const double lower = certificate.lower, upper = certificate.upper;
+  const auto n = static_cast<double>(p.num_params());
+  const bool wide = !(upper <= kWorthIt * lower) || lower <= 0;
+  if (!wide || !std::isfinite(lower) || p.num_params() > kMaxParams ||
+      static_cast<double>(p.num_samples()) * n * n > kMaxWork) {
+    return false;
+  }
+  const AssembledHessian h = assemble_hessian(with_dtype(p, at::kDouble));
+  return certify_on_assembled(certificate, sign, h.matrix, h.forming_error,
+                              std::sqrt(trace_sq_high));
+}
+
+AssembledHessian assemble_hessian(const MlpProblem& p) {
+  const Coefficients values = coefficient_values(p);
+  const at::Tensor matrix = assembled_hessian(JacobianChain(values));
+  // |fl(H_ab) − H_ab| ≤ γ·M_ab with M the same assembly on magnitudes (§12.7, one more operation
+  // for the symmetrization), so ‖fl(H) − H‖₂ ≤ ‖fl(H) − H‖_F ≤ γ·‖M‖_F.
+  const CoefficientMagnitudes m = coefficient_magnitudes(p);
+  const double magnitude_sq =
+      assembled_hessian_traces(JacobianChain(m.magnitudes)).second.item<double>();
+  const double chain = assembled_entry_chain(deep_shape_of(p)) + 1 + kRoundingAllowance +
+                       m.logit_allowance;
+  const double u = 0x1p-53, gamma = 2 * chain * u / (1 - chain * u);
+  return {matrix, gamma * std::sqrt(magnitude_sq)};
 }
 
 }  // namespace torch_ws

@@ -7,6 +7,7 @@
 
 #include "core/problem.h"
 #include "engines/dispatch.h"  // Engine
+#include "core/ritz_certificate.h"
 #include "ops/deep/jacobian_chain.h"
 
 #include <ATen/ATen.h>
@@ -22,6 +23,26 @@ namespace torch_ws {
 std::pair<at::Tensor, at::Tensor> gram_form_traces(const JacobianChain& chain);
 //   parameter space: the n × n Hessian assembled by blocks (assembled_hessian.cpp).
 std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain);
+// The same blocks as one n × n matrix in nn.Sequential.parameters() order, symmetrized.
+at::Tensor assembled_hessian(const JacobianChain& chain);
+
+// The n × n Hessian of §12.7 (float64, symmetric, in nn.Sequential.parameters() order) and a
+// bound on ‖fl(H) − H‖₂ (its entries' certified errors, in the Frobenius norm): what the
+// eigenvalue intervals' dense Kato-Temple certifies on (core/ritz_certificate.h). `p` in float64;
+// any depth, one hidden layer included.
+struct AssembledHessian {
+  at::Tensor matrix;
+  double forming_error;
+};
+AssembledHessian assemble_hessian(const MlpProblem& p);
+
+// Where the interval of λ_max(σH) in `certificate` is still wider than 10⁻⁶ and the assembly is
+// cheap next to what a user waits for (n ≤ 4096 and N·n² ≤ 2³⁴ multiply-adds, ~0.5 s on 2
+// cores), both ends from the assembled Hessian (core/ritz_certificate.h certify_on_assembled);
+// `trace_sq_high` ≥ tr(H²) bounds ‖H‖_F. Both families' intervals call it. Returns whether it
+// tightened an end.
+bool try_assembled_certificate(RitzCertificate& certificate, double sign, const MlpProblem& p,
+                               double trace_sq_high);
 
 // The engine a deep problem gets: TORCH_WS_ENGINE's, or the one taking it with the least
 // weighted work. Reads shapes only (so fake tensors trace it).

@@ -6,7 +6,8 @@
 //       -> (lower, upper, source, ritz_values, ritz_vectors, products):
 //       lower ≤ λ ≤ upper for λ = λ_max (largest) or λ_min, both in x's dtype rounded outward;
 //       source says which guarantee gave the bound away from the Ritz value (0 Wolkowicz-Styan,
-//       1 the trace cap, 2 Kato-Temple, 3 Weyl, 4 Kato-Temple with Weyl's λ_2 bound); the Ritz
+//       1 the trace cap, 2 Kato-Temple, 3 Weyl, 4 Kato-Temple with Weyl's λ_2 bound, 5 the
+//       assembled Hessian's own top eigenvalue); the Ritz
 //       values (k,) and vectors (k, n) in float64,
 //       extreme first; products: the Hessian-vector products used.
 //   hessian_vector_products(..., vectors) -> H·v for each row of vectors (k, n), in x's dtype.
@@ -22,6 +23,7 @@
 #include "core/ritz_certificate.h"
 #include "core/ws_bound.h"
 #include "ops/eigenvalue_interval/hessian_products.h"
+#include "ops/deep/engines.h"  // try_assembled_certificate: §12.7's assembly holds for L = 1
 #include "ops/eigenvalue_interval/low_precision.h"
 #include "ops/low_precision.h"
 #include "ops/problem_args.h"
@@ -155,6 +157,10 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
                                   parts->residual_lambda_max.item<double>());
     }
   }
+  // Still wide, and n small: both ends from the assembled Hessian (§11.6). After the spectral
+  // parts, which close trained networks' intervals at less cost where N·C is small; this closes
+  // random networks' and large-N·C ones' where n is small.
+  try_assembled_certificate(certificate, sign, p, trace_sq_high);
   Interval out{certificate.lower, certificate.upper, certificate.source, certificate.ritz_values,
                certificate.ritz_vectors, certificate.products};
   out.parts = parts;
@@ -173,6 +179,10 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
                                       end.ritz[i]);
     }
     if (end.image != 0) forms.add(certificate.hu, certificate.u, end.image);
+    if (end.assembled != 0) {
+      const Tensor z = certificate.assembled_vector.to(certificate.u.scalar_type());
+      forms.add(z, z, end.assembled);
+    }
     InputGradients g = forms.gradient(products, certificate.u, need_grad_x);
     if (end.trace != 0) g = combine(1, g, end.trace, *traces.trace_grad);
     if (end.trace_sq != 0) g = combine(1, g, end.trace_sq, *traces.trace_sq_grad);

@@ -1,9 +1,8 @@
 // The spectral bound's parts and their gradient (docs/math.md §9), in float64 ATen operations.
 #include "ops/spectral/spectral_bound.h"
 
+#include "core/dense_eigen.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
-
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -88,105 +87,12 @@ Tensor dual_matrix(const Network& n) {
   return M;
 }
 
-struct TopEigenpair {
-  Tensor value, vector, allowance, residual, iterations;
-};
-
 // The rounding error of the computed M, in the spectral norm: each entry is a sum of products of
 // dot products of lengths D̃, H and C, every term non-negative on the diagonal, so
 // ‖ΔM‖ ≤ γ·Σ_i M_ii with γ ≈ (D̃ + H + 2C + 8)u; doubled for safety.
 double forming_factor(const Network& n) {
   return 2.0 * static_cast<double>(n.x_tilde.size(1) + n.hidden() + 2 * n.num_outputs() + 8) *
          kUnitRoundoff;
-}
-
-// `forming_error` ≥ ‖fl(M) − M‖₂ and `norm` ≥ ‖M‖₂ (0-dim float64): what the allowances of the
-// two solvers below are made of (tr M for both when M is positive semi-definite).
-TopEigenpair dense_top_eigenpair(const Tensor& M, const Tensor& forming_error, const Tensor& norm) {
-  const auto [values, vectors] = at::linalg_eigh(M);
-  const int64_t m = M.size(0);
-  TopEigenpair top;
-  top.value = values.select(0, m - 1);
-  top.vector = vectors.select(1, m - 1);
-  top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
-  // eigh is backward stable: its eigenvalues are those of M + E with ‖E‖ ≤ p(m)·u·‖M‖.
-  const double eigh_factor = (kRoundingAllowance + 2.0 * static_cast<double>(m)) * kUnitRoundoff;
-  top.allowance = forming_error + eigh_factor * norm;
-  top.iterations = at::zeros({}, M.options().dtype(at::kLong));
-  return top;
-}
-
-// Lanczos with full reorthogonalization for the top Ritz pair (θ, y), then a certificate:
-// τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on λ_max(M) iff τI − M is positive definite,
-// which a Cholesky factorization decides (docs/math.md §9.2). Where the certificate fails (the
-// Ritz value missed the top eigenvalue), the dense solver decides instead.
-TopEigenpair lanczos_top_eigenpair(const Tensor& M, const Tensor& forming_error,
-                                   const Tensor& norm) {
-  const int64_t m = M.size(0);
-  const int64_t max_steps = std::min<int64_t>(m, 300);
-  const auto options = M.options();
-  // A fixed-seed random start: deterministic results, and almost surely not orthogonal to the
-  // top eigenvector.
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(0x5eed);
-  Tensor q = at::randn({m}, generator, at::TensorOptions().dtype(at::kDouble)).to(M.device());
-  q = q / q.norm();
-  Tensor basis = at::empty({max_steps, m}, options);
-  std::vector<double> alpha, beta;
-  Tensor ritz_value, ritz_vector;
-  int64_t steps = 0;
-  for (int64_t j = 0; j < max_steps; ++j) {
-    basis.select(0, j).copy_(q);
-    Tensor w = at::mv(M, q);
-    alpha.push_back(at::dot(q, w).item<double>());
-    const Tensor done = basis.narrow(0, 0, j + 1);
-    for (int pass = 0; pass < 2; ++pass) w = w - at::mv(done.t(), at::mv(done, w));
-    const double b = w.norm().item<double>();
-    steps = j + 1;
-    const bool last = steps == max_steps;
-    const bool invariant = b <= 1e-13 * std::abs(alpha.front()) + 1e-300;
-    if (last || invariant || (steps >= 8 && steps % 4 == 0)) {
-      Tensor T = at::zeros({steps, steps}, at::TensorOptions().dtype(at::kDouble));
-      auto Ta = T.accessor<double, 2>();
-      for (int64_t i = 0; i < steps; ++i) {
-        Ta[i][i] = alpha[i];
-        if (i + 1 < steps) Ta[i][i + 1] = Ta[i + 1][i] = beta[i];
-      }
-      const auto [theta, s] = at::linalg_eigh(T);
-      const double top = theta[steps - 1].item<double>();
-      const double estimate = b * std::abs(s[steps - 1][steps - 1].item<double>());
-      if (last || invariant || estimate <= 1e-10 * std::abs(top)) {
-        ritz_value = theta.select(0, steps - 1).to(M.device());
-        ritz_vector = at::mv(done.t(), s.select(1, steps - 1).to(M.device()));
-        break;
-      }
-    }
-    beta.push_back(b);
-    q = w / b;
-  }
-  TopEigenpair top;
-  top.vector = ritz_vector / ritz_vector.norm();
-  top.value = at::dot(top.vector, at::mv(M, top.vector));  // the Rayleigh quotient, ≤ λ_max
-  top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
-  top.iterations = at::scalar_tensor(steps, options.dtype(at::kLong));
-  const double theta = top.value.item<double>(), residual = top.residual.item<double>();
-  const double tau = theta + 2 * residual + 1e-10 * std::abs(theta) + 1e-300;
-  const Tensor shifted = at::eye(m, options) * tau - M;
-  const auto [factor, info] = at::linalg_cholesky_ex(shifted);
-  if (info.item<int64_t>() != 0) return dense_top_eigenpair(M, forming_error, norm);
-  // A Cholesky factorization that succeeds in floating point proves A + E positive definite with
-  // ‖E‖ ≤ γ_{m+1}·tr(A) (Demmel); so λ_max(M) ≤ τ + γ_{m+1}·tr(τI − M), and M itself is off by
-  // the forming error.
-  const double cholesky_factor = 2.0 * static_cast<double>(m + 1) * kUnitRoundoff;
-  const Tensor trace = M.trace();
-  top.allowance = (tau - theta) + cholesky_factor * (static_cast<double>(m) * tau - trace) +
-                  forming_error + kRoundingAllowance * kUnitRoundoff * norm;
-  return top;
-}
-
-// The top eigenpair of M by the solver its size calls for.
-TopEigenpair top_eigenpair(const Tensor& M, const Tensor& forming_error, const Tensor& norm) {
-  return M.size(0) <= kDenseDual ? dense_top_eigenpair(M, forming_error, norm)
-                                 : lanczos_top_eigenpair(M, forming_error, norm);
 }
 
 // ---- λ_max(R) and λ_min(R) from the H blocks (docs/math.md §9.3). ----
@@ -261,7 +167,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
     const Tensor M = dual_matrix(n);
     const Tensor trace = M.trace();  // ≥ ‖M‖₂: M is positive semi-definite
     const Tensor forming_error = forming_factor(n) * trace;
-    TopEigenpair top = top_eigenpair(M, forming_error, trace);
+    CertifiedEigenpair top = certified_top_eigenpair(M, forming_error, trace);
     out.ggn_lambda_max = top.value;
     out.ggn_allowance = top.allowance;
     out.eigen_residual = top.residual;
@@ -277,7 +183,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
       // then the subtraction: within 2u|c·y_i·y_j| + u|entry|, so in norm 2u·c‖y‖² + u‖·‖_F,
       // doubled for the second-order terms); ‖M − c·yyᵀ‖₂ ≤ tr M + c‖y‖².
       const Tensor error = forming_error + kUnitRoundoff * (4 * c * y_sq + 2 * deflated.norm());
-      const TopEigenpair next = top_eigenpair(deflated, error, trace + c * y_sq);
+      const CertifiedEigenpair next = certified_top_eigenpair(deflated, error, trace + c * y_sq);
       out.ggn_second_upper = next.value + next.allowance;
       out.ggn_second_value = next.value;
       out.ggn_second_vector = next.vector.view({N, C});

@@ -19,10 +19,9 @@
 
 namespace torch_ws::spectral {
 
-// The dual matrix has NC rows: dense `eigh` up to kDenseDual of them, Lanczos with a Cholesky
-// certificate above, and no GGN part at all above kMaxDual (its NC×NC float64 matrix would take
-// more than 2 GiB): there the bound is the Wolkowicz-Styan one.
-inline constexpr int64_t kDenseDual = 512;
+// The dual matrix has NC rows: its top eigenpair by core/dense_eigen.h (dense `eigh`, or Lanczos
+// with a Cholesky certificate), and no GGN part at all above kMaxDual (its NC×NC float64 matrix
+// would take more than 2 GiB): there the bound is the Wolkowicz-Styan one.
 inline constexpr int64_t kMaxDual = 16384;
 
 // Everything in float64 (0-dim unless said), on the problem's device.
