@@ -109,3 +109,20 @@ def test_the_choice_reads_shapes_only():
         problem = shapes([32, 32], 500)
         trace, trace_sq = torch_ws.deep_hessian_traces(*problem)
     assert trace.shape == () and trace_sq.shape == ()
+
+
+@pytest.mark.parametrize("widths", [[5], [4, 3], [3, 4, 2]], ids=["L1", "L2", "L3"])
+@pytest.mark.parametrize("bias", BIASES)
+@pytest.mark.parametrize("head", HEADS, ids=[f"{h[0]}-{h[2]}" for h in HEADS])
+def test_the_assembled_hessian_is_the_explicit_one(head, bias, widths):
+    """The n × n matrix the intervals certify on (math.md §11.6, §12.7): torch.func.hessian's of
+    the real network, entry for entry and in nn.Sequential.parameters() order, within its
+    certified forming error (which is tiny next to it)."""
+    from deep_testing import explicit_hessian
+    x, target, weights, biases = make_problem(widths, head, bias, seed=len(widths), n=7)
+    H = explicit_hessian(x, target, weights, biases, "softplus", "sum", head[0])
+    ours, forming_error = torch.ops.torch_ws._deep_assembled_hessian(
+        x, target, weights, biases, "softplus", "sum", head[0])
+    assert torch.equal(ours, ours.T)
+    assert float((ours - H).norm()) <= 1e-12 * float(H.norm())
+    assert 0 < float(forming_error) <= 1e-9 * float(H.norm())

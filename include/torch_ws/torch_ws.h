@@ -119,8 +119,8 @@ at::Tensor hessian_vector_products(const at::Tensor& x, const at::Tensor& target
 // `steps` Lanczos steps on closed-form Hessian-vector products, lower ≤ λ ≤ upper for the
 // computed numbers, both differentiable (the basis held fixed). `source` (int64): 0
 // Wolkowicz-Styan, 1 the trace cap, 2 Kato-Temple, 3 Weyl, 4 Kato-Temple with Weyl's bound on
-// λ_2. Pass `ritz_vectors` as `start` to the
-// next call to track the eigenvalue during training.
+// λ_2, 5 the assembled Hessian's own top eigenvalue (small n, §11.6). Pass `ritz_vectors` as
+// `start` to the next call to track the eigenvalue during training.
 struct EigenvalueInterval {
   at::Tensor lower, upper;
   at::Tensor source;                     // int64
@@ -138,7 +138,7 @@ EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& ta
                                        int64_t seed = 0);
 
 // The same interval for a network with L ≥ 1 hidden layers (docs/math.md §12.6): arguments as
-// deep_hessian_traces, then as eigenvalue_interval; `source` never 3 (no Weyl candidate).
+// deep_hessian_traces, then as eigenvalue_interval; `source` never 3 or 4 (no Weyl candidate).
 // lower and upper are differentiable in x and every layer (§11.4, basis held fixed).
 EigenvalueInterval deep_eigenvalue_interval(
     const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,

@@ -88,6 +88,29 @@ std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& 
   return {trace, trace_sq};
 }
 
+double assembled_frobenius_bound(const JacobianChain& magnitudes) {
+  const Assembly assembly(magnitudes);
+  // ‖Σ_i X_i ⊗ Y_i‖_F ≤ Σ_i ‖X_i‖_F‖Y_i‖_F, and the outer products' norms are products of norms:
+  // per block, O(N·H_m·H_k) instead of the block's O(N·n_m·n_k).
+  const auto norms = [](const at::Tensor& t) { return t.reshape({t.size(0), -1}).norm(2, 1); };
+  std::vector<at::Tensor> feature_norms(magnitudes.out + 1);
+  for (int64_t l = 1; l <= magnitudes.out; ++l) feature_norms[l] = norms(assembly.features(l));
+  double total = 0;
+  for (int64_t m = 1; m <= magnitudes.out; ++m) {
+    for (int64_t k = 1; k <= m; ++k) {
+      at::Tensor per_sample =
+          norms(assembly.factor(m, k)) * feature_norms[m] * feature_norms[k];
+      if (k < m) {
+        const at::Tensor g = magnitudes.c.d1[m - 1].unsqueeze(2) * magnitudes.F[m - 1][k];
+        per_sample = per_sample + norms(magnitudes.p[m]) * norms(g) * feature_norms[k];
+      }
+      const double block = per_sample.sum().item<double>();
+      total += (m == k ? 1 : 2) * block * block;
+    }
+  }
+  return std::sqrt(total);
+}
+
 at::Tensor assembled_hessian(const JacobianChain& chain) {
   const Assembly assembly(chain);
   const Coefficients& c = chain.c;

@@ -178,14 +178,20 @@ AssembledHessian assemble_hessian(const MlpProblem& p) {
   const Coefficients values = coefficient_values(p);
   const at::Tensor matrix = assembled_hessian(JacobianChain(values));
   // |fl(H_ab) − H_ab| ≤ γ·M_ab with M the same assembly on magnitudes (§12.7, one more operation
-  // for the symmetrization), so ‖fl(H) − H‖₂ ≤ ‖fl(H) − H‖_F ≤ γ·‖M‖_F.
+  // for the symmetrization), so ‖fl(H) − H‖₂ ≤ ‖fl(H) − H‖_F ≤ γ·‖M‖_F, and ‖M‖_F is bounded
+  // without forming M (assembled_frobenius_bound). That bound is itself computed: sums of
+  // non-negative terms, the longest of the per-sample norms (≤ H_max² terms) then the N samples,
+  // so it is off by at most the factor 1 + γ' (ℓ' = H_max² + N + 64 with the square root's).
+  const DeepShape shape = deep_shape_of(p);
   const CoefficientMagnitudes m = coefficient_magnitudes(p);
-  const double magnitude_sq =
-      assembled_hessian_traces(JacobianChain(m.magnitudes)).second.item<double>();
-  const double chain = assembled_entry_chain(deep_shape_of(p)) + 1 + kRoundingAllowance +
-                       m.logit_allowance;
+  const double magnitude_norm = assembled_frobenius_bound(JacobianChain(m.magnitudes));
+  const double chain = assembled_entry_chain(shape) + 1 + kRoundingAllowance + m.logit_allowance;
+  const int64_t widest = std::max(shape.in_dim, *std::max_element(shape.widths.begin(),
+                                                                  shape.widths.end()));
+  const double own_chain = static_cast<double>(widest * widest + shape.samples + 64);
   const double u = 0x1p-53, gamma = 2 * chain * u / (1 - chain * u);
-  return {matrix, gamma * std::sqrt(magnitude_sq)};
+  const double own = 1 + 2 * own_chain * u / (1 - own_chain * u);
+  return {matrix, gamma * magnitude_norm * own};
 }
 
 }  // namespace torch_ws

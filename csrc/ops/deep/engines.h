@@ -25,6 +25,9 @@ std::pair<at::Tensor, at::Tensor> gram_form_traces(const JacobianChain& chain);
 std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain);
 // The same blocks as one n × n matrix in nn.Sequential.parameters() order, symmetrized.
 at::Tensor assembled_hessian(const JacobianChain& chain);
+// On a chain of magnitudes: an upper bound on ‖M‖_F, M the blocks of that chain (≥ |terms| of
+// every entry), by the triangle inequality over the samples (no block is formed).
+double assembled_frobenius_bound(const JacobianChain& magnitudes);
 
 // The n × n Hessian of §12.7 (float64, symmetric, in nn.Sequential.parameters() order) and a
 // bound on ‖fl(H) − H‖₂ (its entries' certified errors, in the Frobenius norm): what the
