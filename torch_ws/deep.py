@@ -159,7 +159,7 @@ def deep_lambda_max_interval(
     the exact tr(H²) of :func:`deep_hessian_traces` plus its certified rounding error, then
     Kato-Temple), every rounding error bounded; ``upper`` is the smallest of these and the
     Wolkowicz-Styan bound (``source`` says which; Weyl is not available for deep networks).
-    Where n is small (n ≤ 4096, N·n² ≤ 2³⁴) and the interval is still wider than 10⁻⁶, both ends
+    Where n is small (n ≤ 4096, N·n² ≤ 2³⁴) and the interval is still wider than 1%, both ends
     come from the Hessian assembled in closed form (source ``"assembled_hessian"``, §11.6).
     Computed in float64 whatever x's dtype. ``lower`` and ``upper`` (and the op's traces) are
     differentiable in x and every layer, in reverse and forward mode: with the basis held fixed

@@ -413,7 +413,7 @@ def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tens
     ``upper`` is the smallest of these and the Wolkowicz-Styan bound. The interval is tight when
     the top eigenvalue stands out of a light bulk, or the top two are GGN's and certified apart
     (trained networks); on networks with a heavy bulk it stays at Weyl's or the cap's, except
-    where n is small (n ≤ 4096, N·n² ≤ 2³⁴): there, if still wider than 10⁻⁶, both ends come
+    where n is small (n ≤ 4096, N·n² ≤ 2³⁴): there, if still wider than 1%, both ends come
     from the Hessian assembled in closed form (source ``"assembled_hessian"``, docs/math.md
     §11.6; its top eigenvalue certified by a Cholesky factorization, no gap needed).
     Computed in float64 whatever x's dtype. Differentiable in x and the parameters: with the

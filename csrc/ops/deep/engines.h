@@ -39,7 +39,7 @@ struct AssembledHessian {
 };
 AssembledHessian assemble_hessian(const MlpProblem& p);
 
-// Where the interval of λ_max(σH) in `certificate` is still wider than 10⁻⁶ and the assembly is
+// Where the interval of λ_max(σH) in `certificate` is still wider than 1% and the assembly is
 // cheap next to what a user waits for (n ≤ 4096 and N·n² ≤ 2³⁴ multiply-adds, ~0.5 s on 2
 // cores), both ends from the assembled Hessian (core/ritz_certificate.h certify_on_assembled);
 // `trace_sq_high` ≥ tr(H²) bounds ‖H‖_F. Both families' intervals call it. Returns whether it
