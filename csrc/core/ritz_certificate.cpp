@@ -358,13 +358,15 @@ bool certify_on_assembled(RitzCertificate& certificate, double sign, const at::T
       certified_top_eigenpair(matrix, scalar(forming_error), scalar(norm));
   const double upper = up(top.value.item<double>() + top.allowance.item<double>());
   // λ_max(σH) ≥ zᵀσHz/zᵀz for the computed z: the quotient on the computed matrix is within
-  // ‖fl(H) − H‖₂ of the exact one, and its own rounding within γ_{n+3}·|z|ᵀ|fl(H)||z|/zᵀz ≤
-  // γ_{n+3}·(‖H‖_F + ‖fl(H) − H‖₂)(1 + γ) (the dot products' and the division's).
+  // ‖fl(H) − H‖₂ of the exact one, and its own rounding (fl(H)z: n terms, then the dot product:
+  // n more; zᵀz: n; the division) within γ_{3n+4}·(|z|ᵀ|fl(H)||z| + |zᵀfl(H)z|)/zᵀz
+  // ≤ 2γ_{3n+4}·(‖H‖_F + ‖fl(H) − H‖_F), to first order in γ (the factor 1 + 2γ covers the rest).
   const Tensor& z = top.vector;
   const double z_sq = dot_value(z, z);
   const double quotient = dot_value(z, at::mv(matrix, z)) / z_sq;
-  const double g = gamma(static_cast<double>(n + 3));
-  const double slack = up(forming_error + up(up(g * up(norm + forming_error)) * (1 + 2 * g)));
+  const double g = gamma(static_cast<double>(3 * n + 4));
+  const double slack =
+      up(forming_error + up(up(2 * g * up(norm + forming_error)) * up(1 + 2 * g)));
   const double lower = down(quotient - slack);
   bool changed = false;
   if (upper < certificate.upper) {

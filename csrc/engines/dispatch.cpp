@@ -42,6 +42,20 @@ std::optional<Engine> engine_from_environment() {
               value, "'");
 }
 
+void check_named_engine(Engine named, const std::string& why) {
+  TORCH_CHECK(why.empty(), "torch_ws: TORCH_WS_ENGINE=", engine_name(named), " ", why,
+              "; unset it or use '",
+              engine_name(named == Engine::ParameterSpace ? Engine::SampleSpace
+                                                          : Engine::ParameterSpace),
+              "'");
+}
+
+std::string engine_line(Engine engine, const char* cost, const std::string& why, bool chosen) {
+  return std::string(engine_name(engine)) + ": " + cost + "; " +
+         (why.empty() ? "takes this problem" : "refuses it: " + why) +
+         (chosen ? " (chosen)" : "");
+}
+
 namespace {
 
 // TORCH_WS_TILE_SIZE: unset, "", "0" or "auto" → kAutoTile; "whole" → kWholeMatrices; a positive
@@ -298,14 +312,8 @@ const EngineEntry& entry_of(Engine engine, const ProblemShape& s) {
 
 Engine choose_engine(const ProblemShape& shape) {
   if (const std::optional<Engine> named = engine_from_environment()) {
-    const Engine forced = *named;
-    const std::string why = entry_of(forced, shape).refusal(shape);
-    TORCH_CHECK(why.empty(), "torch_ws: TORCH_WS_ENGINE=", engine_name(forced), " ", why,
-                "; unset it or use '",
-                engine_name(forced == Engine::ParameterSpace ? Engine::SampleSpace
-                                                             : Engine::ParameterSpace),
-                "'");
-    return forced;
+    check_named_engine(*named, entry_of(*named, shape).refusal(shape));
+    return *named;
   }
   const EngineEntry* best = nullptr;
   double best_work = 0;
@@ -327,9 +335,7 @@ std::vector<std::string> describe_engines(const ProblemShape& shape) {
   for (const EngineEntry& e : kEngines) {
     if (!serves(e, shape)) continue;
     const std::string why = e.refusal(shape);
-    out.push_back(std::string(engine_name(e.engine)) + ": " + e.cost + "; " +
-                  (why.empty() ? "takes this problem" : "refuses it: " + why) +
-                  (e.engine == chosen ? " (chosen)" : ""));
+    out.push_back(engine_line(e.engine, e.cost, why, e.engine == chosen));
   }
   return out;
 }

@@ -38,6 +38,12 @@ constexpr int64_t kMaxParameterSpaceParams = 4096;
 // (ops/deep/engines.cpp).
 std::optional<Engine> engine_from_environment();
 
+// What both engine tables (this family's and ops/deep/engines.cpp) say in the same words: the
+// error for TORCH_WS_ENGINE naming an engine that refuses the problem (raised where `why` is not
+// empty), and an engine's line in the _engines / _deep_engines listings.
+void check_named_engine(Engine named, const std::string& why);
+std::string engine_line(Engine engine, const char* cost, const std::string& why, bool chosen);
+
 // The engine for this problem: TORCH_WS_ENGINE ("auto", "sample", "parameter"; raises on anything
 // else, or with the table's reason when the named engine refuses the problem), or the one that
 // takes it with the least weighted work.

@@ -110,12 +110,7 @@ const DeepEngineEntry& entry_of(Engine engine) {
 
 Engine choose(const DeepShape& s) {
   if (const std::optional<Engine> named = engine_from_environment()) {
-    const std::string why = entry_of(*named).refusal(s);
-    TORCH_CHECK(why.empty(), "torch_ws: TORCH_WS_ENGINE=", engine_name(*named), " ", why,
-                "; unset it or use '",
-                engine_name(*named == Engine::ParameterSpace ? Engine::SampleSpace
-                                                             : Engine::ParameterSpace),
-                "'");
+    check_named_engine(*named, entry_of(*named).refusal(s));
     return *named;
   }
   const DeepEngineEntry* best = nullptr;
@@ -141,10 +136,7 @@ std::vector<std::string> describe_deep_engines(const MlpProblem& p) {
   const Engine chosen = choose(s);
   std::vector<std::string> out;
   for (const DeepEngineEntry& e : kDeepEngines) {
-    const std::string why = e.refusal(s);
-    out.push_back(std::string(engine_name(e.engine)) + ": " + e.cost + "; " +
-                  (why.empty() ? "takes this problem" : "refuses it: " + why) +
-                  (e.engine == chosen ? " (chosen)" : ""));
+    out.push_back(engine_line(e.engine, e.cost, e.refusal(s), e.engine == chosen));
   }
   return out;
 }
