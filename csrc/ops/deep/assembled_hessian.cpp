@@ -23,6 +23,23 @@ at::Tensor sum_over_samples(const at::Tensor& x, const at::Tensor& y) {
   return at::mm(x.reshape({n, -1}).t(), y.reshape({n, -1}));
 }
 
+// The upper triangle of a symmetric m × m matrix, row by row: its entries' flat indices (p·m + P,
+// p ≤ P), how often each stands in the whole matrix (1 on the diagonal, 2 off it), and for every
+// flat index of the whole matrix the packed position holding its value.
+struct PackedSymmetric {
+  at::Tensor upper, weight, position;
+  PackedSymmetric(int64_t m, const at::TensorOptions& options) {
+    const at::Tensor rc = at::triu_indices(m, m, 0, options.dtype(at::kLong));
+    const at::Tensor r = rc[0], c = rc[1];
+    upper = r * m + c;
+    weight = at::where(r == c, 1.0, 2.0).to(options.dtype());
+    position = at::empty({m * m}, options.dtype(at::kLong));
+    const at::Tensor order = at::arange(r.size(0), options.dtype(at::kLong));
+    position.index_put_({upper}, order);
+    position.index_put_({c * m + r}, order);
+  }
+};
+
 // The assembly of (12.7): the per-sample factors and features of a chain, and its blocks.
 class Assembly {
  public:
@@ -60,6 +77,22 @@ class Assembly {
     return out;
   }
 
+  // A diagonal block H_kk packed: both X_i and ã ãᵀ are symmetric, so H_kk[(p,q),(P,Q)] depends
+  // only on the pairs {p, P} and {q, Q}; C = Σ_i vech(X_i) vech(ã_iã_iᵀ)ᵀ holds each value once,
+  // a quarter of the block's products. Returns C and the two packings (rows: X's, columns: ã's).
+  struct Packed {
+    at::Tensor values;
+    PackedSymmetric rows, columns;
+  };
+  Packed diagonal_block(int64_t k, const at::Tensor& x) const {
+    const int64_t n = x.size(0), width = x.size(1), in = features_[k].size(1);
+    PackedSymmetric rows(width, x.options()), columns(in, x.options());
+    const at::Tensor tri = at::triu_indices(in, in, 0, x.options().dtype(at::kLong));
+    const at::Tensor outer = features_[k].index_select(1, tri[0]) * features_[k].index_select(1, tri[1]);
+    at::Tensor values = at::mm(x.reshape({n, -1}).index_select(1, rows.upper).t(), outer);
+    return {std::move(values), std::move(rows), std::move(columns)};
+  }
+
   const at::Tensor& features(int64_t l) const { return features_[l]; }
 
  private:
@@ -81,8 +114,15 @@ std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& 
         trace = trace + (x.diagonal(0, 1, 2).sum(1) * assembly.features(k).pow(2).sum(1))
                             .sum(at::kDouble);
       }
+      if (m == k) {  // each packed value stands w_row·w_column times in the block
+        const Assembly::Packed packed = assembly.diagonal_block(k, x);
+        trace_sq = trace_sq + (packed.values.pow(2) * packed.rows.weight.unsqueeze(1) *
+                               packed.columns.weight.unsqueeze(0))
+                                  .sum(at::kDouble);
+        continue;
+      }
       // Off-diagonal blocks stand twice in ‖H‖²_F (H is symmetric).
-      trace_sq = trace_sq + (m == k ? 1 : 2) * assembly.block(m, k, x).pow(2).sum(at::kDouble);
+      trace_sq = trace_sq + 2 * assembly.block(m, k, x).pow(2).sum(at::kDouble);
     }
   }
   return {trace, trace_sq};
@@ -133,7 +173,17 @@ at::Tensor assembled_hessian(const JacobianChain& chain) {
   at::Tensor tilde = at::empty({n, n}, options);
   for (int64_t m = 1; m <= chain.out; ++m) {
     for (int64_t k = 1; k <= m; ++k) {
-      const at::Tensor b = assembly.block(m, k, assembly.factor(m, k));  // (p, P, q, Q)
+      const at::Tensor x = assembly.factor(m, k);
+      at::Tensor b;  // (p, P, q, Q)
+      if (m == k) {
+        const Assembly::Packed packed = assembly.diagonal_block(k, x);
+        b = packed.values.index_select(0, packed.rows.position)
+                .index_select(1, packed.columns.position)
+                .view({x.size(1), x.size(2), assembly.features(k).size(1),
+                       assembly.features(k).size(1)});
+      } else {
+        b = assembly.block(m, k, x);
+      }
       const at::Tensor rows_by_cols =
           b.permute({0, 2, 1, 3}).reshape({b.size(0) * b.size(2), b.size(1) * b.size(3)});
       const int64_t r0 = offset[m], c0 = offset[k];
