@@ -5,8 +5,8 @@
 // adjoint 2·H_block), and it runs on any device.
 //
 // The parameters of layer l are taken as W̃_l = [W_l, b_l] (H_l × H̃_{l-1}), entry (p, q); the
-// traces do not depend on the order of the parameters, so the blocks are never permuted into
-// nn.Sequential's order.
+// traces do not depend on the order of the parameters, so for them the blocks are never permuted
+// into nn.Sequential's order (assembled_hessian, the matrix the intervals certify on, is).
 #include "ops/deep/engines.h"
 
 #include <ATen/ATen.h>

@@ -86,7 +86,7 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
       deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
   static auto op =
       find_op<DerivativesSignature>("torch_ws::_deep_eigenvalue_interval_derivatives");
-  auto [lower, upper, source, values, vectors, products, trace, trace_sq, image, second,
+  auto [lower, upper, source, values, vectors, products, trace, trace_sq, image, assembled,
         derivatives] =
       [&] {
         at::AutoDispatchBelowADInplaceOrView guard;
@@ -98,7 +98,7 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
   // functions of the inputs.
   const MlpProblem p = check_deep_problem(kIntervalName, w.x, w.target, w.weights, w.biases,
                                           activation, reduction, loss);
-  const Tensor z = second.to(vectors.scalar_type()).unsqueeze(0);
+  const Tensor z = assembled.to(vectors.scalar_type()).unsqueeze(0);
   const Tensor left = at::cat({vectors, image.unsqueeze(0), z});
   const Tensor right = at::cat({vectors, vectors.narrow(0, 0, 1), z});
   const Tensor forms =

@@ -8,7 +8,7 @@
 //   deep_hessian_vector_products(x, target, weights, biases, vectors, ...) -> H·v per row.
 //
 //   _deep_eigenvalue_interval_derivatives(same arguments, traces=None) -> the same eight, then
-//       (image, second, derivatives): the certificate's H·u (n,), the assembled Hessian's top
+//       (image, assembled_vector, derivatives): the certificate's H·u (n,), the assembled Hessian's top
 //       eigenvector z (n,; zeros where it gave neither end) and, per end of H's
 //       interval (rows: lower, upper), its first-order description with the basis held fixed
 //       (core/ritz_certificate.h, EndDerivative): [the coefficients of ⟨r_i, dH r_i⟩ for the
@@ -106,12 +106,12 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
   const double lower = largest ? top.lower : -top.upper;
   const double upper = largest ? top.upper : -top.lower;
   const auto options = x.options().dtype(at::kDouble);
-  Tensor image, second, described;
+  Tensor image, assembled_vector, described;
   if (derivatives) {
     // Of H's ends: λ_min's interval is −(σH's), so its lower end is −(σH's upper) and back.
     const EndDerivatives of_top =
         end_derivatives(top, sign, {trace, trace_sq, trace_sq_high, ws}, n);
-    auto row = [&](const EndDerivative& end, double factor) {
+    auto row = [](const EndDerivative& end, double factor) {
       std::vector<double> r = end.ritz;
       r.insert(r.end(), {end.image, end.assembled, end.trace, end.trace_sq});
       for (double& v : r) v *= factor;
@@ -121,8 +121,8 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
                          : at::stack({row(of_top.upper, -1), row(of_top.lower, -1)}))
                     .to(options.device());
     image = top.hu.defined() ? top.hu : at::full({n}, std::nan(""), options);
-    second = top.assembled_vector.defined() ? top.assembled_vector.to(options)
-                                            : at::zeros({n}, options);
+    assembled_vector = top.assembled_vector.defined() ? top.assembled_vector.to(options)
+                                                      : at::zeros({n}, options);
   }
   return {round_directed(at::scalar_tensor(lower, options), x.scalar_type(), /*up=*/false),
           round_directed(at::scalar_tensor(upper, options), x.scalar_type(), /*up=*/true),
@@ -131,7 +131,8 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
           at::scalar_tensor(top.products, options.dtype(at::kLong)),
           // fresh tensors: given traces must not alias an output
           trace_t.to(x.scalar_type(), false, /*copy=*/true),
-          trace_sq_t.to(x.scalar_type(), false, /*copy=*/true), image, second, described};
+          trace_sq_t.to(x.scalar_type(), false, /*copy=*/true), image, assembled_vector,
+          described};
 }
 
 IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
@@ -141,7 +142,7 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
                                          c10::string_view loss, bool largest, int64_t steps,
                                          const optional<Tensor>& start, int64_t seed) {
   auto [lower, upper, source, values, vectors, products, trace, trace_sq, unused_image,
-        unused_second, unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
+        unused_assembled, unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
                                           largest, steps, start, seed, /*derivatives=*/false,
                                           std::nullopt);
   return {lower, upper, source, values, vectors, products, trace, trace_sq};
@@ -241,7 +242,7 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "Tensor?[] biases, str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", "
       "bool largest=True, int steps=32, Tensor? start=None, int seed=0, Tensor? traces=None) "
       "-> (Tensor lower, Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, "
-      "Tensor products, Tensor trace, Tensor trace_sq, Tensor image, Tensor second, "
+      "Tensor products, Tensor trace, Tensor trace_sq, Tensor image, Tensor assembled_vector, "
       "Tensor derivatives)");
   // H·v for each row of vectors (n,) or (k, n), θ in nn.Sequential.parameters() order.
   m.def(
