@@ -334,8 +334,7 @@ RitzCertificate certify_top(const SymmetricProducts& products, double sign, cons
   return out;
 }
 
-bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value,
-                             IntervalSource source) {
+bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value) {
   const double theta_low = certificate.lower, theta_high = certificate.theta_high;
   const double rho = certificate.rho;
   // As in certify_top: with λ_2 ≤ ν < θ − ρ, λ_1 ≤ θ + ρ²/(θ − ν), growing with θ there.
@@ -343,7 +342,7 @@ bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, doub
   const double bound = up(theta_high + up(up(rho * rho) / down(theta_high - nu_upper)));
   if (!(bound < certificate.upper)) return false;
   certificate.upper = bound;
-  certificate.source = source;
+  certificate.source = IntervalSource::KatoTempleWeyl;
   certificate.nu_value = nu_value;
   return true;
 }

@@ -82,9 +82,8 @@ struct RitzCertificate {
 // Kato-Temple on the certificate's top Ritz pair with a bound on λ_2(σH) that the family
 // certified itself (e.g. Weyl: λ_2(H) ≤ λ_2(GGN) + λ_max(R), §11.2): `nu_upper` ≥ λ_2(σH),
 // `nu_value` the smooth function it rounds up (for the derivatives). Where θ_low − ν > ρ, replaces
-// `upper` (and source, `source`) if smaller; returns whether it did.
-bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value,
-                             IntervalSource source = IntervalSource::KatoTempleWeyl);
+// `upper` (and source, KatoTempleWeyl) if smaller; returns whether it did.
+bool kato_temple_with_second(RitzCertificate& certificate, double nu_upper, double nu_value);
 
 // Both ends from the assembled Hessian (docs/math.md §11.6): `hessian` the computed n × n H
 // (float64, symmetric), `forming_error` ≥ ‖fl(H) − H‖₂, `norm` ≥ ‖H‖_F. The top eigenpair (z, λ)
