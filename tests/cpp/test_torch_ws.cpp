@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>  // setenv: TORCH_WS_ENGINE
 #include <functional>
 #include <iostream>
 #include <map>
@@ -199,6 +200,19 @@ void test_deep() {
         "deep_hessian_vector_products: L = 1 assembles a Hessian with hessian_traces' traces");
   std::vector<torch::Tensor> plain_weights;
   for (const auto& w : weights) plain_weights.push_back(w.detach());
+  // Both engines of the deep family (TORCH_WS_ENGINE) give the same traces.
+  setenv("TORCH_WS_ENGINE", "sample", 1);
+  const auto [gram_trace, gram_trace_sq] =
+      torch_ws::deep_hessian_traces(p.x, p.target, plain_weights);
+  setenv("TORCH_WS_ENGINE", "parameter", 1);
+  const auto [assembled_trace, assembled_trace_sq] =
+      torch_ws::deep_hessian_traces(p.x, p.target, plain_weights);
+  unsetenv("TORCH_WS_ENGINE");
+  check(std::abs(gram_trace.item<double>() - assembled_trace.item<double>()) <=
+                1e-10 * std::abs(gram_trace.item<double>()) &&
+            std::abs(gram_trace_sq.item<double>() - assembled_trace_sq.item<double>()) <=
+                1e-10 * gram_trace_sq.item<double>(),
+        "deep_hessian_traces: the Gram forms and the assembled Hessian agree");
   const auto top = torch_ws::deep_eigenvalue_interval(p.x, p.target, plain_weights, {}, "gelu");
   const auto u = torch::randn({b.num_params}, opts);
   const double quotient =
