@@ -126,3 +126,29 @@ def test_the_assembled_hessian_is_the_explicit_one(head, bias, widths):
     assert torch.equal(ours, ours.T)
     assert float((ours - H).norm()) <= 1e-12 * float(H.norm())
     assert 0 < float(forming_error) <= 1e-9 * float(H.norm())
+
+
+def test_shares_of_the_assembled_hessian_add_up():
+    """What the ranks of dataset_bounds sum (docs/distributed.md): the shares [0, k) and [k, N)
+    of the samples, each with the whole set's loss scale, add up to the whole Hessian; an empty
+    share is zero; the traces read off the sum are deep_hessian_traces', within the certified
+    errors _assembled_hessian_traces returns; bad shares and matrices are refused."""
+    problem = make_problem([4, 3], HEADS[3], "mixed", seed=5, n=11)
+    args = (*problem, "gelu", "mean", "mse")
+    whole, whole_error = torch.ops.torch_ws._deep_assembled_hessian(*args)
+    first, first_error = torch.ops.torch_ws._deep_assembled_hessian(*args, 0, 4)
+    second, second_error = torch.ops.torch_ws._deep_assembled_hessian(*args, 4, 11)
+    empty, empty_error = torch.ops.torch_ws._deep_assembled_hessian(*args, 4, 4)
+    assert float((first + second - whole).norm()) <= 1e-13 * float(whole.norm())
+    assert float(empty.abs().max()) == 0 and float(empty_error) == 0
+    trace, trace_sq, trace_error, trace_sq_error = torch.ops.torch_ws._assembled_hessian_traces(
+        first + second, float(first_error + second_error))
+    exact_trace, exact_trace_sq = torch_ws.deep_hessian_traces(*args)
+    assert abs(float(trace) - float(exact_trace)) <= float(trace_error) + 1e-13
+    assert abs(float(trace_sq) - float(exact_trace_sq)) <= float(trace_sq_error) + 1e-13
+    assert 0 < float(trace_sq_error) <= 1e-9 * float(trace_sq)
+    with pytest.raises(RuntimeError, match=r"expected 0 <= begin <= end <= N = 11, got begin = 5, "
+                                           r"end = 3"):
+        torch.ops.torch_ws._deep_assembled_hessian(*args, 5, 3)
+    with pytest.raises(RuntimeError, match="expected a square float64 matrix"):
+        torch.ops.torch_ws._assembled_hessian_traces(whole.float(), 0.0)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .deep import DeepMlpSpec, deep_ws_bounds
-from .distributed import distributed_bounds, gather_shards
+from .distributed import DeepShards, deep_distributed_bounds, distributed_bounds
 from .model import MlpSpec, unwrap_model
 from .ops import WSBounds, ws_bounds
 
@@ -51,9 +51,9 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             :class:`HSRRegularizer` (read by :meth:`torch_ws.MlpSpec.from_module`); or a
             deeper ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation; read
             by :meth:`torch_ws.DeepMlpSpec.from_module`, bounded by
-            :func:`torch_ws.deep_ws_bounds`: O(N²) memory in its Gram forms; over a process
-            group every rank evaluates the whole union, there being no split of those forms
-            yet).
+            :func:`torch_ws.deep_ws_bounds`; over a process group the ranks split the
+            assembled Hessian where its engine is chosen (small n), and every rank evaluates
+            the whole union where the Gram forms are, there being no split of those yet).
         data: a ``DataLoader`` or any iterable of ``(x, target)`` batches (a last partial batch
             is fine); every batch has the same D, dtype and target layout.
         loss, reduction: as for :class:`HSRRegularizer` (a loss module is read as there); a
@@ -133,10 +133,14 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
         if group is not None and not deep:
             return distributed_bounds(spec, x, target, group, grad, progress=stage)
         if group is not None:
-            # Several hidden layers: the deep Gram forms have no split over ranks yet, so every
-            # rank evaluates the union (the same numbers on every rank, one process's time).
+            # Several hidden layers: split where the assembled Hessian is the engine; the Gram
+            # forms have no split over ranks yet, so there every rank evaluates the union (the
+            # same numbers on every rank, one process's time).
             stage("gathering the shards")
-            x, target, _ = gather_shards(spec, x, target, group)
+            shards = DeepShards(spec, x, target, group)
+            if shards.parameter_space:
+                return deep_distributed_bounds(shards, grad, progress=stage)
+            x, target = shards.x_all, shards.target_all
         stage("bounds and gradient" if grad else "bounds")
         with torch.set_grad_enabled(grad):
             bounds = (deep_ws_bounds if deep else ws_bounds)(*spec.op_args(x, target))

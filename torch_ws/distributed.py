@@ -12,9 +12,12 @@ every number comes from the C++ engines):
   (``_traces_share``); the ranks all-reduce their parts of tr H and tr(H²), then of the gradient.
 
 The result equals one process's call on the concatenated shards (up to the order of float64
-sums), for every head, at every size one process takes. Networks with several hidden layers use
-``gather_shards`` alone: dataset_bounds then evaluates the union on every rank (no split of the
-deep Gram forms yet).
+sums), for every head, at every size one process takes. Networks with several hidden layers
+split the same way where their engine table takes the assembled Hessian (docs/math.md §12.7):
+each rank assembles its samples' blocks (``_deep_assembled_hessian`` with a share), the ranks
+all-reduce H and its certified forming error, and the gradient share is autograd's reverse mode
+of the rank's assembly with H̄ = αI + 2βH (``DeepShards``); where the Gram forms are chosen
+(large n) every rank evaluates the union (no split of the Gram forms yet).
 """
 from __future__ import annotations
 
@@ -68,12 +71,15 @@ def gather_shards(spec, x: Tensor, target: Tensor, group) -> tuple[Tensor, Tenso
     return x_all, target_all, sum(len(part[1]) for part in everyone[:rank])
 
 
-def bounds_and_weights(traces: Tensor, num_params: int, dtype) -> tuple[list[Tensor], tuple]:
+def bounds_and_weights(traces: Tensor, num_params: int, dtype,
+                       errors: tuple[float, float] = (0.0, 0.0)) -> tuple[list[Tensor], tuple]:
     """The five WS bounds from the float64 traces (``_ws_bounds_from_traces``, widened for
-    ``dtype``) and λ_sup's weights (∂λ_sup/∂tr H, ∂λ_sup/∂tr(H²))."""
+    ``dtype`` and by the traces' certified ``errors``) and λ_sup's weights (∂λ_sup/∂tr H,
+    ∂λ_sup/∂tr(H²))."""
     leaves = [traces[0].clone().requires_grad_(True), traces[1].clone().requires_grad_(True)]
     with torch.enable_grad():
-        bounds = torch.ops.torch_ws._ws_bounds_from_traces(*leaves, num_params, dtype)
+        bounds = torch.ops.torch_ws._ws_bounds_from_traces(*leaves, num_params, dtype,
+                                                          float(errors[0]), float(errors[1]))
         weights = torch.autograd.grad(bounds[0], leaves)
     return [b.detach() for b in bounds], weights
 
@@ -182,3 +188,93 @@ def distributed_bounds(spec: MlpSpec, x: Tensor, target: Tensor, group, grad: bo
             p.grad = g if p.grad is None else p.grad + g
     return WSBounds(*(b.to(x.dtype) for b in bounds), trace=traces[0].to(x.dtype),
                     trace_sq=traces[1].to(x.dtype), num_params=shards.num_params)
+
+
+class DeepShards:
+    """This rank's part of one whole-set evaluation of a deep network over ``group`` where the
+    deep engine table takes the assembled Hessian (``parameter_space``; else the caller
+    evaluates the union): each rank assembles its samples' blocks with the whole set's loss
+    scale, and the ranks all-reduce H and its certified forming error (docs/math.md §12.7).
+
+    Args:
+        spec: the :class:`~torch_ws.DeepMlpSpec`.
+        x, target: this rank's shard (the target prepared by ``spec.prepare_target``).
+        group: the process group.
+    """
+
+    def __init__(self, spec, x: Tensor, target: Tensor, group):
+        import torch.distributed as dist
+
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.x_all, self.target_all, self.begin = gather_shards(spec, x, target, group)
+        self.end = self.begin + len(x)
+        self.spec = spec
+        self.num_params = spec.num_params
+        self.args = spec.op_args(self.x_all, self.target_all)
+        lines = torch.ops.torch_ws._deep_engines(*self._detached())
+        self.parameter_space = any(line.startswith("parameter") and line.endswith("(chosen)")
+                                   for line in lines)
+        self.hessian: Optional[Tensor] = None
+
+    def _detached(self) -> tuple:
+        x, target, weights, biases, *rest = self.args
+        return (x, target, [w.detach() for w in weights],
+                [b.detach() if b is not None else None for b in biases], *rest)
+
+    def traces(self) -> tuple[Tensor, tuple[float, float]]:
+        """(tr H, tr H²) of the union of the shards, float64, on every rank, and their certified
+        errors: this rank's share of H all-reduced, the forming errors summed, the all-reduce's
+        own rounding (each entry a sum of `world` terms) added."""
+        share, forming_error = torch.ops.torch_ws._deep_assembled_hessian(
+            *self._detached(), self.begin, self.end)
+        world = float(self.world)
+        summing = 2 * world * 2.0 ** -53 / (1 - world * 2.0 ** -53) * float(share.norm())
+        error = torch.tensor([float(forming_error) + summing], dtype=torch.float64,
+                             device=share.device)
+        torch.distributed.all_reduce(share, group=self.group)
+        torch.distributed.all_reduce(error, group=self.group)
+        self.hessian = share
+        trace, trace_sq, trace_error, trace_sq_error = \
+            torch.ops.torch_ws._assembled_hessian_traces(share, float(error))
+        return torch.stack([trace, trace_sq]), (float(trace_error), float(trace_sq_error))
+
+    def gradient(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
+        """The whole gradient of d_trace·tr H + d_trace_sq·tr H² in the present parameters, on
+        every rank: d(α tr H + β tr H²) = ⟨αI + 2βH, dH⟩ with H the all-reduced Hessian held
+        fixed, this rank's samples' part by autograd through its assembly, then all-reduced."""
+        x, target, weights, biases, *rest = self.args
+        leaves = self.spec.leaves
+        grads = [None] * len(leaves)
+        if self.end > self.begin:  # a rank without samples adds nothing
+            with torch.enable_grad():
+                share, _ = torch.ops.torch_ws._deep_assembled_hessian(
+                    x, target, weights, biases, *rest, self.begin, self.end)
+                eye = torch.eye(self.num_params, dtype=torch.float64, device=share.device)
+                hessian_bar = d_trace * eye + (2 * d_trace_sq) * self.hessian
+                grads = torch.autograd.grad((hessian_bar * share).sum(), leaves,
+                                            allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+        for g in grads:
+            torch.distributed.all_reduce(g, group=self.group)
+        return grads
+
+
+def deep_distributed_bounds(shards: DeepShards, grad: bool,
+                            progress: Optional[Callable[[str], None]] = None):
+    """:func:`distributed_bounds` for a deep network whose ``shards`` take the assembled
+    Hessian (``shards.parameter_space``; else the caller evaluates ``shards.x_all``)."""
+    from .ops import WSBounds
+
+    step = progress or (lambda stage: None)
+    spec, dtype = shards.spec, shards.x_all.dtype
+    step("traces (Hessian shares)")
+    traces, errors = shards.traces()
+    bounds, (d_trace, d_trace_sq) = bounds_and_weights(traces, shards.num_params, dtype, errors)
+    if grad:
+        step("gradient")
+        for g, p in zip(shards.gradient(float(d_trace), float(d_trace_sq)), spec.leaves):
+            g = g.to(p.dtype)
+            p.grad = g if p.grad is None else p.grad + g
+    return WSBounds(*(b.to(dtype) for b in bounds), trace=traces[0].to(dtype),
+                    trace_sq=traces[1].to(dtype), num_params=shards.num_params)

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <tuple>
 #include <vector>
 
@@ -79,15 +80,46 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
 
 // The n × n Hessian assembled by blocks (§12.7) in nn.Sequential.parameters() order, float64,
 // and the bound on its rounding error in the spectral norm (engines.h assemble_hessian).
+// With begin and end: the share of samples [begin, end) (the whole set's loss scale).
 std::tuple<at::Tensor, at::Tensor> assembled_hessian_op(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
-    c10::string_view reduction, c10::string_view loss) {
-  const MlpProblem p = in_float64(check_deep_problem("torch_ws._deep_assembled_hessian", x, target,
-                                                     weights, biases, activation, reduction,
-                                                     loss));
-  const AssembledHessian h = assemble_hessian(p);
+    c10::string_view reduction, c10::string_view loss, int64_t begin,
+    std::optional<int64_t> end) {
+  constexpr const char* op = "torch_ws._deep_assembled_hessian";
+  const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
+                                                     reduction, loss));
+  const int64_t stop = end.value_or(p.num_samples());
+  TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
+              ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
+              ", end = ", stop);
+  const AssembledHessian h = assemble_hessian(p, begin, stop);
   return {h.matrix, at::scalar_tensor(h.forming_error, h.matrix.options())};
+}
+
+// tr H and tr(H²) of a computed Hessian Ĥ (float64, n × n) with ‖Ĥ − H‖_F ≤ forming_error, and
+// certified bounds on their errors against H's (docs/math.md §12.7): |tr Ĥ − tr H| ≤ √n·ε and
+// |‖Ĥ‖²_F − ‖H‖²_F| ≤ ε(2‖Ĥ‖_F + ε), plus the sums' own rounding (γ_n·Σ|Ĥ_ii|, γ_{n²+1}·‖Ĥ‖²_F).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> assembled_hessian_traces_op(
+    const at::Tensor& hessian, double forming_error) {
+  TORCH_CHECK(hessian.dim() == 2 && hessian.size(0) == hessian.size(1) &&
+                  hessian.scalar_type() == at::kDouble,
+              "torch_ws._assembled_hessian_traces: expected a square float64 matrix, got ",
+              hessian.scalar_type(), " of shape ", hessian.sizes());
+  TORCH_CHECK(forming_error >= 0, "torch_ws._assembled_hessian_traces: expected a forming "
+              "error >= 0, got ", forming_error);
+  const auto n = static_cast<double>(hessian.size(0));
+  const at::Tensor trace = hessian.diagonal().sum();
+  const at::Tensor trace_sq = hessian.pow(2).sum();
+  const double u = 0x1p-53;
+  const auto gamma = [&](double m) { return 2 * m * u / (1 - m * u); };  // doubled, as §12.5
+  const double norm = std::sqrt(trace_sq.item<double>());
+  const double trace_error = std::sqrt(n) * forming_error +
+                             gamma(n) * hessian.diagonal().abs().sum().item<double>();
+  const double trace_sq_error = forming_error * (2 * norm + forming_error) +
+                                gamma(n * n + 1) * trace_sq.item<double>();
+  return {trace, trace_sq, at::scalar_tensor(trace_error, hessian.options()),
+          at::scalar_tensor(trace_sq_error, hessian.options())};
 }
 
 // The deep engines in words (engines.h), for the problem these arguments make.
@@ -148,8 +180,12 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
   // The assembled Hessian (n, n) in float64 and its rounding error's bound (§12.7).
   m.def(
       "_deep_assembled_hessian(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
-      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
-      "-> (Tensor hessian, Tensor forming_error)");
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", int begin=0, "
+      "int? end=None) -> (Tensor hessian, Tensor forming_error)");
+  // tr H, tr(H²) of a computed Hessian and certified bounds on their errors (§12.7).
+  m.def(
+      "_assembled_hessian_traces(Tensor hessian, float forming_error) -> (Tensor trace, "
+      "Tensor trace_sq, Tensor trace_error, Tensor trace_sq_error)");
   // Certified bounds on the float64 rounding errors of those traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -161,5 +197,6 @@ TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
   m.impl("_deep_engines", &torch_ws::deep_engines);
   m.impl("_deep_assembled_hessian", &torch_ws::assembled_hessian_op);
+  m.impl("_assembled_hessian_traces", &torch_ws::assembled_hessian_traces_op);
   m.impl("deep_ws_bounds", &torch_ws::deep_ws_bounds);
 }

@@ -168,8 +168,13 @@ bool try_assembled_certificate(RitzCertificate& certificate, double sign, const 
                               std::sqrt(trace_sq_high));
 }
 
-AssembledHessian assemble_hessian(const MlpProblem& p) {
-  const Coefficients values = coefficient_values(p);
+AssembledHessian assemble_hessian(const MlpProblem& p, int64_t begin, int64_t end) {
+  if (end < 0) end = p.num_samples();
+  if (begin == end) {  // an empty share (a rank without samples): no terms
+    const int64_t n = p.num_params();
+    return {at::zeros({n, n}, p.x.options().dtype(at::kDouble)), 0.0};
+  }
+  const Coefficients values = rows_of(coefficient_values(p), begin, end);
   const at::Tensor matrix = assembled_hessian(JacobianChain(values));
   // |fl(H_ab) − H_ab| ≤ γ·M_ab with M the same assembly on magnitudes (§12.7, one more operation
   // for the symmetrization), so ‖fl(H) − H‖₂ ≤ ‖fl(H) − H‖_F ≤ γ·‖M‖_F, and ‖M‖_F is bounded
@@ -178,7 +183,8 @@ AssembledHessian assemble_hessian(const MlpProblem& p) {
   // so it is off by at most the factor 1 + γ' (ℓ' = H_max² + N + 64 with the square root's).
   const DeepShape shape = deep_shape_of(p);
   const CoefficientMagnitudes m = coefficient_magnitudes(p);
-  const double magnitude_norm = assembled_frobenius_bound(JacobianChain(m.magnitudes));
+  const double magnitude_norm =
+      assembled_frobenius_bound(JacobianChain(rows_of(m.magnitudes, begin, end)));
   const double chain = assembled_entry_chain(shape) + 1 + kRoundingAllowance + m.logit_allowance;
   const int64_t widest = std::max(shape.in_dim, *std::max_element(shape.widths.begin(),
                                                                   shape.widths.end()));

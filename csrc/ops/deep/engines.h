@@ -30,14 +30,15 @@ at::Tensor assembled_hessian(const JacobianChain& chain);
 double assembled_frobenius_bound(const JacobianChain& magnitudes);
 
 // The n × n Hessian of §12.7 (float64, symmetric, in nn.Sequential.parameters() order) and a
-// bound on ‖fl(H) − H‖₂ (its entries' certified errors, in the Frobenius norm): what the
-// eigenvalue intervals' dense Kato-Temple certifies on (core/ritz_certificate.h). `p` in float64;
-// any depth, one hidden layer included.
+// bound on ‖fl(H) − H‖_F ≥ ‖fl(H) − H‖₂ (its entries' certified errors): what the eigenvalue
+// intervals certify on (core/ritz_certificate.h certify_on_assembled). `p` in float64; any depth,
+// one hidden layer included. With a share [begin, end) of the samples: those samples' terms
+// only, with the whole set's loss scale (what the ranks of dataset_bounds all-reduce).
 struct AssembledHessian {
   at::Tensor matrix;
   double forming_error;
 };
-AssembledHessian assemble_hessian(const MlpProblem& p);
+AssembledHessian assemble_hessian(const MlpProblem& p, int64_t begin = 0, int64_t end = -1);
 
 // Where the interval of λ_max(σH) in `certificate` is still wider than 1% and the assembly is
 // cheap next to what a user waits for (n ≤ 4096 and N·n² ≤ 2³⁴ multiply-adds, ~0.5 s on 2

@@ -50,6 +50,23 @@ CoefficientMagnitudes coefficient_magnitudes(const MlpProblem& p) {
   return {std::move(c), rounding.allowance};
 }
 
+Coefficients rows_of(const Coefficients& c, int64_t begin, int64_t end) {
+  Coefficients out = c;
+  const auto rows = [&](const at::Tensor& t) {
+    return t.defined() ? t.narrow(0, begin, end - begin) : t;
+  };
+  for (std::vector<at::Tensor>* v : {&out.z, &out.d1, &out.d2}) {
+    for (at::Tensor& t : *v) t = rows(t);
+  }
+  for (at::Tensor& t : out.kappa) {
+    if (t.defined()) t = rows(t).narrow(1, begin, end - begin);
+  }
+  out.S = rows(c.S);
+  out.e = rows(c.e);
+  out.e_magnitude = rows(c.e_magnitude);
+  return out;
+}
+
 JacobianChain::JacobianChain(const Coefficients& coefficients)
     : c(coefficients),
       out(static_cast<int64_t>(coefficients.weight.size()) - 1),

@@ -32,6 +32,10 @@ struct CoefficientMagnitudes {
 };
 CoefficientMagnitudes coefficient_magnitudes(const MlpProblem& p);
 
+// The samples [begin, end) of the coefficients (their per-sample rows; the feature kernels' block
+// of those rows and columns): a share of the sums over samples, with the whole set's loss scale.
+Coefficients rows_of(const Coefficients& c, int64_t begin, int64_t end);
+
 // The per-sample chain of §12.3, for layers o = L + 1 (the logits) down to 1.
 struct JacobianChain {
   explicit JacobianChain(const Coefficients& c);
