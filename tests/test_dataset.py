@@ -300,6 +300,52 @@ def test_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch, engi
             torch.testing.assert_close(got, p.grad, rtol=1e-11, atol=1e-14)
 
 
+def _ddp_deep_worker(rank, world, init_file, out_dir, per_rank):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        model, x, y = model_and_data(n=per_rank * world, classes=3, hidden_layers=2)
+        ddp = DistributedDataParallel(model)
+        reg = torch_ws.HSRRegularizer(ddp, loss="cross_entropy", global_batch=True)
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        objective = (nn.functional.cross_entropy(ddp(x[mine]), y[mine])
+                     + 0.1 * reg(x[mine], y[mine]))
+        objective.backward()
+        torch.save({"bound": float(reg(x[mine], y[mine]).detach()),
+                    "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/{rank}.pt")
+        del reg, ddp
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("engine", ["parameter", "sample"])
+def test_deep_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch, engine):
+    """A network with two hidden layers and three classes, HSRRegularizer(global_batch=True)
+    under DistributedDataParallel (2 gloo ranks): the ranks split the assembled Hessian, or each
+    evaluates the union (Gram forms); after DDP averages, every rank holds the gradient of mean
+    cross-entropy + ρ·bound over the union, and the bound is the union's (to 1e-9 on the split,
+    which widens by the all-reduced H's certified errors)."""
+    import torch.multiprocessing as mp
+
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    world, per_rank = 2, 8
+    mp.spawn(_ddp_deep_worker, args=(world, str(tmp_path / "init"), str(tmp_path), per_rank),
+             nprocs=world, join=True)
+    model, x, y = model_and_data(n=per_rank * world, classes=3, hidden_layers=2)
+    reg = torch_ws.HSRRegularizer(model, loss="cross_entropy")
+    bound = reg(x, y)
+    (nn.functional.cross_entropy(model(x), y) + 0.1 * bound).backward()
+    for rank in range(world):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert result["bound"] == pytest.approx(float(bound.detach()), rel=1e-9)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=1e-9, atol=1e-14)
+
+
 def test_global_batch_needs_a_process_group():
     model, x, y = model_and_data()
     with pytest.raises(RuntimeError, match="needs torch.distributed to be initialized"):

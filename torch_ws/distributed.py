@@ -168,6 +168,40 @@ class GlobalBatchBound(torch.autograd.Function):
         return (None, None, None, None, *(share * ctx.shards.world for share in shares))
 
 
+class DeepGlobalBatchBound(torch.autograd.Function):
+    """λ_sup of the union of the ranks' batches for a deep network, for
+    ``HSRRegularizer(global_batch=True)``: split as :class:`DeepShards` where the assembled
+    Hessian is the engine (the backward returns this rank's share of the gradient times the
+    world size, as :class:`GlobalBatchBound`), else every rank evaluates the union with its
+    gradient (the same whole gradient on every rank, which DistributedDataParallel's average
+    keeps)."""
+
+    @staticmethod
+    def forward(ctx, spec, x: Tensor, target: Tensor, group, *leaves):
+        from .deep import deep_ws_bounds
+
+        shards = DeepShards(spec, x, target, group)
+        ctx.shards = shards
+        if shards.parameter_space:
+            traces, errors = shards.traces()
+            bounds, ctx.weights = bounds_and_weights(traces, shards.num_params, x.dtype, errors)
+            return bounds[0].to(x.dtype)
+        with torch.enable_grad():
+            bound = deep_ws_bounds(*spec.op_args(shards.x_all, shards.target_all)).lambda_max_upper
+            ctx.union_grads = torch.autograd.grad(bound, spec.leaves)
+        return bound.detach()
+
+    @staticmethod
+    def backward(ctx, grad_bound):
+        shards = ctx.shards
+        if not shards.parameter_space:
+            return (None, None, None, None, *(g * grad_bound for g in ctx.union_grads))
+        scale = float(grad_bound)
+        d_trace, d_trace_sq = (float(w) * scale for w in ctx.weights)
+        shares = shards.gradient_share(d_trace, d_trace_sq)
+        return (None, None, None, None, *(share * shards.world for share in shares))
+
+
 def distributed_bounds(spec: MlpSpec, x: Tensor, target: Tensor, group, grad: bool,
                        progress: Optional[Callable[[str], None]] = None):
     """The whole-set :class:`~torch_ws.WSBounds` when each rank of ``group`` holds a shard
@@ -241,8 +275,16 @@ class DeepShards:
 
     def gradient(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
         """The whole gradient of d_trace·tr H + d_trace_sq·tr H² in the present parameters, on
-        every rank: d(α tr H + β tr H²) = ⟨αI + 2βH, dH⟩ with H the all-reduced Hessian held
-        fixed, this rank's samples' part by autograd through its assembly, then all-reduced."""
+        every rank (the ranks' shares all-reduced)."""
+        grads = self.gradient_share(d_trace, d_trace_sq)
+        for g in grads:
+            torch.distributed.all_reduce(g, group=self.group)
+        return grads
+
+    def gradient_share(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
+        """This rank's part of that gradient: d(α tr H + β tr H²) = ⟨αI + 2βH, dH⟩ with H the
+        all-reduced Hessian held fixed, this rank's samples' part of dH by autograd through its
+        assembly; the parts of all ranks sum to the whole gradient."""
         x, target, weights, biases, *rest = self.args
         leaves = self.spec.leaves
         grads = [None] * len(leaves)
@@ -254,10 +296,7 @@ class DeepShards:
                 hessian_bar = d_trace * eye + (2 * d_trace_sq) * self.hessian
                 grads = torch.autograd.grad((hessian_bar * share).sum(), leaves,
                                             allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
-        for g in grads:
-            torch.distributed.all_reduce(g, group=self.group)
-        return grads
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
 
 
 def deep_distributed_bounds(shards: DeepShards, grad: bool,

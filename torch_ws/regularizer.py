@@ -39,8 +39,8 @@ class HSRRegularizer(nn.Module):
             unwrapped (the wrapper shares the parameters). A deeper
             ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation) takes the
             WS bound of :func:`torch_ws.deep_ws_bounds` (``bound="ws"``) or the interval's
-            ``upper`` of :func:`torch_ws.deep_lambda_max_interval` (``bound="interval"``); no
-            ``"spectral"``, ``global_batch`` or label smoothing there.
+            ``upper`` of :func:`torch_ws.deep_lambda_max_interval` (``bound="interval"``), and
+            ``global_batch`` with ``bound="ws"``; no ``"spectral"`` or label smoothing there.
         activation, output: the activation module and ``nn.Linear(H, C)``, when ``model`` is the
             first layer alone.
         reduction: ``"mean"`` or ``"sum"``, matching the training loss's reduction; read from
@@ -65,7 +65,9 @@ class HSRRegularizer(nn.Module):
             batch and gets the same value. Its backward leaves this rank's share of the whole
             gradient times the world size, so that DDP's averaging over ranks gives every rank
             the whole-union gradient. x gets no gradient from it. The WS bound only, every
-            head and size (see :func:`torch_ws.dataset_bounds` for how the sums are divided).
+            head and size (see :func:`torch_ws.dataset_bounds` for how the sums are divided;
+            a deep network's are divided where the assembled Hessian is its engine, else every
+            rank evaluates the union and leaves the whole gradient, which DDP's average keeps).
         group: the process group for ``global_batch`` (default: the whole world).
 
     The regularizer holds references to the layers (not copies): it always sees the current
@@ -105,11 +107,10 @@ class HSRRegularizer(nn.Module):
         if (activation is None and output is None and isinstance(core, nn.Sequential)
                 and len(core) > 3):
             # Several hidden layers: the deep ops' WS bound or interval (docs/math.md §12).
-            if bound == "spectral" or global_batch:
+            if bound == "spectral":
                 raise ValueError(
-                    "HSRRegularizer: for several hidden layers bound='ws' or 'interval' without "
-                    f"global_batch is implemented, got bound={bound!r}, "
-                    f"global_batch={global_batch}")
+                    "HSRRegularizer: for several hidden layers bound='ws' (also with "
+                    "global_batch) or 'interval' is implemented, got bound='spectral'")
             self.__dict__["spec"] = DeepMlpSpec.from_module(core, loss=loss, reduction=reduction,
                                                             caller="HSRRegularizer")
             return
@@ -133,10 +134,9 @@ class HSRRegularizer(nn.Module):
         the targets of the loss (see :func:`torch_ws.hessian_traces`); a 0-dim tensor
         differentiable into every parameter and into x."""
         deep = isinstance(self.spec, DeepMlpSpec)
-        if deep and self.bound == "ws":
+        if deep and self.bound == "ws" and not self.global_batch:
             return deep_ws_bounds(*self.spec.op_args(x, target)).lambda_max_upper
-        if not deep:
-            target = self.spec.prepare_target(x, target)
+        target = self.spec.prepare_target(x, target)
         if self.global_batch:
             return self._global_bound(x, target)
         args = self.spec.op_args(x, target)
@@ -156,13 +156,14 @@ class HSRRegularizer(nn.Module):
     def _global_bound(self, x: Tensor, target: Tensor) -> Tensor:
         import torch.distributed as dist
 
-        from .distributed import GlobalBatchBound
+        from .distributed import DeepGlobalBatchBound, GlobalBatchBound
 
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("HSRRegularizer(global_batch=True) needs torch.distributed to be "
                                "initialized (init_process_group)")
         group = self._group or dist.group.WORLD
-        return GlobalBatchBound.apply(self.spec, x, target, group, *self.spec.leaves)
+        function = DeepGlobalBatchBound if isinstance(self.spec, DeepMlpSpec) else GlobalBatchBound
+        return function.apply(self.spec, x, target, group, *self.spec.leaves)
 
     def _apply(self, fn, recurse=True):
         # The regularizer's state is the referenced layers' parameters (kept out of
