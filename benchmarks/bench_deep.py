@@ -66,8 +66,8 @@ def ours(x, target, weights, biases, loss, gradient):
         bound = torch_ws.deep_ws_bounds(x, target, weights, biases, "tanh", "mean", loss)
     if gradient:
         bound.lambda_max_upper.backward()
-    lines = torch.ops.torch_ws._deep_engines(x, target, weights, biases, "tanh", "mean", loss)
-    engine = next(line.split(":")[0] for line in lines if line.endswith("(chosen)"))
+    engine = torch.ops.torch_ws._deep_engine(x, target, [w.detach() for w in weights],
+                                             [b.detach() for b in biases], "tanh", "mean", loss)
     return float(bound.lambda_max_upper.detach()), bound.num_params, engine
 
 

@@ -75,8 +75,11 @@ def shapes(widths, n, d=20, outputs=1):
 
 
 def chosen(problem):
+    """The engine _deep_engine names, and the one _deep_engines marks chosen (they agree)."""
     lines = torch.ops.torch_ws._deep_engines(*problem, "tanh", "mean", "bce")
-    return [line.split(":")[0] for line in lines if line.endswith("(chosen)")]
+    marked = [line.split(":")[0] for line in lines if line.endswith("(chosen)")]
+    assert marked == [torch.ops.torch_ws._deep_engine(*problem, "tanh", "mean", "bce")]
+    return marked
 
 
 def test_automatic_choice_follows_the_work(monkeypatch):

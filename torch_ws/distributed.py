@@ -246,9 +246,7 @@ class DeepShards:
         self.spec = spec
         self.num_params = spec.num_params
         self.args = spec.op_args(self.x_all, self.target_all)
-        lines = torch.ops.torch_ws._deep_engines(*self._detached())
-        self.parameter_space = any(line.startswith("parameter") and line.endswith("(chosen)")
-                                   for line in lines)
+        self.parameter_space = torch.ops.torch_ws._deep_engine(*self._detached()) == "parameter"
         self.hessian: Optional[Tensor] = None
 
     def _detached(self) -> tuple:

@@ -311,22 +311,8 @@ const EngineEntry& entry_of(Engine engine, const ProblemShape& s) {
 }  // namespace
 
 Engine choose_engine(const ProblemShape& shape) {
-  if (const std::optional<Engine> named = engine_from_environment()) {
-    check_named_engine(*named, entry_of(*named, shape).refusal(shape));
-    return *named;
-  }
-  const EngineEntry* best = nullptr;
-  double best_work = 0;
-  for (const EngineEntry& e : kEngines) {
-    if (!serves(e, shape) || !e.refusal(shape).empty()) continue;
-    const double work = e.work(shape);
-    if (!best || work < best_work) {
-      best = &e;
-      best_work = work;
-    }
-  }
-  TORCH_INTERNAL_ASSERT(best, "no engine takes the problem");  // the sample rows take any
-  return best->engine;
+  return choose_from_table(kEngines, shape,
+                           [&](const EngineEntry& e) { return serves(e, shape); });
 }
 
 std::vector<std::string> describe_engines(const ProblemShape& shape) {

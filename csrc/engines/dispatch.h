@@ -20,6 +20,9 @@
 #include "core/share.h"
 #include "core/traces.h"
 
+#include <c10/util/Exception.h>
+
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <vector>
@@ -43,6 +46,33 @@ std::optional<Engine> engine_from_environment();
 // empty), and an engine's line in the _engines / _deep_engines listings.
 void check_named_engine(Engine named, const std::string& why);
 std::string engine_line(Engine engine, const char* cost, const std::string& why, bool chosen);
+
+// The choice both engine tables make (this family's and ops/deep/engines.cpp), over the rows
+// that serve the problem (`serves`): TORCH_WS_ENGINE's engine if it names one (raising with its
+// row's refusal), else the row that takes the problem with the least weighted work. A row has
+// `engine`, `refusal(shape)` (empty: it takes the problem) and `work(shape)`.
+template <typename Row, std::size_t kRows, typename Shape, typename Serves>
+Engine choose_from_table(const Row (&rows)[kRows], const Shape& shape, Serves serves) {
+  const std::optional<Engine> named = engine_from_environment();
+  const Row* best = nullptr;
+  double best_work = 0;
+  for (const Row& row : rows) {
+    if (!serves(row)) continue;
+    if (named) {
+      if (row.engine != *named) continue;
+      check_named_engine(*named, row.refusal(shape));
+      return *named;
+    }
+    if (!row.refusal(shape).empty()) continue;
+    const double work = row.work(shape);
+    if (!best || work < best_work) {
+      best = &row;
+      best_work = work;
+    }
+  }
+  TORCH_INTERNAL_ASSERT(best, "no engine row takes the problem");  // the sample rows take any
+  return best->engine;
+}
 
 // The engine for this problem: TORCH_WS_ENGINE ("auto", "sample", "parameter"; raises on anything
 // else, or with the table's reason when the named engine refuses the problem), or the one that

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -132,6 +133,15 @@ std::vector<std::string> deep_engines(const at::Tensor& x, const at::Tensor& tar
                                                   biases, activation, reduction, loss));
 }
 
+// The name of the engine the problem these arguments make gets ("sample" or "parameter").
+std::string deep_engine(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                        const c10::List<std::optional<at::Tensor>>& biases,
+                        c10::string_view activation, c10::string_view reduction,
+                        c10::string_view loss) {
+  return engine_name(choose_deep_engine(check_deep_problem(
+      "torch_ws._deep_engine", x, target, weights, biases, activation, reduction, loss)));
+}
+
 // Every WS bound of the network (docs/math.md §5, §12.5), from the float64 traces of the exactly
 // converted inputs (differentiable back to the inputs' dtype), widened by the §5.1 allowance of
 // the inputs' dtype and by the certified errors above, rounded outward to the inputs' dtype; then
@@ -173,6 +183,10 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") "
       "-> (Tensor lambda_max_upper, Tensor lambda_max_lower, Tensor lambda_min_lower, "
       "Tensor lambda_min_upper, Tensor spread_upper, Tensor trace, Tensor trace_sq)");
+  // The engine these arguments' problem gets: "sample" or "parameter".
+  m.def(
+      "_deep_engine(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\") -> str");
   // The deep engines of these arguments' problem, in words; the automatic choice marked.
   m.def(
       "_deep_engines(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -195,6 +209,7 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
 TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("deep_hessian_traces", &torch_ws::deep_hessian_traces);
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
+  m.impl("_deep_engine", &torch_ws::deep_engine);
   m.impl("_deep_engines", &torch_ws::deep_engines);
   m.impl("_deep_assembled_hessian", &torch_ws::assembled_hessian_op);
   m.impl("_assembled_hessian_traces", &torch_ws::assembled_hessian_traces_op);

@@ -109,22 +109,7 @@ const DeepEngineEntry& entry_of(Engine engine) {
 }
 
 Engine choose(const DeepShape& s) {
-  if (const std::optional<Engine> named = engine_from_environment()) {
-    check_named_engine(*named, entry_of(*named).refusal(s));
-    return *named;
-  }
-  const DeepEngineEntry* best = nullptr;
-  double best_work = 0;
-  for (const DeepEngineEntry& e : kDeepEngines) {
-    if (!e.refusal(s).empty()) continue;
-    const double work = e.work(s);
-    if (!best || work < best_work) {
-      best = &e;
-      best_work = work;
-    }
-  }
-  TORCH_INTERNAL_ASSERT(best, "no deep engine takes the problem");  // the sample row takes any
-  return best->engine;
+  return choose_from_table(kDeepEngines, s, [](const DeepEngineEntry&) { return true; });
 }
 
 }  // namespace
