@@ -252,20 +252,28 @@ def test_ranks_that_disagree_are_told_so(tmp_path, other, message):
     assert message in results[0]["error"]
 
 
-def _ddp_worker(rank, world, init_file, out_dir, per_rank):
+def _ddp_problem(per_rank, world, classes, hidden_layers):
+    """The DDP tests' model and union of batches, and its training loss: BCE on one logit,
+    cross-entropy on several."""
+    model, x, y = model_and_data(n=per_rank * world, classes=classes, hidden_layers=hidden_layers)
+    if classes == 1:
+        return model, x, y, "bce", lambda z, t: nn.functional.binary_cross_entropy_with_logits(
+            z.squeeze(1), t)
+    return model, x, y, "cross_entropy", nn.functional.cross_entropy
+
+
+def _ddp_worker(rank, world, init_file, out_dir, per_rank, classes, hidden_layers):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        model, x, y = model_and_data(n=per_rank * world)
+        model, x, y, loss, loss_fn = _ddp_problem(per_rank, world, classes, hidden_layers)
         ddp = DistributedDataParallel(model)
-        reg = torch_ws.HSRRegularizer(ddp, global_batch=True)
+        reg = torch_ws.HSRRegularizer(ddp, loss=loss, global_batch=True)
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        objective = (nn.functional.binary_cross_entropy_with_logits(ddp(x[mine]).squeeze(1),
-                                                                    y[mine])
-                     + 0.1 * reg(x[mine], y[mine]))
+        objective = loss_fn(ddp(x[mine]), y[mine]) + 0.1 * reg(x[mine], y[mine])
         objective.backward()
         torch.save({"bound": float(reg(x[mine], y[mine]).detach()),
                     "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/{rank}.pt")
@@ -277,49 +285,32 @@ def _ddp_worker(rank, world, init_file, out_dir, per_rank):
         dist.destroy_process_group()
 
 
+def _assert_ddp_gives_the_union(tmp_path, classes, hidden_layers, bound_rtol, grad_rtol):
+    """2 gloo ranks with 8 samples each, HSRRegularizer(global_batch=True) under DDP: every
+    rank's bound and averaged gradient are one process's on the union of the batches."""
+    import torch.multiprocessing as mp
+
+    world, per_rank = 2, 8
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), per_rank, classes,
+                                hidden_layers), nprocs=world, join=True)
+    model, x, y, loss, loss_fn = _ddp_problem(per_rank, world, classes, hidden_layers)
+    bound = torch_ws.HSRRegularizer(model, loss=loss)(x, y)
+    (loss_fn(model(x), y) + 0.1 * bound).backward()
+    for rank in range(world):
+        result = torch.load(tmp_path / f"{rank}.pt")
+        assert result["bound"] == pytest.approx(float(bound.detach()), rel=bound_rtol)
+        for got, p in zip(result["grads"], model.parameters()):
+            torch.testing.assert_close(got, p.grad, rtol=grad_rtol, atol=1e-14)
+
+
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
 def test_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch, engine):
     """HSRRegularizer(global_batch=True) under DistributedDataParallel (2 gloo ranks, equal
     shards): after DDP averages, every rank holds the gradient of mean BCE + ρ·bound over the
     union of the batches, and the bound is the union's."""
-    import torch.multiprocessing as mp
-
     monkeypatch.setenv("TORCH_WS_ENGINE", engine)
-    world, per_rank = 2, 8
-    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), per_rank),
-             nprocs=world, join=True)
-    model, x, y = model_and_data(n=per_rank * world)
-    reg = torch_ws.HSRRegularizer(model)
-    bound = reg(x, y)
-    (nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
-     + 0.1 * bound).backward()
-    for rank in range(world):
-        result = torch.load(tmp_path / f"{rank}.pt")
-        assert result["bound"] == pytest.approx(float(bound.detach()), rel=1e-12)
-        for got, p in zip(result["grads"], model.parameters()):
-            torch.testing.assert_close(got, p.grad, rtol=1e-11, atol=1e-14)
-
-
-def _ddp_deep_worker(rank, world, init_file, out_dir, per_rank):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
-        model, x, y = model_and_data(n=per_rank * world, classes=3, hidden_layers=2)
-        ddp = DistributedDataParallel(model)
-        reg = torch_ws.HSRRegularizer(ddp, loss="cross_entropy", global_batch=True)
-        mine = slice(rank * per_rank, (rank + 1) * per_rank)
-        objective = (nn.functional.cross_entropy(ddp(x[mine]), y[mine])
-                     + 0.1 * reg(x[mine], y[mine]))
-        objective.backward()
-        torch.save({"bound": float(reg(x[mine], y[mine]).detach()),
-                    "grads": [p.grad for p in model.parameters()]}, f"{out_dir}/{rank}.pt")
-        del reg, ddp
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    _assert_ddp_gives_the_union(tmp_path, classes=1, hidden_layers=1, bound_rtol=1e-12,
+                                grad_rtol=1e-11)
 
 
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
@@ -329,21 +320,9 @@ def test_deep_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch,
     evaluates the union (Gram forms); after DDP averages, every rank holds the gradient of mean
     cross-entropy + ρ·bound over the union, and the bound is the union's (to 1e-9 on the split,
     which widens by the all-reduced H's certified errors)."""
-    import torch.multiprocessing as mp
-
     monkeypatch.setenv("TORCH_WS_ENGINE", engine)
-    world, per_rank = 2, 8
-    mp.spawn(_ddp_deep_worker, args=(world, str(tmp_path / "init"), str(tmp_path), per_rank),
-             nprocs=world, join=True)
-    model, x, y = model_and_data(n=per_rank * world, classes=3, hidden_layers=2)
-    reg = torch_ws.HSRRegularizer(model, loss="cross_entropy")
-    bound = reg(x, y)
-    (nn.functional.cross_entropy(model(x), y) + 0.1 * bound).backward()
-    for rank in range(world):
-        result = torch.load(tmp_path / f"{rank}.pt")
-        assert result["bound"] == pytest.approx(float(bound.detach()), rel=1e-9)
-        for got, p in zip(result["grads"], model.parameters()):
-            torch.testing.assert_close(got, p.grad, rtol=1e-9, atol=1e-14)
+    _assert_ddp_gives_the_union(tmp_path, classes=3, hidden_layers=2, bound_rtol=1e-9,
+                                grad_rtol=1e-9)
 
 
 def test_global_batch_needs_a_process_group():
