@@ -295,6 +295,13 @@ def test_bounds_hold_at_saturation(head, dtype):
     assert float(top.upper) >= float(eigenvalues[-1]) - slack
     assert float(bottom.lower) <= float(eigenvalues[0]) + slack
     assert float(bottom.upper) >= float(eigenvalues[0]) - slack
+    # With 2 steps both ends come from the assembled Hessian (§11.6): on the same oracle.
+    for function, value in ((torch_ws.deep_lambda_max_interval, eigenvalues[-1]),
+                            (torch_ws.deep_lambda_min_interval, eigenvalues[0])):
+        interval = function(x, target, weights, biases, "tanh", "mean", head[0], steps=2)
+        assert interval.source == "assembled_hessian"
+        assert float(interval.lower) <= float(value) + slack
+        assert float(interval.upper) >= float(value) - slack
     if dtype == torch.float64:
         trace, trace_sq = torch_ws.deep_hessian_traces(x, target, weights, biases, "tanh",
                                                        "mean", head[0])
@@ -318,11 +325,14 @@ def test_bounds_hold_with_repeated_eigenvalues(dtype):
     assert float(bounds.lambda_max_lower) <= float(eigenvalues[-1]) <= float(bounds.lambda_max_upper)
     assert float(bounds.lambda_min_lower) <= float(eigenvalues[0]) <= float(bounds.lambda_min_upper)
     assert float(eigenvalues[-1] - eigenvalues[0]) <= float(bounds.spread_upper)
-    # The certified interval (docs/math.md §12.6) with the repeated zero in its Krylov space.
-    for steps in (8, 40):
+    # The certified interval (docs/math.md §12.6) with the repeated zero in its Krylov space;
+    # with 2 steps both ends come from the assembled Hessian (§11.6).
+    for steps in (2, 8, 40):
         top = torch_ws.deep_lambda_max_interval(x, target, weights, biases, "tanh", "mean", "mse",
                                                 steps=steps)
         bottom = torch_ws.deep_lambda_min_interval(x, target, weights, biases, "tanh", "mean",
                                                    "mse", steps=steps)
         assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
         assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
+        if steps == 2:
+            assert top.source == bottom.source == "assembled_hessian"

@@ -111,6 +111,12 @@ def test_bounds_hold_at_saturation(case, dtype):
     below = torch_ws.lambda_min_interval(*args, activation, "mean", loss)
     assert float(below.lower) <= bottom + slack
     assert float(below.upper) >= bottom - slack
+    # With 2 steps the assembled Hessian (docs/math.md §11.6) gives the ends in most cases.
+    for function, value in ((torch_ws.lambda_max_interval, top),
+                            (torch_ws.lambda_min_interval, bottom)):
+        few = function(*args, activation, "mean", loss, steps=2)
+        assert float(few.lower) <= value + slack
+        assert float(few.upper) >= value - slack
     assert float(torch_ws.ws_bound(*args, activation, "mean", loss)) >= top - slack
     assert float(torch_ws.spectral_bound(*args, activation, "mean", loss).upper) >= top - slack
 
