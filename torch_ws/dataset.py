@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .deep import DeepMlpSpec, deep_ws_bounds
-from .distributed import DeepShards, deep_distributed_bounds, distributed_bounds
+from .distributed import DeepShards, Shards, distributed_bounds
 from .model import MlpSpec, unwrap_model
 from .ops import WSBounds, ws_bounds
 
@@ -131,7 +131,8 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
 
     try:
         if group is not None and not deep:
-            return distributed_bounds(spec, x, target, group, grad, progress=stage)
+            stage("gathering the shards")
+            return distributed_bounds(Shards(spec, x, target, group), grad, progress=stage)
         if group is not None:
             # Several hidden layers: split where the assembled Hessian is the engine; the Gram
             # forms have no split over ranks yet, so there every rank evaluates the union (the
@@ -139,7 +140,7 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             stage("gathering the shards")
             shards = DeepShards(spec, x, target, group)
             if shards.parameter_space:
-                return deep_distributed_bounds(shards, grad, progress=stage)
+                return distributed_bounds(shards, grad, progress=stage)
             x, target = shards.x_all, shards.target_all
         stage("bounds and gradient" if grad else "bounds")
         with torch.set_grad_enabled(grad):

@@ -102,6 +102,7 @@ class Shards:
         self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         x_all, target_all, self.begin = gather_shards(spec, x, target, group)
+        self.dtype = x.dtype
         self.end = self.begin + len(x)
         self.spec = spec
         self.num_params = spec.num_params
@@ -116,14 +117,17 @@ class Shards:
         torch.distributed.all_reduce(tensor, group=self.group)
         return tensor
 
-    def traces(self) -> Tensor:
-        """(tr H, tr H²) of the union of the shards, float64, on every rank."""
+    def traces(self) -> tuple[Tensor, tuple[float, float]]:
+        """(tr H, tr H²) of the union of the shards, float64, on every rank, and the certified
+        errors the bounds widen by beyond their allowance: none for one hidden layer, whose
+        rounding the allowance covers (docs/math.md §5.1)."""
         if self.parameter_space:
             self.hessian = self._all_reduce(
                 torch.ops.torch_ws._hessian(*self.args, self.begin, self.end))
-            return torch.stack([self.hessian.diagonal().sum(), (self.hessian ** 2).sum()])
+            traces = torch.stack([self.hessian.diagonal().sum(), (self.hessian ** 2).sum()])
+            return traces, (0.0, 0.0)
         trace, trace_sq, _ = torch.ops.torch_ws._traces_share(*self.args, self.rank, self.world)
-        return self._all_reduce(torch.stack([trace, trace_sq]))
+        return self._all_reduce(torch.stack([trace, trace_sq])), (0.0, 0.0)
 
     def gradient_share(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
         """This rank's part of the gradient of d_trace·tr H + d_trace_sq·tr H² with respect to
@@ -155,7 +159,7 @@ class GlobalBatchBound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: MlpSpec, x: Tensor, target: Tensor, group, *leaves):
         shards = Shards(spec, x, target, group)
-        traces = shards.traces()
+        traces, _ = shards.traces()
         bounds, weights = bounds_and_weights(traces, shards.num_params, x.dtype)
         ctx.shards, ctx.weights = shards, weights
         return bounds[0].to(x.dtype)
@@ -202,28 +206,6 @@ class DeepGlobalBatchBound(torch.autograd.Function):
         return (None, None, None, None, *(share * shards.world for share in shares))
 
 
-def distributed_bounds(spec: MlpSpec, x: Tensor, target: Tensor, group, grad: bool,
-                       progress: Optional[Callable[[str], None]] = None):
-    """The whole-set :class:`~torch_ws.WSBounds` when each rank of ``group`` holds a shard
-    (x, prepared target); with ``grad``, the whole gradient of ``lambda_max_upper`` is added to
-    the parameters' ``.grad`` on every rank. ``progress(stage)`` is called before each stage."""
-    from .ops import WSBounds
-
-    step = progress or (lambda stage: None)
-    step("gathering the shards")
-    shards = Shards(spec, x, target, group)
-    step("traces" + (" (Hessian shares)" if shards.parameter_space else " (pair shares)"))
-    traces = shards.traces()
-    bounds, (d_trace, d_trace_sq) = bounds_and_weights(traces, shards.num_params, x.dtype)
-    if grad:
-        step("gradient")
-        for g, p in zip(shards.gradient(float(d_trace), float(d_trace_sq)), spec.leaves):
-            g = g.to(p.dtype)
-            p.grad = g if p.grad is None else p.grad + g
-    return WSBounds(*(b.to(x.dtype) for b in bounds), trace=traces[0].to(x.dtype),
-                    trace_sq=traces[1].to(x.dtype), num_params=shards.num_params)
-
-
 class DeepShards:
     """This rank's part of one whole-set evaluation of a deep network over ``group`` where the
     deep engine table takes the assembled Hessian (``parameter_space``; else the caller
@@ -242,6 +224,7 @@ class DeepShards:
         self.group = group
         self.world = dist.get_world_size(group)
         self.x_all, self.target_all, self.begin = gather_shards(spec, x, target, group)
+        self.dtype = x.dtype
         self.end = self.begin + len(x)
         self.spec = spec
         self.num_params = spec.num_params
@@ -297,15 +280,16 @@ class DeepShards:
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
 
 
-def deep_distributed_bounds(shards: DeepShards, grad: bool,
-                            progress: Optional[Callable[[str], None]] = None):
-    """:func:`distributed_bounds` for a deep network whose ``shards`` take the assembled
-    Hessian (``shards.parameter_space``; else the caller evaluates ``shards.x_all``)."""
+def distributed_bounds(shards, grad: bool, progress: Optional[Callable[[str], None]] = None):
+    """The whole-set :class:`~torch_ws.WSBounds` from ``shards`` (a :class:`Shards`, or a
+    :class:`DeepShards` whose ``parameter_space`` holds; else the caller evaluates
+    ``shards.x_all``); with ``grad``, the whole gradient of ``lambda_max_upper`` is added to the
+    parameters' ``.grad`` on every rank. ``progress(stage)`` is called before each stage."""
     from .ops import WSBounds
 
     step = progress or (lambda stage: None)
-    spec, dtype = shards.spec, shards.x_all.dtype
-    step("traces (Hessian shares)")
+    spec, dtype = shards.spec, shards.dtype
+    step("traces" + (" (Hessian shares)" if shards.parameter_space else " (pair shares)"))
     traces, errors = shards.traces()
     bounds, (d_trace, d_trace_sq) = bounds_and_weights(traces, shards.num_params, dtype, errors)
     if grad:

@@ -25,13 +25,11 @@ namespace {
 
 constexpr const char* kOp = "torch_ws.deep_hessian_traces";
 
-}  // namespace
-
 // The float64 evaluation of a float32 problem: the Gram forms sum terms of both signs, whose
 // rounding is relative to Σ|terms| (docs/math.md §12.5); in float32 that cost 2.6% of tr(H²) on a
 // small-weight network. Converting is exact, and autograd differentiates through it.
-namespace {
 MlpProblem in_float64(const MlpProblem& p) { return with_dtype(p, at::kDouble); }
+
 }  // namespace
 
 DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
