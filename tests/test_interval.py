@@ -61,6 +61,29 @@ def test_products_match_autograd(head, activation, bias, reduction):
     torch.testing.assert_close(one, expected[1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", BIAS_CONFIGS)
+def test_one_logit_products_in_blocks_of_samples(bias):
+    """One logit on the CPU takes a fused pass over the samples in fixed blocks (N = 150: blocks of
+    2 and 3 samples): against autograd in float64, float32 against float64, and bit-identical
+    whatever the thread count."""
+    args = head_problem("bce", 1, "probabilities", n=150, d=4, h=7, bias=bias, seed=5)
+    n = torch_ws.num_params(*args[2:])
+    vectors = torch.randn(5, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = autograd_hvp(args, vectors, "tanh", "sum", "bce")
+    actual = torch_ws.hessian_vector_products(*args, vectors, "tanh", "sum", "bce")
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    args32 = tuple(a.float() if a is not None else None for a in args)
+    single = torch_ws.hessian_vector_products(*args32, vectors.float(), "tanh", "sum", "bce")
+    torch.testing.assert_close(single.double(), expected, rtol=1e-4, atol=1e-5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = torch_ws.hessian_vector_products(*args, vectors, "tanh", "sum", "bce")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_thread, actual)
+
+
 def test_products_float32():
     args = head_problem("cross_entropy", 4, "indices", n=30, d=5, h=6, seed=1)
     args32 = tuple(a.float() if a is not None and a.is_floating_point() else a for a in args)

@@ -29,8 +29,10 @@ class SymmetricProducts {
   virtual int64_t num_params() const = 0;
 
  protected:
-  // `run` applied to the rows of `directions` in runs of as many as keep the (N, k, width)
-  // intermediates of one run near a megabyte (at least one row per run), concatenated.
+  // How many directions make a run: as many as keep the (N, k, width) intermediates of one run
+  // near a megabyte (at least one).
+  static int64_t run_length(int64_t num_samples, int64_t width);
+  // `run` applied to the rows of `directions` in runs of run_length, concatenated.
   static at::Tensor in_runs(const at::Tensor& directions, int64_t num_samples, int64_t width,
                             const std::function<at::Tensor(const at::Tensor&)>& run);
 };

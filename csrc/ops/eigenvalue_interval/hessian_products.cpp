@@ -8,12 +8,15 @@
 //
 // with A = X W1ᵀ + b1, Φ = φ(A) and S_i, e_i the loss's (scaled) Hessian and gradient in the
 // logits (losses.h). k directions go through in runs of cache size, each run as one set of
-// matrix products.
+// matrix products; with one logit on the CPU the elementwise steps between the two products with
+// the data are one pass (fused_one_logit).
 #include "ops/eigenvalue_interval/hessian_products.h"
 
 #include "core/activations.h"
 #include "core/losses.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
+
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
@@ -24,6 +27,80 @@ namespace {
 
 double unit_roundoff(at::ScalarType dtype) {
   return dtype == at::kDouble ? 0x1p-53 : 0x1p-24;
+}
+
+// One logit on the CPU (binary cross-entropy, squared error): the elementwise steps between the
+// two products with the data, fused into one pass over the (N, k, H) array. Per sample i and
+// direction j (dz the first layer's product, without vb1):
+//   df_ij = Σ_h φ'_ih (dz + vb1)_ijh W2_h + (Φ vW2ᵀ)_ij + vb2_j,   dg_ij = S_i df_ij,
+//   dε_ijh = φ'_ih (dg_ij W2_h + e_i vW2_jh) + φ''_ih ẽ_ih (dz + vb1)_ijh   (written over dz),
+// and the sums over samples eᵀda (W2's share through e) and Σ_i dε_i (b1's) in fixed blocks of
+// samples added in block order, so that the result does not depend on the thread count.
+// The same algebra as the unfused steps of `run`, each sum of the same terms (docs/math.md
+// §11.3 bounds any order).
+struct OneLogitStep {
+  at::Tensor dg;      // (N, k)
+  at::Tensor e_da;    // Σ_i e_i φ'_i ∘ (dz + vb1)_ij: (k, H)
+  at::Tensor eps_sum; // Σ_i dε_ij: (k, H)
+};
+
+template <typename T>
+OneLogitStep fused_one_logit(at::Tensor& dz, const at::Tensor& phi_v2, const at::Tensor& v_w2,
+                             const at::Tensor& v_b1, const at::Tensor& v_b2, const at::Tensor& w2,
+                             const at::Tensor& phi1, const at::Tensor& second_order,
+                             const at::Tensor& S, const at::Tensor& e) {
+  const int64_t N = dz.size(0), k = dz.size(1), H = dz.size(2);
+  const int64_t blocks = std::min<int64_t>(N, 64);
+  const auto options = dz.options();
+  at::Tensor dg = at::empty({N, k}, options);
+  at::Tensor partials = at::zeros({blocks, 2, k, H}, options);
+  T* dz_p = dz.data_ptr<T>();
+  T* dg_p = dg.data_ptr<T>();
+  T* part_p = partials.data_ptr<T>();
+  const T* phi_v2_p = phi_v2.data_ptr<T>();
+  const T* v_w2_p = v_w2.data_ptr<T>();
+  const T* v_b1_p = v_b1.defined() ? v_b1.data_ptr<T>() : nullptr;
+  const T* v_b2_p = v_b2.defined() ? v_b2.data_ptr<T>() : nullptr;
+  const T* w2_p = w2.data_ptr<T>();
+  const T* phi1_p = phi1.data_ptr<T>();
+  const T* so_p = second_order.data_ptr<T>();
+  const T* S_p = S.data_ptr<T>();
+  const T* e_p = e.data_ptr<T>();
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      T* e_da = part_p + block * 2 * k * H;
+      T* eps_sum = e_da + k * H;
+      for (int64_t i = N * block / blocks; i < N * (block + 1) / blocks; ++i) {
+        const T* phi1_i = phi1_p + i * H;
+        const T* so_i = so_p + i * H;
+        const T e_i = e_p[i];
+        for (int64_t j = 0; j < k; ++j) {
+          T* z = dz_p + (i * k + j) * H;
+          const T* b1 = v_b1_p ? v_b1_p + j * H : nullptr;
+          const T* v2 = v_w2_p + j * H;
+          T df = phi_v2_p[i * k + j] + (v_b2_p ? v_b2_p[j] : T(0));
+          if (b1) {
+            for (int64_t h = 0; h < H; ++h) z[h] += b1[h];
+          }
+          for (int64_t h = 0; h < H; ++h) df += phi1_i[h] * z[h] * w2_p[h];
+          const T dg_ij = S_p[i] * df;
+          dg_p[i * k + j] = dg_ij;
+          T* e_da_j = e_da + j * H;
+          T* eps_j = eps_sum + j * H;
+          for (int64_t h = 0; h < H; ++h) {
+            const T zh = z[h];
+            e_da_j[h] += e_i * phi1_i[h] * zh;
+            const T eps = phi1_i[h] * (dg_ij * w2_p[h] + e_i * v2[h]) + so_i[h] * zh;
+            z[h] = eps;
+            eps_j[h] += eps;
+          }
+        }
+      }
+    }
+  });
+  at::Tensor total = partials[0];
+  for (int64_t block = 1; block < blocks; ++block) total += partials[block];
+  return {dg, total[0], total[1]};
 }
 
 }  // namespace
@@ -108,6 +185,26 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
   // Sample-major layout (N, k, ·): the k directions share every product with the data, so each
   // step is one large GEMM (N rows against k·H or k·C columns), not k small ones.
   at::Tensor dz = at::mm(c.x, v.w1.reshape({k * H, D}).t()).view({N, k, H});
+  // One logit on the CPU: every step between the two products with the data in one pass.
+  if (C == 1 && dz.device().is_cpu() &&
+      (dz.scalar_type() == at::kDouble || dz.scalar_type() == at::kFloat)) {
+    const at::Tensor phi_v2 = at::mm(c.phi0, v.w2.reshape({k, H}).t()).contiguous();  // (N, k)
+    const at::Tensor v_w2 = v.w2.reshape({k, H}).contiguous();
+    const at::Tensor v_b1 = has_b1_ ? v.b1.contiguous() : at::Tensor();
+    const at::Tensor v_b2 = has_b2_ ? v.b2.reshape({k}).contiguous() : at::Tensor();
+    const at::Tensor w2 = c.w2.reshape({H}).contiguous(), phi1 = c.phi1.contiguous(),
+                     second_order = c.second_order.contiguous(),
+                     S = c.S.reshape({N}).contiguous(), e = c.e.reshape({N}).contiguous();
+    const OneLogitStep step = AT_DISPATCH_FLOATING_TYPES(dz.scalar_type(), "one_logit_step", [&] {
+      return fused_one_logit<scalar_t>(dz, phi_v2, v_w2, v_b1, v_b2, w2, phi1, second_order, S, e);
+    });
+    const at::Tensor& d_eps = dz;  // overwritten in place
+    std::vector<at::Tensor> parts = {at::mm(d_eps.reshape({N, k * H}).t(), c.x).view({k, H * D})};
+    if (has_b1_) parts.push_back(step.eps_sum);
+    parts.push_back(at::mm(step.dg.t(), c.phi0) + step.e_da);  // (k, H): W2's row
+    if (has_b2_) parts.push_back(step.dg.sum(0).unsqueeze(1));
+    return at::cat(parts, 1);
+  }
   if (has_b1_) dz = dz + v.b1.unsqueeze(0);
   const at::Tensor da = c.phi1.unsqueeze(1) * dz;
   at::Tensor df = at::mm(da.reshape({N * k, H}), c.w2.t()).view({N, k, C}) +
@@ -137,67 +234,124 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
 //   ⟨a, H b⟩ = Σ_i [ fa_iᵀ S_i fb_i + Σ_k ẽ_ik φ''_ik za_ik zb_ik
 //                    + Σ_k φ'_ik ((e_i aW2)_k zb_ik + (e_i bW2)_k za_ik) ],   ẽ = eW2,
 // whose reverse pass runs through S and e (losses.h' output_terms_backward), the logits, φ, φ',
-// φ'' (with φ''') and the first layer.
-InputGradients HessianProducts::bilinear_backward(const at::Tensor& A, const at::Tensor& B,
-                                                  const at::Tensor& coefficients,
+// φ'' (with φ''') and the first layer. The pairs go through in runs of the products' length
+// (run_length), each adding its share to the adjoints of the per-sample values (Adjoints); the
+// pass through the logits and the pre-activations runs once, after the last run. The arrays are
+// sample-major (N, k, ·), as in `run`, so that each step with the data or a layer is one matrix
+// product over the run. Where a = b (Rayleigh quotients) each of za, fa, ea is computed once.
+struct HessianProducts::Adjoints {
+  at::Tensor S, e, w2, phi0, phi1, x;  // S̄ (N, C, C), ē (N, C), W̄2 (C, H), Φ̄, φ̄' (N, H), x̄ (N, D)
+  at::Tensor pair;                     // Σ_j c_j za_j ∘ zb_j (N, H): what φ'' and ẽ get
+};
+
+void HessianProducts::accumulate(Adjoints& adj, const at::Tensor& A, const at::Tensor& B,
+                                 const at::Tensor& coefficients, bool need_grad_x) const {
+  const Chain& c = values_;
+  const bool symmetric = !B.defined();
+  const int64_t k = A.size(0), N = num_samples_, H = hidden_, D = in_dim_, C = num_outputs_;
+  const Blocks a = split(A);
+  const Blocks b = symmetric ? a : split(B);
+  const at::Tensor weight = coefficients.to(A.scalar_type()).view({1, k, 1});
+  const at::Tensor phi1 = c.phi1.unsqueeze(1);
+  auto first_layer = [&](const Blocks& v) {  // X vW1ᵀ + vb1
+    at::Tensor z = at::mm(c.x, v.w1.reshape({k * H, D}).t()).view({N, k, H});
+    return has_b1_ ? z + v.b1.unsqueeze(0) : z;
+  };
+  auto jacobian = [&](const Blocks& v, const at::Tensor& z) {  // (φ'∘z)W2ᵀ + Φ vW2ᵀ + vb2
+    at::Tensor f = at::mm((phi1 * z).reshape({N * k, H}), c.w2.t()).view({N, k, C}) +
+                   at::mm(c.phi0, v.w2.reshape({k * C, H}).t()).view({N, k, C});
+    return has_b2_ ? f + v.b2.unsqueeze(0) : f;
+  };
+  auto hidden_error = [&](const Blocks& v) {  // e_i vW2
+    return at::mm(c.e, v.w2.transpose(0, 1).reshape({C, k * H})).view({N, k, H});
+  };
+  auto times_s = [&](const at::Tensor& f) {  // S_i f_ij (S_i symmetric)
+    return C == 1 ? f * c.S.view({N, 1, 1}) : at::bmm(f, c.S);
+  };
+  auto through_w2 = [&](const at::Tensor& f) {  // f_ij W2, (N, k, H)
+    return at::mm(f.reshape({N * k, C}), c.w2).view({N, k, H});
+  };
+  // Sums over the run's pairs j as one product each: Σ_j f_ij vW2_j (N, H), Σ_j m_ij vW2_jᵀ
+  // (N, C), Σ_ij f_ijᵀ m_ij (C, H), Σ_j m_ij vW1_j (N, D).
+  auto sum_through = [&](const at::Tensor& f, const Blocks& v) {
+    return at::mm(f.reshape({N, k * C}), v.w2.reshape({k * C, H}));
+  };
+  auto sum_against = [&](const at::Tensor& m, const Blocks& v) {
+    return at::mm(m.reshape({N, k * H}), v.w2.transpose(1, 2).reshape({k * H, C}));
+  };
+  auto sum_outer = [&](const at::Tensor& f, const at::Tensor& m) {
+    return at::mm(f.reshape({N * k, C}).t(), m.reshape({N * k, H}));
+  };
+  auto sum_first_layer = [&](const at::Tensor& m, const Blocks& v) {
+    return at::mm(m.reshape({N, k * H}), v.w1.reshape({k * H, D}));
+  };
+  auto add = [](at::Tensor& to, const at::Tensor& value) { to = to.defined() ? to + value : value; };
+
+  const at::Tensor za = first_layer(a), fa = jacobian(a, za), ea = hidden_error(a);
+  // The term fa_iᵀ S_i fb_i: adjoints of S, of fa and fb (through W2, φ', φ and za, zb).
+  // The terms ẽ φ'' za zb (its pair; φ'' and ẽ after the last run) and φ'((e aW2) zb + (e bW2) za).
+  const at::Tensor curvature = c.hidden_residual.unsqueeze(1) * c.phi2.unsqueeze(1);
+  if (symmetric) {
+    const at::Tensor fa_bar = weight * times_s(fa), ta = through_w2(fa_bar);
+    add(adj.S, at::bmm((weight * fa).transpose(1, 2), fa));
+    add(adj.w2, 2 * sum_outer(fa_bar, phi1 * za));
+    add(adj.phi1, 2 * ((ta + weight * ea) * za).sum(1));
+    add(adj.phi0, 2 * sum_through(fa_bar, a));
+    add(adj.e, 2 * sum_against(weight * phi1 * za, a));
+    add(adj.pair, (weight * za * za).sum(1));
+    if (need_grad_x) {
+      add(adj.x, sum_first_layer(2 * (ta * phi1 + weight * (curvature * za + phi1 * ea)), a));
+    }
+    return;
+  }
+  const at::Tensor zb = first_layer(b), fb = jacobian(b, zb), eb = hidden_error(b);
+  const at::Tensor fa_bar = weight * times_s(fb), fb_bar = weight * times_s(fa);
+  const at::Tensor ta = through_w2(fa_bar), tb = through_w2(fb_bar);
+  add(adj.S, at::bmm((weight * fa).transpose(1, 2), fb));
+  add(adj.w2, sum_outer(fa_bar, phi1 * za) + sum_outer(fb_bar, phi1 * zb));
+  add(adj.phi1, (ta * za + tb * zb + weight * (ea * zb + eb * za)).sum(1));
+  add(adj.phi0, sum_through(fa_bar, a) + sum_through(fb_bar, b));
+  add(adj.e, sum_against(weight * phi1 * zb, a) + sum_against(weight * phi1 * za, b));
+  add(adj.pair, (weight * za * zb).sum(1));
+  if (need_grad_x) {
+    add(adj.x, sum_first_layer(ta * phi1 + weight * (curvature * zb + phi1 * eb), a) +
+                   sum_first_layer(tb * phi1 + weight * (curvature * za + phi1 * ea), b));
+  }
+}
+
+InputGradients HessianProducts::bilinear_backward(const std::vector<Forms>& forms,
                                                   bool need_grad_x) const {
   TORCH_INTERNAL_ASSERT(phi3_.defined(), "HessianProducts::bilinear_backward: built for products");
   const Chain& c = values_;
-  const Blocks a = split(A), b = split(B);
-  const at::Tensor weight = coefficients.to(A.scalar_type()).view({-1, 1, 1});  // (k, 1, 1)
-  auto first_layer = [&](const Blocks& v) {  // X vW1ᵀ + vb1, (k, N, H)
-    at::Tensor z = at::matmul(c.x, v.w1.transpose(1, 2));
-    return has_b1_ ? z + v.b1.unsqueeze(1) : z;
-  };
-  auto jacobian = [&](const Blocks& v, const at::Tensor& z) {  // (φ'∘z)W2ᵀ + Φ vW2ᵀ + vb2
-    at::Tensor f = at::matmul(c.phi1 * z, c.w2.t()) + at::matmul(c.phi0, v.w2.transpose(1, 2));
-    return has_b2_ ? f + v.b2.unsqueeze(1) : f;
-  };
-  const at::Tensor za = first_layer(a), zb = first_layer(b);
-  const at::Tensor fa = jacobian(a, za), fb = jacobian(b, zb);
-  const at::Tensor ea = at::matmul(c.e, a.w2), eb = at::matmul(c.e, b.w2);  // (k, N, H)
-
-  // The term fa_iᵀ S_i fb_i: adjoints of S, of fa and fb (through W2, φ', φ and za, zb).
-  const at::Tensor S_bar = at::einsum("knc,knd->ncd", {weight * fa, fb});
-  const at::Tensor fa_bar = weight * at::matmul(c.S, fb.unsqueeze(-1)).squeeze(-1);
-  const at::Tensor fb_bar = weight * at::matmul(c.S, fa.unsqueeze(-1)).squeeze(-1);
-  at::Tensor w2_bar = at::einsum("knc,knh->ch", {fa_bar, c.phi1 * za}) +
-                      at::einsum("knc,knh->ch", {fb_bar, c.phi1 * zb});
-  const at::Tensor ta = at::matmul(fa_bar, c.w2), tb = at::matmul(fb_bar, c.w2);  // (k, N, H)
-  at::Tensor phi1_bar = (ta * za + tb * zb).sum(0);
-  at::Tensor phi0_bar = (at::matmul(fa_bar, a.w2) + at::matmul(fb_bar, b.w2)).sum(0);
-  at::Tensor za_bar = ta * c.phi1, zb_bar = tb * c.phi1;
-
-  // The term Σ_k ẽ_ik φ''_ik za_ik zb_ik.
-  const at::Tensor pair = (weight * za * zb).sum(0);  // (N, H)
-  const at::Tensor phi2_bar = c.hidden_residual * pair;
-  const at::Tensor hidden_residual_bar = c.phi2 * pair;
-  at::Tensor e_bar = at::matmul(hidden_residual_bar, c.w2.t());
-  w2_bar = w2_bar + at::matmul(c.e.t(), hidden_residual_bar);
-  za_bar = za_bar + weight * c.hidden_residual * c.phi2 * zb;
-  zb_bar = zb_bar + weight * c.hidden_residual * c.phi2 * za;
-
-  // The term Σ_k φ'_ik ((e_i aW2)_k zb_ik + (e_i bW2)_k za_ik).
-  phi1_bar = phi1_bar + (weight * (ea * zb + eb * za)).sum(0);
-  e_bar = e_bar + (at::matmul(weight * c.phi1 * zb, a.w2.transpose(1, 2)) +
-                   at::matmul(weight * c.phi1 * za, b.w2.transpose(1, 2))).sum(0);
-  zb_bar = zb_bar + weight * c.phi1 * ea;
-  za_bar = za_bar + weight * c.phi1 * eb;
+  const int64_t step = run_length(num_samples_, std::max(hidden_, num_outputs_));
+  Adjoints adj;
+  for (const Forms& f : forms) {
+    for (int64_t first = 0; first < f.left.size(0); first += step) {
+      const int64_t count = std::min(step, f.left.size(0) - first);
+      accumulate(adj, f.left.narrow(0, first, count),
+                 f.right.defined() ? f.right.narrow(0, first, count) : at::Tensor(),
+                 f.coefficients.narrow(0, first, count), need_grad_x);
+    }
+  }
+  TORCH_INTERNAL_ASSERT(adj.pair.defined(), "HessianProducts::bilinear_backward: no form");
+  // ẽ φ'' za zb summed over the pairs: the adjoints of φ'' and of ẽ = eW2.
+  const at::Tensor phi2_bar = c.hidden_residual * adj.pair;
+  const at::Tensor hidden_residual_bar = c.phi2 * adj.pair;
+  const at::Tensor e_bar = adj.e + at::mm(hidden_residual_bar, c.w2.t());
+  at::Tensor w2_bar = adj.w2 + at::mm(c.e.t(), hidden_residual_bar);
 
   // The logits z = ΦW2ᵀ + b2 carry S and e; the hidden pre-activations carry φ, φ', φ''.
-  const at::Tensor z_bar = output_terms_backward(loss_, terms_, S_bar, e_bar);
-  w2_bar = w2_bar + at::matmul(z_bar.t(), c.phi0);
-  phi0_bar = phi0_bar + at::matmul(z_bar, c.w2);
-  const at::Tensor pre_bar = phi0_bar * c.phi1 + phi1_bar * c.phi2 + phi2_bar * phi3_;
+  const at::Tensor z_bar = output_terms_backward(loss_, terms_, adj.S, e_bar);
+  w2_bar = w2_bar + at::mm(z_bar.t(), c.phi0);
+  const at::Tensor phi0_bar = adj.phi0 + at::mm(z_bar, c.w2);
+  const at::Tensor pre_bar = phi0_bar * c.phi1 + adj.phi1 * c.phi2 + phi2_bar * phi3_;
 
   InputGradients out;
-  out.w1 = at::matmul(pre_bar.t(), c.x);
+  out.w1 = at::mm(pre_bar.t(), c.x);
   if (has_b1_) out.b1 = pre_bar.sum(0);
   out.w2 = w2_bar;
   if (has_b2_) out.b2 = z_bar.sum(0);
-  if (need_grad_x) {
-    out.x = at::matmul(pre_bar, w1_) + (at::matmul(za_bar, a.w1) + at::matmul(zb_bar, b.w1)).sum(0);
-  }
+  if (need_grad_x) out.x = at::mm(pre_bar, w1_) + adj.x;
   return out;
 }
 

@@ -10,6 +10,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace torch_ws {
 
 class HessianProducts final : public SymmetricProducts {
@@ -36,11 +38,15 @@ class HessianProducts final : public SymmetricProducts {
 
   int64_t num_params() const override { return num_params_; }
 
-  // The gradient of Σ_j c_j·⟨A_j, H B_j⟩ (A, B (k, n), c (k,)) with respect to x (only when
-  // `need_grad_x`), w1, b1, w2, b2, with the directions held fixed (docs/math.md §11.4): what the
-  // gradients of Rayleigh quotients and residual norms of fixed vectors are made of.
-  InputGradients bilinear_backward(const at::Tensor& A, const at::Tensor& B,
-                                   const at::Tensor& coefficients, bool need_grad_x) const;
+  // Forms Σ_j c_j·⟨left_j, H right_j⟩ over fixed directions (left, right (k, n), c (k,));
+  // `right` undefined: ⟨left_j, H left_j⟩ (Rayleigh quotients, computed at half the cost).
+  struct Forms {
+    at::Tensor left, right, coefficients;
+  };
+  // The gradient of the sum of all `forms` with respect to x (only when `need_grad_x`), w1, b1,
+  // w2, b2, with the directions held fixed (docs/math.md §11.4): what the gradients of Rayleigh
+  // quotients and residual norms of fixed vectors are made of. At least one form.
+  InputGradients bilinear_backward(const std::vector<Forms>& forms, bool need_grad_x) const;
 
  private:
   struct Blocks {
@@ -54,6 +60,11 @@ class HessianProducts final : public SymmetricProducts {
     at::Tensor second_order;     // φ''(A) ∘ (e W2)
   };
   at::Tensor run(const Chain& chain, const at::Tensor& directions) const;
+
+  // bilinear_backward's adjoints of the per-sample values, summed over runs of forms.
+  struct Adjoints;
+  void accumulate(Adjoints& adjoints, const at::Tensor& A, const at::Tensor& B,
+                  const at::Tensor& coefficients, bool need_grad_x) const;
 
   Chain values_, magnitudes_;
   at::Tensor w1_, phi3_;  // for bilinear_backward
