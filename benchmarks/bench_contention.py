@@ -158,8 +158,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller problems, for a look")
     args = parser.parse_args()
     payload = run(args.reps, args.budget, args.quick)
-    # OpenMP's waiting policy (read from the environment when torch loaded libgomp).
-    policy = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    # OpenMP's waiting policy (read from the environment when torch loaded libgomp), and
+    # TORCH_WS_THREADS=fixed (torch's thread count for every call: the policy of core/threads.h off).
+    policy = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "TORCH_WS_THREADS")
+              if k in os.environ}
     payload["openmp_environment"] = policy
     name = "bench_contention_quick" if args.quick else "bench_contention"
     name += "".join(f"_{k.lower()}_{v.lower()}" for k, v in policy.items())

@@ -7,6 +7,7 @@
 // (a model per task; the engines' own lanes then run inline). At the papers' scale that per-call
 // cost is most of a call (docs/math.md §10). ops/batched/autograd.cpp holds the Autograd kernel.
 #include "engines/dispatch.h"
+#include "core/threads.h"
 #include "core/ws_bound.h"
 #include "ops/gradient_list.h"
 #include "ops/low_precision.h"
@@ -87,6 +88,9 @@ BatchedTraces batched_traces_kernel(const Tensor& x, const Tensor& target, const
                                     bool need_grad_x, c10::string_view loss) {
   const MlpProblem first =
       checked_first_model(x, target, w1, b1, w2, b2, activation, reduction, loss);
+  // One parallel region over the models, not many short ones: only the busy-machine rule applies
+  // (core/threads.h), however small each model.
+  const CallThreads threads(std::max(forward_work(x, w1, w2), kSmallCallWork), x.device());
   const int64_t batch = w1.size(0);
   Tensor trace = at::empty({batch}, x.options().dtype(at::kDouble));
   Tensor trace_sq = at::empty({batch}, x.options().dtype(at::kDouble));

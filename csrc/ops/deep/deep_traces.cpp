@@ -6,6 +6,7 @@
 // exactly, in every layer and in x; they run on any device and trace with fake tensors at static
 // shapes (opcheck). The backward is autograd's, not a hand-derived one (the one-hidden-layer ops
 // have those, docs/math.md §6): it keeps the engine's intermediates.
+#include "core/threads.h"
 #include "core/problem.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 #include "ops/deep/deep_traces.h"
@@ -53,6 +54,7 @@ std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     c10::string_view reduction, c10::string_view loss) {
   const MlpProblem p = in_float64(check_deep_problem(kOp, x, target, weights, biases, activation,
                                                      reduction, loss));
+  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
   // The NaN of a non-finite input stays NaN (as every op's, docs/math.md §5.1).
   const auto [trace, trace_sq] = deep_traces_by(choose_deep_engine(p), coefficient_values(p));
   return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
@@ -88,6 +90,7 @@ std::tuple<at::Tensor, at::Tensor> assembled_hessian_op(
   constexpr const char* op = "torch_ws._deep_assembled_hessian";
   const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
                                                      reduction, loss));
+  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
   const int64_t stop = end.value_or(p.num_samples());
   TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
               ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
@@ -154,6 +157,7 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
   const int64_t num_params = check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights,
                                                 biases, activation, reduction, loss)
                                  .num_params();
+  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
   const DeepInputs w = in_float64(x, target, weights, biases);
   const auto [trace, trace_sq] =
       deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
