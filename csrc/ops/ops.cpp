@@ -35,6 +35,6 @@ TORCH_LIBRARY(torch_ws, m) {
   m.def("_engines(Tensor x, Tensor w1, bool has_b1, bool has_b2, int num_outputs=1) -> str[]");
   m.def("_tile_size(int num_samples) -> int");
   m.def("_parallel_threads() -> int");
-  // The threads a call of `work` multiply-adds (N·D·H·C) would run on now (core/threads.h).
-  m.def("_call_threads(int work) -> int");
+  // The threads a call beginning now would run on (core/threads.h).
+  m.def("_call_threads() -> int");
 }

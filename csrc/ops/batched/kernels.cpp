@@ -88,9 +88,7 @@ BatchedTraces batched_traces_kernel(const Tensor& x, const Tensor& target, const
                                     bool need_grad_x, c10::string_view loss) {
   const MlpProblem first =
       checked_first_model(x, target, w1, b1, w2, b2, activation, reduction, loss);
-  // One parallel region over the models, not many short ones: only the busy-machine rule applies
-  // (core/threads.h), however small each model.
-  const CallThreads threads(std::max(forward_work(x, w1, w2), kSmallCallWork), x.device());
+  const CallThreads threads(x.device());
   const int64_t batch = w1.size(0);
   Tensor trace = at::empty({batch}, x.options().dtype(at::kDouble));
   Tensor trace_sq = at::empty({batch}, x.options().dtype(at::kDouble));

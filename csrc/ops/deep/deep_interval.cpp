@@ -71,7 +71,7 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
       check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss)
           .num_params();
   check_steps_and_start(kIntervalName, n, x.device(), steps, start);
-  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
+  const CallThreads threads(x.device());
   // Converted exactly to float64: the certificate runs there (§11.3).
   const DeepInputs w = in_float64(x, target, weights, biases);
   const MlpProblem p64 = check_deep_problem(kIntervalName, w.x, w.target, w.weights, w.biases,
@@ -211,8 +211,7 @@ Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::T
   check_directions(kProductsName, n, x.device(), vectors,
                    "(W_1 row-major, b_1, W_2 row-major, b_2, …) as nn.Sequential.parameters() "
                    "lists them");
-  const CallThreads threads(forward_work(x, weights.front(), weights.back()) * vectors.numel() / n,
-                            x.device());
+  const CallThreads threads(x.device());
   const Tensor rows = vectors.reshape({-1, n}).to(x.scalar_type());
   return DeepHessianProducts(p, DeepHessianProducts::Uses::Products)
       .apply(rows)

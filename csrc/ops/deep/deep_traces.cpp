@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     c10::string_view reduction, c10::string_view loss) {
   const MlpProblem p = in_float64(check_deep_problem(kOp, x, target, weights, biases, activation,
                                                      reduction, loss));
-  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
+  const CallThreads threads(x.device());
   // The NaN of a non-finite input stays NaN (as every op's, docs/math.md §5.1).
   const auto [trace, trace_sq] = deep_traces_by(choose_deep_engine(p), coefficient_values(p));
   return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> assembled_hessian_op(
   constexpr const char* op = "torch_ws._deep_assembled_hessian";
   const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
                                                      reduction, loss));
-  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
+  const CallThreads threads(x.device());
   const int64_t stop = end.value_or(p.num_samples());
   TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
               ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
@@ -157,7 +157,7 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
   const int64_t num_params = check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights,
                                                 biases, activation, reduction, loss)
                                  .num_params();
-  const CallThreads threads(forward_work(x, weights.front(), weights.back()), x.device());
+  const CallThreads threads(x.device());
   const DeepInputs w = in_float64(x, target, weights, biases);
   const auto [trace, trace_sq] =
       deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);

@@ -243,7 +243,7 @@ IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const T
   const MlpProblem checked =
       check_problem(kIntervalName, x, target, w1, b1, w2, b2, activation, reduction, loss);
   check_steps_and_start(kIntervalName, checked.num_params(), x.device(), steps, start);
-  const CallThreads threads(forward_work(x, w1, w2), x.device());
+  const CallThreads threads(x.device());
   const double sign = largest ? 1 : -1;
   const MlpProblem p64 = with_dtype(checked, at::kDouble);
   Interval top = certified_top(p64, sign, steps, start, seed, gradients);
@@ -350,7 +350,7 @@ Tensor hessian_vector_products_kernel(const Tensor& x, const Tensor& target, con
                                      reduction, loss);
   check_directions(kProductsName, p.num_params(), p.x.device(), vectors,
                    "(W1 row-major, b1, W2 row-major, b2)");
-  const CallThreads threads(forward_work(x, w1, w2) * vectors.numel() / p.num_params(), x.device());
+  const CallThreads threads(x.device());
   const Tensor rows = vectors.reshape({-1, p.num_params()}).to(p.x.scalar_type());
   return HessianProducts(p, HessianProducts::Uses::Products).apply(rows).to(x.scalar_type()).reshape(vectors.sizes());
 }

@@ -55,21 +55,13 @@ SpectralPartsResult nan_parts(const Tensor& x, const optional<Tensor>& b1, const
 
 // The parts, the WS bound, and their combination: upper = min(λ_max(GGN) + λ_max(R) + the
 // allowances, WS), rounded up to the inputs' dtype; lambda_min_lower rounded down.
-// The multiply-adds of the spectral parts (docs/math.md §9), for core/threads.h's rule: the dual
-// matrix ((N·C)²·(D + H)) and its eigenproblem ((N·C)³), the residual blocks (H·N·D²), far more
-// than one forward pass at small N·C.
-int64_t spectral_work(const MlpProblem& p) {
-  const int64_t rows = p.num_samples() * p.num_outputs(), D = p.in_dim(), H = p.hidden();
-  return rows * rows * (D + H) + rows * rows * rows + H * p.num_samples() * D * D;
-}
-
 SpectralPartsResult spectral_parts_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
                                           const optional<Tensor>& b1, const Tensor& w2,
                                           const optional<Tensor>& b2, c10::string_view activation,
                                           c10::string_view reduction, c10::string_view loss) {
   const MlpProblem p =
       check_problem(kSpectralBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(spectral_work(p), x.device());
+  const CallThreads threads(x.device());
   // NaN or ±Inf in the input: NaN out, as every other op gives (the eigensolvers would refuse
   // to converge on it).
   if (!finite_input(p)) return nan_parts(x, b1, w2);
@@ -127,7 +119,7 @@ std::vector<Tensor> spectral_backward_kernel(
     const Tensor& residual_min_unit, bool need_grad_x) {
   const MlpProblem p =
       check_problem(kSpectralBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(spectral_work(p), x.device());
+  const CallThreads threads(x.device());
   auto as_double = [](const Tensor& g) { return g.to(at::kDouble); };
   const bool ws = ws_wins.item<bool>();
   // `upper` is either the spectral sum (its gradient that of λ_max(GGN) + λ_max(R); the

@@ -39,7 +39,7 @@ std::tuple<Tensor, Tensor> hessian_traces_kernel(const Tensor& x, const Tensor& 
   if (low_precision::applies(args)) return low_precision::hessian_traces(args);
   const MlpProblem p =
       check_problem(kHessianTracesName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(forward_work(x, w1, w2), x.device());
+  const CallThreads threads(x.device());
   const TracesResult t = evaluate_traces(p, Gradients::None);
   return {t.trace.to(x.scalar_type()), t.trace_sq.to(x.scalar_type())};
 }
@@ -53,7 +53,7 @@ Tensor ws_bound_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
   if (low_precision::applies(args)) return low_precision::ws_bound(args);
   const MlpProblem p =
       check_problem(kWsBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(forward_work(x, w1, w2), x.device());
+  const CallThreads threads(x.device());
   const TracesResult t = evaluate_traces(p, Gradients::None);
   return ws_upper_bound_tensor(t.trace, t.trace_sq, p.num_params(), x.scalar_type());
 }
@@ -64,7 +64,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>> traces_with
     c10::string_view reduction, bool need_grad_x, c10::string_view caller,
     c10::string_view loss) {
   const MlpProblem p = check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(forward_work(x, w1, w2), x.device());
+  const CallThreads threads(x.device());
   TracesResult t =
       evaluate_traces(p, need_grad_x ? Gradients::ParametersAndX : Gradients::Parameters);
   return {t.trace, t.trace_sq, gradient_list(*t.trace_grad, x), gradient_list(*t.trace_sq_grad, x)};
@@ -78,7 +78,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> ws_bound_with_gradient_kernel(
     c10::string_view loss) {
   const MlpProblem p =
       check_problem(caller, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(forward_work(x, w1, w2), x.device());
+  const CallThreads threads(x.device());
   const int64_t num_params = p.num_params();
   WeightedTraces t = evaluate_weighted_gradient(
       p, need_grad_x, [num_params](const Tensor& trace, const Tensor& trace_sq) {

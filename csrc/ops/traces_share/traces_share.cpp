@@ -49,7 +49,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> traces_share_kernel(
     optional<c10::ArrayRef<double>> weights, bool need_grad_x) {
   const MlpProblem p =
       check_problem(kTracesShareName, x, target, w1, b1, w2, b2, activation, reduction, loss);
-  const CallThreads threads(forward_work(x, w1, w2), x.device());
+  const CallThreads threads(x.device());
   const Share part = checked_share(share, num_shares);
   check_weights(weights);
   if (!weights) {
