@@ -173,13 +173,37 @@ def test_refusals_say_what_was_expected():
 
 
 def test_opcheck(engine):
+    """Static and dynamic shapes (the kernels read the sizes to choose an engine, so a new size
+    recompiles, but nothing they read is data-dependent: the certified errors of deep_ws_bounds
+    stay tensors, their op answering fake tensors by its Meta kernel)."""
     x, target, weights, biases = make_problem([3, 2], HEADS[1], "mixed", seed=1, n=4)
-    # Static shapes: the kernel reads layer widths as integers (a network's shape, as the
-    # one-hidden-layer ops guard on C); dynamic-shape tracing is not claimed for it yet.
-    torch.library.opcheck(torch.ops.torch_ws.deep_hessian_traces.default,
-                          (x, target, weights, biases, "tanh", "mean", "cross_entropy"),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor", "test_aot_dispatch_static"))
+    for op in (torch.ops.torch_ws.deep_hessian_traces.default,
+               torch.ops.torch_ws.deep_ws_bounds.default):
+        torch.library.opcheck(op, (x, target, weights, biases, "tanh", "mean", "cross_entropy"),
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor", "test_aot_dispatch_static",
+                                          "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(torch.ops.torch_ws._deep_trace_errors.default,
+                          (x, target, [w.detach() for w in weights],
+                           [b.detach() if b is not None else None for b in biases],
+                           "tanh", "mean", "cross_entropy"),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.slow
+def test_compile_with_dynamic_shapes():
+    """deep_ws_bounds under torch.compile(dynamic=True, fullgraph=True) gives the eager bounds at
+    three batch sizes (50 s of compiling; test_opcheck's aot_dispatch_dynamic covers the tracing
+    in the quick run)."""
+    def bound(x, target, weights, biases):
+        return torch_ws.deep_ws_bounds(x, target, weights, biases, "tanh", "mean",
+                                       "cross_entropy").lambda_max_upper
+
+    compiled = torch.compile(bound, dynamic=True, fullgraph=True)
+    for n in (6, 9, 13):
+        x, target, weights, biases = make_problem([3, 2], HEADS[1], "mixed", seed=1, n=n)
+        torch.testing.assert_close(compiled(x, target, weights, biases),
+                                   bound(x, target, weights, biases), rtol=1e-12, atol=0)
 
 
 def test_trace_errors_are_certified_and_small(engine):

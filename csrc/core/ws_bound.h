@@ -4,6 +4,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <tuple>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <cmath>
@@ -64,11 +66,14 @@ struct WsMoments {
   T mean, spread_sq, mean_allowance, spread_sq_allowance;
 };
 
-template <typename T>
+// The errors are doubles, or 0-d tensors (constants: deep_ws_bounds', which stay on the device
+// and traceable, unread).
+template <typename T, typename E = double>
 WsMoments<T> ws_moments(const T& trace, const T& trace_sq, int64_t num_params, double allowance,
-                        double trace_error = 0, double trace_sq_error = 0) {
+                        const E& trace_error = 0, const E& trace_sq_error = 0) {
   namespace fn = primitives;
-  const double n = static_cast<double>(num_params), k = allowance, mean_error = trace_error / n;
+  const double n = static_cast<double>(num_params), k = allowance;
+  const E mean_error = trace_error / n;
   T mean = trace / n;
   T mean_square = fn::clamp_min(fn::constant(trace_sq) / n, 0.0);  // q²
   return {mean, trace_sq / n - mean * mean, k * fn::sqrt(mean_square) + mean_error,
@@ -103,10 +108,10 @@ struct WsBounds {
   T lambda_max_upper, lambda_max_lower, lambda_min_lower, lambda_min_upper, spread_upper;
 };
 
-template <typename T>
+template <typename T, typename E = double>
 WsBounds<T> ws_bounds_from_traces(const T& trace, const T& trace_sq, int64_t num_params,
-                                  double allowance, double trace_error = 0,
-                                  double trace_sq_error = 0) {
+                                  double allowance, const E& trace_error = 0,
+                                  const E& trace_sq_error = 0) {
   namespace fn = primitives;
   const double n = static_cast<double>(num_params), root = std::sqrt(n - 1);
   const WsMoments<T> w =
@@ -159,6 +164,22 @@ inline at::Tensor round_directed(const at::Tensor& value, at::ScalarType dtype, 
   const at::Tensor rounded = at::where(missed, at::nextafter(fixed, away), fixed);
   const at::Tensor through = nearest + (rounded - fixed);
   return at::where(missed & at::isfinite(fixed), through, at::where(missed, rounded, nearest));
+}
+
+// The five bounds as the `_ws_bounds_from_traces` op returns them: from float64 traces computed
+// in `dtype`, widened by that dtype's allowance and by the traces' certified errors (doubles, or
+// 0-d float64 tensors), each rounded outward to `dtype`.
+template <typename E>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ws_bounds_rounded(
+    const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params, at::ScalarType dtype,
+    const E& trace_error, const E& trace_sq_error) {
+  const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params,
+                                       rounding_allowance(dtype), trace_error, trace_sq_error);
+  return {round_directed(b.lambda_max_upper, dtype, true),
+          round_directed(b.lambda_max_lower, dtype, false),
+          round_directed(b.lambda_min_lower, dtype, false),
+          round_directed(b.lambda_min_upper, dtype, true),
+          round_directed(b.spread_upper, dtype, true)};
 }
 
 // The two forms the ops use, on the 0-d float64 traces the engines return. On the CPU the traces

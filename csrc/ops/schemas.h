@@ -38,6 +38,10 @@ using TracesBackwardSignature = std::vector<at::Tensor>(const at::Tensor& grad_t
                                                         const at::Tensor& grad_trace_sq,
                                                         at::TensorList trace_grads,
                                                         at::TensorList trace_sq_grads);
+using DeepTraceErrorsSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss);
 using WsBoundsFromTracesSignature =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params,

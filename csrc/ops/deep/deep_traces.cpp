@@ -79,6 +79,15 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
   return {gamma * trace_magnitude, gamma * trace_sq_magnitude};
 }
 
+std::tuple<at::Tensor, at::Tensor> deep_trace_errors_meta(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss) {
+  check_deep_problem(kOp, x, target, weights, biases, activation, reduction, loss);
+  const auto f64 = x.options().dtype(at::kDouble);
+  return {at::empty({}, f64), at::empty({}, f64)};
+}
+
 // The n × n Hessian assembled by blocks (§12.7) in nn.Sequential.parameters() order, float64,
 // and the bound on its rounding error in the spectral norm (engines.h assemble_hessian).
 // With begin and end: the share of samples [begin, end) (the whole set's loss scale).
@@ -146,13 +155,12 @@ std::string deep_engine(const at::Tensor& x, const at::Tensor& target, at::Tenso
 // Every WS bound of the network (docs/math.md §5, §12.5), from the float64 traces of the exactly
 // converted inputs (differentiable back to the inputs' dtype), widened by the §5.1 allowance of
 // the inputs' dtype and by the certified errors above, rounded outward to the inputs' dtype; then
-// the traces in that dtype. The bounds are those of _ws_bounds_from_traces (one implementation).
+// the traces in that dtype. The bounds are those of _ws_bounds_from_traces (one implementation,
+// core/ws_bound.h's ws_bounds_rounded).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
                c10::string_view reduction, c10::string_view loss) {
-  static auto bounds_op =
-      find_op<WsBoundsFromTracesSignature>("torch_ws::_ws_bounds_from_traces");
   // Checked here first, so that a bad call's message names the function the user called.
   const int64_t num_params = check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights,
                                                 biases, activation, reduction, loss)
@@ -161,11 +169,21 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
   const DeepInputs w = in_float64(x, target, weights, biases);
   const auto [trace, trace_sq] =
       deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+  // Through the dispatcher, on values without history (the errors are constants): on fake tensors
+  // its Meta kernel answers, and the errors stay unread tensors, so that the call traces with
+  // dynamic shapes (a value read there would be data-dependent).
+  static auto errors_op = find_op<DeepTraceErrorsSignature>("torch_ws::_deep_trace_errors");
+  std::vector<at::Tensor> detached_weights;
+  for (const at::Tensor& weight : w.weights) detached_weights.push_back(weight.detach());
+  c10::List<std::optional<at::Tensor>> detached_biases;
+  for (const std::optional<at::Tensor>& bias : w.biases) {
+    detached_biases.push_back(bias ? std::optional<at::Tensor>(bias->detach()) : std::nullopt);
+  }
   const auto [trace_error, trace_sq_error] =
-      deep_trace_errors(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
-  const auto [max_upper, max_lower, min_lower, min_upper, spread] =
-      bounds_op.call(trace, trace_sq, num_params, x.scalar_type(), trace_error.item<double>(),
-                     trace_sq_error.item<double>());
+      errors_op.call(w.x.detach(), w.target.detach(), detached_weights, detached_biases,
+                     activation, reduction, loss);
+  const auto [max_upper, max_lower, min_lower, min_upper, spread] = ws_bounds_rounded(
+      trace, trace_sq, num_params, x.scalar_type(), trace_error, trace_sq_error);
   return {max_upper, max_lower, min_lower, min_upper, spread, trace.to(x.scalar_type()),
           trace_sq.to(x.scalar_type())};
 }
@@ -208,9 +226,17 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "str activation, str reduction, str loss) -> (Tensor trace_error, Tensor trace_sq_error)");
 }
 
+// A kernel of its own (constants, no autograd), and a Meta one: the shapes of two scalars.
+TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
+  m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
+}
+
+TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
+  m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors_meta);
+}
+
 TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("deep_hessian_traces", &torch_ws::deep_hessian_traces);
-  m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
   m.impl("_deep_engine", &torch_ws::deep_engine);
   m.impl("_deep_engines", &torch_ws::deep_engines);
   m.impl("_deep_assembled_hessian", &torch_ws::assembled_hessian_op);

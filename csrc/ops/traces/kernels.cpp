@@ -189,13 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ws_bounds_from_traces_op(
   // NaN errors (of a non-finite input) pass, and make the bounds NaN as the traces do.
   TORCH_CHECK(!(trace_error < 0) && !(trace_sq_error < 0), "torch_ws: trace errors must be >= 0, "
               "got ", trace_error, " and ", trace_sq_error);
-  const auto b = ws_bounds_from_traces(trace.to(at::kDouble), trace_sq.to(at::kDouble), num_params,
-                                       rounding_allowance(dtype), trace_error, trace_sq_error);
-  return {round_directed(b.lambda_max_upper, dtype, true),
-          round_directed(b.lambda_max_lower, dtype, false),
-          round_directed(b.lambda_min_lower, dtype, false),
-          round_directed(b.lambda_min_upper, dtype, true),
-          round_directed(b.spread_upper, dtype, true)};
+  return ws_bounds_rounded(trace, trace_sq, num_params, dtype, trace_error, trace_sq_error);
 }
 
 int64_t num_params_op(int64_t in_dim, int64_t hidden, int64_t num_outputs, bool has_b1,
