@@ -108,7 +108,7 @@ InputGradients combine(double alpha, const InputGradients& a, double beta, const
 }
 
 // Σ_j c_j⟨a_j, H b_j⟩ over fixed vectors: what each end's gradient is made of (Rayleigh
-// quotients of Ritz vectors, ⟨Hu, H u⟩), collected so that one reverse pass
+// quotients of Ritz vectors, ‖Hu‖²), collected so that one reverse pass
 // (HessianProducts::bilinear_backward) gives the gradient of all of them; Rayleigh quotients
 // (a = b) apart, which that pass takes at half the cost.
 struct QuadraticForms {
