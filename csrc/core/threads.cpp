@@ -155,18 +155,17 @@ int64_t call_threads() {
 }
 
 CallThreads::CallThreads(const at::Device& device) {
-  threads_ = current_threads();
   if (!device.is_cpu()) return;
+  const int threads = current_threads();
   const int chosen = static_cast<int>(call_threads());
-  if (chosen == threads_) return;
+  if (chosen == threads) return;
 #ifdef _OPENMP
-  previous_ = threads_;
+  previous_ = threads;
   omp_set_num_threads(chosen);
   if (const MklSetLocal set_local = mkl_set_local()) {
     previous_mkl_ = set_local(chosen);
     mkl_set_ = true;
   }
-  threads_ = chosen;
 #endif
 }
 

@@ -29,14 +29,10 @@ class CallThreads {
   CallThreads(const CallThreads&) = delete;
   CallThreads& operator=(const CallThreads&) = delete;
 
-  // The thread count chosen for the call.
-  int threads() const { return threads_; }
-
  private:
   int previous_ = 0;      // the calling thread's OpenMP count before the call; 0: unchanged
   int previous_mkl_ = 0;  // MKL's per-thread count before the call (0: its global one)
   bool mkl_set_ = false;
-  int threads_ = 1;
 };
 
 // The threads a call beginning now would run on (the rule above, without changing anything):

@@ -4,11 +4,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
-
-#include <tuple>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 namespace torch_ws {

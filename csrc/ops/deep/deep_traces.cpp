@@ -31,21 +31,27 @@ constexpr const char* kOp = "torch_ws.deep_hessian_traces";
 // small-weight network. Converting is exact, and autograd differentiates through it.
 MlpProblem in_float64(const MlpProblem& p) { return with_dtype(p, at::kDouble); }
 
+// Every input through `each` (x, target, each weight, each bias present).
+template <typename Each>
+DeepInputs map_inputs(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                      const c10::List<std::optional<at::Tensor>>& biases, const Each& each) {
+  DeepInputs out;
+  out.x = each(x);
+  out.target = each(target);
+  for (const at::Tensor& w : weights) out.weights.push_back(each(w));
+  for (const std::optional<at::Tensor>& b : biases) {
+    out.biases.push_back(b ? std::optional<at::Tensor>(each(*b)) : std::nullopt);
+  }
+  return out;
+}
+
 }  // namespace
 
 DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                       const c10::List<std::optional<at::Tensor>>& biases) {
-  const auto wide = [](const at::Tensor& t) {
+  return map_inputs(x, target, weights, biases, [](const at::Tensor& t) {
     return t.defined() && t.is_floating_point() ? t.to(at::kDouble) : t;
-  };
-  DeepInputs out;
-  out.x = wide(x);
-  out.target = wide(target);
-  for (const at::Tensor& w : weights) out.weights.push_back(wide(w));
-  for (const std::optional<at::Tensor>& b : biases) {
-    out.biases.push_back(b ? std::optional<at::Tensor>(wide(*b)) : std::nullopt);
-  }
-  return out;
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
@@ -173,15 +179,10 @@ deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList wei
   // its Meta kernel answers, and the errors stay unread tensors, so that the call traces with
   // dynamic shapes (a value read there would be data-dependent).
   static auto errors_op = find_op<DeepTraceErrorsSignature>("torch_ws::_deep_trace_errors");
-  std::vector<at::Tensor> detached_weights;
-  for (const at::Tensor& weight : w.weights) detached_weights.push_back(weight.detach());
-  c10::List<std::optional<at::Tensor>> detached_biases;
-  for (const std::optional<at::Tensor>& bias : w.biases) {
-    detached_biases.push_back(bias ? std::optional<at::Tensor>(bias->detach()) : std::nullopt);
-  }
-  const auto [trace_error, trace_sq_error] =
-      errors_op.call(w.x.detach(), w.target.detach(), detached_weights, detached_biases,
-                     activation, reduction, loss);
+  const DeepInputs values = map_inputs(w.x, w.target, w.weights, w.biases,
+                                       [](const at::Tensor& t) { return t.detach(); });
+  const auto [trace_error, trace_sq_error] = errors_op.call(
+      values.x, values.target, values.weights, values.biases, activation, reduction, loss);
   const auto [max_upper, max_lower, min_lower, min_upper, spread] = ws_bounds_rounded(
       trace, trace_sq, num_params, x.scalar_type(), trace_error, trace_sq_error);
   return {max_upper, max_lower, min_lower, min_upper, spread, trace.to(x.scalar_type()),
