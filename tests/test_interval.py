@@ -2,6 +2,7 @@
 §11) against independent truths: autograd's double-backward HVP of the loss as PyTorch computes
 it, and eigvalsh of the explicit Hessian from torch.func.hessian (float64, tests/reference.py)."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -403,6 +404,136 @@ def test_kato_temple_weyl_gradient_matches_autograd_through_explicit_matrices():
     expected = torch.autograd.grad(upper, leaves)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-7, atol=1e-12)
+
+
+def converged_teacher_net(seed=0):
+    """A one-logit tanh net of 2,100 samples (N·C above the 2048 dual rows where the interval
+    computes spectral_bound's parts) trained by 3,000 full-batch Adam steps to loss ~1e-4: a top
+    eigenvalue well apart from the rest, and a small residual R."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2100, 32, generator=gen, dtype=torch.float64)
+    torch.manual_seed(seed)
+    teacher = (nn.Linear(32, 8).double(), nn.Linear(8, 1).double())
+    with torch.no_grad():
+        target = (teacher[1](torch.tanh(teacher[0](x))).squeeze(1) > 0).double()
+    student = [nn.Linear(32, 8).double(), nn.Linear(8, 1).double()]
+    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(3000):
+        optimizer.zero_grad()
+        reference.mlp_loss(x, target, *params, "tanh", "mean").backward()
+        optimizer.step()
+    return (x, target, *(p.detach() for p in params))
+
+
+@pytest.fixture(scope="module")
+def converged_net():
+    return converged_teacher_net()
+
+
+def test_kato_temple_at_scale_with_two_logits():
+    """The same λ_2 bound with the cross-entropy's C = 2 logits (2,200 dual rows; the majorant's
+    weights sum e's magnitude over the logits): after 8 Lanczos steps Kato-Temple closes the
+    interval around eigvalsh's λ_max."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1100, 32, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    teacher = (nn.Linear(32, 8).double(), nn.Linear(8, 2).double())
+    with torch.no_grad():
+        target = teacher[1](torch.tanh(teacher[0](x))).argmax(1)
+    student = [nn.Linear(32, 8).double(), nn.Linear(8, 2).double()]
+    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(3000):
+        optimizer.zero_grad()
+        reference.mlp_loss(x, target, *params, "tanh", "mean", "cross_entropy").backward()
+        optimizer.step()
+    args = (x, target, *(p.detach() for p in params))
+    exact = float(spectrum(args, "tanh", "mean", "cross_entropy")[-1])
+    interval = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=8)
+    assert interval.source == "kato_temple_weyl"
+    assert float(interval.lower) <= exact <= float(interval.upper) <= 1.003 * exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("steps", [4, 5, 6])
+def test_kato_temple_with_the_second_eigenvalue_bound_at_scale(converged_net, steps, dtype):
+    """Above 2048 dual rows the λ_2 bound is the residual's majorant plus one Cholesky
+    certificate of the deflated dual matrix (docs/math.md §11.2, "At scale"): after a few
+    Lanczos steps, where the cap still leaves the interval wide, Kato-Temple closes it; both ends
+    around eigvalsh's λ_max of the explicit Hessian (float32: that of the inputs as given)."""
+    cast = tuple(a.to(dtype) for a in converged_net)
+    exact = float(spectrum(cast, "tanh", "mean", "bce")[-1])
+    interval = torch_ws.lambda_max_interval(*cast, "tanh", "mean", "bce", steps=steps)
+    assert float(interval.lower) <= exact <= float(interval.upper)
+    if dtype == torch.float64:
+        assert interval.source == "kato_temple_weyl"
+        assert float(interval.upper) <= 1.003 * exact
+
+
+def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_net):
+    """The upper end θ + (‖Hû‖² − θ²)/(θ − ν) with ν = λ_max(M − c·yyᵀ) + the residual's majorant
+    max_k (a_k + √(a_k² + 4σ_k²))/2 (y, c, the majorant's weights w and û held fixed, §11.4):
+    against autograd through the Jacobian of the logits (torch.func.jacrev), the explicit H and
+    eigvalsh, x included. ν's share of the gradient (the factor ρ²/(θ − ν)², about 10⁻⁴ here) is
+    checked on its own: the gradient less that with ν held constant."""
+    x, target, *weights = (a.clone() for a in converged_net)
+    x.requires_grad_(True)
+    leaves = [x] + [w.requires_grad_(True) for w in weights]
+    interval = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce", steps=5)
+    assert interval.source == "kato_temple_weyl"
+    actual = torch.autograd.grad(interval.upper, leaves)
+    w1, b1, w2, b2 = weights
+    N, D = x.shape
+    H_units = w1.shape[0]
+    shapes = [w.shape for w in weights]
+
+    def logits(x_, flat):
+        parts, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            parts.append(flat[offset:offset + size].view(shape))
+            offset += size
+        a = x_ @ parts[0].T + parts[1]
+        return (torch.tanh(a) @ parts[2].T + parts[3]).squeeze(1)
+
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    z = logits(x, flat)
+    p = torch.sigmoid(z)
+    s = p * (1 - p) / N
+    jacobian = torch.func.jacrev(logits, argnums=1)(x, flat)               # (N, n)
+    dual_rows = s.sqrt().unsqueeze(1) * jacobian
+    M = dual_rows @ dual_rows.T
+    u = interval.ritz_vectors[0].detach()
+    y = (dual_rows @ u).detach()
+    y = y / y.norm()
+    c = (y @ M @ y).detach().clamp_min(0)
+    nu_ggn = torch.linalg.eigvalsh(M - c * torch.outer(y, y))[-1]
+    # The majorant, with w = e's magnitude at these parameters held fixed.
+    e = (p - target) / N
+    w = ((1 - target) * p + target * (1 - p)).detach() / N
+    a = x @ w1.T + b1
+    t = torch.tanh(a)
+    phi1, phi2 = 1 - t ** 2, -2 * t * (1 - t ** 2)
+    beta = phi2 * (e.unsqueeze(1) * w2)                                     # (N, H)
+    ratio = torch.where(w.unsqueeze(1) > 0, beta.clamp_min(0) / w.unsqueeze(1), 0.0)
+    c_k = ratio.max(0).values
+    x_tilde = torch.cat([x, torch.ones(N, 1, dtype=x.dtype)], 1)
+    gram = torch.linalg.eigvalsh(x_tilde.T @ (w.unsqueeze(1) * x_tilde))[-1]
+    sigma = (x_tilde.T @ (e.unsqueeze(1) * phi1)).norm(dim=0)
+    a_k = c_k * gram
+    nu = nu_ggn + ((a_k + (a_k ** 2 + 4 * sigma ** 2).sqrt()) / 2).max()
+    H = reference.explicit_hessian(x, target, *weights, "tanh", "mean", "bce")
+    theta = u @ H @ u / (u @ u)
+    image = (H @ u) @ (H @ u) / (u @ u)
+    upper = theta + (image - theta ** 2) / (theta - nu)
+    expected = torch.autograd.grad(upper, leaves, retain_graph=True)
+    fixed = torch.autograd.grad(theta + (image - theta ** 2) / (theta - nu.detach()), leaves)
+    for ours, truth, without in zip(actual, expected, fixed):
+        torch.testing.assert_close(ours, truth, rtol=1e-7, atol=1e-12)
+        share = truth - without
+        assert share.norm() > 1e-8 * truth.norm()
+        torch.testing.assert_close(ours - without, share, rtol=1e-4, atol=1e-4 * share.norm())
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

@@ -329,3 +329,50 @@ def test_gradient_of_the_gauss_newton_form_in_any_fixed_vector(head):
     present = [g for g in ours if g.numel() > 0]
     for a, b in zip(present, expected):
         assert rel_err(a, b) < 1e-9
+
+
+@pytest.mark.parametrize("bias", BIAS_CONFIGS, ids=str)
+@pytest.mark.parametrize("red", REDUCTIONS)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_residual_majorant_bounds_the_residual(head, act, red, bias):
+    """λ_max(R) ≤ max_k (a_k + √(a_k² + 4σ_k²))/2 with a_k = c_k·λ_max(X̃ᵀdiag(w)X̃) (docs/math.md
+    §11.2, "At scale", the interval's λ_2 bound above 2048 dual rows): against eigvalsh of the
+    explicit H − GGN, every head, activation, reduction and bias setting, at 9 and 40 samples."""
+    for n, seed in ((9, 2), (40, 7)):
+        args = problem(head, n=n, d=3, h=4, seed=seed, bias=bias)
+        _, _, residual = explicit_spectra(args, act, red, head[0])
+        majorant = torch.ops.torch_ws._residual_majorant(*args, act, red, head[0])
+        assert majorant.dtype == torch.float64 and majorant.shape == ()
+        assert float(majorant) >= float(residual[-1])
+
+
+def majorant_by_formula(x, target, w1, b1, w2, b2):
+    """The residual's majorant for the binary cross-entropy, tanh, mean reduction, in plain
+    PyTorch: w = e's magnitude ((1 − t)σ(z) + tσ(−z))/N, c_k = max_i (β_ik)₊/w_i,
+    λ_w = λ_max(X̃ᵀdiag(w)X̃), σ_k = ‖X̃ᵀ(e ∘ φ'(a_k))‖."""
+    n = len(x)
+    a = x @ w1.T + (b1 if b1 is not None else 0)
+    t = torch.tanh(a)
+    z = (t @ w2.T).squeeze(1) + (b2 if b2 is not None else 0)
+    p = torch.sigmoid(z)
+    e = (p - target) / n
+    w = ((1 - target) * p + target * torch.sigmoid(-z)) / n
+    beta = -2 * t * (1 - t ** 2) * (e.unsqueeze(1) * w2)
+    c = torch.where(w.unsqueeze(1) > 0, beta.clamp_min(0) / w.unsqueeze(1), 0.0).max(0).values
+    x_tilde = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1) if b1 is not None else x
+    gram = torch.linalg.eigvalsh(x_tilde.T @ (w.unsqueeze(1) * x_tilde))[-1]
+    sigma = (x_tilde.T @ (e.unsqueeze(1) * (1 - t ** 2))).norm(dim=0)
+    a_k = c * gram
+    return ((a_k + (a_k ** 2 + 4 * sigma ** 2).sqrt()) / 2).max()
+
+
+@pytest.mark.parametrize("bias", BIAS_CONFIGS, ids=str)
+def test_residual_majorant_is_its_formula(bias):
+    """The op's majorant is the formula's value (plus an allowance of order 10⁻¹² relative): a
+    change to any of its terms shows here even where it stays above λ_max(R)."""
+    for n, seed in ((9, 2), (60, 3)):
+        args = problem(HEADS[0], n=n, d=5, h=6, seed=seed, bias=bias)
+        ours = float(torch.ops.torch_ws._residual_majorant(*args, "tanh", "mean", "bce"))
+        expected = float(majorant_by_formula(*args))
+        assert expected <= ours <= expected * (1 + 1e-9)

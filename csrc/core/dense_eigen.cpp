@@ -31,12 +31,9 @@ CertifiedEigenpair dense_top_eigenpair(const Tensor& M, const Tensor& forming_er
   return top;
 }
 
-// Lanczos with full reorthogonalization for the top Ritz pair (θ, y), then a certificate:
-// τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on λ_max(M) iff τI − M is positive definite,
-// which a Cholesky factorization decides (docs/math.md §9.2). Where the certificate fails (the
-// Ritz value missed the top eigenvalue), the dense solver decides instead.
-CertifiedEigenpair lanczos_top_eigenpair(const Tensor& M, const Tensor& forming_error,
-                                         const Tensor& norm) {
+}  // namespace
+
+TopRitzPair top_ritz_pair(const Tensor& M) {
   const int64_t m = M.size(0);
   const int64_t max_steps = std::min<int64_t>(m, 300);
   const auto options = M.options();
@@ -78,27 +75,59 @@ CertifiedEigenpair lanczos_top_eigenpair(const Tensor& M, const Tensor& forming_
     beta.push_back(b);
     q = w / b;
   }
-  CertifiedEigenpair top;
+  TopRitzPair top;
   top.vector = ritz_vector / ritz_vector.norm();
   top.value = at::dot(top.vector, at::mv(M, top.vector));  // the Rayleigh quotient, ≤ λ_max
+  top.steps = steps;
+  return top;
+}
+
+namespace {
+
+// Lanczos with full reorthogonalization for the top Ritz pair (θ, y), then a certificate:
+// τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on λ_max(M) iff τI − M is positive definite,
+// which a Cholesky factorization decides (docs/math.md §9.2). Where the certificate fails (the
+// Ritz value missed the top eigenvalue), the dense solver decides instead.
+CertifiedEigenpair lanczos_top_eigenpair(const Tensor& M, const Tensor& forming_error,
+                                         const Tensor& norm) {
+  const auto options = M.options();
+  const TopRitzPair pair = top_ritz_pair(M);
+  CertifiedEigenpair top;
+  top.vector = pair.vector;
+  top.value = pair.value;
   top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
-  top.iterations = at::scalar_tensor(steps, options.dtype(at::kLong));
+  top.iterations = at::scalar_tensor(pair.steps, options.dtype(at::kLong));
   const double theta = top.value.item<double>(), residual = top.residual.item<double>();
   const double tau = theta + 2 * residual + 1e-10 * std::abs(theta) + 1e-300;
-  const Tensor shifted = at::eye(m, options) * tau - M;
-  const auto [factor, info] = at::linalg_cholesky_ex(shifted);
-  if (info.item<int64_t>() != 0) return dense_top_eigenpair(M, forming_error, norm);
-  // A Cholesky factorization that succeeds in floating point proves A + E positive definite with
-  // ‖E‖ ≤ γ_{m+1}·tr(A) (Demmel); so λ_max(M) ≤ τ + γ_{m+1}·tr(τI − M), and M itself is off by
-  // the forming error.
-  const double cholesky_factor = 2.0 * static_cast<double>(m + 1) * kUnitRoundoff;
-  const Tensor trace = M.trace();
-  top.allowance = (tau - theta) + cholesky_factor * (static_cast<double>(m) * tau - trace) +
-                  forming_error + kRoundingAllowance * kUnitRoundoff * norm;
+  const ShiftCertificate certificate =
+      certify_shift(M, tau, forming_error.item<double>(), norm.item<double>());
+  if (!certificate.holds) return dense_top_eigenpair(M, forming_error, norm);
+  top.allowance = at::scalar_tensor(certificate.upper - theta, options);
   return top;
 }
 
 }  // namespace
+
+ShiftCertificate certify_shift(const Tensor& M, double tau, double forming_error, double norm) {
+  const int64_t m = M.size(0);
+  ShiftCertificate out;
+  Tensor shifted = -M;
+  shifted.diagonal().add_(tau);
+  const bool factored = std::get<1>(at::linalg_cholesky_ex(shifted)).item<int64_t>() == 0;
+  shifted = Tensor();
+  if (!factored) return out;
+  // A Cholesky factorization that succeeds in floating point proves A + E positive definite with
+  // ‖E‖ ≤ γ_{m+1}·tr(A) (Demmel); so λ_max(M) ≤ τ + γ_{m+1}·tr(τI − M), and M itself is off by
+  // the forming error. (The shift's own rounding, u·|τ − M_ii| on the diagonal, is inside
+  // κu·‖M‖ when τ ≤ ‖M‖, and inside γ_{m+1}·tr(τI − M) when τ is larger.)
+  const double cholesky_factor = 2.0 * static_cast<double>(m + 1) * kUnitRoundoff;
+  const double trace = M.trace().item<double>();
+  out.holds = true;
+  out.upper = tau + cholesky_factor * (static_cast<double>(m) * tau - trace) + forming_error +
+              kRoundingAllowance * kUnitRoundoff * norm;
+  out.upper = std::nextafter(out.upper * (1 + 4 * kUnitRoundoff), HUGE_VAL);
+  return out;
+}
 
 CertifiedEigenpair certified_top_eigenpair(const Tensor& M, const Tensor& forming_error,
                                            const Tensor& norm) {

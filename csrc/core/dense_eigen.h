@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace torch_ws {
@@ -24,5 +25,24 @@ struct CertifiedEigenpair {
 // of (tr M for both when M is positive semi-definite). M symmetric, float64.
 CertifiedEigenpair certified_top_eigenpair(const at::Tensor& M, const at::Tensor& forming_error,
                                            const at::Tensor& norm);
+
+// Whether λ_max(M) ≤ τ, decided by one Cholesky factorization of τI − M (docs/math.md §9.2);
+// where it holds, `upper` ≥ λ_max of the exact M (τ plus the factorization's and the forming
+// error's allowances, rounded up). M symmetric, float64; `forming_error` ≥ ‖fl(M) − M‖₂,
+// `norm` ≥ ‖M‖₂.
+struct ShiftCertificate {
+  bool holds = false;
+  double upper = HUGE_VAL;
+};
+ShiftCertificate certify_shift(const at::Tensor& M, double tau, double forming_error, double norm);
+
+// The top Ritz pair of M by Lanczos with full reorthogonalization from a fixed-seed start, run
+// until its residual estimate is below 10⁻¹⁰θ (at most 300 steps): an estimate, not a bound.
+// `value` is the vector's Rayleigh quotient (0-dim float64), `vector` unit.
+struct TopRitzPair {
+  at::Tensor value, vector;
+  int64_t steps = 0;
+};
+TopRitzPair top_ritz_pair(const at::Tensor& M);
 
 }  // namespace torch_ws

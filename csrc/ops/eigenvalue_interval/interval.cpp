@@ -86,15 +86,31 @@ bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
          p.num_samples() * p.num_outputs() <= kWeylMaxDualRows;
 }
 
+// Above kWeylMaxDualRows and up to kSecondAtScaleMaxDualRows, a bound on λ_2 alone, for
+// Kato-Temple (spectral::second_bound_at_scale, docs/math.md §11.2 "At scale"): the residual by a
+// majorant, no block formed, and λ_2(GGN) by one Cholesky factorization of the NC × NC dual,
+// (NC)³/3 flops (3.4 s at 8192 rows on 2 cores) and 1.5 GiB of float64 at most. Only where θ
+// is certified positive and converged enough that a λ_2 bound below θ − ρ could close the interval.
+constexpr int64_t kSecondAtScaleMaxDualRows = 8192;
+
+bool calls_for_second_at_scale(const RitzCertificate& c, const MlpProblem& p) {
+  const int64_t rows = p.num_samples() * p.num_outputs();
+  const bool wide = !(c.upper <= kWeylWorthIt * c.lower);
+  return wide && std::isfinite(c.lower) && c.lower > 0 && c.u.defined() &&
+         c.lower - c.rho > 0 && rows > kWeylMaxDualRows && rows <= kSecondAtScaleMaxDualRows;
+}
+
 // The gradient of the spectral parts' g_ggn·λ + g_max·λ_max(R) + g_min·λ_min(R) (§9.4), with
 // `ggn_vector` the GGN eigenvector in question (the top one, or the deflated one for λ_2).
 InputGradients spectral_gradient(const MlpProblem& p, const spectral::SpectralParts& s,
                                  const Tensor& ggn_vector, double g_ggn, double g_max,
                                  double g_min, bool need_grad_x) {
   const auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options()); };
+  const spectral::ResidualMajorant* majorant =
+      s.residual_majorant ? &*s.residual_majorant : nullptr;
   return spectral::gradient(p,
                             {ggn_vector, s.residual_max_vector, s.residual_max_unit,
-                             s.residual_min_vector, s.residual_min_unit},
+                             s.residual_min_vector, s.residual_min_unit, majorant},
                             scalar(g_ggn), scalar(g_max), scalar(g_min), need_grad_x);
 }
 
@@ -156,13 +172,20 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   optional<spectral::SpectralParts> parts;
   if (calls_for_spectral_parts(certificate.lower, certificate.upper, p)) {
     parts = spectral::evaluate(p, /*second=*/sign > 0);
-    if (sign > 0 && parts->ggn_second_upper.defined()) {
-      const double nu_upper =
-          up(up(parts->ggn_second_upper.item<double>()) + residual_max_upper(*parts));
-      kato_temple_with_second(certificate, nu_upper,
-                              parts->ggn_second_value.item<double>() +
-                                  parts->residual_lambda_max.item<double>());
-    }
+  } else if (sign > 0 && calls_for_second_at_scale(certificate, p)) {
+    // τ's estimate: the second Ritz value (λ_2(GGN) is near it where R is small).
+    const double estimate = certificate.ritz_values.size(0) >= 2
+                                ? certificate.ritz_values[1].item<double>() : 0.0;
+    parts = spectral::second_bound_at_scale(p, certificate.ritz_vectors[0],
+                                            certificate.lower - certificate.rho, estimate,
+                                            gradients != Gradients::None);
+  }
+  if (sign > 0 && parts && parts->ggn_second_upper.defined()) {
+    const double nu_upper =
+        up(up(parts->ggn_second_upper.item<double>()) + residual_max_upper(*parts));
+    kato_temple_with_second(certificate, nu_upper,
+                            parts->ggn_second_value.item<double>() +
+                                parts->residual_lambda_max.item<double>());
   }
   // Still wide, and n small: both ends from the assembled Hessian (§11.6). After the spectral
   // parts, which close trained networks' intervals at less cost where N·C is small; this closes

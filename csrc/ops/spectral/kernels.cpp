@@ -109,6 +109,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_kernel
       spectral_parts_kernel(x, target, w1, b1, w2, b2, activation, reduction, loss));
 }
 
+Tensor residual_majorant_kernel(const Tensor& x, const Tensor& target, const Tensor& w1,
+                                const optional<Tensor>& b1, const Tensor& w2,
+                                const optional<Tensor>& b2, c10::string_view activation,
+                                c10::string_view reduction, c10::string_view loss) {
+  const MlpProblem p =
+      check_problem(kSpectralBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
+  const CallThreads threads(x.device());
+  return spectral::residual_majorant_upper(p);
+}
+
 std::vector<Tensor> spectral_backward_kernel(
     const Tensor& grad_upper, const Tensor& grad_ggn, const Tensor& grad_residual_max,
     const Tensor& grad_lambda_min, const Tensor& x, const Tensor& target, const Tensor& w1,
@@ -176,6 +186,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_meta(
       spectral_parts_meta(x, target, w1, b1, w2, b2, activation, reduction, loss));
 }
 
+Tensor residual_majorant_meta(const Tensor& x, const Tensor& target, const Tensor& w1,
+                              const optional<Tensor>& b1, const Tensor& w2,
+                              const optional<Tensor>& b2, c10::string_view activation,
+                              c10::string_view reduction, c10::string_view loss) {
+  check_problem(kSpectralBoundName, x, target, w1, b1, w2, b2, activation, reduction, loss);
+  return at::empty({}, x.options().dtype(at::kDouble));
+}
+
 std::vector<Tensor> spectral_backward_meta(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor& x,
     const Tensor& target, const Tensor& w1, const optional<Tensor>& b1, const Tensor& w2,
@@ -192,7 +210,8 @@ std::vector<Tensor> spectral_backward_meta(
 #define TORCH_WS_REGISTER_SPECTRAL_KERNELS(m)                           \
   m.impl("spectral_bound", &torch_ws::spectral_bound_kernel);          \
   m.impl("_spectral_parts", &torch_ws::spectral_parts_kernel);         \
-  m.impl("_spectral_backward", &torch_ws::spectral_backward_kernel)
+  m.impl("_spectral_backward", &torch_ws::spectral_backward_kernel);   \
+  m.impl("_residual_majorant", &torch_ws::residual_majorant_kernel)
 
 // One kernel for every backend (CPU, CUDA, any other): the engines pick each device's path.
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) { TORCH_WS_REGISTER_SPECTRAL_KERNELS(m); }
@@ -201,4 +220,5 @@ TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("spectral_bound", &torch_ws::spectral_bound_meta);
   m.impl("_spectral_parts", &torch_ws::spectral_parts_meta);
   m.impl("_spectral_backward", &torch_ws::spectral_backward_meta);
+  m.impl("_residual_majorant", &torch_ws::residual_majorant_meta);
 }

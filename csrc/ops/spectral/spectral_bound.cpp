@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 namespace torch_ws::spectral {
@@ -101,6 +102,21 @@ struct ResidualEigen {
   Tensor max_value, max_vector, max_unit, min_value, min_vector, min_unit, allowance;
 };
 
+// The forming error of R_k and eigh's backward error are both within
+// (2N + κ)u·(Σ_i |β_ik|·‖x̃_i‖² + 2‖|X̃|ᵀ|γ_k|‖_F), a bound on ‖R_k‖ with absolute values, where
+// e enters by its magnitude (what its rounding is relative to, losses.h), not by |e| (§9.5).
+Tensor residual_allowance(const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
+  const int64_t Dt = n.x_tilde.size(1);
+  const Tensor beta_magnitude = n.phi2.abs() * at::matmul(n.e_magnitude, n.w2.abs());
+  const Tensor gamma_magnitude = n.e_magnitude.unsqueeze(2) * n.phi1.abs().unsqueeze(1);
+  const Tensor abs_norm =
+      at::matmul(n.x_tilde.square().sum(1), beta_magnitude) +
+      2 * at::matmul(n.x_tilde.abs().t(), gamma_magnitude.reshape({N, C * H}))
+              .view({Dt, C, H}).square().sum(at::IntArrayRef{0, 1}).sqrt();
+  return (2.0 * static_cast<double>(N) + kRoundingAllowance) * kUnitRoundoff * abs_norm.max();
+}
+
 ResidualEigen residual_eigen(const Network& n) {
   const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
   const int64_t Dt = n.x_tilde.size(1), size = Dt + C;
@@ -109,18 +125,8 @@ ResidualEigen residual_eigen(const Network& n) {
   const Tensor gamma = n.e.unsqueeze(2) * n.phi1.unsqueeze(1);              // (N, C, H)
   const Tensor coupling =                                                   // F_k: (H, D̃, C)
       at::matmul(n.x_tilde.t(), gamma.reshape({N, C * H})).view({Dt, C, H}).permute({2, 0, 1});
-  // The allowance: the forming error of R_k and eigh's backward error are both within
-  // (2N + κ)u·(Σ_i |β_ik|·‖x̃_i‖² + 2‖|X̃|ᵀ|γ_k|‖_F), a bound on ‖R_k‖ with absolute values, where
-  // e enters by its magnitude (what its rounding is relative to, losses.h), not by |e|.
-  const Tensor beta_magnitude = n.phi2.abs() * at::matmul(n.e_magnitude, n.w2.abs());
-  const Tensor gamma_magnitude = n.e_magnitude.unsqueeze(2) * n.phi1.abs().unsqueeze(1);
-  const Tensor abs_norm =
-      at::matmul(n.x_tilde.square().sum(1), beta_magnitude) +
-      2 * at::matmul(n.x_tilde.abs().t(), gamma_magnitude.reshape({N, C * H}))
-              .view({Dt, C, H}).square().sum(at::IntArrayRef{0, 1}).sqrt();
   ResidualEigen out;
-  out.allowance = (2.0 * static_cast<double>(N) + kRoundingAllowance) * kUnitRoundoff *
-                  abs_norm.max();
+  out.allowance = residual_allowance(n);
   // R_k for the units [k0, k0 + h).
   auto blocks_of = [&](const Tensor& units) {
     const int64_t h = units.size(0);
@@ -154,6 +160,84 @@ ResidualEigen residual_eigen(const Network& n) {
   out.max_vector = vectors.select(0, 0).select(1, size - 1);
   out.min_vector = vectors.select(0, 1).select(1, 0);
   return out;
+}
+
+// ---- At scale (docs/math.md §11.2, "At scale"): λ_max(R) by a per-block majorant, and λ_2(GGN)
+// by one Cholesky factorization of the deflated dual matrix. ----
+
+// γ_m = mu/(1 − mu) (Higham §3.1), rounded up.
+double gamma_of(double m) { return std::nextafter(m * kUnitRoundoff / (1 - m * kUnitRoundoff), HUGE_VAL); }
+
+// λ_max(R_k) ≤ (a_k + √(a_k² + 4σ_k²))/2 with a_k = c_k·λ_w, for fixed weights w ≥ 0 (here e's
+// magnitude, summed over the logits): c_k = max_i (β_ik)₊/w_i, λ_w ≥ λ_max(X̃ᵀ diag(w) X̃), σ_k =
+// ‖F_k‖_F. The weights put the samples whose loss gradient is small out of the way, which the
+// plain max_i (β_ik)₊·λ_max(X̃ᵀX̃) does not. Costs O(N·D̃·(H·C + min(N, D̃))), no block formed.
+ResidualMajorant residual_majorant(const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
+  const int64_t Dt = n.x_tilde.size(1);
+  const auto options = n.x.options();
+  ResidualMajorant out;
+  out.weights = n.e_magnitude.sum(1);                                        // (N,)
+  const Tensor positive = out.weights > 0;
+  const Tensor beta = n.phi2 * at::matmul(n.e, n.w2);                       // (N, H)
+  // (β_ik)₊/w_i where w_i > 0; where w_i = 0, e_i = 0 and β_ik = 0.
+  const Tensor ratio = at::where(positive.unsqueeze(1),
+                                 beta.clamp_min(0) / out.weights.clamp_min(1e-300).unsqueeze(1),
+                                 at::zeros_like(beta));
+  const auto [c, samples] = ratio.max(0);                                    // (H,)
+  // λ_max(X̃ᵀ diag(w) X̃) from the smaller of its two Gram forms: B = diag(√w)X̃, BᵀB or BBᵀ.
+  const Tensor B = n.x_tilde * out.weights.sqrt().unsqueeze(1);
+  const bool primal = Dt <= N;
+  const Tensor gram = primal ? at::matmul(B.t(), B) : at::matmul(B, B.t());
+  const auto [values, vectors] = at::linalg_eigh(gram);
+  const int64_t d = gram.size(0);
+  const Tensor top_vector = vectors.select(1, d - 1);
+  out.gram_vector = primal ? top_vector : at::mv(B.t(), top_vector);
+  out.gram_vector = out.gram_vector / out.gram_vector.norm();
+  out.gram_value = values.select(0, d - 1).clamp_min(0);
+  // The Gram's rounding (√w and the products: chains of N + 3 or D̃ + 3) and eigh's backward
+  // error, both within a multiple of tr(BᵀB) = Σ_i w_i‖x̃_i‖² ≥ ‖·‖₂ (every term non-negative).
+  const Tensor trace = at::dot(out.weights, n.x_tilde.square().sum(1));
+  const double slack = 2 * gamma_of(static_cast<double>(N + Dt + 4)) +
+                       (kRoundingAllowance + 2.0 * static_cast<double>(d)) * kUnitRoundoff;
+  const Tensor gram_upper = out.gram_value + slack * trace;
+  const Tensor gamma = n.e.unsqueeze(2) * n.phi1.unsqueeze(1);              // (N, C, H)
+  const Tensor sigma =                                                      // ‖F_k‖_F: (H,)
+      at::matmul(n.x_tilde.t(), gamma.reshape({N, C * H})).view({Dt, C, H}).square()
+          .sum(at::IntArrayRef{0, 1}).sqrt();
+  // c's division and max: one rounding each way; the majorant's own arithmetic (a few
+  // operations) within 8u relative, both covered by the factor (1 + 16u).
+  const Tensor a = c * gram_upper;
+  const Tensor bound = (a + (a.square() + 4 * sigma.square()).sqrt()) / 2;
+  out.unit = bound.argmax();
+  out.sample = samples.index_select(0, out.unit.view({1})).squeeze(0);
+  out.c = c.index_select(0, out.unit.view({1})).squeeze(0);
+  out.sigma = sigma.index_select(0, out.unit.view({1})).squeeze(0);
+  out.value = bound.max();
+  // The majorant is of R̂_k, the blocks of the computed β and γ; R_k's own forming error
+  // (the allowance of §9.5) and the sums in σ_k and c (inside it as well) are added twice.
+  out.allowance = 2 * residual_allowance(n) + 16 * kUnitRoundoff * out.value;
+  return out;
+}
+
+// (N, C): J̃u, the dual image of a direction u of θ (flat: W1 row-major, b1, W2, b2): sample i's
+// rows are L_iᵀ J_i u, J_i u = U_i (dW̃1 x̃_i) + dW2 φ(a_i) + db2.
+Tensor dual_image(const Network& n, const Tensor& direction) {
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden(), D = n.x.size(1);
+  const Tensor u = f64(direction);
+  int64_t offset = 0;
+  auto block = [&](int64_t length) {
+    const Tensor view = u.narrow(0, offset, length);
+    offset += length;
+    return view;
+  };
+  const Tensor dw1 = block(H * D).view({H, D});
+  Tensor dz = at::matmul(n.x, dw1.t());                                     // (N, H)
+  if (n.has_b1) dz = dz + block(H);
+  const Tensor dw2 = block(C * H).view({C, H});
+  Tensor df = at::matmul(n.U, dz.unsqueeze(2)).squeeze(2) + at::matmul(n.phi0, dw2.t());
+  if (n.has_b2) df = df + block(C);
+  return at::matmul(n.Lt, df.unsqueeze(2)).squeeze(2);                      // (N, C)
 }
 
 }  // namespace
@@ -270,8 +354,47 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
     const Tensor q_bar = coefficient * 2 * (p2 * ew * q + p1 * erho);
     x_tilde_bar += q_bar.unsqueeze(1) * rho_x.unsqueeze(0);
   };
-  residual_term(v.residual_max_vector, v.residual_max_unit, g_max);
-  residual_term(v.residual_min_vector, v.residual_min_unit, g_min);
+  // The majorant (a + √(a² + 4σ²))/2 of λ_max(R) (docs/math.md §11.4), with a = c·λ_w,
+  // c = β_ik/w_i at its maximizing sample i and unit k, λ_w = vᵀX̃ᵀdiag(w)X̃v (w held fixed, v its
+  // top unit eigenvector: Hellmann-Feynman) and σ = ‖X̃ᵀΓ‖_F, Γ_ic = e_ic φ'(a_ik).
+  auto majorant_term = [&](const ResidualMajorant& r, const Tensor& g) {
+    const int64_t k = r.unit.item<int64_t>(), i = r.sample.item<int64_t>();
+    const double c = r.c.item<double>(), sigma = r.sigma.item<double>();
+    const double gram = r.gram_value.item<double>(), a = c * gram;
+    const double s = std::sqrt(a * a + 4 * sigma * sigma);
+    const double db_da = s > 0 ? (1 + a / s) / 2 : 1, db_dsigma = s > 0 ? 2 * sigma / s : 0;
+    const Tensor coefficient = f64(g);
+    const Tensor w2k = n.w2.select(1, k);                                   // (C,)
+    if (c > 0) {
+      const Tensor gc = coefficient * (db_da * gram / r.weights[i].item<double>());
+      const Tensor e_i = n.e.select(0, i);
+      const Tensor p2 = n.phi2.select(0, i).select(0, k), p3 = n.phi3.select(0, i).select(0, k);
+      a_bar.select(0, i).select(0, k).add_(gc * p3 * at::dot(e_i, w2k));
+      e_bar.select(0, i).add_(gc * p2 * w2k);
+      w2_bar.select(1, k).add_(gc * p2 * e_i);
+    }
+    const Tensor q = at::mv(n.x_tilde, r.gram_vector);
+    x_tilde_bar += (coefficient * (2 * db_da * c)) *
+                   at::outer(r.weights * q, r.gram_vector);
+    if (sigma > 0) {
+      const Tensor p1k = n.phi1.select(1, k), p2k = n.phi2.select(1, k);
+      const Tensor Gamma = n.e * p1k.unsqueeze(1);                          // (N, C)
+      const Tensor unit = at::matmul(n.x_tilde.t(), Gamma) / sigma;         // (D̃, C)
+      const Tensor gs = coefficient * db_dsigma;
+      x_tilde_bar += gs * at::matmul(Gamma, unit.t());
+      const Tensor Gamma_bar = gs * at::matmul(n.x_tilde, unit);           // (N, C)
+      e_bar += Gamma_bar * p1k.unsqueeze(1);
+      a_bar.select(1, k).add_((Gamma_bar * n.e).sum(1) * p2k);
+    }
+  };
+  if (v.residual_majorant != nullptr) {
+    majorant_term(*v.residual_majorant, g_max);
+  } else {
+    residual_term(v.residual_max_vector, v.residual_max_unit, g_max);
+  }
+  if (v.residual_min_vector.defined()) {
+    residual_term(v.residual_min_vector, v.residual_min_unit, g_min);
+  }
 
   // e → z: de_i/dz_i = S_i (s for one logit).
   if (p.one_logit()) {
@@ -291,6 +414,75 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
   if (n.has_b1) out.b1 = a_bar.sum(0).to(dtype);
   if (n.has_b2) out.b2 = z_bar.sum(0).to(dtype);
   if (need_x) out.x = (at::matmul(a_bar, n.w1) + x_tilde_bar.narrow(1, 0, D)).to(dtype);
+  return out;
+}
+
+Tensor residual_majorant_upper(const MlpProblem& p) {
+  const ResidualMajorant r = residual_majorant(network(p, /*for_gradients=*/false));
+  return r.value + r.allowance;
+}
+
+std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p, const Tensor& top_direction,
+                                                   double ceiling, double estimate,
+                                                   bool for_gradients) {
+  const Network n = network(p, /*for_gradients=*/false);
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  const auto options = n.x.options();
+  const ResidualMajorant r = residual_majorant(n);
+  const double residual_upper = std::nextafter(
+      r.value.item<double>() + r.allowance.item<double>(), HUGE_VAL);
+  // What is left for λ_2(GGN): ν = τ + λ_max(R)'s bound must stay below θ_low − ρ.
+  const double budget = ceiling - residual_upper;
+  // Nothing to gain where the second Ritz value, which λ_2(GGN) is close to where R is small,
+  // already lies above the budget: the factorization would cost (NC)³/3 flops to fail.
+  const double low = std::max(estimate, 0.0);
+  if (!(budget > low) || !std::isfinite(budget)) return std::nullopt;
+  // λ_2(M) ≤ λ_max(M − c·yyᵀ) for every y ≠ 0, c ≥ 0 (§11.2), with y = J̃u/‖J̃u‖ the image of
+  // the top Ritz vector (close to M's top eigenvector wherever Kato-Temple can close the
+  // interval) and c = yᵀMy; formed in place of M.
+  Tensor M = dual_matrix(n);
+  const Tensor trace = M.trace();
+  const Tensor forming_error = forming_factor(n) * trace;
+  Tensor y = dual_image(n, top_direction).reshape({N * C});
+  const double y_norm = y.norm().item<double>();
+  if (!(y_norm > 0)) return std::nullopt;
+  y = y / y_norm;
+  const Tensor c = at::dot(y, at::mv(M, y)).clamp_min(0);
+  M.addr_(y, y, 1, -c.item<double>());
+  // M's forming error, plus the rank-one update's rounding, as in `evaluate`.
+  const double error = (forming_error + kUnitRoundoff * (4 * c * at::dot(y, y) + 2 * M.norm()))
+                           .item<double>();
+  const double norm = (trace + c).item<double>();
+  // One factorization at the midpoint between the estimate and the budget (λ_2(GGN) is near
+  // the second Ritz value of H where R is small), a second just below the budget if that fails.
+  ShiftCertificate certificate;
+  for (const double tau : {(low + budget) / 2, budget - 0.01 * (budget - low)}) {
+    certificate = certify_shift(M, tau, error, norm);
+    if (certificate.holds && certificate.upper < budget) break;
+    certificate = ShiftCertificate();
+  }
+  if (!certificate.holds) return std::nullopt;
+  SpectralParts out;
+  out.ggn_lambda_max = at::full({}, NAN, options);
+  out.ggn_allowance = at::zeros({}, options);
+  out.eigen_residual = at::zeros({}, options);
+  out.iterations = at::zeros({}, options.dtype(at::kLong));
+  out.ggn_vector = at::zeros({N, C}, options);
+  out.ggn_second_upper = at::scalar_tensor(certificate.upper, options);
+  out.ggn_second_value = out.ggn_second_upper;
+  out.ggn_second_vector = at::zeros({N, C}, options);
+  if (for_gradients) {
+    // z, the deflated matrix's top eigenvector (Lanczos: an estimate, which only the derivative
+    // uses); its quotient zᵀ(M − c·yyᵀ)z is the smooth function whose derivative with y and c held
+    // fixed is zᵀ dM z (§11.4).
+    const TopRitzPair z = top_ritz_pair(M);
+    out.ggn_second_value = z.value;
+    out.ggn_second_vector = z.vector.view({N, C});
+  }
+  out.residual_lambda_max = r.value;
+  out.residual_allowance = r.allowance;
+  out.residual_lambda_min = at::full({}, NAN, options);
+  out.residual_majorant = r;
   return out;
 }
 

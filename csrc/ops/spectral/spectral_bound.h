@@ -17,12 +17,25 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace torch_ws::spectral {
 
 // The dual matrix has NC rows: its top eigenpair by core/dense_eigen.h (dense `eigh`, or Lanczos
 // with a Cholesky certificate), and no GGN part at all above kMaxDual (its NC×NC float64 matrix
 // would take more than 2 GiB): there the bound is the Wolkowicz-Styan one.
 inline constexpr int64_t kMaxDual = 16384;
+
+// λ_max(R) ≤ max_k (a_k + √(a_k² + 4σ_k²))/2, a_k = c_k·λ_w (docs/math.md §11.2, "At scale"):
+// the value, its allowance, and what its gradient needs (the maximizing unit and sample, the
+// fixed weights w and the top unit eigenvector of X̃ᵀ diag(w) X̃). float64, 0-dim unless said.
+struct ResidualMajorant {
+  at::Tensor value, allowance;
+  at::Tensor unit, sample;          // int64: k (the maximizing block) and the i of c_k
+  at::Tensor c, sigma, gram_value;  // c_k, σ_k = ‖F_k‖_F, λ_max(X̃ᵀ diag(w) X̃)
+  at::Tensor weights;               // w (N,), held fixed
+  at::Tensor gram_vector;           // (D̃,)
+};
 
 // Everything in float64 (0-dim unless said), on the problem's device.
 struct SpectralParts {
@@ -41,14 +54,35 @@ struct SpectralParts {
   // certified like λ_max(GGN), its smooth value, and its unit vector z (N, C), so that the
   // value's derivative with y and c held fixed is zᵀ dM z (the GGN term of `gradient` with z).
   at::Tensor ggn_second_upper, ggn_second_value, ggn_second_vector;
+  // From second_bound_at_scale: λ_max(R)'s majorant, in place of its eigenpair (residual_lambda_max
+  // and residual_allowance then hold the majorant's value and allowance).
+  std::optional<ResidualMajorant> residual_majorant;
 };
 
 SpectralParts evaluate(const MlpProblem& p, bool second = false);
+
+// At scale (N·C above what `evaluate`'s second bound is worth): ν ≥ λ_2(GGN) + λ_max(R) below
+// `ceiling` (the interval's θ_low − ρ), or nothing where it cannot be certified there
+// (docs/math.md §11.2, "At scale"). λ_max(R) by the majorant (no block formed), λ_2(GGN) ≤ τ by
+// one Cholesky factorization of τI − (M − c·yyᵀ), y the dual image of `top_direction` (the top
+// Ritz vector of H), τ between `estimate` (the second Ritz value) and what the majorant leaves.
+// With `for_gradients`, the deflated matrix's top vector z (Lanczos) for the derivative. The
+// parts' fields ggn_second_* and residual_* are set; ggn_lambda_max is NaN (not computed).
+std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p,
+                                                   const at::Tensor& top_direction,
+                                                   double ceiling, double estimate,
+                                                   bool for_gradients);
+
+// λ_max(R) ≤ the majorant's value plus its allowance (0-dim float64): the private op
+// _residual_majorant, which the tests hold against eigvalsh of the explicit H − GGN.
+at::Tensor residual_majorant_upper(const MlpProblem& p);
 
 // The eigenvectors a gradient needs (SpectralParts' last six fields).
 struct Eigenvectors {
   at::Tensor ggn_vector, residual_max_vector, residual_max_unit, residual_min_vector,
       residual_min_unit;
+  // Where set, g_max applies to this majorant of λ_max(R) instead of the eigenpair.
+  const ResidualMajorant* residual_majorant = nullptr;
 };
 
 // g_ggn·∇λ_max(GGN) + g_max·∇λ_max(R) + g_min·∇λ_min(R) (0-dim float64 coefficients) with respect
