@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 from torch import nn
-from testing import ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, explicit_ends, make_head_problem
+from testing import (
+    ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, explicit_ends, make_head_problem,
+    residual_majorant_by_formula,
+)
 
 import reference
 import torch_ws
@@ -471,6 +474,26 @@ def test_kato_temple_with_the_second_eigenvalue_bound_at_scale(converged_net, st
         assert float(interval.upper) <= 1.003 * exact
 
 
+def bce_dual_rows(x, target, weights):
+    """The rows √s_i·∂z_i/∂θ (N, n) of a one-logit tanh net with the binary cross-entropy (mean),
+    by torch.func.jacrev and differentiable in x and the weights: M = (rows)(rows)ᵀ is the
+    Gauss-Newton matrix's dual (docs/math.md §9.1), with GGN's non-zero eigenvalues."""
+    shapes = [w.shape for w in weights]
+
+    def logits(x_, flat):
+        parts, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            parts.append(flat[offset:offset + size].view(shape))
+            offset += size
+        return (torch.tanh(x_ @ parts[0].T + parts[1]) @ parts[2].T + parts[3]).squeeze(1)
+
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    p = torch.sigmoid(logits(x, flat))
+    s = p * (1 - p) / len(x)
+    return s.sqrt().unsqueeze(1) * torch.func.jacrev(logits, argnums=1)(x, flat)
+
+
 def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_net):
     """The upper end θ + (‖Hû‖² − θ²)/(θ − ν) with ν = λ_max(M − c·yyᵀ) + the residual's majorant
     max_k (a_k + √(a_k² + 4σ_k²))/2 (y, c, the majorant's weights w and û held fixed, §11.4):
@@ -483,46 +506,14 @@ def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_
     interval = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce", steps=5)
     assert interval.source == "kato_temple_weyl"
     actual = torch.autograd.grad(interval.upper, leaves)
-    w1, b1, w2, b2 = weights
-    N, D = x.shape
-    H_units = w1.shape[0]
-    shapes = [w.shape for w in weights]
-
-    def logits(x_, flat):
-        parts, offset = [], 0
-        for shape in shapes:
-            size = math.prod(shape)
-            parts.append(flat[offset:offset + size].view(shape))
-            offset += size
-        a = x_ @ parts[0].T + parts[1]
-        return (torch.tanh(a) @ parts[2].T + parts[3]).squeeze(1)
-
-    flat = torch.cat([w.reshape(-1) for w in weights])
-    z = logits(x, flat)
-    p = torch.sigmoid(z)
-    s = p * (1 - p) / N
-    jacobian = torch.func.jacrev(logits, argnums=1)(x, flat)               # (N, n)
-    dual_rows = s.sqrt().unsqueeze(1) * jacobian
+    dual_rows = bce_dual_rows(x, target, weights)
     M = dual_rows @ dual_rows.T
     u = interval.ritz_vectors[0].detach()
     y = (dual_rows @ u).detach()
     y = y / y.norm()
     c = (y @ M @ y).detach().clamp_min(0)
     nu_ggn = torch.linalg.eigvalsh(M - c * torch.outer(y, y))[-1]
-    # The majorant, with w = e's magnitude at these parameters held fixed.
-    e = (p - target) / N
-    w = ((1 - target) * p + target * (1 - p)).detach() / N
-    a = x @ w1.T + b1
-    t = torch.tanh(a)
-    phi1, phi2 = 1 - t ** 2, -2 * t * (1 - t ** 2)
-    beta = phi2 * (e.unsqueeze(1) * w2)                                     # (N, H)
-    ratio = torch.where(w.unsqueeze(1) > 0, beta.clamp_min(0) / w.unsqueeze(1), 0.0)
-    c_k = ratio.max(0).values
-    x_tilde = torch.cat([x, torch.ones(N, 1, dtype=x.dtype)], 1)
-    gram = torch.linalg.eigvalsh(x_tilde.T @ (w.unsqueeze(1) * x_tilde))[-1]
-    sigma = (x_tilde.T @ (e.unsqueeze(1) * phi1)).norm(dim=0)
-    a_k = c_k * gram
-    nu = nu_ggn + ((a_k + (a_k ** 2 + 4 * sigma ** 2).sqrt()) / 2).max()
+    nu = nu_ggn + residual_majorant_by_formula(x, target, *weights)
     H = reference.explicit_hessian(x, target, *weights, "tanh", "mean", "bce")
     theta = u @ H @ u / (u @ u)
     image = (H @ u) @ (H @ u) / (u @ u)
@@ -534,6 +525,80 @@ def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_
         share = truth - without
         assert share.norm() > 1e-8 * truth.norm()
         torch.testing.assert_close(ours - without, share, rtol=1e-4, atol=1e-4 * share.norm())
+
+
+def default_init_net(seed=0):
+    """A one-logit tanh net at PyTorch's default initialization on a random teacher's labels,
+    N = 2100, D = 88, H = 32: N·C above the 2048 dual rows of the exact spectral parts and
+    n = 2881 with N·n² above the assembly's 2³⁴, so after the cap (loose: a heavy bulk) only Weyl
+    at scale is left; R is dominated by its W1–W2 coupling there, which the majorant has exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2100, 88, generator=gen, dtype=torch.float64)
+    torch.manual_seed(seed)
+    teacher = (nn.Linear(88, 32).double(), nn.Linear(32, 1).double())
+    with torch.no_grad():
+        logits = teacher[1](torch.tanh(teacher[0](x))).squeeze(1)
+        target = (logits > logits.median()).double()
+    student = (nn.Linear(88, 32).double(), nn.Linear(32, 1).double())
+    return (x, target, *(p.detach() for layer in student for p in (layer.weight, layer.bias)))
+
+
+@pytest.fixture(scope="module")
+def default_net():
+    return default_init_net()
+
+
+def test_weyl_at_scale_gives_both_ends(default_net):
+    """Above 2048 dual rows the Weyl bound's R part is the majorant (docs/math.md §11.2 "At
+    scale"): λ_max's `upper` is λ_max(GGN) (certified) + the majorant of R, λ_min's `lower` minus
+    the majorant of −R; each at least the exact Weyl bound it stands for (spectral_bound's parts,
+    R's blocks solved exactly), and equal to the formula's value up to the allowances and
+    the certificate of λ_max(GGN)."""
+    args = default_net
+    top = torch_ws.lambda_max_interval(*args, "tanh", "mean", "bce")
+    bottom = torch_ws.lambda_min_interval(*args, "tanh", "mean", "bce")
+    assert top.source == "weyl" and bottom.source == "weyl"
+    exact = torch_ws.spectral_bound(*args, "tanh", "mean", "bce")
+    assert float(top.upper) >= float(exact.ggn_lambda_max + exact.residual_lambda_max)
+    expected = exact.ggn_lambda_max + residual_majorant_by_formula(*args)
+    assert abs(float(top.upper) - float(expected)) <= 1e-9 * float(expected)
+    assert float(bottom.lower) <= float(exact.lambda_min_lower)
+    expected = -residual_majorant_by_formula(*args, sign=-1)
+    assert abs(float(bottom.lower) - float(expected)) <= 1e-9 * abs(float(expected))
+    assert float(top.lower) <= float(top.upper) and float(bottom.lower) <= float(bottom.upper)
+
+
+def test_weyl_at_scale_gradients_match_autograd(default_net):
+    """λ_max's `upper` = λ_max(GGN) + the majorant and λ_min's `lower` = −(the majorant of −R),
+    differentiated with the majorant's weights held fixed: against autograd through eigvalsh of
+    the dual matrix from torch.func.jacrev and the formula in plain PyTorch, x included."""
+    x, target, *weights = (a.clone() for a in default_net)
+    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
+    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
+    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
+    assert top.source == "weyl" and bottom.source == "weyl"
+    actual = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
+    rows = bce_dual_rows(x, target, weights)
+    ggn = torch.linalg.eigvalsh(rows @ rows.T)[-1]
+    expected = torch.autograd.grad(
+        ggn + residual_majorant_by_formula(x, target, *weights)
+        - 2 * residual_majorant_by_formula(x, target, *weights, sign=-1), leaves)
+    for ours, truth in zip(actual, expected):
+        torch.testing.assert_close(ours, truth, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_weyl_at_scale_contains_the_explicit_spectrum(default_net, dtype):
+    """Both intervals around eigvalsh's λ_max and λ_min of the explicit 2881 × 2881 Hessian
+    (torch.func.hessian, 20 s; the fast test above checks the same ends against spectral_bound's
+    exact parts). float32 inputs: around the spectrum of the inputs as given."""
+    cast = tuple(a.to(dtype) for a in default_net)
+    exact = spectrum(cast, "tanh", "mean", "bce")
+    top = torch_ws.lambda_max_interval(*cast, "tanh", "mean", "bce")
+    bottom = torch_ws.lambda_min_interval(*cast, "tanh", "mean", "bce")
+    assert float(top.lower) <= float(exact[-1]) <= float(top.upper)
+    assert float(bottom.lower) <= float(exact[0]) <= float(bottom.upper)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from testing import (
     ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, make_head_problem, make_problem, rel_err,
+    residual_majorant_by_formula,
 )
 
 import torch_ws
@@ -347,26 +348,6 @@ def test_residual_majorant_bounds_the_residual(head, act, red, bias):
         assert float(majorant) >= float(residual[-1])
 
 
-def majorant_by_formula(x, target, w1, b1, w2, b2):
-    """The residual's majorant for the binary cross-entropy, tanh, mean reduction, in plain
-    PyTorch: w = e's magnitude ((1 − t)σ(z) + tσ(−z))/N, c_k = max_i (β_ik)₊/w_i,
-    λ_w = λ_max(X̃ᵀdiag(w)X̃), σ_k = ‖X̃ᵀ(e ∘ φ'(a_k))‖."""
-    n = len(x)
-    a = x @ w1.T + (b1 if b1 is not None else 0)
-    t = torch.tanh(a)
-    z = (t @ w2.T).squeeze(1) + (b2 if b2 is not None else 0)
-    p = torch.sigmoid(z)
-    e = (p - target) / n
-    w = ((1 - target) * p + target * torch.sigmoid(-z)) / n
-    beta = -2 * t * (1 - t ** 2) * (e.unsqueeze(1) * w2)
-    c = torch.where(w.unsqueeze(1) > 0, beta.clamp_min(0) / w.unsqueeze(1), 0.0).max(0).values
-    x_tilde = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1) if b1 is not None else x
-    gram = torch.linalg.eigvalsh(x_tilde.T @ (w.unsqueeze(1) * x_tilde))[-1]
-    sigma = (x_tilde.T @ (e.unsqueeze(1) * (1 - t ** 2))).norm(dim=0)
-    a_k = c * gram
-    return ((a_k + (a_k ** 2 + 4 * sigma ** 2).sqrt()) / 2).max()
-
-
 @pytest.mark.parametrize("bias", BIAS_CONFIGS, ids=str)
 def test_residual_majorant_is_its_formula(bias):
     """The op's majorant is the formula's value (plus an allowance of order 10⁻¹² relative): a
@@ -374,5 +355,5 @@ def test_residual_majorant_is_its_formula(bias):
     for n, seed in ((9, 2), (60, 3)):
         args = problem(HEADS[0], n=n, d=5, h=6, seed=seed, bias=bias)
         ours = float(torch.ops.torch_ws._residual_majorant(*args, "tanh", "mean", "bce"))
-        expected = float(majorant_by_formula(*args))
+        expected = float(residual_majorant_by_formula(*args))
         assert expected <= ours <= expected * (1 + 1e-9)

@@ -175,3 +175,24 @@ def explicit_ends(interval, H, largest):
         if abs(float(lowest) - float(assembled)) < abs(float(lowest) - float(theta)):
             theta = assembled
     return (theta, top) if largest else (-top, -theta)
+
+
+def residual_majorant_by_formula(x, target, w1, b1, w2, b2, sign=1.0):
+    """docs/math.md §11.2 "At scale": the majorant max_k (a_k + √(a_k² + 4σ_k²))/2 of λ_max(sign·R)
+    for the binary cross-entropy, tanh, mean reduction, in plain PyTorch (differentiable): the
+    weights w = e's magnitude ((1 − t)σ(z) + tσ(−z))/N held fixed (detached), c_k = max_i
+    (sign·β_ik)₊/w_i, a_k = c_k·λ_max(X̃ᵀdiag(w)X̃), σ_k = ‖X̃ᵀ(e ∘ φ'(a_k))‖."""
+    n = len(x)
+    a = x @ w1.T + (b1 if b1 is not None else 0)
+    t = torch.tanh(a)
+    z = (t @ w2.T).squeeze(1) + (b2 if b2 is not None else 0)
+    p = torch.sigmoid(z)
+    e = (p - target) / n
+    w = (((1 - target) * p + target * torch.sigmoid(-z)) / n).detach()
+    beta = sign * -2 * t * (1 - t ** 2) * (e.unsqueeze(1) * w2)
+    c = torch.where(w.unsqueeze(1) > 0, beta.clamp_min(0) / w.unsqueeze(1), 0.0).max(0).values
+    x_tilde = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1) if b1 is not None else x
+    gram = torch.linalg.eigvalsh(x_tilde.T @ (w.unsqueeze(1) * x_tilde))[-1]
+    sigma = (x_tilde.T @ (e.unsqueeze(1) * (1 - t ** 2))).norm(dim=0)
+    a_k = c * gram
+    return ((a_k + (a_k ** 2 + 4 * sigma ** 2).sqrt()) / 2).max()

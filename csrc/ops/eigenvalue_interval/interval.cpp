@@ -71,19 +71,22 @@ struct Interval {
   optional<spectral::SpectralParts> parts;
 };
 
-// Whether [lower, upper] is still wider than 1% and small enough for the spectral parts: they
-// cost about what the Lanczos products do up to kWeylMaxDualRows dual rows (trained networks
-// close the interval by Kato-Temple without them); not on NaN or ±Inf input, where the interval
-// is NaN already and the eigensolvers would refuse to converge.
 // λ_max(R) plus its allowance (§9.5), rounded up: what both spectral candidates add for R.
 double residual_max_upper(const spectral::SpectralParts& s) {
   return up(s.residual_lambda_max.item<double>() + s.residual_allowance.item<double>());
 }
 
+// Whether [lower, upper] is still wider than 1%; not on NaN or ±Inf input, where the interval is
+// NaN already and the eigensolvers would refuse to converge.
+bool still_wide(double lower, double upper) {
+  return (!(upper <= kWeylWorthIt * lower) || lower <= 0) && std::isfinite(lower);
+}
+
+// Whether the interval is still wide and small enough for the spectral parts: they cost about
+// what the Lanczos products do up to kWeylMaxDualRows dual rows (trained networks close the
+// interval by Kato-Temple without them).
 bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
-  const bool wide = !(upper <= kWeylWorthIt * lower) || lower <= 0;
-  return wide && std::isfinite(lower) &&
-         p.num_samples() * p.num_outputs() <= kWeylMaxDualRows;
+  return still_wide(lower, upper) && p.num_samples() * p.num_outputs() <= kWeylMaxDualRows;
 }
 
 // Above kWeylMaxDualRows and up to kSecondAtScaleMaxDualRows, a bound on λ_2 alone, for
@@ -92,6 +95,16 @@ bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
 // (NC)³/3 flops (3.4 s at 8192 rows on 2 cores) and 1.5 GiB of float64 at most. Only where θ
 // is certified positive and converged enough that a λ_2 bound below θ − ρ could close the interval.
 constexpr int64_t kSecondAtScaleMaxDualRows = 8192;
+
+// Still wide above kWeylMaxDualRows after that: Weyl's bound with R by its majorant
+// (spectral::weyl_at_scale): for λ_max, λ_max(GGN) certified as spectral_bound does (Lanczos on
+// the dual matrix, a Cholesky certificate), up to kSecondAtScaleMaxDualRows; for λ_min,
+// λ_min(R)'s minorant alone, O(N·D̃·(H·C + min(N, D̃))), at any size.
+bool calls_for_weyl_at_scale(double lower, double upper, double sign, const MlpProblem& p) {
+  const int64_t rows = p.num_samples() * p.num_outputs();
+  return still_wide(lower, upper) && rows > kWeylMaxDualRows &&
+         (sign < 0 || rows <= kSecondAtScaleMaxDualRows);
+}
 
 bool calls_for_second_at_scale(const RitzCertificate& c, const MlpProblem& p) {
   const int64_t rows = p.num_samples() * p.num_outputs();
@@ -108,9 +121,11 @@ InputGradients spectral_gradient(const MlpProblem& p, const spectral::SpectralPa
   const auto scalar = [&](double v) { return at::scalar_tensor(v, p.x.options()); };
   const spectral::ResidualMajorant* majorant =
       s.residual_majorant ? &*s.residual_majorant : nullptr;
+  const spectral::ResidualMajorant* minorant =
+      s.residual_minorant ? &*s.residual_minorant : nullptr;
   return spectral::gradient(p,
                             {ggn_vector, s.residual_max_vector, s.residual_max_unit,
-                             s.residual_min_vector, s.residual_min_unit, majorant},
+                             s.residual_min_vector, s.residual_min_unit, majorant, minorant},
                             scalar(g_ggn), scalar(g_max), scalar(g_min), need_grad_x);
 }
 
@@ -191,6 +206,12 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   // parts, which close trained networks' intervals at less cost where N·C is small; this closes
   // random networks' and large-N·C ones' where n is small.
   try_assembled_certificate(certificate, sign, p, trace_sq_high);
+  // Still wide, N·C above what the exact parts are worth and n too large for the assembly:
+  // Weyl at scale (a Kato-Temple that used the λ_2 parts has closed the interval: they are not
+  // needed any more).
+  if (calls_for_weyl_at_scale(certificate.lower, certificate.upper, sign, p)) {
+    parts = spectral::weyl_at_scale(p, /*largest=*/sign > 0);
+  }
   Interval out{certificate.lower, certificate.upper, certificate.source, certificate.ritz_values,
                certificate.ritz_vectors, certificate.products};
   out.parts = parts;
@@ -270,7 +291,7 @@ IntervalWithGradients interval_of(const Tensor& x, const Tensor& target, const T
   const double sign = largest ? 1 : -1;
   const MlpProblem p64 = with_dtype(checked, at::kDouble);
   Interval top = certified_top(p64, sign, steps, start, seed, gradients);
-  if (top.parts && calls_for_spectral_parts(top.lower, top.upper, p64)) {
+  if (top.parts && still_wide(top.lower, top.upper)) {
     weyl_candidate(p64, largest, gradients, top);
   }
   const double lower = largest ? top.lower : -top.upper;

@@ -172,14 +172,16 @@ double gamma_of(double m) { return std::nextafter(m * kUnitRoundoff / (1 - m * k
 // magnitude, summed over the logits): c_k = max_i (β_ik)₊/w_i, λ_w ≥ λ_max(X̃ᵀ diag(w) X̃), σ_k =
 // ‖F_k‖_F. The weights put the samples whose loss gradient is small out of the way, which the
 // plain max_i (β_ik)₊·λ_max(X̃ᵀX̃) does not. Costs O(N·D̃·(H·C + min(N, D̃))), no block formed.
-ResidualMajorant residual_majorant(const Network& n) {
+// With sign = −1, the same for −R (whose blocks have −β and −F): λ_min(R) ≥ −value.
+ResidualMajorant residual_majorant(const Network& n, double sign) {
   const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
   const int64_t Dt = n.x_tilde.size(1);
   const auto options = n.x.options();
   ResidualMajorant out;
+  out.sign = sign;
   out.weights = n.e_magnitude.sum(1);                                        // (N,)
   const Tensor positive = out.weights > 0;
-  const Tensor beta = n.phi2 * at::matmul(n.e, n.w2);                       // (N, H)
+  const Tensor beta = sign * n.phi2 * at::matmul(n.e, n.w2);                // (N, H)
   // (β_ik)₊/w_i where w_i > 0; where w_i = 0, e_i = 0 and β_ik = 0.
   const Tensor ratio = at::where(positive.unsqueeze(1),
                                  beta.clamp_min(0) / out.weights.clamp_min(1e-300).unsqueeze(1),
@@ -365,8 +367,8 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
     const double db_da = s > 0 ? (1 + a / s) / 2 : 1, db_dsigma = s > 0 ? 2 * sigma / s : 0;
     const Tensor coefficient = f64(g);
     const Tensor w2k = n.w2.select(1, k);                                   // (C,)
-    if (c > 0) {
-      const Tensor gc = coefficient * (db_da * gram / r.weights[i].item<double>());
+    if (c > 0) {  // c = σ·β_ik/w_i, σ = r.sign
+      const Tensor gc = coefficient * (r.sign * db_da * gram / r.weights[i].item<double>());
       const Tensor e_i = n.e.select(0, i);
       const Tensor p2 = n.phi2.select(0, i).select(0, k), p3 = n.phi3.select(0, i).select(0, k);
       a_bar.select(0, i).select(0, k).add_(gc * p3 * at::dot(e_i, w2k));
@@ -387,12 +389,16 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
       a_bar.select(1, k).add_((Gamma_bar * n.e).sum(1) * p2k);
     }
   };
+  // Where the parts hold majorants, λ_max(R) stands for the majorant of R and λ_min(R) for
+  // minus that of −R.
   if (v.residual_majorant != nullptr) {
     majorant_term(*v.residual_majorant, g_max);
-  } else {
+  } else if (v.residual_max_vector.defined()) {
     residual_term(v.residual_max_vector, v.residual_max_unit, g_max);
   }
-  if (v.residual_min_vector.defined()) {
+  if (v.residual_minorant != nullptr) {
+    majorant_term(*v.residual_minorant, -g_min);
+  } else if (v.residual_min_vector.defined()) {
     residual_term(v.residual_min_vector, v.residual_min_unit, g_min);
   }
 
@@ -417,8 +423,42 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
   return out;
 }
 
+SpectralParts weyl_at_scale(const MlpProblem& p, bool largest) {
+  const Network n = network(p, /*for_gradients=*/false);
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  const auto options = n.x.options();
+  SpectralParts out;
+  out.ggn_lambda_max = at::full({}, NAN, options);
+  out.ggn_allowance = at::zeros({}, options);
+  out.eigen_residual = at::zeros({}, options);
+  out.iterations = at::zeros({}, options.dtype(at::kLong));
+  out.ggn_vector = at::zeros({N, C}, options);
+  out.residual_lambda_max = at::full({}, NAN, options);
+  out.residual_lambda_min = at::full({}, NAN, options);
+  const ResidualMajorant r = residual_majorant(n, largest ? 1 : -1);
+  out.residual_allowance = r.allowance;
+  if (!largest) {
+    out.residual_lambda_min = -r.value;
+    out.residual_minorant = r;
+    return out;
+  }
+  out.residual_lambda_max = r.value;
+  out.residual_majorant = r;
+  if (N * C <= kMaxDual) {
+    const Tensor M = dual_matrix(n);
+    const Tensor trace = M.trace();
+    const CertifiedEigenpair top = certified_top_eigenpair(M, forming_factor(n) * trace, trace);
+    out.ggn_lambda_max = top.value;
+    out.ggn_allowance = top.allowance;
+    out.eigen_residual = top.residual;
+    out.iterations = top.iterations;
+    out.ggn_vector = top.vector.view({N, C});
+  }
+  return out;
+}
+
 Tensor residual_majorant_upper(const MlpProblem& p) {
-  const ResidualMajorant r = residual_majorant(network(p, /*for_gradients=*/false));
+  const ResidualMajorant r = residual_majorant(network(p, /*for_gradients=*/false), 1);
   return r.value + r.allowance;
 }
 
@@ -428,7 +468,7 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p, const Te
   const Network n = network(p, /*for_gradients=*/false);
   const int64_t N = n.num_samples(), C = n.num_outputs();
   const auto options = n.x.options();
-  const ResidualMajorant r = residual_majorant(n);
+  const ResidualMajorant r = residual_majorant(n, 1);
   const double residual_upper = std::nextafter(
       r.value.item<double>() + r.allowance.item<double>(), HUGE_VAL);
   // What is left for λ_2(GGN): ν = τ + λ_max(R)'s bound must stay below θ_low − ρ.

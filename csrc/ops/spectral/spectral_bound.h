@@ -30,6 +30,7 @@ inline constexpr int64_t kMaxDual = 16384;
 // the value, its allowance, and what its gradient needs (the maximizing unit and sample, the
 // fixed weights w and the top unit eigenvector of X̃ᵀ diag(w) X̃). float64, 0-dim unless said.
 struct ResidualMajorant {
+  double sign = 1;                  // +1: of R; −1: of −R (λ_min(R) ≥ −value − allowance)
   at::Tensor value, allowance;
   at::Tensor unit, sample;          // int64: k (the maximizing block) and the i of c_k
   at::Tensor c, sigma, gram_value;  // c_k, σ_k = ‖F_k‖_F, λ_max(X̃ᵀ diag(w) X̃)
@@ -54,9 +55,10 @@ struct SpectralParts {
   // certified like λ_max(GGN), its smooth value, and its unit vector z (N, C), so that the
   // value's derivative with y and c held fixed is zᵀ dM z (the GGN term of `gradient` with z).
   at::Tensor ggn_second_upper, ggn_second_value, ggn_second_vector;
-  // From second_bound_at_scale: λ_max(R)'s majorant, in place of its eigenpair (residual_lambda_max
-  // and residual_allowance then hold the majorant's value and allowance).
-  std::optional<ResidualMajorant> residual_majorant;
+  // At scale (second_bound_at_scale, weyl_at_scale): majorants in place of R's eigenpairs;
+  // residual_lambda_max (residual_lambda_min) then holds the majorant's value (minus that of −R's)
+  // and residual_allowance its allowance.
+  std::optional<ResidualMajorant> residual_majorant, residual_minorant;
 };
 
 SpectralParts evaluate(const MlpProblem& p, bool second = false);
@@ -73,6 +75,12 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p,
                                                    double ceiling, double estimate,
                                                    bool for_gradients);
 
+// The Weyl bound's parts at scale (docs/math.md §11.2 "At scale"), where R's blocks cost too
+// much: for `largest`, λ_max(GGN) certified as in `evaluate` (the dual matrix, NC ≤ kMaxDual) and
+// λ_max(R) by its majorant; else λ_min(R) ≥ −(the majorant of −R), no dual matrix. With
+// `for_gradients` nothing more is needed: the majorants carry what their gradient reads.
+SpectralParts weyl_at_scale(const MlpProblem& p, bool largest);
+
 // λ_max(R) ≤ the majorant's value plus its allowance (0-dim float64): the private op
 // _residual_majorant, which the tests hold against eigvalsh of the explicit H − GGN.
 at::Tensor residual_majorant_upper(const MlpProblem& p);
@@ -81,8 +89,10 @@ at::Tensor residual_majorant_upper(const MlpProblem& p);
 struct Eigenvectors {
   at::Tensor ggn_vector, residual_max_vector, residual_max_unit, residual_min_vector,
       residual_min_unit;
-  // Where set, g_max applies to this majorant of λ_max(R) instead of the eigenpair.
+  // Where set, g_max applies to this majorant of λ_max(R) instead of the eigenpair, and g_min to
+  // minus the majorant of −R.
   const ResidualMajorant* residual_majorant = nullptr;
+  const ResidualMajorant* residual_minorant = nullptr;
 };
 
 // g_ggn·∇λ_max(GGN) + g_max·∇λ_max(R) + g_min·∇λ_min(R) (0-dim float64 coefficients) with respect
