@@ -529,17 +529,17 @@ def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_
 
 def default_init_net(seed=0):
     """A one-logit tanh net at PyTorch's default initialization on a random teacher's labels,
-    N = 2100, D = 88, H = 32: N·C above the 2048 dual rows of the exact spectral parts and
-    n = 2881 with N·n² above the assembly's 2³⁴, so after the cap (loose: a heavy bulk) only Weyl
+    N = 2100, D = 90, H = 32: N·C above the 2048 dual rows of the exact spectral parts and
+    n = 2945 (2913 without b1) with N·n² above the assembly's 2³⁴, so after the cap (loose: a heavy bulk) only Weyl
     at scale is left; R is dominated by its W1–W2 coupling there, which the majorant has exactly."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(2100, 88, generator=gen, dtype=torch.float64)
+    x = torch.randn(2100, 90, generator=gen, dtype=torch.float64)
     torch.manual_seed(seed)
-    teacher = (nn.Linear(88, 32).double(), nn.Linear(32, 1).double())
+    teacher = (nn.Linear(90, 32).double(), nn.Linear(32, 1).double())
     with torch.no_grad():
         logits = teacher[1](torch.tanh(teacher[0](x))).squeeze(1)
         target = (logits > logits.median()).double()
-    student = (nn.Linear(88, 32).double(), nn.Linear(32, 1).double())
+    student = (nn.Linear(90, 32).double(), nn.Linear(32, 1).double())
     return (x, target, *(p.detach() for layer in student for p in (layer.weight, layer.bias)))
 
 
@@ -548,13 +548,16 @@ def default_net():
     return default_init_net()
 
 
-def test_weyl_at_scale_gives_both_ends(default_net):
+@pytest.mark.parametrize("bias", BIAS_CONFIGS, ids=str)
+def test_weyl_at_scale_gives_both_ends(default_net, bias):
     """Above 2048 dual rows the Weyl bound's R part is the majorant (docs/math.md §11.2 "At
     scale"): λ_max's `upper` is λ_max(GGN) (certified) + the majorant of R, λ_min's `lower` minus
     the majorant of −R; each at least the exact Weyl bound it stands for (spectral_bound's parts,
     R's blocks solved exactly), and equal to the formula's value up to the allowances and
-    the certificate of λ_max(GGN)."""
-    args = default_net
+    the certificate of λ_max(GGN). Every bias setting (the features' column of ones and the
+    dual image's b2 term come and go)."""
+    x, target, w1, b1, w2, b2 = default_net
+    args = (x, target, w1, b1 if bias[0] else None, w2, b2 if bias[1] else None)
     top = torch_ws.lambda_max_interval(*args, "tanh", "mean", "bce")
     bottom = torch_ws.lambda_min_interval(*args, "tanh", "mean", "bce")
     assert top.source == "weyl" and bottom.source == "weyl"
@@ -590,8 +593,8 @@ def test_weyl_at_scale_gradients_match_autograd(default_net):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_weyl_at_scale_contains_the_explicit_spectrum(default_net, dtype):
-    """Both intervals around eigvalsh's λ_max and λ_min of the explicit 2881 × 2881 Hessian
-    (torch.func.hessian, 20 s; the fast test above checks the same ends against spectral_bound's
+    """Both intervals around eigvalsh's λ_max and λ_min of the explicit 2945 × 2945 Hessian
+    (torch.func.hessian, 15 s; the fast test above checks the same ends against spectral_bound's
     exact parts). float32 inputs: around the spectrum of the inputs as given."""
     cast = tuple(a.to(dtype) for a in default_net)
     exact = spectrum(cast, "tanh", "mean", "bce")
