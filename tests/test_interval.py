@@ -344,6 +344,19 @@ def test_low_precision_inputs_are_computed_in_float32(dtype):
     torch.testing.assert_close(actual.double(), expected, rtol=0.05, atol=0.05)
 
 
+def adam_trained(x, target, student, steps, loss="bce"):
+    """(x, target, w1, b1, w2, b2): the two Linear layers of `student` (tanh between, mean
+    reduction) after `steps` full-batch Adam steps at learning rate 10⁻² from their
+    initialization."""
+    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        reference.mlp_loss(x, target, *params, "tanh", "mean", loss).backward()
+        optimizer.step()
+    return (x, target, *(p.detach() for p in params))
+
+
 def teacher_net(n, d, h, seed):
     """A one-logit tanh net after 300 full-batch Adam steps on a random teacher's labels (the
     benchmarks' trained nets, smaller): λ_1 and λ_2 lie close (7% apart at the benchmark's
@@ -356,14 +369,7 @@ def teacher_net(n, d, h, seed):
     with torch.no_grad():
         logits = teacher[1](torch.tanh(teacher[0](x))).squeeze(1)
         target = (logits > logits.median()).double()
-    student = [nn.Linear(d, h).double(), nn.Linear(h, 1).double()]
-    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
-    optimizer = torch.optim.Adam(params, lr=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        reference.mlp_loss(x, target, *params, "tanh", "mean").backward()
-        optimizer.step()
-    return (x, target, *(p.detach() for p in params))
+    return adam_trained(x, target, (nn.Linear(d, h).double(), nn.Linear(h, 1).double()), 300)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -419,14 +425,7 @@ def converged_teacher_net(seed=0):
     teacher = (nn.Linear(32, 8).double(), nn.Linear(8, 1).double())
     with torch.no_grad():
         target = (teacher[1](torch.tanh(teacher[0](x))).squeeze(1) > 0).double()
-    student = [nn.Linear(32, 8).double(), nn.Linear(8, 1).double()]
-    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
-    optimizer = torch.optim.Adam(params, lr=1e-2)
-    for _ in range(3000):
-        optimizer.zero_grad()
-        reference.mlp_loss(x, target, *params, "tanh", "mean").backward()
-        optimizer.step()
-    return (x, target, *(p.detach() for p in params))
+    return adam_trained(x, target, (nn.Linear(32, 8).double(), nn.Linear(8, 1).double()), 3000)
 
 
 @pytest.fixture(scope="module")
@@ -444,14 +443,8 @@ def test_kato_temple_at_scale_with_two_logits():
     teacher = (nn.Linear(32, 8).double(), nn.Linear(8, 2).double())
     with torch.no_grad():
         target = teacher[1](torch.tanh(teacher[0](x))).argmax(1)
-    student = [nn.Linear(32, 8).double(), nn.Linear(8, 2).double()]
-    params = [p.detach().requires_grad_() for layer in student for p in (layer.weight, layer.bias)]
-    optimizer = torch.optim.Adam(params, lr=1e-2)
-    for _ in range(3000):
-        optimizer.zero_grad()
-        reference.mlp_loss(x, target, *params, "tanh", "mean", "cross_entropy").backward()
-        optimizer.step()
-    args = (x, target, *(p.detach() for p in params))
+    args = adam_trained(x, target, (nn.Linear(32, 8).double(), nn.Linear(8, 2).double()), 3000,
+                        "cross_entropy")
     exact = float(spectrum(args, "tanh", "mean", "cross_entropy")[-1])
     interval = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=8)
     assert interval.source == "kato_temple_weyl"

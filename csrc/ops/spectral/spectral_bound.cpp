@@ -96,6 +96,17 @@ double forming_factor(const Network& n) {
          kUnitRoundoff;
 }
 
+// The GGN part's fields where it is not computed: λ_max(GGN) NaN, no allowance, residual or
+// Lanczos steps, a zero vector.
+void set_no_ggn_part(SpectralParts& out, const Network& n) {
+  const auto options = n.x.options();
+  out.ggn_lambda_max = at::full({}, NAN, options);
+  out.ggn_allowance = at::zeros({}, options);
+  out.eigen_residual = at::zeros({}, options);
+  out.iterations = at::zeros({}, options.dtype(at::kLong));
+  out.ggn_vector = at::zeros({n.num_samples(), n.num_outputs()}, options);
+}
+
 // ---- λ_max(R) and λ_min(R) from the H blocks (docs/math.md §9.3). ----
 
 struct ResidualEigen {
@@ -275,11 +286,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
       out.ggn_second_vector = next.vector.view({N, C});
     }
   } else {
-    out.ggn_lambda_max = at::full({}, NAN, options);
-    out.ggn_allowance = at::zeros({}, options);
-    out.eigen_residual = at::zeros({}, options);
-    out.iterations = at::zeros({}, options.dtype(at::kLong));
-    out.ggn_vector = at::zeros({N, C}, options);
+    set_no_ggn_part(out, n);
   }
   ResidualEigen r = residual_eigen(n);
   out.residual_lambda_max = r.max_value;
@@ -428,11 +435,7 @@ SpectralParts weyl_at_scale(const MlpProblem& p, bool largest) {
   const int64_t N = n.num_samples(), C = n.num_outputs();
   const auto options = n.x.options();
   SpectralParts out;
-  out.ggn_lambda_max = at::full({}, NAN, options);
-  out.ggn_allowance = at::zeros({}, options);
-  out.eigen_residual = at::zeros({}, options);
-  out.iterations = at::zeros({}, options.dtype(at::kLong));
-  out.ggn_vector = at::zeros({N, C}, options);
+  set_no_ggn_part(out, n);
   out.residual_lambda_max = at::full({}, NAN, options);
   out.residual_lambda_min = at::full({}, NAN, options);
   const ResidualMajorant r = residual_majorant(n, largest ? 1 : -1);
@@ -503,11 +506,7 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p, const Te
   }
   if (!certificate.holds) return std::nullopt;
   SpectralParts out;
-  out.ggn_lambda_max = at::full({}, NAN, options);
-  out.ggn_allowance = at::zeros({}, options);
-  out.eigen_residual = at::zeros({}, options);
-  out.iterations = at::zeros({}, options.dtype(at::kLong));
-  out.ggn_vector = at::zeros({N, C}, options);
+  set_no_ggn_part(out, n);
   out.ggn_second_upper = at::scalar_tensor(certificate.upper, options);
   out.ggn_second_value = out.ggn_second_upper;
   out.ggn_second_vector = at::zeros({N, C}, options);
