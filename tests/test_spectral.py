@@ -219,6 +219,9 @@ def test_opcheck(head, requires_grad):
         args = problem(head, dtype=dtype, requires_grad=requires_grad)
         torch.library.opcheck(torch.ops.torch_ws.spectral_bound.default, args,
                               {"activation": "tanh", "reduction": "sum", "loss": head[0]})
+        if not requires_grad:  # the majorant has no autograd formula: a test hook, not an op to train
+            torch.library.opcheck(torch.ops.torch_ws._residual_majorant.default,
+                                  (*args, "tanh", "sum", head[0]))
 
 
 def test_meta_kernel_gives_the_output_shapes():
