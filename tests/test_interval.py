@@ -2,13 +2,12 @@
 §11) against independent truths: autograd's double-backward HVP of the loss as PyTorch computes
 it, and eigvalsh of the explicit Hessian from torch.func.hessian (float64, tests/reference.py)."""
 import itertools
-import math
 
 import pytest
 import torch
 from torch import nn
 from testing import (
-    ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, explicit_ends, make_head_problem,
+    ACTIVATIONS, BIAS_CONFIGS, REDUCTIONS, bce_dual_rows, explicit_ends, make_head_problem,
     residual_majorant_by_formula,
 )
 
@@ -465,26 +464,6 @@ def test_kato_temple_with_the_second_eigenvalue_bound_at_scale(converged_net, st
     if dtype == torch.float64:
         assert interval.source == "kato_temple_weyl"
         assert float(interval.upper) <= 1.003 * exact
-
-
-def bce_dual_rows(x, target, weights):
-    """The rows √s_i·∂z_i/∂θ (N, n) of a one-logit tanh net with the binary cross-entropy (mean),
-    by torch.func.jacrev and differentiable in x and the weights: M = (rows)(rows)ᵀ is the
-    Gauss-Newton matrix's dual (docs/math.md §9.1), with GGN's non-zero eigenvalues."""
-    shapes = [w.shape for w in weights]
-
-    def logits(x_, flat):
-        parts, offset = [], 0
-        for shape in shapes:
-            size = math.prod(shape)
-            parts.append(flat[offset:offset + size].view(shape))
-            offset += size
-        return (torch.tanh(x_ @ parts[0].T + parts[1]) @ parts[2].T + parts[3]).squeeze(1)
-
-    flat = torch.cat([w.reshape(-1) for w in weights])
-    p = torch.sigmoid(logits(x, flat))
-    s = p * (1 - p) / len(x)
-    return s.sqrt().unsqueeze(1) * torch.func.jacrev(logits, argnums=1)(x, flat)
 
 
 def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_net):

@@ -360,3 +360,61 @@ def test_residual_majorant_is_its_formula(bias):
         ours = float(torch.ops.torch_ws._residual_majorant(*args, "tanh", "mean", "bce"))
         expected = float(residual_majorant_by_formula(*args))
         assert expected <= ours <= expected * (1 + 1e-9)
+
+
+@pytest.fixture(scope="module")
+def wide_input_problem():
+    """N = 2100, D = 2100, H = 4 (soft BCE targets): R's blocks would cost H·N·D̃² = 3.7·10¹⁰
+    multiply-adds, above kExactResidualWork, so spectral_bound takes R's ends from the majorants
+    (with D̃ > N, λ_w from the N × N Gram); n = 8409 stays small enough for jacrev."""
+    return make_problem(n=2100, d=2100, h=4, seed=1, soft_targets=True).args()
+
+
+def residual_blocks_by_formula(x, target, w1, b1, w2, b2):
+    """Ascending eigenvalues of R's H blocks [[X̃ᵀdiag(β_k)X̃, X̃ᵀγ_k], [γ_kᵀX̃, 0]] (§9.3) for the
+    binary cross-entropy, tanh, mean reduction, in plain PyTorch: (H, D̃ + 1)."""
+    n = len(x)
+    t = torch.tanh(x @ w1.T + b1)
+    e = (torch.sigmoid((t @ w2.T).squeeze(1) + b2) - target) / n
+    beta = -2 * t * (1 - t ** 2) * (e.unsqueeze(1) * w2)
+    x_tilde = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1)
+    coupling = x_tilde.T @ (e.unsqueeze(1) * (1 - t ** 2))
+    blocks = []
+    for k in range(w1.shape[0]):
+        block = torch.zeros(x_tilde.shape[1] + 1, x_tilde.shape[1] + 1, dtype=x.dtype)
+        block[:-1, :-1] = x_tilde.T @ (beta[:, k:k + 1] * x_tilde)
+        block[:-1, -1] = block[-1, :-1] = coupling[:, k]
+        blocks.append(torch.linalg.eigvalsh(block))
+    return torch.stack(blocks)
+
+
+def test_wide_inputs_take_the_residual_from_its_majorants(wide_input_problem):
+    """Above kExactResidualWork (docs/math.md §9.3) `residual_lambda_max` is the majorant of R and
+    `lambda_min_lower` minus that of −R (each equal to the plain-PyTorch formula, and around R's
+    exact block eigenvalues); `upper` is λ_max(GGN) + the majorant."""
+    args = wide_input_problem
+    bound = torch_ws.spectral_bound(*args, "tanh", "mean", "bce")
+    blocks = residual_blocks_by_formula(*args)
+    above = residual_majorant_by_formula(*args)
+    below = residual_majorant_by_formula(*args, sign=-1)
+    assert float(blocks[:, -1].max()) <= float(above) <= float(bound.residual_lambda_max)
+    assert float(bound.residual_lambda_max) <= float(above) * (1 + 1e-8)
+    assert float(bound.lambda_min_lower) <= -float(below) <= float(blocks[:, 0].min())
+    assert float(bound.lambda_min_lower) >= -float(below) * (1 + 1e-8)
+    assert float(bound.upper) >= float(bound.ggn_lambda_max + bound.residual_lambda_max)
+
+
+def test_wide_inputs_gradients_match_autograd(wide_input_problem):
+    """The gradients of `residual_lambda_max` (the majorant of R) and of `lambda_min_lower` (minus
+    that of −R), which the backward recomputes from the inputs, the weights held fixed: against
+    autograd through the formula, x included. (The GGN part's gradient is the exact-block path's,
+    checked above against the explicit matrices.)"""
+    x, target, *weights = (a.clone() for a in wide_input_problem)
+    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
+    bound = torch_ws.spectral_bound(x, target, *weights, "tanh", "mean", "bce")
+    actual = torch.autograd.grad(bound.residual_lambda_max + 2 * bound.lambda_min_lower, leaves)
+    expected = torch.autograd.grad(
+        residual_majorant_by_formula(x, target, *weights)
+        - 2 * residual_majorant_by_formula(x, target, *weights, sign=-1), leaves)
+    for ours, truth in zip(actual, expected):
+        torch.testing.assert_close(ours, truth, rtol=1e-6, atol=1e-10)

@@ -196,3 +196,22 @@ def residual_majorant_by_formula(x, target, w1, b1, w2, b2, sign=1.0):
     sigma = (x_tilde.T @ (e.unsqueeze(1) * (1 - t ** 2))).norm(dim=0)
     a_k = c * gram
     return ((a_k + (a_k ** 2 + 4 * sigma ** 2).sqrt()) / 2).max()
+
+
+def bce_dual_rows(x, target, weights):
+    """The rows √s_i·∂z_i/∂θ (N, n) of a one-logit tanh net with the binary cross-entropy (mean),
+    by torch.func.jacrev and differentiable in x and the weights: M = (rows)(rows)ᵀ is the
+    Gauss-Newton matrix's dual (docs/math.md §9.1), with GGN's non-zero eigenvalues."""
+    shapes = [w.shape for w in weights]
+
+    def logits(x_, flat):
+        parts, offset = [], 0
+        for shape in shapes:
+            parts.append(flat[offset:offset + shape.numel()].view(shape))
+            offset += shape.numel()
+        return (torch.tanh(x_ @ parts[0].T + parts[1]) @ parts[2].T + parts[3]).squeeze(1)
+
+    flat = torch.cat([w.reshape(-1) for w in weights])
+    p = torch.sigmoid(logits(x, flat))
+    s = p * (1 - p) / len(x)
+    return s.sqrt().unsqueeze(1) * torch.func.jacrev(logits, argnums=1)(x, flat)

@@ -288,6 +288,22 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
   } else {
     set_no_ggn_part(out, n);
   }
+  if (residual_by_majorant(p)) {
+    // R's blocks would cost more than kExactResidualWork: both ends by the majorants (§11.2 "At
+    // scale"), the eigenvector outputs zeros (the gradient recomputes the majorants).
+    const ResidualMajorant above = residual_majorant(n, 1), below = residual_majorant(n, -1);
+    out.residual_lambda_max = above.value;
+    out.residual_lambda_min = -below.value;
+    out.residual_allowance = at::maximum(above.allowance, below.allowance);
+    out.residual_majorant = above;
+    out.residual_minorant = below;
+    const int64_t size = n.x_tilde.size(1) + C;
+    out.residual_max_vector = at::zeros({size}, options);
+    out.residual_min_vector = at::zeros({size}, options);
+    out.residual_max_unit = at::zeros({}, options.dtype(at::kLong));
+    out.residual_min_unit = at::zeros({}, options.dtype(at::kLong));
+    return out;
+  }
   ResidualEigen r = residual_eigen(n);
   out.residual_lambda_max = r.max_value;
   out.residual_lambda_min = r.min_value;
@@ -299,12 +315,29 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
   return out;
 }
 
+bool residual_by_majorant(const MlpProblem& p) {
+  const double d_tilde = static_cast<double>(p.x.size(1) + (p.b1().has_value() ? 1 : 0));
+  return static_cast<double>(p.hidden()) * static_cast<double>(p.num_samples()) * d_tilde *
+             d_tilde > kExactResidualWork;
+}
+
 InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor& g_ggn,
                         const Tensor& g_max, const Tensor& g_min, bool need_x) {
   const Network n = network(p, /*for_gradients=*/true);
   const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
   const int64_t D = n.x.size(1), Dt = n.x_tilde.size(1);
   const auto options = n.x.options();
+  // `evaluate` took R's ends from the majorants here; they depend on the inputs alone, and are
+  // recomputed where the caller (spectral_bound's backward) did not keep them.
+  std::optional<ResidualMajorant> above, below;
+  const ResidualMajorant* majorant = v.residual_majorant;
+  const ResidualMajorant* minorant = v.residual_minorant;
+  if (majorant == nullptr && minorant == nullptr && residual_by_majorant(p)) {
+    above = residual_majorant(n, 1);
+    below = residual_majorant(n, -1);
+    majorant = &*above;
+    minorant = &*below;
+  }
   // The adjoints of the intermediate arrays, accumulated over the three eigenvalues.
   Tensor x_tilde_bar = at::zeros({N, Dt}, options);
   Tensor phi0_bar = at::zeros({N, H}, options), phi1_bar = at::zeros({N, H}, options);
@@ -398,13 +431,13 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
   };
   // Where the parts hold majorants, λ_max(R) stands for the majorant of R and λ_min(R) for
   // minus that of −R.
-  if (v.residual_majorant != nullptr) {
-    majorant_term(*v.residual_majorant, g_max);
+  if (majorant != nullptr) {
+    majorant_term(*majorant, g_max);
   } else if (v.residual_max_vector.defined()) {
     residual_term(v.residual_max_vector, v.residual_max_unit, g_max);
   }
-  if (v.residual_minorant != nullptr) {
-    majorant_term(*v.residual_minorant, -g_min);
+  if (minorant != nullptr) {
+    majorant_term(*minorant, -g_min);
   } else if (v.residual_min_vector.defined()) {
     residual_term(v.residual_min_vector, v.residual_min_unit, g_min);
   }

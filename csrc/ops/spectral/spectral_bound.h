@@ -38,6 +38,13 @@ struct ResidualMajorant {
   at::Tensor gram_vector;           // (D̃,)
 };
 
+// R's blocks cost H·N·D̃² multiply-adds to form (1.3·10¹² at N = 8192, D = 784, H = 256: 15–40 s
+// on 2 cores). Above this many, `evaluate` bounds λ_max(R) and λ_min(R) by the majorants of R and
+// −R instead (docs/math.md §9.3, §11.2 "At scale": O(N·D̃·(H·C + min(N, D̃))), a few percent
+// looser where measured), so that the residual no longer dominates the bound's time at large D.
+inline constexpr double kExactResidualWork = 0x1p35;
+bool residual_by_majorant(const MlpProblem& p);
+
 // Everything in float64 (0-dim unless said), on the problem's device.
 struct SpectralParts {
   at::Tensor ggn_lambda_max;   // λ_max(GGN); NaN when NC > kMaxDual
@@ -55,7 +62,8 @@ struct SpectralParts {
   // certified like λ_max(GGN), its smooth value, and its unit vector z (N, C), so that the
   // value's derivative with y and c held fixed is zᵀ dM z (the GGN term of `gradient` with z).
   at::Tensor ggn_second_upper, ggn_second_value, ggn_second_vector;
-  // At scale (second_bound_at_scale, weyl_at_scale): majorants in place of R's eigenpairs;
+  // At scale (second_bound_at_scale, weyl_at_scale, and `evaluate` where residual_by_majorant):
+  // majorants in place of R's eigenpairs (whose vectors are then zeros);
   // residual_lambda_max (residual_lambda_min) then holds the majorant's value (minus that of −R's)
   // and residual_allowance its allowance.
   std::optional<ResidualMajorant> residual_majorant, residual_minorant;
