@@ -207,9 +207,10 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   // random networks' and large-N·C ones' where n is small.
   try_assembled_certificate(certificate, sign, p, trace_sq_high);
   // Still wide, N·C above what the exact parts are worth and n too large for the assembly:
-  // Weyl at scale (a Kato-Temple that used the λ_2 parts has closed the interval: they are not
-  // needed any more).
-  if (calls_for_weyl_at_scale(certificate.lower, certificate.upper, sign, p)) {
+  // Weyl at scale, in place of the λ_2 parts (unless Kato-Temple took them: its gradient reads
+  // them).
+  if (certificate.source != Source::KatoTempleWeyl &&
+      calls_for_weyl_at_scale(certificate.lower, certificate.upper, sign, p)) {
     parts = spectral::weyl_at_scale(p, /*largest=*/sign > 0);
   }
   Interval out{certificate.lower, certificate.upper, certificate.source, certificate.ritz_values,
