@@ -1,6 +1,7 @@
 // docs/math.md §9.2: the two solvers of core/dense_eigen.h and the rounding of each.
 #include "core/dense_eigen.h"
 
+#include "core/rounding.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -125,7 +126,7 @@ ShiftCertificate certify_shift(const Tensor& M, double tau, double forming_error
   out.holds = true;
   out.upper = tau + cholesky_factor * (static_cast<double>(m) * tau - trace) + forming_error +
               kRoundingAllowance * kUnitRoundoff * norm;
-  out.upper = std::nextafter(out.upper * (1 + 4 * kUnitRoundoff), HUGE_VAL);
+  out.upper = up(out.upper * (1 + 4 * kUnitRoundoff));
   return out;
 }
 

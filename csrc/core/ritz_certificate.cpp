@@ -3,6 +3,7 @@
 #include "core/ritz_certificate.h"
 
 #include "core/dense_eigen.h"
+#include "core/rounding.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -19,12 +20,6 @@ using at::Tensor;
 
 constexpr double kUnit = 0x1p-53;  // float64's unit roundoff: the certificate runs in float64
 
-// Directed rounding of one float64 operation's result (docs/math.md §11.3): the neighbour
-// toward ±∞ of a correctly rounded result bounds the exact one.
-double up(double v) { return std::nextafter(v, HUGE_VAL); }
-double down(double v) { return std::nextafter(v, -HUGE_VAL); }
-// γ_m = m·u / (1 − m·u) (Higham, Accuracy and Stability, §3.1), rounded up.
-double gamma(double m) { return up(up(m * kUnit) / down(1 - m * kUnit)); }
 double dot_value(const Tensor& a, const Tensor& b) { return at::dot(a, b).item<double>(); }
 double norm_value(const Tensor& a) { return a.norm().item<double>(); }
 

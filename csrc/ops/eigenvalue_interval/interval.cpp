@@ -22,6 +22,7 @@
 #include "core/threads.h"
 #include "core/problem.h"
 #include "core/ritz_certificate.h"
+#include "core/rounding.h"
 #include "core/ws_bound.h"
 #include "ops/eigenvalue_interval/hessian_products.h"
 #include "ops/deep/engines.h"  // try_assembled_certificate: §12.7's assembly holds for L = 1
@@ -56,9 +57,6 @@ using Source = IntervalSource;
 constexpr int64_t kWeylMaxDualRows = 2048;
 constexpr double kWeylWorthIt = 1.01;
 
-// A float64 operation's result moved one ulp up: the upper neighbour of a correctly rounded
-// result bounds the exact one (docs/math.md §11.3).
-double up(double v) { return std::nextafter(v, HUGE_VAL); }
 
 struct Interval {
   double lower, upper;

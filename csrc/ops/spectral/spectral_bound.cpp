@@ -2,6 +2,7 @@
 #include "ops/spectral/spectral_bound.h"
 
 #include "core/dense_eigen.h"
+#include "core/rounding.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <algorithm>
@@ -176,9 +177,6 @@ ResidualEigen residual_eigen(const Network& n) {
 // ---- At scale (docs/math.md §11.2, "At scale"): λ_max(R) by a per-block majorant, and λ_2(GGN)
 // by one Cholesky factorization of the deflated dual matrix. ----
 
-// γ_m = mu/(1 − mu) (Higham §3.1), rounded up.
-double gamma_of(double m) { return std::nextafter(m * kUnitRoundoff / (1 - m * kUnitRoundoff), HUGE_VAL); }
-
 // λ_max(R_k) ≤ (a_k + √(a_k² + 4σ_k²))/2 with a_k = c_k·λ_w, for fixed weights w ≥ 0 (here e's
 // magnitude, summed over the logits): c_k = max_i (β_ik)₊/w_i, λ_w ≥ λ_max(X̃ᵀ diag(w) X̃), σ_k =
 // ‖F_k‖_F. The weights put the samples whose loss gradient is small out of the way, which the
@@ -211,7 +209,7 @@ ResidualMajorant residual_majorant(const Network& n, double sign) {
   // The Gram's rounding (√w and the products: chains of N + 3 or D̃ + 3) and eigh's backward
   // error, both within a multiple of tr(BᵀB) = Σ_i w_i‖x̃_i‖² ≥ ‖·‖₂ (every term non-negative).
   const Tensor trace = at::dot(out.weights, n.x_tilde.square().sum(1));
-  const double slack = 2 * gamma_of(static_cast<double>(N + Dt + 4)) +
+  const double slack = 2 * gamma(static_cast<double>(N + Dt + 4)) +
                        (kRoundingAllowance + 2.0 * static_cast<double>(d)) * kUnitRoundoff;
   const Tensor gram_upper = out.gram_value + slack * trace;
   const Tensor gamma = n.e.unsqueeze(2) * n.phi1.unsqueeze(1);              // (N, C, H)
@@ -505,8 +503,7 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p, const Te
   const int64_t N = n.num_samples(), C = n.num_outputs();
   const auto options = n.x.options();
   const ResidualMajorant r = residual_majorant(n, 1);
-  const double residual_upper = std::nextafter(
-      r.value.item<double>() + r.allowance.item<double>(), HUGE_VAL);
+  const double residual_upper = up(r.value.item<double>() + r.allowance.item<double>());
   // What is left for λ_2(GGN): ν = τ + λ_max(R)'s bound must stay below θ_low − ρ.
   const double budget = ceiling - residual_upper;
   // Nothing to gain where the second Ritz value, which λ_2(GGN) is close to where R is small,
