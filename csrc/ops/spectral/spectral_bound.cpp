@@ -181,21 +181,22 @@ ResidualEigen residual_eigen(const Network& n) {
 // magnitude, summed over the logits): c_k = max_i (β_ik)₊/w_i, λ_w ≥ λ_max(X̃ᵀ diag(w) X̃), σ_k =
 // ‖F_k‖_F. The weights put the samples whose loss gradient is small out of the way, which the
 // plain max_i (β_ik)₊·λ_max(X̃ᵀX̃) does not. Costs O(N·D̃·(H·C + min(N, D̃))), no block formed.
-// With sign = −1, the same for −R (whose blocks have −β and −F): λ_min(R) ≥ −value.
-ResidualMajorant residual_majorant(const Network& n, double sign) {
+// With sign = −1, the same for −R (whose blocks have −β and −F, the same σ): λ_min(R) ≥ −value.
+//
+// What the majorants of R and −R share (everything but c_k's sign): computed once for both.
+struct MajorantBasis {
+  Tensor weights, beta;                        // w (N,) and β (N, H)
+  Tensor gram_value, gram_upper, gram_vector;  // λ_max(X̃ᵀdiag(w)X̃), certified above, unit vector
+  Tensor sigma;                                // ‖F_k‖_F (H,)
+  Tensor allowance;                            // §9.5's allowance of R_k
+};
+
+MajorantBasis majorant_basis(const Network& n) {
   const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
   const int64_t Dt = n.x_tilde.size(1);
-  const auto options = n.x.options();
-  ResidualMajorant out;
-  out.sign = sign;
-  out.weights = n.e_magnitude.sum(1);                                        // (N,)
-  const Tensor positive = out.weights > 0;
-  const Tensor beta = sign * n.phi2 * at::matmul(n.e, n.w2);                // (N, H)
-  // (β_ik)₊/w_i where w_i > 0; where w_i = 0, e_i = 0 and β_ik = 0.
-  const Tensor ratio = at::where(positive.unsqueeze(1),
-                                 beta.clamp_min(0) / out.weights.clamp_min(1e-300).unsqueeze(1),
-                                 at::zeros_like(beta));
-  const auto [c, samples] = ratio.max(0);                                    // (H,)
+  MajorantBasis out;
+  out.weights = n.e_magnitude.sum(1);
+  out.beta = n.phi2 * at::matmul(n.e, n.w2);
   // λ_max(X̃ᵀ diag(w) X̃) from the smaller of its two Gram forms: B = diag(√w)X̃, BᵀB or BBᵀ.
   const Tensor B = n.x_tilde * out.weights.sqrt().unsqueeze(1);
   const bool primal = Dt <= N;
@@ -211,24 +212,44 @@ ResidualMajorant residual_majorant(const Network& n, double sign) {
   const Tensor trace = at::dot(out.weights, n.x_tilde.square().sum(1));
   const double slack = 2 * gamma(static_cast<double>(N + Dt + 4)) +
                        (kRoundingAllowance + 2.0 * static_cast<double>(d)) * kUnitRoundoff;
-  const Tensor gram_upper = out.gram_value + slack * trace;
-  const Tensor gamma = n.e.unsqueeze(2) * n.phi1.unsqueeze(1);              // (N, C, H)
-  const Tensor sigma =                                                      // ‖F_k‖_F: (H,)
-      at::matmul(n.x_tilde.t(), gamma.reshape({N, C * H})).view({Dt, C, H}).square()
-          .sum(at::IntArrayRef{0, 1}).sqrt();
+  out.gram_upper = out.gram_value + slack * trace;
+  const Tensor gamma_values = n.e.unsqueeze(2) * n.phi1.unsqueeze(1);       // (N, C, H)
+  out.sigma = at::matmul(n.x_tilde.t(), gamma_values.reshape({N, C * H})).view({Dt, C, H})
+                  .square().sum(at::IntArrayRef{0, 1}).sqrt();
+  out.allowance = residual_allowance(n);
+  return out;
+}
+
+ResidualMajorant residual_majorant(const MajorantBasis& basis, double sign) {
+  ResidualMajorant out;
+  out.sign = sign;
+  out.weights = basis.weights;
+  out.gram_value = basis.gram_value;
+  out.gram_vector = basis.gram_vector;
+  // (σβ_ik)₊/w_i where w_i > 0; where w_i = 0, e_i = 0 and β_ik = 0.
+  const Tensor ratio = at::where(basis.weights.unsqueeze(1) > 0,
+                                 (sign * basis.beta).clamp_min(0) /
+                                     basis.weights.clamp_min(1e-300).unsqueeze(1),
+                                 at::zeros_like(basis.beta));
+  const auto [c, samples] = ratio.max(0);                                    // (H,)
   // c's division and max: one rounding each way; the majorant's own arithmetic (a few
   // operations) within 8u relative, both covered by the factor (1 + 16u).
-  const Tensor a = c * gram_upper;
-  const Tensor bound = (a + (a.square() + 4 * sigma.square()).sqrt()) / 2;
+  const Tensor a = c * basis.gram_upper;
+  const Tensor bound = (a + (a.square() + 4 * basis.sigma.square()).sqrt()) / 2;
   out.unit = bound.argmax();
-  out.sample = samples.index_select(0, out.unit.view({1})).squeeze(0);
-  out.c = c.index_select(0, out.unit.view({1})).squeeze(0);
-  out.sigma = sigma.index_select(0, out.unit.view({1})).squeeze(0);
+  const Tensor unit = out.unit.view({1});
+  out.sample = samples.index_select(0, unit).squeeze(0);
+  out.c = c.index_select(0, unit).squeeze(0);
+  out.sigma = basis.sigma.index_select(0, unit).squeeze(0);
   out.value = bound.max();
   // The majorant is of R̂_k, the blocks of the computed β and γ; R_k's own forming error
   // (the allowance of §9.5) and the sums in σ_k and c (inside it as well) are added twice.
-  out.allowance = 2 * residual_allowance(n) + 16 * kUnitRoundoff * out.value;
+  out.allowance = 2 * basis.allowance + 16 * kUnitRoundoff * out.value;
   return out;
+}
+
+ResidualMajorant residual_majorant(const Network& n, double sign) {
+  return residual_majorant(majorant_basis(n), sign);
 }
 
 // (N, C): J̃u, the dual image of a direction u of θ (flat: W1 row-major, b1, W2, b2): sample i's
@@ -289,7 +310,8 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
   if (residual_by_majorant(p)) {
     // R's blocks would cost more than kExactResidualWork: both ends by the majorants (§11.2 "At
     // scale"), the eigenvector outputs zeros (the gradient recomputes the majorants).
-    const ResidualMajorant above = residual_majorant(n, 1), below = residual_majorant(n, -1);
+    const MajorantBasis basis = majorant_basis(n);
+    const ResidualMajorant above = residual_majorant(basis, 1), below = residual_majorant(basis, -1);
     out.residual_lambda_max = above.value;
     out.residual_lambda_min = -below.value;
     out.residual_allowance = at::maximum(above.allowance, below.allowance);
@@ -331,8 +353,9 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
   const ResidualMajorant* majorant = v.residual_majorant;
   const ResidualMajorant* minorant = v.residual_minorant;
   if (majorant == nullptr && minorant == nullptr && residual_by_majorant(p)) {
-    above = residual_majorant(n, 1);
-    below = residual_majorant(n, -1);
+    const MajorantBasis basis = majorant_basis(n);
+    above = residual_majorant(basis, 1);
+    below = residual_majorant(basis, -1);
     majorant = &*above;
     minorant = &*below;
   }
