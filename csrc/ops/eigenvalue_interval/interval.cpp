@@ -106,9 +106,8 @@ bool calls_for_weyl_at_scale(double lower, double upper, double sign, const MlpP
 
 bool calls_for_second_at_scale(const RitzCertificate& c, const MlpProblem& p) {
   const int64_t rows = p.num_samples() * p.num_outputs();
-  const bool wide = !(c.upper <= kWeylWorthIt * c.lower);
-  return wide && std::isfinite(c.lower) && c.lower > 0 && c.u.defined() &&
-         c.lower - c.rho > 0 && rows > kWeylMaxDualRows && rows <= kSecondAtScaleMaxDualRows;
+  return still_wide(c.lower, c.upper) && c.lower > 0 && c.u.defined() && c.lower - c.rho > 0 &&
+         rows > kWeylMaxDualRows && rows <= kSecondAtScaleMaxDualRows;
 }
 
 // The gradient of the spectral parts' g_ggn·λ + g_max·λ_max(R) + g_min·λ_min(R) (§9.4), with

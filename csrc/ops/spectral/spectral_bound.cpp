@@ -272,6 +272,14 @@ Tensor dual_image(const Network& n, const Tensor& direction) {
   return at::matmul(n.Lt, df.unsqueeze(2)).squeeze(2);                      // (N, C)
 }
 
+// ‖fl(M − c·yyᵀ) − (M − c·yyᵀ)‖₂ for the deflated dual matrix: M's forming error, plus the
+// rank-one update's rounding (each entry fl(fl(c·y_i)·y_j), then the subtraction: within
+// 2u|c·y_i·y_j| + u|entry|, so in norm 2u·c‖y‖² + u‖·‖_F, doubled for the second-order terms).
+Tensor deflation_error(const Tensor& forming_error, const Tensor& c, const Tensor& y,
+                       const Tensor& deflated) {
+  return forming_error + kUnitRoundoff * (4 * c * at::dot(y, y) + 2 * deflated.norm());
+}
+
 }  // namespace
 
 SpectralParts evaluate(const MlpProblem& p, bool second) {
@@ -294,12 +302,10 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
       // where Courant-Fischer's max-min puts a value ≥ λ_2(M), the two quadratic forms agree.
       const Tensor c = top.value.clamp_min(0);
       const Tensor deflated = M - c * at::outer(top.vector, top.vector);
-      const Tensor y_sq = at::dot(top.vector, top.vector);
-      // M's forming error, plus the rank-one update's rounding (each entry fl(fl(c·y_i)·y_j),
-      // then the subtraction: within 2u|c·y_i·y_j| + u|entry|, so in norm 2u·c‖y‖² + u‖·‖_F,
-      // doubled for the second-order terms); ‖M − c·yyᵀ‖₂ ≤ tr M + c‖y‖².
-      const Tensor error = forming_error + kUnitRoundoff * (4 * c * y_sq + 2 * deflated.norm());
-      const CertifiedEigenpair next = certified_top_eigenpair(deflated, error, trace + c * y_sq);
+      const Tensor error = deflation_error(forming_error, c, top.vector, deflated);
+      // ‖M − c·yyᵀ‖₂ ≤ tr M + c‖y‖².
+      const Tensor norm = trace + c * at::dot(top.vector, top.vector);
+      const CertifiedEigenpair next = certified_top_eigenpair(deflated, error, norm);
       out.ggn_second_upper = next.value + next.allowance;
       out.ggn_second_value = next.value;
       out.ggn_second_vector = next.vector.view({N, C});
@@ -545,9 +551,7 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p, const Te
   y = y / y_norm;
   const Tensor c = at::dot(y, at::mv(M, y)).clamp_min(0);
   M.addr_(y, y, 1, -c.item<double>());
-  // M's forming error, plus the rank-one update's rounding, as in `evaluate`.
-  const double error = (forming_error + kUnitRoundoff * (4 * c * at::dot(y, y) + 2 * M.norm()))
-                           .item<double>();
+  const double error = deflation_error(forming_error, c, y, M).item<double>();
   const double norm = (trace + c).item<double>();
   // One factorization at the midpoint between the estimate and the budget (λ_2(GGN) is near
   // the second Ritz value of H where R is small), a second just below the budget if that fails.
