@@ -351,6 +351,28 @@ def test_residual_majorant_bounds_the_residual(head, act, red, bias):
         assert float(majorant) >= float(residual[-1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_residual_majorant_at_saturation_and_with_repeated_blocks(head, dtype):
+    """The majorant stays a finite bound on λ_max(R) (eigvalsh of the explicit H − GGN of the
+    inputs as given, in float64) with weights 30× larger (saturated tanh, large logits) and with
+    two identical hidden units (R's blocks, and so its top eigenvalue, repeated: the maximizing
+    unit is a tie)."""
+    args = problem(head, n=12, d=3, h=4, seed=3)
+    x, target, w1, b1, w2, b2 = args
+    saturated = (x, target, 30 * w1, 30 * b1, 30 * w2, b2)
+    w1, b1, w2 = w1.clone(), b1.clone(), w2.clone()
+    w1[1], b1[1], w2[:, 1] = w1[0], b1[0], w2[:, 0]
+    repeated = (x, target, w1, b1, w2, b2)
+    for case in (saturated, repeated):
+        cast = tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in case)
+        wide = tuple(a.double() if a is not None and a.is_floating_point() else a for a in cast)
+        _, _, residual = explicit_spectra(wide, "tanh", "mean", head[0])
+        majorant = torch.ops.torch_ws._residual_majorant(*cast, "tanh", "mean", head[0])
+        assert torch.isfinite(majorant)
+        assert float(majorant) >= float(residual[-1])
+
+
 @pytest.mark.parametrize("bias", BIAS_CONFIGS, ids=str)
 def test_residual_majorant_is_its_formula(bias):
     """The op's majorant is the formula's value (plus an allowance of order 10⁻¹² relative): a
