@@ -66,24 +66,69 @@ std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
   return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
 }
 
-// Certified bounds on the rounding errors of deep_hessian_traces' float64 evaluation (§12.5): the
-// same chain run on magnitudes gives Σ|terms| of every sum (M_tr, M_sq), and each computed trace is
-// within γ·M of the exact function of the coefficients, γ = 2(ℓ + κ)u/(1 − (ℓ + κ)u) with ℓ the
-// longest chain of sums and products and κu the coefficients' own error (§11.3).
-std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
-    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
-    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
-    c10::string_view reduction, c10::string_view loss) {
+namespace {
+
+// Certified bounds on the rounding errors of traces that `evaluate` computes in float64 from p's
+// coefficients by `engine` (§12.5): the same evaluation on magnitudes gives Σ|terms| of every sum
+// (M_tr, M_sq), and each computed trace is within γ·M of the exact function of the coefficients,
+// γ = 2(ℓ + κ)u/(1 − (ℓ + κ)u) with ℓ the engine's longest chain of sums and products (a share of
+// the sums has a shorter one) and κu the coefficients' own error (§11.3).
+template <typename Evaluate>
+std::pair<at::Tensor, at::Tensor> certified_errors(Engine engine, const MlpProblem& p,
+                                                   const Evaluate& evaluate) {
   at::NoGradGuard no_grad;
-  const MlpProblem p = in_float64(check_deep_problem(kOp, x.detach(), target, weights, biases,
-                                                     activation, reduction, loss));
-  const Engine engine = choose_deep_engine(p);
   const CoefficientMagnitudes m = coefficient_magnitudes(p);
-  const auto [trace_magnitude, trace_sq_magnitude] = deep_traces_by(engine, m.magnitudes);
+  const auto [trace_magnitude, trace_sq_magnitude] = evaluate(m.magnitudes);
   const double chain = deep_error_chain(engine, p) + kRoundingAllowance + m.logit_allowance;
   const double u = 0x1p-53, gamma = 2 * chain * u / (1 - chain * u);
   return {gamma * trace_magnitude, gamma * trace_sq_magnitude};
 }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss) {
+  const MlpProblem p = in_float64(check_deep_problem(kOp, x.detach(), target, weights, biases,
+                                                     activation, reduction, loss));
+  const Engine engine = choose_deep_engine(p);
+  return certified_errors(engine, p, [&](const Coefficients& magnitudes) {
+    return deep_traces_by(engine, magnitudes);
+  });
+}
+
+namespace {
+
+// The Gram forms' share [begin, end) of the rows i (gram_forms.cpp, GramShare), in tiles of
+// tile_rows rows (0: the default), whatever engine the table would choose: tr H, tr(H²) in
+// float64 (differentiable) and certified bounds on their rounding errors (constants). What the
+// ranks of dataset_bounds evaluate where the Gram forms are the engine; the tests' handle on the
+// tiles.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_form_share(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
+    int64_t tile_rows) {
+  constexpr const char* op = "torch_ws._deep_gram_form_traces";
+  const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
+                                                     reduction, loss));
+  const CallThreads threads(x.device());
+  const int64_t stop = end.value_or(p.num_samples());
+  TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
+              ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
+              ", end = ", stop);
+  TORCH_CHECK(tile_rows >= 0, op, ": expected tile_rows >= 0 (0: the default), got ", tile_rows);
+  const GramShare share{begin, stop, tile_rows};
+  const auto [trace, trace_sq] = gram_form_traces(JacobianChain(coefficient_values(p)), share);
+  const auto [trace_error, trace_sq_error] =
+      certified_errors(Engine::SampleSpace, p, [&](const Coefficients& magnitudes) {
+        return gram_form_traces(JacobianChain(magnitudes), share);
+      });
+  return {trace, trace_sq, trace_error, trace_sq_error};
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> deep_trace_errors_meta(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
@@ -221,7 +266,14 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
   m.def(
       "_assembled_hessian_traces(Tensor hessian, float forming_error) -> (Tensor trace, "
       "Tensor trace_sq, Tensor trace_error, Tensor trace_sq_error)");
-  // Certified bounds on the float64 rounding errors of those traces (not differentiable).
+  // The Gram forms' share of rows [begin, end) in tiles of tile_rows rows (0: the default), float64,
+  // and certified bounds on its rounding errors (constants): what dataset_bounds' ranks evaluate.
+  m.def(
+      "_deep_gram_form_traces(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", int begin=0, "
+      "int? end=None, int tile_rows=0) -> (Tensor trace, Tensor trace_sq, Tensor trace_error, "
+      "Tensor trace_sq_error)");
+  // Certified bounds on the float64 rounding errors of deep_hessian_traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation, str reduction, str loss) -> (Tensor trace_error, Tensor trace_sq_error)");
@@ -241,6 +293,7 @@ TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
   m.impl("_deep_engine", &torch_ws::deep_engine);
   m.impl("_deep_engines", &torch_ws::deep_engines);
   m.impl("_deep_assembled_hessian", &torch_ws::assembled_hessian_op);
+  m.impl("_deep_gram_form_traces", &torch_ws::gram_form_share);
   m.impl("_assembled_hessian_traces", &torch_ws::assembled_hessian_traces_op);
   m.impl("deep_ws_bounds", &torch_ws::deep_ws_bounds);
 }

@@ -19,8 +19,15 @@
 namespace torch_ws {
 
 // The engines themselves, on values or magnitudes (jacobian_chain.h); float64 0-d tensors.
-//   sample space: Gram forms in N × N feature kernels (gram_forms.cpp);
+//   sample space: Gram forms in N × N feature kernels (gram_forms.cpp), in tiles of rows;
 std::pair<at::Tensor, at::Tensor> gram_form_traces(const JacobianChain& chain);
+//   or the share of its pairs (i, j) with i in [begin, end) (end < 0: N), in tiles of tile_rows
+//   rows i (0: the default, 2²² numbers per (rows, N) matrix): what one rank of dataset_bounds
+//   evaluates (tr H's diagonal terms of those samples, tr(H²)'s pairs of those rows).
+struct GramShare {
+  int64_t begin = 0, end = -1, tile_rows = 0;
+};
+std::pair<at::Tensor, at::Tensor> gram_form_traces(const JacobianChain& chain, GramShare share);
 //   parameter space: the n × n Hessian assembled by blocks (assembled_hessian.cpp).
 std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain);
 // The same blocks as one n × n matrix in nn.Sequential.parameters() order, symmetrized.

@@ -11,23 +11,19 @@ namespace torch_ws {
 
 namespace {
 
-void add_feature_kernels(Coefficients& c, const MlpProblem& p) {
+void add_bias_flags(Coefficients& c, const MlpProblem& p) {
   const int64_t out = static_cast<int64_t>(p.layers.size());
-  c.kappa.resize(out + 1);
   c.bias.assign(out + 1, false);
-  for (int64_t l = 1; l <= out; ++l) {
-    c.bias[l] = p.layers[l - 1].bias.has_value();
-    c.kappa[l] = at::mm(c.z[l - 1], c.z[l - 1].t()) + (c.bias[l] ? 1 : 0);
-  }
+  for (int64_t l = 1; l <= out; ++l) c.bias[l] = p.layers[l - 1].bias.has_value();
 }
 
 }  // namespace
 
 Coefficients coefficient_values(const MlpProblem& p) {
   DeepForward f = deep_forward(p);
-  Coefficients c{std::move(f.z), std::move(f.d1), std::move(f.d2), {}, std::move(f.weight), {},
+  Coefficients c{std::move(f.z), std::move(f.d1), std::move(f.d2), std::move(f.weight), {},
                  f.terms.S, f.terms.e, f.terms.e_magnitude};
-  add_feature_kernels(c, p);
+  add_bias_flags(c, p);
   return c;
 }
 
@@ -39,14 +35,14 @@ CoefficientMagnitudes coefficient_magnitudes(const MlpProblem& p) {
   const LogitRounding rounding =
       logit_rounding(p.loss, f.terms.e_magnitude, f.z[out - 1], f.weight[out],
                      p.layers.back().bias, f.target, p.loss_scale());
-  Coefficients c{std::move(f.z), std::move(f.d1), std::move(f.d2), {}, std::move(f.weight), {},
+  Coefficients c{std::move(f.z), std::move(f.d1), std::move(f.d2), std::move(f.weight), {},
                  f.terms.S.abs(), rounding.e_magnitude, rounding.e_magnitude};
   for (int64_t l = 0; l <= out; ++l) {
     for (std::vector<at::Tensor>* v : {&c.z, &c.d1, &c.d2, &c.weight}) {
       if ((*v)[l].defined()) (*v)[l] = (*v)[l].abs();
     }
   }
-  add_feature_kernels(c, p);
+  add_bias_flags(c, p);
   return {std::move(c), rounding.allowance};
 }
 
@@ -57,9 +53,6 @@ Coefficients rows_of(const Coefficients& c, int64_t begin, int64_t end) {
   };
   for (std::vector<at::Tensor>* v : {&out.z, &out.d1, &out.d2}) {
     for (at::Tensor& t : *v) t = rows(t);
-  }
-  for (at::Tensor& t : out.kappa) {
-    if (t.defined()) t = rows(t).narrow(1, begin, end - begin);
   }
   out.S = rows(c.S);
   out.e = rows(c.e);

@@ -13,15 +13,15 @@
 namespace torch_ws {
 
 // Layers l = 1..o (index 0 unused): the features z_l entering layer l + 1 (z_0 = x), φ'(a_l),
-// φ''(a_l), the feature kernels κ_l(i,j) = ã_{i,l-1}·ã_{j,l-1} (the appended 1 of a bias adds 1),
-// the weights, whether layer l has a bias, and the loss's S and e.
+// φ''(a_l), the weights, whether layer l has a bias, and the loss's S and e. (The feature kernels
+// κ_l(i,j) = ã_{i,l-1}·ã_{j,l-1} are N × N: the Gram forms build them a tile of rows at a time.)
 struct Coefficients {
-  std::vector<at::Tensor> z, d1, d2, kappa, weight;
+  std::vector<at::Tensor> z, d1, d2, weight;
   std::vector<bool> bias;  // index l = 1..o
   at::Tensor S, e, e_magnitude;  // e_magnitude: Σ|terms| of e's formula (losses.h)
 };
 
-// The values: the family's forward pass (forward.h) and the feature kernels.
+// The values: the family's forward pass (forward.h).
 Coefficients coefficient_values(const MlpProblem& p);
 
 // Majorants of the values (no autograd), and the logits' rounding allowance that enters the
@@ -32,8 +32,8 @@ struct CoefficientMagnitudes {
 };
 CoefficientMagnitudes coefficient_magnitudes(const MlpProblem& p);
 
-// The samples [begin, end) of the coefficients (their per-sample rows; the feature kernels' block
-// of those rows and columns): a share of the sums over samples, with the whole set's loss scale.
+// The samples [begin, end) of the coefficients (their per-sample rows): a share of the sums over
+// samples, with the whole set's loss scale.
 Coefficients rows_of(const Coefficients& c, int64_t begin, int64_t end);
 
 // The per-sample chain of §12.3, for layers o = L + 1 (the logits) down to 1.
