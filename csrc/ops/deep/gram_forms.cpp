@@ -8,6 +8,9 @@
 #include "ops/deep/engines.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/FuncTorchTLS.h>
+#include <torch/autograd.h>
 
 #include <algorithm>
 #include <vector>
@@ -18,8 +21,11 @@ namespace {
 using at::Tensor;
 
 // The numbers of one (rows, N) matrix of a tile: 32 MiB in float64. The paired products' (rows,
-// N, H) arrays are blocked to the same size.
+// N, H) arrays are blocked to the same size. Where the tiles are checkpointed (PairSumsBackward),
+// the backward holds one tile's graph, about a hundred such matrices, so its tiles are a quarter
+// of that.
 constexpr int64_t kTileNumbers = int64_t{1} << 22;
+constexpr int64_t kCheckpointedTileNumbers = int64_t{1} << 20;
 
 // Samples [begin, end) of a per-sample array (N, ...).
 struct Rows {
@@ -62,157 +68,372 @@ Tensor paired_products_diagonal(const Tensor& weight, const Tensor& n_mats, cons
   return weighted_gram(weight, n_mats * z.unsqueeze(1), p_d);
 }
 
-// The rows of a tile per step: 2²² numbers per (rows, N) matrix (so a single tile up to
-// N = 2048), or the caller's count.
-int64_t rows_per_tile(int64_t per_row, int64_t requested) {
-  if (requested > 0) return requested;
-  return std::max<int64_t>(1, kTileNumbers / std::max<int64_t>(1, per_row));
+// What the pair sums read of a chain (tensor handles), and its sizes: built from a chain, or from
+// the tensors a checkpointed backward saved (each_slot visits them in one fixed order).
+struct PairFactors {
+  int64_t out, L, N, C;
+  std::vector<bool> bias;
+  std::vector<Tensor> z, d1, p, r;
+  Tensor S;
+  std::vector<std::vector<Tensor>> F, curvature;
+};
+
+PairFactors factors_of(const JacobianChain& chain) {
+  const Coefficients& c = chain.c;
+  return {chain.out, chain.L, chain.N, chain.C, c.bias, c.z, c.d1, chain.p, chain.r, c.S,
+          chain.F, chain.curvature};
+}
+
+// Every slot of the factors, defined or not, in one fixed order.
+template <typename Each>
+void each_slot(PairFactors& f, const Each& each) {
+  for (std::vector<Tensor>* v : {&f.z, &f.d1, &f.p, &f.r}) {
+    for (Tensor& t : *v) each(t);
+  }
+  each(f.S);
+  for (std::vector<std::vector<Tensor>>* table : {&f.F, &f.curvature}) {
+    for (std::vector<Tensor>& row : *table) {
+      for (Tensor& t : row) each(t);
+    }
+  }
+}
+
+// Factors of these sizes with every slot empty (what each_slot fills back).
+PairFactors empty_factors(int64_t out, int64_t N, int64_t C, std::vector<bool> bias) {
+  const std::vector<Tensor> column(out + 1);
+  return {out, out - 1, N, C, std::move(bias), column, column, column, column, Tensor(),
+          std::vector<std::vector<Tensor>>(out + 1, column),
+          std::vector<std::vector<Tensor>>(out + 1, column)};
+}
+
+// Every sample's right-hand factors, formed once: the Gauss-Newton blocks E_{k'k} (k ≤ k';
+// E_{kk'} = E_{k'k}ᵀ with the same Grams) where the dual matrix is not used, p_m d_{m-1}ᵀ, and
+// G_{mk} = D'_{m-1}F_{m-1,k} of §12.3's g^{ij}.
+struct RightFactors {
+  std::vector<std::vector<Tensor>> E, G;
+  std::vector<Tensor> p_d;
+};
+
+// tr(G²) by the (N·C)² dual matrix of §8 where it is small (one logit: N²), else by Grams of the
+// per-sample E_{k'k} (memory N·H² rather than (N·C)²).
+bool uses_dual(const PairFactors& f) { return (f.N * f.C) * (f.N * f.C) <= (int64_t{1} << 26); }
+
+RightFactors right_factors(const PairFactors& f) {
+  const int64_t out = f.out;
+  RightFactors right{std::vector<std::vector<Tensor>>(out + 1, std::vector<Tensor>(out + 1)),
+                     std::vector<std::vector<Tensor>>(out + 1, std::vector<Tensor>(out + 1)),
+                     std::vector<Tensor>(out + 1)};
+  if (!uses_dual(f)) {
+    for (int64_t k = 1; k <= out; ++k) {
+      for (int64_t k2 = k; k2 <= out; ++k2) {
+        right.E[k2][k] =
+            at::matmul(f.F[out][k2].transpose(1, 2), at::matmul(f.S, f.F[out][k]));
+      }
+    }
+  }
+  for (int64_t m = 2; m <= out; ++m) {
+    right.p_d[m] = f.p[m].unsqueeze(2) * f.d1[m - 1].unsqueeze(1);
+    for (int64_t k = 1; k < m - 1; ++k) {
+      right.G[m][k] = f.d1[m - 1].unsqueeze(2) * f.F[m - 1][k];
+    }
+  }
+  return right;
+}
+
+// The feature kernel κ_k(i, j) = ã_{i,k-1}·ã_{j,k-1} for the tile's rows i and every j.
+Tensor kappa(const PairFactors& f, int64_t k, Rows rows) {
+  const Tensor& z = f.z[k - 1];
+  const Tensor gram = at::mm(rows.of(z), z.t());
+  return f.bias[k] ? gram + 1 : gram;
+}
+
+// E(m, k) = B_mᵀ S B_k for the tile's rows.
+Tensor E_rows(const PairFactors& f, int64_t m, int64_t k, Rows rows) {
+  return at::matmul(rows.of(f.F[f.out][m]).transpose(1, 2),
+                    at::matmul(rows.of(f.S), rows.of(f.F[f.out][k])));
+}
+
+// A tile of the pairs' sums: its rows i against every j, of the dual matrix's tr(G²) or of the
+// Gram forms (the rest).
+struct Tile {
+  bool dual;
+  Rows rows;
+};
+
+// tr(G²)'s share Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ), K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C).
+Tensor dual_tile(const PairFactors& f, Rows rows) {
+  const int64_t N = f.N, C = f.C;
+  Tensor K;  // (rows, C, N, C)
+  for (int64_t k = 1; k <= f.out; ++k) {
+    const Tensor& B = f.F[f.out][k];
+    const Tensor term =
+        at::mm(rows.of(B).reshape({rows.size() * C, -1}), B.reshape({N * C, -1}).t())
+            .view({rows.size(), C, N, C}) *
+        kappa(f, k, rows).view({rows.size(), 1, N, 1});
+    K = K.defined() ? K + term : term;
+  }
+  const Tensor SKS =
+      at::einsum("iajc,jcd->iajd", {at::einsum("iab,ibjc->iajc", {rows.of(f.S), K}), f.S});
+  return (SKS * K).sum(at::kDouble);
+}
+
+// The Gram forms' share of the tile's rows: tr(G²) where the dual matrix is not used, then
+// 2 tr(GR) + tr(R²) (§12.3).
+Tensor gram_tile(const PairFactors& f, const RightFactors& right, Rows rows) {
+  const int64_t out = f.out, L = f.L;
+  const auto& r = f.r;
+  const auto& p = f.p;
+  const auto& curvature = f.curvature;  // N[k][k'] of §12.3
+  std::vector<Tensor> kappas(out + 1);
+  for (int64_t k = 1; k <= out; ++k) kappas[k] = kappa(f, k, rows);
+  Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
+
+  if (!uses_dual(f)) {  // tr(G²) = Σ_{k,k'} Σ_ij κ_k κ_k' ⟨E^i_{k'k}, E^j_{k'k}⟩
+    for (int64_t k = 1; k <= out; ++k) {
+      for (int64_t k2 = k; k2 <= out; ++k2) {
+        const Tensor& e = right.E[k2][k];
+        const Tensor gram = weighted_gram(kappas[k] * kappas[k2], rows.of(e), e);
+        sum = sum + (k2 == k ? gram : 2 * gram);
+      }
+    }
+  }
+
+  // Where a factor is diagonal (N_LL = diag r_L; G = D'_{m-1} when k = m − 1) its Gram is one
+  // of vectors: ⟨diag a, diag b⟩ = a·b.
+  for (int64_t k = 1; k <= L; ++k) {
+    for (int64_t k2 = 1; k2 <= L; ++k2) {
+      const Tensor weight = kappas[k] * kappas[k2];
+      if (k == L && k2 == L) {
+        sum = sum + weighted_gram(weight, rows.of(r[L]), r[L])  // Q1
+              + 2 * weighted_gram(weight, E_rows(f, L, L, rows).diagonal(0, 1, 2),
+                                  r[L]);  // 2·T1
+        continue;
+      }
+      const Tensor& n_kk = curvature[k][k2];
+      sum = sum + weighted_gram(weight, rows.of(n_kk), n_kk)             // Q1
+            + 2 * weighted_gram(weight, E_rows(f, k, k2, rows), n_kk);  // 2·T1
+    }
+  }
+  for (int64_t m = 2; m <= out; ++m) {
+    for (int64_t k = 1; k < m; ++k) {
+      const Tensor pair_weight = kappas[k] * at::mm(rows.of(p[m]), p[m].t());
+      const Tensor z_rows = rows.of(f.z[m - 1]);
+      if (k == m - 1) {
+        const Tensor& d = f.d1[m - 1];
+        sum = sum + 4 * paired_products_diagonal(kappas[k], E_rows(f, m, k, rows),
+                                                 right.p_d[m], z_rows);  // 2·T2
+        if (m <= L) {
+          sum = sum + 4 * paired_products_diagonal(kappas[k], rows.of(curvature[m][k]),
+                                                   right.p_d[m], z_rows);  // Q2
+        }
+        sum = sum + 2 * weighted_gram(pair_weight, rows.of(d), d);  // Q3
+        continue;
+      }
+      // g_ij = F_{j,m-1,k}ᵀ(φ'_{j,m-1} ∘ z_{i,m-1}): G_j = D'_{j,m-1} F_{j,m-1,k}
+      const Tensor& g = right.G[m][k];
+      sum = sum + 4 * paired_products(kappas[k], E_rows(f, m, k, rows), p[m], g,
+                                      z_rows);  // 2·T2
+      if (m <= L) {
+        sum = sum + 4 * paired_products(kappas[k], rows.of(curvature[m][k]), p[m], g,
+                                        z_rows);  // Q2
+      }
+      sum = sum + 2 * weighted_gram(pair_weight, rows.of(g), g);  // Q3
+    }
+  }
+  return sum;
+}
+
+// The tiles of the rows [begin, end): each holds (rows, N) matrices of at most kTileNumbers
+// numbers ((rows·C, N·C) for the dual matrix) and per-sample arrays of at most kTileNumbers
+// (rows × the widest layer's H × H), so a single tile up to N = 2048 on ordinary widths; or
+// tiles of the caller's count of rows.
+std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, int64_t numbers) {
+  int64_t widest = f.C;
+  for (int64_t l = 1; l <= f.L; ++l) widest = std::max(widest, f.z[l].size(1));
+  const auto step = [&](int64_t per_row) {
+    return tile_rows > 0 ? tile_rows
+                         : std::max<int64_t>(1, numbers / std::max<int64_t>(1, per_row));
+  };
+  std::vector<Tile> tiles;
+  const auto add = [&](bool dual, int64_t rows) {
+    for (int64_t begin = all.begin; begin < all.end; begin += rows) {
+      tiles.push_back({dual, {begin, std::min(all.end, begin + rows)}});
+    }
+  };
+  if (uses_dual(f)) add(true, step(f.N * f.C * f.C));
+  add(false, step(std::max(f.N, widest * widest)));
+  return tiles;
+}
+
+Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& tile) {
+  return tile.dual ? dual_tile(f, tile.rows) : gram_tile(f, right, tile.rows);
+}
+
+// Whether a torch.func transform is active: its thread-local state then refuses C++ Functions (the
+// check that Function::apply makes, asked beforehand).
+bool functorch_active() {
+  const auto& tls = at::functorch::functorchTLSAccessor();
+  if (!tls) return false;
+  try {
+    tls->checkSupportsCppAutogradFunction();
+    return false;
+  } catch (const c10::Error&) {
+    return true;
+  }
+}
+
+// Whether autograd would record reverse mode through these factors, no forward-mode tangent is
+// on them and no torch.func transform is active (a C++ Function serves neither): then the pairs
+// may be checkpointed (PairSumsBackward).
+bool records_reverse_only(PairFactors& f) {
+  bool reverse = false, forward = false;
+  each_slot(f, [&](Tensor& t) {
+    if (!t.defined()) return;
+    reverse = reverse || t.requires_grad();
+    forward = forward || t._fw_grad(/*level=*/0).defined();
+  });
+  return at::GradMode::is_enabled() && reverse && !forward && !functorch_active();
 }
 
 }  // namespace
+}  // namespace torch_ws
+
+// The pairs' sums checkpointed tile by tile (docs/math.md §12.4): the forward runs without
+// recording, so autograd keeps only the per-sample factors (O(N·L²H²)), never a tile's (rows, N)
+// matrices; the backward evaluates each tile again with recording and takes its gradient in the
+// factors at once (one tile's graph at a time), so value and gradient cost about one more
+// evaluation of the pairs than autograd through them. Reverse mode only (forward-mode tangents
+// take the recorded path); with create_graph the recomputation is recorded onto the factors'
+// history, so double backward stays exact. At global scope for its grad_fn's name (autograd/
+// skeleton.h).
+class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
+ public:
+  using Factors = torch_ws::PairFactors;
+
+  // `shape`: the factors' sizes and bias flags (its tensors unread); `factors`: its defined
+  // tensors in each_slot's order.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const Factors& shape,
+                                                const std::vector<torch_ws::Tile>& tiles,
+                                                at::TensorList factors) {
+    Factors f = shape;
+    std::vector<int64_t> defined;
+    torch_ws::each_slot(f, [&](at::Tensor& t) { defined.push_back(t.defined() ? 1 : 0); });
+    const torch_ws::RightFactors right = torch_ws::right_factors(f);
+    at::Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
+    for (const torch_ws::Tile& tile : tiles) sum = sum + torch_ws::tile_sum(f, right, tile);
+    ctx->save_for_backward(factors.vec());
+    std::vector<int64_t> bias(f.bias.begin(), f.bias.end()), flat_tiles;
+    for (const torch_ws::Tile& tile : tiles) {
+      flat_tiles.insert(flat_tiles.end(), {tile.dual ? 1 : 0, tile.rows.begin, tile.rows.end});
+    }
+    ctx->saved_data["sizes"] = std::vector<int64_t>{f.out, f.N, f.C};
+    ctx->saved_data["bias"] = bias;
+    ctx->saved_data["defined"] = defined;
+    ctx->saved_data["tiles"] = flat_tiles;
+    return {sum};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const std::vector<int64_t> sizes = ctx->saved_data["sizes"].toIntVector();
+    const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
+    const std::vector<int64_t> defined = ctx->saved_data["defined"].toIntVector();
+    const std::vector<int64_t> flat_tiles = ctx->saved_data["tiles"].toIntVector();
+    const torch::autograd::variable_list factors = ctx->get_saved_variables();
+
+    torch::autograd::variable_list grads(factors.size());
+    const at::Tensor& upstream = grad_outputs[0];
+    const bool create_graph = at::GradMode::is_enabled();
+    const at::AutoGradMode recording(true);
+    // The tile is recorded on aliases of the factors that take a gradient (views, so that with
+    // create_graph the result stays attached to their history), and the gradient is taken in the
+    // aliases: a factor's own partial derivative. (Taken in the factors themselves, it would also
+    // hold what flows into them through the other factors they feed, e.g. d1 through F, which
+    // autograd adds again when it propagates the gradients this returns.)
+    torch::autograd::variable_list aliases;
+    std::vector<size_t> wanted;
+    std::vector<at::Tensor> recorded(factors.begin(), factors.end());
+    for (size_t k = 0; k < factors.size(); ++k) {
+      if (factors[k].requires_grad()) {
+        recorded[k] = factors[k].view_as(factors[k]);
+        wanted.push_back(k);
+        aliases.push_back(recorded[k]);
+      }
+    }
+    Factors f = torch_ws::empty_factors(sizes[0], sizes[1], sizes[2],
+                                        std::vector<bool>(bias.begin(), bias.end()));
+    size_t slot = 0, next = 0;
+    torch_ws::each_slot(f, [&](at::Tensor& t) {
+      if (defined[slot++] == 1) t = recorded[next++];
+    });
+    if (upstream.defined() && !aliases.empty()) {
+      const torch_ws::RightFactors right = torch_ws::right_factors(f);
+      for (size_t t = 0; t < flat_tiles.size(); t += 3) {
+        const torch_ws::Tile tile{flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}};
+        const at::Tensor sum = torch_ws::tile_sum(f, right, tile);
+        if (!sum.requires_grad()) continue;
+        const torch::autograd::variable_list tile_grads = torch::autograd::grad(
+            {sum}, aliases, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
+            create_graph, /*allow_unused=*/true);
+        for (size_t k = 0; k < wanted.size(); ++k) {
+          at::Tensor& g = grads[wanted[k]];
+          if (tile_grads[k].defined()) g = g.defined() ? g + tile_grads[k] : tile_grads[k];
+        }
+      }
+    }
+    grads.insert(grads.begin(), {at::Tensor(), at::Tensor()});  // shape, tiles
+    return grads;
+  }
+};
+
+namespace torch_ws {
 
 std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain) {
   return gram_form_traces(chain, GramShare{});
 }
 
 std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare share) {
-  const Coefficients& c = chain.c;
-  const int64_t out = chain.out, L = chain.L, N = chain.N, C = chain.C;
-  const auto options = c.z[0].options().dtype(at::kDouble);
+  PairFactors f = factors_of(chain);
+  const int64_t N = f.N, out = f.out, L = f.L;
   const int64_t end = share.end < 0 ? N : share.end;
   TORCH_CHECK(0 <= share.begin && share.begin <= end && end <= N,
               "gram_form_traces: expected 0 <= begin <= end <= N = ", N, ", got ", share.begin,
               ", ", end);
   const Rows all{share.begin, end};
-  const auto& F = chain.F;
-  const auto& r = chain.r;
-  const auto& p = chain.p;
-  const auto& curvature = chain.curvature;  // N[k][k'] of §12.3
-
-  // The feature kernel κ_k(i, j) = ã_{i,k-1}·ã_{j,k-1} for the tile's rows i and every j.
-  const auto kappa = [&](int64_t k, Rows rows) {
-    const Tensor& z = c.z[k - 1];
-    const Tensor gram = at::mm(rows.of(z), z.t());
-    return c.bias[k] ? gram + 1 : gram;
-  };
-  // E(m, k) = B_mᵀ S B_k for the tile's rows (chain.E for all of them).
-  const auto E_rows = [&](int64_t m, int64_t k, Rows rows) {
-    return at::matmul(rows.of(F[out][m]).transpose(1, 2),
-                      at::matmul(rows.of(c.S), rows.of(F[out][k])));
-  };
 
   // tr H = tr G + tr R (§12.3), each diagonal term κ_k(i,i)·(per-sample trace).
-  Tensor trace = at::zeros({}, options);
+  Tensor trace = at::zeros({}, f.S.options().dtype(at::kDouble));
   for (int64_t k = 1; k <= out; ++k) {
-    const Tensor self = all.of(c.z[k - 1]).pow(2).sum(1) + (c.bias[k] ? 1 : 0);
-    trace = trace + (self * E_rows(k, k, all).diagonal(0, 1, 2).sum(1)).sum(at::kDouble);
+    const Tensor self = all.of(f.z[k - 1]).pow(2).sum(1) + (f.bias[k] ? 1 : 0);
+    trace = trace + (self * E_rows(f, k, k, all).diagonal(0, 1, 2).sum(1)).sum(at::kDouble);
     for (int64_t l = k; l <= L; ++l) {
-      trace = trace + (self * (all.of(r[l]) * all.of(F[l][k]).pow(2).sum(2)).sum(1))
+      trace = trace + (self * (all.of(f.r[l]) * all.of(f.F[l][k]).pow(2).sum(2)).sum(1))
                           .sum(at::kDouble);
     }
   }
-  Tensor trace_sq = at::zeros({}, options);
-  if (all.size() == 0) return {trace, trace_sq};
+  if (all.size() == 0) return {trace, at::zeros({}, trace.options())};
 
-  // tr(G²) = Σ_ij tr(S_i K_ij S_j K_ijᵀ) with K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C): the
-  // (N·C)² dual matrix of §8 where it is small (one logit: N²; a tile of its rows at a time),
-  // else the same sum as Grams of the per-sample E_{k'k} = B_k'ᵀ S B_k (below), whose memory is
-  // N·H² rather than (N·C)².
-  const bool dual = (N * C) * (N * C) <= (int64_t{1} << 26);
-  if (dual) {
-    const int64_t step = rows_per_tile(N * C * C, share.tile_rows);
-    for (int64_t begin = all.begin; begin < all.end; begin += step) {
-      const Rows rows{begin, std::min(all.end, begin + step)};
-      Tensor K;  // (rows, C, N, C)
-      for (int64_t k = 1; k <= out; ++k) {
-        const Tensor& B = F[out][k];
-        const Tensor term =
-            at::mm(rows.of(B).reshape({rows.size() * C, -1}), B.reshape({N * C, -1}).t())
-                .view({rows.size(), C, N, C}) *
-            kappa(k, rows).view({rows.size(), 1, N, 1});
-        K = K.defined() ? K + term : term;
-      }
-      const Tensor SKS =
-          at::einsum("iajc,jcd->iajd", {at::einsum("iab,ibjc->iajc", {rows.of(c.S), K}), c.S});
-      trace_sq = trace_sq + (SKS * K).sum(at::kDouble);
-    }
+  // tr(H²) = tr(G²) + 2 tr(GR) + tr(R²): the pairs (i, j), i in the share, tile by tile.
+  const bool reverse_only = records_reverse_only(f);
+  const std::vector<Tile> tiles = tiles_of(
+      f, all, share.tile_rows, reverse_only ? kCheckpointedTileNumbers : kTileNumbers);
+  // Checkpointed where a kind of tile repeats (with one tile of each kind, a tile's graph is the
+  // whole graph anyway).
+  const auto dual_tiles = std::count_if(tiles.begin(), tiles.end(), [](const Tile& t) {
+    return t.dual;
+  });
+  const bool repeats = dual_tiles > 1 || static_cast<int64_t>(tiles.size()) - dual_tiles > 1;
+  if (repeats && reverse_only) {
+    std::vector<Tensor> factors;
+    each_slot(f, [&](Tensor& t) {
+      if (t.defined()) factors.push_back(t);
+    });
+    return {trace, PairSumsBackward::apply(f, tiles, at::TensorList(factors))[0]};
   }
-
-  // Every sample's right-hand factors, formed once: the Gauss-Newton blocks E_{k'k} (k ≤ k';
-  // E_{kk'} = E_{k'k}ᵀ with the same Grams) where the dual matrix is not used, p_m d_{m-1}ᵀ, and
-  // G_{mk} = D'_{m-1}F_{m-1,k} of §12.3's g^{ij}.
-  std::vector<std::vector<Tensor>> E_all(out + 1, std::vector<Tensor>(out + 1));
-  if (!dual) {
-    for (int64_t k = 1; k <= out; ++k) {
-      for (int64_t k2 = k; k2 <= out; ++k2) E_all[k2][k] = chain.E(k2, k);
-    }
-  }
-  std::vector<Tensor> p_d(out + 1);
-  std::vector<std::vector<Tensor>> G(out + 1, std::vector<Tensor>(out + 1));
-  for (int64_t m = 2; m <= out; ++m) {
-    p_d[m] = p[m].unsqueeze(2) * c.d1[m - 1].unsqueeze(1);
-    for (int64_t k = 1; k < m - 1; ++k) G[m][k] = c.d1[m - 1].unsqueeze(2) * F[m - 1][k];
-  }
-
-  const int64_t step = rows_per_tile(N, share.tile_rows);
-  for (int64_t begin = all.begin; begin < all.end; begin += step) {
-    const Rows rows{begin, std::min(all.end, begin + step)};
-    std::vector<Tensor> kappas(out + 1);
-    for (int64_t k = 1; k <= out; ++k) kappas[k] = kappa(k, rows);
-
-    if (!dual) {  // tr(G²) = Σ_{k,k'} Σ_ij κ_k κ_k' ⟨E^i_{k'k}, E^j_{k'k}⟩ (§12.3)
-      for (int64_t k = 1; k <= out; ++k) {
-        for (int64_t k2 = k; k2 <= out; ++k2) {
-          const Tensor gram =
-              weighted_gram(kappas[k] * kappas[k2], rows.of(E_all[k2][k]), E_all[k2][k]);
-          trace_sq = trace_sq + (k2 == k ? gram : 2 * gram);
-        }
-      }
-    }
-
-    // 2 tr(GR) + tr(R²) by the Gram forms of §12.3. Where a factor is diagonal (N_LL = diag
-    // r_L; G = D'_{m-1} when k = m − 1) its Gram is one of vectors: ⟨diag a, diag b⟩ = a·b.
-    for (int64_t k = 1; k <= L; ++k) {
-      for (int64_t k2 = 1; k2 <= L; ++k2) {
-        const Tensor weight = kappas[k] * kappas[k2];
-        if (k == L && k2 == L) {
-          trace_sq = trace_sq + weighted_gram(weight, rows.of(r[L]), r[L])  // Q1
-                     + 2 * weighted_gram(weight, E_rows(L, L, rows).diagonal(0, 1, 2),
-                                         r[L]);  // 2·T1
-          continue;
-        }
-        const Tensor& n_kk = curvature[k][k2];
-        trace_sq = trace_sq + weighted_gram(weight, rows.of(n_kk), n_kk)            // Q1
-                   + 2 * weighted_gram(weight, E_rows(k, k2, rows), n_kk);         // 2·T1
-      }
-    }
-    for (int64_t m = 2; m <= out; ++m) {
-      for (int64_t k = 1; k < m; ++k) {
-        const Tensor pair_weight = kappas[k] * at::mm(rows.of(p[m]), p[m].t());
-        const Tensor z_rows = rows.of(c.z[m - 1]);
-        if (k == m - 1) {
-          const Tensor& d = c.d1[m - 1];
-          trace_sq = trace_sq + 4 * paired_products_diagonal(kappas[k], E_rows(m, k, rows),
-                                                             p_d[m], z_rows);  // 2·T2
-          if (m <= L) {
-            trace_sq = trace_sq + 4 * paired_products_diagonal(
-                                          kappas[k], rows.of(curvature[m][k]), p_d[m],
-                                          z_rows);  // Q2
-          }
-          trace_sq = trace_sq + 2 * weighted_gram(pair_weight, rows.of(d), d);  // Q3
-          continue;
-        }
-        // g_ij = F_{j,m-1,k}ᵀ(φ'_{j,m-1} ∘ z_{i,m-1}): G_j = D'_{j,m-1} F_{j,m-1,k}
-        trace_sq = trace_sq + 4 * paired_products(kappas[k], E_rows(m, k, rows), p[m], G[m][k],
-                                                  z_rows);  // 2·T2
-        if (m <= L) {
-          trace_sq = trace_sq + 4 * paired_products(kappas[k], rows.of(curvature[m][k]), p[m],
-                                                    G[m][k], z_rows);  // Q2
-        }
-        trace_sq = trace_sq + 2 * weighted_gram(pair_weight, rows.of(G[m][k]), G[m][k]);  // Q3
-      }
-    }
-  }
+  const RightFactors right = right_factors(f);
+  Tensor trace_sq = at::zeros({}, trace.options());
+  for (const Tile& tile : tiles) trace_sq = trace_sq + tile_sum(f, right, tile);
   return {trace, trace_sq};
 }
 
