@@ -114,6 +114,21 @@ struct RightFactors {
   std::vector<Tensor> p_d;
 };
 
+// Every defined tensor of the right-hand factors, in one fixed order.
+template <typename Each>
+void each_right(RightFactors& right, const Each& each) {
+  for (std::vector<std::vector<Tensor>>* table : {&right.E, &right.G}) {
+    for (std::vector<Tensor>& row : *table) {
+      for (Tensor& t : row) {
+        if (t.defined()) each(t);
+      }
+    }
+  }
+  for (Tensor& t : right.p_d) {
+    if (t.defined()) each(t);
+  }
+}
+
 // tr(G²) by the (N·C)² dual matrix of §8 where it is small (one logit: N²), else by Grams of the
 // per-sample E_{k'k} (memory N·H² rather than (N·C)²).
 bool uses_dual(const PairFactors& f) { return (f.N * f.C) * (f.N * f.C) <= (int64_t{1} << 26); }
@@ -243,16 +258,19 @@ Tensor gram_tile(const PairFactors& f, const RightFactors& right, Rows rows) {
   return sum;
 }
 
-// The tiles of the rows [begin, end): each holds (rows, N) matrices of at most kTileNumbers
-// numbers ((rows·C, N·C) for the dual matrix) and per-sample arrays of at most kTileNumbers
-// (rows × the widest layer's H × H), so a single tile up to N = 2048 on ordinary widths; or
-// tiles of the caller's count of rows.
+// The tiles of the rows [begin, end): each holds (rows, N) matrices of at most `numbers` numbers
+// ((rows·C, N·C) for the dual matrix) and per-sample arrays of at most kTileNumbers (rows × the
+// widest layer's H × H), so a single tile up to N = 2048 on ordinary widths (1024 where
+// checkpointed); or tiles of the caller's count of rows.
 std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, int64_t numbers) {
   int64_t widest = f.C;
   for (int64_t l = 1; l <= f.L; ++l) widest = std::max(widest, f.z[l].size(1));
+  // Rows such that a (rows, N·…) matrix holds at most `numbers` and a tile's per-sample arrays at
+  // most kTileNumbers.
   const auto step = [&](int64_t per_row) {
     return tile_rows > 0 ? tile_rows
-                         : std::max<int64_t>(1, numbers / std::max<int64_t>(1, per_row));
+                         : std::max<int64_t>(1, std::min(numbers / std::max<int64_t>(1, per_row),
+                                                         kTileNumbers / (widest * widest)));
   };
   std::vector<Tile> tiles;
   const auto add = [&](bool dual, int64_t rows) {
@@ -261,7 +279,7 @@ std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, in
     }
   };
   if (uses_dual(f)) add(true, step(f.N * f.C * f.C));
-  add(false, step(std::max(f.N, widest * widest)));
+  add(false, step(f.N));
   return tiles;
 }
 
@@ -368,18 +386,49 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
       if (defined[slot++] == 1) t = recorded[next++];
     });
     if (upstream.defined() && !aliases.empty()) {
-      const torch_ws::RightFactors right = torch_ws::right_factors(f);
+      // The right-hand factors recorded once from the aliases. Without create_graph each tile
+      // reads detached copies of them, and their gradients, summed over the tiles, go through
+      // their own graph once at the end (not once per tile: at [200, 200] that backward is the
+      // size of a tile's). With create_graph the tiles read them as recorded, so that the
+      // gradients' own dependence on them is recorded too.
+      const torch_ws::RightFactors recorded_right = torch_ws::right_factors(f);
+      torch_ws::RightFactors right = recorded_right;
+      torch::autograd::variable_list inputs = aliases, right_recorded, right_grads;
+      if (!create_graph) {
+        torch_ws::each_right(right, [&](at::Tensor& t) {
+          if (!t.requires_grad()) return;
+          right_recorded.push_back(t);
+          t = t.detach().requires_grad_();
+          inputs.push_back(t);
+        });
+        right_grads.resize(right_recorded.size());
+      }
+      const auto add = [](at::Tensor& sum, const at::Tensor& term) {
+        if (term.defined()) sum = sum.defined() ? sum + term : term;
+      };
       for (size_t t = 0; t < flat_tiles.size(); t += 3) {
         const torch_ws::Tile tile{flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}};
         const at::Tensor sum = torch_ws::tile_sum(f, right, tile);
         if (!sum.requires_grad()) continue;
         const torch::autograd::variable_list tile_grads = torch::autograd::grad(
-            {sum}, aliases, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
+            {sum}, inputs, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
             create_graph, /*allow_unused=*/true);
-        for (size_t k = 0; k < wanted.size(); ++k) {
-          at::Tensor& g = grads[wanted[k]];
-          if (tile_grads[k].defined()) g = g.defined() ? g + tile_grads[k] : tile_grads[k];
+        for (size_t k = 0; k < wanted.size(); ++k) add(grads[wanted[k]], tile_grads[k]);
+        for (size_t k = 0; k < right_grads.size(); ++k) {
+          add(right_grads[k], tile_grads[wanted.size() + k]);
         }
+      }
+      torch::autograd::variable_list through_right, grads_in, right_used;
+      for (size_t k = 0; k < right_grads.size(); ++k) {
+        if (!right_grads[k].defined()) continue;
+        right_used.push_back(right_recorded[k]);
+        grads_in.push_back(right_grads[k]);
+      }
+      if (!right_used.empty()) {
+        through_right = torch::autograd::grad(right_used, aliases, grads_in,
+                                              /*retain_graph=*/false, /*create_graph=*/false,
+                                              /*allow_unused=*/true);
+        for (size_t k = 0; k < wanted.size(); ++k) add(grads[wanted[k]], through_right[k]);
       }
     }
     grads.insert(grads.begin(), {at::Tensor(), at::Tensor()});  // shape, tiles
