@@ -224,17 +224,16 @@ def test_ranks_with_ten_logits_beyond_the_hessian_limit(tmp_path):
 def test_ranks_with_a_deep_network(tmp_path, monkeypatch, sizes, engine):
     """Two hidden layers, C = 3, the squared error, over 2 and 3 ranks (one empty). With the
     assembled Hessian each rank assembles its samples' blocks and the ranks all-reduce H
-    (docs/math.md §12.7); with the Gram forms every rank evaluates the union (no split of them
-    yet). Either way every rank gets the single-process bounds and gradient (the split's bounds
-    to 1e-9: they widen by the all-reduced H's certified errors rather than by the single
-    process's, both ~1e-11 of them); ranks whose layers differ are told which."""
+    (docs/math.md §12.7); with the Gram forms each rank evaluates its rows of the pair sums and
+    the ranks all-reduce the traces (§12.4). Either way every rank gets the single-process bounds
+    and gradient (the bounds to 1e-9: they widen by the all-reduced certified errors rather than
+    by the single process's, both ~1e-11 of them); ranks whose layers differ are told which."""
     monkeypatch.setenv("TORCH_WS_ENGINE", engine)  # the spawned ranks inherit it
     results = _run_ranks(tmp_path, sizes, classes=3, loss_name="mse", hidden_layers=2)
     model, x, y = model_and_data(n=sum(sizes), classes=3, hidden_layers=2)
     loss, y = _head(3, "mse", y)
     expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
-    _assert_every_rank_got(results, expected, model, grad_rtol=1e-10,
-                           bound_rtol=1e-9 if engine == "parameter" else 1e-12)
+    _assert_every_rank_got(results, expected, model, grad_rtol=1e-10, bound_rtol=1e-9)
     if len(sizes) == 2:
         results = _run_ranks(tmp_path, (6, 6), activations=["tanh", "wider"], classes=3,
                              loss_name="mse", hidden_layers=2)
@@ -316,10 +315,10 @@ def test_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch, engi
 @pytest.mark.parametrize("engine", ["parameter", "sample"])
 def test_deep_regularizer_over_the_global_batch_under_ddp(tmp_path, monkeypatch, engine):
     """A network with two hidden layers and three classes, HSRRegularizer(global_batch=True)
-    under DistributedDataParallel (2 gloo ranks): the ranks split the assembled Hessian, or each
-    evaluates the union (Gram forms); after DDP averages, every rank holds the gradient of mean
-    cross-entropy + ρ·bound over the union, and the bound is the union's (to 1e-9 on the split,
-    which widens by the all-reduced H's certified errors)."""
+    under DistributedDataParallel (2 gloo ranks): the ranks split the assembled Hessian, or the
+    Gram forms' pair sums by rows; after DDP averages, every rank holds the gradient of mean
+    cross-entropy + ρ·bound over the union, and the bound is the union's (to 1e-9: the split
+    widens by the all-reduced certified errors)."""
     monkeypatch.setenv("TORCH_WS_ENGINE", engine)
     _assert_ddp_gives_the_union(tmp_path, classes=3, hidden_layers=2, bound_rtol=1e-9,
                                 grad_rtol=1e-9)

@@ -51,9 +51,9 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             :class:`HSRRegularizer` (read by :meth:`torch_ws.MlpSpec.from_module`); or a
             deeper ``nn.Sequential(Linear, act, Linear, act, …, Linear)`` (one activation; read
             by :meth:`torch_ws.DeepMlpSpec.from_module`, bounded by
-            :func:`torch_ws.deep_ws_bounds`; over a process group the ranks split the
-            assembled Hessian where its engine is chosen (small n), and every rank evaluates
-            the whole union where the Gram forms are, there being no split of those yet).
+            :func:`torch_ws.deep_ws_bounds`; over a process group the ranks split the work
+            by the deep engine chosen: their samples' blocks of the assembled Hessian (small
+            n), or their rows of the Gram forms' pair sums).
         data: a ``DataLoader`` or any iterable of ``(x, target)`` batches (a last partial batch
             is fine); every batch has the same D, dtype and target layout.
         loss, reduction: as for :class:`HSRRegularizer` (a loss module is read as there); a
@@ -134,14 +134,9 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
             stage("gathering the shards")
             return distributed_bounds(Shards(spec, x, target, group), grad, progress=stage)
         if group is not None:
-            # Several hidden layers: split where the assembled Hessian is the engine; the Gram
-            # forms have no split over ranks yet, so there every rank evaluates the union (the
-            # same numbers on every rank, one process's time).
+            # Several hidden layers: split by the deep engine the union gets (DeepShards).
             stage("gathering the shards")
-            shards = DeepShards(spec, x, target, group)
-            if shards.parameter_space:
-                return distributed_bounds(shards, grad, progress=stage)
-            x, target = shards.x_all, shards.target_all
+            return distributed_bounds(DeepShards(spec, x, target, group), grad, progress=stage)
         stage("bounds and gradient" if grad else "bounds")
         with torch.set_grad_enabled(grad):
             bounds = (deep_ws_bounds if deep else ws_bounds)(*spec.op_args(x, target))

@@ -8,10 +8,10 @@ takes such a network with bound="ws"; closed-form Hessian-vector products and th
 interval on λ_max and λ_min (§12.6, differentiable by autograd through the products and traces
 with the basis held fixed), which ``torch_ws.sharpness`` uses for deep networks and
 ``HSRRegularizer(bound="interval")`` penalizes; ``torch_ws.dataset_bounds`` (over
-torch.distributed: split over the ranks where the assembled Hessian is the engine, else every
-rank evaluates the union). Two engines, chosen per call: the Gram forms
-(§12.3) and, for small n, the Hessian assembled by blocks (§12.7). Not yet: a hand-derived
-backward, tiling of the Gram forms, the spectral bound, a split of the Gram forms over ranks.
+torch.distributed: the work split over the ranks by either engine). Two engines, chosen per
+call: the Gram forms (§12.3, in tiles of rows, checkpointed in reverse mode: §12.4) and, for
+small n, the Hessian assembled by blocks (§12.7). Not yet: a hand-derived backward, the
+spectral bound.
 """
 from __future__ import annotations
 

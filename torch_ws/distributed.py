@@ -13,11 +13,14 @@ every number comes from the C++ engines):
 
 The result equals one process's call on the concatenated shards (up to the order of float64
 sums), for every head, at every size one process takes. Networks with several hidden layers
-split the same way where their engine table takes the assembled Hessian (docs/math.md §12.7):
-each rank assembles its samples' blocks (``_deep_assembled_hessian`` with a share), the ranks
-all-reduce H and its certified forming error, and the gradient share is autograd's reverse mode
-of the rank's assembly with H̄ = αI + 2βH (``DeepShards``); where the Gram forms are chosen
-(large n) every rank evaluates the union (no split of the Gram forms yet).
+split by their own engine table (``DeepShards``): where it takes the assembled Hessian (docs/
+math.md §12.7) each rank assembles its samples' blocks (``_deep_assembled_hessian`` with a
+share), the ranks all-reduce H and its certified forming error, and the gradient share is
+autograd's reverse mode of the rank's assembly with H̄ = αI + 2βH; where it takes the Gram forms
+(§12.3, §12.4) each rank evaluates the pairs (i, j) whose row i is one of its samples, against
+every j (``_deep_gram_form_traces`` with a share: the per-sample chain over the union, linear in
+N, then the rank's rows of the quadratic pair sums), the ranks all-reduce tr H, tr(H²) and their
+certified errors, and the gradient share is autograd's reverse mode of the rank's pair sums.
 """
 from __future__ import annotations
 
@@ -174,32 +177,20 @@ class GlobalBatchBound(torch.autograd.Function):
 
 class DeepGlobalBatchBound(torch.autograd.Function):
     """λ_sup of the union of the ranks' batches for a deep network, for
-    ``HSRRegularizer(global_batch=True)``: split as :class:`DeepShards` where the assembled
-    Hessian is the engine (the backward returns this rank's share of the gradient times the
-    world size, as :class:`GlobalBatchBound`), else every rank evaluates the union with its
-    gradient (the same whole gradient on every rank, which DistributedDataParallel's average
-    keeps)."""
+    ``HSRRegularizer(global_batch=True)``: split as :class:`DeepShards` (the backward returns
+    this rank's share of the gradient times the world size, as :class:`GlobalBatchBound`)."""
 
     @staticmethod
     def forward(ctx, spec, x: Tensor, target: Tensor, group, *leaves):
-        from .deep import deep_ws_bounds
-
         shards = DeepShards(spec, x, target, group)
         ctx.shards = shards
-        if shards.parameter_space:
-            traces, errors = shards.traces()
-            bounds, ctx.weights = bounds_and_weights(traces, shards.num_params, x.dtype, errors)
-            return bounds[0].to(x.dtype)
-        with torch.enable_grad():
-            bound = deep_ws_bounds(*spec.op_args(shards.x_all, shards.target_all)).lambda_max_upper
-            ctx.union_grads = torch.autograd.grad(bound, spec.leaves)
-        return bound.detach()
+        traces, errors = shards.traces()
+        bounds, ctx.weights = bounds_and_weights(traces, shards.num_params, x.dtype, errors)
+        return bounds[0].to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_bound):
         shards = ctx.shards
-        if not shards.parameter_space:
-            return (None, None, None, None, *(g * grad_bound for g in ctx.union_grads))
         scale = float(grad_bound)
         d_trace, d_trace_sq = (float(w) * scale for w in ctx.weights)
         shares = shards.gradient_share(d_trace, d_trace_sq)
@@ -207,10 +198,14 @@ class DeepGlobalBatchBound(torch.autograd.Function):
 
 
 class DeepShards:
-    """This rank's part of one whole-set evaluation of a deep network over ``group`` where the
-    deep engine table takes the assembled Hessian (``parameter_space``; else the caller
-    evaluates the union): each rank assembles its samples' blocks with the whole set's loss
-    scale, and the ranks all-reduce H and its certified forming error (docs/math.md §12.7).
+    """This rank's part of one whole-set evaluation of a deep network over ``group``, split by
+    the engine the deep engine table takes for the union (``parameter_space``):
+
+    - the assembled Hessian: each rank assembles its samples' blocks with the whole set's loss
+      scale, and the ranks all-reduce H and its certified forming error (docs/math.md §12.7);
+    - the Gram forms: each rank evaluates the pairs (i, j) with i among its samples and j any
+      (the per-sample chain over the union first), and the ranks all-reduce tr H, tr(H²) and
+      their certified errors (§12.3, §12.4).
 
     Args:
         spec: the :class:`~torch_ws.DeepMlpSpec`.
@@ -237,14 +232,29 @@ class DeepShards:
         return (x, target, [w.detach() for w in weights],
                 [b.detach() if b is not None else None for b in biases], *rest)
 
+    def _summing_error(self) -> float:
+        """γ_world: the all-reduce sums `world` float64 terms (docs/math.md §12.5)."""
+        world = float(self.world)
+        return 2 * world * 2.0 ** -53 / (1 - world * 2.0 ** -53)
+
     def traces(self) -> tuple[Tensor, tuple[float, float]]:
         """(tr H, tr H²) of the union of the shards, float64, on every rank, and their certified
-        errors: this rank's share of H all-reduced, the forming errors summed, the all-reduce's
-        own rounding (each entry a sum of `world` terms) added."""
+        errors: each rank's share all-reduced, with the shares' certified errors summed and the
+        all-reduce's own rounding added."""
+        if not self.parameter_space:
+            trace, trace_sq, trace_error, trace_sq_error = \
+                torch.ops.torch_ws._deep_gram_form_traces(*self._detached(), self.begin, self.end)
+            values = torch.stack([trace, trace_sq])
+            errors = torch.stack([trace_error, trace_sq_error]) + \
+                self._summing_error() * values.abs()
+            torch.distributed.all_reduce(values, group=self.group)
+            torch.distributed.all_reduce(errors, group=self.group)
+            # The errors' own sum rounds too (non-negative terms): widened by the same γ.
+            errors = errors * (1 + self._summing_error())
+            return values, (float(errors[0]), float(errors[1]))
         share, forming_error = torch.ops.torch_ws._deep_assembled_hessian(
             *self._detached(), self.begin, self.end)
-        world = float(self.world)
-        summing = 2 * world * 2.0 ** -53 / (1 - world * 2.0 ** -53) * float(share.norm())
+        summing = self._summing_error() * float(share.norm())
         error = torch.tensor([float(forming_error) + summing], dtype=torch.float64,
                              device=share.device)
         torch.distributed.all_reduce(share, group=self.group)
@@ -263,28 +273,34 @@ class DeepShards:
         return grads
 
     def gradient_share(self, d_trace: float, d_trace_sq: float) -> list[Tensor]:
-        """This rank's part of that gradient: d(α tr H + β tr H²) = ⟨αI + 2βH, dH⟩ with H the
-        all-reduced Hessian held fixed, this rank's samples' part of dH by autograd through its
-        assembly; the parts of all ranks sum to the whole gradient."""
+        """This rank's part of that gradient; the parts of all ranks sum to the whole gradient.
+        Assembled Hessian: d(α tr H + β tr H²) = ⟨αI + 2βH, dH⟩ with H the all-reduced Hessian
+        held fixed, this rank's samples' part of dH by autograd through its assembly. Gram forms:
+        autograd through this rank's share of the pair sums (tr H and tr(H²) are sums over the
+        shares)."""
         x, target, weights, biases, *rest = self.args
         leaves = self.spec.leaves
         grads = [None] * len(leaves)
         if self.end > self.begin:  # a rank without samples adds nothing
             with torch.enable_grad():
-                share, _ = torch.ops.torch_ws._deep_assembled_hessian(
-                    x, target, weights, biases, *rest, self.begin, self.end)
-                eye = torch.eye(self.num_params, dtype=torch.float64, device=share.device)
-                hessian_bar = d_trace * eye + (2 * d_trace_sq) * self.hessian
-                grads = torch.autograd.grad((hessian_bar * share).sum(), leaves,
-                                            allow_unused=True)
+                if self.parameter_space:
+                    share, _ = torch.ops.torch_ws._deep_assembled_hessian(
+                        x, target, weights, biases, *rest, self.begin, self.end)
+                    eye = torch.eye(self.num_params, dtype=torch.float64, device=share.device)
+                    hessian_bar = d_trace * eye + (2 * d_trace_sq) * self.hessian
+                    objective = (hessian_bar * share).sum()
+                else:
+                    trace, trace_sq, _, _ = torch.ops.torch_ws._deep_gram_form_traces(
+                        x, target, weights, biases, *rest, self.begin, self.end)
+                    objective = d_trace * trace + d_trace_sq * trace_sq
+                grads = torch.autograd.grad(objective, leaves, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
 
 
 def distributed_bounds(shards, grad: bool, progress: Optional[Callable[[str], None]] = None):
-    """The whole-set :class:`~torch_ws.WSBounds` from ``shards`` (a :class:`Shards`, or a
-    :class:`DeepShards` whose ``parameter_space`` holds; else the caller evaluates
-    ``shards.x_all``); with ``grad``, the whole gradient of ``lambda_max_upper`` is added to the
-    parameters' ``.grad`` on every rank. ``progress(stage)`` is called before each stage."""
+    """The whole-set :class:`~torch_ws.WSBounds` from ``shards`` (a :class:`Shards` or a
+    :class:`DeepShards`); with ``grad``, the whole gradient of ``lambda_max_upper`` is added to
+    the parameters' ``.grad`` on every rank. ``progress(stage)`` is called before each stage."""
     from .ops import WSBounds
 
     step = progress or (lambda stage: None)

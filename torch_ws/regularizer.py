@@ -65,9 +65,8 @@ class HSRRegularizer(nn.Module):
             batch and gets the same value. Its backward leaves this rank's share of the whole
             gradient times the world size, so that DDP's averaging over ranks gives every rank
             the whole-union gradient. x gets no gradient from it. The WS bound only, every
-            head and size (see :func:`torch_ws.dataset_bounds` for how the sums are divided;
-            a deep network's are divided where the assembled Hessian is its engine, else every
-            rank evaluates the union and leaves the whole gradient, which DDP's average keeps).
+            head and size, deep networks included (see :func:`torch_ws.dataset_bounds` for
+            how the sums are divided).
         group: the process group for ``global_batch`` (default: the whole world).
 
     The regularizer holds references to the layers (not copies): it always sees the current
