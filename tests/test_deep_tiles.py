@@ -1,0 +1,133 @@
+"""The deep Gram forms in tiles of rows and in shares of rows (csrc/ops/deep/gram_forms.cpp,
+docs/math.md §12.4): tiles smaller than N, and the shares [begin, end) that the ranks of
+dataset_bounds evaluate, give the explicit Hessian's tr H and ‖H‖²_F (torch.func.hessian of the
+real network), and so do their gradients, which autograd takes through checkpointed tiles
+(PairSumsBackward: recorded again one tile at a time in the backward), double backward
+included; forward mode and torch.func take the recorded path."""
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+
+import torch_ws
+from deep_testing import BIASES, HEADS, explicit_hessian, make_problem
+
+CASES = [(head, activation, bias) for head in HEADS for activation in ("tanh", "softplus")
+         for bias in BIASES]
+
+
+def gram_traces(problem, activation, loss, begin=0, end=None, tile_rows=0):
+    """The private op's (tr H, tr(H²), their certified errors) of a share, in tiles."""
+    x, target, weights, biases = problem
+    return torch.ops.torch_ws._deep_gram_form_traces(x, target, weights, biases, activation,
+                                                     "mean", loss, begin, end, tile_rows)
+
+
+def leaves_of(problem):
+    x, target, weights, biases = problem
+    x = x.detach().requires_grad_(True)
+    weights = [w.detach().requires_grad_(True) for w in weights]
+    biases = [b.detach().requires_grad_(True) if b is not None else None for b in biases]
+    return (x, target, weights, biases), [x] + weights + [b for b in biases if b is not None]
+
+
+def assert_close(got, expected, rtol):
+    scale = max(float(expected.abs().max()), 1e-30)
+    assert float((got - expected).abs().max()) <= rtol * scale
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}-{c[0][2]}-{c[1]}-{c[2]}")
+def test_tiles_and_shares_give_the_explicit_traces(case):
+    head, activation, bias = case
+    index = CASES.index(case)
+    problem = make_problem([[4, 3], [3, 4, 2]][index % 2], head, bias, seed=index, n=11)
+    hessian = explicit_hessian(*problem, activation, "mean", head[0])
+    expected = torch.stack([hessian.diagonal().sum(), hessian.pow(2).sum()])
+    whole = gram_traces(problem, activation, head[0])
+    for tile_rows in (1, 4):
+        tiled = gram_traces(problem, activation, head[0], tile_rows=tile_rows)
+        assert_close(torch.stack(tiled[:2]), expected, 1e-12)
+    shares = [gram_traces(problem, activation, head[0], begin, end, 3)
+              for begin, end in ((0, 5), (5, 5), (5, 11))]
+    assert_close(sum(torch.stack(s[:2]) for s in shares), expected, 1e-12)
+    # Each share's certified errors are those of its own sums: together no more than the
+    # whole's (a subset of its terms), and they cover the sum's distance to the truth.
+    share_errors = sum(torch.stack(s[2:]) for s in shares)
+    assert bool((share_errors <= torch.stack(whole[2:]) * (1 + 1e-12)).all())
+    assert bool(((sum(torch.stack(s[:2]) for s in shares) - expected).abs()
+                 <= share_errors + 1e-13 * expected.abs()).all())
+    assert shares[1][0] == 0 and shares[1][1] == 0  # an empty share (a rank without samples)
+
+
+@pytest.mark.parametrize("case", CASES[::2], ids=lambda c: f"{c[0][0]}-{c[0][2]}-{c[1]}-{c[2]}")
+def test_checkpointed_gradients_match_the_explicit_hessian(case):
+    """Tiles of 3 rows of N = 8: the checkpointed backward (its node is PairSumsBackward), in x
+    and every layer, against autograd through the explicit Hessian; and double backward (the
+    gradient of the gradient's squared norm) against the same."""
+    head, activation, bias = case
+    index = CASES.index(case)
+    problem, leaves = leaves_of(make_problem([[3, 3], [2, 3, 2]][index % 2], head, bias,
+                                             seed=10 + index, n=8))
+
+    def ours():
+        trace, trace_sq, _, _ = gram_traces(problem, activation, head[0], tile_rows=3)
+        return 0.3 * trace - 0.7 * trace_sq, trace_sq
+
+    def truth():
+        h = explicit_hessian(*problem, activation, "mean", head[0])
+        return 0.3 * h.diagonal().sum() - 0.7 * h.pow(2).sum()
+
+    value, trace_sq = ours()
+    assert "PairSumsBackward" in trace_sq.grad_fn.name()
+    for got, expected in zip(torch.autograd.grad(value, leaves),
+                             torch.autograd.grad(truth(), leaves)):
+        assert_close(got, expected, 1e-10)
+
+    def gradient_norm(objective):
+        return sum(g.pow(2).sum() for g in torch.autograd.grad(objective, leaves,
+                                                               create_graph=True))
+
+    for got, expected in zip(torch.autograd.grad(gradient_norm(ours()[0]), leaves),
+                             torch.autograd.grad(gradient_norm(truth()), leaves)):
+        assert_close(got, expected, 1e-9)
+
+
+def test_forward_mode_and_torch_func_take_the_recorded_path():
+    """With tiles that would be checkpointed: a forward-mode tangent, torch.func.grad and
+    torch.func.jvp (a C++ Function serves none of them) give the explicit Hessian's derivative."""
+    problem = make_problem([3, 4], HEADS[1], "all", seed=3, n=9)
+    x, target, weights, biases = problem
+
+    def ours(w1):
+        return gram_traces((x, target, [w1] + weights[1:], biases), "tanh", "cross_entropy",
+                           tile_rows=2)[1]
+
+    def truth(w1):
+        return explicit_hessian(x, target, [w1] + weights[1:], biases, "tanh", "mean",
+                                "cross_entropy").pow(2).sum()
+
+    w1 = weights[0]
+    direction = torch.randn_like(w1)
+    expected_grad = torch.func.grad(truth)(w1)
+    assert_close(torch.func.grad(ours)(w1), expected_grad, 1e-10)
+    _, tangent = torch.func.jvp(ours, (w1,), (direction,))
+    assert float(tangent) == pytest.approx(float((expected_grad * direction).sum()), rel=1e-10)
+    with fwAD.dual_level():
+        value = ours(fwAD.make_dual(w1, direction))
+        assert float(fwAD.unpack_dual(value).tangent) == pytest.approx(float(tangent), rel=1e-12)
+
+
+def test_gauss_newton_grams_beyond_the_dual_matrix(monkeypatch):
+    """N·C = 8400 > 8192 dual rows: tr(G²) from the Grams of the per-sample E blocks (not the dual
+    matrix), in the default tiles (N = 2800: two of the value's, eight of the checkpointed
+    gradient's), against the assembled Hessian's traces and gradients (tests/test_deep.py checks
+    that engine against the explicit Hessian)."""
+    problem, leaves = leaves_of(make_problem([3, 2], HEADS[3], "all", seed=5, n=2800))
+    trace, trace_sq, _, _ = gram_traces(problem, "tanh", "mse")
+    assert "PairSumsBackward" in trace_sq.grad_fn.name()
+    grads = torch.autograd.grad(0.3 * trace - 0.7 * trace_sq, leaves)
+    monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
+    expected = torch_ws.deep_hessian_traces(*problem, "tanh", "mean", "mse")
+    assert_close(torch.stack([trace, trace_sq]), torch.stack(expected), 1e-11)
+    for got, want in zip(grads, torch.autograd.grad(0.3 * expected[0] - 0.7 * expected[1],
+                                                    leaves)):
+        assert_close(got, want, 1e-10)
