@@ -214,9 +214,11 @@ Tensor gram_tile(const PairFactors& f, const RightFactors& right, Rows rows) {
   }
 
   // Where a factor is diagonal (N_LL = diag r_L; G = D'_{m-1} when k = m − 1) its Gram is one
-  // of vectors: ⟨diag a, diag b⟩ = a·b.
+  // of vectors: ⟨diag a, diag b⟩ = a·b. The pairs (k, k') and (k', k) give the same Grams
+  // (N_{k'k} = N_{kk'}ᵀ, E_{k'k} = E_{kk'}ᵀ, and the weight is symmetric): k ≤ k', off-diagonal
+  // pairs twice.
   for (int64_t k = 1; k <= L; ++k) {
-    for (int64_t k2 = 1; k2 <= L; ++k2) {
+    for (int64_t k2 = k; k2 <= L; ++k2) {
       const Tensor weight = kappas[k] * kappas[k2];
       if (k == L && k2 == L) {
         sum = sum + weighted_gram(weight, rows.of(r[L]), r[L])  // Q1
@@ -225,8 +227,9 @@ Tensor gram_tile(const PairFactors& f, const RightFactors& right, Rows rows) {
         continue;
       }
       const Tensor& n_kk = curvature[k][k2];
-      sum = sum + weighted_gram(weight, rows.of(n_kk), n_kk)             // Q1
-            + 2 * weighted_gram(weight, E_rows(f, k, k2, rows), n_kk);  // 2·T1
+      const Tensor pair = weighted_gram(weight, rows.of(n_kk), n_kk)             // Q1
+                          + 2 * weighted_gram(weight, E_rows(f, k, k2, rows), n_kk);  // 2·T1
+      sum = sum + (k2 == k ? pair : 2 * pair);
     }
   }
   for (int64_t m = 2; m <= out; ++m) {
