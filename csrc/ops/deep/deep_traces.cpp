@@ -8,6 +8,7 @@
 // have those, docs/math.md §6): it keeps the engine's intermediates.
 #include "core/threads.h"
 #include "core/problem.h"
+#include "core/rounding.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 #include "ops/deep/deep_traces.h"
 #include "ops/deep/engines.h"
@@ -80,8 +81,8 @@ std::pair<at::Tensor, at::Tensor> certified_errors(Engine engine, const MlpProbl
   const CoefficientMagnitudes m = coefficient_magnitudes(p);
   const auto [trace_magnitude, trace_sq_magnitude] = evaluate(m.magnitudes);
   const double chain = deep_error_chain(engine, p) + kRoundingAllowance + m.logit_allowance;
-  const double u = 0x1p-53, gamma = 2 * chain * u / (1 - chain * u);
-  return {gamma * trace_magnitude, gamma * trace_sq_magnitude};
+  const double factor = 2 * gamma(chain);  // doubled, as §12.5
+  return {factor * trace_magnitude, factor * trace_sq_magnitude};
 }
 
 }  // namespace
@@ -173,13 +174,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> assembled_hessian_tra
   const auto n = static_cast<double>(hessian.size(0));
   const at::Tensor trace = hessian.diagonal().sum();
   const at::Tensor trace_sq = hessian.pow(2).sum();
-  const double u = 0x1p-53;
-  const auto gamma = [&](double m) { return 2 * m * u / (1 - m * u); };  // doubled, as §12.5
   const double norm = std::sqrt(trace_sq.item<double>());
+  // (γ doubled, as §12.5)
   const double trace_error = std::sqrt(n) * forming_error +
-                             gamma(n) * hessian.diagonal().abs().sum().item<double>();
+                             2 * gamma(n) * hessian.diagonal().abs().sum().item<double>();
   const double trace_sq_error = forming_error * (2 * norm + forming_error) +
-                                gamma(n * n + 1) * trace_sq.item<double>();
+                                2 * gamma(n * n + 1) * trace_sq.item<double>();
   return {trace, trace_sq, at::scalar_tensor(trace_error, hessian.options()),
           at::scalar_tensor(trace_sq_error, hessian.options())};
 }

@@ -1,6 +1,7 @@
 // The deep family's engine table (engines.h). One row per engine; nothing else chooses.
 #include "ops/deep/engines.h"
 
+#include "core/rounding.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <c10/util/Exception.h>
@@ -82,7 +83,7 @@ const DeepEngineEntry kDeepEngines[] = {
      &assembled_hessian_traces},
     {Engine::SampleSpace,
      "Gram forms of per-sample matrices in N×N feature kernels (ATen, any device), "
-     "O(N²·(ΣH)²) time, O(N² + N·H²) memory",
+     "O(N²·(ΣH)²) time, O(N·H² + tiles of (rows, N)) memory",
      [](const DeepShape&) { return std::string(); },
      // The Grams of the per-sample blocks of every pair of layers: about 4·N²·(Σ_l H_l)², and
      // the Gauss-Newton part's C × C blocks on top (fitted: C = 10 took 3.5× the one-logit
@@ -174,9 +175,8 @@ AssembledHessian assemble_hessian(const MlpProblem& p, int64_t begin, int64_t en
   const int64_t widest = std::max(shape.in_dim, *std::max_element(shape.widths.begin(),
                                                                   shape.widths.end()));
   const double own_chain = static_cast<double>(widest * widest + shape.samples + 64);
-  const double u = 0x1p-53, gamma = 2 * chain * u / (1 - chain * u);
-  const double own = 1 + 2 * own_chain * u / (1 - own_chain * u);
-  return {matrix, gamma * magnitude_norm * own};
+  // (γ doubled, as §12.5)
+  return {matrix, 2 * gamma(chain) * magnitude_norm * (1 + 2 * gamma(own_chain))};
 }
 
 }  // namespace torch_ws
