@@ -187,43 +187,88 @@ torch::nn::Linear linear_at(const torch::nn::Sequential& model, size_t index) {
 }
 
 const torch::nn::Sequential& checked_sequential(const torch::nn::Sequential& model) {
-  TORCH_CHECK_VALUE(model && model->size() == 3, kRegularizer,
-                    " expects Sequential(Linear(D, H), activation, Linear(H, C)), got a "
-                    "Sequential of ", model ? model->size() : 0, " modules");
+  TORCH_CHECK_VALUE(model && model->size() >= 3 && model->size() % 2 == 1, kRegularizer,
+                    " expects Sequential(Linear(D, H), activation, Linear(H, C)), or deeper "
+                    "Sequential(Linear, activation, Linear, …, Linear) with L >= 1 hidden layers, "
+                    "got a Sequential of ", model ? model->size() : 0, " modules");
   return model;
+}
+
+// The Linear layers of the Sequential, at its even positions.
+std::vector<torch::nn::Linear> layers_of(const torch::nn::Sequential& model) {
+  std::vector<torch::nn::Linear> layers;
+  for (size_t i = 0; i < checked_sequential(model)->size(); i += 2) {
+    layers.push_back(linear_at(model, i));
+  }
+  return layers;
+}
+
+// The activation of every hidden layer, which must be one (the closed form has one φ), as the
+// Python DeepMlpSpec requires.
+std::string shared_activation_of(const torch::nn::Sequential& model) {
+  std::vector<std::string> names;
+  for (size_t i = 1; i < checked_sequential(model)->size(); i += 2) {
+    names.push_back(activation_of(model->ptr(i)));
+  }
+  for (const std::string& name : names) {
+    if (name == names.front()) continue;
+    std::string listing;
+    for (size_t k = 0; k < names.size(); ++k) {
+      listing += (k ? ", " : "") + std::to_string(2 * k + 1) + ": " + names[k];
+    }
+    TORCH_CHECK_VALUE(false, kRegularizer, ": every hidden layer must have the same activation "
+                      "(the closed form has one φ), got ", listing);
+  }
+  return names.front();
 }
 
 }  // namespace
 
 HSRRegularizer::HSRRegularizer(const torch::nn::Sequential& model, std::string reduction,
                                std::string loss, std::string bound)
-    : HSRRegularizer(linear_at(checked_sequential(model), 0), checked_sequential(model)->ptr(1),
-                     linear_at(checked_sequential(model), 2), std::move(reduction),
+    : HSRRegularizer(layers_of(model), shared_activation_of(model), std::move(reduction),
                      std::move(loss), std::move(bound)) {}
 
 HSRRegularizer::HSRRegularizer(torch::nn::Linear hidden,
                                const std::shared_ptr<torch::nn::Module>& activation,
                                torch::nn::Linear output, std::string reduction, std::string loss,
                                std::string bound)
-    : hidden_(std::move(hidden)),
-      output_(std::move(output)),
-      activation_(activation_of(activation)),
+    : HSRRegularizer({std::move(hidden), std::move(output)}, activation_of(activation),
+                     std::move(reduction), std::move(loss), std::move(bound)) {}
+
+HSRRegularizer::HSRRegularizer(std::vector<torch::nn::Linear> layers, std::string activation,
+                               std::string reduction, std::string loss, std::string bound)
+    : layers_(std::move(layers)),
+      activation_(std::move(activation)),
       reduction_(std::move(reduction)),
       loss_(std::move(loss)),
       bound_(std::move(bound)) {
   TORCH_CHECK_VALUE(bound_ == "ws" || bound_ == "spectral", kRegularizer, ": unknown bound '",
                     bound_, "'; expected ws or spectral");
+  TORCH_CHECK_VALUE(bound_ == "ws" || layers_.size() == 2, kRegularizer, ": bound 'spectral' is "
+                    "for one hidden layer (there is no spectral bound for deeper networks yet); "
+                    "this network has ", layers_.size() - 1, " hidden layers, pass bound 'ws'");
   const LossEntry& head = loss_entry(parse_loss(kRegularizer, loss_));
-  const int64_t width = output_->options.out_features();
+  const torch::nn::Linear& output = layers_.back();
+  const int64_t width = output->options.out_features();
   TORCH_CHECK_VALUE(width >= head.min_outputs && (head.max_outputs < 0 || width <= head.max_outputs),
                     kRegularizer, ": loss '", head.name, "' (", head.as_torch, ") needs ",
                     head.max_outputs == 1 ? "Linear(H, 1)"
                                           : "Linear(H, C) with C >= " +
                                                 std::to_string(head.min_outputs),
                     " as the output layer, got out_features=", width);
-  TORCH_CHECK_VALUE(output_->options.in_features() == hidden_->options.out_features(),
-                    kRegularizer, ": the hidden layer has ", hidden_->options.out_features(),
-                    " units but the output layer expects ", output_->options.in_features());
+  for (size_t l = 1; l < layers_.size(); ++l) {
+    const int64_t given = layers_[l - 1]->options.out_features();
+    const int64_t expected = layers_[l]->options.in_features();
+    TORCH_CHECK_VALUE(given == expected, kRegularizer, ": ",
+                      layers_.size() == 2 ? std::string("the hidden layer has ") + std::to_string(given) +
+                                                " units but the output layer expects " +
+                                                std::to_string(expected)
+                                          : "layer " + std::to_string(l - 1) + " gives " +
+                                                std::to_string(given) + " features but layer " +
+                                                std::to_string(l) + " expects " +
+                                                std::to_string(expected));
+  }
   parse_reduction(kRegularizer, reduction_);
 }
 
@@ -236,13 +281,24 @@ at::Tensor HSRRegularizer::operator()(const at::Tensor& x, const at::Tensor& tar
   const bool class_indices = loss_ == "cross_entropy" && !at::isFloatingType(target.scalar_type());
   const at::Tensor labels =
       target.detach().to(class_indices ? at::kLong : x.scalar_type());
-  const auto b1 = optional_bias(hidden_->bias), b2 = optional_bias(output_->bias);
+  if (layers_.size() > 2) {
+    std::vector<at::Tensor> weights;
+    std::vector<std::optional<at::Tensor>> biases;
+    for (const torch::nn::Linear& layer : layers_) {
+      weights.push_back(layer->weight);
+      biases.push_back(optional_bias(layer->bias));
+    }
+    return deep_ws_bounds(x, labels, weights, biases, activation_, reduction_, loss_)
+        .lambda_max_upper;
+  }
+  const torch::nn::Linear &hidden = layers_.front(), &output = layers_.back();
+  const auto b1 = optional_bias(hidden->bias), b2 = optional_bias(output->bias);
   if (bound_ == "spectral") {
-    return spectral_bound(x, labels, hidden_->weight, b1, output_->weight, b2, activation_,
+    return spectral_bound(x, labels, hidden->weight, b1, output->weight, b2, activation_,
                           reduction_, loss_)
         .upper;
   }
-  return ws_bound(x, labels, hidden_->weight, b1, output_->weight, b2, activation_, reduction_,
+  return ws_bound(x, labels, hidden->weight, b1, output->weight, b2, activation_, reduction_,
                   loss_);
 }
 

@@ -155,12 +155,16 @@ EigenvalueInterval deep_eigenvalue_interval(
 // width must fit it. Targets are cast to x's dtype, except integer class indices for
 // "cross_entropy", which stay int64.
 // `bound` is "ws" (ws_bound) or "spectral" (spectral_bound's upper: tighter at large n, dearer).
+// A deeper Sequential(Linear, φ, Linear, φ, …, Linear) (L ≥ 2 hidden layers of any widths, one
+// activation for all, as the Python HSRRegularizer takes it) is bounded by deep_ws_bounds'
+// lambda_max_upper; "spectral" is for one hidden layer only (no deep spectral bound yet).
 // Supported activations: Identity, Sigmoid, Tanh, Softplus (beta 1, threshold 20), GELU
 // ("none" or "tanh"), SiLU, ReLU, LeakyReLU (negative_slope 0.01), the same as the Python
 // HSRRegularizer; anything else (ReLU6, Hardtanh, ELU, … with the reason) throws c10::ValueError
 // naming them.
 class HSRRegularizer {
  public:
+  // model: Sequential(Linear(D, H), φ, Linear(H, C)), or deeper as above.
   explicit HSRRegularizer(const torch::nn::Sequential& model, std::string reduction = "mean",
                           std::string loss = "bce", std::string bound = "ws");
   HSRRegularizer(torch::nn::Linear hidden, const std::shared_ptr<torch::nn::Module>& activation,
@@ -174,9 +178,14 @@ class HSRRegularizer {
   const std::string& reduction() const { return reduction_; }
   const std::string& loss() const { return loss_; }
   const std::string& bound() const { return bound_; }
+  // L, the number of hidden layers.
+  int64_t hidden_layers() const { return static_cast<int64_t>(layers_.size()) - 1; }
 
  private:
-  torch::nn::Linear hidden_, output_;
+  HSRRegularizer(std::vector<torch::nn::Linear> layers, std::string activation,
+                 std::string reduction, std::string loss, std::string bound);
+
+  std::vector<torch::nn::Linear> layers_;  // first to last; the output layer last
   std::string activation_, reduction_, loss_, bound_;
 };
 

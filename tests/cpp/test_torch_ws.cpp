@@ -272,6 +272,56 @@ void test_regularizer() {
   check(torch_ws::HSRRegularizer(silu).activation() == "silu", "SiLU detected");
 }
 
+// A deeper Sequential (two hidden layers): the regularizer is deep_ws_bounds' lambda_max_upper, its
+// gradient reaches every layer, the cross-entropy keeps int64 class indices; mixed activations,
+// inconsistent widths, an even number of modules and the spectral bound are refused, naming why.
+void test_regularizer_deep() {
+  torch::manual_seed(4);
+  torch::nn::Sequential model(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 4),
+                              torch::nn::Tanh(), torch::nn::Linear(4, 3));
+  model->to(torch::kFloat64);
+  torch_ws::HSRRegularizer reg(model, "mean", "cross_entropy");
+  check(reg.hidden_layers() == 2 && reg.activation() == "tanh", "deep regularizer: L and φ read");
+  auto x = torch::randn({9, 3}, torch::kFloat64);
+  auto y = torch::randint(0, 3, {9}, torch::kLong);
+  std::vector<at::Tensor> weights;
+  std::vector<std::optional<at::Tensor>> biases;
+  for (size_t i = 0; i < model->size(); i += 2) {
+    auto* layer = model->ptr(i)->as<torch::nn::Linear>();
+    weights.push_back(layer->weight);
+    biases.push_back(layer->bias);
+  }
+  auto value = reg(x, y);
+  auto direct =
+      torch_ws::deep_ws_bounds(x, y, weights, biases, "tanh", "mean", "cross_entropy")
+          .lambda_max_upper;
+  check(torch::equal(value, direct), "deep regularizer equals deep_ws_bounds' lambda_max_upper");
+  value.backward();
+  bool all_grads = true;
+  for (const auto& param : model->parameters()) {
+    all_grads = all_grads && param.grad().defined() && param.grad().abs().sum().item<double>() > 0;
+  }
+  check(all_grads, "deep regularizer gradient reaches every layer");
+  torch::nn::Sequential mixed(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 4),
+                              torch::nn::ReLU(), torch::nn::Linear(4, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(mixed); },
+               "every hidden layer must have the same activation (the closed form has one φ), "
+               "got 1: tanh, 3: relu",
+               "mixed activations refused, naming them");
+  torch::nn::Sequential narrow(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(6, 4),
+                               torch::nn::Tanh(), torch::nn::Linear(4, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(narrow); },
+               "layer 0 gives 5 features but layer 1 expects 6", "inconsistent widths refused");
+  torch::nn::Sequential even(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 4),
+                             torch::nn::Tanh());
+  expect_error([&] { torch_ws::HSRRegularizer r(even); }, "got a Sequential of 4 modules",
+               "an even number of modules refused");
+  torch::nn::Sequential deep_one(torch::nn::Linear(3, 5), torch::nn::Tanh(), torch::nn::Linear(5, 4),
+                                 torch::nn::Tanh(), torch::nn::Linear(4, 1));
+  expect_error([&] { torch_ws::HSRRegularizer r(deep_one, "mean", "bce", "spectral"); },
+               "bound 'spectral' is for one hidden layer", "the spectral bound refused when deep");
+}
+
 // The same refusals, with the same reasons, as the Python HSRRegularizer (one mapping).
 void test_regularizer_refusals() {
   torch::nn::Sequential relu6(torch::nn::Linear(3, 5), torch::nn::ReLU6(), torch::nn::Linear(5, 1));
@@ -483,6 +533,7 @@ int main(int argc, char** argv) {
       {"bad_input", test_bad_input},
       {"regularizer", test_regularizer},
       {"regularizer_refusals", test_regularizer_refusals},
+      {"regularizer_deep", test_regularizer_deep},
       {"losses", test_losses},
       {"spectral_bound", test_spectral_bound},
       {"eigenvalue_interval", test_eigenvalue_interval},
