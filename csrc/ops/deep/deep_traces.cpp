@@ -101,6 +101,15 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
 
 namespace {
 
+// A share [begin, end) of the samples (end: N where absent), checked: its end.
+int64_t share_end(const char* op, const MlpProblem& p, int64_t begin, std::optional<int64_t> end) {
+  const int64_t stop = end.value_or(p.num_samples());
+  TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
+              ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
+              ", end = ", stop);
+  return stop;
+}
+
 // The Gram forms' share [begin, end) of the rows i (gram_forms.cpp, GramShare), in tiles of
 // tile_rows rows (0: the default), whatever engine the table would choose: tr H, tr(H²) in
 // float64 (differentiable) and certified bounds on their rounding errors (constants). What the
@@ -115,10 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_form_share(
   const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
                                                      reduction, loss));
   const CallThreads threads(x.device());
-  const int64_t stop = end.value_or(p.num_samples());
-  TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
-              ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
-              ", end = ", stop);
+  const int64_t stop = share_end(op, p, begin, end);
   TORCH_CHECK(tile_rows >= 0, op, ": expected tile_rows >= 0 (0: the default), got ", tile_rows);
   const GramShare share{begin, stop, tile_rows};
   const auto [trace, trace_sq] = gram_form_traces(JacobianChain(coefficient_values(p)), share);
@@ -152,10 +158,7 @@ std::tuple<at::Tensor, at::Tensor> assembled_hessian_op(
   const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
                                                      reduction, loss));
   const CallThreads threads(x.device());
-  const int64_t stop = end.value_or(p.num_samples());
-  TORCH_CHECK(0 <= begin && begin <= stop && stop <= p.num_samples(), op,
-              ": expected 0 <= begin <= end <= N = ", p.num_samples(), ", got begin = ", begin,
-              ", end = ", stop);
+  const int64_t stop = share_end(op, p, begin, end);
   const AssembledHessian h = assemble_hessian(p, begin, stop);
   return {h.matrix, at::scalar_tensor(h.forming_error, h.matrix.options())};
 }
