@@ -331,8 +331,9 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
  public:
   using Factors = torch_ws::PairFactors;
 
-  // `shape`: the factors' sizes and bias flags (its tensors unread); `factors`: its defined
-  // tensors in each_slot's order.
+  // `shape`: the factors, which the forward evaluates (their sizes, bias flags and which slots
+  // are defined are saved for the backward); `factors`: the same defined tensors in each_slot's
+  // order, passed as a list so that autograd connects the node to them and saves them.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 const Factors& shape,
                                                 const std::vector<torch_ws::Tile>& tiles,
