@@ -133,28 +133,6 @@ void each_right(RightFactors& right, const Each& each) {
 // per-sample E_{k'k} (memory N·H² rather than (N·C)²).
 bool uses_dual(const PairFactors& f) { return (f.N * f.C) * (f.N * f.C) <= (int64_t{1} << 26); }
 
-RightFactors right_factors(const PairFactors& f) {
-  const int64_t out = f.out;
-  RightFactors right{std::vector<std::vector<Tensor>>(out + 1, std::vector<Tensor>(out + 1)),
-                     std::vector<std::vector<Tensor>>(out + 1, std::vector<Tensor>(out + 1)),
-                     std::vector<Tensor>(out + 1)};
-  if (!uses_dual(f)) {
-    for (int64_t k = 1; k <= out; ++k) {
-      for (int64_t k2 = k; k2 <= out; ++k2) {
-        right.E[k2][k] =
-            at::matmul(f.F[out][k2].transpose(1, 2), at::matmul(f.S, f.F[out][k]));
-      }
-    }
-  }
-  for (int64_t m = 2; m <= out; ++m) {
-    right.p_d[m] = f.p[m].unsqueeze(2) * f.d1[m - 1].unsqueeze(1);
-    for (int64_t k = 1; k < m - 1; ++k) {
-      right.G[m][k] = f.d1[m - 1].unsqueeze(2) * f.F[m - 1][k];
-    }
-  }
-  return right;
-}
-
 // The feature kernel κ_k(i, j) = ã_{i,k-1}·ã_{j,k-1} for the tile's rows i and every j.
 Tensor kappa(const PairFactors& f, int64_t k, Rows rows) {
   const Tensor& z = f.z[k - 1];
@@ -166,6 +144,27 @@ Tensor kappa(const PairFactors& f, int64_t k, Rows rows) {
 Tensor E_rows(const PairFactors& f, int64_t m, int64_t k, Rows rows) {
   return at::matmul(rows.of(f.F[f.out][m]).transpose(1, 2),
                     at::matmul(rows.of(f.S), rows.of(f.F[f.out][k])));
+}
+
+RightFactors right_factors(const PairFactors& f) {
+  const int64_t out = f.out;
+  RightFactors right{std::vector<std::vector<Tensor>>(out + 1, std::vector<Tensor>(out + 1)),
+                     std::vector<std::vector<Tensor>>(out + 1, std::vector<Tensor>(out + 1)),
+                     std::vector<Tensor>(out + 1)};
+  if (!uses_dual(f)) {
+    for (int64_t k = 1; k <= out; ++k) {
+      for (int64_t k2 = k; k2 <= out; ++k2) {
+        right.E[k2][k] = E_rows(f, k2, k, Rows{0, f.N});
+      }
+    }
+  }
+  for (int64_t m = 2; m <= out; ++m) {
+    right.p_d[m] = f.p[m].unsqueeze(2) * f.d1[m - 1].unsqueeze(1);
+    for (int64_t k = 1; k < m - 1; ++k) {
+      right.G[m][k] = f.d1[m - 1].unsqueeze(2) * f.F[m - 1][k];
+    }
+  }
+  return right;
 }
 
 // A tile of the pairs' sums: its rows i against every j, of the dual matrix's tr(G²) or of the
