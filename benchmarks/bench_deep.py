@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import fmt_bytes, fmt_time, machine, machine_line, publish  # noqa: E402
+from common import fmt_bytes, fmt_time, machine, machine_line, peak_rss, publish  # noqa: E402
 
 # name: (N, D, hidden widths, C, loss, dtype, gradient?, baseline?)
 CONFIGS = {
@@ -80,14 +80,6 @@ def baseline(x, target, weights, biases, loss):
     upper = m + ((H * H).sum() / n - m * m).sqrt() * (n - 1) ** 0.5
     upper.backward()
     return float(upper.detach())
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_one(name: str, method: str) -> dict:

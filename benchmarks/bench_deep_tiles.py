@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_bytes, fmt_time, machine, machine_line, publish  # noqa: E402
+from common import fmt_bytes, fmt_time, machine, machine_line, peak_rss, publish  # noqa: E402
 
 # name: (N, D, hidden widths, C, whether one tile fits in this machine's 24 GiB)
 CONFIGS = {
@@ -31,14 +31,6 @@ CONFIGS = {
     "200x200-N250": (250, 64, [200, 200], 1, True),
     "200x200-N500": (500, 64, [200, 200], 1, True),
 }
-
-
-def peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_one(name: str, mode: str) -> dict:
@@ -60,7 +52,7 @@ def run_one(name: str, mode: str) -> dict:
         x, target, weights, biases, "tanh", "mean", loss, 0, None, n if mode == "one tile" else 0)
     grads = torch.autograd.grad(0.3 * trace + 0.7 * trace_sq, weights + biases)
     return {"seconds": time.perf_counter() - start, "peak_bytes": peak_rss() - before,
-            "trace_sq": float(trace_sq), "grad_norm": float(sum(g.pow(2).sum() for g in grads))}
+            "trace_sq": float(trace_sq.detach()), "grad_norm": float(sum(g.pow(2).sum() for g in grads))}
 
 
 def in_subprocess(name: str, mode: str, timeout: float) -> dict:

@@ -58,6 +58,11 @@ def _status(field: str) -> int:
     return 0
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux; 0 elsewhere)."""
+    return _status("VmHWM")
+
+
 def peak_memory(fn: Callable[[], object]) -> int | None:
     """Peak resident memory fn() adds above the current resident set, in bytes (Linux: the
     high-water mark is reset through /proc/self/clear_refs). None where unsupported. Meaningful
