@@ -131,3 +131,16 @@ def test_gauss_newton_grams_beyond_the_dual_matrix(monkeypatch):
     for got, want in zip(grads, torch.autograd.grad(0.3 * expected[0] - 0.7 * expected[1],
                                                     leaves)):
         assert_close(got, want, 1e-10)
+
+
+def test_bad_shares_and_tiles_are_refused():
+    """A share outside [0, N] or a negative tile size: an error saying what was expected."""
+    problem = make_problem([3, 2], HEADS[0], "all", seed=1, n=6)
+    with pytest.raises(RuntimeError, match=r"expected 0 <= begin <= end <= N = 6, got begin = 4, "
+                                           r"end = 7"):
+        gram_traces(problem, "tanh", "bce", 4, 7)
+    with pytest.raises(RuntimeError, match=r"expected 0 <= begin <= end <= N = 6, got begin = 5, "
+                                           r"end = 2"):
+        gram_traces(problem, "tanh", "bce", 5, 2)
+    with pytest.raises(RuntimeError, match=r"expected tile_rows >= 0 \(0: the default\), got -1"):
+        gram_traces(problem, "tanh", "bce", tile_rows=-1)
