@@ -105,7 +105,7 @@ OneLogitStep fused_one_logit(at::Tensor& dz, const at::Tensor& phi_v2, const at:
 
 }  // namespace
 
-HessianProducts::HessianProducts(const MlpProblem& p, Uses uses)
+HessianProducts::HessianProducts(const MlpProblem& p, Uses uses, Curvature curvature)
     : num_samples_(p.num_samples()),
       hidden_(p.hidden()),
       in_dim_(p.in_dim()),
@@ -139,6 +139,19 @@ HessianProducts::HessianProducts(const MlpProblem& p, Uses uses)
     magnitudes_ = {p.x.abs(), p.w2().abs(), phi.phi0.abs(), phi.phi1.abs(), phi.phi2.abs(),
                    terms.S.abs(), e_magnitude, hidden_residual_magnitude,
                    phi.phi2.abs() * hidden_residual_magnitude};
+  }
+  // The Gauss-Newton part: every term of H·v that e enters (eᵀda, e dW2, φ''∘(eW2)) is the
+  // residual's, so with e = 0 the chain computes G·v, and exactly: those terms vanish without
+  // rounding. The majorant's terms of e go with them; S's rounding (and the logits' share in it)
+  // stays in the factor below.
+  if (curvature == Curvature::GaussNewton) {
+    for (Chain* chain : {&values_, &magnitudes_}) {
+      if (!chain->e.defined()) continue;
+      chain->e = at::zeros_like(chain->e);
+      chain->hidden_residual = at::zeros_like(chain->hidden_residual);
+      chain->second_order = at::zeros_like(chain->second_order);
+    }
+    phi3_ = at::Tensor();  // bilinear_backward differentiates H's forms, not G's
   }
   // The longest chain of sums and products behind one entry of H·v (docs/math.md §11.3): the
   // inner products of lengths D, H, C, C, then the sum over N samples, a dozen operations
@@ -321,7 +334,7 @@ void HessianProducts::accumulate(Adjoints& adj, const at::Tensor& A, const at::T
 
 InputGradients HessianProducts::bilinear_backward(const std::vector<Forms>& forms,
                                                   bool need_grad_x) const {
-  TORCH_INTERNAL_ASSERT(phi3_.defined(), "HessianProducts::bilinear_backward: built for products");
+  TORCH_INTERNAL_ASSERT(phi3_.defined(), "HessianProducts::bilinear_backward: built for products, or for G");
   const Chain& c = values_;
   const int64_t step = run_length(num_samples_, std::max(hidden_, num_outputs_));
   Adjoints adj;

@@ -19,10 +19,14 @@ class HessianProducts final : public SymmetricProducts {
   // What the products serve: `Products` alone (hessian_vector_products), or a `Certificate`
   // as well, which also needs the majorant's absolute values and φ''' (bilinear_backward).
   enum class Uses { Products, Certificate };
+  // Which matrix: the loss Hessian H, or its Gauss-Newton part G = Σ_i J_iᵀ S_i J_i alone (the
+  // same chain with the loss gradient e set to 0, which removes exactly the residual's terms:
+  // docs/math.md §9.2 "Without the dual matrix"). bilinear_backward serves H only.
+  enum class Curvature { Hessian, GaussNewton };
 
   // The per-sample coefficients (φ(a), φ'(a), φ''(a), S_i, e_i) are computed once here, in the
   // problem's dtype; every product reuses them.
-  explicit HessianProducts(const MlpProblem& p, Uses uses);
+  HessianProducts(const MlpProblem& p, Uses uses, Curvature curvature = Curvature::Hessian);
 
   // H·v for each row v of `directions` (k, n), θ in the flat order (W1 row-major, b1, W2
   // row-major, b2); returns (k, n) in the problem's dtype.
