@@ -108,6 +108,36 @@ def explicit_gauss_newton(
     return jacobian.T @ curvature @ jacobian
 
 
+def explicit_gauss_newton_by_sample(
+    x, target, w1, b1, w2, b2, activation="tanh", reduction="mean", loss="bce"
+) -> Tensor:
+    """The same Jᵀ(∇²_z L)J as :func:`explicit_gauss_newton`, taken sample by sample: each sample's
+    loss reads its own logits only, so ∇²_z L is block-diagonal, and GGN = Σ_i J_iᵀ S_i J_i with
+    J_i sample i's Jacobian (``torch.func.jacrev`` under ``vmap``: per-sample gradients) and S_i the
+    Hessian of its loss in its logits, times the reduction's 1/N (1/(N·C) for "mse", whose mean is
+    over every logit, as ``F.mse_loss`` takes it). For N·C beyond what one dense Hessian in all
+    logits holds. Differentiable in x and the parameters."""
+    theta = flatten_params(w1, b1, w2, b2)
+    num_samples = x.shape[0]
+
+    def sample_logits(theta_, x_i):
+        return mlp_logits(x_i.unsqueeze(0), *unflatten_params(theta_, w1, b1, w2, b2),
+                          activation).reshape(-1)
+
+    def sample_loss(z, t):
+        return loss_of_logits(z.unsqueeze(0), t.unsqueeze(0), "sum", loss)
+
+    logits = mlp_logits(x, w1, b1, w2, b2, activation)
+    outputs = logits[0].numel()
+    blocks = torch.func.vmap(torch.func.hessian(sample_loss))(logits, target)
+    blocks = blocks.reshape(num_samples, outputs, outputs)
+    if reduction == "mean":
+        blocks = blocks / (num_samples if loss == "cross_entropy" else logits.numel())
+    jacobian = torch.func.vmap(torch.func.jacrev(sample_logits), in_dims=(None, 0))(theta, x)
+    weighted = torch.einsum("icd,idq->icq", blocks, jacobian)  # S_i J_i
+    return jacobian.reshape(-1, theta.numel()).T @ weighted.reshape(-1, theta.numel())
+
+
 def mean_and_spread(trace: Tensor, trace_sq: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """m = tr/n and s = √(tr(H²)/n − m²) of an n×n spectrum (s = 0 where rounding makes s²
     ≤ 0, with the gradient of m there: sqrt's infinite slope at 0 is routed through a constant)."""

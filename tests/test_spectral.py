@@ -440,3 +440,73 @@ def test_wide_inputs_gradients_match_autograd(wide_input_problem):
         - 2 * residual_majorant_by_formula(x, target, *weights, sign=-1), leaves)
     for ours, truth in zip(actual, expected):
         torch.testing.assert_close(ours, truth, rtol=1e-6, atol=1e-10)
+
+
+# Above 16,384 dual rows (N·C) M is never formed (docs/math.md §9.2 "Without the dual matrix"):
+# λ_max(GGN) from G itself (n × n, from its closed-form products) where n ≤ 4096, else by Lanczos
+# on those products, certified by G's own traces.
+# (head, N, D, H): N·C just above 16,384 for each head; n = 21–430 parameters.
+BEYOND_THE_DUAL = [
+    (("bce", 1, "soft"), 16400, 3, 4),
+    (("mse", 3, "values"), 5500, 3, 4),
+    (("cross_entropy", 10, "indices"), 1700, 3, 4),
+    (("cross_entropy", 10, "probabilities"), 1700, 10, 20),
+]
+
+
+def beyond_the_dual_id(case):
+    head, n, d, h = case
+    return f"{head_id(head)}-N{n}-D{d}-H{h}"
+
+
+@pytest.mark.parametrize("case", BEYOND_THE_DUAL, ids=beyond_the_dual_id)
+def test_ggn_part_without_the_dual_matrix(case):
+    head, n, d, h = case
+    loss = head[0]
+    args = problem(head, n=n, d=d, h=h, seed=12)
+    result = torch_ws.spectral_bound(*args, "tanh", "mean", loss)
+    ggn = torch.linalg.eigvalsh(reference.explicit_gauss_newton_by_sample(*args, "tanh", "mean", loss))
+    hessian = torch.linalg.eigvalsh(reference.explicit_hessian(*args, "tanh", "mean", loss))
+    assert abs(result.ggn_lambda_max.item() - ggn[-1].item()) <= 1e-8 * ggn[-1].item()
+    assert result.upper >= hessian[-1]
+    # The certificate closed on the GGN part: `upper` is the Weyl sum, not Wolkowicz-Styan.
+    weyl = float(result.ggn_lambda_max + result.residual_lambda_max)
+    assert float(result.upper) <= weyl * (1 + 1e-6)
+    assert float(result.upper) < float(torch_ws.ws_bound(*args, "tanh", "mean", loss))
+
+
+def test_ggn_part_without_the_dual_matrix_has_the_eigenvalue_gradient():
+    # The dual image of the Ritz vector stands for M's eigenvector (§9.4): the gradient of
+    # λ_max(GGN) against autograd through eigvalsh of the explicit matrix.
+    args = problem(("cross_entropy", 10, "indices"), n=1700, d=3, h=4, seed=13, requires_grad=True)
+    inputs = differentiable(args)
+    ours = torch_ws.spectral_bound(*args, "softplus", "sum", "cross_entropy").ggn_lambda_max
+    theirs = torch.linalg.eigvalsh(reference.explicit_gauss_newton_by_sample(
+        *args, "softplus", "sum", "cross_entropy"))[-1]
+    for a, b in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(theirs, inputs)):
+        assert rel_err(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_the_per_sample_reference_equals_the_dense_one(head):
+    # The truth of the tests above, against the one built from the Hessian in all logits.
+    for red in REDUCTIONS:
+        args = problem(head, n=7, d=3, h=4, seed=14)
+        dense = reference.explicit_gauss_newton(*args, "tanh", red, head[0])
+        by_sample = reference.explicit_gauss_newton_by_sample(*args, "tanh", red, head[0])
+        assert rel_err(by_sample, dense) < 1e-13
+
+
+@pytest.mark.slow
+def test_ggn_part_by_lanczos_beyond_the_dual_matrix():
+    # n = 4820 > 4096 and N·C = 16,400: Lanczos on G's products, certified by G's own traces
+    # (the trace cap's λ_2 bound, then Kato-Temple), against eigvalsh of the explicit GGN.
+    args = make_head_problem("cross_entropy", 20, "indices", n=820, d=3, h=200, seed=16)
+    result = torch_ws.spectral_bound(*args, "tanh", "mean", "cross_entropy")
+    ggn = torch.linalg.eigvalsh(reference.explicit_gauss_newton_by_sample(
+        *args, "tanh", "mean", "cross_entropy"))
+    assert result.iterations == 65  # 64 Lanczos steps and the top Ritz vector's product
+    assert abs(result.ggn_lambda_max.item() - ggn[-1].item()) <= 1e-8 * ggn[-1].item()
+    weyl = float(result.ggn_lambda_max + result.residual_lambda_max)
+    assert float(result.upper) >= float(ggn[-1] + result.residual_lambda_max)
+    assert float(result.upper) <= weyl * (1 + 1e-6)  # Kato-Temple closed it

@@ -2,8 +2,11 @@
 #include "ops/spectral/spectral_bound.h"
 
 #include "core/dense_eigen.h"
+#include "core/ritz_certificate.h"
 #include "core/rounding.h"
 #include "core/ws_bound.h"  // kRoundingAllowance
+// G·v in closed form, the interval family's products with e = 0 (§9.2 "Without the dual matrix")
+#include "ops/eigenvalue_interval/hessian_products.h"
 
 #include <algorithm>
 #include <cmath>
@@ -75,19 +78,23 @@ Network network(const MlpProblem& p, bool for_gradients) {
 
 // ---- λ_max(GGN) from the dual matrix M = J̃ J̃ᵀ (NC × NC). ----
 
-// M[(i,r),(j,q)] = K_ij (Y_i Y_jᵀ)_rq + (ΦΦᵀ + [b2])_ij (L_iᵀ L_j)_rq (docs/math.md §9.1).
-Tensor dual_matrix(const Network& n) {
-  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden();
+// M[(i,r),(j,q)] = K_ij (Y_i Y_jᵀ)_rq + (ΦΦᵀ + [b2])_ij (L_iᵀ L_j)_rq (docs/math.md §9.1): the
+// rows of the samples [begin, end), ((end − begin)·C, N·C); every entry by the same formula
+// whichever rows are asked for.
+Tensor dual_rows(const Network& n, int64_t begin, int64_t end) {
+  const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden(), B = end - begin;
   const Tensor Y = n.Y.reshape({N * C, H}), Lt = n.Lt.reshape({N * C, C});
-  Tensor kernel = at::matmul(n.x_tilde, n.x_tilde.t());
-  Tensor M = at::matmul(Y, Y.t());
-  M.view({N, C, N, C}).mul_(kernel.view({N, 1, N, 1}));
-  kernel = at::matmul(n.phi0, n.phi0.t());
+  Tensor kernel = at::matmul(n.x_tilde.narrow(0, begin, B), n.x_tilde.t());
+  Tensor M = at::matmul(Y.narrow(0, begin * C, B * C), Y.t());
+  M.view({B, C, N, C}).mul_(kernel.view({B, 1, N, 1}));
+  kernel = at::matmul(n.phi0.narrow(0, begin, B), n.phi0.t());
   if (n.has_b2) kernel.add_(1);
-  M.view({N, C, N, C}).addcmul_(at::matmul(Lt, Lt.t()).view({N, C, N, C}),
-                                kernel.view({N, 1, N, 1}));
+  const Tensor factors = at::matmul(Lt.narrow(0, begin * C, B * C), Lt.t());
+  M.view({B, C, N, C}).addcmul_(factors.view({B, C, N, C}), kernel.view({B, 1, N, 1}));
   return M;
 }
+
+Tensor dual_matrix(const Network& n) { return dual_rows(n, 0, n.num_samples()); }
 
 // The rounding error of the computed M, in the spectral norm: each entry is a sum of products of
 // dot products of lengths D̃, H and C, every term non-negative on the diagonal, so
@@ -280,6 +287,153 @@ Tensor deflation_error(const Tensor& forming_error, const Tensor& c, const Tenso
   return forming_error + kUnitRoundoff * (4 * c * at::dot(y, y) + 2 * deflated.norm());
 }
 
+// ---- λ_max(GGN) without the dual matrix (docs/math.md §9.2, "Without the dual matrix"). ----
+
+// tr M = tr G, tr(M²) = ‖M‖²_F = tr(G²) as computed, and an upper bound on the exact tr(G²):
+// from M's rows in tiles of samples (at most 2²² numbers each, 32 MiB), never M whole.
+struct DualTraces {
+  double trace = 0, trace_sq = 0, trace_sq_high = 0;
+};
+
+DualTraces dual_traces(const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  const int64_t tile = std::max<int64_t>(1, (int64_t{1} << 22) / (C * N * C));
+  DualTraces out;
+  for (int64_t begin = 0; begin < N; begin += tile) {
+    const int64_t end = std::min(N, begin + tile);
+    const Tensor rows = dual_rows(n, begin, end);
+    out.trace += at::diagonal(rows, begin * C).sum().item<double>();
+    out.trace_sq += rows.square().sum().item<double>();
+  }
+  // ‖M‖_F ≤ ‖fl(M)‖_F + ‖fl(M) − M‖_F: the forming error of §9.5 bounds the Frobenius norm as
+  // well (entrywise it is within γ·|J̃||J̃|ᵀ, whose Frobenius norm is at most ‖J̃‖²_F = tr M); the
+  // sum of the (N·C)² squares, non-negative, within γ_m of its value, m = (N·C)² + N + 1.
+  const double rows = static_cast<double>(N * C);
+  const double sum_high = up(out.trace_sq * up(1 + 2 * gamma(rows * rows + N + 1)));
+  const double forming = up(forming_factor(n) * up(out.trace * up(1 + gamma(rows + N + 1))));
+  const double frobenius = up(up(std::sqrt(sum_high)) * (1 + kUnitRoundoff) + forming);
+  out.trace_sq_high = up(up(frobenius * frobenius) * (1 + kUnitRoundoff));
+  return out;
+}
+
+// Up to this many parameters (and fewer than N·C), G itself is formed instead (n products in
+// blocks, then §9.2's dense certificate on n × n): exact whatever its bulk, and at n = 2410 (the
+// digits net) a fraction of what Lanczos needs to close a C-logit cluster (docs/math.md §9.2).
+constexpr int64_t kMaxPrimal = 4096;
+
+// G = Σ_i J_iᵀ S_i J_i (n × n) from its products with the unit vectors, in blocks of rows, and
+// its top eigenpair certified as M's (§9.2 "Without the dual matrix"). Column j is within γ_H·G_abs e_j
+// of the exact one (§11.3), G_abs = Σ_i |J_i|ᵀ|S_i||J_i| the chain on magnitudes, so
+// ‖fl(G) − G‖₂ ≤ γ_H‖G_abs‖_F ≤ γ_H Σ_i ‖S_i‖_F ‖J_i‖²_F, with
+// ‖J_i‖²_F = ‖x̃_i‖² Σ_ck (W2_ck φ'(a_ik))² + C(‖φ(a_i)‖² + [b2]); plus the symmetrization's
+// rounding, u‖Ĝ‖_F; and ‖G‖₂ ≤ tr G ≤ tr Ĝ + √n·that. `vector` as below.
+CertifiedEigenpair ggn_top_in_parameter_space(const HessianProducts& products, const Network& n) {
+  const int64_t params = products.num_params(), block = 256;
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  const auto options = n.x.options();
+  Tensor G = at::empty({params, params}, options);
+  for (int64_t first = 0; first < params; first += block) {
+    const int64_t rows = std::min(block, params - first);
+    Tensor unit = at::zeros({rows, params}, options);
+    unit.diagonal(first).fill_(1);  // the unit vectors e_first … e_{first + rows − 1}
+    G.narrow(0, first, rows).copy_(products.apply(unit));
+  }
+  G = (G + G.t()) / 2;
+  const Tensor s_norm = C == 1 ? n.logit.s.abs() : n.terms.S.square().sum({1, 2}).sqrt();
+  Tensor jacobian_sq = n.x_tilde.square().sum(1) * n.U.square().sum({1, 2}) +
+                       static_cast<double>(C) * n.phi0.square().sum(1);
+  if (n.has_b2) jacobian_sq = jacobian_sq + static_cast<double>(C);
+  // The bound's own sums: at most N·(D̃ + H·(C + 1) + 4) non-negative terms.
+  const double size = static_cast<double>(params);
+  const double terms = static_cast<double>(N * (n.x_tilde.size(1) + n.hidden() * (C + 1) + 4));
+  const double abs_norm = up(at::dot(s_norm, jacobian_sq).item<double>() * up(1 + gamma(terms)));
+  const double columns = up(products.error_factor() * abs_norm);
+  const double symmetrization =
+      up(kUnitRoundoff * up(G.norm().item<double>() * up(1 + gamma(size * size))));
+  const double forming = up(columns + symmetrization);
+  const double norm =
+      up(up(G.trace().item<double>() * up(1 + gamma(size))) + up(std::sqrt(size) * forming));
+  auto scalar = [&](double v) { return at::scalar_tensor(v, options); };
+  CertifiedEigenpair top = certified_top_eigenpair(G, scalar(forming), scalar(norm));
+  const Tensor image = dual_image(n, top.vector).reshape({N * C});
+  const double image_size = image.norm().item<double>();
+  top.vector = image_size > 0 ? image / image_size : at::zeros({N * C}, options);
+  return top;
+}
+
+// Lanczos steps on G: first kFirstSteps, enough where G's top eigenvalues stand out of a light
+// bulk (trained networks, §9.2); where the certificate has not closed to kClosed (a heavy bulk:
+// random initializations), twice as many, from a fresh start, until it does, or until the basis
+// spans θ's whole space (the cap is then exact), or until the products would cost more than the
+// dual matrix's Cholesky factorization (NC)³/3 flops, what §9.2's dense route pays.
+constexpr int64_t kFirstSteps = 64;
+constexpr double kClosed = 1e-6;
+
+// λ_max(GGN) certified without M (N·C above kMaxDual): G itself where n is small, else Lanczos
+// on closed-form products G·v in
+// parameter space (G = Σ_i J_iᵀ S_i J_i has M's non-zero spectrum), and the interval
+// certificate of §11.2 on G with its own exact traces (core/ritz_certificate.h: the trace cap,
+// then Kato-Temple with the cap's bound on λ_2(G)). `value` is the top Ritz value θ and
+// value + allowance the certificate's upper end; `vector` the dual image of the Ritz vector,
+// J̃u/‖J̃u‖, which the gradient (§9.4) reads as M's top eigenvector; `residual` ‖Gû − θû‖.
+CertifiedEigenpair ggn_top_without_dual(const MlpProblem& p, const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  const auto options = n.x.options();
+  // G's products in float64, as M would be; with e = 0 the chain of H·v is G·v (§9.2).
+  const HessianProducts products(with_dtype(p, at::kDouble), HessianProducts::Uses::Certificate,
+                                 HessianProducts::Curvature::GaussNewton);
+  if (products.num_params() <= kMaxPrimal && products.num_params() < N * C) {
+    return ggn_top_in_parameter_space(products, n);
+  }
+  const DualTraces traces = dual_traces(n);
+  // Before any product: λ_max(G) ≤ ‖G‖_F (G is positive semi-definite).
+  const double frobenius = up(std::sqrt(traces.trace_sq_high));
+  const TraceFacts facts{traces.trace, traces.trace_sq, traces.trace_sq_high, frobenius};
+  const int64_t params = products.num_params();
+  // A product's flops: four passes over the (N, H) arrays against the data and the output layer.
+  const double rows = static_cast<double>(N * C);
+  const double per_product = 4.0 * static_cast<double>(N * n.hidden()) *
+                             static_cast<double>(n.x_tilde.size(1) + C);
+  const double budget = rows * rows * rows / 3 / per_product;
+  int64_t steps = std::min(kFirstSteps, params), spent = 0;
+  RitzCertificate certificate;
+  while (true) {
+    certificate = certify_top(products, 1.0, facts, steps, std::nullopt, /*seed=*/0, options,
+                              "torch_ws.spectral_bound");
+    spent += certificate.products;
+    const bool closed = !certificate.u.defined() ||
+                        certificate.upper <= certificate.lower * (1 + kClosed);
+    const int64_t next = std::min(2 * steps, params);
+    if (closed || steps == params || static_cast<double>(spent + next + 1) > budget) break;
+    steps = next;
+  }
+  auto scalar = [&](double v) { return at::scalar_tensor(v, options); };
+  CertifiedEigenpair out;
+  out.iterations = at::scalar_tensor(spent, options.dtype(at::kLong));
+  out.vector = at::zeros({N * C}, options);
+  if (!certificate.u.defined()) {  // the traces overflowed: no bound
+    out.value = scalar(NAN);
+    out.allowance = out.residual = scalar(0);
+    return out;
+  }
+  out.value = scalar(certificate.theta);
+  // θ + up(upper − θ) ≥ upper, and rounding to nearest keeps it there.
+  out.allowance = scalar(up(certificate.upper - certificate.theta));
+  out.residual = scalar(certificate.rho);
+  const Tensor image = dual_image(n, certificate.u).reshape({N * C});
+  const double size = image.norm().item<double>();
+  if (size > 0) out.vector = image / size;
+  return out;
+}
+
+void set_ggn_part(SpectralParts& out, const CertifiedEigenpair& top, int64_t N, int64_t C) {
+  out.ggn_lambda_max = top.value;
+  out.ggn_allowance = top.allowance;
+  out.eigen_residual = top.residual;
+  out.iterations = top.iterations;
+  out.ggn_vector = top.vector.view({N, C});
+}
+
 }  // namespace
 
 SpectralParts evaluate(const MlpProblem& p, bool second) {
@@ -292,11 +446,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
     const Tensor trace = M.trace();  // ≥ ‖M‖₂: M is positive semi-definite
     const Tensor forming_error = forming_factor(n) * trace;
     CertifiedEigenpair top = certified_top_eigenpair(M, forming_error, trace);
-    out.ggn_lambda_max = top.value;
-    out.ggn_allowance = top.allowance;
-    out.eigen_residual = top.residual;
-    out.iterations = top.iterations;
-    out.ggn_vector = top.vector.view({N, C});
+    set_ggn_part(out, top, N, C);
     if (second) {
       // λ_2(M) ≤ λ_max(M − c·yyᵀ) for every y ≠ 0 and c ≥ 0: on the unit vectors orthogonal to y,
       // where Courant-Fischer's max-min puts a value ≥ λ_2(M), the two quadratic forms agree.
@@ -311,7 +461,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
       out.ggn_second_vector = next.vector.view({N, C});
     }
   } else {
-    set_no_ggn_part(out, n);
+    set_ggn_part(out, ggn_top_without_dual(p, n), N, C);
   }
   if (residual_by_majorant(p)) {
     // R's blocks would cost more than kExactResidualWork: both ends by the majorants (§11.2 "At
@@ -510,12 +660,9 @@ SpectralParts weyl_at_scale(const MlpProblem& p, bool largest) {
   if (N * C <= kMaxDual) {
     const Tensor M = dual_matrix(n);
     const Tensor trace = M.trace();
-    const CertifiedEigenpair top = certified_top_eigenpair(M, forming_factor(n) * trace, trace);
-    out.ggn_lambda_max = top.value;
-    out.ggn_allowance = top.allowance;
-    out.eigen_residual = top.residual;
-    out.iterations = top.iterations;
-    out.ggn_vector = top.vector.view({N, C});
+    set_ggn_part(out, certified_top_eigenpair(M, forming_factor(n) * trace, trace), N, C);
+  } else {
+    set_ggn_part(out, ggn_top_without_dual(p, n), N, C);
   }
   return out;
 }

@@ -21,9 +21,10 @@
 
 namespace torch_ws::spectral {
 
-// The dual matrix has NC rows: its top eigenpair by core/dense_eigen.h (dense `eigh`, or Lanczos
-// with a Cholesky certificate), and no GGN part at all above kMaxDual (its NC×NC float64 matrix
-// would take more than 2 GiB): there the bound is the Wolkowicz-Styan one.
+// The dual matrix has NC rows: up to kMaxDual its top eigenpair by core/dense_eigen.h (dense
+// `eigh`, or Lanczos with a Cholesky certificate); above (its NC×NC float64 matrix would take
+// more than 2 GiB) M is never formed: Lanczos on G's closed-form products, certified by G's own
+// exact traces (docs/math.md §9.2 "Without the dual matrix").
 inline constexpr int64_t kMaxDual = 16384;
 
 // λ_max(R) ≤ max_k (a_k + √(a_k² + 4σ_k²))/2, a_k = c_k·λ_w (docs/math.md §11.2, "At scale"):
@@ -47,11 +48,12 @@ bool residual_by_majorant(const MlpProblem& p);
 
 // Everything in float64 (0-dim unless said), on the problem's device.
 struct SpectralParts {
-  at::Tensor ggn_lambda_max;   // λ_max(GGN); NaN when NC > kMaxDual
+  at::Tensor ggn_lambda_max;   // λ_max(GGN) (above kMaxDual the top Ritz value, a lower bound)
   at::Tensor ggn_allowance;    // what to add to it so that it is an upper bound
   at::Tensor residual_lambda_max, residual_lambda_min;  // λ_max(R) ≥ 0 ≥ λ_min(R)
   at::Tensor residual_allowance;
-  at::Tensor eigen_residual;   // ‖M v − λ v‖ of the GGN eigenpair (0 when there is none)
+  at::Tensor eigen_residual;   // ‖M v − λ v‖ of the GGN eigenpair (0 when there is none; above
+                               // kMaxDual ‖G u − θ u‖ of the unit Ritz vector u in θ's space)
   at::Tensor iterations;       // int64: Lanczos steps, 0 for the dense solver
   // For the gradient: unit eigenvectors, and the hidden unit of each R eigenpair.
   at::Tensor ggn_vector;                                  // (N, C); zeros when there is none
@@ -84,7 +86,7 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p,
                                                    bool for_gradients);
 
 // The Weyl bound's parts at scale (docs/math.md §11.2 "At scale"), where R's blocks cost too
-// much: for `largest`, λ_max(GGN) certified as in `evaluate` (the dual matrix, NC ≤ kMaxDual) and
+// much: for `largest`, λ_max(GGN) certified as in `evaluate` (with or without the dual matrix) and
 // λ_max(R) by its majorant; else λ_min(R) ≥ −(the majorant of −R), no dual matrix. With
 // `for_gradients` nothing more is needed: the majorants carry what their gradient reads.
 SpectralParts weyl_at_scale(const MlpProblem& p, bool largest);
