@@ -95,13 +95,15 @@ bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
 constexpr int64_t kSecondAtScaleMaxDualRows = 8192;
 
 // Still wide above kWeylMaxDualRows after that: Weyl's bound with R by its majorant
-// (spectral::weyl_at_scale): for λ_max, λ_max(GGN) certified as spectral_bound does (Lanczos on
-// the dual matrix, a Cholesky certificate), up to kSecondAtScaleMaxDualRows; for λ_min,
-// λ_min(R)'s minorant alone, O(N·D̃·(H·C + min(N, D̃))), at any size.
+// (spectral::weyl_at_scale): for λ_max, λ_max(GGN) certified as spectral_bound does: up to
+// kSecondAtScaleMaxDualRows by the dual matrix (Lanczos, a Cholesky certificate), above
+// spectral::kMaxDual without it (Lanczos on G's products, certified by G's own traces); in
+// between, the dense factorization (up to 2 GiB, (NC)³/3 flops) costs more than it is worth.
+// For λ_min, λ_min(R)'s minorant alone, O(N·D̃·(H·C + min(N, D̃))), at any size.
 bool calls_for_weyl_at_scale(double lower, double upper, double sign, const MlpProblem& p) {
   const int64_t rows = p.num_samples() * p.num_outputs();
   return still_wide(lower, upper) && rows > kWeylMaxDualRows &&
-         (sign < 0 || rows <= kSecondAtScaleMaxDualRows);
+         (sign < 0 || rows <= kSecondAtScaleMaxDualRows || rows > spectral::kMaxDual);
 }
 
 bool calls_for_second_at_scale(const RitzCertificate& c, const MlpProblem& p) {
