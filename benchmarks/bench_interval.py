@@ -18,8 +18,9 @@ digits labels), it reports:
 - the time per vector of 16 closed-form products (one block) against 16 autograd
   double-backward products on one graph.
 
-Usage: python benchmarks/bench_interval.py [--quick]  (--quick leaves out N=8192, D=784, and
-the trained digits net). Writes results/bench_interval.{json,md} (and _quick).
+Usage: python benchmarks/bench_interval.py [--quick | --digits]  (--quick leaves out N=8192,
+D=784, and the trained digits net; --digits runs the two digits rows alone). Writes
+results/bench_interval.{json,md} (and _quick, _digits).
 """
 from __future__ import annotations
 
@@ -133,11 +134,13 @@ def product_timings(x, target, params, loss):
     return {k: t / BLOCK for k, t in times.items()}
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, digits_only: bool = False) -> dict:
     rows = []
     cases = [(f"N={n} D={d} H={h}", "bce", trained, lambda n=n, d=d, h=h, dt=dt, tr=trained:
               make_network(n, d, h, dt, tr))
              for n, d, h, dt in (PROBLEMS[:3] if quick else PROBLEMS) for trained in (False, True)]
+    if digits_only:
+        cases = []
     cases += [("digits N=1797 D=64 H=32 C=10", "cross_entropy", trained,
                lambda tr=trained: digits_network(tr)) for trained in ((False,) if quick else (False, True))]
     for name, loss, trained, build in cases:
@@ -226,13 +229,17 @@ def table(payload: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="leave out N=8192, D=784, H=256 and the trained digits net")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true",
+                       help="leave out N=8192, D=784, H=256 and the trained digits net")
+    which.add_argument("--digits", action="store_true",
+                       help="only the digits rows (random and trained; N·C = 17,970 dual rows)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    payload = run(args.quick)
-    name = "bench_interval_quick" if args.quick else "bench_interval"
-    command = "python benchmarks/bench_interval.py" + (" --quick" if args.quick else "")
+    payload = run(args.quick, digits_only=args.digits)
+    flag = " --quick" if args.quick else " --digits" if args.digits else ""
+    name = "bench_interval" + flag.replace(" --", "_")
+    command = "python benchmarks/bench_interval.py" + flag
     text = table(payload, command)
     publish(name, payload, text)
 
