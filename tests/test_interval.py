@@ -619,3 +619,19 @@ def test_assembled_hessian_gradients_match_autograd_through_the_explicit_hessian
     expected = torch.autograd.grad(lower + 2 * upper, leaves)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_weyl_beyond_the_dual_matrix():
+    # N·C = 16,400 > 16,384 and n = 4820 > 4096 (no assembled Hessian): with 2 Lanczos steps the
+    # interval stays wide, and Weyl takes λ_max(GGN) without the dual matrix (docs/math.md §9.2
+    # "Without the dual matrix", §11.2 "Weyl at scale"). It must hold above λ_max, which the
+    # 32-step interval, closed by Kato-Temple, certifies from below.
+    args = make_head_problem("cross_entropy", 20, "indices", n=820, d=3, h=200, seed=16)
+    wide = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=2)
+    closed = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy")
+    assert wide.source == "weyl"
+    assert closed.upper <= closed.lower * (1 + 1e-6)
+    assert float(wide.upper) >= float(closed.lower)
+    ggn = torch_ws.spectral_bound(*args, "tanh", "mean", "cross_entropy").ggn_lambda_max
+    assert float(wide.upper) >= float(ggn)
