@@ -271,15 +271,15 @@ class SpectralBound(NamedTuple):
     #: min(λ_max(GGN) + λ_max(R), Wolkowicz-Styan), widened by the rounding allowance and
     #: rounded up: a guaranteed upper bound on λ_max(H).
     upper: Tensor
-    #: λ_max of the Gauss-Newton part Σ_i J_iᵀ S_i J_i (exact; where N·C > 16384 the top Ritz
-    #: value of Lanczos on its products, a lower bound within the certificate's width of it).
+    #: λ_max of the Gauss-Newton part Σ_i J_iᵀ S_i J_i (exact; where N·C > 16384 and n > 4096
+    #: the top Ritz value of Lanczos on its products, within the certificate's width of it).
     ggn_lambda_max: Tensor
     #: λ_max of the residual part R = Σ_i e_i·∇²z_i (exact, ≥ 0).
     residual_lambda_max: Tensor
     #: λ_min(R), widened and rounded down: a guaranteed lower bound on λ_min(H) (GGN ⪰ 0).
     lambda_min_lower: Tensor
     #: ‖Mv − λv‖ of the Gauss-Newton eigenpair (the eigensolver's residual; where N·C > 16384
-    #: ‖GGN·u − θu‖ of the unit Ritz vector u in parameter space; not differentiable).
+    #: ‖GGN·u − λu‖ of the unit vector u in parameter space; not differentiable).
     residual: Tensor
     #: Lanczos steps for the Gauss-Newton part (int64; 0: the dense eigensolver).
     iterations: Tensor
@@ -307,10 +307,11 @@ def spectral_bound(
       S_i = L_iL_iᵀ), whose entries are closed forms in the Gram matrices of the inputs and of
       the hidden features. Up to 512 rows a dense ``eigh`` solves it; above, Lanczos finds the
       top eigenpair and a Cholesky factorization of τI − J̃J̃ᵀ *certifies* the bound τ (it is
-      never an unchecked estimate). Above 16384 rows the matrix (2 GiB) is never formed:
-      Lanczos runs on the Gauss-Newton part's closed-form products in parameter space, and
-      GGN's own exact traces certify it (the trace cap, then Kato-Temple; docs/math.md §9.2
-      "Without the dual matrix"); the field is then the top Ritz value.
+      never an unchecked estimate). Above 16384 rows the matrix (2 GiB) is never formed: the
+      Gauss-Newton matrix in parameter space takes its place, formed from its closed-form
+      products where n ≤ 4096, else by Lanczos on them, certified by its own exact traces (the
+      trace cap, then Kato-Temple; docs/math.md §9.2 "Without the dual matrix"); the field is
+      then the top Ritz value.
     - R is block-diagonal over hidden units: H blocks of size D + [b1] + C, each solved by
       ``eigh``. λ_min(R) ≤ λ_min(H) because GGN is positive semi-definite: a guaranteed lower
       bound on the most negative curvature (saddle points measured, not estimated).

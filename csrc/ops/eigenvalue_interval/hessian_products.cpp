@@ -334,7 +334,7 @@ void HessianProducts::accumulate(Adjoints& adj, const at::Tensor& A, const at::T
 
 InputGradients HessianProducts::bilinear_backward(const std::vector<Forms>& forms,
                                                   bool need_grad_x) const {
-  TORCH_INTERNAL_ASSERT(phi3_.defined(), "HessianProducts::bilinear_backward: built for products, or for G");
+  TORCH_INTERNAL_ASSERT(phi3_.defined(), "HessianProducts::bilinear_backward: needs Uses::Certificate and Curvature::Hessian");
   const Chain& c = values_;
   const int64_t step = run_length(num_samples_, std::max(hidden_, num_outputs_));
   Adjoints adj;

@@ -72,7 +72,7 @@ SpectralPartsResult spectral_parts_kernel(const Tensor& x, const Tensor& target,
   // then no bound at all (NaN or ∞), and the spectral parts, in float64, give `upper`.
   Tensor ws = ws_upper_bound_tensor(t.trace, t.trace_sq, p.num_params(), dtype).to(at::kDouble);
   ws = at::where(at::isnan(ws), at::full_like(ws, HUGE_VAL), ws);
-  // No GGN part (the dual matrix too large): the spectral sum is +∞ and WS gives `upper`.
+  // No GGN part (its computation overflowed float64): the spectral sum is +∞ and WS gives `upper`.
   Tensor spectral_upper = s.ggn_lambda_max + s.ggn_allowance + s.residual_lambda_max +
                           s.residual_allowance;
   spectral_upper = at::where(at::isnan(s.ggn_lambda_max),

@@ -369,11 +369,10 @@ CertifiedEigenpair ggn_top_in_parameter_space(const HessianProducts& products, c
 constexpr int64_t kFirstSteps = 64;
 constexpr double kClosed = 1e-6;
 
-// λ_max(GGN) certified without M (N·C above kMaxDual): G itself where n is small, else Lanczos
-// on closed-form products G·v in
-// parameter space (G = Σ_i J_iᵀ S_i J_i has M's non-zero spectrum), and the interval
-// certificate of §11.2 on G with its own exact traces (core/ritz_certificate.h: the trace cap,
-// then Kato-Temple with the cap's bound on λ_2(G)). `value` is the top Ritz value θ and
+// λ_max(GGN) certified without M (N·C above kMaxDual), in parameter space, where G = Σ_i J_iᵀS_iJ_i
+// has M's non-zero spectrum: G itself where n ≤ kMaxPrimal, else Lanczos on its closed-form
+// products and the interval certificate of §11.2 on G with its own exact traces
+// (core/ritz_certificate.h: the trace cap, then Kato-Temple with the cap's bound on λ_2(G)). `value` is the top Ritz value θ and
 // value + allowance the certificate's upper end; `vector` the dual image of the Ritz vector,
 // J̃u/‖J̃u‖, which the gradient (§9.4) reads as M's top eigenvector; `residual` ‖Gû − θû‖.
 CertifiedEigenpair ggn_top_without_dual(const MlpProblem& p, const Network& n) {

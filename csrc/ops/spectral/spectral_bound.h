@@ -23,8 +23,9 @@ namespace torch_ws::spectral {
 
 // The dual matrix has NC rows: up to kMaxDual its top eigenpair by core/dense_eigen.h (dense
 // `eigh`, or Lanczos with a Cholesky certificate); above (its NC×NC float64 matrix would take
-// more than 2 GiB) M is never formed: Lanczos on G's closed-form products, certified by G's own
-// exact traces (docs/math.md §9.2 "Without the dual matrix").
+// more than 2 GiB) M is never formed: GGN itself (n × n) where n ≤ 4096, else Lanczos on its
+// closed-form products, certified by its own exact traces (docs/math.md §9.2 "Without the dual
+// matrix").
 inline constexpr int64_t kMaxDual = 16384;
 
 // λ_max(R) ≤ max_k (a_k + √(a_k² + 4σ_k²))/2, a_k = c_k·λ_w (docs/math.md §11.2, "At scale"):
@@ -48,12 +49,12 @@ bool residual_by_majorant(const MlpProblem& p);
 
 // Everything in float64 (0-dim unless said), on the problem's device.
 struct SpectralParts {
-  at::Tensor ggn_lambda_max;   // λ_max(GGN) (above kMaxDual the top Ritz value, a lower bound)
+  at::Tensor ggn_lambda_max;   // λ_max(GGN) (above kMaxDual by Lanczos: the top Ritz value)
   at::Tensor ggn_allowance;    // what to add to it so that it is an upper bound
   at::Tensor residual_lambda_max, residual_lambda_min;  // λ_max(R) ≥ 0 ≥ λ_min(R)
   at::Tensor residual_allowance;
   at::Tensor eigen_residual;   // ‖M v − λ v‖ of the GGN eigenpair (0 when there is none; above
-                               // kMaxDual ‖G u − θ u‖ of the unit Ritz vector u in θ's space)
+                               // kMaxDual ‖G u − λ u‖ of the unit vector u in θ's space)
   at::Tensor iterations;       // int64: Lanczos steps, 0 for the dense solver
   // For the gradient: unit eigenvectors, and the hidden unit of each R eigenpair.
   at::Tensor ggn_vector;                                  // (N, C); zeros when there is none
