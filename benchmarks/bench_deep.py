@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import fmt_bytes, fmt_time, machine, machine_line, peak_rss, publish  # noqa: E402
+from common import (  # noqa: E402
+    fmt_bytes, fmt_time, json_in_subprocess, machine, machine_line, peak_rss, publish,
+)
 
 # name: (N, D, hidden widths, C, loss, dtype, gradient?, baseline?)
 CONFIGS = {
@@ -101,14 +102,7 @@ def in_subprocess(name: str, method: str, timeout: float) -> dict | None:
     env.pop("TORCH_WS_ENGINE", None)
     if name in FORCED:
         env["TORCH_WS_ENGINE"] = FORCED[name]
-    try:
-        out = subprocess.run([sys.executable, __file__, "--one", name, method],
-                             capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"timeout": timeout}
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_in_subprocess(__file__, ["--one", name, method], timeout, env)
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_bytes, fmt_time, machine, machine_line, peak_rss, publish  # noqa: E402
+from common import (  # noqa: E402
+    fmt_bytes, fmt_time, json_in_subprocess, machine, machine_line, peak_rss, publish,
+)
 
 # name: (N, D, hidden widths, C, whether one tile fits in this machine's 24 GiB)
 CONFIGS = {
@@ -56,14 +57,7 @@ def run_one(name: str, mode: str) -> dict:
 
 
 def in_subprocess(name: str, mode: str, timeout: float) -> dict:
-    try:
-        out = subprocess.run([sys.executable, __file__, "--one", name, mode],
-                             capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"timeout": timeout}
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_in_subprocess(__file__, ["--one", name, mode], timeout)
 
 
 def main() -> None:

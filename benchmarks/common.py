@@ -134,6 +134,25 @@ def fmt_bytes(b: int | None) -> str:
     return f"{b / 2**20:.0f} MiB" if b >= 2**20 else f"{b / 2**10:.0f} KiB"
 
 
+def json_in_subprocess(script: str, args: list[str], timeout: float,
+                       env: dict | None = None) -> dict:
+    """Runs `python script ARGS` in a fresh interpreter and returns the JSON object its last line
+    of output holds; {"timeout": timeout} if it ran longer, {"error": its last line of stderr} if
+    it failed (out of memory, an exception)."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                             timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def peak_memory_in_subprocess(script: str, args: list[str]) -> int | None:
     """Runs `python script --peak ARGS` in a fresh interpreter; that mode prints the bytes its
     method added to the resident set (one call, after the problem is set up)."""
