@@ -289,6 +289,14 @@ Tensor deflation_error(const Tensor& forming_error, const Tensor& c, const Tenso
 
 // ---- λ_max(GGN) without the dual matrix (docs/math.md §9.2, "Without the dual matrix"). ----
 
+// J̃u/‖J̃u‖ (N·C,) for a direction u of θ: what the gradient (§9.4) reads as M's top eigenvector
+// when u is G's; zeros where J̃u = 0.
+Tensor unit_dual_image(const Network& n, const Tensor& direction) {
+  const Tensor image = dual_image(n, direction).reshape({-1});
+  const double size = image.norm().item<double>();
+  return size > 0 ? image / size : at::zeros_like(image);
+}
+
 // tr M = tr G, tr(M²) = ‖M‖²_F = tr(G²) as computed, and an upper bound on the exact tr(G²):
 // from M's rows in tiles of samples (at most 2²² numbers each, 32 MiB), never M whole.
 struct DualTraces {
@@ -355,9 +363,7 @@ CertifiedEigenpair ggn_top_in_parameter_space(const HessianProducts& products, c
       up(up(G.trace().item<double>() * up(1 + gamma(size))) + up(std::sqrt(size) * forming));
   auto scalar = [&](double v) { return at::scalar_tensor(v, options); };
   CertifiedEigenpair top = certified_top_eigenpair(G, scalar(forming), scalar(norm));
-  const Tensor image = dual_image(n, top.vector).reshape({N * C});
-  const double image_size = image.norm().item<double>();
-  top.vector = image_size > 0 ? image / image_size : at::zeros({N * C}, options);
+  top.vector = unit_dual_image(n, top.vector);
   return top;
 }
 
@@ -419,9 +425,7 @@ CertifiedEigenpair ggn_top_without_dual(const MlpProblem& p, const Network& n) {
   // θ + up(upper − θ) ≥ upper, and rounding to nearest keeps it there.
   out.allowance = scalar(up(certificate.upper - certificate.theta));
   out.residual = scalar(certificate.rho);
-  const Tensor image = dual_image(n, certificate.u).reshape({N * C});
-  const double size = image.norm().item<double>();
-  if (size > 0) out.vector = image / size;
+  out.vector = unit_dual_image(n, certificate.u);
   return out;
 }
 
