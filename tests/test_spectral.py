@@ -510,3 +510,22 @@ def test_ggn_part_by_lanczos_beyond_the_dual_matrix():
     weyl = float(result.ggn_lambda_max + result.residual_lambda_max)
     assert float(result.upper) >= float(ggn[-1] + result.residual_lambda_max)
     assert float(result.upper) <= weyl * (1 + 1e-6)  # Kato-Temple closed it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("scale", [1.0, 300.0], ids=["ordinary", "saturated"])
+def test_ggn_part_without_the_dual_matrix_is_a_bound_in_float32_and_at_saturation(dtype, scale):
+    # N·C = 17,000: float32 inputs and saturated logits (S_i ≈ 0 for the cross-entropy, the Gauss-
+    # Newton part near 0) still give a finite guaranteed bound, above λ_max of the explicit float64
+    # Hessian, and a finite gradient.
+    args64 = problem(("cross_entropy", 10, "indices"), n=1700, d=3, h=4, seed=17, scale=scale)
+    args = tuple(t.to(dtype) if t.is_floating_point() else t for t in args64)
+    args = tuple(t.requires_grad_() if t.is_floating_point() and i != 1 else t
+                 for i, t in enumerate(args))
+    result = torch_ws.spectral_bound(*args, "tanh", "mean", "cross_entropy")
+    hessian = torch.linalg.eigvalsh(reference.explicit_hessian(*args64, "tanh", "mean", "cross_entropy"))
+    assert result.upper.dtype == dtype
+    assert all(torch.isfinite(t) for t in result[:5])
+    assert float(result.upper) >= float(hessian[-1])
+    result.upper.backward()
+    assert all(torch.isfinite(t.grad).all() for t in args if t.requires_grad)
