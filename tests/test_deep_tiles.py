@@ -144,3 +144,20 @@ def test_bad_shares_and_tiles_are_refused():
         gram_traces(problem, "tanh", "bce", 5, 2)
     with pytest.raises(RuntimeError, match=r"expected tile_rows >= 0 \(0: the default\), got -1"):
         gram_traces(problem, "tanh", "bce", tile_rows=-1)
+
+
+def test_opcheck():
+    """The share op traces with static and dynamic shapes (its certified errors come from their
+    own op, which answers fake tensors by a Meta kernel, so nothing it reads is data-dependent),
+    and its errors op has a schema and a Meta kernel of its own."""
+    x, target, weights, biases = make_problem([3, 2], HEADS[1], "mixed", seed=1, n=6)
+    torch.library.opcheck(torch.ops.torch_ws._deep_gram_form_traces.default,
+                          (x, target, weights, biases, "tanh", "mean", "cross_entropy", 1, 5, 2),
+                          test_utils=("test_schema", "test_autograd_registration",
+                                      "test_faketensor", "test_aot_dispatch_static",
+                                      "test_aot_dispatch_dynamic"))
+    detached = ([w.detach() for w in weights], [b.detach() if b is not None else None
+                                                for b in biases])
+    torch.library.opcheck(torch.ops.torch_ws._deep_gram_form_errors.default,
+                          (x, target, *detached, "tanh", "mean", "cross_entropy", 1, 5, 2),
+                          test_utils=("test_schema", "test_faketensor"))

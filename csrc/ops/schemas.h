@@ -42,6 +42,11 @@ using DeepTraceErrorsSignature = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss);
+using DeepGramFormErrorsSignature = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
+    int64_t tile_rows);
 using WsBoundsFromTracesSignature =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
         const at::Tensor& trace, const at::Tensor& trace_sq, int64_t num_params,

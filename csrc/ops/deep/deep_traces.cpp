@@ -110,11 +110,18 @@ int64_t share_end(const char* op, const MlpProblem& p, int64_t begin, std::optio
   return stop;
 }
 
+GramShare checked_share(const char* op, const MlpProblem& p, int64_t begin,
+                        std::optional<int64_t> end, int64_t tile_rows) {
+  const int64_t stop = share_end(op, p, begin, end);
+  TORCH_CHECK(tile_rows >= 0, op, ": expected tile_rows >= 0 (0: the default), got ", tile_rows);
+  return GramShare{begin, stop, tile_rows};
+}
+
 // The Gram forms' share [begin, end) of the rows i (gram_forms.cpp, GramShare), in tiles of
 // tile_rows rows (0: the default), whatever engine the table would choose: tr H, tr(H²) in
-// float64 (differentiable) and certified bounds on their rounding errors (constants). What the
-// ranks of dataset_bounds evaluate where the Gram forms are the engine; the tests' handle on the
-// tiles.
+// float64 (differentiable) and certified bounds on their rounding errors (constants, by the op
+// _deep_gram_form_errors). What the ranks of dataset_bounds evaluate where the Gram forms are the
+// engine; the tests' handle on the tiles.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_form_share(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
@@ -124,15 +131,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_form_share(
   const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
                                                      reduction, loss));
   const CallThreads threads(x.device());
-  const int64_t stop = share_end(op, p, begin, end);
-  TORCH_CHECK(tile_rows >= 0, op, ": expected tile_rows >= 0 (0: the default), got ", tile_rows);
-  const GramShare share{begin, stop, tile_rows};
+  const GramShare share = checked_share(op, p, begin, end, tile_rows);
   const auto [trace, trace_sq] = gram_form_traces(JacobianChain(coefficient_values(p)), share);
+  // Through the dispatcher, on values without history, as deep_ws_bounds reads its errors: on
+  // fake tensors the Meta kernel answers, so the share traces with dynamic shapes.
+  static auto errors_op =
+      find_op<DeepGramFormErrorsSignature>("torch_ws::_deep_gram_form_errors");
+  const DeepInputs values = map_inputs(x, target, weights, biases,
+                                       [](const at::Tensor& t) { return t.detach(); });
   const auto [trace_error, trace_sq_error] =
-      certified_errors(Engine::SampleSpace, p, [&](const Coefficients& magnitudes) {
-        return gram_form_traces(JacobianChain(magnitudes), share);
-      });
+      errors_op.call(values.x, values.target, values.weights, values.biases, activation,
+                     reduction, loss, begin, end, tile_rows);
   return {trace, trace_sq, trace_error, trace_sq_error};
+}
+
+// Certified bounds on the rounding errors of that share's float64 traces (§12.5): the same
+// evaluation on magnitudes. Constants, float64 0-d.
+std::tuple<at::Tensor, at::Tensor> gram_form_share_errors(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
+    int64_t tile_rows) {
+  constexpr const char* op = "torch_ws._deep_gram_form_errors";
+  const MlpProblem p = in_float64(check_deep_problem(op, x.detach(), target, weights, biases,
+                                                     activation, reduction, loss));
+  const CallThreads threads(x.device());
+  const GramShare share = checked_share(op, p, begin, end, tile_rows);
+  return certified_errors(Engine::SampleSpace, p, [&](const Coefficients& magnitudes) {
+    return gram_form_traces(JacobianChain(magnitudes), share);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> gram_form_share_errors_meta(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, int64_t, std::optional<int64_t>,
+    int64_t) {
+  check_deep_problem("torch_ws._deep_gram_form_errors", x, target, weights, biases, activation,
+                     reduction, loss);
+  const auto f64 = x.options().dtype(at::kDouble);
+  return {at::empty({}, f64), at::empty({}, f64)};
 }
 
 }  // namespace
@@ -276,6 +314,11 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", int begin=0, "
       "int? end=None, int tile_rows=0) -> (Tensor trace, Tensor trace_sq, Tensor trace_error, "
       "Tensor trace_sq_error)");
+  // Certified bounds on the rounding errors of _deep_gram_form_traces' share (not differentiable).
+  m.def(
+      "_deep_gram_form_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation, str reduction, str loss, int begin, int? end, int tile_rows) -> "
+      "(Tensor trace_error, Tensor trace_sq_error)");
   // Certified bounds on the float64 rounding errors of deep_hessian_traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -285,10 +328,12 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
 // A kernel of its own (constants, no autograd), and a Meta one: the shapes of two scalars.
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
+  m.impl("_deep_gram_form_errors", &torch_ws::gram_form_share_errors);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors_meta);
+  m.impl("_deep_gram_form_errors", &torch_ws::gram_form_share_errors_meta);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, CompositeImplicitAutograd, m) {
