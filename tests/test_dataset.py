@@ -240,6 +240,39 @@ def test_ranks_with_a_deep_network(tmp_path, monkeypatch, sizes, engine):
         assert all("the ranks disagree on layer shapes" in r["error"] for r in results)
 
 
+@pytest.mark.parametrize("engine, op", [("parameter", "_deep_assembled_hessian"),
+                                        ("sample", "_deep_gram_form_traces")])
+def test_a_deep_share_is_evaluated_once_for_bounds_and_gradient(tmp_path, monkeypatch, engine,
+                                                                  op):
+    """With grad=True the rank's share (its block of H, or its rows of the pair sums) is
+    evaluated once, with autograd recording, and the gradient is taken from that evaluation: one
+    call of the share's op (a group of one gloo rank in this process), and the bounds and
+    gradient of the call without a group."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    model, x, y = model_and_data(n=9, classes=3, hidden_layers=2)
+    loss, y = _head(3, "mse", y)
+    expected = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
+    expected_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    calls = []
+    share_op = getattr(torch.ops.torch_ws, op)
+    monkeypatch.setattr(torch.ops.torch_ws, op,
+                        lambda *args: calls.append(1) or share_op(*args))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        bounds = torch_ws.dataset_bounds(model, [(x, y)], loss=loss, grad=True)
+    finally:
+        dist.destroy_process_group()
+    assert len(calls) == 1
+    for got, want in zip(bounds[:7], expected[:7]):
+        assert float(got) == pytest.approx(float(want), rel=1e-9, abs=1e-15)
+    for p, want in zip(model.parameters(), expected_grads):
+        torch.testing.assert_close(p.grad, want, rtol=1e-10, atol=1e-15)
+
+
 @pytest.mark.parametrize("other, message", [
     ("sigmoid", "the ranks disagree on activation: "),
     ("wider", "the ranks disagree on W1 shape: (4, 3) here, (5, 3) on rank 1"),

@@ -136,7 +136,8 @@ def dataset_bounds(model: nn.Module, data: Iterable, loss="bce", reduction: Opti
         if group is not None:
             # Several hidden layers: split by the deep engine the union gets (DeepShards).
             stage("gathering the shards")
-            return distributed_bounds(DeepShards(spec, x, target, group), grad, progress=stage)
+            return distributed_bounds(DeepShards(spec, x, target, group, record=grad), grad,
+                                      progress=stage)
         stage("bounds and gradient" if grad else "bounds")
         with torch.set_grad_enabled(grad):
             bounds = (deep_ws_bounds if deep else ws_bounds)(*spec.op_args(x, target))

@@ -182,7 +182,9 @@ class DeepGlobalBatchBound(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, x: Tensor, target: Tensor, group, *leaves):
-        shards = DeepShards(spec, x, target, group)
+        # The share recorded once where the backward will run (ctx.needs_input_grad: spec, x,
+        # target, group, then the leaves).
+        shards = DeepShards(spec, x, target, group, record=any(ctx.needs_input_grad[4:]))
         ctx.shards = shards
         traces, errors = shards.traces()
         bounds, ctx.weights = bounds_and_weights(traces, shards.num_params, x.dtype, errors)
@@ -211,9 +213,12 @@ class DeepShards:
         spec: the :class:`~torch_ws.DeepMlpSpec`.
         x, target: this rank's shard (the target prepared by ``spec.prepare_target``).
         group: the process group.
+        record: whether the gradient will be asked for: :meth:`traces` then evaluates the share
+            with autograd recording through the parameters, and :meth:`gradient_share` takes its
+            gradient from that one evaluation (otherwise it evaluates the share again).
     """
 
-    def __init__(self, spec, x: Tensor, target: Tensor, group):
+    def __init__(self, spec, x: Tensor, target: Tensor, group, record: bool = False):
         import torch.distributed as dist
 
         self.group = group
@@ -226,6 +231,17 @@ class DeepShards:
         self.args = spec.op_args(self.x_all, self.target_all)
         self.parameter_space = torch.ops.torch_ws._deep_engine(*self._detached()) == "parameter"
         self.hessian: Optional[Tensor] = None
+        self.record = record
+        # What gradient_share differentiates: this rank's share as traces() evaluated it, with
+        # its autograd history ((tr H, tr H²) of its pairs, or its block of H); used once.
+        self._recorded: Optional[tuple] = None
+
+    def _share_args(self) -> tuple:
+        """The ops' arguments: with history where the share is recorded, else detached."""
+        return self.args if self._records() else self._detached()
+
+    def _records(self) -> bool:
+        return self.record and self.end > self.begin  # a rank without samples adds nothing
 
     def _detached(self) -> tuple:
         x, target, weights, biases, *rest = self.args
@@ -241,19 +257,26 @@ class DeepShards:
         """(tr H, tr H²) of the union of the shards, float64, on every rank, and their certified
         errors: each rank's share all-reduced, with the shares' certified errors summed and the
         all-reduce's own rounding added."""
-        if not self.parameter_space:
-            trace, trace_sq, trace_error, trace_sq_error = \
-                torch.ops.torch_ws._deep_gram_form_traces(*self._detached(), self.begin, self.end)
-            values = torch.stack([trace, trace_sq])
-            errors = torch.stack([trace_error, trace_sq_error]) + \
-                self._summing_error() * values.abs()
-            torch.distributed.all_reduce(values, group=self.group)
-            torch.distributed.all_reduce(errors, group=self.group)
-            # The errors' own sum rounds too (non-negative terms): widened by the same γ.
-            errors = errors * (1 + self._summing_error())
-            return values, (float(errors[0]), float(errors[1]))
-        share, forming_error = torch.ops.torch_ws._deep_assembled_hessian(
-            *self._detached(), self.begin, self.end)
+        with torch.set_grad_enabled(self._records()):
+            if not self.parameter_space:
+                trace, trace_sq, trace_error, trace_sq_error = \
+                    torch.ops.torch_ws._deep_gram_form_traces(*self._share_args(), self.begin,
+                                                              self.end)
+                if self._records():
+                    self._recorded = (trace, trace_sq)
+                values = torch.stack([trace, trace_sq]).detach()
+                errors = torch.stack([trace_error, trace_sq_error]) + \
+                    self._summing_error() * values.abs()
+                torch.distributed.all_reduce(values, group=self.group)
+                torch.distributed.all_reduce(errors, group=self.group)
+                # The errors' own sum rounds too (non-negative terms): widened by the same γ.
+                errors = errors * (1 + self._summing_error())
+                return values, (float(errors[0]), float(errors[1]))
+            share, forming_error = torch.ops.torch_ws._deep_assembled_hessian(
+                *self._share_args(), self.begin, self.end)
+        if self._records():
+            self._recorded = (share,)
+            share = share.detach().clone()  # the all-reduce writes into it
         summing = self._summing_error() * float(share.norm())
         error = torch.tensor([float(forming_error) + summing], dtype=torch.float64,
                              device=share.device)
@@ -278,21 +301,25 @@ class DeepShards:
         held fixed, this rank's samples' part of dH by autograd through its assembly. Gram forms:
         autograd through this rank's share of the pair sums (tr H and tr(H²) are sums over the
         shares)."""
-        x, target, weights, biases, *rest = self.args
         leaves = self.spec.leaves
         grads = [None] * len(leaves)
         if self.end > self.begin:  # a rank without samples adds nothing
+            recorded, self._recorded = self._recorded, None
             with torch.enable_grad():
+                if recorded is None:  # not recorded by traces(): evaluated again, recording
+                    if self.parameter_space:
+                        recorded = (torch.ops.torch_ws._deep_assembled_hessian(
+                            *self.args, self.begin, self.end)[0],)
+                    else:
+                        recorded = torch.ops.torch_ws._deep_gram_form_traces(
+                            *self.args, self.begin, self.end)[:2]
                 if self.parameter_space:
-                    share, _ = torch.ops.torch_ws._deep_assembled_hessian(
-                        x, target, weights, biases, *rest, self.begin, self.end)
-                    eye = torch.eye(self.num_params, dtype=torch.float64, device=share.device)
+                    eye = torch.eye(self.num_params, dtype=torch.float64,
+                                    device=self.hessian.device)
                     hessian_bar = d_trace * eye + (2 * d_trace_sq) * self.hessian
-                    objective = (hessian_bar * share).sum()
+                    objective = (hessian_bar * recorded[0]).sum()
                 else:
-                    trace, trace_sq, _, _ = torch.ops.torch_ws._deep_gram_form_traces(
-                        x, target, weights, biases, *rest, self.begin, self.end)
-                    objective = d_trace * trace + d_trace_sq * trace_sq
+                    objective = d_trace * recorded[0] + d_trace_sq * recorded[1]
                 grads = torch.autograd.grad(objective, leaves, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
 
