@@ -499,19 +499,21 @@ def test_at_scale_gradient_matches_autograd_through_explicit_matrices(converged_
         torch.testing.assert_close(ours - without, share, rtol=1e-4, atol=1e-4 * share.norm())
 
 
-def default_init_net(seed=0):
+def default_init_net(seed=0, d=90, h=32):
     """A one-logit tanh net at PyTorch's default initialization on a random teacher's labels,
-    N = 2100, D = 90, H = 32: N·C above the 2048 dual rows of the exact spectral parts and
-    n = 2945 (2913 without b1) with N·n² above the assembly's 2³⁴, so after the cap (loose: a heavy bulk) only Weyl
-    at scale is left; R is dominated by its W1–W2 coupling there, which the majorant has exactly."""
+    N = 2100, by default D = 90, H = 32: N·C above the 2048 dual rows of the exact spectral parts
+    at the interval's first check, and n = 2945 (2913 without b1) with N·n² above the assembly's
+    2³⁴, so after the cap (loose: a heavy bulk) only Weyl at scale is left. R's blocks cost
+    H·N·D̃² = 5.6·10⁸ multiply-adds there (exact); with d=1000, h=20 (n = 20,041) 4.2·10¹⁰, above
+    kExactResidualWork, so R's ends come from the majorants."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(2100, 90, generator=gen, dtype=torch.float64)
+    x = torch.randn(2100, d, generator=gen, dtype=torch.float64)
     torch.manual_seed(seed)
-    teacher = (nn.Linear(90, 32).double(), nn.Linear(32, 1).double())
+    teacher = (nn.Linear(d, h).double(), nn.Linear(h, 1).double())
     with torch.no_grad():
         logits = teacher[1](torch.tanh(teacher[0](x))).squeeze(1)
         target = (logits > logits.median()).double()
-    student = (nn.Linear(90, 32).double(), nn.Linear(32, 1).double())
+    student = (nn.Linear(d, h).double(), nn.Linear(h, 1).double())
     return (x, target, *(p.detach() for layer in student for p in (layer.weight, layer.bias)))
 
 
@@ -520,34 +522,73 @@ def default_net():
     return default_init_net()
 
 
+@pytest.fixture(scope="module")
+def wide_input_net():
+    return default_init_net(d=1000, h=20)
+
+
+def test_weyl_at_scale_is_the_spectral_bound(default_net):
+    """Above 2048 dual rows, where R's blocks are cheap, the interval's Weyl candidate is
+    spectral_bound's own: `upper` of λ_max and `lower` of λ_min are its `upper` and
+    `lambda_min_lower`, values and gradients (x included; spectral_bound's gradients are checked
+    against autograd through the explicit matrices in tests/test_spectral.py)."""
+    x, target, *weights = (a.clone() for a in default_net)
+    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
+    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
+    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
+    assert top.source == "weyl" and bottom.source == "weyl"
+    exact = torch_ws.spectral_bound(x, target, *weights, "tanh", "mean", "bce")
+    assert float(top.upper) == pytest.approx(float(exact.upper), rel=1e-12)
+    assert float(bottom.lower) == pytest.approx(float(exact.lambda_min_lower), rel=1e-12)
+    actual = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
+    expected = torch.autograd.grad(exact.upper + 2 * exact.lambda_min_lower, leaves)
+    for ours, truth in zip(actual, expected):
+        torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize("bias", BIAS_CONFIGS, ids=str)
-def test_weyl_at_scale_gives_both_ends(default_net, bias):
-    """Above 2048 dual rows the Weyl bound's R part is the majorant (docs/math.md §11.2 "At
-    scale"): λ_max's `upper` is λ_max(GGN) (certified) + the majorant of R, λ_min's `lower` minus
-    the majorant of −R; each at least the exact Weyl bound it stands for (spectral_bound's parts,
-    R's blocks solved exactly), and equal to the formula's value up to the allowances and
-    the certificate of λ_max(GGN). Every bias setting (the features' column of ones and the
-    dual image's b2 term come and go)."""
-    x, target, w1, b1, w2, b2 = default_net
+def test_weyl_at_scale_gives_both_ends(wide_input_net, bias):
+    """Where R's blocks cost too much the Weyl bound's R part is the majorant (docs/math.md §11.2
+    "At scale"): λ_max's `upper` is λ_max(GGN) (certified) + the majorant of R, λ_min's `lower`
+    minus the majorant of −R; each equal to the formula's value up to the allowances and the
+    certificate of λ_max(GGN), and λ_min's `lower` at most spectral_bound's (the same majorant).
+    Every bias setting (the features' column of ones and the dual image's b2 term come and go)."""
+    x, target, w1, b1, w2, b2 = wide_input_net
     args = (x, target, w1, b1 if bias[0] else None, w2, b2 if bias[1] else None)
     top = torch_ws.lambda_max_interval(*args, "tanh", "mean", "bce")
     bottom = torch_ws.lambda_min_interval(*args, "tanh", "mean", "bce")
     assert top.source == "weyl" and bottom.source == "weyl"
-    exact = torch_ws.spectral_bound(*args, "tanh", "mean", "bce")
-    assert float(top.upper) >= float(exact.ggn_lambda_max + exact.residual_lambda_max)
-    expected = exact.ggn_lambda_max + residual_majorant_by_formula(*args)
-    assert abs(float(top.upper) - float(expected)) <= 1e-9 * float(expected)
-    assert float(bottom.lower) <= float(exact.lambda_min_lower)
+    bound = torch_ws.spectral_bound(*args, "tanh", "mean", "bce")
+    expected = bound.ggn_lambda_max + residual_majorant_by_formula(*args)
+    assert float(expected) <= float(top.upper) <= float(expected) * (1 + 1e-9)
     expected = -residual_majorant_by_formula(*args, sign=-1)
     assert abs(float(bottom.lower) - float(expected)) <= 1e-9 * abs(float(expected))
+    assert float(bottom.lower) <= float(bound.lambda_min_lower) * (1 - 1e-12)
     assert float(top.lower) <= float(top.upper) and float(bottom.lower) <= float(bottom.upper)
 
 
-def test_weyl_at_scale_gradients_match_autograd(default_net):
+def test_weyl_at_scale_gradients_are_the_spectral_bounds(wide_input_net):
+    """With the majorants, the Weyl ends' gradients (x included) are spectral_bound's, whose
+    majorant gradients tests/test_spectral.py checks against autograd through the formula; the
+    slow test below checks these against autograd directly."""
+    x, target, *weights = (a.clone() for a in wide_input_net)
+    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
+    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
+    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
+    assert top.source == "weyl" and bottom.source == "weyl"
+    actual = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
+    exact = torch_ws.spectral_bound(x, target, *weights, "tanh", "mean", "bce")
+    expected = torch.autograd.grad(exact.upper + 2 * exact.lambda_min_lower, leaves)
+    for ours, truth in zip(actual, expected):
+        torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_weyl_at_scale_gradients_match_autograd(wide_input_net):
     """λ_max's `upper` = λ_max(GGN) + the majorant and λ_min's `lower` = −(the majorant of −R),
     differentiated with the majorant's weights held fixed: against autograd through eigvalsh of
-    the dual matrix from torch.func.jacrev and the formula in plain PyTorch, x included."""
-    x, target, *weights = (a.clone() for a in default_net)
+    the dual matrix from torch.func.jacrev and the formula in plain PyTorch, x included (35 s)."""
+    x, target, *weights = (a.clone() for a in wide_input_net)
     leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
     top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
     bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
@@ -560,6 +601,19 @@ def test_weyl_at_scale_gradients_match_autograd(default_net):
         - 2 * residual_majorant_by_formula(x, target, *weights, sign=-1), leaves)
     for ours, truth in zip(actual, expected):
         torch.testing.assert_close(ours, truth, rtol=1e-6, atol=1e-10)
+
+
+def test_weyl_between_the_scale_limits_of_the_dual_matrix():
+    """N·C = 8300, between the 8192 rows of the λ_2 bound at scale and the dual matrix's 16,384,
+    n = 5890 (no assembled Hessian): with 2 Lanczos steps the interval stays wide, and Weyl (which
+    once stopped at 8192 rows) gives spectral_bound's upper end (tests/test_spectral.py holds that
+    above the explicit λ_max)."""
+    args = make_head_problem("cross_entropy", 10, "probabilities", n=830, d=3, h=420, seed=17)
+    wide = torch_ws.lambda_max_interval(*args, "tanh", "mean", "cross_entropy", steps=2)
+    assert wide.source == "weyl"
+    exact = torch_ws.spectral_bound(*args, "tanh", "mean", "cross_entropy")
+    assert float(wide.upper) == pytest.approx(float(exact.upper), rel=1e-12)
+    assert float(wide.lower) <= float(wide.upper)
 
 
 @pytest.mark.slow

@@ -94,16 +94,12 @@ bool calls_for_spectral_parts(double lower, double upper, const MlpProblem& p) {
 // is certified positive and converged enough that a λ_2 bound below θ − ρ could close the interval.
 constexpr int64_t kSecondAtScaleMaxDualRows = 8192;
 
-// Still wide above kWeylMaxDualRows after that: Weyl's bound with R by its majorant
-// (spectral::weyl_at_scale): for λ_max, λ_max(GGN) certified as spectral_bound does: up to
-// kSecondAtScaleMaxDualRows by the dual matrix (Lanczos, a Cholesky certificate), above
-// spectral::kMaxDual without it (Lanczos on G's products, certified by G's own traces); in
-// between, the dense factorization (up to 2 GiB, (NC)³/3 flops) costs more than it is worth.
-// For λ_min, λ_min(R)'s minorant alone, O(N·D̃·(H·C + min(N, D̃))), at any size.
-bool calls_for_weyl_at_scale(double lower, double upper, double sign, const MlpProblem& p) {
-  const int64_t rows = p.num_samples() * p.num_outputs();
-  return still_wide(lower, upper) && rows > kWeylMaxDualRows &&
-         (sign < 0 || rows <= kSecondAtScaleMaxDualRows || rows > spectral::kMaxDual);
+// Still wide above kWeylMaxDualRows after that: Weyl's bound (spectral::weyl_at_scale), at any
+// size. For λ_max, spectral_bound's parts: λ_max(GGN) by the dual matrix up to spectral::kMaxDual
+// rows ((NC)³/3 flops, up to 2 GiB), above without it; R's eigenpairs where its blocks are cheap,
+// else its majorant. For λ_min, λ_min(R)'s minorant alone, O(N·D̃·(H·C + min(N, D̃))).
+bool calls_for_weyl_at_scale(double lower, double upper, const MlpProblem& p) {
+  return still_wide(lower, upper) && p.num_samples() * p.num_outputs() > kWeylMaxDualRows;
 }
 
 bool calls_for_second_at_scale(const RitzCertificate& c, const MlpProblem& p) {
@@ -209,7 +205,7 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   // Weyl at scale, in place of the λ_2 parts (unless Kato-Temple took them: its gradient reads
   // them).
   if (certificate.source != Source::KatoTempleWeyl &&
-      calls_for_weyl_at_scale(certificate.lower, certificate.upper, sign, p)) {
+      calls_for_weyl_at_scale(certificate.lower, certificate.upper, p)) {
     parts = spectral::weyl_at_scale(p, /*largest=*/sign > 0);
   }
   Interval out{certificate.lower, certificate.upper, certificate.source, certificate.ritz_values,

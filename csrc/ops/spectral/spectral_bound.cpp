@@ -437,6 +437,38 @@ void set_ggn_part(SpectralParts& out, const CertifiedEigenpair& top, int64_t N, 
   out.ggn_vector = top.vector.view({N, C});
 }
 
+// R's parts (docs/math.md §9.3): λ_max(R), λ_min(R) and their eigenpairs from R's blocks, or
+// where the blocks cost more than kExactResidualWork both ends by the majorants (§11.2 "At scale").
+void set_residual_part(SpectralParts& out, const MlpProblem& p, const Network& n) {
+  const int64_t C = n.num_outputs();
+  const auto options = n.x.options();
+  if (residual_by_majorant(p)) {
+    // R's blocks would cost more than kExactResidualWork: both ends by the majorants (§11.2 "At
+    // scale"), the eigenvector outputs zeros (the gradient recomputes the majorants).
+    const MajorantBasis basis = majorant_basis(n);
+    const ResidualMajorant above = residual_majorant(basis, 1), below = residual_majorant(basis, -1);
+    out.residual_lambda_max = above.value;
+    out.residual_lambda_min = -below.value;
+    out.residual_allowance = at::maximum(above.allowance, below.allowance);
+    out.residual_majorant = above;
+    out.residual_minorant = below;
+    const int64_t size = n.x_tilde.size(1) + C;
+    out.residual_max_vector = at::zeros({size}, options);
+    out.residual_min_vector = at::zeros({size}, options);
+    out.residual_max_unit = at::zeros({}, options.dtype(at::kLong));
+    out.residual_min_unit = at::zeros({}, options.dtype(at::kLong));
+    return;
+  }
+  ResidualEigen r = residual_eigen(n);
+  out.residual_lambda_max = r.max_value;
+  out.residual_lambda_min = r.min_value;
+  out.residual_allowance = r.allowance;
+  out.residual_max_vector = r.max_vector;
+  out.residual_min_vector = r.min_vector;
+  out.residual_max_unit = r.max_unit;
+  out.residual_min_unit = r.min_unit;
+}
+
 }  // namespace
 
 SpectralParts evaluate(const MlpProblem& p, bool second) {
@@ -466,31 +498,7 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
   } else {
     set_ggn_part(out, ggn_top_without_dual(p, n), N, C);
   }
-  if (residual_by_majorant(p)) {
-    // R's blocks would cost more than kExactResidualWork: both ends by the majorants (§11.2 "At
-    // scale"), the eigenvector outputs zeros (the gradient recomputes the majorants).
-    const MajorantBasis basis = majorant_basis(n);
-    const ResidualMajorant above = residual_majorant(basis, 1), below = residual_majorant(basis, -1);
-    out.residual_lambda_max = above.value;
-    out.residual_lambda_min = -below.value;
-    out.residual_allowance = at::maximum(above.allowance, below.allowance);
-    out.residual_majorant = above;
-    out.residual_minorant = below;
-    const int64_t size = n.x_tilde.size(1) + C;
-    out.residual_max_vector = at::zeros({size}, options);
-    out.residual_min_vector = at::zeros({size}, options);
-    out.residual_max_unit = at::zeros({}, options.dtype(at::kLong));
-    out.residual_min_unit = at::zeros({}, options.dtype(at::kLong));
-    return out;
-  }
-  ResidualEigen r = residual_eigen(n);
-  out.residual_lambda_max = r.max_value;
-  out.residual_lambda_min = r.min_value;
-  out.residual_allowance = r.allowance;
-  out.residual_max_vector = r.max_vector;
-  out.residual_min_vector = r.min_vector;
-  out.residual_max_unit = r.max_unit;
-  out.residual_min_unit = r.min_unit;
+  set_residual_part(out, p, n);
   return out;
 }
 
@@ -644,29 +652,14 @@ InputGradients gradient(const MlpProblem& p, const Eigenvectors& v, const Tensor
 }
 
 SpectralParts weyl_at_scale(const MlpProblem& p, bool largest) {
+  // λ_max: spectral_bound's own parts. λ_min: R's alone (λ_min(H) ≥ λ_min(R), GGN being
+  // positive semi-definite). R exact where its blocks are cheap: far tighter than the majorants
+  // where D is small.
+  if (largest) return evaluate(p);
   const Network n = network(p, /*for_gradients=*/false);
-  const int64_t N = n.num_samples(), C = n.num_outputs();
-  const auto options = n.x.options();
   SpectralParts out;
   set_no_ggn_part(out, n);
-  out.residual_lambda_max = at::full({}, NAN, options);
-  out.residual_lambda_min = at::full({}, NAN, options);
-  const ResidualMajorant r = residual_majorant(n, largest ? 1 : -1);
-  out.residual_allowance = r.allowance;
-  if (!largest) {
-    out.residual_lambda_min = -r.value;
-    out.residual_minorant = r;
-    return out;
-  }
-  out.residual_lambda_max = r.value;
-  out.residual_majorant = r;
-  if (N * C <= kMaxDual) {
-    const Tensor M = dual_matrix(n);
-    const Tensor trace = M.trace();
-    set_ggn_part(out, certified_top_eigenpair(M, forming_factor(n) * trace, trace), N, C);
-  } else {
-    set_ggn_part(out, ggn_top_without_dual(p, n), N, C);
-  }
+  set_residual_part(out, p, n);
   return out;
 }
 

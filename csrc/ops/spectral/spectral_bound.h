@@ -86,10 +86,10 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p,
                                                    double ceiling, double estimate,
                                                    bool for_gradients);
 
-// The Weyl bound's parts at scale (docs/math.md §11.2 "At scale"), where R's blocks cost too
-// much: for `largest`, λ_max(GGN) certified as in `evaluate` (with or without the dual matrix) and
-// λ_max(R) by its majorant; else λ_min(R) ≥ −(the majorant of −R), no dual matrix. With
-// `for_gradients` nothing more is needed: the majorants carry what their gradient reads.
+// The Weyl bound's parts at scale (docs/math.md §11.2 "At scale"): for `largest`, `evaluate`'s
+// (λ_max(GGN) with the dual matrix up to kMaxDual rows, without it above; R's eigenpairs where its
+// blocks are cheap, else the majorants); else λ_min(R) ≥ −(the majorant of −R) alone, no GGN part.
+// With `for_gradients` nothing more is needed: the majorants carry what their gradient reads.
 SpectralParts weyl_at_scale(const MlpProblem& p, bool largest);
 
 // λ_max(R) ≤ the majorant's value plus its allowance (0-dim float64): the private op
