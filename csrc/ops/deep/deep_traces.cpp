@@ -110,6 +110,7 @@ int64_t share_end(const char* op, const MlpProblem& p, int64_t begin, std::optio
   return stop;
 }
 
+// The share [begin, end) in tiles of tile_rows rows, checked (both share ops take the same).
 GramShare checked_share(const char* op, const MlpProblem& p, int64_t begin,
                         std::optional<int64_t> end, int64_t tile_rows) {
   const int64_t stop = share_end(op, p, begin, end);

@@ -97,7 +97,7 @@ constexpr int64_t kSecondAtScaleMaxDualRows = 8192;
 // Still wide above kWeylMaxDualRows after that: Weyl's bound (spectral::weyl_at_scale), at any
 // size. For λ_max, spectral_bound's parts: λ_max(GGN) by the dual matrix up to spectral::kMaxDual
 // rows ((NC)³/3 flops, up to 2 GiB), above without it; R's eigenpairs where its blocks are cheap,
-// else its majorant. For λ_min, λ_min(R)'s minorant alone, O(N·D̃·(H·C + min(N, D̃))).
+// else its majorant. For λ_min, R's λ_min alone (blocks or the majorant of −R), no dual matrix.
 bool calls_for_weyl_at_scale(double lower, double upper, const MlpProblem& p) {
   return still_wide(lower, upper) && p.num_samples() * p.num_outputs() > kWeylMaxDualRows;
 }
