@@ -527,20 +527,28 @@ def wide_input_net():
     return default_init_net(d=1000, h=20)
 
 
+def weyl_ends_and_gradient(net):
+    """λ_max's and λ_min's intervals of `net` (both must come from Weyl at scale), the arguments
+    (x and the weights as leaves requiring grad), the leaves, and the gradient of λ_max's upper +
+    2·λ_min's lower."""
+    x, target, *weights = (a.clone() for a in net)
+    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
+    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
+    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
+    assert top.source == "weyl" and bottom.source == "weyl"
+    gradient = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
+    return top, bottom, (x, target, *weights), leaves, gradient
+
+
 def test_weyl_at_scale_is_the_spectral_bound(default_net):
     """Above 2048 dual rows, where R's blocks are cheap, the interval's Weyl candidate is
     spectral_bound's own: `upper` of λ_max and `lower` of λ_min are its `upper` and
     `lambda_min_lower`, values and gradients (x included; spectral_bound's gradients are checked
     against autograd through the explicit matrices in tests/test_spectral.py)."""
-    x, target, *weights = (a.clone() for a in default_net)
-    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
-    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
-    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
-    assert top.source == "weyl" and bottom.source == "weyl"
-    exact = torch_ws.spectral_bound(x, target, *weights, "tanh", "mean", "bce")
+    top, bottom, args, leaves, actual = weyl_ends_and_gradient(default_net)
+    exact = torch_ws.spectral_bound(*args, "tanh", "mean", "bce")
     assert float(top.upper) == pytest.approx(float(exact.upper), rel=1e-12)
     assert float(bottom.lower) == pytest.approx(float(exact.lambda_min_lower), rel=1e-12)
-    actual = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
     expected = torch.autograd.grad(exact.upper + 2 * exact.lambda_min_lower, leaves)
     for ours, truth in zip(actual, expected):
         torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-14)
@@ -571,13 +579,8 @@ def test_weyl_at_scale_gradients_are_the_spectral_bounds(wide_input_net):
     """With the majorants, the Weyl ends' gradients (x included) are spectral_bound's, whose
     majorant gradients tests/test_spectral.py checks against autograd through the formula; the
     slow test below checks these against autograd directly."""
-    x, target, *weights = (a.clone() for a in wide_input_net)
-    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
-    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
-    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
-    assert top.source == "weyl" and bottom.source == "weyl"
-    actual = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
-    exact = torch_ws.spectral_bound(x, target, *weights, "tanh", "mean", "bce")
+    _, _, args, leaves, actual = weyl_ends_and_gradient(wide_input_net)
+    exact = torch_ws.spectral_bound(*args, "tanh", "mean", "bce")
     expected = torch.autograd.grad(exact.upper + 2 * exact.lambda_min_lower, leaves)
     for ours, truth in zip(actual, expected):
         torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-14)
@@ -588,12 +591,7 @@ def test_weyl_at_scale_gradients_match_autograd(wide_input_net):
     """λ_max's `upper` = λ_max(GGN) + the majorant and λ_min's `lower` = −(the majorant of −R),
     differentiated with the majorant's weights held fixed: against autograd through eigvalsh of
     the dual matrix from torch.func.jacrev and the formula in plain PyTorch, x included (35 s)."""
-    x, target, *weights = (a.clone() for a in wide_input_net)
-    leaves = [x.requires_grad_(True)] + [w.requires_grad_(True) for w in weights]
-    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
-    bottom = torch_ws.lambda_min_interval(x, target, *weights, "tanh", "mean", "bce")
-    assert top.source == "weyl" and bottom.source == "weyl"
-    actual = torch.autograd.grad(top.upper + 2 * bottom.lower, leaves)
+    _, _, (x, target, *weights), leaves, actual = weyl_ends_and_gradient(wide_input_net)
     rows = bce_dual_rows(x, target, weights)
     ggn = torch.linalg.eigvalsh(rows @ rows.T)[-1]
     expected = torch.autograd.grad(
