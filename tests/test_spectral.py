@@ -475,6 +475,30 @@ def test_ggn_part_without_the_dual_matrix(case):
     assert float(result.upper) < float(torch_ws.ws_bound(*args, "tanh", "mean", loss))
 
 
+@pytest.mark.parametrize("classes, n, h", [(10, 1700, 20), (20, 820, 170)],
+                         ids=["formed-G-n290", "lanczos-n4100"])
+def test_ggn_part_without_the_dual_matrix_with_a_repeated_top_eigenvalue(classes, n, h):
+    """A zero output layer with the cross-entropy: every S_i = (I − 11ᵀ/C)/(C·N) and only W2's
+    Jacobian is non-zero, so G = (I − 11ᵀ/C)/(C·N) ⊗ Φ̃ᵀΦ̃ (Φ̃ = [tanh(X W1ᵀ + b1), 1]), whose top
+    eigenvalue λ_max(Φ̃ᵀΦ̃)/(C·N) has C − 1 copies (Kato-Temple has no gap). Beyond the dual matrix
+    (N·C > 16,384), G formed (n ≤ 4096) gives it exactly; the Lanczos route (n > 4096) a Ritz
+    value below it and a bound above it, and it stops (the width no longer halving) long before
+    its steps span θ's space (it once ran on to n steps)."""
+    x, target, w1, b1, w2, b2 = make_head_problem("cross_entropy", classes, "indices", n=n, d=3,
+                                                  h=h, seed=12)
+    w2, b2 = torch.zeros_like(w2), torch.zeros_like(b2)
+    features = torch.cat([torch.tanh(x @ w1.T + b1), torch.ones(n, 1, dtype=x.dtype)], 1)
+    top = float(torch.linalg.eigvalsh(features.T @ features)[-1]) / (classes * n)
+    result = torch_ws.spectral_bound(x, target, w1, b1, w2, b2, "tanh", "mean", "cross_entropy")
+    assert float(result.ggn_lambda_max) <= top * (1 + 1e-10)
+    assert float(result.upper) >= top + float(result.residual_lambda_max)
+    if torch_ws.num_params(w1, b1, w2, b2) <= 4096:
+        assert abs(float(result.ggn_lambda_max) - top) <= 1e-8 * top
+        assert int(result.iterations) == 0
+    else:
+        assert 64 < int(result.iterations) <= 4 * 64
+
+
 def test_ggn_part_without_the_dual_matrix_has_the_eigenvalue_gradient():
     # The dual image of the Ritz vector stands for M's eigenvector (§9.4): the gradient of
     # λ_max(GGN) against autograd through eigvalsh of the explicit matrix.
