@@ -493,7 +493,6 @@ void set_residual_part(SpectralParts& out, const MlpProblem& p, const Network& n
 SpectralParts evaluate(const MlpProblem& p, bool second) {
   const Network n = network(p, /*for_gradients=*/false);
   const int64_t N = n.num_samples(), C = n.num_outputs(), m = N * C;
-  const auto options = n.x.options();
   SpectralParts out;
   if (m <= kMaxDual) {
     const Tensor M = dual_matrix(n);
