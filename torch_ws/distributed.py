@@ -233,12 +233,15 @@ class DeepShards:
         self.hessian: Optional[Tensor] = None
         self.record = record
         # What gradient_share differentiates: this rank's share as traces() evaluated it, with
-        # its autograd history ((tr H, tr H²) of its pairs, or its block of H); used once.
+        # its autograd history (_evaluate_share's outputs); used once.
         self._recorded: Optional[tuple] = None
 
-    def _share_args(self) -> tuple:
-        """The ops' arguments: with history where the share is recorded, else detached."""
-        return self.args if self._records() else self._detached()
+    def _evaluate_share(self, args: tuple) -> tuple:
+        """This rank's share by the union's engine: (its block of H, forming error) assembled, or
+        (tr H, tr H², their errors) of its rows of the Gram forms."""
+        op = (torch.ops.torch_ws._deep_assembled_hessian if self.parameter_space
+              else torch.ops.torch_ws._deep_gram_form_traces)
+        return op(*args, self.begin, self.end)
 
     def _records(self) -> bool:
         return self.record and self.end > self.begin  # a rank without samples adds nothing
@@ -257,25 +260,23 @@ class DeepShards:
         """(tr H, tr H²) of the union of the shards, float64, on every rank, and their certified
         errors: each rank's share all-reduced, with the shares' certified errors summed and the
         all-reduce's own rounding added."""
+        # With history where the share is recorded for gradient_share, else detached.
         with torch.set_grad_enabled(self._records()):
-            if not self.parameter_space:
-                trace, trace_sq, trace_error, trace_sq_error = \
-                    torch.ops.torch_ws._deep_gram_form_traces(*self._share_args(), self.begin,
-                                                              self.end)
-                if self._records():
-                    self._recorded = (trace, trace_sq)
-                values = torch.stack([trace, trace_sq]).detach()
-                errors = torch.stack([trace_error, trace_sq_error]) + \
-                    self._summing_error() * values.abs()
-                torch.distributed.all_reduce(values, group=self.group)
-                torch.distributed.all_reduce(errors, group=self.group)
-                # The errors' own sum rounds too (non-negative terms): widened by the same γ.
-                errors = errors * (1 + self._summing_error())
-                return values, (float(errors[0]), float(errors[1]))
-            share, forming_error = torch.ops.torch_ws._deep_assembled_hessian(
-                *self._share_args(), self.begin, self.end)
+            share = self._evaluate_share(self.args if self._records() else self._detached())
         if self._records():
-            self._recorded = (share,)
+            self._recorded = share
+        if not self.parameter_space:
+            trace, trace_sq, trace_error, trace_sq_error = share
+            values = torch.stack([trace, trace_sq]).detach()
+            errors = torch.stack([trace_error, trace_sq_error]) + \
+                self._summing_error() * values.abs()
+            torch.distributed.all_reduce(values, group=self.group)
+            torch.distributed.all_reduce(errors, group=self.group)
+            # The errors' own sum rounds too (non-negative terms): widened by the same γ.
+            errors = errors * (1 + self._summing_error())
+            return values, (float(errors[0]), float(errors[1]))
+        share, forming_error = share
+        if self._records():
             share = share.detach().clone()  # the all-reduce writes into it
         summing = self._summing_error() * float(share.norm())
         error = torch.tensor([float(forming_error) + summing], dtype=torch.float64,
@@ -307,12 +308,7 @@ class DeepShards:
             recorded, self._recorded = self._recorded, None
             with torch.enable_grad():
                 if recorded is None:  # not recorded by traces(): evaluated again, recording
-                    if self.parameter_space:
-                        recorded = (torch.ops.torch_ws._deep_assembled_hessian(
-                            *self.args, self.begin, self.end)[0],)
-                    else:
-                        recorded = torch.ops.torch_ws._deep_gram_form_traces(
-                            *self.args, self.begin, self.end)[:2]
+                    recorded = self._evaluate_share(self.args)
                 if self.parameter_space:
                     eye = torch.eye(self.num_params, dtype=torch.float64,
                                     device=self.hessian.device)
