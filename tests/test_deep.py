@@ -124,6 +124,48 @@ def test_bounds_hold(head, dtype):
         assert float(eigenvalues[-1] - eigenvalues[0]) <= float(bounds.spread_upper)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head", [HEADS[0], HEADS[1]], ids=["bce", "cross_entropy"])
+def test_low_precision_inputs_are_computed_on_their_exact_values(head, dtype):
+    """bfloat16/float16 inputs (all of one dtype), as the one-hidden-layer ops take them: the
+    traces, bounds, interval and products of their exact values, returned in their dtype, bounds
+    rounded outward (so they hold for the explicit Hessian of the upcast values), under
+    inference_mode too; gradients in their dtype. Before, the deep ops refused them."""
+    x, target, weights, biases = make_problem([4, 3], head, "mixed", seed=5, dtype=dtype, n=8)
+    wide = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
+    exact = (wide(x), wide(target), [wide(w) for w in weights], [wide(b) for b in biases])
+    H = explicit_hessian(*exact, "tanh", "mean", head[0])
+    eigenvalues = torch.linalg.eigvalsh(H)
+    args = (x, target, weights, biases, "tanh", "mean", head[0])
+    trace, trace_sq = torch_ws.deep_hessian_traces(*args)
+    assert trace.dtype == dtype and trace_sq.dtype == dtype
+    torch.testing.assert_close(trace.double(), H.trace(), rtol=1e-2, atol=0)
+    torch.testing.assert_close(trace_sq.double(), (H * H).sum(), rtol=1e-2, atol=0)
+    bounds = torch_ws.deep_ws_bounds(*args)
+    assert bounds.lambda_max_upper.dtype == dtype
+    assert float(bounds.lambda_max_lower) <= float(eigenvalues[-1]) <= float(bounds.lambda_max_upper)
+    assert float(bounds.lambda_min_lower) <= float(eigenvalues[0]) <= float(bounds.lambda_min_upper)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            top = torch_ws.deep_lambda_max_interval(*args)
+            bottom = torch_ws.deep_lambda_min_interval(*args)
+        assert top.lower.dtype == dtype and bottom.upper.dtype == dtype
+        assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+        assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
+    leaves = [t.detach().requires_grad_(True) for t in [x] + weights]
+    upper = torch_ws.deep_lambda_max_interval(leaves[0], target, leaves[1:], biases, "tanh",
+                                              "mean", head[0]).upper
+    bound = torch_ws.deep_ws_bounds(leaves[0], target, leaves[1:], biases, "tanh", "mean",
+                                    head[0]).lambda_max_upper
+    for grads in (torch.autograd.grad(upper, leaves), torch.autograd.grad(bound, leaves)):
+        assert all(g.dtype == dtype and torch.isfinite(g.float()).all() for g in grads)
+    V = torch.randn(2, H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    products = torch_ws.deep_hessian_vector_products(x, target, weights, biases, V.to(dtype),
+                                                     "tanh", "mean", head[0])
+    assert products.dtype == dtype
+    torch.testing.assert_close(products.double(), V.to(dtype).double() @ H, rtol=0.05, atol=0.05)
+
+
 def test_spec_reads_a_sequential_and_the_bounds_train():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5),

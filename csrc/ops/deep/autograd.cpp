@@ -17,6 +17,7 @@
 #include "core/problem.h"
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
+#include "ops/deep/low_precision.h"
 #include "ops/schemas.h"  // find_op
 
 #include <ATen/core/grad_mode.h>
@@ -73,6 +74,10 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
               "not differentiable in the labels; pass target.detach()");
   TORCH_CHECK(!start || !start->requires_grad(), kIntervalName, ": start requires grad, but the "
               "interval is not differentiable in the Lanczos start; pass start.detach()");
+  if (deep_low_precision(x, target, weights, biases)) {
+    return deep_low_precision_interval::via_float32(x, target, weights, biases, activation,
+                                                    reduction, loss, largest, steps, start, seed);
+  }
   if (!records_grad(x, weights, biases)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<IntervalSignature>("torch_ws::deep_eigenvalue_interval");

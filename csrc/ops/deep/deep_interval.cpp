@@ -26,6 +26,7 @@
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
 #include "ops/deep/engines.h"  // try_assembled_certificate
+#include "ops/deep/low_precision.h"
 #include "ops/schemas.h"  // find_op, WsBoundsFromTracesSignature
 
 #include <torch/library.h>
@@ -143,6 +144,11 @@ IntervalOutputs deep_eigenvalue_interval(const Tensor& x, const Tensor& target,
                                          c10::string_view activation, c10::string_view reduction,
                                          c10::string_view loss, bool largest, int64_t steps,
                                          const optional<Tensor>& start, int64_t seed) {
+  // bfloat16/float16 under torch.inference_mode(), which skips the Autograd key.
+  if (deep_low_precision(x, target, weights, biases)) {
+    return deep_low_precision_interval::via_float32(x, target, weights, biases, activation,
+                                                    reduction, loss, largest, steps, start, seed);
+  }
   auto [lower, upper, source, values, vectors, products, trace, trace_sq, unused_image,
         unused_assembled, unused_derivatives] = interval_of(x, target, weights, biases, activation, reduction, loss,
                                           largest, steps, start, seed, /*derivatives=*/false,
@@ -173,7 +179,9 @@ IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& tar
                                               c10::string_view reduction, c10::string_view loss,
                                               bool /*largest*/, int64_t steps,
                                               const optional<Tensor>& start, int64_t /*seed*/) {
-  check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss);
+  const DeepInputs checked = as_computed(x, target, weights, biases);
+  check_deep_problem(kIntervalName, checked.x, checked.target, checked.weights, checked.biases,
+                     activation, reduction, loss);
   TORCH_CHECK(steps >= 1, kIntervalName, ": expected steps >= 1 (the Hessian-vector products of "
               "the Lanczos iteration), got ", steps);
   const c10::SymInt n = sym_num_params_of(weights, biases);
@@ -205,16 +213,19 @@ Tensor deep_hessian_vector_products(const Tensor& x, const Tensor& target, at::T
                                     const c10::List<optional<Tensor>>& biases,
                                     const Tensor& vectors, c10::string_view activation,
                                     c10::string_view reduction, c10::string_view loss) {
-  const MlpProblem p =
-      check_deep_problem(kProductsName, x, target, weights, biases, activation, reduction, loss);
+  // bfloat16/float16 inputs (all of one dtype) are computed in float32, as the other ops do.
+  const DeepInputs w = as_computed(x, target, weights, biases);
+  const MlpProblem p = check_deep_problem(kProductsName, w.x, w.target, w.weights, w.biases,
+                                          activation, reduction, loss);
   const int64_t n = p.num_params();
   check_directions(kProductsName, n, x.device(), vectors,
                    "(W_1 row-major, b_1, W_2 row-major, b_2, …) as nn.Sequential.parameters() "
                    "lists them");
   const CallThreads threads(x.device());
-  const Tensor rows = vectors.reshape({-1, n}).to(x.scalar_type());
+  const Tensor rows = vectors.reshape({-1, n}).to(p.x.scalar_type());
   return DeepHessianProducts(p, DeepHessianProducts::Uses::Products)
       .apply(rows)
+      .to(x.scalar_type())
       .reshape(vectors.sizes());
 }
 
@@ -223,7 +234,9 @@ Tensor deep_hessian_vector_products_meta(const Tensor& x, const Tensor& target,
                                          const c10::List<optional<Tensor>>& biases,
                                          const Tensor& vectors, c10::string_view activation,
                                          c10::string_view reduction, c10::string_view loss) {
-  check_deep_problem(kProductsName, x, target, weights, biases, activation, reduction, loss);
+  const DeepInputs w = as_computed(x, target, weights, biases);
+  check_deep_problem(kProductsName, w.x, w.target, w.weights, w.biases, activation, reduction,
+                     loss);
   return at::empty_symint(vectors.sym_sizes(), x.options());
 }
 

@@ -5,7 +5,8 @@
 // Composite ATen kernels (CompositeImplicitAutograd): autograd differentiates the chosen engine
 // exactly, in every layer and in x; they run on any device and trace with fake tensors at static
 // shapes (opcheck). The backward is autograd's, not a hand-derived one (the one-hidden-layer ops
-// have those, docs/math.md §6): it keeps the engine's intermediates.
+// have those, docs/math.md §6): it keeps the engine's intermediates. bfloat16/float16 inputs are
+// taken as the other ops take them (deep_low_precision in deep_traces.h).
 #include "core/threads.h"
 #include "core/problem.h"
 #include "core/rounding.h"
@@ -55,10 +56,41 @@ DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorL
   });
 }
 
+bool deep_low_precision(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                        const c10::List<std::optional<at::Tensor>>& biases) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
+  bool all = true;
+  map_inputs(x, target, weights, biases, [&](const at::Tensor& t) {
+    all = all && (!t.defined() || !t.is_floating_point() || t.scalar_type() == dtype);
+    return t;
+  });
+  return all;
+}
+
+DeepInputs in_float32(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                      const c10::List<std::optional<at::Tensor>>& biases) {
+  return map_inputs(x, target, weights, biases, [](const at::Tensor& t) {
+    return t.defined() && t.is_floating_point() ? t.to(at::kFloat) : t;
+  });
+}
+
+DeepInputs as_computed(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                       const c10::List<std::optional<at::Tensor>>& biases) {
+  if (deep_low_precision(x, target, weights, biases)) return in_float32(x, target, weights, biases);
+  return map_inputs(x, target, weights, biases, [](const at::Tensor& t) { return t; });
+}
+
 std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
+  if (deep_low_precision(x, target, weights, biases)) {
+    const DeepInputs w = in_float64(x, target, weights, biases);
+    const auto [trace, trace_sq] =
+        deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+    return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
+  }
   const MlpProblem p = in_float64(check_deep_problem(kOp, x, target, weights, biases, activation,
                                                      reduction, loss));
   const CallThreads threads(x.device());
@@ -232,8 +264,10 @@ std::vector<std::string> deep_engines(const at::Tensor& x, const at::Tensor& tar
                                       const c10::List<std::optional<at::Tensor>>& biases,
                                       c10::string_view activation, c10::string_view reduction,
                                       c10::string_view loss) {
-  return describe_deep_engines(check_deep_problem("torch_ws._deep_engines", x, target, weights,
-                                                  biases, activation, reduction, loss));
+  const DeepInputs w = as_computed(x, target, weights, biases);
+  return describe_deep_engines(check_deep_problem("torch_ws._deep_engines", w.x, w.target,
+                                                  w.weights, w.biases, activation, reduction,
+                                                  loss));
 }
 
 // The name of the engine the problem these arguments make gets ("sample" or "parameter").
@@ -241,8 +275,9 @@ std::string deep_engine(const at::Tensor& x, const at::Tensor& target, at::Tenso
                         const c10::List<std::optional<at::Tensor>>& biases,
                         c10::string_view activation, c10::string_view reduction,
                         c10::string_view loss) {
+  const DeepInputs w = as_computed(x, target, weights, biases);
   return engine_name(choose_deep_engine(check_deep_problem(
-      "torch_ws._deep_engine", x, target, weights, biases, activation, reduction, loss)));
+      "torch_ws._deep_engine", w.x, w.target, w.weights, w.biases, activation, reduction, loss)));
 }
 
 // Every WS bound of the network (docs/math.md §5, §12.5), from the float64 traces of the exactly
@@ -254,6 +289,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 deep_ws_bounds(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
                c10::string_view reduction, c10::string_view loss) {
+  if (deep_low_precision(x, target, weights, biases)) {
+    const DeepInputs w = in_float32(x, target, weights, biases);
+    const auto [max_upper, max_lower, min_lower, min_upper, spread, trace, trace_sq] =
+        deep_ws_bounds(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
+    const at::ScalarType dtype = x.scalar_type();
+    return {round_directed(max_upper, dtype, /*up=*/true),
+            round_directed(max_lower, dtype, /*up=*/false),
+            round_directed(min_lower, dtype, /*up=*/false),
+            round_directed(min_upper, dtype, /*up=*/true),
+            round_directed(spread, dtype, /*up=*/true), trace.to(dtype), trace_sq.to(dtype)};
+  }
   // Checked here first, so that a bad call's message names the function the user called.
   const int64_t num_params = check_deep_problem("torch_ws.deep_ws_bounds", x, target, weights,
                                                 biases, activation, reduction, loss)

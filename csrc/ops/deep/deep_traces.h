@@ -23,6 +23,18 @@ struct DeepInputs {
 DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                       const c10::List<std::optional<at::Tensor>>& biases);
 
+// bfloat16 / float16 inputs, the policy of the other ops (ops/low_precision.h): true when x has
+// one of these dtypes and every floating input has x's. The deep ops then run on float32 copies
+// (exact; in_float32) and return x's dtype, bounds rounded outward (core/ws_bound.h
+// round_directed). Mixed dtypes are left to check_deep_problem, which names them.
+bool deep_low_precision(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                        const c10::List<std::optional<at::Tensor>>& biases);
+DeepInputs in_float32(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                      const c10::List<std::optional<at::Tensor>>& biases);
+// The inputs as the deep ops compute on them: in_float32 where deep_low_precision, else as given.
+DeepInputs as_computed(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+                       const c10::List<std::optional<at::Tensor>>& biases);
+
 // tr H and tr(H²) in x's dtype, evaluated in float64 (the op deep_hessian_traces).
 std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
