@@ -214,6 +214,33 @@ def test_refusals_say_what_was_expected():
                                      None, "tanh", "mean", "bce")
 
 
+MISFITS = [
+    ([torch.nn.Flatten(), torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)],
+     r"module 0 is Flatten where nn.Linear was expected: flatten x before the call"),
+    ([torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(4, 4),
+      torch.nn.Tanh(), torch.nn.Linear(4, 1)], r"module 2 is Dropout .*without it"),
+    ([torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1), torch.nn.Sigmoid()],
+     r"module 3 is Sigmoid: the losses take logits: drop the final Sigmoid and pass loss='bce'"),
+    ([torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4), torch.nn.Tanh(),
+      torch.nn.Linear(4, 1)], r"module 1 is BatchNorm1d: normalization layers"),
+    ([torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)],
+     r"module 1 is nn.Linear where an activation was expected"),
+]
+
+
+@pytest.mark.parametrize("modules,message", MISFITS,
+                         ids=["flatten", "dropout", "final-sigmoid", "batchnorm", "two-linear"])
+def test_a_sequential_that_is_not_an_mlp_is_refused_naming_the_module(modules, message):
+    """Every entry point that reads a network says which module does not fit and what to do."""
+    net = torch.nn.Sequential(*modules)
+    x = torch.randn(6, 3)
+    calls = [lambda: torch_ws.DeepMlpSpec.from_module(net), lambda: torch_ws.HSRRegularizer(net),
+             lambda: torch_ws.sharpness(net, x, torch.rand(6, 1))]
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_opcheck(engine):
     """Static and dynamic shapes (the kernels read the sizes to choose an engine, so a new size
     recompiles, but nothing they read is data-dependent: the certified errors of deep_ws_bounds

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .model import _check_plain_linear, activation_name, loss_options, unwrap_model
+from .model import (_check_plain_linear, activation_name, loss_options, sequential_misfit,
+                    unwrap_model)
 from .ops import INTERVAL_SOURCES, EigenvalueInterval, WSBounds
 
 
@@ -224,7 +225,13 @@ class DeepMlpSpec:
             raise ValueError(
                 f"{caller} expects nn.Sequential(nn.Linear, activation, nn.Linear, …, "
                 f"nn.Linear) with L >= 1 hidden layers, got {type(model).__name__}"
-                + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else ""))
+                + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
+                + (f"; {sequential_misfit(model)}" if isinstance(model, nn.Sequential)
+                   and sequential_misfit(model) else ""))
+        misfit = sequential_misfit(model)
+        if misfit:
+            raise ValueError(f"{caller} expects nn.Sequential(nn.Linear, activation, nn.Linear, "
+                             f"…, nn.Linear); {misfit}")
         linears = tuple(model[i] for i in range(0, len(model), 2))
         for index, layer in zip(range(0, len(model), 2), linears):
             _check_plain_linear(layer, f"module {index}", caller)

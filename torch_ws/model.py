@@ -136,6 +136,53 @@ def _check_plain_linear(layer: nn.Module, name: str, caller: str) -> None:
             "which tensors training updates; the closed form describes a plain nn.Linear")
 
 
+def _hint_for(module: nn.Module, last: bool) -> str:
+    """Why a module that is not part of Linear → φ → … → Linear is refused, and what to do."""
+    if isinstance(module, (nn.Flatten, nn.Unflatten)):
+        return "flatten x before the call (x.flatten(1)) and pass the network without it"
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return ("the bounds are of the deterministic network (dropout in eval mode is the "
+                "identity): pass the network without it")
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+        return "normalization layers are not in the closed form (Linear → φ → … → Linear only)"
+    if last and isinstance(module, nn.Sigmoid):
+        return ("the losses take logits: drop the final Sigmoid and pass loss='bce' "
+                "(nn.BCEWithLogitsLoss)")
+    if last and isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+        return (f"the losses take logits: drop the final {type(module).__name__} and pass "
+                "loss='cross_entropy' (nn.CrossEntropyLoss)")
+    if isinstance(module, nn.Sequential):
+        return "nest no Sequential: list the layers in one nn.Sequential"
+    return ""
+
+
+def sequential_misfit(model: nn.Sequential) -> str:
+    """Where ``model`` departs from nn.Sequential(nn.Linear, φ, nn.Linear, …, nn.Linear), in words
+    for an error message ("" when the modules alternate as they should; the activations
+    themselves are checked by :func:`activation_name`)."""
+    modules = list(model)
+    for index, module in enumerate(modules):
+        kind = type(module).__name__
+        last = index == len(modules) - 1
+        if index % 2 == 0 and not isinstance(module, nn.Linear):
+            hint = _hint_for(module, last) or (
+                "an activation follows nothing to act on" if index == 0 else
+                "two modules between nn.Linear layers (one activation goes there)")
+            where = "after the last nn.Linear" if last else "where nn.Linear was expected"
+            return f"module {index} is {kind} {where}: {hint}"
+        if index % 2 == 1:
+            hint = _hint_for(module, last)
+            if isinstance(module, nn.Linear):
+                return (f"module {index} is nn.Linear where an activation was expected: put one "
+                        "between the two layers (or merge them)")
+            if hint:
+                return f"module {index} is {kind}: {hint}"
+    if len(modules) % 2 == 0 and modules:
+        return (f"module {len(modules) - 1} ({type(modules[-1]).__name__}) comes after the last "
+                "nn.Linear: the network must end with nn.Linear, giving the logits")
+    return ""
+
+
 @dataclass(frozen=True, eq=False)
 class MlpSpec:
     """A model ``Linear(D, H) → φ → Linear(H, C)`` and its loss, as the closed forms read them.
@@ -183,9 +230,12 @@ class MlpSpec:
                     f"{caller} expects nn.Sequential(nn.Linear(D, H), activation, "
                     f"nn.Linear(H, C)) or the three modules separately, got {type(model).__name__}"
                     + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
+                    + (f"; {sequential_misfit(model)}" if isinstance(model, nn.Sequential)
+                       and sequential_misfit(model) else "")
                     + ("; for several hidden layers, torch_ws.deep_ws_bounds gives the traces and"
                        " WS bounds with gradients (torch_ws.DeepMlpSpec reads the network)"
-                       if isinstance(model, nn.Sequential) and len(model) > 3 else ""))
+                       if isinstance(model, nn.Sequential) and len(model) > 3
+                       and not sequential_misfit(model) else ""))
             hidden, activation, output = model[0], model[1], model[2]
         elif activation is None or output is None:
             raise ValueError(f"{caller}: pass the activation and the output layer together")
