@@ -199,6 +199,11 @@ def test_sharpness_of_a_module():
     torch.testing.assert_close(result.trace_sq, trace_sq.detach())
     with pytest.raises(ValueError, match="sharpness expects nn.Sequential"):
         torch_ws.sharpness(model[0], x, y, loss="cross_entropy")
+    # Printed, the result shows the ends and summarizes the k × n Ritz vectors.
+    text = repr(result)
+    assert f"lower={result.lambda_max.lower!r}" in text and "source=" in text
+    shape = tuple(result.lambda_max.ritz_vectors.shape)
+    assert f"ritz_vectors=<{shape} torch.float64>" in text and len(text) < 600
 
 
 def test_nan_input_gives_nan_interval():

@@ -391,6 +391,17 @@ class EigenvalueInterval(NamedTuple):
     ritz_vectors: Tensor
     products: int
 
+    def __repr__(self) -> str:
+        # The ends in full; the Ritz values and vectors (k and k × n numbers) summarized, so that
+        # printing a result (or a Sharpness holding one) stays readable.
+        values = self.ritz_values
+        shown = ", ".join(f"{float(v):.4g}" for v in values[:3])
+        more = f", … ({values.numel()} values)" if values.numel() > 3 else ""
+        return (f"EigenvalueInterval(lower={self.lower!r}, upper={self.upper!r}, "
+                f"source={self.source!r}, products={self.products}, "
+                f"ritz_values=[{shown}{more}], "
+                f"ritz_vectors=<{tuple(self.ritz_vectors.shape)} {self.ritz_vectors.dtype}>)")
+
 
 def _eigenvalue_interval(largest: bool, x, target, w1, b1, w2, b2, activation, reduction, loss,
                          steps, start, seed) -> EigenvalueInterval:
