@@ -47,13 +47,20 @@ DeepInputs map_inputs(const at::Tensor& x, const at::Tensor& target, at::TensorL
   return out;
 }
 
+// Every floating input converted (exactly, for a wider dtype) to `dtype`.
+DeepInputs floating_as(at::ScalarType dtype, const at::Tensor& x, const at::Tensor& target,
+                       at::TensorList weights,
+                       const c10::List<std::optional<at::Tensor>>& biases) {
+  return map_inputs(x, target, weights, biases, [dtype](const at::Tensor& t) {
+    return t.defined() && t.is_floating_point() ? t.to(dtype) : t;
+  });
+}
+
 }  // namespace
 
 DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                       const c10::List<std::optional<at::Tensor>>& biases) {
-  return map_inputs(x, target, weights, biases, [](const at::Tensor& t) {
-    return t.defined() && t.is_floating_point() ? t.to(at::kDouble) : t;
-  });
+  return floating_as(at::kDouble, x, target, weights, biases);
 }
 
 bool deep_low_precision(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
@@ -70,9 +77,7 @@ bool deep_low_precision(const at::Tensor& x, const at::Tensor& target, at::Tenso
 
 DeepInputs in_float32(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                       const c10::List<std::optional<at::Tensor>>& biases) {
-  return map_inputs(x, target, weights, biases, [](const at::Tensor& t) {
-    return t.defined() && t.is_floating_point() ? t.to(at::kFloat) : t;
-  });
+  return floating_as(at::kFloat, x, target, weights, biases);
 }
 
 DeepInputs as_computed(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
