@@ -221,17 +221,14 @@ class DeepMlpSpec:
         options): the closed form has one φ; a network mixing them is refused. Label smoothing
         is not taken here (pass smoothed probabilities as the target)."""
         model = unwrap_model(model)
-        if not isinstance(model, nn.Sequential) or len(model) < 3 or len(model) % 2 == 0:
+        sequential = isinstance(model, nn.Sequential)
+        misfit = sequential_misfit(model) if sequential else ""
+        if not sequential or len(model) < 3 or len(model) % 2 == 0 or misfit:
             raise ValueError(
                 f"{caller} expects nn.Sequential(nn.Linear, activation, nn.Linear, …, "
                 f"nn.Linear) with L >= 1 hidden layers, got {type(model).__name__}"
-                + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
-                + (f"; {sequential_misfit(model)}" if isinstance(model, nn.Sequential)
-                   and sequential_misfit(model) else ""))
-        misfit = sequential_misfit(model)
-        if misfit:
-            raise ValueError(f"{caller} expects nn.Sequential(nn.Linear, activation, nn.Linear, "
-                             f"…, nn.Linear); {misfit}")
+                + (f" with {len(model)} modules" if sequential else "")
+                + (f"; {misfit}" if misfit else ""))
         linears = tuple(model[i] for i in range(0, len(model), 2))
         for index, layer in zip(range(0, len(model), 2), linears):
             _check_plain_linear(layer, f"module {index}", caller)

@@ -152,7 +152,7 @@ def _hint_for(module: nn.Module, last: bool) -> str:
         return (f"the losses take logits: drop the final {type(module).__name__} and pass "
                 "loss='cross_entropy' (nn.CrossEntropyLoss)")
     if isinstance(module, nn.Sequential):
-        return "nest no Sequential: list the layers in one nn.Sequential"
+        return "a nested nn.Sequential: list its layers in the outer one"
     return ""
 
 
@@ -166,8 +166,8 @@ def sequential_misfit(model: nn.Sequential) -> str:
         last = index == len(modules) - 1
         if index % 2 == 0 and not isinstance(module, nn.Linear):
             hint = _hint_for(module, last) or (
-                "an activation follows nothing to act on" if index == 0 else
-                "two modules between nn.Linear layers (one activation goes there)")
+                "the modules alternate nn.Linear, activation, nn.Linear, …, with one activation "
+                "between two layers")
             where = "after the last nn.Linear" if last else "where nn.Linear was expected"
             return f"module {index} is {kind} {where}: {hint}"
         if index % 2 == 1:
@@ -225,17 +225,18 @@ class MlpSpec:
         """
         model = unwrap_model(model)
         if activation is None and output is None:
-            if not isinstance(model, nn.Sequential) or len(model) != 3:
+            sequential = isinstance(model, nn.Sequential)
+            # With three modules the checks below name the layer that does not fit.
+            misfit = sequential_misfit(model) if sequential and len(model) != 3 else ""
+            if not sequential or len(model) != 3:
                 raise ValueError(
                     f"{caller} expects nn.Sequential(nn.Linear(D, H), activation, "
                     f"nn.Linear(H, C)) or the three modules separately, got {type(model).__name__}"
-                    + (f" with {len(model)} modules" if isinstance(model, nn.Sequential) else "")
-                    + (f"; {sequential_misfit(model)}" if isinstance(model, nn.Sequential)
-                       and sequential_misfit(model) else "")
+                    + (f" with {len(model)} modules" if sequential else "")
+                    + (f"; {misfit}" if misfit else "")
                     + ("; for several hidden layers, torch_ws.deep_ws_bounds gives the traces and"
                        " WS bounds with gradients (torch_ws.DeepMlpSpec reads the network)"
-                       if isinstance(model, nn.Sequential) and len(model) > 3
-                       and not sequential_misfit(model) else ""))
+                       if sequential and len(model) > 3 and not misfit else ""))
             hidden, activation, output = model[0], model[1], model[2]
         elif activation is None or output is None:
             raise ValueError(f"{caller}: pass the activation and the output layer together")
