@@ -2,31 +2,22 @@
 // do under autocast. Lower-precision floating inputs (bfloat16, float16) are cast to float32
 // (float64 ones are left as they are), and the op runs with autocast excluded: otherwise every
 // matrix product inside it would be autocast to the lower precision while the elementwise work
-// stays in float32, and the first mixed product fails ("addmv input tensors must have the same
-// dtype"). The result is float32 (or float64 for float64 inputs), not the autocast dtype: a bound
-// on a Hessian is a scalar worth its precision. The casts are recorded by autograd, so gradients
-// reach the bfloat16/float16 parameters in their own dtype.
-#include "ops/schemas.h"
-
+// stays in float32, and either the first mixed product fails ("addmv input tensors must have the
+// same dtype") or, where every product is autocast alike, the result silently carries bfloat16's
+// error (the Hessian-vector products did: 0.4% of the largest entry). The result is float32 (or
+// float64 for float64 inputs), not the autocast dtype: a bound on a Hessian is a scalar worth its
+// precision. The casts are recorded by autograd, so gradients reach the bfloat16/float16
+// parameters in their own dtype.
+//
+// One boxed kernel serves every public op: it casts each tensor argument (alone, in a Tensor[]
+// or in a Tensor?[]) and calls the op again below the autocast key.
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 namespace torch_ws {
 namespace {
-
-using at::Tensor;
-using std::optional;
-
-template <c10::DeviceType device>
-Tensor to_float32(const Tensor& t) {
-  return at::autocast::cached_cast(at::kFloat, t, device);
-}
-
-template <c10::DeviceType device>
-optional<Tensor> to_float32(const optional<Tensor>& t) {
-  return t ? optional<Tensor>(to_float32<device>(*t)) : t;
-}
 
 template <c10::DeviceType device>
 constexpr c10::DispatchKey autocast_key() {
@@ -34,67 +25,58 @@ constexpr c10::DispatchKey autocast_key() {
                                          : c10::DispatchKey::AutocastCPU;
 }
 
+// An argument with its bfloat16/float16 tensors in float32 (cached_cast leaves float64 and
+// non-floating tensors alone).
 template <c10::DeviceType device>
-std::tuple<Tensor, Tensor> hessian_traces_autocast(
-    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
-    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, c10::string_view loss) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<device>());
-  static auto op = find_op<HessianTracesSignature>("torch_ws::hessian_traces");
-  return op.call(to_float32<device>(x), to_float32<device>(target), to_float32<device>(w1),
-                 to_float32<device>(b1), to_float32<device>(w2), to_float32<device>(b2),
-                 activation, reduction, loss);
+c10::IValue to_float32(const c10::IValue& value) {
+  if (value.isTensor()) return at::autocast::cached_cast(at::kFloat, value.toTensor(), device);
+  if (value.isTensorList()) {
+    c10::List<at::Tensor> out;
+    for (const at::Tensor& t : value.toTensorList()) {
+      out.push_back(at::autocast::cached_cast(at::kFloat, t, device));
+    }
+    return out;
+  }
+  if (value.isList()) {  // Tensor?[]: each entry None or a tensor
+    c10::List<c10::IValue> in = value.toList();
+    c10::impl::GenericList out(in.elementType());
+    for (const c10::IValue& entry : in) out.push_back(to_float32<device>(entry));
+    return out;
+  }
+  return value;
 }
 
 template <c10::DeviceType device>
-Tensor ws_bound_autocast(const Tensor& x, const Tensor& target, const Tensor& w1,
-                         const optional<Tensor>& b1, const Tensor& w2, const optional<Tensor>& b2,
-                         c10::string_view activation, c10::string_view reduction,
-                         c10::string_view loss) {
+void in_float32(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<device>());
-  static auto op = find_op<WsBoundSignature>("torch_ws::ws_bound");
-  return op.call(to_float32<device>(x), to_float32<device>(target), to_float32<device>(w1),
-                 to_float32<device>(b1), to_float32<device>(w2), to_float32<device>(b2),
-                 activation, reduction, loss);
+  const size_t arguments = op.schema().arguments().size();
+  for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
+    (*stack)[i] = to_float32<device>((*stack)[i]);
+  }
+  op.callBoxed(stack);
 }
 
-template <c10::DeviceType device>
-Tensor ws_bound_batched_autocast(const Tensor& x, const Tensor& target, const Tensor& w1,
-                                 const optional<Tensor>& b1, const Tensor& w2,
-                                 const optional<Tensor>& b2, c10::string_view activation,
-                                 c10::string_view reduction, c10::string_view loss) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<device>());
-  static auto op = find_op<WsBoundBatchedSignature>("torch_ws::ws_bound_batched");
-  return op.call(to_float32<device>(x), to_float32<device>(target), to_float32<device>(w1),
-                 to_float32<device>(b1), to_float32<device>(w2), to_float32<device>(b2),
-                 activation, reduction, loss);
-}
+// The public ops (the private ones are reached from these, already in float32).
+constexpr const char* kPublicOps[] = {
+    "hessian_traces",        "ws_bound",                 "ws_bound_batched",
+    "spectral_bound",        "eigenvalue_interval",      "hessian_vector_products",
+    "deep_hessian_traces",   "deep_ws_bounds",           "deep_eigenvalue_interval",
+    "deep_hessian_vector_products"};
 
 template <c10::DeviceType device>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> spectral_bound_autocast(
-    const Tensor& x, const Tensor& target, const Tensor& w1, const optional<Tensor>& b1,
-    const Tensor& w2, const optional<Tensor>& b2, c10::string_view activation,
-    c10::string_view reduction, c10::string_view loss) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key<device>());
-  static auto op = find_op<SpectralBoundSignature>("torch_ws::spectral_bound");
-  return op.call(to_float32<device>(x), to_float32<device>(target), to_float32<device>(w1),
-                 to_float32<device>(b1), to_float32<device>(w2), to_float32<device>(b2),
-                 activation, reduction, loss);
+void register_autocast(torch::Library& m) {
+  for (const char* name : kPublicOps) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&in_float32<device>>());
+  }
 }
 
 }  // namespace
 }  // namespace torch_ws
 
 TORCH_LIBRARY_IMPL(torch_ws, AutocastCPU, m) {
-  m.impl("hessian_traces", &torch_ws::hessian_traces_autocast<c10::DeviceType::CPU>);
-  m.impl("ws_bound", &torch_ws::ws_bound_autocast<c10::DeviceType::CPU>);
-  m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_autocast<c10::DeviceType::CPU>);
-  m.impl("spectral_bound", &torch_ws::spectral_bound_autocast<c10::DeviceType::CPU>);
+  torch_ws::register_autocast<c10::DeviceType::CPU>(m);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, AutocastCUDA, m) {
-  m.impl("hessian_traces", &torch_ws::hessian_traces_autocast<c10::DeviceType::CUDA>);
-  m.impl("ws_bound", &torch_ws::ws_bound_autocast<c10::DeviceType::CUDA>);
-  m.impl("ws_bound_batched", &torch_ws::ws_bound_batched_autocast<c10::DeviceType::CUDA>);
-  m.impl("spectral_bound", &torch_ws::spectral_bound_autocast<c10::DeviceType::CUDA>);
+  torch_ws::register_autocast<c10::DeviceType::CUDA>(m);
 }
