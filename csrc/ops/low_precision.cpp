@@ -11,14 +11,14 @@ namespace torch_ws::low_precision {
 
 using at::Tensor;
 
-bool applies(const ProblemArgs& p) {
-  const at::ScalarType dtype = p.x.scalar_type();
+bool applies(at::ScalarType dtype, at::TensorList tensors) {
   if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
-  const std::vector<Tensor> all = p.tensors();
-  return std::all_of(all.begin(), all.end(), [&](const Tensor& t) {
+  return std::all_of(tensors.begin(), tensors.end(), [&](const Tensor& t) {
     return !t.defined() || !t.is_floating_point() || t.scalar_type() == dtype;
   });
 }
+
+bool applies(const ProblemArgs& p) { return applies(p.x.scalar_type(), p.tensors()); }
 
 namespace {
 

@@ -19,6 +19,10 @@ namespace torch_ws::low_precision {
 
 bool applies(const ProblemArgs& p);
 
+// The same test on any op's tensors: `dtype` (x's) is bfloat16 or float16 and every floating
+// tensor of `tensors` has it (the deep family's deep_low_precision asks it too).
+bool applies(at::ScalarType dtype, at::TensorList tensors);
+
 std::tuple<at::Tensor, at::Tensor> hessian_traces(const ProblemArgs& p);
 
 at::Tensor ws_bound(const ProblemArgs& p);

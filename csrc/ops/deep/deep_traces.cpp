@@ -13,6 +13,7 @@
 #include "core/ws_bound.h"  // kRoundingAllowance
 #include "ops/deep/deep_traces.h"
 #include "ops/deep/engines.h"
+#include "ops/low_precision.h"
 #include "ops/schemas.h"  // find_op, WsBoundsFromTracesSignature
 
 #include <ATen/ATen.h>
@@ -65,14 +66,12 @@ DeepInputs in_float64(const at::Tensor& x, const at::Tensor& target, at::TensorL
 
 bool deep_low_precision(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
                         const c10::List<std::optional<at::Tensor>>& biases) {
-  const at::ScalarType dtype = x.scalar_type();
-  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
-  bool all = true;
-  map_inputs(x, target, weights, biases, [&](const at::Tensor& t) {
-    all = all && (!t.defined() || !t.is_floating_point() || t.scalar_type() == dtype);
-    return t;
-  });
-  return all;
+  std::vector<at::Tensor> all{x, target};
+  all.insert(all.end(), weights.begin(), weights.end());
+  for (const std::optional<at::Tensor>& b : biases) {
+    if (b) all.push_back(*b);
+  }
+  return low_precision::applies(x.scalar_type(), all);
 }
 
 DeepInputs in_float32(const at::Tensor& x, const at::Tensor& target, at::TensorList weights,

@@ -88,8 +88,8 @@ std::optional<SpectralParts> second_bound_at_scale(const MlpProblem& p,
 
 // The Weyl bound's parts at scale (docs/math.md §11.2 "At scale"): for `largest`, `evaluate`'s
 // (λ_max(GGN) with the dual matrix up to kMaxDual rows, without it above; R's eigenpairs where its
-// blocks are cheap, else the majorants); else λ_min(R) ≥ −(the majorant of −R) alone, no GGN part.
-// With `for_gradients` nothing more is needed: the majorants carry what their gradient reads.
+// blocks are cheap, else the majorants); else R's part alone (λ_min(R) from its blocks, or
+// −(the majorant of −R)), no GGN part. The parts carry what their gradient reads.
 SpectralParts weyl_at_scale(const MlpProblem& p, bool largest);
 
 // λ_max(R) ≤ the majorant's value plus its allowance (0-dim float64): the private op
