@@ -92,12 +92,13 @@ const DeepEngineEntry kDeepEngines[] = {
        const auto n = static_cast<double>(s.samples), h = static_cast<double>(sum_of_widths(s));
        return 4 * n * n * h * h * (1 + static_cast<double>(s.outputs - 1) / 4);
      },
-     // §12.5: the Grams sum N² terms of inner products of length ≤ H².
+     // §12.5: the Grams sum N² terms of inner products of length ≤ H², whose left factors are
+     // sums of two per-sample terms (one addition more than the terms' own chains: + 33).
      [](const DeepShape& s) {
        const int64_t widest =
            std::max(s.in_dim, *std::max_element(s.widths.begin(), s.widths.end()));
        return static_cast<double>(4 * (s.in_dim + sum_of_widths(s)) + widest * widest +
-                                  s.samples * s.samples + 4 * s.widths.size() + 32);
+                                  s.samples * s.samples + 4 * s.widths.size() + 33);
      },
      &gram_form_traces},
 };

@@ -84,16 +84,16 @@ JacobianChain::JacobianChain(const Coefficients& coefficients)
   for (int64_t l = 1; l <= out; ++l) p[l] = at::bmm(c.e.unsqueeze(1), F[out][l]).squeeze(1);
   for (int64_t l = 1; l <= L; ++l) r[l] = c.d2[l] * at::matmul(p[l + 1], c.weight[l + 1]);
   curvature.assign(out + 1, std::vector<at::Tensor>(out + 1));
+  // Only k ≥ k2: N[k2][k] = N[k][k2]ᵀ, and every user reads this orientation (an (N, H, H)
+  // array saved per pair, and a transposed layout that Grams would copy).
   for (int64_t k = 1; k <= L; ++k) {
-    for (int64_t k2 = 1; k2 <= L; ++k2) {
+    for (int64_t k2 = 1; k2 <= k; ++k2) {
       if (k == L && k2 == L) continue;
       at::Tensor sum;
       for (int64_t l = std::max(k, k2); l <= L; ++l) {
         at::Tensor term;
-        if (l == k) {  // F_lk = I
+        if (l == k) {  // F_lk = I (l ≥ k ≥ k2, so l = k2 only where k = k2 too)
           term = r[l].unsqueeze(2) * F[l][k2];
-        } else if (l == k2) {
-          term = F[l][k].transpose(1, 2) * r[l].unsqueeze(1);
         } else {
           term = at::matmul(F[l][k].transpose(1, 2), r[l].unsqueeze(2) * F[l][k2]);
         }

@@ -52,7 +52,8 @@ struct JacobianChain {
   // p_l = B_lᵀe (N, H_l), the loss's adjoint at a_l; r_l = φ''_l ∘ W_{l+1}ᵀp_{l+1} (hidden l).
   std::vector<at::Tensor> p, r;
   // The forward-curvature blocks N[k][k'] = Σ_{max(k,k') ≤ l ≤ L} F_lkᵀ diag(r_l) F_lk'
-  // (N, H_k, H_k') for hidden k, k'; N[L][L] = diag(r_L) is left unbuilt (its users take r_L).
+  // (N, H_k, H_k') for hidden k ≥ k' (N[k'][k] = N[k][k']ᵀ: read this orientation); N[L][L] =
+  // diag(r_L) is left unbuilt (its users take r_L).
   std::vector<std::vector<at::Tensor>> curvature;
 };
 
