@@ -34,6 +34,7 @@ CONFIGS = {
     "200x200-N250": (250, 64, [200, 200], 1, "bce", torch.float32, True, False),
     "200x200-N500": (500, 64, [200, 200], 1, "bce", torch.float32, True, False),
     "200x200-N1000-value": (1000, 64, [200, 200], 1, "bce", torch.float32, False, False),
+    "200x200-N1000": (1000, 64, [200, 200], 1, "bce", torch.float32, True, False),
     "digits-64x64-value": (1797, 64, [64, 64], 10, "cross_entropy", torch.float32, False, False),
 }
 
