@@ -23,7 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_bytes, fmt_time, json_in_subprocess, machine, machine_line, publish  # noqa: E402
+from common import (  # noqa: E402
+    fmt_bytes, fmt_time, json_in_subprocess, machine, machine_line, publish,
+)
 
 # [200, 200] tanh, D = 64, N = 1000, one logit (BCE), float32 inputs: issue 29's target size.
 N, D, WIDTHS = 1000, 64, [200, 200]
