@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss) {
   if (deep_low_precision(x, target, weights, biases)) {
-    const DeepInputs w = in_float64(x, target, weights, biases);
+    const DeepInputs w = in_float32(x, target, weights, biases);
     const auto [trace, trace_sq] =
         deep_hessian_traces(w.x, w.target, w.weights, w.biases, activation, reduction, loss);
     return {trace.to(x.scalar_type()), trace_sq.to(x.scalar_type())};
