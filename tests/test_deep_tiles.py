@@ -133,6 +133,34 @@ def test_gauss_newton_grams_beyond_the_dual_matrix(monkeypatch):
         assert_close(got, want, 1e-10)
 
 
+@pytest.mark.parametrize("widths", [[3, 2], [4, 3, 2], [2, 5, 3]])
+def test_factorised_magnitudes_bound_the_evaluation_on_magnitudes(widths):
+    """§12.5's M_sq, which the certified errors scale, comes from the pairs' sums factorised by
+    Cauchy–Schwarz on the feature kernels (O(N·H²)); it must be at least the evaluation itself run
+    on magnitudes (Σ|terms| of every sum), and not much more (else the error is needlessly wide),
+    for every head, bias setting, share, and the Gauss-Newton Grams beyond the dual matrix."""
+    ratios = []
+    for (head, bias), share in zip([(h, b) for h in HEADS for b in BIASES],
+                                   [(0, None), (2, 7), (5, 5), (0, 4)] * 3):
+        for activation in ("tanh", "gelu"):
+            x, target, weights, biases = make_problem(widths, head, bias, seed=len(widths), n=9)
+            m = [torch.ops.torch_ws._deep_gram_form_magnitudes(
+                x, target, weights, biases, activation, "mean", head[0], *share, factorised)
+                for factorised in (True, False)]
+            # M_tr is the evaluation's own, widened by its own rounding (a few 10⁻¹⁴ here)
+            assert 0 <= float(m[0][0]) - float(m[1][0]) <= 1e-12 * float(m[1][0])
+            if share[0] == share[1]:
+                assert float(m[0][1]) == float(m[1][1]) == 0
+                continue
+            ratios.append(float(m[0][1]) / float(m[1][1]))
+    assert min(ratios) >= 1 - 1e-12 and max(ratios) <= 10, (min(ratios), max(ratios))
+    x, target, weights, biases = make_problem([3, 2], HEADS[3], "all", seed=5, n=2800)  # N·C > 8192
+    m = [torch.ops.torch_ws._deep_gram_form_magnitudes(x, target, weights, biases, "tanh", "mean",
+                                                       "mse", 100, 2000, factorised)
+         for factorised in (True, False)]
+    assert float(m[1][1]) <= float(m[0][1]) <= 10 * float(m[1][1])
+
+
 def test_bad_shares_and_tiles_are_refused():
     """A share outside [0, N] or a negative tile size: an error saying what was expected."""
     problem = make_problem([3, 2], HEADS[0], "all", seed=1, n=6)

@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
                                                      activation, reduction, loss));
   const Engine engine = choose_deep_engine(p);
   return certified_errors(engine, p, [&](const Coefficients& magnitudes) {
-    return deep_traces_by(engine, magnitudes);
+    return deep_magnitudes_by(engine, magnitudes);
   });
 }
 
@@ -195,8 +195,28 @@ std::tuple<at::Tensor, at::Tensor> gram_form_share_errors(
   const CallThreads threads(x.device());
   const GramShare share = checked_share(op, p, begin, end, tile_rows);
   return certified_errors(Engine::SampleSpace, p, [&](const Coefficients& magnitudes) {
-    return gram_form_traces(JacobianChain(magnitudes), share);
+    return gram_form_magnitudes(JacobianChain(magnitudes), share);
   });
+}
+
+// §12.5's M_tr and M_sq of that share's evaluation: `factorised`, the upper bounds the certified
+// errors use (gram_form_magnitudes), else the evaluation itself run on magnitudes, which they
+// bound (the tests compare the two).
+std::tuple<at::Tensor, at::Tensor> gram_form_share_magnitudes(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
+    bool factorised) {
+  constexpr const char* op = "torch_ws._deep_gram_form_magnitudes";
+  const MlpProblem p = in_float64(check_deep_problem(op, x.detach(), target, weights, biases,
+                                                     activation, reduction, loss));
+  const CallThreads threads(x.device());
+  const GramShare share = checked_share(op, p, begin, end, 0);
+  const at::NoGradGuard no_grad;
+  const CoefficientMagnitudes m = coefficient_magnitudes(p);  // the chain refers to them
+  const JacobianChain magnitudes(m.magnitudes);
+  return factorised ? gram_form_magnitudes(magnitudes, share)
+                    : gram_form_traces(magnitudes, share);
 }
 
 std::tuple<at::Tensor, at::Tensor> gram_form_share_errors_meta(
@@ -370,6 +390,12 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "_deep_gram_form_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation, str reduction, str loss, int begin, int? end, int tile_rows) -> "
       "(Tensor trace_error, Tensor trace_sq_error)");
+  // §12.5's magnitudes of that share's evaluation: the factorised bounds the errors use, or the
+  // evaluation on magnitudes itself (for the tests).
+  m.def(
+      "_deep_gram_form_magnitudes(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation, str reduction, str loss, int begin, int? end, bool factorised) -> "
+      "(Tensor trace_magnitude, Tensor trace_sq_magnitude)");
   // Certified bounds on the float64 rounding errors of deep_hessian_traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -380,6 +406,7 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
 TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
   m.impl("_deep_gram_form_errors", &torch_ws::gram_form_share_errors);
+  m.impl("_deep_gram_form_magnitudes", &torch_ws::gram_form_share_magnitudes);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {

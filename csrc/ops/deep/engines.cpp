@@ -58,6 +58,8 @@ struct DeepEngineEntry {
   // ℓ of docs/math.md §12.5 / §12.7 without the coefficients' and the logits' shares.
   double (*error_chain)(const DeepShape&);
   std::pair<at::Tensor, at::Tensor> (*evaluate)(const JacobianChain&);
+  // §12.5's M_tr and M_sq (or upper bounds) from a chain of magnitudes.
+  std::pair<at::Tensor, at::Tensor> (*magnitudes)(const JacobianChain&);
 };
 
 // Parameter row first: on equal work the Hessian is the smaller object.
@@ -80,6 +82,8 @@ const DeepEngineEntry kDeepEngines[] = {
        const auto n = static_cast<double>(s.params);
        return 2 * assembled_entry_chain(s) + n * n;
      },
+     &assembled_hessian_traces,
+     // the same assembly on magnitudes
      &assembled_hessian_traces},
     {Engine::SampleSpace,
      "Gram forms of per-sample matrices in N×N feature kernels (ATen, any device), "
@@ -93,14 +97,17 @@ const DeepEngineEntry kDeepEngines[] = {
        return 4 * n * n * h * h * (1 + static_cast<double>(s.outputs - 1) / 4);
      },
      // §12.5: the Grams sum N² terms of inner products of length ≤ H², whose left factors are
-     // sums of two per-sample terms (one addition more than the terms' own chains: + 33).
+     // sums of two per-sample terms (one addition more than the terms' own chains: + 33), and
+     // the paired products taken as one Gram (§12.3) sum over the C logits after it (+ C + 3).
      [](const DeepShape& s) {
        const int64_t widest =
            std::max(s.in_dim, *std::max_element(s.widths.begin(), s.widths.end()));
        return static_cast<double>(4 * (s.in_dim + sum_of_widths(s)) + widest * widest +
-                                  s.samples * s.samples + 4 * s.widths.size() + 33);
+                                  s.samples * s.samples + 4 * s.widths.size() + 33 +
+                                  s.outputs + 3);
      },
-     &gram_form_traces},
+     &gram_form_traces,
+     [](const JacobianChain& magnitudes) { return gram_form_magnitudes(magnitudes); }},
 };
 
 const DeepEngineEntry& entry_of(Engine engine) {
@@ -130,6 +137,10 @@ std::vector<std::string> describe_deep_engines(const MlpProblem& p) {
 
 std::pair<at::Tensor, at::Tensor> deep_traces_by(Engine engine, const Coefficients& c) {
   return entry_of(engine).evaluate(JacobianChain(c));
+}
+
+std::pair<at::Tensor, at::Tensor> deep_magnitudes_by(Engine engine, const Coefficients& magnitudes) {
+  return entry_of(engine).magnitudes(JacobianChain(magnitudes));
 }
 
 double deep_error_chain(Engine engine, const MlpProblem& p) {

@@ -28,6 +28,11 @@ struct GramShare {
   int64_t begin = 0, end = -1, tile_rows = 0;
 };
 std::pair<at::Tensor, at::Tensor> gram_form_traces(const JacobianChain& chain, GramShare share);
+// On a chain of magnitudes: §12.5's M_tr, and an upper bound on M_sq whose pairs' sums are
+// factorised by Cauchy–Schwarz on the feature kernels (docs/math.md §12.5): O(N·H²) for what the
+// evaluation on magnitudes would take O(N²·H²). For the share's rows i, as gram_form_traces.
+std::pair<at::Tensor, at::Tensor> gram_form_magnitudes(const JacobianChain& magnitudes,
+                                                       GramShare share = {});
 //   parameter space: the n × n Hessian assembled by blocks (assembled_hessian.cpp).
 std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain);
 // The same blocks as one n × n matrix in nn.Sequential.parameters() order, symmetrized.
@@ -64,6 +69,9 @@ std::vector<std::string> describe_deep_engines(const MlpProblem& p);
 
 // tr H and tr(H²) by `engine`, on the coefficients given (values or magnitudes).
 std::pair<at::Tensor, at::Tensor> deep_traces_by(Engine engine, const Coefficients& c);
+// §12.5's M_tr and M_sq of `engine`'s evaluation (or upper bounds on them), from the coefficients'
+// magnitudes.
+std::pair<at::Tensor, at::Tensor> deep_magnitudes_by(Engine engine, const Coefficients& magnitudes);
 
 // The longest chain of sums and products behind one computed trace by `engine`, in units of the
 // rounding unit (docs/math.md §12.5): what γ of the certified rounding error is made of.

@@ -7,6 +7,8 @@
 // it runs on any device.
 #include "ops/deep/engines.h"
 
+#include "core/rounding.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/FuncTorchTLS.h>
@@ -74,6 +76,27 @@ Tensor paired_products(const Tensor& weight, const Tensor& n_mats, const Tensor&
   return total;
 }
 
+// The same sum as one Gram: left_ij·right_ij = Σ_a p_j[a]·⟨z_i ⊗ N_i[a, :], G_j⟩, a Gram of the
+// tile's (rows·H_a, H_y·H_b) products z_i[y]·N_i[a, b] against every G_j, then the p_j-weighted sum
+// over a. It takes rows·N·H_a·H_y·H_b multiply-adds against paired_products' rows·N·H_b·(H_a + H_y),
+// but as a product over H_y·H_b, where paired_products' reverse mode multiplies over a block's
+// rows (at [200, 200], N = 1000, one logit: 6 GFLOP/s there against 40–75 for the Grams, and a
+// third of the gradient's time). So where N_i has few rows, as at the logits (H_a = C).
+bool pairs_as_gram(const Tensor& n_mats, const Tensor& z) {
+  const int64_t height = n_mats.size(1), width_y = z.size(1);
+  return height * width_y <= 2 * (height + width_y);
+}
+
+Tensor paired_products_as_gram(const Tensor& weight, const Tensor& n_mats, const Tensor& p,
+                               const Tensor& g_cols, const Tensor& z) {
+  const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
+                width = n_mats.size(2), width_y = z.size(1);
+  const Tensor products = (z.view({rows, 1, width_y, 1}) * n_mats.unsqueeze(2))
+                              .reshape({rows * height, width_y * width});
+  const Tensor gram = at::mm(products, g_cols.view({width_y * width, n})).view({rows, height, n});
+  return (weight * (gram * p.t().unsqueeze(0)).sum(1)).sum(at::kDouble);
+}
+
 // The same sum where G_j = diag(d_j) (k = m − 1, where F_{m-1,m-1} = I): right_ijb = z_i[b]·d_j[b],
 // so Σ_b left_ijb·right_ijb = ⟨N_i ∘ z_i (columns), p_j d_jᵀ⟩, one Gram of (H_a·H_b) arrays;
 // `p_d` is every sample's p_j d_jᵀ.
@@ -129,18 +152,19 @@ struct RightFactors {
   std::vector<Tensor> p_d;
 };
 
-// Every defined tensor of the right-hand factors, in one fixed order.
+// Every defined tensor of the right-hand factors, in one fixed order, with the dimension that
+// runs over the samples (G is samples-last).
 template <typename Each>
 void each_right(RightFactors& right, const Each& each) {
   for (std::vector<std::vector<Tensor>>* table : {&right.E, &right.G}) {
     for (std::vector<Tensor>& row : *table) {
       for (Tensor& t : row) {
-        if (t.defined()) each(t);
+        if (t.defined()) each(t, table == &right.G ? 2 : 0);
       }
     }
   }
   for (Tensor& t : right.p_d) {
-    if (t.defined()) each(t);
+    if (t.defined()) each(t, 0);
   }
 }
 
@@ -148,24 +172,34 @@ void each_right(RightFactors& right, const Each& each) {
 // per-sample E_{k'k} (memory N·H² rather than (N·C)²).
 bool uses_dual(const PairFactors& f) { return (f.N * f.C) * (f.N * f.C) <= (int64_t{1} << 26); }
 
-// The feature kernel κ_k(i, j) = ã_{i,k-1}·ã_{j,k-1} for the tile's rows i and every j.
-Tensor kappa(const PairFactors& f, int64_t k, Rows rows) {
-  const Tensor& z = f.z[k - 1];
-  const Tensor gram = at::mm(rows.of(z), z.t());
+// The rows [begin, end) of every per-sample factor (views; N the rows' count): what a tile reads
+// of its own samples i.
+PairFactors sample_rows(const PairFactors& f, Rows rows) {
+  PairFactors t = f;
+  t.N = rows.size();
+  each_slot(t, [&](Tensor& x) {
+    if (x.defined()) x = rows.of(x);
+  });
+  return t;
+}
+
+// The feature kernel κ_k(i, j) = ã_{i,k-1}·ã_{j,k-1} for the tile's rows i (`tile`, sample_rows of f)
+// and every j.
+Tensor kappa(const PairFactors& f, const PairFactors& tile, int64_t k) {
+  const Tensor gram = at::mm(tile.z[k - 1], f.z[k - 1].t());
   return f.bias[k] ? gram + 1 : gram;
 }
 
-// E(m, k) = B_mᵀ S B_k for the tile's rows.
-Tensor E_rows(const PairFactors& f, int64_t m, int64_t k, Rows rows) {
-  return at::matmul(rows.of(f.F[f.out][m]).transpose(1, 2),
-                    at::matmul(rows.of(f.S), rows.of(f.F[f.out][k])));
+// E(m, k) = B_mᵀ S B_k for every sample of `f` (the whole set or a tile's rows).
+Tensor E_of(const PairFactors& f, int64_t m, int64_t k) {
+  return at::matmul(f.F[f.out][m].transpose(1, 2), at::matmul(f.S, f.F[f.out][k]));
 }
 
-// The diagonal of E(k, k) = B_kᵀ S B_k for the tile's rows, (rows, H_k): Σ_c (S B_k)_c ∘ (B_k)_c,
-// without the (rows, H_k, H_k) matrices (N·C·H_k work instead of N·C·H_k²).
-Tensor E_diagonal_rows(const PairFactors& f, int64_t k, Rows rows) {
-  const Tensor B = rows.of(f.F[f.out][k]);
-  return (at::matmul(rows.of(f.S), B) * B).sum(1);
+// The diagonal of E(k, k) = B_kᵀ S B_k for every sample of `f`, (N, H_k): Σ_c (S B_k)_c ∘ (B_k)_c,
+// without the (N, H_k, H_k) matrices (N·C·H_k work instead of N·C·H_k²).
+Tensor E_diagonal_of(const PairFactors& f, int64_t k) {
+  const Tensor& B = f.F[f.out][k];
+  return (at::matmul(f.S, B) * B).sum(1);
 }
 
 RightFactors right_factors(const PairFactors& f) {
@@ -176,7 +210,7 @@ RightFactors right_factors(const PairFactors& f) {
   if (!uses_dual(f)) {
     for (int64_t k = 1; k <= out; ++k) {
       for (int64_t k2 = k; k2 <= out; ++k2) {
-        right.E[k2][k] = E_rows(f, k2, k, Rows{0, f.N});
+        right.E[k2][k] = E_of(f, k2, k);
       }
     }
   }
@@ -189,6 +223,13 @@ RightFactors right_factors(const PairFactors& f) {
   return right;
 }
 
+// The rows [begin, end) of the right-hand factors (views).
+RightFactors sample_rows(const RightFactors& right, Rows rows) {
+  RightFactors t = right;
+  each_right(t, [&](Tensor& x, int64_t dim) { x = x.narrow(dim, rows.begin, rows.size()); });
+  return t;
+}
+
 // A tile of the pairs' sums: its rows i against every j, of the dual matrix's tr(G²) or of the
 // Gram forms (the rest).
 struct Tile {
@@ -196,39 +237,58 @@ struct Tile {
   Rows rows;
 };
 
+// What a tile of rows i reads: every sample's factors and right-hand factors (for the j), and
+// its own rows of both (for the i): views of the former, or, in a checkpointed backward, leaves of
+// their own, so that a row's gradient is a (rows, …) array rather than a whole factor's zeros with
+// the rows filled in (PairSumsBackward).
+struct TileInputs {
+  const PairFactors& all;
+  const PairFactors& rows;
+  const RightFactors& right;
+  const RightFactors& right_rows;
+};
+
 // tr(G²)'s share Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ), K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C).
-Tensor dual_tile(const PairFactors& f, Rows rows) {
-  const int64_t N = f.N, C = f.C;
+Tensor dual_tile(const TileInputs& in) {
+  const PairFactors& f = in.all;
+  const int64_t N = f.N, C = f.C, rows = in.rows.N;
   Tensor K;  // (rows, C, N, C)
   for (int64_t k = 1; k <= f.out; ++k) {
     const Tensor& B = f.F[f.out][k];
-    const Tensor term =
-        at::mm(rows.of(B).reshape({rows.size() * C, -1}), B.reshape({N * C, -1}).t())
-            .view({rows.size(), C, N, C}) *
-        kappa(f, k, rows).view({rows.size(), 1, N, 1});
+    const Tensor term = at::mm(in.rows.F[f.out][k].reshape({rows * C, -1}),
+                               B.reshape({N * C, -1}).t())
+                            .view({rows, C, N, C}) *
+                        kappa(f, in.rows, k).view({rows, 1, N, 1});
     K = K.defined() ? K + term : term;
   }
   const Tensor SKS =
-      at::einsum("iajc,jcd->iajd", {at::einsum("iab,ibjc->iajc", {rows.of(f.S), K}), f.S});
+      at::einsum("iajc,jcd->iajd", {at::einsum("iab,ibjc->iajc", {in.rows.S, K}), f.S});
   return (SKS * K).sum(at::kDouble);
 }
 
 // The Gram forms' share of the tile's rows: tr(G²) where the dual matrix is not used, then
 // 2 tr(GR) + tr(R²) (§12.3).
-Tensor gram_tile(const PairFactors& f, const RightFactors& right, Rows rows) {
+Tensor gram_tile(const TileInputs& in) {
+  const PairFactors& f = in.all;
+  const PairFactors& t = in.rows;
   const int64_t out = f.out, L = f.L;
   const auto& r = f.r;
   const auto& p = f.p;
   const auto& curvature = f.curvature;  // N[k][k'] of §12.3
   std::vector<Tensor> kappas(out + 1);
-  for (int64_t k = 1; k <= out; ++k) kappas[k] = kappa(f, k, rows);
+  for (int64_t k = 1; k <= out; ++k) kappas[k] = kappa(f, t, k);
   Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
+  // E(m, k) of the tile's rows: formed once for all samples where the dual matrix is not used.
+  const auto E_rows = [&](int64_t m, int64_t k) {
+    const Tensor& e = in.right_rows.E[m][k];
+    return e.defined() ? e : E_of(t, m, k);
+  };
 
   if (!uses_dual(f)) {  // tr(G²) = Σ_{k,k'} Σ_ij κ_k κ_k' ⟨E^i_{k'k}, E^j_{k'k}⟩
     for (int64_t k = 1; k <= out; ++k) {
       for (int64_t k2 = k; k2 <= out; ++k2) {
-        const Tensor& e = right.E[k2][k];
-        const Tensor gram = weighted_gram(kappas[k] * kappas[k2], rows.of(e), e);
+        const Tensor& e = in.right.E[k2][k];
+        const Tensor gram = weighted_gram(kappas[k] * kappas[k2], in.right_rows.E[k2][k], e);
         sum = sum + (k2 == k ? gram : 2 * gram);
       }
     }
@@ -244,38 +304,38 @@ Tensor gram_tile(const PairFactors& f, const RightFactors& right, Rows rows) {
     for (int64_t k2 = k; k2 <= L; ++k2) {
       const Tensor weight = kappas[k] * kappas[k2];
       if (k == L && k2 == L) {
-        sum = sum + weighted_gram(weight, rows.of(r[L]) + 2 * E_diagonal_rows(f, L, rows),
-                                  r[L]);  // Q1 + 2·T1
+        sum = sum + weighted_gram(weight, t.r[L] + 2 * E_diagonal_of(t, L), r[L]);  // Q1 + 2·T1
         continue;
       }
       // (k', k): the orientation the chain builds (JacobianChain::curvature), contiguous
       const Tensor& n_kk = curvature[k2][k];
       const Tensor pair =
-          weighted_gram(weight, rows.of(n_kk) + 2 * E_rows(f, k2, k, rows), n_kk);  // Q1 + 2·T1
+          weighted_gram(weight, t.curvature[k2][k] + 2 * E_rows(k2, k), n_kk);  // Q1 + 2·T1
       sum = sum + (k2 == k ? pair : 2 * pair);
     }
   }
   for (int64_t m = 2; m <= out; ++m) {
     for (int64_t k = 1; k < m; ++k) {
-      const Tensor pair_weight = kappas[k] * at::mm(rows.of(p[m]), p[m].t());
-      const Tensor z_rows = rows.of(f.z[m - 1]);
+      const Tensor pair_weight = kappas[k] * at::mm(t.p[m], p[m].t());
+      const Tensor& z_rows = t.z[m - 1];
       // T2 pairs E^i_{mk} with p_j and g^{ij}, Q2 (hidden m only) N^i_{mk} with the same
-      Tensor left = E_rows(f, m, k, rows);
-      if (m <= L) left = left + rows.of(curvature[m][k]);
+      Tensor left = E_rows(m, k);
+      if (m <= L) left = left + t.curvature[m][k];
       if (k == m - 1) {
         const Tensor& d = f.d1[m - 1];
-        sum = sum + 4 * paired_products_diagonal(kappas[k], left, right.p_d[m],
+        sum = sum + 4 * paired_products_diagonal(kappas[k], left, in.right.p_d[m],
                                                  z_rows);                   // 2·T2 + Q2
-        sum = sum + 2 * weighted_gram(pair_weight, rows.of(d), d);  // Q3
+        sum = sum + 2 * weighted_gram(pair_weight, t.d1[m - 1], d);  // Q3
         continue;
       }
       // g_ij = F_{j,m-1,k}ᵀ(φ'_{j,m-1} ∘ z_{i,m-1}): G_j = D'_{j,m-1} F_{j,m-1,k}, samples last
-      const Tensor& g = right.G[m][k];
-      sum = sum + 4 * paired_products(kappas[k], left, p[m], g, z_rows);  // 2·T2 + Q2
-      const Tensor g_all = g.view({-1, f.N});
-      sum = sum + 2 * weighted_gram_of_columns(pair_weight,
-                                               g_all.narrow(1, rows.begin, rows.size()),
-                                               g_all);  // Q3
+      const Tensor& g = in.right.G[m][k];
+      sum = sum + 4 * (pairs_as_gram(left, z_rows)
+                           ? paired_products_as_gram(kappas[k], left, p[m], g, z_rows)
+                           : paired_products(kappas[k], left, p[m], g, z_rows));  // 2·T2 + Q2
+      const Tensor& g_rows = in.right_rows.G[m][k];
+      sum = sum + 2 * weighted_gram_of_columns(pair_weight, g_rows.reshape({-1, t.N}),
+                                               g.view({-1, f.N}));  // Q3
     }
   }
   return sum;
@@ -306,8 +366,15 @@ std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, in
   return tiles;
 }
 
+Tensor tile_sum(const TileInputs& in, const Tile& tile) {
+  return tile.dual ? dual_tile(in) : gram_tile(in);
+}
+
+// The tile with its rows read as views of every sample's factors.
 Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& tile) {
-  return tile.dual ? dual_tile(f, tile.rows) : gram_tile(f, right, tile.rows);
+  const PairFactors rows = sample_rows(f, tile.rows);
+  const RightFactors right_rows = sample_rows(right, tile.rows);
+  return tile_sum(TileInputs{f, rows, right, right_rows}, tile);
 }
 
 // Whether a torch.func transform is active: its thread-local state then refuses C++ Functions (the
@@ -419,7 +486,7 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
       torch_ws::RightFactors right = recorded_right;
       torch::autograd::variable_list inputs = aliases, right_recorded, right_grads;
       if (!create_graph) {
-        torch_ws::each_right(right, [&](at::Tensor& t) {
+        torch_ws::each_right(right, [&](at::Tensor& t, int64_t) {
           if (!t.requires_grad()) return;
           right_recorded.push_back(t);
           t = t.detach().requires_grad_();
@@ -427,19 +494,76 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
         });
         right_grads.resize(right_recorded.size());
       }
-      const auto add = [](at::Tensor& sum, const at::Tensor& term) {
-        if (term.defined()) sum = sum.defined() ? sum + term : term;
+      // Sums of the tiles' gradients: recorded with create_graph; else accumulated in place, in
+      // a copy of the first term (autograd may hand one tensor to several inputs).
+      const auto add = [&](at::Tensor& sum, const at::Tensor& term) {
+        if (!term.defined()) return;
+        if (create_graph) {
+          sum = sum.defined() ? sum + term : term;
+        } else if (sum.defined()) {
+          sum.add_(term);
+        } else {
+          sum = term.clone(at::MemoryFormat::Contiguous);
+        }
       };
+      // A row leaf's gradient goes into its rows of the factor's sum (zeros where none yet).
+      struct RowLeaf {
+        at::Tensor* sum;
+        const at::Tensor* whole;
+        int64_t dim;
+      };
+      const auto add_rows = [](const RowLeaf& leaf, const at::Tensor& term, torch_ws::Rows rows) {
+        if (!term.defined()) return;
+        if (!leaf.sum->defined()) *leaf.sum = at::zeros_like(*leaf.whole, at::MemoryFormat::Contiguous);
+        leaf.sum->narrow(leaf.dim, rows.begin, rows.size()).add_(term);
+      };
+      // Which right-hand factors take a gradient, in each_right's order: their index in
+      // right_grads, or −1.
+      std::vector<int64_t> right_index;
+      {
+        int64_t next_right = 0;
+        torch_ws::each_right(right, [&](at::Tensor& t, int64_t) {
+          right_index.push_back(!create_graph && t.requires_grad() ? next_right++ : -1);
+        });
+      }
       for (size_t t = 0; t < flat_tiles.size(); t += 3) {
         const torch_ws::Tile tile{flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}};
-        const at::Tensor sum = torch_ws::tile_sum(f, right, tile);
+        Factors rows = torch_ws::sample_rows(f, tile.rows);
+        torch_ws::RightFactors right_rows = torch_ws::sample_rows(right, tile.rows);
+        torch::autograd::variable_list tile_inputs = inputs;
+        std::vector<RowLeaf> row_leaves;
+        if (!create_graph) {
+          // The tile's rows as leaves of their own (TileInputs): their gradients are (rows, …).
+          size_t row_slot = 0, row_next = 0;
+          torch_ws::each_slot(rows, [&](at::Tensor& x) {
+            if (defined[row_slot++] != 1) return;
+            const size_t k = row_next++;
+            if (!factors[k].requires_grad()) return;
+            x = x.detach().requires_grad_();
+            tile_inputs.push_back(x);
+            row_leaves.push_back({&grads[k], &factors[k], 0});
+          });
+          size_t right_slot = 0;
+          torch_ws::each_right(right_rows, [&](at::Tensor& x, int64_t dim) {
+            const int64_t k = right_index[right_slot++];
+            if (k < 0) return;
+            x = x.detach().requires_grad_();
+            tile_inputs.push_back(x);
+            row_leaves.push_back({&right_grads[k], &right_recorded[k], dim});
+          });
+        }
+        const at::Tensor sum =
+            torch_ws::tile_sum(torch_ws::TileInputs{f, rows, right, right_rows}, tile);
         if (!sum.requires_grad()) continue;
         const torch::autograd::variable_list tile_grads = torch::autograd::grad(
-            {sum}, inputs, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
+            {sum}, tile_inputs, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
             create_graph, /*allow_unused=*/true);
         for (size_t k = 0; k < wanted.size(); ++k) add(grads[wanted[k]], tile_grads[k]);
         for (size_t k = 0; k < right_grads.size(); ++k) {
           add(right_grads[k], tile_grads[wanted.size() + k]);
+        }
+        for (size_t k = 0; k < row_leaves.size(); ++k) {
+          add_rows(row_leaves[k], tile_grads[inputs.size() + k], tile.rows);
         }
       }
       torch::autograd::variable_list through_right, grads_in, right_used;
@@ -461,6 +585,178 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
 };
 
 namespace torch_ws {
+namespace {
+
+Rows share_rows(const PairFactors& f, GramShare share) {
+  const int64_t end = share.end < 0 ? f.N : share.end;
+  TORCH_CHECK(0 <= share.begin && share.begin <= end && end <= f.N,
+              "gram_form_traces: expected 0 <= begin <= end <= N = ", f.N, ", got ", share.begin,
+              ", ", end);
+  return {share.begin, end};
+}
+
+// tr H = tr G + tr R (§12.3) of the samples `all`, each diagonal term κ_k(i,i)·(per-sample trace).
+Tensor diagonal_trace(const PairFactors& f, Rows all) {
+  Tensor trace = at::zeros({}, f.S.options().dtype(at::kDouble));
+  const PairFactors rows = sample_rows(f, all);
+  for (int64_t k = 1; k <= f.out; ++k) {
+    const Tensor self = rows.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0);
+    trace = trace + (self * E_diagonal_of(rows, k).sum(1)).sum(at::kDouble);
+    for (int64_t l = k; l <= f.L; ++l) {
+      trace = trace + (self * (rows.r[l] * rows.F[l][k].pow(2).sum(2)).sum(1)).sum(at::kDouble);
+    }
+  }
+  return trace;
+}
+
+// Σ_{i ∈ rows} X_iᵀ α_i: per-sample arrays X_i (flattened to K numbers, made by `values` for a
+// block of samples) weighted by the columns of `alphas` (N, A), as (K, A); in blocks of samples
+// that hold at most kTileNumbers numbers (`per_sample`: K, or more). `rows` not empty.
+template <typename Values>
+Tensor weighted_sums(const Tensor& alphas, Rows rows, int64_t per_sample, const Values& values) {
+  const int64_t block = std::max<int64_t>(1, kTileNumbers / std::max<int64_t>(1, per_sample));
+  Tensor total;
+  for (int64_t begin = rows.begin; begin < rows.end; begin += block) {
+    const Rows part{begin, std::min(rows.end, begin + block)};
+    const Tensor x = values(part).reshape({part.size(), -1});
+    const Tensor term = at::mm(x.t(), part.of(alphas));
+    total = total.defined() ? total + term : term;
+  }
+  TORCH_INTERNAL_ASSERT(total.defined(), "weighted_sums: no rows");
+  return total;
+}
+
+// Σ_{i ∈ left, j ∈ right} α_iα_j⟨X_i, Y_j⟩ = ⟨Σ_i α_iX_i, Σ_j α_jY_j⟩.
+template <typename Left, typename Right>
+Tensor factorised_gram(const Tensor& alpha, Rows left, Rows right, int64_t per_sample,
+                       const Left& x, const Right& y) {
+  const Tensor a = alpha.unsqueeze(1);
+  return (weighted_sums(a, left, per_sample, x) * weighted_sums(a, right, per_sample, y))
+      .sum(at::kDouble);
+}
+
+// §12.5's M for the Gram tiles' sums of the share's rows i against every j, on a chain of
+// magnitudes, without the pairs: each feature kernel's magnitude Σ_x|ã_ix||ã_jx| is at most
+// ν_iν_j, ν_i = ‖ã_i‖ (Cauchy–Schwarz), and p_i·p_j ≤ ‖p_i‖‖p_j‖, so every Gram's
+// Σ_ij w_ij⟨X_i, Y_j⟩ with w_ij ≤ α_iα_j is at most ⟨Σ_i α_iX_i, Σ_j α_jY_j⟩, and the paired
+// products' Σ_ij κ Σ_{a,b,y} N_i[a,b]p_j[a]z_i[y]G_j[y,b] at most Σ_{a,b,y} (Σ_i ν_iz_i[y]N_i[a,b])·
+// (Σ_j ν_jp_j[a]G_j[y,b]): O(N·H²) (O(N·H³) for the hidden layers' paired products) instead of
+// O(N²·H²). The same terms and multipliers as gram_tile, term by term.
+Tensor gram_pairs_majorant(const PairFactors& f, Rows share) {
+  const int64_t out = f.out, L = f.L;
+  const Rows every{0, f.N};
+  int64_t widest = f.C;
+  for (int64_t l = 1; l <= L; ++l) widest = std::max(widest, f.z[l].size(1));
+  const int64_t square = widest * widest;
+  std::vector<Tensor> nu(out + 1);
+  for (int64_t k = 1; k <= out; ++k) {
+    nu[k] = (f.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0)).sqrt();
+  }
+  const auto E_block = [&](int64_t m, int64_t k) {
+    return [&f, m, k](Rows r) { return E_of(sample_rows(f, r), m, k); };
+  };
+  Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
+
+  if (!uses_dual(f)) {
+    for (int64_t k = 1; k <= out; ++k) {
+      for (int64_t k2 = k; k2 <= out; ++k2) {
+        const Tensor gram = factorised_gram(nu[k] * nu[k2], share, every, square,
+                                            E_block(k2, k), E_block(k2, k));
+        sum = sum + (k2 == k ? gram : 2 * gram);
+      }
+    }
+  }
+  for (int64_t k = 1; k <= L; ++k) {
+    for (int64_t k2 = k; k2 <= L; ++k2) {
+      const Tensor alpha = nu[k] * nu[k2];
+      if (k == L && k2 == L) {
+        sum = sum + factorised_gram(
+                        alpha, share, every, widest,
+                        [&](Rows r) { return r.of(f.r[L]) + 2 * E_diagonal_of(sample_rows(f, r), L); },
+                        [&](Rows r) { return r.of(f.r[L]); });
+        continue;
+      }
+      const Tensor& n_kk = f.curvature[k2][k];
+      const Tensor pair = factorised_gram(
+          alpha, share, every, square,
+          [&](Rows r) { return r.of(n_kk) + 2 * E_of(sample_rows(f, r), k2, k); },
+          [&](Rows r) { return r.of(n_kk); });
+      sum = sum + (k2 == k ? pair : 2 * pair);
+    }
+  }
+  for (int64_t m = 2; m <= out; ++m) {
+    const Tensor& p = f.p[m];
+    const Tensor& d = f.d1[m - 1];
+    const Tensor& z = f.z[m - 1];
+    for (int64_t k = 1; k < m; ++k) {
+      const Tensor weighted_p = nu[k].unsqueeze(1) * p;  // ν_j p_j
+      const Tensor q3_alpha = nu[k] * p.pow(2).sum(1).sqrt();  // ν_j‖p_j‖
+      const auto left = [&, m, k](Rows r) {
+        Tensor e = E_of(sample_rows(f, r), m, k);
+        return m <= L ? e + r.of(f.curvature[m][k]) : e;
+      };
+      if (k == m - 1) {
+        // ⟨Σ_i ν_i(left_i ∘ z_i), Σ_j ν_j p_j d_jᵀ⟩ and Q3's ‖Σ_i ν_i‖p_i‖ d_i‖²
+        const Tensor left_sum = weighted_sums(nu[k].unsqueeze(1), share, square, [&](Rows r) {
+          return left(r) * r.of(z).unsqueeze(1);
+        });
+        const Tensor right_sum = at::mm(weighted_p.t(), d).reshape({-1, 1});
+        sum = sum + 4 * (left_sum * right_sum).sum(at::kDouble);
+        sum = sum + 2 * factorised_gram(q3_alpha, share, every, widest,
+                                        [&](Rows r) { return r.of(d); },
+                                        [&](Rows r) { return r.of(d); });
+        continue;
+      }
+      // g_j = D'_{j,m-1}F_{j,m-1,k} (H_y × H_b), by blocks of samples
+      const auto g = [&, m, k](Rows r) { return r.of(d).unsqueeze(2) * r.of(f.F[m - 1][k]); };
+      const int64_t width_y = z.size(1), width_b = f.F[m - 1][k].size(2), height = p.size(1);
+      // Σ_i ν_i z_i[y] left_i[a, b] as (H_y, H_a·H_b), by blocks of the share's samples
+      Tensor left_sum = at::zeros({width_y, height * width_b}, sum.options());
+      const int64_t block = std::max<int64_t>(1, kTileNumbers / std::max<int64_t>(1, height * width_b));
+      for (int64_t begin = share.begin; begin < share.end; begin += block) {
+        const Rows part{begin, std::min(share.end, begin + block)};
+        left_sum = left_sum + at::mm((part.of(nu[k]).unsqueeze(1) * part.of(z)).t(),
+                                     left(part).reshape({part.size(), -1}));
+      }
+      // Σ_j ν_j p_j[a] g_j[y, b] as (H_y·H_b, H_a)
+      const Tensor right_sum = weighted_sums(weighted_p, every, width_y * width_b, g);
+      sum = sum + 4 * (left_sum.view({width_y, height, width_b}) *
+                       right_sum.view({width_y, width_b, height}).transpose(1, 2))
+                          .sum(at::kDouble);
+      sum = sum + 2 * factorised_gram(q3_alpha, share, every, width_y * width_b, g, g);
+    }
+  }
+  return sum;
+}
+
+}  // namespace
+
+std::pair<Tensor, Tensor> gram_form_magnitudes(const JacobianChain& magnitudes, GramShare share) {
+  const at::NoGradGuard no_grad;
+  PairFactors f = factors_of(magnitudes);
+  const Rows all = share_rows(f, share);
+  const Tensor trace = diagonal_trace(f, all);
+  if (all.size() == 0) return {trace, at::zeros({}, trace.options())};
+  Tensor trace_sq = gram_pairs_majorant(f, all);
+  if (uses_dual(f)) {  // tr(G²)'s dual matrix, on magnitudes as it is evaluated
+    const RightFactors unused;  // (dual tiles read none)
+    for (const Tile& tile : tiles_of(f, all, share.tile_rows, kTileNumbers)) {
+      if (tile.dual) trace_sq = trace_sq + tile_sum(f, unused, tile);
+    }
+  }
+  // Both are computed in float64 from non-negative numbers by sums, products and square roots, in
+  // chains no longer than the evaluation's ℓ (§12.5) plus the paired products' H³-term sums, so
+  // each computed M is at least (1 − γ_ℓ')·M: divided by that, a bound on the exact one.
+  int64_t widths = f.z[0].size(1) + f.C, widest = std::max(f.z[0].size(1), f.C);
+  for (int64_t l = 1; l <= f.L; ++l) {
+    widths += f.z[l].size(1);
+    widest = std::max(widest, f.z[l].size(1));
+  }
+  const double chain = static_cast<double>(4 * widths + widest * widest * (widest + 1) +
+                                           f.N * f.N + 4 * f.out + 33);
+  const double inflation = up(1 / down(1 - gamma(chain)));
+  return {trace * inflation, trace_sq * inflation};
+}
 
 std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain) {
   return gram_form_traces(chain, GramShare{});
@@ -468,23 +764,9 @@ std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain) {
 
 std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare share) {
   PairFactors f = factors_of(chain);
-  const int64_t N = f.N, out = f.out, L = f.L;
-  const int64_t end = share.end < 0 ? N : share.end;
-  TORCH_CHECK(0 <= share.begin && share.begin <= end && end <= N,
-              "gram_form_traces: expected 0 <= begin <= end <= N = ", N, ", got ", share.begin,
-              ", ", end);
-  const Rows all{share.begin, end};
+  const Rows all = share_rows(f, share);
 
-  // tr H = tr G + tr R (§12.3), each diagonal term κ_k(i,i)·(per-sample trace).
-  Tensor trace = at::zeros({}, f.S.options().dtype(at::kDouble));
-  for (int64_t k = 1; k <= out; ++k) {
-    const Tensor self = all.of(f.z[k - 1]).pow(2).sum(1) + (f.bias[k] ? 1 : 0);
-    trace = trace + (self * E_diagonal_rows(f, k, all).sum(1)).sum(at::kDouble);
-    for (int64_t l = k; l <= L; ++l) {
-      trace = trace + (self * (all.of(f.r[l]) * all.of(f.F[l][k]).pow(2).sum(2)).sum(1))
-                          .sum(at::kDouble);
-    }
-  }
+  const Tensor trace = diagonal_trace(f, all);
   if (all.size() == 0) return {trace, at::zeros({}, trace.options())};
 
   // tr(H²) = tr(G²) + 2 tr(GR) + tr(R²): the pairs (i, j), i in the share, tile by tile.
