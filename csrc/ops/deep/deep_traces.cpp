@@ -105,9 +105,10 @@ std::tuple<at::Tensor, at::Tensor> deep_hessian_traces(
 
 namespace {
 
-// Certified bounds on the rounding errors of traces that `evaluate` computes in float64 from p's
-// coefficients by `engine` (§12.5): the same evaluation on magnitudes gives Σ|terms| of every sum
-// (M_tr, M_sq), and each computed trace is within γ·M of the exact function of the coefficients,
+// Certified bounds on the rounding errors of traces computed in float64 from p's coefficients by
+// `engine` (§12.5): `evaluate`, on the coefficients' magnitudes, gives Σ|terms| of every sum of
+// that evaluation or an upper bound on it (M_tr, M_sq: the sample engine factorises its pair
+// sums'), and each computed trace is within γ·M of the exact function of the coefficients,
 // γ = 2(ℓ + κ)u/(1 − (ℓ + κ)u) with ℓ the engine's longest chain of sums and products (a share of
 // the sums has a shorter one) and κu the coefficients' own error (§11.3).
 template <typename Evaluate>
@@ -182,8 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_form_share(
   return {trace, trace_sq, trace_error, trace_sq_error};
 }
 
-// Certified bounds on the rounding errors of that share's float64 traces (§12.5): the same
-// evaluation on magnitudes. Constants, float64 0-d.
+// Certified bounds on the rounding errors of that share's float64 traces (§12.5), from the
+// magnitudes of its sums (gram_form_magnitudes). Constants, float64 0-d.
 std::tuple<at::Tensor, at::Tensor> gram_form_share_errors(
     const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
