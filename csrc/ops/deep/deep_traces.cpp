@@ -22,6 +22,7 @@
 #include <cmath>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace torch_ws {
@@ -147,12 +148,23 @@ int64_t share_end(const char* op, const MlpProblem& p, int64_t begin, std::optio
   return stop;
 }
 
-// The share [begin, end) in tiles of tile_rows rows, checked (both share ops take the same).
-GramShare checked_share(const char* op, const MlpProblem& p, int64_t begin,
-                        std::optional<int64_t> end, int64_t tile_rows) {
+// A share op's problem, checked, in float64, and its share [begin, end) in tiles of tile_rows
+// rows, checked (every share op takes the same).
+struct ShareProblem {
+  MlpProblem p;
+  GramShare share;
+};
+ShareProblem share_problem(const char* op, const at::Tensor& x, const at::Tensor& target,
+                           at::TensorList weights,
+                           const c10::List<std::optional<at::Tensor>>& biases,
+                           c10::string_view activation, c10::string_view reduction,
+                           c10::string_view loss, int64_t begin, std::optional<int64_t> end,
+                           int64_t tile_rows) {
+  MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
+                                               reduction, loss));
   const int64_t stop = share_end(op, p, begin, end);
   TORCH_CHECK(tile_rows >= 0, op, ": expected tile_rows >= 0 (0: the default), got ", tile_rows);
-  return GramShare{begin, stop, tile_rows};
+  return {std::move(p), GramShare{begin, stop, tile_rows}};
 }
 
 // The Gram forms' share [begin, end) of the rows i (gram_forms.cpp, GramShare), in tiles of
@@ -165,12 +177,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gram_form_share(
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
     int64_t tile_rows) {
-  constexpr const char* op = "torch_ws._deep_gram_form_traces";
-  const MlpProblem p = in_float64(check_deep_problem(op, x, target, weights, biases, activation,
-                                                     reduction, loss));
+  const ShareProblem s = share_problem("torch_ws._deep_gram_form_traces", x, target, weights,
+                                        biases, activation, reduction, loss, begin, end, tile_rows);
   const CallThreads threads(x.device());
-  const GramShare share = checked_share(op, p, begin, end, tile_rows);
-  const auto [trace, trace_sq] = gram_form_traces(JacobianChain(coefficient_values(p)), share);
+  const auto [trace, trace_sq] =
+      gram_form_traces(JacobianChain(coefficient_values(s.p)), s.share);
   // Through the dispatcher, on values without history, as deep_ws_bounds reads its errors: on
   // fake tensors the Meta kernel answers, so the share traces with dynamic shapes.
   static auto errors_op =
@@ -190,13 +201,12 @@ std::tuple<at::Tensor, at::Tensor> gram_form_share_errors(
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
     int64_t tile_rows) {
-  constexpr const char* op = "torch_ws._deep_gram_form_errors";
-  const MlpProblem p = in_float64(check_deep_problem(op, x.detach(), target, weights, biases,
-                                                     activation, reduction, loss));
+  const ShareProblem s =
+      share_problem("torch_ws._deep_gram_form_errors", x.detach(), target, weights, biases,
+                    activation, reduction, loss, begin, end, tile_rows);
   const CallThreads threads(x.device());
-  const GramShare share = checked_share(op, p, begin, end, tile_rows);
-  return certified_errors(Engine::SampleSpace, p, [&](const Coefficients& magnitudes) {
-    return gram_form_magnitudes(JacobianChain(magnitudes), share);
+  return certified_errors(Engine::SampleSpace, s.p, [&](const Coefficients& magnitudes) {
+    return gram_form_magnitudes(JacobianChain(magnitudes), s.share);
   });
 }
 
@@ -208,16 +218,15 @@ std::tuple<at::Tensor, at::Tensor> gram_form_share_magnitudes(
     const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
     c10::string_view reduction, c10::string_view loss, int64_t begin, std::optional<int64_t> end,
     bool factorised) {
-  constexpr const char* op = "torch_ws._deep_gram_form_magnitudes";
-  const MlpProblem p = in_float64(check_deep_problem(op, x.detach(), target, weights, biases,
-                                                     activation, reduction, loss));
+  const ShareProblem s =
+      share_problem("torch_ws._deep_gram_form_magnitudes", x.detach(), target, weights, biases,
+                    activation, reduction, loss, begin, end, /*tile_rows=*/0);
   const CallThreads threads(x.device());
-  const GramShare share = checked_share(op, p, begin, end, 0);
   const at::NoGradGuard no_grad;
-  const CoefficientMagnitudes m = coefficient_magnitudes(p);  // the chain refers to them
+  const CoefficientMagnitudes m = coefficient_magnitudes(s.p);  // the chain refers to them
   const JacobianChain magnitudes(m.magnitudes);
-  return factorised ? gram_form_magnitudes(magnitudes, share)
-                    : gram_form_traces(magnitudes, share);
+  return factorised ? gram_form_magnitudes(magnitudes, s.share)
+                    : gram_form_traces(magnitudes, s.share);
 }
 
 std::tuple<at::Tensor, at::Tensor> gram_form_share_errors_meta(

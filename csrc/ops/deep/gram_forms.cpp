@@ -341,13 +341,20 @@ Tensor gram_tile(const TileInputs& in) {
   return sum;
 }
 
+// The widest layer's width, the logits' C included: a per-sample H × H array has at most its
+// square of numbers.
+int64_t widest_layer(const PairFactors& f) {
+  int64_t widest = f.C;
+  for (int64_t l = 1; l <= f.L; ++l) widest = std::max(widest, f.z[l].size(1));
+  return widest;
+}
+
 // The tiles of the rows [begin, end): each holds (rows, N) matrices of at most `numbers` numbers
 // ((rows·C, N·C) for the dual matrix) and per-sample arrays of at most kTileNumbers (rows × the
 // widest layer's H × H), so a single tile up to N = 2048 on ordinary widths (1024 where
 // checkpointed); or tiles of the caller's count of rows.
 std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, int64_t numbers) {
-  int64_t widest = f.C;
-  for (int64_t l = 1; l <= f.L; ++l) widest = std::max(widest, f.z[l].size(1));
+  const int64_t widest = widest_layer(f);
   // Rows such that a (rows, N·…) matrix holds at most `numbers` and a tile's per-sample arrays at
   // most kTileNumbers.
   const auto step = [&](int64_t per_row) {
@@ -485,9 +492,16 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
       const torch_ws::RightFactors recorded_right = torch_ws::right_factors(f);
       torch_ws::RightFactors right = recorded_right;
       torch::autograd::variable_list inputs = aliases, right_recorded, right_grads;
+      // Which right-hand factors take a gradient, in each_right's order: their index in
+      // right_grads, or −1 (what a tile's row leaves of them add into).
+      std::vector<int64_t> right_index;
       if (!create_graph) {
         torch_ws::each_right(right, [&](at::Tensor& t, int64_t) {
-          if (!t.requires_grad()) return;
+          if (!t.requires_grad()) {
+            right_index.push_back(-1);
+            return;
+          }
+          right_index.push_back(static_cast<int64_t>(right_recorded.size()));
           right_recorded.push_back(t);
           t = t.detach().requires_grad_();
           inputs.push_back(t);
@@ -517,15 +531,6 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
         if (!leaf.sum->defined()) *leaf.sum = at::zeros_like(*leaf.whole, at::MemoryFormat::Contiguous);
         leaf.sum->narrow(leaf.dim, rows.begin, rows.size()).add_(term);
       };
-      // Which right-hand factors take a gradient, in each_right's order: their index in
-      // right_grads, or −1.
-      std::vector<int64_t> right_index;
-      {
-        int64_t next_right = 0;
-        torch_ws::each_right(right, [&](at::Tensor& t, int64_t) {
-          right_index.push_back(!create_graph && t.requires_grad() ? next_right++ : -1);
-        });
-      }
       for (size_t t = 0; t < flat_tiles.size(); t += 3) {
         const torch_ws::Tile tile{flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}};
         Factors rows = torch_ws::sample_rows(f, tile.rows);
@@ -645,9 +650,7 @@ Tensor factorised_gram(const Tensor& alpha, Rows left, Rows right, int64_t per_s
 Tensor gram_pairs_majorant(const PairFactors& f, Rows share) {
   const int64_t out = f.out, L = f.L;
   const Rows every{0, f.N};
-  int64_t widest = f.C;
-  for (int64_t l = 1; l <= L; ++l) widest = std::max(widest, f.z[l].size(1));
-  const int64_t square = widest * widest;
+  const int64_t widest = widest_layer(f), square = widest * widest;
   std::vector<Tensor> nu(out + 1);
   for (int64_t k = 1; k <= out; ++k) {
     nu[k] = (f.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0)).sqrt();
