@@ -154,8 +154,9 @@ def test_bad_input_names_the_function():
                        rf"shape \(n,\) or \(k, n\) with n = {n}"):
         torch_ws.deep_hessian_vector_products(x, target, weights, biases, torch.ones(2, n - 1,
                                               dtype=x.dtype), "tanh", "mean", "cross_entropy")
-    with pytest.raises(RuntimeError, match="deep_eigenvalue_interval: expected steps >= 1"):
-        torch_ws.deep_lambda_max_interval(*args, steps=0)
+    with pytest.raises(RuntimeError, match="deep_eigenvalue_interval: expected steps >= 1 .*, "
+                       "or 0 for the automatic count, got -1"):
+        torch_ws.deep_lambda_max_interval(*args, steps=-1)
     with pytest.raises(RuntimeError, match=rf"deep_eigenvalue_interval: expected start of shape"):
         torch_ws.deep_lambda_max_interval(*args, start=torch.ones(n + 1, dtype=x.dtype))
     with pytest.raises(RuntimeError, match="deep_eigenvalue_interval: .*layer"):
@@ -165,6 +166,83 @@ def test_bad_input_names_the_function():
         net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4),
                                   torch.nn.ReLU(), torch.nn.Linear(4, 1))
         torch_ws.sharpness(net, x.float(), torch.rand(5))
+
+
+def meta_problem(samples, in_dim, widths, outputs):
+    """A deep problem on the meta device: shapes without numbers, to read what a call would take."""
+    x = torch.empty(samples, in_dim, device="meta")
+    target = torch.empty(samples, *([outputs] if outputs > 1 else []), device="meta")
+    weights = [torch.empty(w, v, device="meta")
+               for v, w in zip([in_dim, *widths], [*widths, outputs])]
+    biases = [torch.empty(w, device="meta") for w in [*widths, outputs]]
+    return x, target, weights, biases
+
+
+def test_automatic_steps():
+    """steps=None (0 for the op): 32 Lanczos steps where the assembled Hessian closes the interval
+    anyway, as before; beyond it more, as the exact traces' cost allows (docs/math.md §12.6), never
+    more than 128 nor Q beyond 2²⁴ numbers; the Meta kernels say the same count (their shapes), and
+    the derivatives op's layout follows it."""
+    def steps_of(samples, in_dim, widths, outputs):
+        x, target, weights, biases = meta_problem(samples, in_dim, widths, outputs)
+        loss = "bce" if outputs == 1 else "mse"
+        out = torch.ops.torch_ws.deep_eigenvalue_interval(x, target, weights, biases, "tanh",
+                                                          "mean", loss)
+        described = torch.ops.torch_ws._deep_eigenvalue_interval_derivatives(
+            x, target, weights, biases, "tanh", "mean", loss)
+        n = torch_ws.deep_num_params(weights, biases)
+        assert out[4].shape == (out[3].shape[0], n) and described[10].shape == (2, out[3].shape[0] + 4)
+        return out[3].shape[0], n
+
+    assert steps_of(100, 20, [32, 32], 1)[0] == 32        # n = 1,761: the assembly closes it
+    k, n = steps_of(1000, 64, [200, 200], 1)              # the Gram forms' traces: ~10⁴ products
+    assert k == 128
+    k, n = steps_of(200, 784, [256, 256], 10)             # n = 269,322: Q's memory caps it
+    assert 32 < k < 128 and k * n <= 2**24
+    k, n = steps_of(20, 2, [3, 3], 1)                     # k ≤ n: all n = 25 directions
+    assert k == n == 25
+
+
+def automatic_steps_problem():
+    # n = 4,513 > 4,096: beyond the assembled certificate; the Gram forms' traces, 47 steps.
+    return make_problem([64, 48], HEADS[0], "all", seed=11, n=200, d=20)
+
+
+def test_automatic_steps_match_the_explicit_count():
+    """Beyond the assembled certificate, the default call is the call with its count of steps
+    given: the same basis and interval, for both ends and through sharpness()."""
+    x, target, weights, biases = automatic_steps_problem()
+    defaults = []
+    for function in (torch_ws.deep_lambda_max_interval, torch_ws.deep_lambda_min_interval):
+        default = function(x, target, weights, biases)
+        defaults.append(default)
+        k = default.ritz_values.shape[0]
+        assert 32 < k <= 128 and default.products == k + 1
+        given = function(x, target, weights, biases, steps=k)
+        assert torch.equal(default.ritz_vectors, given.ritz_vectors)
+        assert (float(default.lower), float(default.upper)) == (float(given.lower),
+                                                                float(given.upper))
+    net = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.Tanh(), torch.nn.Linear(64, 48),
+                              torch.nn.Tanh(), torch.nn.Linear(48, 1)).double()
+    with torch.no_grad():
+        for layer, w, b in zip(net[::2], weights, biases):
+            layer.weight.copy_(w)
+            layer.bias.copy_(b)
+    s = torch_ws.sharpness(net, x, target, loss="bce")
+    assert torch.equal(s.lambda_max.ritz_vectors, defaults[0].ritz_vectors)
+
+
+@pytest.mark.slow
+def test_automatic_steps_hold_against_the_explicit_hessian():
+    """The default call's interval beyond the assembled certificate holds λ_max and λ_min of the
+    dense float64 Hessian (torch.func.hessian of the real network; ~15 s)."""
+    x, target, weights, biases = automatic_steps_problem()
+    eigenvalues = torch.linalg.eigvalsh(explicit_hessian(x, target, weights, biases, "tanh",
+                                                         "mean", "bce"))
+    top = torch_ws.deep_lambda_max_interval(x, target, weights, biases)
+    bottom = torch_ws.deep_lambda_min_interval(x, target, weights, biases)
+    assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+    assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
 
 
 def test_non_finite_input_gives_nan():

@@ -135,7 +135,7 @@ def _deep_interval(largest: bool, x, target, weights, biases, activation, reduct
     (lower, upper, source, values, vectors, products, trace,
      trace_sq) = torch.ops.torch_ws.deep_eigenvalue_interval(
         x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss,
-        largest, steps, start, seed)
+        largest, 0 if steps is None else steps, start, seed)
     interval = EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
                                   int(products))
     return interval, trace, trace_sq
@@ -150,7 +150,7 @@ def deep_lambda_max_interval(
     reduction: str = "mean",
     loss: str = "bce",
     *,
-    steps: int = 32,
+    steps: Optional[int] = None,
     start: Optional[Tensor] = None,
     seed: int = 0,
 ) -> EigenvalueInterval:
@@ -172,7 +172,12 @@ def deep_lambda_max_interval(
     Args:
         x, target, weights, biases, activation, reduction, loss: as for
             :func:`deep_hessian_traces`.
-        steps, start, seed: as for :func:`torch_ws.lambda_max_interval` (``start``: e.g. the
+        steps: the Lanczos steps (Hessian-vector products of the basis). ``None``: the
+            automatic count, 32 where the assembled Hessian closes the interval anyway (small n),
+            else as many as cost about an eighth of the exact traces, up to 128 (docs/math.md
+            §12.6: beyond the assembly the trace cap closes the interval, and it tightens with
+            every Ritz value it subtracts). The count used is ``len(ritz_values)``.
+        start, seed: as for :func:`torch_ws.lambda_max_interval` (``start``: e.g. the
             previous call's ``ritz_vectors``, (r, n) with n = :func:`deep_num_params`).
     """
     return _deep_interval(True, x, target, weights, biases, activation, reduction, loss, steps,
@@ -188,7 +193,7 @@ def deep_lambda_min_interval(
     reduction: str = "mean",
     loss: str = "bce",
     *,
-    steps: int = 32,
+    steps: Optional[int] = None,
     start: Optional[Tensor] = None,
     seed: int = 0,
 ) -> EigenvalueInterval:

@@ -138,13 +138,15 @@ EigenvalueInterval eigenvalue_interval(const at::Tensor& x, const at::Tensor& ta
                                        int64_t seed = 0);
 
 // The same interval for a network with L ≥ 1 hidden layers (docs/math.md §12.6): arguments as
-// deep_hessian_traces, then as eigenvalue_interval; `source` never 3 or 4 (no Weyl candidate).
-// lower and upper are differentiable in x and every layer (§11.4, basis held fixed).
+// deep_hessian_traces, then as eigenvalue_interval, except `steps`: 0 (the default) takes the
+// automatic count (32 where the assembled Hessian closes the interval, else up to 128 as the
+// exact traces' cost allows); `source` never 3 or 4 (no Weyl candidate). lower and upper are
+// differentiable in x and every layer (§11.4, basis held fixed).
 EigenvalueInterval deep_eigenvalue_interval(
     const at::Tensor& x, const at::Tensor& target, const std::vector<at::Tensor>& weights,
     const std::vector<std::optional<at::Tensor>>& biases = {},
     std::string_view activation = "tanh", std::string_view reduction = "mean",
-    std::string_view loss = "bce", bool largest = true, int64_t steps = 32,
+    std::string_view loss = "bce", bool largest = true, int64_t steps = 0,
     const std::optional<at::Tensor>& start = std::nullopt, int64_t seed = 0);
 
 // HSR regularization: the WS bound of a three-layer MLP at its current parameters.

@@ -52,6 +52,13 @@ c10::SymInt sym_num_params_of(at::TensorList weights, const c10::List<optional<T
   return n;
 }
 
+// The Lanczos steps a call takes: `steps`, or with 0 the automatic count (engines.h).
+int64_t resolved_steps(const MlpProblem& p, int64_t steps) {
+  TORCH_CHECK(steps >= 0, kIntervalName, ": expected steps >= 1 (the Hessian-vector products of "
+              "the Lanczos iteration), or 0 for the automatic count, got ", steps);
+  return steps == 0 ? automatic_interval_steps(p) : steps;
+}
+
 // lower, upper, source, ritz_values, ritz_vectors, products, and the traces the certificate used
 // (tr H, tr H² in x's dtype): what sharpness() reports, so it need not evaluate them again.
 using IntervalOutputs =
@@ -68,9 +75,10 @@ IntervalWithDerivatives interval_of(const Tensor& x, const Tensor& target, at::T
                                     c10::string_view loss, bool largest, int64_t steps,
                                     const optional<Tensor>& start, int64_t seed,
                                     bool derivatives, const optional<Tensor>& given_traces) {
-  const int64_t n =
-      check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss)
-          .num_params();
+  const MlpProblem checked =
+      check_deep_problem(kIntervalName, x, target, weights, biases, activation, reduction, loss);
+  const int64_t n = checked.num_params();
+  steps = resolved_steps(checked, steps);
   check_steps_and_start(kIntervalName, n, x.device(), steps, start);
   const CallThreads threads(x.device());
   // Converted exactly to float64: the certificate runs there (§11.3).
@@ -180,10 +188,10 @@ IntervalOutputs deep_eigenvalue_interval_meta(const Tensor& x, const Tensor& tar
                                               bool /*largest*/, int64_t steps,
                                               const optional<Tensor>& start, int64_t /*seed*/) {
   const DeepInputs checked = as_computed(x, target, weights, biases);
-  check_deep_problem(kIntervalName, checked.x, checked.target, checked.weights, checked.biases,
-                     activation, reduction, loss);
-  TORCH_CHECK(steps >= 1, kIntervalName, ": expected steps >= 1 (the Hessian-vector products of "
-              "the Lanczos iteration), got ", steps);
+  steps = resolved_steps(check_deep_problem(kIntervalName, checked.x, checked.target,
+                                            checked.weights, checked.biases, activation,
+                                            reduction, loss),
+                         steps);
   const c10::SymInt n = sym_num_params_of(weights, biases);
   const c10::SymInt k = c10::SymInt(steps).min(n);
   const auto f64 = x.options().dtype(at::kDouble);
@@ -202,7 +210,7 @@ IntervalWithDerivatives deep_eigenvalue_interval_derivatives_meta(
       deep_eigenvalue_interval_meta(x, target, weights, biases, activation, reduction, loss,
                                     largest, steps, start, seed);
   const c10::SymInt n = sym_num_params_of(weights, biases);
-  const c10::SymInt k = c10::SymInt(steps).min(n);
+  const c10::SymInt k = values.sym_size(0);  // the steps, resolved, at most n
   const auto f64 = x.options().dtype(at::kDouble);
   return {lower, upper, source, values, vectors, products, trace, trace_sq,
           at::empty_symint({n}, f64), at::empty_symint({n}, f64),
@@ -245,18 +253,19 @@ Tensor deep_hessian_vector_products_meta(const Tensor& x, const Tensor& target,
 
 TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
   // A certified interval on λ_max (largest) or λ_min of a deep MLP's loss Hessian (§12.6);
-  // arguments as deep_hessian_traces, then as eigenvalue_interval.
+  // arguments as deep_hessian_traces, then as eigenvalue_interval, except steps: 0 (the default)
+  // is the automatic count of engines.h.
   m.def(
       "deep_eigenvalue_interval(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", bool largest=True, "
-      "int steps=32, Tensor? start=None, int seed=0) -> (Tensor lower, Tensor upper, "
+      "int steps=0, Tensor? start=None, int seed=0) -> (Tensor lower, Tensor upper, "
       "Tensor source, Tensor ritz_values, Tensor ritz_vectors, Tensor products, Tensor trace, "
       "Tensor trace_sq)");
   // The same, and what its Autograd kernel differentiates (the header says the layout).
   m.def(
       "_deep_eigenvalue_interval_derivatives(Tensor x, Tensor target, Tensor[] weights, "
       "Tensor?[] biases, str activation=\"tanh\", str reduction=\"mean\", str loss=\"bce\", "
-      "bool largest=True, int steps=32, Tensor? start=None, int seed=0, Tensor? traces=None) "
+      "bool largest=True, int steps=0, Tensor? start=None, int seed=0, Tensor? traces=None) "
       "-> (Tensor lower, Tensor upper, Tensor source, Tensor ritz_values, Tensor ritz_vectors, "
       "Tensor products, Tensor trace, Tensor trace_sq, Tensor image, Tensor assembled_vector, "
       "Tensor derivatives)");

@@ -143,24 +143,41 @@ std::pair<at::Tensor, at::Tensor> deep_magnitudes_by(Engine engine, const Coeffi
   return entry_of(engine).magnitudes(JacobianChain(magnitudes));
 }
 
+int64_t automatic_interval_steps(const MlpProblem& p) {
+  constexpr int64_t kFewest = 32, kMost = 128;
+  if (assembled_certificate_applies(p)) return kFewest;
+  const DeepShape s = deep_shape_of(p);
+  // A product's multiply-adds (§12.6): the tangent's forward pass, then the adjoint's tangent and
+  // the two products of each layer's gradient block, about 6·N·n; the traces' are the chosen
+  // engine's weighted work (its row of the table above).
+  const double product = 6 * static_cast<double>(s.samples) * static_cast<double>(s.params);
+  const double traces = entry_of(choose(s)).work(s);
+  // An eighth of the traces' work (the exact tr(H²) stays what a call costs), and Q and fl(HQ) in
+  // float64 at most 2²⁴ numbers each (128 MiB).
+  const double worth = std::min(traces / (8 * product), 0x1p24 / static_cast<double>(s.params));
+  return std::clamp(static_cast<int64_t>(worth), kFewest, kMost);
+}
+
 double deep_error_chain(Engine engine, const MlpProblem& p) {
   return entry_of(engine).error_chain(deep_shape_of(p));
 }
 
+bool assembled_certificate_applies(const MlpProblem& p) {
+  constexpr int64_t kMaxParams = 4096;
+  constexpr double kMaxWork = 0x1p34;
+  const auto n = static_cast<double>(p.num_params());
+  return p.num_params() <= kMaxParams && static_cast<double>(p.num_samples()) * n * n <= kMaxWork;
+}
+
 bool try_assembled_certificate(RitzCertificate& certificate, double sign, const MlpProblem& p,
                                double trace_sq_high) {
-  constexpr int64_t kMaxParams = 4096;
   // Only where the interval is still wider than 1% (the other guarantees' target): the assembly
   // costs up to ~0.5 s, which a training loop that tracks λ_max every few steps should not pay
   // for digits it does not need.
-  constexpr double kMaxWork = 0x1p34, kWorthIt = 1.01;
+  constexpr double kWorthIt = 1.01;
   const double lower = certificate.lower, upper = certificate.upper;
-  const auto n = static_cast<double>(p.num_params());
   const bool wide = !(upper <= kWorthIt * lower) || lower <= 0;
-  if (!wide || !std::isfinite(lower) || p.num_params() > kMaxParams ||
-      static_cast<double>(p.num_samples()) * n * n > kMaxWork) {
-    return false;
-  }
+  if (!wide || !std::isfinite(lower) || !assembled_certificate_applies(p)) return false;
   const AssembledHessian h = assemble_hessian(with_dtype(p, at::kDouble));
   return certify_on_assembled(certificate, sign, h.matrix, h.forming_error,
                               std::sqrt(trace_sq_high));

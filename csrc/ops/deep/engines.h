@@ -59,6 +59,16 @@ AssembledHessian assemble_hessian(const MlpProblem& p, int64_t begin = 0, int64_
 // tightened an end.
 bool try_assembled_certificate(RitzCertificate& certificate, double sign, const MlpProblem& p,
                                double trace_sq_high);
+// Whether try_assembled_certificate would assemble this problem's Hessian (n ≤ 4096,
+// N·n² ≤ 2³⁴): shapes only.
+bool assembled_certificate_applies(const MlpProblem& p);
+
+// The Lanczos steps of a deep interval called with steps = 0, the automatic count
+// (docs/math.md §12.6): 32 where the assembled Hessian certifies the ends anyway; else as many
+// as cost about an eighth of the exact traces' work (the chosen engine's row), 32 to 128: beyond
+// the assembly the trace cap is what closes the interval, and it tightens with every Ritz value
+// it subtracts, while the traces dominate the call. Shapes only (the Meta kernels call it).
+int64_t automatic_interval_steps(const MlpProblem& p);
 
 // The engine a deep problem gets: TORCH_WS_ENGINE's, or the one taking it with the least
 // weighted work. Reads shapes only (so fake tensors trace it).
