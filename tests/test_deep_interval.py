@@ -235,14 +235,20 @@ def test_automatic_steps_match_the_explicit_count():
 @pytest.mark.slow
 def test_automatic_steps_hold_against_the_explicit_hessian():
     """The default call's interval beyond the assembled certificate holds λ_max and λ_min of the
-    dense float64 Hessian (torch.func.hessian of the real network; ~15 s)."""
-    x, target, weights, biases = automatic_steps_problem()
-    eigenvalues = torch.linalg.eigvalsh(explicit_hessian(x, target, weights, biases, "tanh",
-                                                         "mean", "bce"))
-    top = torch_ws.deep_lambda_max_interval(x, target, weights, biases)
-    bottom = torch_ws.deep_lambda_min_interval(x, target, weights, biases)
-    assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
-    assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
+    dense float64 Hessian (torch.func.hessian of the real network; ~15 s), from float64 inputs and
+    from the same network rounded to float32 (whose own Hessian's eigenvalues, in float64)."""
+    problem = automatic_steps_problem()
+    for dtype in (torch.float64, torch.float32):
+        x, target, weights, biases = [
+            [t.to(dtype) for t in v] if isinstance(v, list) else v.to(dtype) for v in problem]
+        exact = [[t.double() for t in v] if isinstance(v, list) else v.double()
+                 for v in (x, target, weights, biases)]
+        eigenvalues = torch.linalg.eigvalsh(explicit_hessian(*exact, "tanh", "mean", "bce"))
+        top = torch_ws.deep_lambda_max_interval(x, target, weights, biases)
+        bottom = torch_ws.deep_lambda_min_interval(x, target, weights, biases)
+        assert top.ritz_values.shape[0] > 32 and top.lower.dtype == dtype
+        assert float(top.lower) <= float(eigenvalues[-1]) <= float(top.upper)
+        assert float(bottom.lower) <= float(eigenvalues[0]) <= float(bottom.upper)
 
 
 def test_non_finite_input_gives_nan():
