@@ -403,3 +403,61 @@ def test_assembled_hessian_gradients_match_autograd_through_the_explicit_hessian
     expected = torch.autograd.grad(lower + 2 * upper, leaves)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-12)
+
+
+def test_gradients_in_several_runs_of_the_checkpointed_forms():
+    """With N·H_1 large enough that the k + 2 forms' backward takes them in several runs of rows
+    (2²⁰ numbers per (N, rows, H) array: 27 rows here, 42 forms), both ends' gradients are still
+    those through the explicit Hessian with the basis fixed; torch.func.grad (the recorded forms)
+    gives the same."""
+    x, target, weights, biases = make_problem([32, 2], HEADS[0], "all", seed=11, n=1200)
+    leaves = [t.requires_grad_(True) for t in [x] + weights + biases]
+    interval = torch_ws.deep_lambda_max_interval(x, target, weights, biases, "tanh", "mean", "bce",
+                                                 steps=40)
+    assert interval.ritz_values.numel() == 40
+    actual = torch.autograd.grad(interval.lower + 2 * interval.upper, leaves, retain_graph=True)
+    H = explicit_hessian(x, target, weights, biases, "tanh", "mean", "bce")
+    lower, upper = explicit_ends(interval, H, True)
+    expected = torch.autograd.grad(lower + 2 * upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+    def upper_of(w0):
+        return torch_ws.deep_lambda_max_interval(x.detach(), target, [w0] + weights[1:], biases,
+                                                 "tanh", "mean", "bce", steps=40).upper
+
+    recorded = torch.func.grad(upper_of)(weights[0].detach())
+    checkpointed = torch.autograd.grad(interval.upper, weights[0])[0]
+    torch.testing.assert_close(recorded, checkpointed, rtol=1e-9, atol=1e-12)
+
+
+def test_second_derivatives_are_refused():
+    """The ends are differentiable once (their first-order description is exact, its own
+    derivative is not the ends'): double backward, nested torch.func transforms and forward over
+    reverse raise instead of returning a wrong second derivative; trace_sq, an exact smooth
+    function, still has its second derivative."""
+    x, target, weights, biases = make_problem([4, 3], HEADS[0], "all", seed=3)
+    leaves = [t.requires_grad_(True) for t in [x] + weights]
+    interval = torch_ws.deep_lambda_max_interval(x, target, weights, biases, "tanh", "mean", "bce",
+                                                 steps=3)
+    gradient = torch.autograd.grad(interval.upper, leaves, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(sum(g.sum() for g in gradient), leaves)
+
+    def upper_of(w0):
+        return torch_ws.deep_lambda_max_interval(x.detach(), target, [w0] + weights[1:], biases,
+                                                 "tanh", "mean", "bce", steps=3).upper
+
+    for second in (torch.func.hessian, lambda f: torch.func.jacrev(torch.func.jacrev(f))):
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            second(upper_of)(weights[0].detach())
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(weights[0].detach().requires_grad_(True), torch.randn_like(weights[0]))
+        with pytest.raises(RuntimeError, match="forward-mode AD on inputs that also require grad"):
+            torch_ws.deep_lambda_max_interval(x.detach(), target, [dual] + weights[1:], biases,
+                                              "tanh", "mean", "bce", steps=3)
+    # The traces are exact smooth functions: their second derivative stays.
+    trace_sq = torch_ws.deep_hessian_traces(x, target, weights, biases, "tanh", "mean", "bce")[1]
+    first = torch.autograd.grad(trace_sq, weights[0], create_graph=True)[0]
+    assert torch.autograd.grad(first.sum(), weights[0])[0].abs().sum() > 0

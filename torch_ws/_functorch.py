@@ -33,6 +33,15 @@ def _reverse_levels() -> int:
     return sum(level.key() == TransformType.Grad for level in get_interpreter_stack() or ())
 
 
+def differentiation_levels() -> int:
+    """The torch.func transforms active at this call that differentiate (grad, vjp, jacrev, jvp,
+    jacfwd; vmap does not): two or more ask for a second derivative."""
+    if torch.compiler.is_compiling():
+        return 0
+    return sum(level.key() in (TransformType.Grad, TransformType.Jvp)
+               for level in get_interpreter_stack() or ())
+
+
 def in_reverse_mode_transform() -> bool:
     """Whether a torch.func reverse-mode transform (grad, vjp, jacrev) is active at this call."""
     return _reverse_levels() > 0

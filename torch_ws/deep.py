@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .model import (_check_plain_linear, activation_name, loss_options, sequential_misfit,
                     unwrap_model)
+from ._functorch import differentiation_levels
 from .ops import INTERVAL_SOURCES, EigenvalueInterval, WSBounds
 
 
@@ -132,6 +133,13 @@ def deep_hessian_vector_products(
 def _deep_interval(largest: bool, x, target, weights, biases, activation, reduction, loss, steps,
                    start, seed) -> tuple[EigenvalueInterval, Tensor, Tensor]:
     """The interval, and the exact (tr H, tr H²) its certificate used (what sharpness reports)."""
+    # Its ends are differentiable once (docs/math.md §11.4: the first-order description of each
+    # end is exact, its second order is not the end's). Nested torch.func transforms would run the
+    # recorded forms through autograd twice and return a wrong second derivative: refused.
+    if differentiation_levels() >= 2:
+        raise RuntimeError("torch_ws.deep_eigenvalue_interval: second derivatives of the interval's "
+                           "ends (torch.func.hessian, grad of grad, jacfwd of jacrev) are not "
+                           "supported: they are differentiable once")
     (lower, upper, source, values, vectors, products, trace,
      trace_sq) = torch.ops.torch_ws.deep_eigenvalue_interval(
         x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss,

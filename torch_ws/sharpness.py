@@ -39,7 +39,8 @@ def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
             ``"cross_entropy"``).
         loss: ``"bce"``, ``"cross_entropy"``, ``"mse"`` or the PyTorch loss module.
         reduction: ``"mean"`` (default) or ``"sum"``; read from a loss module.
-        steps: the Lanczos steps; ``None``: 32 for one hidden layer, the automatic count of
+        steps: the Lanczos steps; ``None``: the default of :func:`torch_ws.lambda_max_interval`
+            for one hidden layer, the automatic count of
             :func:`torch_ws.deep_lambda_max_interval` for deeper networks.
         start, seed: as for :func:`torch_ws.lambda_max_interval` (pass the previous
             call's ``lambda_max.ritz_vectors`` as ``start`` when tracking during training).
@@ -62,8 +63,9 @@ def sharpness(model: nn.Module, x: Tensor, target: Tensor, loss="bce",
     spec = MlpSpec.from_module(model, loss=loss, reduction=reduction, caller="sharpness")
     args = spec.op_args(x, spec.prepare_target(x, target, caller="sharpness"))
     with torch.no_grad():
-        interval = lambda_max_interval(*args, steps=32 if steps is None else steps, start=start,
-                                       seed=seed)
+        # None: lambda_max_interval's own default count, stated there alone.
+        counted = {} if steps is None else {"steps": steps}
+        interval = lambda_max_interval(*args, start=start, seed=seed, **counted)
         trace, trace_sq = torch.ops.torch_ws.hessian_traces.default(
             *(a.detach() if isinstance(a, Tensor) else a for a in args))
     return Sharpness(interval, trace, trace_sq)

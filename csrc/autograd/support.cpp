@@ -1,6 +1,7 @@
 // The shared pieces of the ops' autograd (support.h).
 #include "autograd/support.h"
 
+#include <ATen/FuncTorchTLS.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 
@@ -115,6 +116,17 @@ void refuse_tangents(const std::vector<Tensor>& inputs, const char* op) {
   for (const Tensor& t : inputs) {
     TORCH_CHECK(!t.defined() || !t._fw_grad(/*level=*/0).defined(), op, " is not differentiable "
                 "in forward mode; call torch_ws.hessian_traces or torch_ws.ws_bound instead");
+  }
+}
+
+bool functorch_transform_active() {
+  const auto& tls = at::functorch::functorchTLSAccessor();
+  if (!tls) return false;
+  try {
+    tls->checkSupportsCppAutogradFunction();
+    return false;
+  } catch (const c10::Error&) {
+    return true;
   }
 }
 

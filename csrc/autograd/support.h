@@ -129,4 +129,9 @@ void refuse_both_modes(bool reverse, const char* caller);
 // The internal ops return derivatives already: a tangent on their inputs is refused.
 void refuse_tangents(const std::vector<at::Tensor>& inputs, const char* op);
 
+// Whether a torch.func transform is active: its thread-local state then refuses C++ Functions (the
+// check that Function::apply makes, asked beforehand), so a kernel that would checkpoint through
+// one takes its recorded path instead.
+bool functorch_transform_active();
+
 }  // namespace torch_ws

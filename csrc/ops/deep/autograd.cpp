@@ -9,28 +9,171 @@
 // that of E, the end's smooth function. The deep family differentiates its traces the same way
 // (autograd through the kernel; no hand-derived reverse pass yet). Forward mode (torch.func.jvp,
 // forward_ad) goes through the same functions. trace and trace_sq come out differentiable too;
-// the Ritz values, vectors, source and product count are not.
+// the Ritz values, vectors, source and product count are not. The ends are differentiable once,
+// as every bound of the library: E's first derivative is the end's, its second is not (E's
+// coefficients are the end's first derivatives at this point, constants here), so double
+// backward raises (DeepRitzFormsBackward's Error node), as does forward over reverse here and
+// nested torch.func transforms in torch_ws/deep.py.
 //
 // Cost with gradients: the exact traces with their graph (the certificate takes their values
-// rather than evaluating them again), the certificate, then the k + 2 forms' products with their
-// graphs: about the interval's time plus the traces' backward, and the traces' backward memory.
+// rather than evaluating them again), the certificate, then the k + 2 forms' products: about the
+// interval's time plus the traces' backward, and the traces' backward memory. The forms are
+// checkpointed (DeepRitzFormsBackward below): autograd through them would keep every product's
+// (N, ·, H_l) arrays, O(k·N·ΣH_l) (1.9 GB of 8.1 at [200, 200], N = 1000, 128 steps).
 #include "core/problem.h"
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
 #include "ops/deep/low_precision.h"
 #include "ops/schemas.h"  // find_op
 
+#include "autograd/support.h"  // functorch_transform_active
+
 #include <ATen/core/grad_mode.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace torch_ws {
 namespace {
 
 using at::Tensor;
 using std::optional;
+
+// The forms ⟨left_v, H right_v⟩ for the rows v of left and right (k, n), as functions of p's
+// tensors: the closed-form products of deep_products.cpp, recorded where autograd records.
+Tensor ritz_forms(const MlpProblem& p, const Tensor& left, const Tensor& right) {
+  return (left * DeepHessianProducts(p, DeepHessianProducts::Uses::Products).apply(right)).sum(1);
+}
+
+// p's differentiable tensors: x, then each layer's weight and bias (where it has one).
+std::vector<Tensor> tensors_of(const MlpProblem& p) {
+  std::vector<Tensor> tensors = {p.x};
+  for (const Layer& layer : p.layers) {
+    tensors.push_back(layer.weight);
+    if (layer.bias) tensors.push_back(*layer.bias);
+  }
+  return tensors;
+}
+
+// p with those tensors replaced, in tensors_of's order.
+MlpProblem with_tensors(MlpProblem p, const std::vector<Tensor>& tensors) {
+  size_t next = 0;
+  p.x = tensors[next++];
+  for (Layer& layer : p.layers) {
+    layer.weight = tensors[next++];
+    if (layer.bias) layer.bias = tensors[next++];
+  }
+  return p;
+}
+
+}  // namespace
+}  // namespace torch_ws
+
+// The forms of the Autograd kernel below, checkpointed: the forward evaluates them without
+// recording and keeps only its inputs; the backward evaluates them again with recording, a run of
+// rows at a time, and takes each run's gradient at once, so that at most one run's graph is
+// alive (O(rows·N·ΣH_l) instead of O(k·N·ΣH_l)). Cost: the k + 2 products once more, against the
+// traces' backward a few percent. Reverse mode only (forward-mode tangents and torch.func
+// transforms take the recorded path). Differentiable once: with create_graph its gradients carry
+// the Error node of autograd/support.h. At global scope for its grad_fn's name
+// (autograd/skeleton.h).
+class DeepRitzFormsBackward : public torch::autograd::Function<DeepRitzFormsBackward> {
+ public:
+  // `shape`: the problem (its loss, activation, target and layers); `tensors`: its differentiable
+  // tensors (tensors_of), passed as a list so that autograd connects the node to them.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const torch_ws::MlpProblem& shape,
+                                                const at::Tensor& left, const at::Tensor& right,
+                                                at::TensorList tensors) {
+    std::vector<at::Tensor> saved = tensors.vec();
+    saved.insert(saved.end(), {left, right, shape.target});
+    ctx->save_for_backward(saved);
+    std::vector<int64_t> bias;
+    for (const torch_ws::Layer& layer : shape.layers) bias.push_back(layer.bias ? 1 : 0);
+    ctx->saved_data["bias"] = bias;
+    ctx->saved_data["kind"] = std::vector<int64_t>{static_cast<int64_t>(shape.activation),
+                                                   static_cast<int64_t>(shape.reduction),
+                                                   static_cast<int64_t>(shape.loss)};
+    return {torch_ws::ritz_forms(shape, left, right)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
+    const std::vector<int64_t> kind = ctx->saved_data["kind"].toIntVector();
+    const size_t count = saved.size() - 3;  // the problem's tensors, then left, right, target
+    const at::Tensor &left = saved[count], &right = saved[count + 1];
+    torch::autograd::variable_list grads(count);
+    const at::Tensor& upstream = grad_outputs[0];
+    // The problem again, on leaves of its own (detached copies of the tensors that take a
+    // gradient): the recomputation's graph ends at them.
+    std::vector<at::Tensor> recorded(saved.begin(), saved.begin() + count), leaves, inputs;
+    std::vector<size_t> wanted;
+    for (size_t k = 0; k < count; ++k) {
+      if (!recorded[k].requires_grad()) continue;
+      inputs.push_back(recorded[k]);
+      recorded[k] = recorded[k].detach().requires_grad_(true);
+      leaves.push_back(recorded[k]);
+      wanted.push_back(k);
+    }
+    if (upstream.defined() && !leaves.empty()) {
+      const at::AutoGradMode recording(true);
+      torch_ws::MlpProblem p;
+      p.target = saved[count + 2];
+      p.activation = static_cast<torch_ws::Activation>(kind[0]);
+      p.reduction = static_cast<torch_ws::Reduction>(kind[1]);
+      p.loss = static_cast<torch_ws::Loss>(kind[2]);
+      p.layers.resize(bias.size());
+      for (size_t l = 0; l < bias.size(); ++l) {
+        if (bias[l] == 1) p.layers[l].bias = at::Tensor();  // present; with_tensors fills it
+      }
+      p = torch_ws::with_tensors(std::move(p), recorded);
+      // One products object (its per-layer chain recorded once, O(N·ΣH_l), kept across the
+      // runs), then runs of rows whose (N, rows, H) arrays hold about 2²⁰ numbers each.
+      const torch_ws::DeepHessianProducts products(
+          p, torch_ws::DeepHessianProducts::Uses::Products);
+      int64_t widest = 1;
+      for (const torch_ws::Layer& layer : p.layers) widest = std::max(widest, layer.weight.size(0));
+      const int64_t run = std::max<int64_t>(1, (int64_t{1} << 20) / (p.num_samples() * widest));
+      const int64_t k = left.size(0);
+      const at::Tensor weights = upstream.detach().to(left.scalar_type());
+      for (int64_t first = 0; first < k; first += run) {
+        const int64_t rows = std::min(run, k - first);
+        // (Every row runs, those of weight 0 too: skipping them would read the weights on the
+        // host, which fake tensors cannot.)
+        const at::Tensor sum =
+            (weights.narrow(0, first, rows) * (left.narrow(0, first, rows) *
+                  products.apply(right.narrow(0, first, rows))).sum(1)).sum();
+        const torch::autograd::variable_list run_grads = torch::autograd::grad(
+            {sum}, leaves, {}, /*retain_graph=*/first + run < k, /*create_graph=*/false,
+            /*allow_unused=*/true);
+        for (size_t a = 0; a < wanted.size(); ++a) {
+          at::Tensor& g = grads[wanted[a]];
+          if (!run_grads[a].defined()) continue;
+          if (g.defined()) {
+            g.add_(run_grads[a]);
+          } else {
+            g = run_grads[a].clone(at::MemoryFormat::Contiguous);
+          }
+        }
+      }
+    }
+    // Differentiable once: under create_graph the gradients carry an Error node (the forms'
+    // second derivative is not the interval ends', whose coefficients depend on θ too).
+    torch_ws::attach_double_backward_error(
+        grads, inputs, std::string("torch_ws.deep_eigenvalue_interval") + torch_ws::kDoubleBackward);
+    grads.insert(grads.begin(), {at::Tensor(), at::Tensor(), at::Tensor()});  // shape, left, right
+    return grads;
+  }
+};
+
+namespace torch_ws {
+namespace {
 
 constexpr char kIntervalName[] = "torch_ws.deep_eigenvalue_interval";
 
@@ -46,18 +189,26 @@ using DerivativesSignature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, 
     c10::string_view, c10::string_view, c10::string_view, bool, int64_t, const optional<Tensor>&,
     int64_t, const optional<Tensor>&);
 
+// x, the weights and the present biases: what the interval is differentiable in.
+std::vector<Tensor> differentiable_inputs(const Tensor& x, at::TensorList weights,
+                                          const c10::List<optional<Tensor>>& biases) {
+  std::vector<Tensor> inputs = {x};
+  inputs.insert(inputs.end(), weights.begin(), weights.end());
+  for (const optional<Tensor>& b : biases) {
+    if (b) inputs.push_back(*b);
+  }
+  return inputs;
+}
+
 // Whether autograd would record anything: an input requiring grad (with grad mode on) or
 // carrying a forward-mode tangent (the smooth functions below propagate tangents as well).
 bool records_grad(const Tensor& x, at::TensorList weights,
                   const c10::List<optional<Tensor>>& biases) {
   const bool grad_mode = at::GradMode::is_enabled();
-  auto records = [&](const Tensor& t) {
-    return (grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
-  };
-  bool any = records(x);
-  for (const Tensor& w : weights) any = any || records(w);
-  for (const optional<Tensor>& b : biases) any = any || (b && records(*b));
-  return any;
+  for (const Tensor& t : differentiable_inputs(x, weights, biases)) {
+    if ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined()) return true;
+  }
+  return false;
 }
 
 // `value` (certified, not differentiable) carrying the gradient of `smooth`.
@@ -78,6 +229,14 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
     return deep_low_precision_interval::via_float32(x, target, weights, biases, activation,
                                                     reduction, loss, largest, steps, start, seed);
   }
+  // Forward over reverse (a tangent on inputs that also record reverse mode) would differentiate
+  // the ends' first-order description a second time, which is not the ends' second derivative.
+  bool tangents = false, reverse = false;
+  for (const Tensor& t : differentiable_inputs(x, weights, biases)) {
+    tangents = tangents || t._fw_grad(/*level=*/0).defined();
+    reverse = reverse || (at::GradMode::is_enabled() && t.requires_grad());
+  }
+  if (tangents) refuse_both_modes(reverse, kIntervalName);
   if (!records_grad(x, weights, biases)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<IntervalSignature>("torch_ws::deep_eigenvalue_interval");
@@ -106,8 +265,11 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
   const Tensor z = assembled.to(vectors.scalar_type()).unsqueeze(0);
   const Tensor left = at::cat({vectors, image.unsqueeze(0), z});
   const Tensor right = at::cat({vectors, vectors.narrow(0, 0, 1), z});
+  // Checkpointed where only reverse mode records (DeepRitzFormsBackward); else recorded whole.
   const Tensor forms =
-      (left * DeepHessianProducts(p, DeepHessianProducts::Uses::Products).apply(right)).sum(1);
+      tangents || functorch_transform_active()
+          ? ritz_forms(p, left, right)
+          : DeepRitzFormsBackward::apply(p, left, right, at::TensorList(tensors_of(p)))[0];
   const Tensor terms = at::cat({forms, smooth_trace.reshape({1}), smooth_trace_sq.reshape({1})});
   const Tensor ends = at::mv(derivatives, terms);  // (lower, upper) to first order
   return {with_gradient_of(lower, ends[0]), with_gradient_of(upper, ends[1]), source, values,

@@ -7,11 +7,12 @@
 // it runs on any device.
 #include "ops/deep/engines.h"
 
+#include "autograd/support.h"  // functorch_transform_active
+
 #include "core/rounding.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/FuncTorchTLS.h>
 #include <torch/autograd.h>
 
 #include <algorithm>
@@ -384,19 +385,6 @@ Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& til
   return tile_sum(TileInputs{f, rows, right, right_rows}, tile);
 }
 
-// Whether a torch.func transform is active: its thread-local state then refuses C++ Functions (the
-// check that Function::apply makes, asked beforehand).
-bool functorch_active() {
-  const auto& tls = at::functorch::functorchTLSAccessor();
-  if (!tls) return false;
-  try {
-    tls->checkSupportsCppAutogradFunction();
-    return false;
-  } catch (const c10::Error&) {
-    return true;
-  }
-}
-
 // Whether autograd would record reverse mode through these factors, no forward-mode tangent is
 // on them and no torch.func transform is active (a C++ Function serves neither): then the pairs
 // may be checkpointed (PairSumsBackward).
@@ -407,7 +395,7 @@ bool records_reverse_only(PairFactors& f) {
     reverse = reverse || t.requires_grad();
     forward = forward || t._fw_grad(/*level=*/0).defined();
   });
-  return at::GradMode::is_enabled() && reverse && !forward && !functorch_active();
+  return at::GradMode::is_enabled() && reverse && !forward && !functorch_transform_active();
 }
 
 }  // namespace
