@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from .reproduce.config import ReproduceConfig
@@ -30,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                      default="papers",
                      help="papers (default): the papers' experiments; edge-of-stability: "
                           "full-batch GD on digits with the top Hessian eigenvalue certified every "
-                          "10 steps, against 2/η (--max-steps, --seed, --out); deep: the papers' "
+                          "10 steps, against 2/η (--hidden, default 32; --max-steps, --seed, "
+                          "--out); deep: the papers' "
                           "protocol with several hidden layers (--hidden, default 10 10; --runs, "
                           "--activations one, --rho, --dataset, --train-size, --test-size, "
                           "--max-steps, --grad-tol, --lr-range, --seed)")
@@ -44,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--test-size", type=int)
     rep.add_argument("--widths", type=int, nargs="+")
     rep.add_argument("--hidden", type=int, nargs="+",
-                     help="--experiment deep only: the hidden layers' widths (default 10 10)")
+                     help="--experiment deep and edge-of-stability only: the hidden layers' "
+                          "widths (deep: default 10 10; edge-of-stability: default 32, one layer)")
     rep.add_argument("--activations", nargs="+")
     rep.add_argument("--max-steps", type=int)
     rep.add_argument("--epochs", type=int, help="digits only: SGD epochs")
@@ -69,9 +73,16 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "reproduce" and args.reanalyse:
         from .reproduce import reanalyse
+        from .reproduce.edge_of_stability import (is_edge_of_stability_run,
+                                                  reanalyse_edge_of_stability)
 
         try:
-            reanalyse(args.reanalyse)
+            with open(os.path.join(args.reanalyse, "results.json")) as f:
+                edge_of_stability = is_edge_of_stability_run(json.load(f))
+        except (OSError, ValueError):
+            edge_of_stability = False  # reanalyse names what is missing
+        try:
+            (reanalyse_edge_of_stability if edge_of_stability else reanalyse)(args.reanalyse)
         except FileNotFoundError as error:
             print(f"torch-ws: {error}", file=sys.stderr)
             return 2
@@ -82,7 +93,8 @@ def main(argv=None) -> int:
     if args.command == "reproduce" and args.experiment == "deep":
         return _reproduce_deep(args)
     if args.command == "reproduce" and args.hidden is not None:
-        print("torch-ws: --hidden is an option of --experiment deep", file=sys.stderr)
+        print("torch-ws: --hidden is an option of --experiment deep and edge-of-stability",
+              file=sys.stderr)
         return 2
     if args.command == "reproduce" and args.dataset == "digits":
         return _reproduce_digits(args)
@@ -117,21 +129,29 @@ def main(argv=None) -> int:
 
 
 def _reproduce_edge_of_stability(args) -> int:
-    """`torch-ws reproduce --experiment edge-of-stability`: --max-steps, --seed, --out and
-    --no-progress apply; the other options belong to the papers' experiments."""
+    """`torch-ws reproduce --experiment edge-of-stability`: --hidden, --max-steps, --seed, --out
+    and --no-progress apply; the other options belong to the papers' experiments."""
     from .reproduce.edge_of_stability import EdgeOfStabilityConfig, run_edge_of_stability
 
     unused = [flag for flag, value in vars(args).items()
               if value not in (None, False) and flag not in (
-                  "command", "experiment", "max_steps", "seed", "out", "no_progress", "quick")]
+                  "command", "experiment", "hidden", "max_steps", "seed", "out", "no_progress",
+                  "quick")]
     if unused:
         print(f"torch-ws: --experiment edge-of-stability does not take "
               f"{', '.join('--' + u.replace('_', '-') for u in unused)}", file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in dict(steps=args.max_steps, seed=args.seed).items()
-                 if v is not None}
-    cfg = EdgeOfStabilityConfig(progress=not args.no_progress, **overrides)
-    out = args.out or "reports/edge-of-stability"
+    overrides = {k: v for k, v in dict(
+        steps=args.max_steps, seed=args.seed,
+        hidden=tuple(args.hidden) if args.hidden else None).items() if v is not None}
+    try:
+        cfg = EdgeOfStabilityConfig(progress=not args.no_progress, **overrides)
+    except ValueError as error:
+        print(f"torch-ws: {error}", file=sys.stderr)
+        return 2
+    # A network of its own, a folder of its own: the default run's report is not overwritten.
+    out = args.out or ("reports/edge-of-stability" if args.hidden is None else
+                       "reports/edge-of-stability-" + "-".join(map(str, cfg.hidden)))
     results = run_edge_of_stability(cfg, out)
     print(f"wrote {out}/report.md ({results['seconds']} s)")
     return 0

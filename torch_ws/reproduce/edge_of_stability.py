@@ -2,9 +2,10 @@
 of stability (Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge
 of stability"), with the top Hessian eigenvalue certified, not estimated.
 
-A one-hidden-layer tanh net on scikit-learn's digits (a binary task: digit ≥ 5, targets ±1, the
-squared error, as Cohen et al.'s MSE runs) is trained by full-batch gradient descent with two or
-three step sizes η. Every ``every`` steps :func:`torch_ws.sharpness` gives a certified interval
+A tanh MLP on scikit-learn's digits (a binary task: digit ≥ 5, targets ±1, the squared error, as
+Cohen et al.'s MSE runs) is trained by full-batch gradient descent with two or three step sizes η:
+one hidden layer by default, or several (``hidden=(32, 32)``, ``--hidden 32 32``: Cohen et al.'s
+``fc-tanh`` nets have two, of 200 units; the deep interval of docs/math.md §12.6). Every ``every`` steps :func:`torch_ws.sharpness` gives a certified interval
 on λ_max of the training loss's Hessian, warm-started from the previous call's Ritz vector. GD on
 a quadratic with curvature λ is stable only for λ < 2/η; the run shows λ_max rising to 2/η
 (progressive sharpening) and then hovering at it (the edge of stability), now with guarantees:
@@ -34,7 +35,7 @@ class EdgeOfStabilityConfig:
     steps: int = 3000
     every: int = 10              # a certified interval every this many steps
     train_size: int = 1000       # digits images (of 1,797) in the full batch
-    hidden: int = 32
+    hidden: tuple = (32,)        # the hidden layers' widths (an int: one hidden layer)
     activation: str = "tanh"
     lanczos_steps: int = 32      # of the first (cold) interval; later ones are warm-started
     warm_steps: int = 16
@@ -43,6 +44,11 @@ class EdgeOfStabilityConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.hidden, int):
+            self.hidden = (self.hidden,)
+        self.hidden = tuple(self.hidden)
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more positive layer widths, got {self.hidden}")
         if not self.step_sizes or any(not (eta > 0) for eta in self.step_sizes):
             raise ValueError(f"step sizes must be positive, got {self.step_sizes}")
         if self.steps < 1 or self.every < 1:
@@ -58,11 +64,34 @@ def binary_digits(train_size: int, seed: int):
 
 
 def make_model(cfg: EdgeOfStabilityConfig) -> nn.Sequential:
+    """``Linear(64, H_1) → φ → … → Linear(H_L, 1)`` with PyTorch's default initialization, seeded."""
     from .digits import ACTIVATION_MODULES
 
     torch.manual_seed(cfg.seed)
-    return nn.Sequential(nn.Linear(64, cfg.hidden), ACTIVATION_MODULES[cfg.activation](),
-                         nn.Linear(cfg.hidden, 1))
+    layers, width = [], 64
+    for hidden in cfg.hidden:
+        layers += [nn.Linear(width, hidden), ACTIVATION_MODULES[cfg.activation]()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, 1))
+
+
+def architecture(cfg: EdgeOfStabilityConfig) -> str:
+    """The network as the report writes it: `Linear(64, 32) → tanh → Linear(32, 1)`."""
+    widths = (64, *cfg.hidden, 1)
+    return f" → {cfg.activation} → ".join(f"Linear({a}, {b})" for a, b in zip(widths, widths[1:]))
+
+
+def command(cfg: EdgeOfStabilityConfig) -> str:
+    """The command line that reruns ``cfg`` (the options it has beyond the defaults)."""
+    default = EdgeOfStabilityConfig()
+    options = ["torch-ws reproduce --experiment edge-of-stability"]
+    if cfg.hidden != default.hidden:
+        options.append("--hidden " + " ".join(map(str, cfg.hidden)))
+    if cfg.steps != default.steps:
+        options.append(f"--max-steps {cfg.steps}")
+    if cfg.seed != default.seed:
+        options.append(f"--seed {cfg.seed}")
+    return " ".join(options)
 
 
 def train_one(cfg: EdgeOfStabilityConfig, eta: float, x, target, bar=None):
@@ -121,12 +150,15 @@ def summarize(record: dict) -> dict:
         "measurements_below_threshold": sum(up < threshold for up in upper),
         "measurements": len(lower),
         "final_loss": record["loss"][-1], "initial_loss": record["loss"][0],
+        "final_over_threshold": [lower[-1] / threshold, upper[-1] / threshold],
         "median_relative_width": sorted(widths)[len(widths) // 2] if widths else None,
         "sources": sources, "diverged_at": record.get("diverged_at"),
     }
 
 
-def figure(records: list, path: str) -> str:
+def figure(records: list, path: str, net: str = "tanh MLP") -> str:
+    """The intervals against the step with the 2/η lines, and the loss below; ``net`` names the
+    network in the title. Writes ``path`` and returns it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +178,8 @@ def figure(records: list, path: str) -> str:
                      xytext=(-4, 4), textcoords="offset points", ha="right", fontsize=8)
         bottom.semilogy(record["step"], record["loss"], color=color, label=f"η = {eta:g}")
     top.set_ylabel("λ_max of the training loss Hessian")
-    top.set_title("Full-batch GD on digits (≥ 5 vs < 5), tanh MLP, MSE: the edge of stability")
+    top.set_title(f"Full-batch GD on digits (≥ 5 vs < 5), {net}, MSE: the edge of stability",
+                  fontsize=10)
     top.legend(loc="center right", fontsize=8)
     bottom.set_xlabel("GD step")
     bottom.set_ylabel("training loss")
@@ -161,13 +194,13 @@ def report(cfg: EdgeOfStabilityConfig, summaries: list, seconds: float) -> str:
         "# Edge of stability, certified",
         "",
         f"Full-batch gradient descent on {cfg.train_size} digits images (binary: digit ≥ 5, "
-        f"targets ±1, squared error), `Linear(64, {cfg.hidden}) → {cfg.activation} → Linear("
-        f"{cfg.hidden}, 1)`, PyTorch's default initialization (seed {cfg.seed}), {cfg.steps} steps "
+        f"targets ±1, squared error), `{architecture(cfg)}`, PyTorch's default initialization "
+        f"(seed {cfg.seed}), {cfg.steps} steps "
         f"per step size. Every {cfg.every} steps `torch_ws.sharpness` certified an interval "
         f"[lower, upper] ∋ λ_max of the training loss's Hessian (the first from "
         f"{cfg.lanczos_steps} Lanczos steps, the later ones from {cfg.warm_steps} steps "
         "warm-started from the previous Ritz vector). Wall time "
-        f"{seconds:.0f} s. Reproduce: `torch-ws reproduce --experiment edge-of-stability`.",
+        f"{seconds:.0f} s. Reproduce: `{command(cfg)}`.",
         "",
         "![intervals against the step](edge_of_stability.png)",
         "",
@@ -201,16 +234,25 @@ def report(cfg: EdgeOfStabilityConfig, summaries: list, seconds: float) -> str:
                 f"{s['two_over_eta']:.3g} (no interval wholly above it): no edge of stability "
                 "within these steps.")
         else:
+            low, high = s["final_over_threshold"]
+            if low >= 0.9 and high <= 1.1:
+                end = "it ended at the edge of stability"
+            elif high < 0.9:
+                end = "it ended below 2/η (gradient descent had left the edge)"
+            elif low > 1.1:
+                end = "it ended above the edge"
+            else:
+                end = "the interval is too wide to place it against the edge"
             lines.append(
                 f"- η = {s['eta']:g}: {start}; λ_max certainly exceeded 2/η = "
-                f"{s['two_over_eta']:.3g} first at step {s['first_step_lower_above_2_over_eta']}, "
-                f"and from then on it hovered there: the certified lower end stayed between "
-                f"{band[0]:.3f} and {band[1]:.3f} × 2/η and the upper end at most "
-                f"{s['after_crossing_upper_over_threshold_max']:.3f} × 2/η. "
+                f"{s['two_over_eta']:.3g} first at step {s['first_step_lower_above_2_over_eta']}. "
+                f"From then on the certified lower end ranged over {band[0]:.3f}–{band[1]:.3f} × "
+                f"2/η and the upper end stayed at most "
+                f"{s['after_crossing_upper_over_threshold_max']:.3f} × 2/η; "
                 f"{s['measurements_above_threshold']} of {s['measurements']} intervals lie wholly "
                 "above 2/η, where gradient descent on the local quadratic model would diverge, "
-                f"yet the loss went from {s['initial_loss']:.3g} to {s['final_loss']:.3g} (the "
-                "edge of stability).")
+                f"yet the loss went from {s['initial_loss']:.3g} to {s['final_loss']:.3g}. At the "
+                f"last step λ_max ∈ [{low:.3f}, {high:.3f}] × 2/η: {end}.")
     lines += [
         "",
         "Which guarantee gave `upper`, counted over the measurements: " + "; ".join(
@@ -238,13 +280,33 @@ def run_edge_of_stability(cfg: EdgeOfStabilityConfig, out: str) -> dict:
     records = [train_one(cfg, eta, x, target, bar)[0] for eta in cfg.step_sizes]
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - begin
+    return _write(cfg, records, time.perf_counter() - begin, out)
+
+
+def is_edge_of_stability_run(results: dict) -> bool:
+    """Whether a results.json (loaded) is this experiment's."""
+    return "step_sizes" in results.get("config", {})
+
+
+def reanalyse_edge_of_stability(out: str) -> dict:
+    """Rewrites the summaries, figure and report of an earlier run from its ``results.json`` (no
+    training): ``torch-ws reproduce --reanalyse DIR`` on this experiment's folder."""
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in results["config"].items()}
+    cfg = EdgeOfStabilityConfig(**{**settings, "progress": False})
+    return _write(cfg, results["records"], results["seconds"], out)
+
+
+def _write(cfg: EdgeOfStabilityConfig, records: list, seconds: float, out: str) -> dict:
     summaries = [summarize(r) for r in records]
     results = {"config": asdict(cfg), "records": records, "summaries": summaries,
                "seconds": round(seconds, 1)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    figure(records, os.path.join(out, "edge_of_stability.png"))
+    widths = "-".join(map(str, cfg.hidden))
+    figure(records, os.path.join(out, "edge_of_stability.png"),
+           f"{cfg.activation} MLP, hidden {widths}")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report(cfg, summaries, seconds))
     return results
