@@ -453,7 +453,8 @@ def test_second_derivatives_are_refused():
             second(upper_of)(weights[0].detach())
     import torch.autograd.forward_ad as fwAD
     with fwAD.dual_level():
-        dual = fwAD.make_dual(weights[0].detach().requires_grad_(True), torch.randn_like(weights[0]))
+        dual = fwAD.make_dual(weights[0].detach().requires_grad_(True),
+                              torch.randn_like(weights[0]))
         with pytest.raises(RuntimeError, match="forward-mode AD on inputs that also require grad"):
             torch_ws.deep_lambda_max_interval(x.detach(), target, [dual] + weights[1:], biases,
                                               "tanh", "mean", "bce", steps=3)

@@ -137,8 +137,8 @@ def _deep_interval(largest: bool, x, target, weights, biases, activation, reduct
     # end is exact, its second order is not the end's). Nested torch.func transforms would run the
     # recorded forms through autograd twice and return a wrong second derivative: refused.
     if differentiation_levels() >= 2:
-        raise RuntimeError("torch_ws.deep_eigenvalue_interval: second derivatives of the interval's "
-                           "ends (torch.func.hessian, grad of grad, jacfwd of jacrev) are not "
+        raise RuntimeError("torch_ws.deep_eigenvalue_interval: second derivatives of the "
+                           "interval's ends (torch.func.hessian, grad of grad, jacfwd of jacrev) are not "
                            "supported: they are differentiable once")
     (lower, upper, source, values, vectors, products, trace,
      trace_sq) = torch.ops.torch_ws.deep_eigenvalue_interval(

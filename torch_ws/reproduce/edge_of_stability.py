@@ -5,8 +5,9 @@ of stability"), with the top Hessian eigenvalue certified, not estimated.
 A tanh MLP on scikit-learn's digits (a binary task: digit ≥ 5, targets ±1, the squared error, as
 Cohen et al.'s MSE runs) is trained by full-batch gradient descent with two or three step sizes η:
 one hidden layer by default, or several (``hidden=(32, 32)``, ``--hidden 32 32``: Cohen et al.'s
-``fc-tanh`` nets have two, of 200 units; the deep interval of docs/math.md §12.6). Every ``every`` steps :func:`torch_ws.sharpness` gives a certified interval
-on λ_max of the training loss's Hessian, warm-started from the previous call's Ritz vector. GD on
+``fc-tanh`` nets have two, of 200 units; the deep interval of docs/math.md §12.6). Every
+``every`` steps :func:`torch_ws.sharpness` gives a certified interval on λ_max of the training
+loss's Hessian, warm-started from the previous call's Ritz vector. GD on
 a quadratic with curvature λ is stable only for λ < 2/η; the run shows λ_max rising to 2/η
 (progressive sharpening) and then hovering at it (the edge of stability), now with guarantees:
 where the interval's lower end lies above 2/η, λ_max certainly exceeds the classical stability
@@ -64,7 +65,7 @@ def binary_digits(train_size: int, seed: int):
 
 
 def make_model(cfg: EdgeOfStabilityConfig) -> nn.Sequential:
-    """``Linear(64, H_1) → φ → … → Linear(H_L, 1)`` with PyTorch's default initialization, seeded."""
+    """``Linear(64, H_1) → φ → … → Linear(H_L, 1)``, PyTorch's default initialization, seeded."""
     from .digits import ACTIVATION_MODULES
 
     torch.manual_seed(cfg.seed)

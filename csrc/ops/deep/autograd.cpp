@@ -19,7 +19,8 @@
 // rather than evaluating them again), the certificate, then the k + 2 forms' products: about the
 // interval's time plus the traces' backward, and the traces' backward memory. The forms are
 // checkpointed (DeepRitzFormsBackward below): autograd through them would keep every product's
-// (N, ·, H_l) arrays, O(k·N·ΣH_l) (1.9 GB of 8.1 at [200, 200], N = 1000, 128 steps).
+// (N, ·, H_l) arrays, O(k·N·ΣH_l): value and gradient peaked at 8.1–8.2 GiB at [200, 200],
+// N = 1000, 128 steps, and 5.6–5.8 GiB checkpointed (docs/benchmarks.md).
 #include "core/problem.h"
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
@@ -166,7 +167,8 @@ class DeepRitzFormsBackward : public torch::autograd::Function<DeepRitzFormsBack
     // Differentiable once: under create_graph the gradients carry an Error node (the forms'
     // second derivative is not the interval ends', whose coefficients depend on θ too).
     torch_ws::attach_double_backward_error(
-        grads, inputs, std::string("torch_ws.deep_eigenvalue_interval") + torch_ws::kDoubleBackward);
+        grads, inputs,
+        std::string("torch_ws.deep_eigenvalue_interval") + torch_ws::kDoubleBackward);
     grads.insert(grads.begin(), {at::Tensor(), at::Tensor(), at::Tensor()});  // shape, left, right
     return grads;
   }
