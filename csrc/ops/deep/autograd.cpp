@@ -202,17 +202,6 @@ std::vector<Tensor> differentiable_inputs(const Tensor& x, at::TensorList weight
   return inputs;
 }
 
-// Whether autograd would record anything: an input requiring grad (with grad mode on) or
-// carrying a forward-mode tangent (the smooth functions below propagate tangents as well).
-bool records_grad(const Tensor& x, at::TensorList weights,
-                  const c10::List<optional<Tensor>>& biases) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  for (const Tensor& t : differentiable_inputs(x, weights, biases)) {
-    if ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined()) return true;
-  }
-  return false;
-}
-
 // `value` (certified, not differentiable) carrying the gradient of `smooth`.
 Tensor with_gradient_of(const Tensor& value, const Tensor& smooth) {
   return value + (smooth - smooth.detach()).to(value.scalar_type());
@@ -231,15 +220,17 @@ IntervalOutputs deep_eigenvalue_interval_autograd(
     return deep_low_precision_interval::via_float32(x, target, weights, biases, activation,
                                                     reduction, loss, largest, steps, start, seed);
   }
-  // Forward over reverse (a tangent on inputs that also record reverse mode) would differentiate
-  // the ends' first-order description a second time, which is not the ends' second derivative.
+  // What autograd would record: reverse mode (an input requiring grad, with grad mode on) and
+  // forward-mode tangents (the smooth functions below propagate tangents as well). Both at once,
+  // forward over reverse, would differentiate the ends' first-order description a second time,
+  // which is not the ends' second derivative.
   bool tangents = false, reverse = false;
   for (const Tensor& t : differentiable_inputs(x, weights, biases)) {
     tangents = tangents || t._fw_grad(/*level=*/0).defined();
     reverse = reverse || (at::GradMode::is_enabled() && t.requires_grad());
   }
   if (tangents) refuse_both_modes(reverse, kIntervalName);
-  if (!records_grad(x, weights, biases)) {
+  if (!reverse && !tangents) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = find_op<IntervalSignature>("torch_ws::deep_eigenvalue_interval");
     return op.call(x, target, weights, biases, activation, reduction, loss, largest, steps, start,
