@@ -223,3 +223,125 @@ def test_vmap_over_models_matches_a_loop():
     looped = torch.stack([torch_ws.ws_bound(x, target, w, b1, w2, b2, loss="cross_entropy")
                           for w in w1s])
     assert torch.equal(batched, looped)
+
+
+@pytest.mark.parametrize("largest", [True, False], ids=["lambda_max", "lambda_min"])
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_reverse_mode_transforms_of_the_interval(head, largest):
+    """torch.func.grad, vjp and jacrev of the interval's ends (a Python Function over the op that
+    returns both ends' gradients, torch_ws/_functorch.py): with as many Lanczos steps as
+    parameters the basis spans everything, both ends are the extreme eigenvalue, and their
+    gradient is the eigenvalue's (Hellmann-Feynman) from eigvalsh of the explicit Hessian, x
+    included."""
+    (x, target, w1, b1, w2, b2), _, loss = problem(head)
+    n = torch_ws.num_params(w1, b1, w2, b2)
+    interval = torch_ws.lambda_max_interval if largest else torch_ws.lambda_min_interval
+
+    def ours(w1_, x_):
+        ends = interval(x_, target, w1_, b1, w2, b2, "tanh", "sum", loss, steps=n)
+        return ends.lower + 2 * ends.upper
+
+    def ref(w1_, x_):
+        values = torch.linalg.eigvalsh(
+            reference.explicit_hessian(x_, target, w1_, b1, w2, b2, "tanh", "sum", loss))
+        return 3 * (values[-1] if largest else values[0])
+
+    expected = torch.func.grad(ref, argnums=(0, 1))(w1, x)
+    for actual in (torch.func.grad(ours, argnums=(0, 1))(w1, x),
+                   torch.func.jacrev(ours, argnums=(0, 1))(w1, x),
+                   torch.func.vjp(ours, w1, x)[1](torch.tensor(1.0, dtype=torch.float64))):
+        for a, e in zip(actual, expected):
+            assert rel_err(a, e) <= 1e-6
+
+
+
+def test_torch_func_gradient_of_each_end_of_a_wide_interval():
+    """Four steps on the one-logit problem: Kato-Temple's interval, 1% wide, whose two ends have
+    gradients 30% apart; torch.func.grad gives each end's as torch.autograd does through the C++
+    Function (x included)."""
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[0])
+
+    def end(w1_, x_, which):
+        interval = torch_ws.lambda_max_interval(x_, target, w1_, b1, w2, b2, "tanh", "sum", loss,
+                                                steps=4)
+        assert interval.source == "kato_temple"
+        return getattr(interval, which)
+
+    by_func = {which: torch.func.grad(end, argnums=(0, 1))(w1, x, which)
+               for which in ("lower", "upper")}
+    assert rel_err(by_func["lower"][0], by_func["upper"][0]) > 0.1
+    for which, actual in by_func.items():
+        leaves = [w1.clone().requires_grad_(), x.clone().requires_grad_()]
+        expected = torch.autograd.grad(end(*leaves, which), leaves)
+        for a, e in zip(actual, expected):
+            assert rel_err(a, e) <= 1e-12
+
+
+@pytest.mark.parametrize("head", HEADS, ids=head_id)
+def test_reverse_mode_transforms_of_the_spectral_bound(head):
+    """torch.func.grad and jacrev of every differentiable field of spectral_bound (a Python
+    Function over _spectral_parts and _spectral_backward) equal torch.autograd's through the C++
+    Function, which tests/test_spectral.py holds against the explicit matrices; vmap(grad(f))
+    over models equals a loop. Without b1, so that an absent input's gradient is None."""
+    (x, target, w1, _, w2, b2), _, loss = problem(head)
+
+    def ours(w1_, x_):
+        s = torch_ws.spectral_bound(x_, target, w1_, None, w2, b2, "tanh", "sum", loss)
+        return s.upper + 2 * s.ggn_lambda_max + 3 * s.residual_lambda_max + 4 * s.lambda_min_lower
+
+    leaves = [w1.clone().requires_grad_(), x.clone().requires_grad_()]
+    expected = torch.autograd.grad(ours(*leaves), leaves)
+    for actual in (torch.func.grad(ours, argnums=(0, 1))(w1, x),
+                   torch.func.jacrev(ours, argnums=(0, 1))(w1, x)):
+        for a, e in zip(actual, expected):
+            assert rel_err(a, e) <= 1e-12
+    w1s = torch.stack([w1, 0.5 * w1, -w1])
+    batched = torch.func.vmap(torch.func.grad(ours), in_dims=(0, None))(w1s, x)
+    for w, b in zip(w1s, batched):
+        leaf = w.clone().requires_grad_()
+        assert rel_err(b, torch.autograd.grad(ours(leaf, x), leaf)[0]) <= 1e-12
+
+
+@pytest.mark.parametrize("second_order", [
+    lambda f, w: torch.func.hessian(f)(w),
+    lambda f, w: torch.func.grad(lambda v: torch.func.grad(f)(v).sum())(w),
+    lambda f, w: torch.func.jacfwd(torch.func.jacrev(f))(w),
+], ids=["hessian", "grad-of-grad", "jacfwd-of-jacrev"])
+@pytest.mark.parametrize("bound", ["spectral", "interval"])
+def test_second_order_transforms_of_the_spectral_bounds_raise(bound, second_order):
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[0])
+    if bound == "spectral":
+        f = lambda w: torch_ws.spectral_bound(x, target, w, b1, w2, b2).upper  # noqa: E731
+    else:
+        f = lambda w: torch_ws.lambda_max_interval(x, target, w, b1, w2, b2).upper  # noqa: E731
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        second_order(f, w1)
+
+
+def test_vmap_of_the_interval_and_of_the_deep_ops_is_a_clear_error():
+    """vmap cannot return an interval per entry (its source and product count are Python values),
+    and the deep ops take lists of tensors, which PyTorch's generic batching cannot loop over:
+    each names itself and says what to do instead, rather than PyTorch's "Batching rule not
+    implemented" or a failure on .item()."""
+    (x, target, w1, b1, w2, b2), _, loss = problem(HEADS[0])
+    w1s = torch.stack([w1, 2 * w1])
+    one_layer = lambda w: torch_ws.lambda_max_interval(x, target, w, b1, w2, b2).upper  # noqa: E731
+    for transform in (torch.func.vmap(one_layer), torch.func.vmap(torch.func.grad(one_layer))):
+        with pytest.raises(NotImplementedError, match="lambda_max_interval: torch.func.vmap"):
+            transform(w1s)
+    weights, biases = [w1, w1.new_ones(4, 4), w2], [b1, None, b2]
+    calls = {
+        "deep_hessian_traces": lambda w: torch_ws.deep_hessian_traces(
+            x, target, [w, *weights[1:]], biases)[0],
+        "deep_ws_bounds": lambda w: torch_ws.deep_ws_bounds(
+            x, target, [w, *weights[1:]], biases).lambda_max_upper,
+        "deep_lambda_min_interval": lambda w: torch_ws.deep_lambda_min_interval(
+            x, target, [w, *weights[1:]], biases).lower,
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotImplementedError, match=f"{name}: torch.func.vmap is not supported"):
+            torch.func.vmap(call)(w1s)
+    n = torch_ws.deep_num_params(weights, biases)
+    with pytest.raises(NotImplementedError, match="rows of one"):
+        torch.func.vmap(lambda v: torch_ws.deep_hessian_vector_products(
+            x, target, weights, biases, v))(torch.ones(2, n, dtype=torch.float64))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .model import (_check_plain_linear, activation_name, loss_options, sequential_misfit,
                     unwrap_model)
-from ._functorch import differentiation_levels
+from ._functorch import differentiation_levels, refuse_vmap
 from .ops import INTERVAL_SOURCES, EigenvalueInterval, WSBounds
 
 
@@ -71,6 +71,7 @@ def deep_hessian_traces(
     Returns:
         (tr H, tr H²) as 0-d tensors in x's dtype (summed in float64).
     """
+    refuse_vmap("torch_ws.deep_hessian_traces")
     return torch.ops.torch_ws.deep_hessian_traces(
         x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
 
@@ -91,6 +92,7 @@ def deep_ws_bounds(
     their error is measured against the sum of the terms' magnitudes, evaluated by a second pass
     on magnitudes). The bounds come from the float64 traces (the op's precision), so a float32
     network's traces below float32's range lose nothing; every field is differentiable."""
+    refuse_vmap("torch_ws.deep_ws_bounds")
     *bounds, trace, trace_sq = torch.ops.torch_ws.deep_ws_bounds(
         x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss)
     n = deep_num_params(weights, biases)
@@ -125,6 +127,8 @@ def deep_hessian_vector_products(
     Returns:
         H·v in ``vectors``' shape and x's dtype.
     """
+    refuse_vmap("torch_ws.deep_hessian_vector_products",
+                "pass the vectors as the rows of one (k, n) tensor")
     return torch.ops.torch_ws.deep_hessian_vector_products(
         x.detach(), target.detach(), _detached_list(weights),
         _detached_list(_bias_list(weights, biases)), vectors.detach(), activation, reduction, loss)
@@ -138,8 +142,10 @@ def _deep_interval(largest: bool, x, target, weights, biases, activation, reduct
     # recorded forms through autograd twice and return a wrong second derivative: refused.
     if differentiation_levels() >= 2:
         raise RuntimeError("torch_ws.deep_eigenvalue_interval: second derivatives of the "
-                           "interval's ends (torch.func.hessian, grad of grad, jacfwd of jacrev) are not "
-                           "supported: they are differentiable once")
+                           "interval's ends (torch.func.hessian, grad of grad, jacfwd of "
+                           "jacrev) are not supported: they are differentiable once")
+    refuse_vmap("torch_ws.deep_lambda_max_interval" if largest
+                else "torch_ws.deep_lambda_min_interval")
     (lower, upper, source, values, vectors, products, trace,
      trace_sq) = torch.ops.torch_ws.deep_eigenvalue_interval(
         x, target, list(weights), _bias_list(weights, biases), activation, reduction, loss,

@@ -328,15 +328,13 @@ def spectral_bound(
     a simple eigenvalue is that of its eigenvector's Rayleigh quotient; where the top eigenvalue
     is repeated it is the gradient along the eigenvector the solver returned (a supergradient
     of the convex λ_max in the matrix). ``upper``'s is that of whichever bound gave it.
-    Forward mode and torch.func's transforms raise; plain ``torch.vmap`` runs one call per entry.
+    torch.func.grad, vjp and jacrev give the same gradients (``vmap(grad(f))`` one call per
+    entry); forward mode raises; plain ``torch.vmap`` runs one call per entry.
     """
     _check_options("spectral_bound", activation, reduction, loss)
     if _functorch.in_reverse_mode_transform():
-        raise NotImplementedError(
-            "torch_ws.spectral_bound: torch.func's reverse-mode transforms (grad, vjp, jacrev) "
-            "are not supported; differentiate it with torch.autograd (backward or "
-            "torch.autograd.grad)"
-        )
+        return SpectralBound(*_functorch.spectral_bound(x, target, w1, b1, w2, b2, activation,
+                                                        reduction, loss))
     return SpectralBound(*torch.ops.torch_ws.spectral_bound.default(
         x, target, w1, b1, w2, b2, activation, reduction, loss
     ))
@@ -405,9 +403,17 @@ class EigenvalueInterval(NamedTuple):
 
 def _eigenvalue_interval(largest: bool, x, target, w1, b1, w2, b2, activation, reduction, loss,
                          steps, start, seed) -> EigenvalueInterval:
-    lower, upper, source, values, vectors, products = torch.ops.torch_ws.eigenvalue_interval.default(
-        x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps, _detached(start),
-        seed)
+    if _functorch.in_transform():
+        # torch.func: reverse-mode transforms through a Python Function (functorch cannot run
+        # the C++ one); the rest refused with clear errors.
+        outputs = _functorch.eigenvalue_interval(x, target, w1, b1, w2, b2, activation,
+                                                 reduction, loss, largest, steps,
+                                                 _detached(start), seed)
+    else:
+        outputs = torch.ops.torch_ws.eigenvalue_interval.default(
+            x, target, w1, b1, w2, b2, activation, reduction, loss, largest, steps,
+            _detached(start), seed)
+    lower, upper, source, values, vectors, products = outputs
     return EigenvalueInterval(lower, upper, INTERVAL_SOURCES[int(source)], values, vectors,
                               int(products))
 
@@ -434,7 +440,8 @@ def lambda_max_interval(x: Tensor, target: Tensor, w1: Tensor, b1: Optional[Tens
     §11.6; its top eigenvalue certified by a Cholesky factorization, no gap needed).
     Computed in float64 whatever x's dtype. Differentiable in x and the parameters: with the
     basis held fixed both ends are smooth functions of them that stay bounds (docs/math.md
-    §11.4), as is the deep networks' (:func:`torch_ws.deep_lambda_max_interval`).
+    §11.4), as is the deep networks' (:func:`torch_ws.deep_lambda_max_interval`); by backward
+    or torch.func.grad, vjp and jacrev, once (forward mode and vmap raise).
 
     Args:
         x, target, w1, b1, w2, b2, activation, reduction, loss: as for :func:`hessian_traces`.
