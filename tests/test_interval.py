@@ -284,6 +284,27 @@ def test_gradient_of_the_wolkowicz_styan_end_is_ws_bounds():
         torch.testing.assert_close(a, e)
 
 
+@pytest.mark.parametrize("largest,n,steps", [(True, 20, 11), (False, 5, 9)],
+                         ids=["lambda_max", "lambda_min"])
+def test_gradient_of_kato_temple_by_the_trace_cap(largest, n, steps):
+    """Kato-Temple with λ_2 bounded by the trace cap: the end reads tr(H²) (ν² = tr(H²) − θ² −
+    Σ_{i≥3} μ_i²), whose gradient the interval takes in one weighted chain after the certificate.
+    Against autograd through the explicit Hessian with the basis held fixed, x included."""
+    args = head_problem("bce", 1, "probabilities", n=n, d=3, h=4, seed=0)
+    args = tuple(a.detach().requires_grad_(True) if a is not None and i != 1 else a
+                 for i, a in enumerate(args))
+    leaves = [a for i, a in enumerate(args) if a is not None and i != 1]
+    function = torch_ws.lambda_max_interval if largest else torch_ws.lambda_min_interval
+    interval = function(*args, "tanh", "mean", "bce", steps=steps)
+    assert interval.source == "kato_temple"
+    actual = torch.autograd.grad(interval.lower + 2 * interval.upper, leaves)
+    lower, upper = explicit_ends(interval, reference.explicit_hessian(*args, "tanh", "mean", "bce"),
+                                 largest)
+    expected = torch.autograd.grad(lower + 2 * upper, leaves)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-12)
+
+
 def test_forward_mode_is_refused():
     args = head_problem("bce", 1, "probabilities", n=5, d=2, h=3, seed=0)
     with torch.autograd.forward_ad.dual_level():
