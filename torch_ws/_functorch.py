@@ -29,21 +29,23 @@ _SECOND_ORDER = (
 )
 
 
-def _reverse_levels() -> int:
+def _levels(*kinds) -> int:
+    """How many torch.func transforms of these kinds are active at this call."""
     # torch.compile traces the C++ op itself (its fake kernel); Dynamo cannot trace the
     # interpreter-stack query, so compiled code takes the C++ route.
     if torch.compiler.is_compiling():
         return 0
-    return sum(level.key() == TransformType.Grad for level in get_interpreter_stack() or ())
+    return sum(level.key() in kinds for level in get_interpreter_stack() or ())
+
+
+def _reverse_levels() -> int:
+    return _levels(TransformType.Grad)
 
 
 def differentiation_levels() -> int:
     """The torch.func transforms active at this call that differentiate (grad, vjp, jacrev, jvp,
     jacfwd; vmap does not): two or more ask for a second derivative."""
-    if torch.compiler.is_compiling():
-        return 0
-    return sum(level.key() in (TransformType.Grad, TransformType.Jvp)
-               for level in get_interpreter_stack() or ())
+    return _levels(TransformType.Grad, TransformType.Jvp)
 
 
 def in_reverse_mode_transform() -> bool:
@@ -133,16 +135,9 @@ def ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss, num_params)
     return torch.ops.torch_ws._ws_bounds_from_traces(out[0], out[1], num_params, x.dtype)[0]
 
 
-def _levels(kind) -> int:
-    if torch.compiler.is_compiling():
-        return 0
-    return sum(level.key() == kind for level in get_interpreter_stack() or ())
-
-
 def in_transform() -> bool:
     """Whether any torch.func transform (grad, vjp, jacrev, jvp, jacfwd, vmap) is active here."""
-    return bool(_levels(TransformType.Grad) + _levels(TransformType.Jvp) +
-                _levels(TransformType.Vmap))
+    return _levels(TransformType.Grad, TransformType.Jvp, TransformType.Vmap) > 0
 
 
 def refuse_vmap(op: str, instead: str = "call it once per entry") -> None:
