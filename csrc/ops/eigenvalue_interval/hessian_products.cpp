@@ -98,8 +98,15 @@ OneLogitStep fused_one_logit(at::Tensor& dz, const at::Tensor& phi_v2, const at:
       }
     }
   });
-  at::Tensor total = partials[0];
-  for (int64_t block = 1; block < blocks; ++block) total += partials[block];
+  // The blocks' partial sums added in block order, in one loop (64 tensor additions cost more
+  // than the fused pass itself at N = 1000, H = 64: 16% of a product).
+  at::Tensor total = partials[0].clone();
+  T* total_p = total.data_ptr<T>();
+  const int64_t size = 2 * k * H;
+  for (int64_t block = 1; block < blocks; ++block) {
+    const T* part = part_p + block * size;
+    for (int64_t index = 0; index < size; ++index) total_p[index] += part[index];
+  }
   return {dg, total[0], total[1]};
 }
 
