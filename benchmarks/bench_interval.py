@@ -18,9 +18,10 @@ digits labels), it reports:
 - the time per vector of 16 closed-form products (one block) against 16 autograd
   double-backward products on one graph.
 
-Usage: python benchmarks/bench_interval.py [--quick | --digits]  (--quick leaves out N=8192,
-D=784, and the trained digits net; --digits runs the two digits rows alone). Writes
-results/bench_interval.{json,md} (and _quick, _digits).
+Usage: python benchmarks/bench_interval.py [--quick | --digits | --products]  (--quick leaves out
+N=8192, D=784, and the trained digits net; --digits runs the two digits rows alone; --products
+the products against autograd alone). Writes results/bench_interval.{json,md} (and _quick,
+_digits, _products).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ PROBLEMS = [  # (N, D, H, dtype)
 ]
 EXPLICIT_LIMIT = 2500
 BLOCK = 16
+PRODUCT_REPS = 40
 
 
 def log(*args):
@@ -130,20 +132,60 @@ def product_timings(x, target, params, loss):
         for v in vectors:
             torch.autograd.grad(flat @ v, leaves, retain_graph=True)
 
-    times = time_alternating({"closed_form": closed_form, "autograd": autograd}, reps=5, warmup=1)
+    # A product takes milliseconds and the machine's speed drifts: many alternations (five gave
+    # 1.6x at N = 1000 where forty gave 2.0-2.2x in the same session).
+    times = time_alternating({"closed_form": closed_form, "autograd": autograd},
+                             reps=PRODUCT_REPS, warmup=3, budget_s=30)
     return {k: t / BLOCK for k, t in times.items()}
+
+
+def cases(quick: bool, digits_only: bool = False) -> list:
+    """(name, loss, trained, build) for each problem and network."""
+    out = [(f"N={n} D={d} H={h}", "bce", trained, lambda n=n, d=d, h=h, dt=dt, tr=trained:
+            make_network(n, d, h, dt, tr))
+           for n, d, h, dt in (PROBLEMS[:3] if quick else PROBLEMS) for trained in (False, True)]
+    if digits_only:
+        out = []
+    out += [("digits N=1797 D=64 H=32 C=10", "cross_entropy", trained,
+             lambda tr=trained: digits_network(tr)) for trained in ((False,) if quick else (False, True))]
+    return out
+
+
+def run_products() -> dict:
+    """The Hessian-vector products alone (--products): closed form against autograd, per vector."""
+    rows = []
+    for name, loss, trained, build in cases(quick=False):
+        label = f"{name} {'trained' if trained else 'random'}"
+        log(f"[{label}] building")
+        x, target, params = build()
+        per_vector = product_timings(x, target, params, loss)
+        rows.append({"problem": name, "network": "trained" if trained else "random",
+                     "dtype": str(x.dtype).replace("torch.", ""),
+                     "hvp_closed_form_per_vector": per_vector["closed_form"],
+                     "hvp_autograd_per_vector": per_vector["autograd"]})
+        log(f"[{label}] {fmt_time(per_vector['closed_form'])} / "
+            f"{fmt_time(per_vector['autograd'])} per vector")
+    return {"machine": machine(), "rows": rows}
+
+
+def products_table(payload: dict, command: str) -> str:
+    lines = [
+        machine_line(payload["machine"], command), "",
+        f"Tanh, mean reduction. Per vector: one block of {BLOCK} closed-form products "
+        f"(`hessian_vector_products`) against {BLOCK} autograd double-backward products on one "
+        f"graph built inside the timing; medians of up to {PRODUCT_REPS} alternations.", "",
+        "| problem | network | closed form | autograd | speed-up |", "|---|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        closed, auto = r["hvp_closed_form_per_vector"], r["hvp_autograd_per_vector"]
+        lines.append(f"| {r['problem']} {r['dtype']} | {r['network']} | {fmt_time(closed)} | "
+                     f"{fmt_time(auto)} | {auto / closed:.2f}× |")
+    return "\n".join(lines) + "\n"
 
 
 def run(quick: bool, digits_only: bool = False) -> dict:
     rows = []
-    cases = [(f"N={n} D={d} H={h}", "bce", trained, lambda n=n, d=d, h=h, dt=dt, tr=trained:
-              make_network(n, d, h, dt, tr))
-             for n, d, h, dt in (PROBLEMS[:3] if quick else PROBLEMS) for trained in (False, True)]
-    if digits_only:
-        cases = []
-    cases += [("digits N=1797 D=64 H=32 C=10", "cross_entropy", trained,
-               lambda tr=trained: digits_network(tr)) for trained in ((False,) if quick else (False, True))]
-    for name, loss, trained, build in cases:
+    for name, loss, trained, build in cases(quick, digits_only):
         label = f"{name} {'trained' if trained else 'random'}"
         log(f"[{label}] building")
         x, target, params = build()
@@ -234,8 +276,15 @@ def main() -> None:
                        help="leave out N=8192, D=784, H=256 and the trained digits net")
     which.add_argument("--digits", action="store_true",
                        help="only the digits rows (random and trained; N·C = 17,970 dual rows)")
+    which.add_argument("--products", action="store_true",
+                       help="only the Hessian-vector products against autograd (about 6 minutes)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.products:
+        command = "python benchmarks/bench_interval.py --products"
+        payload = run_products()
+        publish("bench_interval_products", payload, products_table(payload, command))
+        return
     payload = run(args.quick, digits_only=args.digits)
     flag = " --quick" if args.quick else " --digits" if args.digits else ""
     name = "bench_interval" + flag.replace(" --", "_")
