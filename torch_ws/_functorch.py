@@ -53,6 +53,21 @@ def in_reverse_mode_transform() -> bool:
     return _reverse_levels() > 0
 
 
+def _one_call_per_entry(forward, info, in_dims, args):
+    """A Function's vmap rule: its forward once per batch entry, the results stacked along
+    dimension 0 (the internal ops return lists of tensors, which PyTorch's generic batching cannot
+    loop over). ``args``: the six tensors (x, target, w1, b1, w2, b2), then the options."""
+    tensors, options = args[:6], args[6:]
+
+    def entry(t, dim, i):
+        return t if t is None or dim is None else t.select(dim, i)
+
+    per_entry = [forward(*(entry(t, d, i) for t, d in zip(tensors, in_dims[:6])), *options)
+                 for i in range(info.batch_size)]
+    stacked = tuple(torch.stack(parts) for parts in zip(*per_entry))
+    return stacked, (0,) * len(stacked)
+
+
 class _Traces(torch.autograd.Function):
     """(tr H, tr H²) in float64, with the gradients of each as non-differentiable outputs (a
     functorch-compatible Function keeps what its backward needs among its outputs)."""
@@ -74,20 +89,8 @@ class _Traces(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        """vmap over models or data sets (e.g. ``vmap(grad(f))``): one call per batch entry (the
-        internal op returns lists of tensors, which PyTorch's generic batching cannot loop over),
-        results stacked along dimension 0."""
-        tensors, options = args[:6], args[6:]
-
-        def entry(t, dim, i):
-            return t if t is None or dim is None else t.select(dim, i)
-
-        per_entry = [
-            _Traces.forward(*(entry(t, d, i) for t, d in zip(tensors, in_dims[:6])), *options)
-            for i in range(info.batch_size)
-        ]
-        stacked = tuple(torch.stack(parts) for parts in zip(*per_entry))
-        return stacked, (0,) * len(stacked)
+        """vmap over models or data sets (e.g. ``vmap(grad(f))``): one call per batch entry."""
+        return _one_call_per_entry(_Traces.forward, info, in_dims, args)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -259,19 +262,8 @@ class _Spectral(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        """vmap over models or data sets (``vmap(grad(f))``): one call per entry, stacked (the
-        internal ops return lists of tensors, which PyTorch's generic batching cannot loop over)."""
-        tensors, options = args[:6], args[6:]
-
-        def entry(t, dim, i):
-            return t if t is None or dim is None else t.select(dim, i)
-
-        per_entry = [
-            _Spectral.forward(*(entry(t, d, i) for t, d in zip(tensors, in_dims[:6])), *options)
-            for i in range(info.batch_size)
-        ]
-        stacked = tuple(torch.stack(parts) for parts in zip(*per_entry))
-        return stacked, (0,) * len(stacked)
+        """vmap over models or data sets (``vmap(grad(f))``): one call per batch entry."""
+        return _one_call_per_entry(_Spectral.forward, info, in_dims, args)
 
     @staticmethod
     def backward(ctx, grad_upper, grad_ggn, grad_residual_max, grad_lambda_min, *_):
