@@ -68,6 +68,35 @@ def _one_call_per_entry(forward, info, in_dims, args):
     return stacked, (0,) * len(stacked)
 
 
+def _combine(grad_outputs, gradient_lists, present):
+    """Σ_o grad_o · (gradient list o), entry by entry, in each gradient's dtype: the vector-Jacobian
+    product of outputs whose gradients were computed in the forward, in plain tensor operations
+    (functorch batches them: jacrev vmaps the backward). None for absent inputs."""
+    out = []
+    for i, here in enumerate(present):
+        if not here:
+            out.append(None)
+            continue
+        total = None
+        for grad, grads in zip(grad_outputs, gradient_lists):
+            if grad is None:
+                continue
+            term = grad.double() * grads[i].double()
+            total = term if total is None else total + term
+        out.append(None if total is None else total.to(gradient_lists[0][i].dtype))
+    return out
+
+
+def _keep_gradients(ctx, inputs, output, differentiable, gradients_from):
+    """setup_context of the Functions below, whose forward returns the gradients with the values:
+    the outputs from `differentiable` on are constants, those from `gradients_from` on the
+    gradient lists (x, w1, b1, w2, b2) the backward combines; which inputs are present."""
+    x, _, w1, b1, w2, b2 = inputs[:6]
+    ctx.mark_non_differentiable(*output[differentiable:])
+    ctx.save_for_backward(*output[gradients_from:])
+    ctx.present = [t is not None for t in (x, w1, b1, w2, b2)]
+
+
 class _Traces(torch.autograd.Function):
     """(tr H, tr H²) in float64, with the gradients of each as non-differentiable outputs (a
     functorch-compatible Function keeps what its backward needs among its outputs)."""
@@ -81,11 +110,7 @@ class _Traces(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, w1, b1, w2, b2 = inputs[:6]
-        grads = output[2:]
-        ctx.mark_non_differentiable(*grads)
-        ctx.save_for_backward(*grads)
-        ctx.present = [t is not None for t in (x, w1, b1, w2, b2)]
+        _keep_gradients(ctx, inputs, output, differentiable=2, gradients_from=2)
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -104,12 +129,8 @@ class _Traces(torch.autograd.Function):
         if _reverse_levels() >= 2:
             raise RuntimeError(_SECOND_ORDER)
         saved = ctx.saved_tensors
-        trace_grads, trace_sq_grads = saved[:5], saved[5:]
-        grads = [
-            (grad_trace * g.double() + grad_trace_sq * q.double()).to(g.dtype) if present else None
-            for g, q, present in zip(trace_grads, trace_sq_grads, ctx.present)
-        ]
-        x, w1, b1, w2, b2 = grads
+        x, w1, b1, w2, b2 = _combine((grad_trace, grad_trace_sq), (saved[:5], saved[5:]),
+                                     ctx.present)
         return x, None, w1, b1, w2, b2, None, None, None, None
 
 
@@ -151,25 +172,6 @@ def refuse_vmap(op: str, instead: str = "call it once per entry") -> None:
         raise NotImplementedError(f"{op}: torch.func.vmap is not supported; {instead}")
 
 
-def _combine(grad_outputs, gradient_lists, present):
-    """Σ_o grad_o · (gradient list o), entry by entry, in each gradient's dtype: the vector-Jacobian
-    product of outputs whose gradients were computed in the forward, in plain tensor operations
-    (functorch batches them: jacrev vmaps the backward). None for absent inputs."""
-    out = []
-    for i, here in enumerate(present):
-        if not here:
-            out.append(None)
-            continue
-        total = None
-        for grad, grads in zip(grad_outputs, gradient_lists):
-            if grad is None:
-                continue
-            term = grad.double() * grads[i].double()
-            total = term if total is None else total + term
-        out.append(None if total is None else total.to(gradient_lists[0][i].dtype))
-    return out
-
-
 def _in_float32_if_low_precision(*tensors):
     """bfloat16/float16 tensors in float32, as the C++ ops compute them (the outputs then stay in
     float32, where the C++ ops round the bounds outward to the inputs' dtype)."""
@@ -193,10 +195,7 @@ class _Interval(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, w1, b1, w2, b2 = inputs[:6]
-        ctx.mark_non_differentiable(*output[2:])
-        ctx.save_for_backward(*output[6:])
-        ctx.present = [t is not None for t in (x, w1, b1, w2, b2)]
+        _keep_gradients(ctx, inputs, output, differentiable=2, gradients_from=6)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -251,10 +250,7 @@ class _Spectral(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, w1, b1, w2, b2 = inputs[:6]
-        ctx.mark_non_differentiable(*output[4:])
-        ctx.save_for_backward(*output[6:])
-        ctx.present = [t is not None for t in (x, w1, b1, w2, b2)]
+        _keep_gradients(ctx, inputs, output, differentiable=4, gradients_from=6)
 
     @staticmethod
     def jvp(ctx, *tangents):
