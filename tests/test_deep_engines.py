@@ -66,6 +66,26 @@ def test_float32_inputs_agree():
             assert float(a) == pytest.approx(float(b), rel=1e-6)
 
 
+@pytest.mark.parametrize("engine", ["parameter", "sample"])
+def test_factorised_magnitudes_bound_each_engines_evaluation_on_magnitudes(monkeypatch, engine):
+    """The certified errors scale §12.5's M_tr and an upper bound on M_sq that neither engine
+    evaluates pair by pair: the Gram forms factorise their pair sums (§12.5), the assembly bounds
+    ‖M‖²_F by the triangle inequality over the samples (§12.7). Each must be at least the engine's
+    own evaluation run on magnitudes (Σ|terms| of every sum) and not much more (else the bounds
+    widen for nothing), over every head, bias setting, three activations, L = 2 and 3."""
+    monkeypatch.setenv("TORCH_WS_ENGINE", engine)
+    ratios = []
+    for widths, (head, bias), activation in itertools.product(
+            [[4, 3], [2, 5, 3]], [(h, b) for h in HEADS for b in BIASES], ["tanh", "gelu", "relu"]):
+        x, target, weights, biases = make_problem(widths, head, bias, seed=len(widths), n=13)
+        bound, evaluated = [torch.ops.torch_ws._deep_trace_magnitudes(
+            x, target, weights, biases, activation, "mean", head[0], factorised)
+            for factorised in (True, False)]
+        assert 0 <= float(bound[0]) - float(evaluated[0]) <= 1e-12 * float(evaluated[0])
+        ratios.append(float(bound[1]) / float(evaluated[1]))
+    assert min(ratios) >= 1 and max(ratios) <= 10, (min(ratios), max(ratios))
+
+
 def shapes(widths, n, d=20, outputs=1):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)

@@ -9,8 +9,12 @@
 // into nn.Sequential's order (assembled_hessian, the matrix the intervals certify on, is).
 #include "ops/deep/engines.h"
 
+#include "core/rounding.h"
+
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace torch_ws {
@@ -102,18 +106,28 @@ class Assembly {
 
 }  // namespace
 
+namespace {
+
+// tr H = Σ_k Σ_i tr(X_{i,kk})·‖ã_{i,k-1}‖² (§12.7), from the diagonal blocks' factors only.
+at::Tensor assembled_trace(const Assembly& assembly, const JacobianChain& chain) {
+  at::Tensor trace = at::zeros({}, chain.c.z[0].options().dtype(at::kDouble));
+  for (int64_t k = 1; k <= chain.out; ++k) {
+    const at::Tensor x = assembly.factor(k, k);  // (N, H_k, H_k)
+    trace = trace + (x.diagonal(0, 1, 2).sum(1) * assembly.features(k).pow(2).sum(1))
+                        .sum(at::kDouble);
+  }
+  return trace;
+}
+
+}  // namespace
+
 std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& chain) {
   const Assembly assembly(chain);
   const auto options = chain.c.z[0].options().dtype(at::kDouble);
-  at::Tensor trace = at::zeros({}, options), trace_sq = at::zeros({}, options);
+  at::Tensor trace_sq = at::zeros({}, options);
   for (int64_t m = 1; m <= chain.out; ++m) {
     for (int64_t k = 1; k <= m; ++k) {
       const at::Tensor x = assembly.factor(m, k);  // (N, H_m, H_k)
-      if (m == k) {
-        // Its diagonal: Σ_i tr(X_i)·‖ã_{i,k-1}‖², without the block.
-        trace = trace + (x.diagonal(0, 1, 2).sum(1) * assembly.features(k).pow(2).sum(1))
-                            .sum(at::kDouble);
-      }
       if (m == k) {  // each packed value stands w_row·w_column times in the block
         const Assembly::Packed packed = assembly.diagonal_block(k, x);
         trace_sq = trace_sq + (packed.values.pow(2) * packed.rows.weight.unsqueeze(1) *
@@ -125,7 +139,7 @@ std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& 
       trace_sq = trace_sq + 2 * assembly.block(m, k, x).pow(2).sum(at::kDouble);
     }
   }
-  return {trace, trace_sq};
+  return {assembled_trace(assembly, chain), trace_sq};
 }
 
 double assembled_frobenius_bound(const JacobianChain& magnitudes) {
@@ -134,7 +148,11 @@ double assembled_frobenius_bound(const JacobianChain& magnitudes) {
   // per block, O(N·H_m·H_k) instead of the block's O(N·n_m·n_k).
   const auto norms = [](const at::Tensor& t) { return t.reshape({t.size(0), -1}).norm(2, 1); };
   std::vector<at::Tensor> feature_norms(magnitudes.out + 1);
-  for (int64_t l = 1; l <= magnitudes.out; ++l) feature_norms[l] = norms(assembly.features(l));
+  int64_t widest = 0;
+  for (int64_t l = 1; l <= magnitudes.out; ++l) {
+    feature_norms[l] = norms(assembly.features(l));
+    widest = std::max({widest, assembly.features(l).size(1), magnitudes.c.weight[l].size(0)});
+  }
   double total = 0;
   for (int64_t m = 1; m <= magnitudes.out; ++m) {
     for (int64_t k = 1; k <= m; ++k) {
@@ -148,7 +166,21 @@ double assembled_frobenius_bound(const JacobianChain& magnitudes) {
       total += (m == k ? 1 : 2) * block * block;
     }
   }
-  return std::sqrt(total);
+  // The bound is itself computed: sums of non-negative terms, the longest of the per-sample norms
+  // (≤ widest² terms) then the N samples, and the square root, so the computed value is at least
+  // the exact one times 1 − γ' (ℓ' = widest² + N + 64); returned widened by 1 + 2γ' ≥ 1/(1 − γ').
+  const double own_chain = static_cast<double>(widest * widest + magnitudes.N + 64);
+  return up(std::sqrt(total) * (1 + 2 * gamma(own_chain)));
+}
+
+std::pair<at::Tensor, at::Tensor> assembled_hessian_magnitudes(const JacobianChain& magnitudes) {
+  const Assembly assembly(magnitudes);
+  // M_tr: tr H's own evaluation on magnitudes (linear in N). M_sq = Σ_ab M_ab² = ‖M‖²_F, M the
+  // assembly on magnitudes (≥ |terms| of every entry): bounded by the triangle inequality over the
+  // samples instead of assembled (§12.7), O(N·H²) for the assembly's O(N·n²).
+  const double norm = assembled_frobenius_bound(magnitudes);
+  const auto options = magnitudes.c.z[0].options().dtype(at::kDouble);
+  return {assembled_trace(assembly, magnitudes), at::scalar_tensor(up(norm * norm), options)};
 }
 
 at::Tensor assembled_hessian(const JacobianChain& chain) {

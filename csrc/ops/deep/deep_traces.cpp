@@ -139,6 +139,24 @@ std::tuple<at::Tensor, at::Tensor> deep_trace_errors(
 
 namespace {
 
+// §12.5's M_tr and M_sq of the chosen engine's evaluation: `factorised`, the upper bounds the
+// certified errors use (deep_magnitudes_by), else the evaluation itself run on magnitudes, which
+// they bound (the tests compare the two).
+std::tuple<at::Tensor, at::Tensor> deep_trace_magnitudes(
+    const at::Tensor& x, const at::Tensor& target, at::TensorList weights,
+    const c10::List<std::optional<at::Tensor>>& biases, c10::string_view activation,
+    c10::string_view reduction, c10::string_view loss, bool factorised) {
+  const MlpProblem p = in_float64(check_deep_problem("torch_ws._deep_trace_magnitudes",
+                                                     x.detach(), target, weights, biases,
+                                                     activation, reduction, loss));
+  const CallThreads threads(x.device());
+  const at::NoGradGuard no_grad;
+  const Engine engine = choose_deep_engine(p);
+  const CoefficientMagnitudes m = coefficient_magnitudes(p);
+  return factorised ? deep_magnitudes_by(engine, m.magnitudes)
+                    : deep_traces_by(engine, m.magnitudes);
+}
+
 // A share [begin, end) of the samples (end: N where absent), checked: its end.
 int64_t share_end(const char* op, const MlpProblem& p, int64_t begin, std::optional<int64_t> end) {
   const int64_t stop = end.value_or(p.num_samples());
@@ -406,6 +424,12 @@ TORCH_LIBRARY_FRAGMENT(torch_ws, m) {
       "_deep_gram_form_magnitudes(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
       "str activation, str reduction, str loss, int begin, int? end, bool factorised) -> "
       "(Tensor trace_magnitude, Tensor trace_sq_magnitude)");
+  // §12.5's magnitudes of the chosen engine's evaluation: the factorised bounds the errors use, or
+  // the evaluation on magnitudes itself (for the tests).
+  m.def(
+      "_deep_trace_magnitudes(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
+      "str activation, str reduction, str loss, bool factorised) -> (Tensor trace_magnitude, "
+      "Tensor trace_sq_magnitude)");
   // Certified bounds on the float64 rounding errors of deep_hessian_traces (not differentiable).
   m.def(
       "_deep_trace_errors(Tensor x, Tensor target, Tensor[] weights, Tensor?[] biases, "
@@ -417,6 +441,7 @@ TORCH_LIBRARY_IMPL(torch_ws, CompositeExplicitAutograd, m) {
   m.impl("_deep_trace_errors", &torch_ws::deep_trace_errors);
   m.impl("_deep_gram_form_errors", &torch_ws::gram_form_share_errors);
   m.impl("_deep_gram_form_magnitudes", &torch_ws::gram_form_share_magnitudes);
+  m.impl("_deep_trace_magnitudes", &torch_ws::deep_trace_magnitudes);
 }
 
 TORCH_LIBRARY_IMPL(torch_ws, Meta, m) {

@@ -83,8 +83,8 @@ const DeepEngineEntry kDeepEngines[] = {
        return 2 * assembled_entry_chain(s) + n * n;
      },
      &assembled_hessian_traces,
-     // the same assembly on magnitudes
-     &assembled_hessian_traces},
+     // tr H's evaluation on magnitudes, and ‖M‖²_F bounded over the samples (§12.7)
+     &assembled_hessian_magnitudes},
     {Engine::SampleSpace,
      "Gram forms of per-sample matrices in N×N feature kernels (ATen, any device), "
      "O(N²·(ΣH)²) time, O(N·H² + tiles of (rows, N)) memory",
@@ -193,19 +193,14 @@ AssembledHessian assemble_hessian(const MlpProblem& p, int64_t begin, int64_t en
   const at::Tensor matrix = assembled_hessian(JacobianChain(values));
   // |fl(H_ab) − H_ab| ≤ γ·M_ab with M the same assembly on magnitudes (§12.7, one more operation
   // for the symmetrization), so ‖fl(H) − H‖₂ ≤ ‖fl(H) − H‖_F ≤ γ·‖M‖_F, and ‖M‖_F is bounded
-  // without forming M (assembled_frobenius_bound). That bound is itself computed: sums of
-  // non-negative terms, the longest of the per-sample norms (≤ H_max² terms) then the N samples,
-  // so it is off by at most the factor 1 + γ' (ℓ' = H_max² + N + 64 with the square root's).
-  const DeepShape shape = deep_shape_of(p);
+  // without forming M (assembled_frobenius_bound, its own rounding included).
   const CoefficientMagnitudes m = coefficient_magnitudes(p);
   const double magnitude_norm =
       assembled_frobenius_bound(JacobianChain(rows_of(m.magnitudes, begin, end)));
-  const double chain = assembled_entry_chain(shape) + 1 + kRoundingAllowance + m.logit_allowance;
-  const int64_t widest = std::max(shape.in_dim, *std::max_element(shape.widths.begin(),
-                                                                  shape.widths.end()));
-  const double own_chain = static_cast<double>(widest * widest + shape.samples + 64);
+  const double chain =
+      assembled_entry_chain(deep_shape_of(p)) + 1 + kRoundingAllowance + m.logit_allowance;
   // (γ doubled, as §12.5)
-  return {matrix, 2 * gamma(chain) * magnitude_norm * (1 + 2 * gamma(own_chain))};
+  return {matrix, 2 * gamma(chain) * magnitude_norm};
 }
 
 }  // namespace torch_ws

@@ -38,8 +38,12 @@ std::pair<at::Tensor, at::Tensor> assembled_hessian_traces(const JacobianChain& 
 // The same blocks as one n × n matrix in nn.Sequential.parameters() order, symmetrized.
 at::Tensor assembled_hessian(const JacobianChain& chain);
 // On a chain of magnitudes: an upper bound on ‖M‖_F, M the blocks of that chain (≥ |terms| of
-// every entry), by the triangle inequality over the samples (no block is formed).
+// every entry), by the triangle inequality over the samples (no block is formed), widened by its
+// own rounding.
 double assembled_frobenius_bound(const JacobianChain& magnitudes);
+// On a chain of magnitudes: §12.7's M_tr (tr H's evaluation on magnitudes) and an upper bound on
+// M_sq = ‖M‖²_F (assembled_frobenius_bound squared): O(N·H²), not the assembly's O(N·n²).
+std::pair<at::Tensor, at::Tensor> assembled_hessian_magnitudes(const JacobianChain& magnitudes);
 
 // The n × n Hessian of §12.7 (float64, symmetric, in nn.Sequential.parameters() order) and a
 // bound on ‖fl(H) − H‖_F ≥ ‖fl(H) − H‖₂ (its entries' certified errors): what the eigenvalue
