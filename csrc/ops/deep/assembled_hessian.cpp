@@ -9,6 +9,7 @@
 // into nn.Sequential's order (assembled_hessian, the matrix the intervals certify on, is).
 #include "ops/deep/engines.h"
 
+#include "core/packed_symmetric.h"
 #include "core/rounding.h"
 
 #include <ATen/ATen.h>
@@ -26,23 +27,6 @@ at::Tensor sum_over_samples(const at::Tensor& x, const at::Tensor& y) {
   const int64_t n = x.size(0);
   return at::mm(x.reshape({n, -1}).t(), y.reshape({n, -1}));
 }
-
-// The upper triangle of a symmetric m × m matrix, row by row: its entries' flat indices (p·m + P,
-// p ≤ P), how often each stands in the whole matrix (1 on the diagonal, 2 off it), and for every
-// flat index of the whole matrix the packed position holding its value.
-struct PackedSymmetric {
-  at::Tensor upper, weight, position;
-  PackedSymmetric(int64_t m, const at::TensorOptions& options) {
-    const at::Tensor rc = at::triu_indices(m, m, 0, options.dtype(at::kLong));
-    const at::Tensor r = rc[0], c = rc[1];
-    upper = r * m + c;
-    weight = at::where(r == c, 1.0, 2.0).to(options.dtype());
-    position = at::empty({m * m}, options.dtype(at::kLong));
-    const at::Tensor order = at::arange(r.size(0), options.dtype(at::kLong));
-    position.index_put_({upper}, order);
-    position.index_put_({c * m + r}, order);
-  }
-};
 
 // The assembly of (12.7): the per-sample factors and features of a chain, and its blocks.
 class Assembly {
@@ -91,8 +75,8 @@ class Assembly {
   Packed diagonal_block(int64_t k, const at::Tensor& x) const {
     const int64_t n = x.size(0), width = x.size(1), in = features_[k].size(1);
     PackedSymmetric rows(width, x.options()), columns(in, x.options());
-    const at::Tensor tri = at::triu_indices(in, in, 0, x.options().dtype(at::kLong));
-    const at::Tensor outer = features_[k].index_select(1, tri[0]) * features_[k].index_select(1, tri[1]);
+    const at::Tensor outer =
+        features_[k].index_select(1, columns.row) * features_[k].index_select(1, columns.col);
     at::Tensor values = at::mm(x.reshape({n, -1}).index_select(1, rows.upper).t(), outer);
     return {std::move(values), std::move(rows), std::move(columns)};
   }
