@@ -105,6 +105,31 @@ def test_low_precision_inputs_without_autocast(dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_inputs_under_torch_func(dtype):
+    """Under torch.func.grad the traces and the WS bound take bfloat16/float16 inputs as the
+    eager call does (they used to be refused there): the same value, rounded up for the bound,
+    and the same gradient, in the inputs' dtype."""
+    model, x, target = model_and_data()
+    x, target, weights = x.to(dtype), target.to(dtype), params(model.to(dtype))
+
+    def bound(*w):
+        return torch_ws.ws_bound(x, target, *w)
+
+    def trace_sq(*w):
+        return torch_ws.hessian_traces(x, target, *w)[1]
+
+    for f in (bound, trace_sq):
+        leaves = [w.detach().requires_grad_() for w in weights]
+        eager = f(*leaves)
+        eager_grads = torch.autograd.grad(eager, leaves)
+        grads, value = torch.func.grad_and_value(f, argnums=tuple(range(len(weights))))(
+            *[w.detach() for w in weights])
+        assert value.dtype == dtype and torch.equal(value, eager.detach())
+        for g, e in zip(grads, eager_grads):
+            assert g.dtype == dtype and torch.equal(g, e)
+
+
+@pytest.mark.parametrize("dtype", LOW)
 def test_low_precision_inputs_under_inference_mode(dtype):
     """torch.inference_mode() skips the Autograd key, where the policy above first applies: the
     backend kernels apply it too, so every public op gives the same numbers as without it."""

@@ -143,20 +143,36 @@ def _refuse_nested_reverse_mode():
 
 
 def hessian_traces(x, target, w1, b1, w2, b2, activation, reduction, loss):
-    """hessian_traces through the Python Function: the traces in x's dtype."""
+    """hessian_traces through the Python Function: the traces in x's dtype (bfloat16/float16
+    inputs computed in float32, as the C++ op computes them)."""
     _refuse_nested_reverse_mode()
-    out = _Traces.apply(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                        "torch_ws.hessian_traces")
+    out = _Traces.apply(*_in_float32_if_low_precision(x, target, w1, b1, w2, b2), activation,
+                        reduction, loss, "torch_ws.hessian_traces")
     return out[0].to(x.dtype), out[1].to(x.dtype)
 
 
 def ws_bound(x, target, w1, b1, w2, b2, activation, reduction, loss, num_params):
     """ws_bound through the Python Function: the bound from the float64 traces, as the C++ op
-    computes it (_ws_bounds_from_traces, whose gradient at zero spread is the mean's)."""
+    computes it (_ws_bounds_from_traces, whose gradient at zero spread is the mean's). bfloat16/
+    float16 inputs are computed in float32 and the float32 bound rounded up to their dtype, as
+    the C++ op does (ops/low_precision.cpp)."""
     _refuse_nested_reverse_mode()
-    out = _Traces.apply(x, target, w1, b1, w2, b2, activation, reduction, loss,
-                        "torch_ws.ws_bound")
-    return torch.ops.torch_ws._ws_bounds_from_traces(out[0], out[1], num_params, x.dtype)[0]
+    computed = _in_float32_if_low_precision(x, target, w1, b1, w2, b2)
+    out = _Traces.apply(*computed, activation, reduction, loss, "torch_ws.ws_bound")
+    bound = torch.ops.torch_ws._ws_bounds_from_traces(out[0], out[1], num_params,
+                                                      computed[0].dtype)[0]
+    return _rounded_up(bound, x.dtype)
+
+
+def _rounded_up(bound, dtype):
+    """A bound in a narrower ``dtype``, rounded up (to the next representable number where the
+    conversion rounded down); its gradient is the wider bound's."""
+    if bound.dtype == dtype:
+        return bound
+    near = bound.to(dtype)
+    value = near.detach()
+    step = torch.nextafter(value, torch.full_like(value, float("inf"))) - value
+    return near + torch.where(value.to(bound.dtype) < bound.detach(), step, torch.zeros_like(step))
 
 
 def in_transform() -> bool:
