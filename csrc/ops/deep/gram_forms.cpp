@@ -628,6 +628,19 @@ Tensor factorised_gram(const Tensor& alpha, Rows left, Rows right, int64_t per_s
       .sum(at::kDouble);
 }
 
+// Σ_{i ∈ rows} E_i(m, k) ∘ (1 ⊗ w_i) as (H_m·H_k, 1), E_i = B_{i,m}ᵀ S_i B_{i,k} (§12.3) and w_i a
+// weight per sample (w: (N, 1)) or per column b of E (w: (N, H_k)): Σ_{i,c} B_{i,m}[c]ᵀ
+// (w_i ∘ (S_i B_{i,k})[c]), one product over the rows' N·C logits. The terms of weighted_sums over
+// E_of, without any sample's (H_m, H_k) block (each an outer product when C = 1, then scaled and
+// added: most of the certified errors' time at [200, 200]).
+Tensor weighted_E(const PairFactors& f, const Tensor& w, Rows rows, int64_t m, int64_t k) {
+  const Tensor& B = f.F[f.out][m];
+  const int64_t n = rows.size(), C = f.C;
+  const Tensor right = at::matmul(rows.of(f.S), rows.of(f.F[f.out][k])) * rows.of(w).unsqueeze(1);
+  return at::mm(rows.of(B).reshape({n * C, B.size(2)}).t(), right.reshape({n * C, -1}))
+      .reshape({-1, 1});
+}
+
 // §12.5's M for the Gram tiles' sums of the share's rows i against every j, on a chain of
 // magnitudes, without the pairs: each feature kernel's magnitude Σ_x|ã_ix||ã_jx| is at most
 // ν_iν_j, ν_i = ‖ã_i‖ (Cauchy–Schwarz), and p_i·p_j ≤ ‖p_i‖‖p_j‖, so every Gram's
@@ -643,16 +656,14 @@ Tensor gram_pairs_majorant(const PairFactors& f, Rows share) {
   for (int64_t k = 1; k <= out; ++k) {
     nu[k] = (f.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0)).sqrt();
   }
-  const auto E_block = [&](int64_t m, int64_t k) {
-    return [&f, m, k](Rows r) { return E_of(sample_rows(f, r), m, k); };
-  };
   Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
 
   if (!uses_dual(f)) {
     for (int64_t k = 1; k <= out; ++k) {
       for (int64_t k2 = k; k2 <= out; ++k2) {
-        const Tensor gram = factorised_gram(nu[k] * nu[k2], share, every, square,
-                                            E_block(k2, k), E_block(k2, k));
+        const Tensor alpha = (nu[k] * nu[k2]).unsqueeze(1);
+        const Tensor gram = (weighted_E(f, alpha, share, k2, k) *
+                             weighted_E(f, alpha, every, k2, k)).sum(at::kDouble);
         sum = sum + (k2 == k ? gram : 2 * gram);
       }
     }
@@ -667,11 +678,14 @@ Tensor gram_pairs_majorant(const PairFactors& f, Rows share) {
                         [&](Rows r) { return r.of(f.r[L]); });
         continue;
       }
+      // ⟨Σ_i α_i(N_i + 2E_i), Σ_j α_jN_j⟩, the E's weighted sum without their blocks
       const Tensor& n_kk = f.curvature[k2][k];
-      const Tensor pair = factorised_gram(
-          alpha, share, every, square,
-          [&](Rows r) { return r.of(n_kk) + 2 * E_of(sample_rows(f, r), k2, k); },
-          [&](Rows r) { return r.of(n_kk); });
+      const auto curvature = [&](Rows r) { return r.of(n_kk); };
+      const Tensor a = alpha.unsqueeze(1);
+      const Tensor right = weighted_sums(a, every, square, curvature);
+      const Tensor own = share.begin == every.begin && share.end == every.end
+                             ? right : weighted_sums(a, share, square, curvature);
+      const Tensor pair = ((own + 2 * weighted_E(f, a, share, k2, k)) * right).sum(at::kDouble);
       sum = sum + (k2 == k ? pair : 2 * pair);
     }
   }
@@ -687,10 +701,15 @@ Tensor gram_pairs_majorant(const PairFactors& f, Rows share) {
         return m <= L ? e + r.of(f.curvature[m][k]) : e;
       };
       if (k == m - 1) {
-        // ⟨Σ_i ν_i(left_i ∘ z_i), Σ_j ν_j p_j d_jᵀ⟩ and Q3's ‖Σ_i ν_i‖p_i‖ d_i‖²
-        const Tensor left_sum = weighted_sums(nu[k].unsqueeze(1), share, square, [&](Rows r) {
-          return left(r) * r.of(z).unsqueeze(1);
-        });
+        // ⟨Σ_i ν_i(left_i ∘ z_i), Σ_j ν_j p_j d_jᵀ⟩ and Q3's ‖Σ_i ν_i‖p_i‖ d_i‖² (left's E part
+        // without its blocks)
+        const Tensor weights = nu[k].unsqueeze(1) * z;  // ν_i z_i (N, H_k)
+        Tensor left_sum = weighted_E(f, weights, share, m, k);
+        if (m <= L) {
+          left_sum = left_sum + weighted_sums(nu[k].unsqueeze(1), share, square, [&](Rows r) {
+                       return r.of(f.curvature[m][k]) * r.of(z).unsqueeze(1);
+                     });
+        }
         const Tensor right_sum = at::mm(weighted_p.t(), d).reshape({-1, 1});
         sum = sum + 4 * (left_sum * right_sum).sum(at::kDouble);
         sum = sum + 2 * factorised_gram(q3_alpha, share, every, widest,
