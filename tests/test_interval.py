@@ -566,6 +566,26 @@ def weyl_ends_and_gradient(net):
     return top, bottom, (x, target, *weights), leaves, gradient
 
 
+def test_weyl_after_kato_temple_fails_certifies_the_deferred_top():
+    """Between 512 and 2048 dual rows the interval certifies λ_max(GGN) (a Cholesky factorization)
+    only where Kato-Temple with Weyl's λ_2 leaves the interval wide (docs/math.md §11.2). A random
+    net where it does, n > 4096 (no assembled Hessian): the upper end is then spectral_bound's,
+    value and gradient."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(40, 128), nn.Tanh(), nn.Linear(128, 1)).double()
+    x = torch.randn(600, 40, dtype=torch.float64, requires_grad=True)
+    target = (torch.rand(600) > 0.5).double()
+    weights = [p.detach().requires_grad_(True) for p in net.parameters()]
+    top = torch_ws.lambda_max_interval(x, target, *weights, "tanh", "mean", "bce")
+    assert top.source == "weyl"
+    exact = torch_ws.spectral_bound(x, target, *weights, "tanh", "mean", "bce")
+    assert float(top.upper) == pytest.approx(float(exact.upper), rel=1e-12)
+    leaves = [x] + weights
+    for ours, truth in zip(torch.autograd.grad(top.upper, leaves),
+                           torch.autograd.grad(exact.upper, leaves)):
+        torch.testing.assert_close(ours, truth, rtol=1e-10, atol=1e-14)
+
+
 def test_weyl_at_scale_is_the_spectral_bound(default_net):
     """Above 2048 dual rows, where R's blocks are cheap, the interval's Weyl candidate is
     spectral_bound's own: `upper` of λ_max and `lower` of λ_min are its `upper` and

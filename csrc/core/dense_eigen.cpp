@@ -85,25 +85,31 @@ TopRitzPair top_ritz_pair(const Tensor& M) {
 
 namespace {
 
-// Lanczos with full reorthogonalization for the top Ritz pair (θ, y), then a certificate:
-// τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on λ_max(M) iff τI − M is positive definite,
-// which a Cholesky factorization decides (docs/math.md §9.2). Where the certificate fails (the
-// Ritz value missed the top eigenvalue), the dense solver decides instead.
-CertifiedEigenpair lanczos_top_eigenpair(const Tensor& M, const Tensor& forming_error,
-                                         const Tensor& norm) {
-  const auto options = M.options();
+// The top Ritz pair (θ, y) by Lanczos with full reorthogonalization, with no bound yet
+// (allowance +∞).
+CertifiedEigenpair lanczos_top_estimate(const Tensor& M) {
   const TopRitzPair pair = top_ritz_pair(M);
   CertifiedEigenpair top;
   top.vector = pair.vector;
   top.value = pair.value;
   top.residual = (at::mv(M, top.vector) - top.value * top.vector).norm();
-  top.iterations = at::scalar_tensor(pair.steps, options.dtype(at::kLong));
+  top.iterations = at::scalar_tensor(pair.steps, M.options().dtype(at::kLong));
+  top.allowance = at::scalar_tensor(HUGE_VAL, M.options());
+  return top;
+}
+
+// The certificate of a Lanczos estimate: τ = θ + 2‖My − θy‖ + 10⁻¹⁰θ is an upper bound on
+// λ_max(M) iff τI − M is positive definite, which a Cholesky factorization decides (docs/math.md
+// §9.2). Where it fails (the Ritz value missed the top eigenvalue), the dense solver decides
+// instead.
+CertifiedEigenpair certify_lanczos_estimate(const Tensor& M, CertifiedEigenpair top,
+                                            const Tensor& forming_error, const Tensor& norm) {
   const double theta = top.value.item<double>(), residual = top.residual.item<double>();
   const double tau = theta + 2 * residual + 1e-10 * std::abs(theta) + 1e-300;
   const ShiftCertificate certificate =
       certify_shift(M, tau, forming_error.item<double>(), norm.item<double>());
   if (!certificate.holds) return dense_top_eigenpair(M, forming_error, norm);
-  top.allowance = at::scalar_tensor(certificate.upper - theta, options);
+  top.allowance = at::scalar_tensor(certificate.upper - theta, M.options());
   return top;
 }
 
@@ -130,10 +136,22 @@ ShiftCertificate certify_shift(const Tensor& M, double tau, double forming_error
   return out;
 }
 
+CertifiedEigenpair top_eigenpair_estimate(const Tensor& M, const Tensor& forming_error,
+                                          const Tensor& norm) {
+  return M.size(0) <= kDenseEigenRows ? dense_top_eigenpair(M, forming_error, norm)
+                                      : lanczos_top_estimate(M);
+}
+
+CertifiedEigenpair certify_top_estimate(const Tensor& M, const CertifiedEigenpair& estimate,
+                                        const Tensor& forming_error, const Tensor& norm) {
+  if (std::isfinite(estimate.allowance.item<double>())) return estimate;
+  return certify_lanczos_estimate(M, estimate, forming_error, norm);
+}
+
 CertifiedEigenpair certified_top_eigenpair(const Tensor& M, const Tensor& forming_error,
                                            const Tensor& norm) {
-  return M.size(0) <= kDenseEigenRows ? dense_top_eigenpair(M, forming_error, norm)
-                                      : lanczos_top_eigenpair(M, forming_error, norm);
+  return certify_top_estimate(M, top_eigenpair_estimate(M, forming_error, norm), forming_error,
+                              norm);
 }
 
 }  // namespace torch_ws

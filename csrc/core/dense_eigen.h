@@ -25,6 +25,13 @@ struct CertifiedEigenpair {
 // of (tr M for both when M is positive semi-definite). M symmetric, float64.
 CertifiedEigenpair certified_top_eigenpair(const at::Tensor& M, const at::Tensor& forming_error,
                                            const at::Tensor& norm);
+// The same in two steps, for a caller that may not need the bound: the pair (dense `eigh`'s,
+// already certified, up to kDenseEigenRows rows; above, the Lanczos Ritz pair with allowance +∞,
+// an estimate), then its certificate (the Cholesky factorization; a no-op on a certified pair).
+CertifiedEigenpair top_eigenpair_estimate(const at::Tensor& M, const at::Tensor& forming_error,
+                                          const at::Tensor& norm);
+CertifiedEigenpair certify_top_estimate(const at::Tensor& M, const CertifiedEigenpair& estimate,
+                                        const at::Tensor& forming_error, const at::Tensor& norm);
 
 // Whether λ_max(M) ≤ τ, decided by one Cholesky factorization of τI − M (docs/math.md §9.2);
 // where it holds, `upper` ≥ λ_max of the exact M (τ plus the factorization's and the forming

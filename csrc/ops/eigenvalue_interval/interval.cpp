@@ -207,8 +207,18 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
   // Kato-Temple then closes the interval. (For λ_min it cannot: λ_2(−H) ≤ −λ_min(R), which is
   // at least −λ_min(H) ≥ θ.)
   optional<spectral::SpectralParts> parts;
+  const auto nu_upper_of = [](const spectral::SpectralParts& s) {
+    return up(up(s.ggn_second_upper.item<double>()) + residual_max_upper(s));
+  };
   if (calls_for_spectral_parts(certificate.lower, certificate.upper, p)) {
-    parts = spectral::evaluate(p, /*second=*/sign > 0);
+    // λ_max(GGN)'s own bound (a Cholesky factorization of the dual matrix) serves only the Weyl
+    // candidate below, which a Kato-Temple interval that closes makes moot: it is taken only
+    // where that interval would stay wide.
+    parts = spectral::evaluate(p, /*second=*/sign > 0, [&](const spectral::SpectralParts& s) {
+      RitzCertificate trial = certificate;
+      kato_temple_with_second(trial, nu_upper_of(s), 0.0);
+      return still_wide(trial.lower, trial.upper);
+    });
   } else if (sign > 0 && calls_for_second_at_scale(certificate, p)) {
     // τ's estimate: the second Ritz value (λ_2(GGN) is near it where R is small).
     const double estimate = certificate.ritz_values.size(0) >= 2
@@ -218,9 +228,7 @@ Interval certified_top(const MlpProblem& p, double sign, int64_t steps,
                                             gradients != Gradients::None);
   }
   if (sign > 0 && parts && parts->ggn_second_upper.defined()) {
-    const double nu_upper =
-        up(up(parts->ggn_second_upper.item<double>()) + residual_max_upper(*parts));
-    kato_temple_with_second(certificate, nu_upper,
+    kato_temple_with_second(certificate, nu_upper_of(*parts),
                             parts->ggn_second_value.item<double>() +
                                 parts->residual_lambda_max.item<double>());
   }

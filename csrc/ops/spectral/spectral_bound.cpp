@@ -505,7 +505,8 @@ void set_residual_part(SpectralParts& out, const MlpProblem& p, const Network& n
 
 }  // namespace
 
-SpectralParts evaluate(const MlpProblem& p, bool second) {
+SpectralParts evaluate(const MlpProblem& p, bool second,
+                       const std::function<bool(const SpectralParts&)>& top_bound_needed) {
   const Network n = network(p, /*for_gradients=*/false);
   const int64_t N = n.num_samples(), C = n.num_outputs(), m = N * C;
   SpectralParts out;
@@ -513,7 +514,10 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
     const Tensor M = dual_matrix(n);
     const Tensor trace = M.trace();  // ≥ ‖M‖₂: M is positive semi-definite
     const Tensor forming_error = forming_factor(n) * trace;
-    CertifiedEigenpair top = certified_top_eigenpair(M, forming_error, trace);
+    // The deflation below needs the top pair, not its bound: that waits for the caller's word.
+    const bool deferred = second && top_bound_needed;
+    const CertifiedEigenpair top = deferred ? top_eigenpair_estimate(M, forming_error, trace)
+                                            : certified_top_eigenpair(M, forming_error, trace);
     set_ggn_part(out, top, N, C);
     if (second) {
       // λ_2(M) ≤ λ_max(M − c·yyᵀ) for every y ≠ 0 and c ≥ 0: on the unit vectors orthogonal to y,
@@ -527,6 +531,13 @@ SpectralParts evaluate(const MlpProblem& p, bool second) {
       out.ggn_second_upper = next.value + next.allowance;
       out.ggn_second_value = next.value;
       out.ggn_second_vector = next.vector.view({N, C});
+      if (deferred) {
+        set_residual_part(out, p, n);
+        if (top_bound_needed(out)) {
+          set_ggn_part(out, certify_top_estimate(M, top, forming_error, trace), N, C);
+        }
+        return out;
+      }
     }
   } else {
     set_ggn_part(out, ggn_top_without_dual(p, n), N, C);

@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 
 namespace torch_ws::spectral {
@@ -72,7 +73,12 @@ struct SpectralParts {
   std::optional<ResidualMajorant> residual_majorant, residual_minorant;
 };
 
-SpectralParts evaluate(const MlpProblem& p, bool second = false);
+// With `second` and `top_bound_needed` (the interval's Kato-Temple, which reads λ_2's bound and
+// R's part but not λ_max(GGN)'s): the top dual pair's certificate (a Cholesky factorization above
+// kDenseEigenRows rows) is taken only where `top_bound_needed`, called with the parts computed so
+// far, says so; otherwise ggn_allowance is +∞ (no bound), and ggn_lambda_max the estimate.
+SpectralParts evaluate(const MlpProblem& p, bool second = false,
+                       const std::function<bool(const SpectralParts&)>& top_bound_needed = {});
 
 // At scale (N·C above what `evaluate`'s second bound is worth): ν ≥ λ_2(GGN) + λ_max(R) below
 // `ceiling` (the interval's θ_low − ρ), or nothing where it cannot be certified there
