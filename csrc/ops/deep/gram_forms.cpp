@@ -605,7 +605,10 @@ Tensor diagonal_trace(const PairFactors& f, Rows all) {
     const Tensor self = rows.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0);
     trace = trace + (self * E_diagonal_of(rows, k).sum(1)).sum(at::kDouble);
     for (int64_t l = k; l <= f.L; ++l) {
-      trace = trace + (self * (rows.r[l] * rows.F[l][k].pow(2).sum(2)).sum(1)).sum(at::kDouble);
+      // Σ_a r_l[a]·‖(F_lk)_a‖², where F_kk = I: Σ_a r_k[a] (no pass over the identity)
+      const Tensor weighted =
+          l == k ? rows.r[l] : rows.r[l] * rows.F[l][k].pow(2).sum(2);
+      trace = trace + (self * weighted.sum(1)).sum(at::kDouble);
     }
   }
   return trace;

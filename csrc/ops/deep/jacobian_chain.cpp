@@ -90,14 +90,18 @@ JacobianChain::JacobianChain(const Coefficients& coefficients)
     for (int64_t k2 = 1; k2 <= k; ++k2) {
       if (k == L && k2 == L) continue;
       at::Tensor sum;
-      for (int64_t l = std::max(k, k2); l <= L; ++l) {
-        at::Tensor term;
-        if (l == k) {  // F_lk = I (l ≥ k ≥ k2, so l = k2 only where k = k2 too)
-          term = r[l].unsqueeze(2) * F[l][k2];
-        } else {
-          term = at::matmul(F[l][k].transpose(1, 2), r[l].unsqueeze(2) * F[l][k2]);
-        }
+      for (int64_t l = k + 1; l <= L; ++l) {
+        const at::Tensor term = at::matmul(F[l][k].transpose(1, 2), r[l].unsqueeze(2) * F[l][k2]);
         sum = sum.defined() ? sum + term : term;
+      }
+      // l = k, where F_kk = I: diag(r_k)·F_{k,k2}, a row scaling; for k = k2 diag(r_k) itself,
+      // added to the diagonal of the other terms (a dense diagonal matrix, formed and added,
+      // was two passes over an (N, H, H) array).
+      if (k2 < k) {
+        const at::Tensor term = r[k].unsqueeze(2) * F[k][k2];
+        sum = sum.defined() ? sum + term : term;
+      } else {  // k = k2 < L (N[L][L] is left unbuilt): the terms l > k are there
+        sum.diagonal(0, 1, 2).add_(r[k]);
       }
       curvature[k][k2] = sum;
     }
