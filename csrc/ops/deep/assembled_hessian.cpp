@@ -88,10 +88,6 @@ class Assembly {
   std::vector<at::Tensor> features_;  // ã_{l-1}, entering layer l
 };
 
-}  // namespace
-
-namespace {
-
 // tr H = Σ_k Σ_i tr(X_{i,kk})·‖ã_{i,k-1}‖² (§12.7), from the diagonal blocks' factors only.
 at::Tensor assembled_trace(const Assembly& assembly, const JacobianChain& chain) {
   at::Tensor trace = at::zeros({}, chain.c.z[0].options().dtype(at::kDouble));
