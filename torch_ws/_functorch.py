@@ -97,6 +97,18 @@ def _keep_gradients(ctx, inputs, output, differentiable, gradients_from):
     ctx.present = [t is not None for t in (x, w1, b1, w2, b2)]
 
 
+def _backward_of_saved_gradients(ctx, grad_outputs):
+    """The backward of the Functions below: each differentiable output's saved gradient list
+    (x, w1, b1, w2, b2, saved in output order) weighed by its incoming gradient (_combine).
+    functorch runs every backward with create_graph; a second reverse-mode level around this one
+    (grad of grad) would differentiate the saved gradients, which are constants here: refused
+    rather than a silent zero."""
+    _refuse_nested_reverse_mode()
+    saved = ctx.saved_tensors
+    lists = [saved[5 * i:5 * i + 5] for i in range(len(grad_outputs))]
+    return _combine(grad_outputs, lists, ctx.present)
+
+
 class _Traces(torch.autograd.Function):
     """(tr H, tr H²) in float64, with the gradients of each as non-differentiable outputs (a
     functorch-compatible Function keeps what its backward needs among its outputs)."""
@@ -123,14 +135,7 @@ class _Traces(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_trace, grad_trace_sq, *_):
-        # functorch runs every backward with create_graph; a second reverse-mode level around
-        # this one (grad of grad) would differentiate the saved gradients, which are constants
-        # here: refuse rather than return a silent zero.
-        if _reverse_levels() >= 2:
-            raise RuntimeError(_SECOND_ORDER)
-        saved = ctx.saved_tensors
-        x, w1, b1, w2, b2 = _combine((grad_trace, grad_trace_sq), (saved[:5], saved[5:]),
-                                     ctx.present)
+        x, w1, b1, w2, b2 = _backward_of_saved_gradients(ctx, (grad_trace, grad_trace_sq))
         return x, None, w1, b1, w2, b2, None, None, None, None
 
 
@@ -219,11 +224,7 @@ class _Interval(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_lower, grad_upper, *_):
-        if _reverse_levels() >= 2:
-            raise RuntimeError(_SECOND_ORDER)
-        saved = ctx.saved_tensors
-        x, w1, b1, w2, b2 = _combine((grad_lower, grad_upper), (saved[:5], saved[5:]),
-                                     ctx.present)
+        x, w1, b1, w2, b2 = _backward_of_saved_gradients(ctx, (grad_lower, grad_upper))
         return (x, None, w1, b1, w2, b2) + (None,) * 7
 
 
@@ -279,12 +280,8 @@ class _Spectral(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_upper, grad_ggn, grad_residual_max, grad_lambda_min, *_):
-        if _reverse_levels() >= 2:
-            raise RuntimeError(_SECOND_ORDER)
-        saved = ctx.saved_tensors
-        lists = [saved[5 * i:5 * i + 5] for i in range(4)]
-        x, w1, b1, w2, b2 = _combine((grad_upper, grad_ggn, grad_residual_max, grad_lambda_min),
-                                     lists, ctx.present)
+        x, w1, b1, w2, b2 = _backward_of_saved_gradients(
+            ctx, (grad_upper, grad_ggn, grad_residual_max, grad_lambda_min))
         return x, None, w1, b1, w2, b2, None, None, None
 
 
