@@ -243,21 +243,24 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
     if (has_b2_) parts.push_back(step.dg.sum(0).unsqueeze(1));
     return at::cat(parts, 1);
   }
-  if (has_b1_) dz = dz + v.b1.unsqueeze(0);
+  // The other cases in place, each product with its additive term as one addmm: the steps
+  // between the products are four passes over (N, k, H) arrays (b1, da, dε's two terms) that
+  // allocate one array besides dz, where a dozen ATen steps allocated one each.
+  if (has_b1_) dz.add_(v.b1.unsqueeze(0));
   const at::Tensor da = c.phi1.unsqueeze(1) * dz;
-  at::Tensor df = at::mm(da.reshape({N * k, H}), c.w2.t()).view({N, k, C}) +
-                  at::mm(c.phi0, v.w2.reshape({k * C, H}).t()).view({N, k, C});
-  if (has_b2_) df = df + v.b2.unsqueeze(0);
+  at::Tensor df = at::mm(c.phi0, v.w2.reshape({k * C, H}).t());  // Φ dW2ᵀ: (N, k·C)
+  if (has_b2_) df.view({N, k, C}).add_(v.b2.unsqueeze(0));
+  df = at::addmm(df.view({N * k, C}), da.view({N * k, H}), c.w2.t()).view({N, k, C});
   // dg_i = S_i df_i (S_i symmetric); one logit: a scalar per sample.
   const at::Tensor dg = C == 1 ? df * c.S.view({N, 1, 1}) : at::bmm(df, c.S);  // (N, k, C)
   const at::Tensor h_w2 =
       at::mm(dg.reshape({N, k * C}).t(), c.phi0).view({k, C, H}) +
-      at::mm(c.e.t(), da.reshape({N, k * H})).view({C, k, H}).transpose(0, 1);
-  const at::Tensor e_dw2 =
-      at::mm(c.e, v.w2.transpose(0, 1).reshape({C, k * H})).view({N, k, H});
-  const at::Tensor d_eps =
-      c.phi1.unsqueeze(1) * (at::mm(dg.reshape({N * k, C}), c.w2).view({N, k, H}) + e_dw2) +
-      c.second_order.unsqueeze(1) * dz;  // (N, k, H)
+      at::mm(c.e.t(), da.view({N, k * H})).view({C, k, H}).transpose(0, 1);
+  // dε = φ'(A) ∘ (dg W2 + e dW2) + φ''(A) ∘ dz ∘ (eW2), into the array of e dW2.
+  at::Tensor d_eps = at::mm(c.e, v.w2.transpose(0, 1).reshape({C, k * H})).view({N * k, H});
+  d_eps.addmm_(dg.view({N * k, C}), c.w2);
+  d_eps = d_eps.view({N, k, H});
+  d_eps.mul_(c.phi1.unsqueeze(1)).addcmul_(c.second_order.unsqueeze(1), dz);
   const at::Tensor h_w1 = at::mm(d_eps.reshape({N, k * H}).t(), c.x).view({k, H * D});
 
   std::vector<at::Tensor> parts = {h_w1};
