@@ -87,6 +87,19 @@ def test_one_logit_products_in_blocks_of_samples(bias):
     assert torch.equal(one_thread, actual)
 
 
+@pytest.mark.parametrize("head", [("bce", 1, "probabilities"), ("cross_entropy", 4, "indices")])
+def test_products_in_runs_match_autograd(head):
+    """N·H large enough that the directions go through in runs of one (core/ritz_certificate.cpp
+    in_runs; 2¹⁸ numbers a run for this family): the fused one-logit pass and the in-place steps
+    of C logits, against autograd's double-backward HVP."""
+    args = head_problem(*head, n=3000, d=3, h=90, bias="both", seed=7)
+    n = torch_ws.num_params(*args[2:])
+    vectors = torch.randn(3, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    expected = autograd_hvp(args, vectors, "tanh", "mean", head[0])
+    actual = torch_ws.hessian_vector_products(*args, vectors, "tanh", "mean", head[0])
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_products_float32():
     args = head_problem("cross_entropy", 4, "indices", n=30, d=5, h=6, seed=1)
     args32 = tuple(a.float() if a is not None and a.is_floating_point() else a for a in args)

@@ -40,18 +40,15 @@ Tensor random_orthogonal(const Tensor& basis, int64_t n, at::Generator& generato
 
 }  // namespace
 
-int64_t SymmetricProducts::run_length(int64_t num_samples, int64_t width) {
-  // Near a megabyte the elementwise steps run from cache (measured on the one-hidden-layer
-  // products: batching beyond that made them memory-bound and 3x slower per vector at N = 2048,
-  // H = 256).
-  constexpr int64_t kElementsInCache = 1 << 17;
-  return std::max<int64_t>(1, kElementsInCache / std::max<int64_t>(1, num_samples * width));
+int64_t SymmetricProducts::run_length(int64_t num_samples, int64_t width, int64_t numbers) {
+  return std::max<int64_t>(1, numbers / std::max<int64_t>(1, num_samples * width));
 }
 
 at::Tensor SymmetricProducts::in_runs(const at::Tensor& directions, int64_t num_samples,
                                       int64_t width,
-                                      const std::function<at::Tensor(const at::Tensor&)>& run) {
-  const int64_t step = run_length(num_samples, width);
+                                      const std::function<at::Tensor(const at::Tensor&)>& run,
+                                      int64_t numbers) {
+  const int64_t step = run_length(num_samples, width, numbers);
   const int64_t k = directions.size(0);
   if (k <= step) return run(directions);
   std::vector<Tensor> parts;

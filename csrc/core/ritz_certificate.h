@@ -29,12 +29,18 @@ class SymmetricProducts {
   virtual int64_t num_params() const = 0;
 
  protected:
+  // Numbers in one run's (N, k, width) intermediates: near a megabyte, where the elementwise
+  // steps between the products run from cache (batching beyond that made the one-hidden-layer
+  // products memory-bound and 3x slower per vector at N = 2048, H = 256; the deep products at
+  // 2¹⁸ 13% slower on digits [64, 64], at 2¹⁹ 45%).
+  static constexpr int64_t kRunNumbers = int64_t{1} << 17;
   // How many directions make a run: as many as keep the (N, k, width) intermediates of one run
-  // near a megabyte (at least one).
-  static int64_t run_length(int64_t num_samples, int64_t width);
+  // near `numbers` (at least one).
+  static int64_t run_length(int64_t num_samples, int64_t width, int64_t numbers = kRunNumbers);
   // `run` applied to the rows of `directions` in runs of run_length, concatenated.
   static at::Tensor in_runs(const at::Tensor& directions, int64_t num_samples, int64_t width,
-                            const std::function<at::Tensor(const at::Tensor&)>& run);
+                            const std::function<at::Tensor(const at::Tensor&)>& run,
+                            int64_t numbers = kRunNumbers);
 };
 
 // Which guarantee gave the bound away from the Ritz value (the op's `source` output).
