@@ -17,6 +17,7 @@
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <ATen/Parallel.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
 #include <vector>
@@ -128,6 +129,14 @@ OneLogitStep fused_one_logit(at::Tensor& dz, const at::Tensor& phi_v2, const at:
   return {dg, total[0], total[1]};
 }
 
+// `slot`'s first numel(shape) numbers as a contiguous array of that shape, `slot` grown (never
+// shrunk) where it holds fewer: the scratch arrays that every run of every call reuses.
+at::Tensor reused(at::Tensor& slot, at::IntArrayRef shape, const at::TensorOptions& options) {
+  const int64_t numel = c10::multiply_integers(shape);
+  if (!slot.defined() || slot.numel() < numel) slot = at::empty({numel}, options);
+  return slot.narrow(0, 0, numel).view(shape);
+}
+
 }  // namespace
 
 HessianProducts::HessianProducts(const MlpProblem& p, Uses uses, Curvature curvature)
@@ -230,7 +239,10 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
   const Blocks v = split(directions);
   // Sample-major layout (N, k, ·): the k directions share every product with the data, so each
   // step is one large GEMM (N rows against k·H or k·C columns), not k small ones.
-  at::Tensor dz = at::mm(c.x, v.w1.reshape({k * H, D}).t()).view({N, k, H});
+  const at::TensorOptions options = c.x.options();
+  at::Tensor dz = reused(scratch_.dz, {N, k * H}, options);
+  at::mm_out(dz, c.x, v.w1.reshape({k * H, D}).t());
+  dz = dz.view({N, k, H});
   // One logit on the CPU: every step between the two products with the data in one pass.
   if (C == 1 && dz.device().is_cpu() &&
       (dz.scalar_type() == at::kDouble || dz.scalar_type() == at::kFloat)) {
@@ -251,22 +263,30 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
     if (has_b2_) parts.push_back(step.dg.sum(0).unsqueeze(1));
     return at::cat(parts, 1);
   }
-  // The other cases in place, each product with its additive term as one addmm: the steps
-  // between the products are four passes over (N, k, H) arrays (b1, da, dε's two terms) that
-  // allocate one array besides dz, where a dozen ATen steps allocated one each.
+  // The other cases in place, each product with its additive term as one addmm, into the
+  // object's scratch arrays: the steps between the products are four passes over (N, k, H)
+  // arrays (b1, da, dε's two terms), where a dozen ATen steps allocated a fresh array each.
   if (has_b1_) dz.add_(v.b1.unsqueeze(0));
-  const at::Tensor da = c.phi1.unsqueeze(1) * dz;
-  at::Tensor df = at::mm(c.phi0, v.w2.reshape({k * C, H}).t());  // Φ dW2ᵀ: (N, k·C)
+  at::Tensor da = reused(scratch_.da, {N, k, H}, options);
+  at::mul_out(da, c.phi1.unsqueeze(1), dz);
+  at::Tensor df = reused(scratch_.df, {N, k * C}, options);
+  at::mm_out(df, c.phi0, v.w2.reshape({k * C, H}).t());  // Φ dW2ᵀ
   if (has_b2_) df.view({N, k, C}).add_(v.b2.unsqueeze(0));
-  df = at::addmm(df.view({N * k, C}), da.view({N * k, H}), c.w2.t()).view({N, k, C});
+  df.view({N * k, C}).addmm_(da.view({N * k, H}), c.w2.t());
   // dg_i = S_i df_i (S_i symmetric); one logit: a scalar per sample.
-  const at::Tensor dg = C == 1 ? df * c.S.view({N, 1, 1}) : at::bmm(df, c.S);  // (N, k, C)
+  at::Tensor dg = reused(scratch_.dg, {N, k, C}, options);
+  if (C == 1) {
+    at::mul_out(dg, df.view({N, k, C}), c.S.view({N, 1, 1}));
+  } else {
+    at::bmm_out(dg, df.view({N, k, C}), c.S);
+  }
   const at::Tensor h_w2 =
       at::mm(dg.reshape({N, k * C}).t(), c.phi0).view({k, C, H}) +
       at::mm(c.e.t(), da.view({N, k * H})).view({C, k, H}).transpose(0, 1);
   // dε = φ'(A) ∘ (dg W2 + e dW2) + φ''(A) ∘ dz ∘ (eW2), into the array of e dW2.
-  at::Tensor d_eps = at::mm(c.e, v.w2.transpose(0, 1).reshape({C, k * H})).view({N * k, H});
-  d_eps.addmm_(dg.view({N * k, C}), c.w2);
+  at::Tensor d_eps = reused(scratch_.d_eps, {N, k * H}, options);
+  at::mm_out(d_eps, c.e, v.w2.transpose(0, 1).reshape({C, k * H}));
+  d_eps.view({N * k, H}).addmm_(dg.view({N * k, C}), c.w2);
   d_eps = d_eps.view({N, k, H});
   d_eps.mul_(c.phi1.unsqueeze(1)).addcmul_(c.second_order.unsqueeze(1), dz);
   const at::Tensor h_w1 = at::mm(d_eps.reshape({N, k * H}).t(), c.x).view({k, H * D});
