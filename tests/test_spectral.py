@@ -496,6 +496,27 @@ def test_ggn_part_without_the_dual_matrix_with_a_repeated_top_eigenvalue(classes
         assert 64 < int(result.iterations) <= 4 * 64
 
 
+def test_dual_matrix_by_block_rows():
+    # Above 1024 dual rows (and with n > N·C, so that the dual matrix is the GGN's route) the
+    # dual matrix is formed by block rows up to the diagonal and mirrored (spectral_bound.cpp
+    # dual_matrix): its parts and the gradient of λ_max(GGN) against the explicit matrices, and
+    # the tightness of its certificate, whose residual ‖Mv − λv‖ reads the mirrored half.
+    head = ("cross_entropy", 10, "indices")  # N·C = 1200 rows: blocks of 102 and 18 samples
+    args = problem(head, n=120, d=3, h=100, seed=21, requires_grad=True)
+    result = torch_ws.spectral_bound(*args, "tanh", "mean", head[0])
+    assert_parts_match(result, explicit_spectra([a.detach() if a is not None else None
+                                                 for a in args], "tanh", "mean", head[0]))
+    # Its certificate reads the whole matrix (M's products with vectors): a tight bound.
+    weyl = float((result.ggn_lambda_max + result.residual_lambda_max).detach())
+    assert float(result.upper.detach()) <= weyl * (1 + 1e-8)
+    inputs = differentiable(args)
+    theirs = torch.linalg.eigvalsh(reference.explicit_gauss_newton(*args, "tanh", "mean",
+                                                                   head[0]))[-1]
+    for a, b in zip(torch.autograd.grad(result.ggn_lambda_max, inputs),
+                    torch.autograd.grad(theirs, inputs)):
+        assert rel_err(a, b) < 1e-6
+
+
 def test_ggn_part_without_the_dual_matrix_has_the_eigenvalue_gradient():
     # The dual image of the Ritz vector stands for M's eigenvector (§9.4): the gradient of
     # λ_max(GGN) against autograd through eigvalsh of the explicit matrix.

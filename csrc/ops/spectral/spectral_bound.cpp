@@ -80,22 +80,55 @@ Network network(const MlpProblem& p, bool for_gradients) {
 // ---- λ_max(GGN) from the dual matrix M = J̃ J̃ᵀ (NC × NC). ----
 
 // M[(i,r),(j,q)] = K_ij (Y_i Y_jᵀ)_rq + (ΦΦᵀ + [b2])_ij (L_iᵀ L_j)_rq (docs/math.md §9.1): the
-// rows of the samples [begin, end), ((end − begin)·C, N·C); every entry by the same formula
-// whichever rows are asked for.
-Tensor dual_rows(const Network& n, int64_t begin, int64_t end) {
+// rows of the samples [begin, end) against the columns of the samples [0, columns), into `out`
+// (((end − begin)·C, columns·C), a block of a larger matrix or not); every entry by the same
+// formula whichever block is asked for.
+void dual_block(const Network& n, int64_t begin, int64_t end, int64_t columns, Tensor& out) {
   const int64_t N = n.num_samples(), C = n.num_outputs(), H = n.hidden(), B = end - begin;
   const Tensor Y = n.Y.reshape({N * C, H}), Lt = n.Lt.reshape({N * C, C});
-  Tensor kernel = at::matmul(n.x_tilde.narrow(0, begin, B), n.x_tilde.t());
-  Tensor M = at::matmul(Y.narrow(0, begin * C, B * C), Y.t());
-  M.view({B, C, N, C}).mul_(kernel.view({B, 1, N, 1}));
-  kernel = at::matmul(n.phi0.narrow(0, begin, B), n.phi0.t());
+  at::mm_out(out, Y.narrow(0, begin * C, B * C), Y.narrow(0, 0, columns * C).t());
+  const Tensor entries = out.view({B, C, columns, C});
+  Tensor kernel =
+      at::matmul(n.x_tilde.narrow(0, begin, B), n.x_tilde.narrow(0, 0, columns).t());
+  entries.mul_(kernel.view({B, 1, columns, 1}));
+  kernel = at::matmul(n.phi0.narrow(0, begin, B), n.phi0.narrow(0, 0, columns).t());
   if (n.has_b2) kernel.add_(1);
-  const Tensor factors = at::matmul(Lt.narrow(0, begin * C, B * C), Lt.t());
-  M.view({B, C, N, C}).addcmul_(factors.view({B, C, N, C}), kernel.view({B, 1, N, 1}));
-  return M;
+  const Tensor factors =
+      at::matmul(Lt.narrow(0, begin * C, B * C), Lt.narrow(0, 0, columns * C).t());
+  entries.addcmul_(factors.view({B, C, columns, C}), kernel.view({B, 1, columns, 1}));
 }
 
-Tensor dual_matrix(const Network& n) { return dual_rows(n, 0, n.num_samples()); }
+// The rows of the samples [begin, end) against every column: ((end − begin)·C, N·C).
+Tensor dual_rows(const Network& n, int64_t begin, int64_t end) {
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  Tensor rows = at::empty({(end - begin) * C, N * C}, n.x.options());
+  dual_block(n, begin, end, N, rows);
+  return rows;
+}
+
+// The whole matrix, by its symmetry: each block row of samples against the columns up to and
+// including its diagonal block, then every block above the diagonal as the transpose of the one
+// below it. The entries (i, j) and (j, i) are one formula (in another order of its sums), so each
+// stored entry is a computed value of it, within §9.5's forming error as any; and M comes out
+// exactly symmetric. Half the products and passes: at N = 8192, D = 784, H = 256 (one logit)
+// 2.1–2.2 s became 1.35 s with the mirroring (blocks of 1024 rows; a Python model of this loop).
+Tensor dual_matrix(const Network& n) {
+  const int64_t N = n.num_samples(), C = n.num_outputs();
+  const int64_t block = std::max<int64_t>(1, 1024 / C);  // samples a block row
+  if (N <= block) return dual_rows(n, 0, N);
+  Tensor M = at::empty({N * C, N * C}, n.x.options());
+  for (int64_t begin = 0; begin < N; begin += block) {
+    const int64_t end = std::min(N, begin + block);
+    Tensor lower = M.narrow(0, begin * C, (end - begin) * C).narrow(1, 0, end * C);
+    dual_block(n, begin, end, end, lower);
+  }
+  for (int64_t begin = block; begin < N; begin += block) {
+    const int64_t rows = (std::min(N, begin + block) - begin) * C;
+    M.narrow(0, 0, begin * C).narrow(1, begin * C, rows)
+        .copy_(M.narrow(0, begin * C, rows).narrow(1, 0, begin * C).t());
+  }
+  return M;
+}
 
 // The rounding error of the computed M, in the spectral norm: each entry is a sum of products of
 // dot products of lengths D̃, H and C, every term non-negative on the diagonal, so
