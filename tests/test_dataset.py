@@ -125,12 +125,24 @@ def _head(classes, loss_name, y):
     return nn.CrossEntropyLoss(label_smoothing=0.1), y
 
 
+def _init_gloo(rank, world, init_file):
+    """The gloo group of a spawned rank, with a two-minute timeout instead of gloo's thirty: the
+    loopback rendezvous that now and then refuses a connection (_spawn_ranks) once instead left
+    both ranks waiting in connectFullMesh (session 19); with the timeout that raises inside
+    init_process_group, which _spawn_ranks retries. (The collectives here take milliseconds.)"""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=120))
+
+
 def _rank_worker(rank, world, init_file, out_dir, sizes, activations, classes=1,
                  loss_name="cross_entropy", dims=(3, 4), hidden_layers=1):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    _init_gloo(rank, world, init_file)
     try:
         model, x, y = model_and_data(n=sum(sizes), d=dims[0], h=dims[1], classes=classes,
                                      hidden_layers=hidden_layers)
@@ -329,8 +341,7 @@ def _ddp_worker(rank, world, init_file, out_dir, per_rank, classes, hidden_layer
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    _init_gloo(rank, world, init_file)
     try:
         model, x, y, loss, loss_fn = _ddp_problem(per_rank, world, classes, hidden_layers)
         ddp = DistributedDataParallel(model)
