@@ -71,9 +71,9 @@ class HessianProducts final : public SymmetricProducts {
                   const at::Tensor& coefficients, bool need_grad_x) const;
 
   // The (N, k, ·) arrays of `run`, reused by every run of every call (so an object serves one
-  // thread at a time, as every caller uses it): a fresh array of a megabyte cost more in page faults than the step
-  // that fills it (digits, N = 1797, four directions: φ'∘dz 0.28 ms into a fresh array, 0.03 ms
-  // in place).
+  // thread at a time, as every caller uses it): a fresh array of a megabyte cost more in page
+  // faults than the step that fills it (digits, N = 1797, four directions: φ'∘dz 0.28 ms into a
+  // fresh array, 0.03 ms in place).
   struct Scratch {
     at::Tensor dz, da, df, dg, d_eps;
   };

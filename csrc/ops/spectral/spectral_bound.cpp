@@ -110,8 +110,8 @@ Tensor dual_rows(const Network& n, int64_t begin, int64_t end) {
 // including its diagonal block, then every block above the diagonal as the transpose of the one
 // below it. The entries (i, j) and (j, i) are one formula (in another order of its sums), so each
 // stored entry is a computed value of it, within §9.5's forming error as any; and M comes out
-// exactly symmetric. Half the products and passes: at N = 8192, D = 784, H = 256 (one logit)
-// 2.1–2.2 s became 1.35 s with the mirroring (blocks of 1024 rows; a Python model of this loop).
+// exactly symmetric. Half the products and passes over N × N arrays (docs/math.md §9.1: at
+// N = 8192, D = 784, H = 256, spectral_bound 6.7 → 5.8–5.9 s); blocks of about 1024 rows.
 Tensor dual_matrix(const Network& n) {
   const int64_t N = n.num_samples(), C = n.num_outputs();
   const int64_t block = std::max<int64_t>(1, 1024 / C);  // samples a block row
