@@ -1,9 +1,9 @@
 """The deep Gram forms in tiles of rows and in shares of rows (csrc/ops/deep/gram_forms.cpp,
 docs/math.md §12.4): tiles smaller than N, and the shares [begin, end) that the ranks of
 dataset_bounds evaluate, give the explicit Hessian's tr H and ‖H‖²_F (torch.func.hessian of the
-real network), and so do their gradients, which autograd takes through checkpointed tiles
-(PairSumsBackward: recorded again one tile at a time in the backward), double backward
-included; forward mode and torch.func take the recorded path."""
+real network), and so do their gradients, which PairSumsBackward takes by the tiles'
+hand-derived adjoints (with create_graph: each tile recorded again, for an exact double
+backward); forward mode and torch.func take the recorded path."""
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -89,6 +89,25 @@ def test_checkpointed_gradients_match_the_explicit_hessian(case):
     for got, expected in zip(torch.autograd.grad(gradient_norm(ours()[0]), leaves),
                              torch.autograd.grad(gradient_norm(truth()), leaves)):
         assert_close(got, expected, 1e-9)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}-{c[0][2]}-{c[1]}-{c[2]}")
+def test_hand_derived_pair_gradients_on_wider_layers(case):
+    """The hand-derived reverse pass of the tiles (pair_sums_gradients), in x and every layer,
+    against autograd through the explicit Hessian, on three hidden layers [5, 6, 8] (both forms of
+    the paired products occur: §12.3's Q2/T2 for hidden m = 3 as paired_products, for the logits
+    as a Gram where C·8 ≤ 2(C + 8), else paired), every head and bias setting, tiles of 3 rows."""
+    head, activation, bias = case
+    index = CASES.index(case)
+    problem, leaves = leaves_of(make_problem([5, 6, 8], head, bias, seed=40 + index, n=7))
+
+    trace, trace_sq, _, _ = gram_traces(problem, activation, head[0], tile_rows=3)
+    assert "PairSumsBackward" in trace_sq.grad_fn.name()
+    h = explicit_hessian(*problem, activation, "mean", head[0])
+    for got, expected in zip(torch.autograd.grad(0.3 * trace - 0.7 * trace_sq, leaves),
+                             torch.autograd.grad(0.3 * h.diagonal().sum() - 0.7 * h.pow(2).sum(),
+                                                 leaves)):
+        assert_close(got, expected, 1e-10)
 
 
 def test_forward_mode_and_torch_func_take_the_recorded_path():

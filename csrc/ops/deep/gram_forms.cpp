@@ -3,8 +3,8 @@
 // pair kernels. O(N²·(Σ_l H_l)²) time. Tiled (§12.4): the pairs (i, j) run in tiles of rows i
 // against every j, so that no N × N matrix is held whole (each tile's feature kernels and Grams
 // are (rows, N)); the per-sample arrays are O(N·L²H²). A share [begin, end) of the rows i is the
-// part one rank of dataset_bounds evaluates. ATen only: autograd differentiates it exactly, and
-// it runs on any device.
+// part one rank of dataset_bounds evaluates. ATen only, so it runs on any device; the pairs'
+// reverse pass is derived by hand (pair_sums_gradients), the rest autograd's, both exact.
 #include "ops/deep/engines.h"
 
 #include "autograd/support.h"  // functorch_transform_active
@@ -249,6 +249,24 @@ struct TileInputs {
   const RightFactors& right_rows;
 };
 
+// E(m, k) of the tile's rows: formed once for all samples where the dual matrix is not used.
+Tensor E_rows(const TileInputs& in, int64_t m, int64_t k) {
+  const Tensor& e = in.right_rows.E[m][k];
+  return e.defined() ? e : E_of(in.rows, m, k);
+}
+
+// N + α·E(m, k) of the tile's rows as one array: with E formed for every sample an axpy, else
+// one batched product B_mᵀ(S B_k) added to N, without an E block of its own (forming E, scaling
+// it and adding N were three passes over the tile's (rows, H, H) arrays, each a fresh 30 MB at
+// [200, 200]: more time than the Gram they feed).
+Tensor plus_E(const TileInputs& in, const Tensor& n_block, int64_t m, int64_t k, double alpha) {
+  const Tensor& e = in.right_rows.E[m][k];
+  if (e.defined()) return at::add(n_block, e, alpha);
+  const PairFactors& t = in.rows;
+  return at::baddbmm(n_block, t.F[t.out][m].transpose(1, 2), at::matmul(t.S, t.F[t.out][k]), 1,
+                     alpha);
+}
+
 // tr(G²)'s share Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ), K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C).
 Tensor dual_tile(const TileInputs& in) {
   const PairFactors& f = in.all;
@@ -279,22 +297,6 @@ Tensor gram_tile(const TileInputs& in) {
   std::vector<Tensor> kappas(out + 1);
   for (int64_t k = 1; k <= out; ++k) kappas[k] = kappa(f, t, k);
   Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
-  // E(m, k) of the tile's rows: formed once for all samples where the dual matrix is not used.
-  const auto E_rows = [&](int64_t m, int64_t k) {
-    const Tensor& e = in.right_rows.E[m][k];
-    return e.defined() ? e : E_of(t, m, k);
-  };
-  // N + α·E(m, k) of the tile's rows as one array: with E formed for every sample an axpy, else
-  // one batched product B_mᵀ(S B_k) added to N, without an E block of its own (forming E, scaling
-  // it and adding N were three passes over the tile's (rows, H, H) arrays, each a fresh 30 MB at
-  // [200, 200]: more time than the Gram they feed).
-  const auto plus_E = [&](const Tensor& n_block, int64_t m, int64_t k, double alpha) {
-    const Tensor& e = in.right_rows.E[m][k];
-    if (e.defined()) return at::add(n_block, e, alpha);
-    return at::baddbmm(n_block, t.F[out][m].transpose(1, 2), at::matmul(t.S, t.F[out][k]), 1,
-                       alpha);
-  };
-
   if (!uses_dual(f)) {  // tr(G²) = Σ_{k,k'} Σ_ij κ_k κ_k' ⟨E^i_{k'k}, E^j_{k'k}⟩
     for (int64_t k = 1; k <= out; ++k) {
       for (int64_t k2 = k; k2 <= out; ++k2) {
@@ -321,7 +323,7 @@ Tensor gram_tile(const TileInputs& in) {
       // (k', k): the orientation the chain builds (JacobianChain::curvature), contiguous
       const Tensor& n_kk = curvature[k2][k];
       const Tensor pair =
-          weighted_gram(weight, plus_E(t.curvature[k2][k], k2, k, 2), n_kk);  // Q1 + 2·T1
+          weighted_gram(weight, plus_E(in, t.curvature[k2][k], k2, k, 2), n_kk);  // Q1 + 2·T1
       sum = sum + (k2 == k ? pair : 2 * pair);
     }
   }
@@ -330,7 +332,7 @@ Tensor gram_tile(const TileInputs& in) {
       const Tensor pair_weight = kappas[k] * at::mm(t.p[m], p[m].t());
       const Tensor& z_rows = t.z[m - 1];
       // T2 pairs E^i_{mk} with p_j and g^{ij}, Q2 (hidden m only) N^i_{mk} with the same
-      const Tensor left = m <= L ? plus_E(t.curvature[m][k], m, k, 1) : E_rows(m, k);
+      const Tensor left = m <= L ? plus_E(in, t.curvature[m][k], m, k, 1) : E_rows(in, m, k);
       if (k == m - 1) {
         const Tensor& d = f.d1[m - 1];
         sum = sum + 4 * paired_products_diagonal(kappas[k], left, in.right.p_d[m],
@@ -394,6 +396,337 @@ Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& til
   return tile_sum(TileInputs{f, rows, right, right_rows}, tile);
 }
 
+// ---- The pairs' sums' reverse pass, derived by hand (docs/math.md §12.4) ----
+//
+// Each tile's sum is a sum of weighted Grams Σ_ij W_ij⟨a_i, b_j⟩ of per-sample factors, and its
+// adjoint is W b for the rows' side, Wᵀa for every sample's side and the Gram itself for the
+// weight. The gradients go into buffers of the factors' own shapes, in place: the rows' side
+// into their rows, every sample's side whole (by addmm_, a product accumulated where it is
+// written). Autograd's reverse mode through a recorded tile gave every tile a fresh (N, H, H)
+// gradient per factor, which the kernel faulted in page by page: at [200, 200], N = 500, such a
+// product took 250 ms fresh against 65 ms into a buffer.
+
+// What a tile writes its gradients into: every sample's buffers (views of which are the rows'),
+// undefined where no gradient is wanted.
+struct TileGrads {
+  const PairFactors& all;
+  const PairFactors& rows;
+  const RightFactors& right;
+  const RightFactors& right_rows;
+};
+
+// The adjoint of Σ_ij W_ij⟨a_i, b_j⟩ (a: the tile's rows, b: every sample's; W scaled by the
+// upstream gradient and the term's multiplier): W b returned (the rows' side, (rows, K)), Wᵀa
+// added into `db` where defined, and the Gram a bᵀ (the weight's adjoint, before W's scaling)
+// added into `dweight`.
+Tensor gram_adjoint(const Tensor& W, const Tensor& a, const Tensor& b, const Tensor& db,
+                    const Tensor& dweight_scale, Tensor& dweight) {
+  const Tensor a2 = a.reshape({a.size(0), -1}), b2 = b.reshape({b.size(0), -1});
+  if (db.defined()) db.view({b.size(0), -1}).addmm_(W.t(), a2);
+  const Tensor gram = at::mm(a2, b2.t());
+  dweight.add_(gram * dweight_scale);
+  return at::mm(W, b2).view(a.sizes());
+}
+
+// dst += term where a gradient is wanted.
+void add_into(const Tensor& dst, const Tensor& term) {
+  if (dst.defined()) dst.add_(term);
+}
+
+// The adjoint of X = α·B_mᵀ S B_k (every sample of the arguments' rows) given dX, into the
+// gradients of B_m, B_k and S where wanted (B_m and B_k may be one factor: both terms add).
+void E_adjoint(const Tensor& Bm, const Tensor& S, const Tensor& Bk, const Tensor& dX, double alpha,
+               const Tensor& dBm, const Tensor& dS, const Tensor& dBk) {
+  if (dBm.defined()) dBm.baddbmm_(at::matmul(S, Bk), dX.transpose(1, 2), 1, alpha);
+  if (!dBk.defined() && !dS.defined()) return;
+  const Tensor BmdX = at::matmul(Bm, dX);  // (n, C, H_k)
+  if (dBk.defined()) dBk.baddbmm_(S.transpose(1, 2), BmdX, 1, alpha);
+  if (dS.defined()) dS.baddbmm_(BmdX, Bk.transpose(1, 2), 1, alpha);
+}
+
+// The adjoint of v = α·Σ_c (S B)_c ∘ B_c (E_diagonal_of) given dv (n, H).
+void E_diagonal_adjoint(const Tensor& S, const Tensor& B, const Tensor& dv, double alpha,
+                        const Tensor& dB, const Tensor& dS) {
+  const Tensor weighted = B * (alpha * dv).unsqueeze(1);  // B ∘ α·dv, (n, C, H)
+  if (dB.defined()) {
+    dB.add_(at::matmul(S, B) * (alpha * dv).unsqueeze(1));
+    dB.baddbmm_(S.transpose(1, 2), weighted);
+  }
+  if (dS.defined()) dS.baddbmm_(weighted, B.transpose(1, 2));
+}
+
+// The adjoint of paired_products (same blocks): the weight's adjoint (rows, N) returned; N_i's
+// into dn (rows, H_a, H_b), z_i's into dz (rows, H_y), and every sample's p and G (samples-last,
+// as (H_y, H_b·N)) into dp, dg where wanted. W is the weight times the upstream and multiplier.
+Tensor paired_products_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
+                               const Tensor& g_cols, const Tensor& z, const Tensor& dn,
+                               const Tensor& dz, const Tensor& dp, const Tensor& dg) {
+  const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
+                width = n_mats.size(2);
+  const Tensor g_flat = g_cols.view({g_cols.size(0), width * n});
+  const int64_t block = std::max<int64_t>(1, kTileNumbers / std::max<int64_t>(1, n * width));
+  Tensor dW = at::empty({rows, n}, W.options());
+  for (int64_t start = 0; start < rows; start += block) {
+    const int64_t stop = std::min(rows, start + block), size = stop - start;
+    const Tensor n_t = n_mats.slice(0, start, stop).transpose(1, 2).reshape({size * width, height});
+    const Tensor left = at::mm(n_t, p.t()).view({size, width, n});
+    const Tensor right = at::mm(z.slice(0, start, stop), g_flat).view({size, width, n});
+    dW.slice(0, start, stop).copy_((left * right).sum(1));
+    const Tensor w = W.slice(0, start, stop).unsqueeze(1);
+    const Tensor w_right = (w * right).reshape({size * width, n});  // d left
+    const Tensor w_left = (w * left).reshape({size, width * n});    // d right
+    add_into(dn.defined() ? dn.slice(0, start, stop) : dn,
+             at::mm(w_right, p).view({size, width, height}).transpose(1, 2));
+    if (dp.defined()) dp.addmm_(w_right.t(), n_t);
+    add_into(dz.defined() ? dz.slice(0, start, stop) : dz, at::mm(w_left, g_flat.t()));
+    if (dg.defined()) dg.addmm_(z.slice(0, start, stop).t(), w_left);
+  }
+  return dW;
+}
+
+// The adjoint of paired_products_as_gram, with paired_products_adjoint's arguments.
+Tensor paired_products_as_gram_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
+                                       const Tensor& g_cols, const Tensor& z, const Tensor& dn,
+                                       const Tensor& dz, const Tensor& dp, const Tensor& dg) {
+  const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
+                width = n_mats.size(2), width_y = z.size(1);
+  const Tensor products = (z.view({rows, 1, width_y, 1}) * n_mats.unsqueeze(2))
+                              .reshape({rows * height, width_y * width});
+  const Tensor g2 = g_cols.view({width_y * width, n});
+  const Tensor gram = at::mm(products, g2).view({rows, height, n});
+  const Tensor p_t = p.t().unsqueeze(0);                      // (1, H_a, N)
+  const Tensor d_gram = (W.unsqueeze(1) * p_t).reshape({rows * height, n});
+  if (dp.defined()) dp.add_((W.unsqueeze(1) * gram).sum(0).t());
+  if (dg.defined()) dg.view({width_y * width, n}).addmm_(products.t(), d_gram);
+  const Tensor d_products = at::mm(d_gram, g2.t()).view({rows, height, width_y, width});
+  add_into(dn, (d_products * z.view({rows, 1, width_y, 1})).sum(2));
+  add_into(dz, (d_products * n_mats.unsqueeze(2)).sum({1, 3}));
+  return (gram * p_t).sum(1);
+}
+
+// The adjoint of gram_tile's sum, scaled by `upstream` (0-dimensional), into `d`.
+void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileGrads& d) {
+  const PairFactors& f = in.all;
+  const PairFactors& t = in.rows;
+  const int64_t out = f.out, L = f.L;
+  std::vector<Tensor> kappas(out + 1), d_kappas(out + 1);
+  for (int64_t k = 1; k <= out; ++k) {
+    kappas[k] = kappa(f, t, k);
+    d_kappas[k] = at::zeros_like(kappas[k]);
+  }
+  // The adjoint of a weight κ_k ∘ κ_k2 given its adjoint d (both orders add when k = k2).
+  const auto weight_adjoint = [&](int64_t k, int64_t k2, const Tensor& dw) {
+    d_kappas[k].add_(dw * kappas[k2]);
+    d_kappas[k2].add_(dw * kappas[k]);
+  };
+  // E(m, k) of the rows scaled by α, given its adjoint: into the E factor formed for every
+  // sample where there is one, else into B_m, S, B_k.
+  const auto E_rows_adjoint = [&](int64_t m, int64_t k, const Tensor& dX, double alpha) {
+    if (in.right_rows.E[m][k].defined()) {
+      add_into(d.right_rows.E[m][k], alpha * dX);
+      return;
+    }
+    E_adjoint(t.F[out][m], t.S, t.F[out][k], dX, alpha, d.rows.F[out][m], d.rows.S,
+              d.rows.F[out][k]);
+  };
+  if (!uses_dual(f)) {
+    for (int64_t k = 1; k <= out; ++k) {
+      for (int64_t k2 = k; k2 <= out; ++k2) {
+        const Tensor scale = upstream * (k2 == k ? 1 : 2);
+        Tensor dw = at::zeros_like(kappas[k]);
+        const Tensor da = gram_adjoint(scale * kappas[k] * kappas[k2], in.right_rows.E[k2][k],
+                                       in.right.E[k2][k], d.right.E[k2][k], scale, dw);
+        add_into(d.right_rows.E[k2][k], da);
+        weight_adjoint(k, k2, dw);
+      }
+    }
+  }
+  for (int64_t k = 1; k <= L; ++k) {
+    for (int64_t k2 = k; k2 <= L; ++k2) {
+      const Tensor scale = upstream * (k2 == k ? 1 : 2);
+      const Tensor weight = scale * kappas[k] * kappas[k2];
+      Tensor dw = at::zeros_like(kappas[k]);
+      if (k == L && k2 == L) {
+        const Tensor a = t.r[L] + 2 * E_diagonal_of(t, L);
+        const Tensor da = gram_adjoint(weight, a, f.r[L], d.all.r[L], scale, dw);
+        add_into(d.rows.r[L], da);
+        E_diagonal_adjoint(t.S, t.F[out][L], da, 2, d.rows.F[out][L], d.rows.S);
+      } else {
+        const Tensor a = plus_E(in, t.curvature[k2][k], k2, k, 2);
+        const Tensor da = gram_adjoint(weight, a, f.curvature[k2][k], d.all.curvature[k2][k],
+                                       scale, dw);
+        add_into(d.rows.curvature[k2][k], da);
+        E_rows_adjoint(k2, k, da, 2);
+      }
+      weight_adjoint(k, k2, dw);
+    }
+  }
+  for (int64_t m = 2; m <= out; ++m) {
+    const Tensor& p = f.p[m];
+    const Tensor& z_rows = t.z[m - 1];
+    const Tensor& dz_rows = d.rows.z[m - 1];
+    for (int64_t k = 1; k < m; ++k) {
+      const Tensor p_gram = at::mm(t.p[m], p.t());  // pair_weight = κ_k ∘ p_gram
+      const Tensor left = m <= L ? plus_E(in, t.curvature[m][k], m, k, 1) : E_rows(in, m, k);
+      Tensor d_left;
+      // Q3's weight 2·κ_k ∘ p_gram: its adjoint into κ_k and the p's
+      Tensor d_pair_weight = at::zeros_like(kappas[k]);
+      if (k == m - 1) {
+        const Tensor scaled = 4 * upstream;
+        const Tensor a = left * z_rows.unsqueeze(1);
+        const Tensor da = gram_adjoint(scaled * kappas[k], a, in.right.p_d[m], d.right.p_d[m],
+                                       scaled, d_kappas[k]);
+        d_left = da * z_rows.unsqueeze(1);
+        add_into(dz_rows, (da * left).sum(1));
+        const Tensor q3 = 2 * upstream;
+        const Tensor dd = gram_adjoint(q3 * kappas[k] * p_gram, t.d1[m - 1], f.d1[m - 1],
+                                       d.all.d1[m - 1], q3, d_pair_weight);
+        add_into(d.rows.d1[m - 1], dd);
+      } else {
+        const Tensor& g = in.right.G[m][k];
+        const Tensor W = 4 * upstream * kappas[k];
+        d_left = at::zeros_like(left);
+        const Tensor dg = d.right.G[m][k].defined()
+                              ? d.right.G[m][k].view({g.size(0), -1}) : Tensor();
+        const Tensor dw =
+            pairs_as_gram(left, z_rows)
+                ? paired_products_as_gram_adjoint(W, left, p, g, z_rows, d_left, dz_rows,
+                                                  d.all.p[m], dg)
+                : paired_products_adjoint(W, left, p, g, z_rows, d_left, dz_rows, d.all.p[m], dg);
+        d_kappas[k].add_(dw * (4 * upstream));
+        // Q3: Σ_ij pair_weight_ij⟨g_i, g_j⟩ with the samples as columns
+        const Tensor& g_rows = in.right_rows.G[m][k];
+        const Tensor g_all = g.view({-1, f.N}), g_cols = g_rows.reshape({-1, t.N});
+        const Tensor q3 = 2 * upstream;
+        const Tensor W3 = q3 * kappas[k] * p_gram;
+        if (d.right.G[m][k].defined()) {
+          d.right.G[m][k].view({-1, f.N}).addmm_(g_cols, W3);
+          d.right_rows.G[m][k].view({-1, t.N}).addmm_(g_all, W3.t());
+        }
+        d_pair_weight.add_(at::mm(g_cols.t(), g_all) * q3);
+      }
+      // pair_weight = κ_k ∘ (p_i·p_j)
+      d_kappas[k].add_(d_pair_weight * p_gram);
+      const Tensor d_p_gram = d_pair_weight * kappas[k];
+      if (d.rows.p[m].defined()) d.rows.p[m].addmm_(d_p_gram, p);
+      if (d.all.p[m].defined()) d.all.p[m].addmm_(d_p_gram.t(), t.p[m]);
+      if (m <= L) add_into(d.rows.curvature[m][k], d_left);
+      E_rows_adjoint(m, k, d_left, 1);
+    }
+  }
+  // κ_k = z_{k-1} (rows) · z_{k-1} (every sample) (+ 1): into both sides of z_{k-1}.
+  for (int64_t k = 1; k <= out; ++k) {
+    if (d.rows.z[k - 1].defined()) d.rows.z[k - 1].addmm_(d_kappas[k], f.z[k - 1]);
+    if (d.all.z[k - 1].defined()) d.all.z[k - 1].addmm_(d_kappas[k].t(), t.z[k - 1]);
+  }
+}
+
+// The adjoint of dual_tile's Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ) (S symmetric), scaled by
+// `upstream`, into `d`: dK = 2 S_i K_ij S_j, dS_i = Σ_j K_ij S_j K_ijᵀ, dS_j = Σ_i K_ijᵀ S_i K_ij,
+// then through K = Σ_k κ_k ∘ B_ik B_jkᵀ into the B's and the κ's.
+void dual_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileGrads& d) {
+  const PairFactors& f = in.all;
+  const int64_t N = f.N, C = f.C, rows = in.rows.N;
+  std::vector<Tensor> products(f.out + 1), kappas(f.out + 1);
+  Tensor K;  // (rows, C, N, C)
+  for (int64_t k = 1; k <= f.out; ++k) {
+    products[k] = at::mm(in.rows.F[f.out][k].reshape({rows * C, -1}),
+                         f.F[f.out][k].reshape({N * C, -1}).t())
+                      .view({rows, C, N, C});
+    kappas[k] = kappa(f, in.rows, k);
+    const Tensor term = products[k] * kappas[k].view({rows, 1, N, 1});
+    K = K.defined() ? K + term : term;
+  }
+  const Tensor SK = at::einsum("iab,ibjc->iajc", {in.rows.S, K});
+  if (d.rows.S.defined()) {
+    d.rows.S.add_(at::einsum("iajd,ibjd->iab", {at::einsum("iajc,jcd->iajd", {K, f.S}), K}) *
+                  upstream);
+  }
+  if (d.all.S.defined()) d.all.S.add_(at::einsum("iajc,iajd->jcd", {K, SK}) * upstream);
+  const Tensor dK = at::einsum("iajc,jcd->iajd", {SK, f.S}) * (2 * upstream);
+  for (int64_t k = 1; k <= f.out; ++k) {
+    const Tensor d_kappa = (dK * products[k]).sum({1, 3});
+    const Tensor d_product =
+        (dK * kappas[k].view({rows, 1, N, 1})).reshape({rows * C, N * C});
+    const Tensor& B_rows = in.rows.F[f.out][k];
+    const Tensor& B_all = f.F[f.out][k];
+    if (d.rows.F[f.out][k].defined()) {
+      d.rows.F[f.out][k].view({rows * C, -1}).addmm_(d_product, B_all.reshape({N * C, -1}));
+    }
+    if (d.all.F[f.out][k].defined()) {
+      d.all.F[f.out][k].view({N * C, -1}).addmm_(d_product.t(), B_rows.reshape({rows * C, -1}));
+    }
+    if (d.rows.z[k - 1].defined()) d.rows.z[k - 1].addmm_(d_kappa, f.z[k - 1]);
+    if (d.all.z[k - 1].defined()) d.all.z[k - 1].addmm_(d_kappa.t(), in.rows.z[k - 1]);
+  }
+}
+
+// The adjoint of right_factors (every sample), given the gradients of E, p_d and G, into `d`.
+void right_factors_adjoint(const PairFactors& f, const RightFactors& d_right,
+                           const PairFactors& d) {
+  const int64_t out = f.out;
+  for (int64_t k = 1; k <= out; ++k) {
+    for (int64_t k2 = k; k2 <= out; ++k2) {
+      const Tensor& dE = d_right.E[k2][k];
+      if (!dE.defined()) continue;
+      E_adjoint(f.F[out][k2], f.S, f.F[out][k], dE, 1, d.F[out][k2], d.S, d.F[out][k]);
+    }
+  }
+  for (int64_t m = 2; m <= out; ++m) {
+    const Tensor& dpd = d_right.p_d[m];  // p_d = p_m ⊗ d_{m-1}
+    if (dpd.defined()) {
+      add_into(d.p[m], (dpd * f.d1[m - 1].unsqueeze(1)).sum(2));
+      add_into(d.d1[m - 1], (dpd * f.p[m].unsqueeze(2)).sum(1));
+    }
+    for (int64_t k = 1; k < m - 1; ++k) {
+      if (!d_right.G[m][k].defined()) continue;
+      // G = (D'_{m-1} F_{m-1,k}) samples last
+      const Tensor dG = d_right.G[m][k].permute({2, 0, 1});
+      add_into(d.d1[m - 1], (dG * f.F[m - 1][k]).sum(2));
+      add_into(d.F[m - 1][k], dG * f.d1[m - 1].unsqueeze(2));
+    }
+  }
+}
+
+void tile_adjoint(const TileInputs& in, const Tile& tile, const Tensor& upstream,
+                  const TileGrads& d) {
+  if (tile.dual) {
+    dual_tile_adjoint(in, upstream, d);
+  } else {
+    gram_tile_adjoint(in, upstream, d);
+  }
+}
+
+// The pairs' sums' gradients in the factors (each_slot's order of the defined slots; `wanted`
+// says which take one, the others' stay undefined), by the adjoints above, scaled by `upstream`.
+std::vector<Tensor> pair_sums_gradients(const PairFactors& f, const std::vector<bool>& wanted,
+                                        const std::vector<Tile>& tiles, const Tensor& upstream) {
+  const at::NoGradGuard no_grad;
+  PairFactors d = f;
+  std::vector<Tensor> grads;  // the buffers, in the defined slots' order
+  size_t slot = 0;
+  each_slot(d, [&](Tensor& t) {
+    if (!t.defined()) return;
+    t = wanted[slot++] ? at::zeros_like(t, at::MemoryFormat::Contiguous) : Tensor();
+    grads.push_back(t);
+  });
+  const RightFactors right = right_factors(f);
+  RightFactors d_right = right;
+  each_right(d_right, [](Tensor& t, int64_t) {
+    t = at::zeros_like(t, at::MemoryFormat::Contiguous);
+  });
+  const Tensor scale = upstream.to(at::kDouble);
+  for (const Tile& tile : tiles) {
+    const PairFactors rows = sample_rows(f, tile.rows), d_rows = sample_rows(d, tile.rows);
+    const RightFactors right_rows = sample_rows(right, tile.rows),
+                       d_right_rows = sample_rows(d_right, tile.rows);
+    tile_adjoint(TileInputs{f, rows, right, right_rows}, tile, scale,
+                 TileGrads{d, d_rows, d_right, d_right_rows});
+  }
+  right_factors_adjoint(f, d_right, d);
+  return grads;  // filled in place
+}
+
 // Whether autograd would record reverse mode through these factors, no forward-mode tangent is
 // on them and no torch.func transform is active (a C++ Function serves neither): then the pairs
 // may be checkpointed (PairSumsBackward).
@@ -410,14 +743,13 @@ bool records_reverse_only(PairFactors& f) {
 }  // namespace
 }  // namespace torch_ws
 
-// The pairs' sums checkpointed tile by tile (docs/math.md §12.4): the forward runs without
-// recording, so autograd keeps only the per-sample factors (O(N·L²H²)), never a tile's (rows, N)
-// matrices; the backward evaluates each tile again with recording and takes its gradient in the
-// factors at once (one tile's graph at a time), so value and gradient cost about one more
-// evaluation of the pairs than autograd through them. Reverse mode only (forward-mode tangents
-// take the recorded path); with create_graph the recomputation is recorded onto the factors'
-// history, so double backward stays exact. At global scope for its grad_fn's name (autograd/
-// skeleton.h).
+// The pairs' sums with a reverse pass of their own (docs/math.md §12.4): the forward runs
+// without recording, so autograd keeps only the per-sample factors (O(N·L²H²)), never a tile's
+// (rows, N) matrices; the backward runs the hand-derived adjoints tile by tile
+// (pair_sums_gradients), or, with create_graph, evaluates each tile again with recording and
+// takes its gradient with create_graph (one tile's graph at a time), so that double backward
+// stays exact. Reverse mode only (forward-mode tangents take the recorded path). At global scope
+// for its grad_fn's name (autograd/skeleton.h).
 class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
  public:
   using Factors = torch_ws::PairFactors;
@@ -454,131 +786,55 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     const std::vector<int64_t> defined = ctx->saved_data["defined"].toIntVector();
     const std::vector<int64_t> flat_tiles = ctx->saved_data["tiles"].toIntVector();
     const torch::autograd::variable_list factors = ctx->get_saved_variables();
+    std::vector<torch_ws::Tile> tiles;
+    for (size_t t = 0; t < flat_tiles.size(); t += 3) {
+      tiles.push_back({flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}});
+    }
+    const auto factors_from = [&](const std::vector<at::Tensor>& tensors) {
+      Factors f = torch_ws::empty_factors(sizes[0], sizes[1], sizes[2],
+                                          std::vector<bool>(bias.begin(), bias.end()));
+      size_t slot = 0, next = 0;
+      torch_ws::each_slot(f, [&](at::Tensor& t) {
+        if (defined[slot++] == 1) t = tensors[next++];
+      });
+      return f;
+    };
 
     torch::autograd::variable_list grads(factors.size());
     const at::Tensor& upstream = grad_outputs[0];
-    const bool create_graph = at::GradMode::is_enabled();
-    const at::AutoGradMode recording(true);
-    // The tile is recorded on aliases of the factors that take a gradient (views, so that with
-    // create_graph the result stays attached to their history), and the gradient is taken in the
-    // aliases: a factor's own partial derivative. (Taken in the factors themselves, it would also
-    // hold what flows into them through the other factors they feed, e.g. d1 through F, which
-    // autograd adds again when it propagates the gradients this returns.)
-    torch::autograd::variable_list aliases;
-    std::vector<size_t> wanted;
-    std::vector<at::Tensor> recorded(factors.begin(), factors.end());
-    for (size_t k = 0; k < factors.size(); ++k) {
-      if (factors[k].requires_grad()) {
+    std::vector<bool> wanted;
+    for (const at::Tensor& t : factors) wanted.push_back(t.requires_grad());
+    const bool any = std::find(wanted.begin(), wanted.end(), true) != wanted.end();
+    if (upstream.defined() && any && !at::GradMode::is_enabled()) {
+      // The hand-derived adjoints (pair_sums_gradients).
+      grads = torch_ws::pair_sums_gradients(factors_from(factors), wanted, tiles, upstream);
+    } else if (upstream.defined() && any) {
+      // create_graph: each tile recorded again on aliases of the factors (views, so that the
+      // result stays attached to their history) and its gradient taken in the aliases, with
+      // create_graph, so that double backward is exact. (Taken in the factors themselves, the
+      // gradient would also hold what flows into them through the other factors they feed, e.g.
+      // d1 through F, which autograd adds again when it propagates the gradients this returns.)
+      std::vector<at::Tensor> recorded(factors.begin(), factors.end());
+      torch::autograd::variable_list aliases;
+      std::vector<size_t> index;
+      for (size_t k = 0; k < factors.size(); ++k) {
+        if (!wanted[k]) continue;
         recorded[k] = factors[k].view_as(factors[k]);
-        wanted.push_back(k);
         aliases.push_back(recorded[k]);
+        index.push_back(k);
       }
-    }
-    Factors f = torch_ws::empty_factors(sizes[0], sizes[1], sizes[2],
-                                        std::vector<bool>(bias.begin(), bias.end()));
-    size_t slot = 0, next = 0;
-    torch_ws::each_slot(f, [&](at::Tensor& t) {
-      if (defined[slot++] == 1) t = recorded[next++];
-    });
-    if (upstream.defined() && !aliases.empty()) {
-      // The right-hand factors recorded once from the aliases. Without create_graph each tile
-      // reads detached copies of them, and their gradients, summed over the tiles, go through
-      // their own graph once at the end (not once per tile: at [200, 200] that backward is the
-      // size of a tile's). With create_graph the tiles read them as recorded, so that the
-      // gradients' own dependence on them is recorded too.
-      const torch_ws::RightFactors recorded_right = torch_ws::right_factors(f);
-      torch_ws::RightFactors right = recorded_right;
-      torch::autograd::variable_list inputs = aliases, right_recorded, right_grads;
-      // Which right-hand factors take a gradient, in each_right's order: their index in
-      // right_grads, or −1 (what a tile's row leaves of them add into).
-      std::vector<int64_t> right_index;
-      if (!create_graph) {
-        torch_ws::each_right(right, [&](at::Tensor& t, int64_t) {
-          if (!t.requires_grad()) {
-            right_index.push_back(-1);
-            return;
-          }
-          right_index.push_back(static_cast<int64_t>(right_recorded.size()));
-          right_recorded.push_back(t);
-          t = t.detach().requires_grad_();
-          inputs.push_back(t);
-        });
-        right_grads.resize(right_recorded.size());
-      }
-      // Sums of the tiles' gradients: recorded with create_graph; else accumulated in place, in
-      // a copy of the first term (autograd may hand one tensor to several inputs).
-      const auto add = [&](at::Tensor& sum, const at::Tensor& term) {
-        if (!term.defined()) return;
-        if (create_graph) {
-          sum = sum.defined() ? sum + term : term;
-        } else if (sum.defined()) {
-          sum.add_(term);
-        } else {
-          sum = term.clone(at::MemoryFormat::Contiguous);
-        }
-      };
-      // A row leaf's gradient goes into its rows of the factor's sum (zeros where none yet).
-      struct RowLeaf {
-        at::Tensor* sum;
-        const at::Tensor* whole;
-        int64_t dim;
-      };
-      const auto add_rows = [](const RowLeaf& leaf, const at::Tensor& term, torch_ws::Rows rows) {
-        if (!term.defined()) return;
-        if (!leaf.sum->defined()) *leaf.sum = at::zeros_like(*leaf.whole, at::MemoryFormat::Contiguous);
-        leaf.sum->narrow(leaf.dim, rows.begin, rows.size()).add_(term);
-      };
-      for (size_t t = 0; t < flat_tiles.size(); t += 3) {
-        const torch_ws::Tile tile{flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}};
-        Factors rows = torch_ws::sample_rows(f, tile.rows);
-        torch_ws::RightFactors right_rows = torch_ws::sample_rows(right, tile.rows);
-        torch::autograd::variable_list tile_inputs = inputs;
-        std::vector<RowLeaf> row_leaves;
-        if (!create_graph) {
-          // The tile's rows as leaves of their own (TileInputs): their gradients are (rows, …).
-          size_t row_slot = 0, row_next = 0;
-          torch_ws::each_slot(rows, [&](at::Tensor& x) {
-            if (defined[row_slot++] != 1) return;
-            const size_t k = row_next++;
-            if (!factors[k].requires_grad()) return;
-            x = x.detach().requires_grad_();
-            tile_inputs.push_back(x);
-            row_leaves.push_back({&grads[k], &factors[k], 0});
-          });
-          size_t right_slot = 0;
-          torch_ws::each_right(right_rows, [&](at::Tensor& x, int64_t dim) {
-            const int64_t k = right_index[right_slot++];
-            if (k < 0) return;
-            x = x.detach().requires_grad_();
-            tile_inputs.push_back(x);
-            row_leaves.push_back({&right_grads[k], &right_recorded[k], dim});
-          });
-        }
-        const at::Tensor sum =
-            torch_ws::tile_sum(torch_ws::TileInputs{f, rows, right, right_rows}, tile);
+      const Factors f = factors_from(recorded);
+      const torch_ws::RightFactors right = torch_ws::right_factors(f);
+      for (const torch_ws::Tile& tile : tiles) {
+        const at::Tensor sum = torch_ws::tile_sum(f, right, tile);
         if (!sum.requires_grad()) continue;
         const torch::autograd::variable_list tile_grads = torch::autograd::grad(
-            {sum}, tile_inputs, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
-            create_graph, /*allow_unused=*/true);
-        for (size_t k = 0; k < wanted.size(); ++k) add(grads[wanted[k]], tile_grads[k]);
-        for (size_t k = 0; k < right_grads.size(); ++k) {
-          add(right_grads[k], tile_grads[wanted.size() + k]);
+            {sum}, aliases, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
+            /*create_graph=*/true, /*allow_unused=*/true);
+        for (size_t k = 0; k < index.size(); ++k) {
+          at::Tensor& g = grads[index[k]];
+          if (tile_grads[k].defined()) g = g.defined() ? g + tile_grads[k] : tile_grads[k];
         }
-        for (size_t k = 0; k < row_leaves.size(); ++k) {
-          add_rows(row_leaves[k], tile_grads[inputs.size() + k], tile.rows);
-        }
-      }
-      torch::autograd::variable_list through_right, grads_in, right_used;
-      for (size_t k = 0; k < right_grads.size(); ++k) {
-        if (!right_grads[k].defined()) continue;
-        right_used.push_back(right_recorded[k]);
-        grads_in.push_back(right_grads[k]);
-      }
-      if (!right_used.empty()) {
-        through_right = torch::autograd::grad(right_used, aliases, grads_in,
-                                              /*retain_graph=*/false, /*create_graph=*/false,
-                                              /*allow_unused=*/true);
-        for (size_t k = 0; k < wanted.size(); ++k) add(grads[wanted[k]], through_right[k]);
       }
     }
     grads.insert(grads.begin(), {at::Tensor(), at::Tensor()});  // shape, tiles
