@@ -10,8 +10,10 @@
 #include "autograd/support.h"  // functorch_transform_active
 
 #include "core/rounding.h"
+#include "core/scratch.h"  // reused
 
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 
@@ -36,6 +38,26 @@ struct Rows {
   int64_t size() const { return end - begin; }
   Tensor of(const Tensor& t) const { return t.narrow(0, begin, end - begin); }
 };
+
+// Buffers for a tile's (rows, H, H)-sized arrays, reused by every tile of a call (core/scratch.h:
+// at [200, 200], N = 1000, each such array was 33 MB, faulted in at ~40 ms against ~3 ms for the
+// pass that fills it). Only where nothing is recorded: the forward of PairSumsBackward and its
+// adjoints, a value without gradients, the magnitudes; a recorded tile takes fresh arrays
+// (a null TileScratch*).
+struct TileScratch {
+  enum Slot { kLeft, kScaled, kRowsSide, kLeftAdjoint, kProducts, kProductsAdjoint, kSlots };
+  Tensor slots[kSlots];
+  Tensor get(Slot slot, at::IntArrayRef shape, const at::TensorOptions& options) {
+    return reused(slots[slot], shape, options);
+  }
+};
+
+// a ∘ b (broadcast), in the scratch's slot where there is one.
+Tensor mul_into(TileScratch* scratch, TileScratch::Slot slot, const Tensor& a, const Tensor& b) {
+  if (scratch == nullptr) return a * b;
+  Tensor out = scratch->get(slot, at::infer_size(a.sizes(), b.sizes()), a.options());
+  return at::mul_out(out, a, b);
+}
 
 // Σ_{i ∈ tile, j} weight_ij·(a_i·b_j) for a tile's rows a (rows, ...), every sample's b (N, ...)
 // and weight (rows, N): a Gram of the flattened samples, summed in float64.
@@ -88,12 +110,20 @@ bool pairs_as_gram(const Tensor& n_mats, const Tensor& z) {
   return height * width_y <= 2 * (height + width_y);
 }
 
+// z_i[y]·N_i[a, b] as (rows·H_a, H_y·H_b).
+Tensor pair_products_of(TileScratch* scratch, const Tensor& n_mats, const Tensor& z) {
+  const int64_t rows = n_mats.size(0), height = n_mats.size(1), width = n_mats.size(2),
+                width_y = z.size(1);
+  return mul_into(scratch, TileScratch::kProducts, z.view({rows, 1, width_y, 1}),
+                  n_mats.unsqueeze(2))
+      .view({rows * height, width_y * width});
+}
+
 Tensor paired_products_as_gram(const Tensor& weight, const Tensor& n_mats, const Tensor& p,
-                               const Tensor& g_cols, const Tensor& z) {
+                               const Tensor& g_cols, const Tensor& z, TileScratch* scratch) {
   const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
                 width = n_mats.size(2), width_y = z.size(1);
-  const Tensor products = (z.view({rows, 1, width_y, 1}) * n_mats.unsqueeze(2))
-                              .reshape({rows * height, width_y * width});
+  const Tensor products = pair_products_of(scratch, n_mats, z);
   const Tensor gram = at::mm(products, g_cols.view({width_y * width, n})).view({rows, height, n});
   return (weight * (gram * p.t().unsqueeze(0)).sum(1)).sum(at::kDouble);
 }
@@ -102,8 +132,9 @@ Tensor paired_products_as_gram(const Tensor& weight, const Tensor& n_mats, const
 // so Σ_b left_ijb·right_ijb = ⟨N_i ∘ z_i (columns), p_j d_jᵀ⟩, one Gram of (H_a·H_b) arrays;
 // `p_d` is every sample's p_j d_jᵀ.
 Tensor paired_products_diagonal(const Tensor& weight, const Tensor& n_mats, const Tensor& p_d,
-                                const Tensor& z) {
-  return weighted_gram(weight, n_mats * z.unsqueeze(1), p_d);
+                                const Tensor& z, TileScratch* scratch) {
+  return weighted_gram(weight, mul_into(scratch, TileScratch::kScaled, n_mats, z.unsqueeze(1)),
+                       p_d);
 }
 
 // What the pair sums read of a chain (tensor handles), and its sizes: built from a chain, or from
@@ -239,14 +270,13 @@ struct Tile {
 };
 
 // What a tile of rows i reads: every sample's factors and right-hand factors (for the j), and
-// its own rows of both (for the i): views of the former, or, in a checkpointed backward, leaves of
-// their own, so that a row's gradient is a (rows, …) array rather than a whole factor's zeros with
-// the rows filled in (PairSumsBackward).
+// its own rows of both (for the i, views of the former); and where its large arrays go.
 struct TileInputs {
   const PairFactors& all;
   const PairFactors& rows;
   const RightFactors& right;
   const RightFactors& right_rows;
+  TileScratch* scratch = nullptr;
 };
 
 // E(m, k) of the tile's rows: formed once for all samples where the dual matrix is not used.
@@ -261,10 +291,16 @@ Tensor E_rows(const TileInputs& in, int64_t m, int64_t k) {
 // [200, 200]: more time than the Gram they feed).
 Tensor plus_E(const TileInputs& in, const Tensor& n_block, int64_t m, int64_t k, double alpha) {
   const Tensor& e = in.right_rows.E[m][k];
-  if (e.defined()) return at::add(n_block, e, alpha);
   const PairFactors& t = in.rows;
-  return at::baddbmm(n_block, t.F[t.out][m].transpose(1, 2), at::matmul(t.S, t.F[t.out][k]), 1,
-                     alpha);
+  const Tensor& B_m = t.F[t.out][m];
+  if (in.scratch == nullptr) {
+    if (e.defined()) return at::add(n_block, e, alpha);
+    return at::baddbmm(n_block, B_m.transpose(1, 2), at::matmul(t.S, t.F[t.out][k]), 1, alpha);
+  }
+  Tensor out = in.scratch->get(TileScratch::kLeft, n_block.sizes(), n_block.options());
+  if (e.defined()) return at::add_out(out, n_block, e, alpha);
+  return at::baddbmm_out(out, n_block, B_m.transpose(1, 2), at::matmul(t.S, t.F[t.out][k]), 1,
+                         alpha);
 }
 
 // tr(G²)'s share Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ), K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C).
@@ -335,15 +371,15 @@ Tensor gram_tile(const TileInputs& in) {
       const Tensor left = m <= L ? plus_E(in, t.curvature[m][k], m, k, 1) : E_rows(in, m, k);
       if (k == m - 1) {
         const Tensor& d = f.d1[m - 1];
-        sum = sum + 4 * paired_products_diagonal(kappas[k], left, in.right.p_d[m],
-                                                 z_rows);                   // 2·T2 + Q2
+        sum = sum + 4 * paired_products_diagonal(kappas[k], left, in.right.p_d[m], z_rows,
+                                                 in.scratch);                   // 2·T2 + Q2
         sum = sum + 2 * weighted_gram(pair_weight, t.d1[m - 1], d);  // Q3
         continue;
       }
       // g_ij = F_{j,m-1,k}ᵀ(φ'_{j,m-1} ∘ z_{i,m-1}): G_j = D'_{j,m-1} F_{j,m-1,k}, samples last
       const Tensor& g = in.right.G[m][k];
       sum = sum + 4 * (pairs_as_gram(left, z_rows)
-                           ? paired_products_as_gram(kappas[k], left, p[m], g, z_rows)
+                           ? paired_products_as_gram(kappas[k], left, p[m], g, z_rows, in.scratch)
                            : paired_products(kappas[k], left, p[m], g, z_rows));  // 2·T2 + Q2
       const Tensor& g_rows = in.right_rows.G[m][k];
       sum = sum + 2 * weighted_gram_of_columns(pair_weight, g_rows.reshape({-1, t.N}),
@@ -389,11 +425,13 @@ Tensor tile_sum(const TileInputs& in, const Tile& tile) {
   return tile.dual ? dual_tile(in) : gram_tile(in);
 }
 
-// The tile with its rows read as views of every sample's factors.
-Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& tile) {
+// The tile with its rows read as views of every sample's factors; `scratch` where nothing is
+// recorded (else null).
+Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& tile,
+                TileScratch* scratch) {
   const PairFactors rows = sample_rows(f, tile.rows);
   const RightFactors right_rows = sample_rows(right, tile.rows);
-  return tile_sum(TileInputs{f, rows, right, right_rows}, tile);
+  return tile_sum(TileInputs{f, rows, right, right_rows, scratch}, tile);
 }
 
 // ---- The pairs' sums' reverse pass, derived by hand (docs/math.md §12.4) ----
@@ -416,16 +454,17 @@ struct TileGrads {
 };
 
 // The adjoint of Σ_ij W_ij⟨a_i, b_j⟩ (a: the tile's rows, b: every sample's; W scaled by the
-// upstream gradient and the term's multiplier): W b returned (the rows' side, (rows, K)), Wᵀa
-// added into `db` where defined, and the Gram a bᵀ (the weight's adjoint, before W's scaling)
-// added into `dweight`.
+// upstream gradient and the term's multiplier): W b returned (the rows' side, a's shape; in the
+// scratch's kRowsSide where there is one), Wᵀa added into `db` where defined, and the Gram a bᵀ
+// times `dweight_scale` (the weight's adjoint) added into `dweight`.
 Tensor gram_adjoint(const Tensor& W, const Tensor& a, const Tensor& b, const Tensor& db,
-                    const Tensor& dweight_scale, Tensor& dweight) {
+                    const Tensor& dweight_scale, const Tensor& dweight, TileScratch* scratch) {
   const Tensor a2 = a.reshape({a.size(0), -1}), b2 = b.reshape({b.size(0), -1});
   if (db.defined()) db.view({b.size(0), -1}).addmm_(W.t(), a2);
-  const Tensor gram = at::mm(a2, b2.t());
-  dweight.add_(gram * dweight_scale);
-  return at::mm(W, b2).view(a.sizes());
+  dweight.add_(at::mm(a2, b2.t()) * dweight_scale);
+  if (scratch == nullptr) return at::mm(W, b2).view(a.sizes());
+  Tensor rows_side = scratch->get(TileScratch::kRowsSide, {a2.size(0), a2.size(1)}, a.options());
+  return at::mm_out(rows_side, W, b2).view(a.sizes());
 }
 
 // dst += term where a gradient is wanted.
@@ -487,27 +526,33 @@ Tensor paired_products_adjoint(const Tensor& W, const Tensor& n_mats, const Tens
 // The adjoint of paired_products_as_gram, with paired_products_adjoint's arguments.
 Tensor paired_products_as_gram_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
                                        const Tensor& g_cols, const Tensor& z, const Tensor& dn,
-                                       const Tensor& dz, const Tensor& dp, const Tensor& dg) {
+                                       const Tensor& dz, const Tensor& dp, const Tensor& dg,
+                                       TileScratch& scratch) {
   const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
                 width = n_mats.size(2), width_y = z.size(1);
-  const Tensor products = (z.view({rows, 1, width_y, 1}) * n_mats.unsqueeze(2))
-                              .reshape({rows * height, width_y * width});
+  const Tensor products = pair_products_of(&scratch, n_mats, z);
   const Tensor g2 = g_cols.view({width_y * width, n});
   const Tensor gram = at::mm(products, g2).view({rows, height, n});
   const Tensor p_t = p.t().unsqueeze(0);                      // (1, H_a, N)
   const Tensor d_gram = (W.unsqueeze(1) * p_t).reshape({rows * height, n});
   if (dp.defined()) dp.add_((W.unsqueeze(1) * gram).sum(0).t());
   if (dg.defined()) dg.view({width_y * width, n}).addmm_(products.t(), d_gram);
-  const Tensor d_products = at::mm(d_gram, g2.t()).view({rows, height, width_y, width});
-  add_into(dn, (d_products * z.view({rows, 1, width_y, 1})).sum(2));
-  add_into(dz, (d_products * n_mats.unsqueeze(2)).sum({1, 3}));
+  Tensor d_products = scratch.get(TileScratch::kProductsAdjoint, {rows * height, width_y * width},
+                                  W.options());
+  at::mm_out(d_products, d_gram, g2.t());
+  const Tensor blocks = d_products.view({rows, height, width_y, width});  // [i, a, y, b]
+  // Σ_y z_i[y]·blocks[i, a, y, :] and Σ_{a,b} N_i[a, b]·blocks[i, a, :, b], as batched products
+  add_into(dn, at::matmul(z.view({rows, 1, 1, width_y}), blocks).squeeze(2));
+  add_into(dz, at::matmul(blocks, n_mats.unsqueeze(3)).squeeze(3).sum(1));
   return (gram * p_t).sum(1);
 }
 
-// The adjoint of gram_tile's sum, scaled by `upstream` (0-dimensional), into `d`.
+// The adjoint of gram_tile's sum, scaled by `upstream` (0-dimensional), into `d`; `in` with a
+// scratch (the adjoints run without recording).
 void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileGrads& d) {
   const PairFactors& f = in.all;
   const PairFactors& t = in.rows;
+  TileScratch* scratch = in.scratch;
   const int64_t out = f.out, L = f.L;
   std::vector<Tensor> kappas(out + 1), d_kappas(out + 1);
   for (int64_t k = 1; k <= out; ++k) {
@@ -523,7 +568,7 @@ void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
   // sample where there is one, else into B_m, S, B_k.
   const auto E_rows_adjoint = [&](int64_t m, int64_t k, const Tensor& dX, double alpha) {
     if (in.right_rows.E[m][k].defined()) {
-      add_into(d.right_rows.E[m][k], alpha * dX);
+      if (d.right_rows.E[m][k].defined()) d.right_rows.E[m][k].add_(dX, alpha);
       return;
     }
     E_adjoint(t.F[out][m], t.S, t.F[out][k], dX, alpha, d.rows.F[out][m], d.rows.S,
@@ -535,7 +580,7 @@ void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
         const Tensor scale = upstream * (k2 == k ? 1 : 2);
         Tensor dw = at::zeros_like(kappas[k]);
         const Tensor da = gram_adjoint(scale * kappas[k] * kappas[k2], in.right_rows.E[k2][k],
-                                       in.right.E[k2][k], d.right.E[k2][k], scale, dw);
+                                       in.right.E[k2][k], d.right.E[k2][k], scale, dw, scratch);
         add_into(d.right_rows.E[k2][k], da);
         weight_adjoint(k, k2, dw);
       }
@@ -548,13 +593,13 @@ void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
       Tensor dw = at::zeros_like(kappas[k]);
       if (k == L && k2 == L) {
         const Tensor a = t.r[L] + 2 * E_diagonal_of(t, L);
-        const Tensor da = gram_adjoint(weight, a, f.r[L], d.all.r[L], scale, dw);
+        const Tensor da = gram_adjoint(weight, a, f.r[L], d.all.r[L], scale, dw, nullptr);
         add_into(d.rows.r[L], da);
         E_diagonal_adjoint(t.S, t.F[out][L], da, 2, d.rows.F[out][L], d.rows.S);
       } else {
         const Tensor a = plus_E(in, t.curvature[k2][k], k2, k, 2);
         const Tensor da = gram_adjoint(weight, a, f.curvature[k2][k], d.all.curvature[k2][k],
-                                       scale, dw);
+                                       scale, dw, scratch);
         add_into(d.rows.curvature[k2][k], da);
         E_rows_adjoint(k2, k, da, 2);
       }
@@ -568,32 +613,39 @@ void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
     for (int64_t k = 1; k < m; ++k) {
       const Tensor p_gram = at::mm(t.p[m], p.t());  // pair_weight = κ_k ∘ p_gram
       const Tensor left = m <= L ? plus_E(in, t.curvature[m][k], m, k, 1) : E_rows(in, m, k);
-      Tensor d_left;
+      // The left factor's adjoint, into N_{mk} (hidden m) and E(m, k)
+      const auto left_adjoint = [&](const Tensor& d_left) {
+        if (m <= L) add_into(d.rows.curvature[m][k], d_left);
+        E_rows_adjoint(m, k, d_left, 1);
+      };
       // Q3's weight 2·κ_k ∘ p_gram: its adjoint into κ_k and the p's
       Tensor d_pair_weight = at::zeros_like(kappas[k]);
       if (k == m - 1) {
         const Tensor scaled = 4 * upstream;
-        const Tensor a = left * z_rows.unsqueeze(1);
-        const Tensor da = gram_adjoint(scaled * kappas[k], a, in.right.p_d[m], d.right.p_d[m],
-                                       scaled, d_kappas[k]);
-        d_left = da * z_rows.unsqueeze(1);
-        add_into(dz_rows, (da * left).sum(1));
+        const Tensor z = z_rows.unsqueeze(1);
+        const Tensor a = mul_into(scratch, TileScratch::kScaled, left, z);
+        Tensor da = gram_adjoint(scaled * kappas[k], a, in.right.p_d[m], d.right.p_d[m], scaled,
+                                 d_kappas[k], scratch);
+        add_into(dz_rows, mul_into(scratch, TileScratch::kScaled, da, left).sum(1));
+        left_adjoint(da.mul_(z));  // (before Q3's adjoint, which reuses the scratch)
         const Tensor q3 = 2 * upstream;
         const Tensor dd = gram_adjoint(q3 * kappas[k] * p_gram, t.d1[m - 1], f.d1[m - 1],
-                                       d.all.d1[m - 1], q3, d_pair_weight);
+                                       d.all.d1[m - 1], q3, d_pair_weight, nullptr);
         add_into(d.rows.d1[m - 1], dd);
       } else {
         const Tensor& g = in.right.G[m][k];
         const Tensor W = 4 * upstream * kappas[k];
-        d_left = at::zeros_like(left);
+        const Tensor d_left =
+            scratch->get(TileScratch::kLeftAdjoint, left.sizes(), left.options()).zero_();
         const Tensor dg = d.right.G[m][k].defined()
                               ? d.right.G[m][k].view({g.size(0), -1}) : Tensor();
         const Tensor dw =
             pairs_as_gram(left, z_rows)
                 ? paired_products_as_gram_adjoint(W, left, p, g, z_rows, d_left, dz_rows,
-                                                  d.all.p[m], dg)
+                                                  d.all.p[m], dg, *scratch)
                 : paired_products_adjoint(W, left, p, g, z_rows, d_left, dz_rows, d.all.p[m], dg);
         d_kappas[k].add_(dw * (4 * upstream));
+        left_adjoint(d_left);
         // Q3: Σ_ij pair_weight_ij⟨g_i, g_j⟩ with the samples as columns
         const Tensor& g_rows = in.right_rows.G[m][k];
         const Tensor g_all = g.view({-1, f.N}), g_cols = g_rows.reshape({-1, t.N});
@@ -610,8 +662,6 @@ void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
       const Tensor d_p_gram = d_pair_weight * kappas[k];
       if (d.rows.p[m].defined()) d.rows.p[m].addmm_(d_p_gram, p);
       if (d.all.p[m].defined()) d.all.p[m].addmm_(d_p_gram.t(), t.p[m]);
-      if (m <= L) add_into(d.rows.curvature[m][k], d_left);
-      E_rows_adjoint(m, k, d_left, 1);
     }
   }
   // κ_k = z_{k-1} (rows) · z_{k-1} (every sample) (+ 1): into both sides of z_{k-1}.
@@ -716,28 +766,45 @@ std::vector<Tensor> pair_sums_gradients(const PairFactors& f, const std::vector<
     t = at::zeros_like(t, at::MemoryFormat::Contiguous);
   });
   const Tensor scale = upstream.to(at::kDouble);
+  TileScratch scratch;
   for (const Tile& tile : tiles) {
     const PairFactors rows = sample_rows(f, tile.rows), d_rows = sample_rows(d, tile.rows);
     const RightFactors right_rows = sample_rows(right, tile.rows),
                        d_right_rows = sample_rows(d_right, tile.rows);
-    tile_adjoint(TileInputs{f, rows, right, right_rows}, tile, scale,
+    tile_adjoint(TileInputs{f, rows, right, right_rows, &scratch}, tile, scale,
                  TileGrads{d, d_rows, d_right, d_right_rows});
   }
   right_factors_adjoint(f, d_right, d);
   return grads;  // filled in place
 }
 
-// Whether autograd would record reverse mode through these factors, no forward-mode tangent is
-// on them and no torch.func transform is active (a C++ Function serves neither): then the pairs
-// may be checkpointed (PairSumsBackward).
-bool records_reverse_only(PairFactors& f) {
+// What autograd would record of the pairs: reverse mode (a factor requires grad, grad mode on),
+// forward mode (a tangent on a factor), or a torch.func transform.
+struct Recording {
+  bool reverse, forward, transform;
+};
+
+Recording recording_of(PairFactors& f) {
   bool reverse = false, forward = false;
   each_slot(f, [&](Tensor& t) {
     if (!t.defined()) return;
     reverse = reverse || t.requires_grad();
     forward = forward || t._fw_grad(/*level=*/0).defined();
   });
-  return at::GradMode::is_enabled() && reverse && !forward && !functorch_transform_active();
+  return {at::GradMode::is_enabled() && reverse, forward, functorch_transform_active()};
+}
+
+// Reverse mode only (a C++ Function serves neither forward mode nor torch.func): then the pairs
+// may be checkpointed (PairSumsBackward).
+bool records_reverse_only(PairFactors& f) {
+  const Recording r = recording_of(f);
+  return r.reverse && !r.forward && !r.transform;
+}
+
+// Nothing recorded: the tiles may write into scratch arrays (TileScratch).
+bool records_anything(PairFactors& f) {
+  const Recording r = recording_of(f);
+  return r.reverse || r.forward || r.transform;
 }
 
 }  // namespace
@@ -766,7 +833,10 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     torch_ws::each_slot(f, [&](at::Tensor& t) { defined.push_back(t.defined() ? 1 : 0); });
     const torch_ws::RightFactors right = torch_ws::right_factors(f);
     at::Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
-    for (const torch_ws::Tile& tile : tiles) sum = sum + torch_ws::tile_sum(f, right, tile);
+    torch_ws::TileScratch scratch;  // (a custom Function's forward records nothing)
+    for (const torch_ws::Tile& tile : tiles) {
+      sum = sum + torch_ws::tile_sum(f, right, tile, &scratch);
+    }
     ctx->save_for_backward(factors.vec());
     std::vector<int64_t> bias(f.bias.begin(), f.bias.end()), flat_tiles;
     for (const torch_ws::Tile& tile : tiles) {
@@ -826,7 +896,7 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
       const Factors f = factors_from(recorded);
       const torch_ws::RightFactors right = torch_ws::right_factors(f);
       for (const torch_ws::Tile& tile : tiles) {
-        const at::Tensor sum = torch_ws::tile_sum(f, right, tile);
+        const at::Tensor sum = torch_ws::tile_sum(f, right, tile, nullptr);
         if (!sum.requires_grad()) continue;
         const torch::autograd::variable_list tile_grads = torch::autograd::grad(
             {sum}, aliases, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
@@ -1018,8 +1088,9 @@ std::pair<Tensor, Tensor> gram_form_magnitudes(const JacobianChain& magnitudes, 
   Tensor trace_sq = gram_pairs_majorant(f, all);
   if (uses_dual(f)) {  // tr(G²)'s dual matrix, on magnitudes as it is evaluated
     const RightFactors unused;  // (dual tiles read none)
+    TileScratch scratch;
     for (const Tile& tile : tiles_of(f, all, share.tile_rows, kTileNumbers)) {
-      if (tile.dual) trace_sq = trace_sq + tile_sum(f, unused, tile);
+      if (tile.dual) trace_sq = trace_sq + tile_sum(f, unused, tile, &scratch);
     }
   }
   // Both are computed in float64 from non-negative numbers by sums, products and square roots, in
@@ -1066,7 +1137,9 @@ std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare
   }
   const RightFactors right = right_factors(f);
   Tensor trace_sq = at::zeros({}, trace.options());
-  for (const Tile& tile : tiles) trace_sq = trace_sq + tile_sum(f, right, tile);
+  TileScratch scratch;
+  TileScratch* reuse = records_anything(f) ? nullptr : &scratch;
+  for (const Tile& tile : tiles) trace_sq = trace_sq + tile_sum(f, right, tile, reuse);
   return {trace, trace_sq};
 }
 

@@ -14,10 +14,10 @@
 
 #include "core/activations.h"
 #include "core/losses.h"
+#include "core/scratch.h"  // reused
 #include "core/ws_bound.h"  // kRoundingAllowance
 
 #include <ATen/Parallel.h>
-#include <c10/util/accumulate.h>
 
 #include <algorithm>
 #include <vector>
@@ -127,14 +127,6 @@ OneLogitStep fused_one_logit(at::Tensor& dz, const at::Tensor& phi_v2, const at:
     for (int64_t index = 0; index < size; ++index) total_p[index] += part[index];
   }
   return {dg, total[0], total[1]};
-}
-
-// `slot`'s first numel(shape) numbers as a contiguous array of that shape, `slot` grown (never
-// shrunk) where it holds fewer: the scratch arrays that every run of every call reuses.
-at::Tensor reused(at::Tensor& slot, at::IntArrayRef shape, const at::TensorOptions& options) {
-  const int64_t numel = c10::multiply_integers(shape);
-  if (!slot.defined() || slot.numel() < numel) slot = at::empty({numel}, options);
-  return slot.narrow(0, 0, numel).view(shape);
 }
 
 }  // namespace
