@@ -59,34 +59,35 @@ Tensor mul_into(TileScratch* scratch, TileScratch::Slot slot, const Tensor& a, c
   return at::mul_out(out, a, b);
 }
 
-// Σ_{i ∈ tile, j} weight_ij·(a_i·b_j) for a tile's rows a (rows, ...), every sample's b (N, ...)
-// and weight (rows, N): a Gram of the flattened samples, summed in float64.
-Tensor weighted_gram(const Tensor& weight, const Tensor& a, const Tensor& b) {
-  const Tensor gram = at::mm(a.reshape({a.size(0), -1}), b.reshape({b.size(0), -1}).t());
-  return (weight * gram).sum(at::kDouble);
+// The pair values of a tile: (rows, N) matrices v_ij, the terms of the sums Σ_ij w_ij·v_ij whose
+// weights w are built from the feature kernels (TileWeights).
+
+// a_i·b_j for a tile's rows a (rows, ...) and every sample's b (N, ...): a Gram of the flattened
+// samples.
+Tensor gram_of(const Tensor& a, const Tensor& b) {
+  return at::mm(a.reshape({a.size(0), -1}), b.reshape({b.size(0), -1}).t());
 }
 
-// Σ_{i ∈ tile, j} weight_ij·(a_i·b_j) where the samples are columns: a tile's columns a_cols
-// (K, rows) against every sample's b_cols (K, N). The transposed operand goes to BLAS as it is.
-Tensor weighted_gram_of_columns(const Tensor& weight, const Tensor& a_cols, const Tensor& b_cols) {
-  return (weight * at::mm(a_cols.t(), b_cols)).sum(at::kDouble);
+// a_i·b_j where the samples are columns: a tile's columns a_cols (K, rows) against every sample's
+// b_cols (K, N). The transposed operand goes to BLAS as it is.
+Tensor gram_of_columns(const Tensor& a_cols, const Tensor& b_cols) {
+  return at::mm(a_cols.t(), b_cols);
 }
 
-// Σ_{i ∈ tile, j} weight_ij·(left_ij·right_ij) with left_ij = Nᵢᵀp_j (N_i: (H_a, H_b), p_j:
-// (H_a,)) and right_ij = G_jᵀz_i (G_j: (H_y, H_b), z_i: (H_y,)): the Q2 and T2 pattern of §12.3.
-// n_mats, z and weight are the tile's rows; p and g_cols every sample's, g_cols in the samples-last
-// layout (H_y, H_b, N) of RightFactors. In blocks of rows so that the (block, H_b, N) arrays stay
-// near kTileNumbers. Both sides are one matrix product each, laid out (i, b, j) so that they meet
-// without a copy: left_i = N_iᵀ pᵀ (all of the block's i at once) and right = z·G (all j at once).
-// (As einsums these were batched products over a broadcast operand with the whole (N, H_y, H_b)
-// array permuted per block: 70% of the Gram forms' time at D = 784, [128, 128], C = 10.)
-Tensor paired_products(const Tensor& weight, const Tensor& n_mats, const Tensor& p,
-                       const Tensor& g_cols, const Tensor& z) {
+// left_ij·right_ij with left_ij = Nᵢᵀp_j (N_i: (H_a, H_b), p_j: (H_a,)) and right_ij = G_jᵀz_i
+// (G_j: (H_y, H_b), z_i: (H_y,)): the Q2 and T2 pattern of §12.3. n_mats and z are the tile's
+// rows; p and g_cols every sample's, g_cols in the samples-last layout (H_y, H_b, N) of
+// RightFactors. In blocks of rows so that the (block, H_b, N) arrays stay near kTileNumbers. Both
+// sides are one matrix product each, laid out (i, b, j) so that they meet without a copy:
+// left_i = N_iᵀ pᵀ (all of the block's i at once) and right = z·G (all j at once). (As einsums
+// these were batched products over a broadcast operand with the whole (N, H_y, H_b) array permuted
+// per block: 70% of the Gram forms' time at D = 784, [128, 128], C = 10.)
+Tensor paired_values(const Tensor& n_mats, const Tensor& p, const Tensor& g_cols, const Tensor& z) {
   const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
                 width = n_mats.size(2);
   const Tensor g_flat = g_cols.view({g_cols.size(0), width * n});
   const int64_t block = std::max<int64_t>(1, kTileNumbers / std::max<int64_t>(1, n * width));
-  Tensor total = at::zeros({}, weight.options().dtype(at::kDouble));
+  std::vector<Tensor> blocks;
   for (int64_t start = 0; start < rows; start += block) {
     const int64_t stop = std::min(rows, start + block), size = stop - start;
     // left[i, b, j] = Σ_a N_i[a, b] p_j[a];  right[i, b, j] = Σ_y z_i[y] G_j[y, b]
@@ -94,17 +95,18 @@ Tensor paired_products(const Tensor& weight, const Tensor& n_mats, const Tensor&
         at::mm(n_mats.slice(0, start, stop).transpose(1, 2).reshape({size * width, height}), p.t())
             .view({size, width, n});
     const Tensor right = at::mm(z.slice(0, start, stop), g_flat).view({size, width, n});
-    total = total + (weight.slice(0, start, stop) * (left * right).sum(1)).sum(at::kDouble);
+    blocks.push_back((left * right).sum(1));
   }
-  return total;
+  return at::cat(blocks, 0);
 }
 
-// The same sum as one Gram: left_ij·right_ij = Σ_a p_j[a]·⟨z_i ⊗ N_i[a, :], G_j⟩, a Gram of the
+// The same values as one Gram: left_ij·right_ij = Σ_a p_j[a]·⟨z_i ⊗ N_i[a, :], G_j⟩, a Gram of the
 // tile's (rows·H_a, H_y·H_b) products z_i[y]·N_i[a, b] against every G_j, then the p_j-weighted sum
-// over a. It takes rows·N·H_a·H_y·H_b multiply-adds against paired_products' rows·N·H_b·(H_a + H_y),
-// but as a product over H_y·H_b, where paired_products' reverse mode multiplies over a block's
+// over a. It takes rows·N·H_a·H_y·H_b multiply-adds against paired_values' rows·N·H_b·(H_a + H_y),
+// but as a product over H_y·H_b, where paired_values' reverse mode multiplies over a block's
 // rows (at [200, 200], N = 1000, one logit: 6 GFLOP/s there against 40–75 for the Grams, and a
-// third of the gradient's time). So where N_i has few rows, as at the logits (H_a = C).
+// third of the gradient's time, when autograd took it). So where N_i has few rows, as at the
+// logits (H_a = C).
 bool pairs_as_gram(const Tensor& n_mats, const Tensor& z) {
   const int64_t height = n_mats.size(1), width_y = z.size(1);
   return height * width_y <= 2 * (height + width_y);
@@ -119,22 +121,23 @@ Tensor pair_products_of(TileScratch* scratch, const Tensor& n_mats, const Tensor
       .view({rows * height, width_y * width});
 }
 
-Tensor paired_products_as_gram(const Tensor& weight, const Tensor& n_mats, const Tensor& p,
-                               const Tensor& g_cols, const Tensor& z, TileScratch* scratch) {
+// (The Gram (rows, H_a, N) into `gram` where it is given.)
+Tensor paired_values_as_gram(const Tensor& n_mats, const Tensor& p, const Tensor& g_cols,
+                             const Tensor& z, TileScratch* scratch, Tensor* gram = nullptr) {
   const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
                 width = n_mats.size(2), width_y = z.size(1);
   const Tensor products = pair_products_of(scratch, n_mats, z);
-  const Tensor gram = at::mm(products, g_cols.view({width_y * width, n})).view({rows, height, n});
-  return (weight * (gram * p.t().unsqueeze(0)).sum(1)).sum(at::kDouble);
+  const Tensor grams = at::mm(products, g_cols.view({width_y * width, n})).view({rows, height, n});
+  if (gram != nullptr) *gram = grams;
+  return (grams * p.t().unsqueeze(0)).sum(1);
 }
 
-// The same sum where G_j = diag(d_j) (k = m − 1, where F_{m-1,m-1} = I): right_ijb = z_i[b]·d_j[b],
-// so Σ_b left_ijb·right_ijb = ⟨N_i ∘ z_i (columns), p_j d_jᵀ⟩, one Gram of (H_a·H_b) arrays;
-// `p_d` is every sample's p_j d_jᵀ.
-Tensor paired_products_diagonal(const Tensor& weight, const Tensor& n_mats, const Tensor& p_d,
-                                const Tensor& z, TileScratch* scratch) {
-  return weighted_gram(weight, mul_into(scratch, TileScratch::kScaled, n_mats, z.unsqueeze(1)),
-                       p_d);
+// The same values where G_j = diag(d_j) (k = m − 1, where F_{m-1,m-1} = I): right_ijb =
+// z_i[b]·d_j[b], so Σ_b left_ijb·right_ijb = ⟨N_i ∘ z_i (columns), p_j d_jᵀ⟩, one Gram of
+// (H_a·H_b) arrays; `p_d` is every sample's p_j d_jᵀ.
+Tensor paired_values_diagonal(const Tensor& n_mats, const Tensor& p_d, const Tensor& z,
+                              TileScratch* scratch) {
+  return gram_of(mul_into(scratch, TileScratch::kScaled, n_mats, z.unsqueeze(1)), p_d);
 }
 
 // What the pair sums read of a chain (tensor handles), and its sizes: built from a chain, or from
@@ -217,7 +220,7 @@ PairFactors sample_rows(const PairFactors& f, Rows rows) {
 
 // The feature kernel κ_k(i, j) = ã_{i,k-1}·ã_{j,k-1} for the tile's rows i (`tile`, sample_rows of f)
 // and every j.
-Tensor kappa(const PairFactors& f, const PairFactors& tile, int64_t k) {
+Tensor feature_kernel(const PairFactors& f, const PairFactors& tile, int64_t k) {
   const Tensor gram = at::mm(tile.z[k - 1], f.z[k - 1].t());
   return f.bias[k] ? gram + 1 : gram;
 }
@@ -303,42 +306,124 @@ Tensor plus_E(const TileInputs& in, const Tensor& n_block, int64_t m, int64_t k,
                          alpha);
 }
 
-// tr(G²)'s share Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ), K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C).
-Tensor dual_tile(const TileInputs& in) {
+// The unit gradients of the pairs' sums in z_l and p_m through the tiles' weights
+// (TileWeights): (N, H) arrays, taken with the sum in the forward of PairSumsBackward.
+struct WeightGrads {
+  std::vector<Tensor> z, p;  // z[l], l = 0..o − 1; p[m], m = 2..o (others undefined)
+};
+
+// Zeros in WeightGrads' layout for the factors f.
+WeightGrads zero_weight_grads(const PairFactors& f) {
+  WeightGrads grads{std::vector<Tensor>(f.out), std::vector<Tensor>(f.out + 1)};
+  for (int64_t l = 0; l < f.out; ++l) grads.z[l] = at::zeros_like(f.z[l]);
+  for (int64_t m = 2; m <= f.out; ++m) grads.p[m] = at::zeros_like(f.p[m]);
+  return grads;
+}
+
+// A tile's weights (rows, N): the feature kernels κ_k(i, j) and the Grams p_{i,m}·p_{j,m} of the
+// Q3 terms, and, where `partials`, the tile's sum's partial derivatives in them: each term
+// c·Σ_ij w_ij·v_ij adds c·v_ij times the weight's other factors, from pair values v that the sum
+// forms anyway, so that the reverse pass need not form those Grams again (§12.4). Likewise the
+// partials of the as-Gram paired values in every sample's p_m (d_p, (N, H_m)), which their Gram
+// gives.
+struct TileWeights {
+  std::vector<Tensor> kappa, p_gram, d_kappa, d_p_gram, d_p;
+
+  TileWeights(const PairFactors& f, const PairFactors& t, bool with_p_grams, bool partials)
+      : kappa(f.out + 1), p_gram(f.out + 1) {
+    for (int64_t k = 1; k <= f.out; ++k) kappa[k] = feature_kernel(f, t, k);
+    for (int64_t m = 2; with_p_grams && m <= f.out; ++m) p_gram[m] = at::mm(t.p[m], f.p[m].t());
+    if (!partials) return;
+    d_kappa.resize(f.out + 1);
+    d_p_gram.resize(f.out + 1);
+    d_p.resize(f.out + 1);
+    for (int64_t k = 1; k <= f.out; ++k) d_kappa[k] = at::zeros_like(kappa[k]);
+    for (int64_t m = 2; with_p_grams && m <= f.out; ++m) d_p_gram[m] = at::zeros_like(kappa[1]);
+  }
+
+  // κ_k ∘ κ_k2 (k2 > 0) ∘ p_gram_m (m > 0).
+  Tensor weight(int64_t k, int64_t k2, int64_t m) const {
+    Tensor w = kappa[k];
+    if (k2 > 0) w = w * kappa[k2];
+    if (m > 0) w = w * p_gram[m];
+    return w;
+  }
+
+  // c·Σ_ij w_ij·v_ij with w = weight(k, k2, m), its partials added where wanted.
+  Tensor term(double c, const Tensor& values, int64_t k, int64_t k2, int64_t m) {
+    if (!d_kappa.empty()) {
+      const Tensor cv = c * values;
+      const auto times = [&](Tensor x, int64_t kernel, int64_t grams) {
+        if (kernel > 0) x = x * kappa[kernel];
+        if (grams > 0) x = x * p_gram[grams];
+        return x;
+      };
+      d_kappa[k].add_(times(cv, k2, m));
+      if (k2 > 0) d_kappa[k2].add_(times(cv, k, m));
+      if (m > 0) d_p_gram[m].add_(times(cv * kappa[k], k2, 0));
+    }
+    return c * (weight(k, k2, m) * values).sum(at::kDouble);
+  }
+
+  // c·Σ_ij κ_k(i, j) Σ_a gram[i, a, j] p_j[a] (paired_values_as_gram) in p_j, where wanted.
+  void add_p_partials(double c, const Tensor& gram, int64_t k, int64_t m) {
+    if (d_kappa.empty()) return;
+    const Tensor term = (kappa[k].unsqueeze(1) * gram).sum(0).t() * c;  // (N, H_m)
+    d_p[m] = d_p[m].defined() ? d_p[m] + term : term;
+  }
+
+  // The partials through κ_k = z_{k-1}(rows)·z_{k-1}ᵀ (+ 1) and p_gram_m = p_m(rows)·p_mᵀ into
+  // both sides of z and p (the tile's rows `rows` of f), and d_p into p.
+  void add_into(const PairFactors& f, const PairFactors& t, Rows rows, WeightGrads& grads) const {
+    for (int64_t k = 1; k <= f.out; ++k) {
+      Tensor& z = grads.z[k - 1];
+      z.narrow(0, rows.begin, rows.size()).addmm_(d_kappa[k], f.z[k - 1]);
+      z.addmm_(d_kappa[k].t(), t.z[k - 1]);
+    }
+    for (int64_t m = 2; m <= f.out; ++m) {
+      Tensor& p = grads.p[m];
+      if (d_p[m].defined()) p.add_(d_p[m]);
+      if (!d_p_gram[m].defined()) continue;
+      p.narrow(0, rows.begin, rows.size()).addmm_(d_p_gram[m], f.p[m]);
+      p.addmm_(d_p_gram[m].t(), t.p[m]);
+    }
+  }
+};
+
+// tr(G²)'s share Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ), K_ij = Σ_k κ_k(i,j) B_ik B_jkᵀ (C × C);
+// the partials in κ_k from ∂/∂K = 2 S_i K_ij S_j (S symmetric).
+Tensor dual_tile(const TileInputs& in, TileWeights& w) {
   const PairFactors& f = in.all;
   const int64_t N = f.N, C = f.C, rows = in.rows.N;
   Tensor K;  // (rows, C, N, C)
+  std::vector<Tensor> products(f.out + 1);
   for (int64_t k = 1; k <= f.out; ++k) {
-    const Tensor& B = f.F[f.out][k];
-    const Tensor term = at::mm(in.rows.F[f.out][k].reshape({rows * C, -1}),
-                               B.reshape({N * C, -1}).t())
-                            .view({rows, C, N, C}) *
-                        kappa(f, in.rows, k).view({rows, 1, N, 1});
+    products[k] = at::mm(in.rows.F[f.out][k].reshape({rows * C, -1}),
+                         f.F[f.out][k].reshape({N * C, -1}).t())
+                      .view({rows, C, N, C});
+    const Tensor term = products[k] * w.kappa[k].view({rows, 1, N, 1});
     K = K.defined() ? K + term : term;
   }
   const Tensor SKS =
       at::einsum("iajc,jcd->iajd", {at::einsum("iab,ibjc->iajc", {in.rows.S, K}), f.S});
+  for (int64_t k = 1; k <= f.out && !w.d_kappa.empty(); ++k) {
+    w.d_kappa[k].add_((SKS * products[k]).sum({1, 3}) * 2);
+  }
   return (SKS * K).sum(at::kDouble);
 }
 
 // The Gram forms' share of the tile's rows: tr(G²) where the dual matrix is not used, then
 // 2 tr(GR) + tr(R²) (§12.3).
-Tensor gram_tile(const TileInputs& in) {
+Tensor gram_tile(const TileInputs& in, TileWeights& w) {
   const PairFactors& f = in.all;
   const PairFactors& t = in.rows;
   const int64_t out = f.out, L = f.L;
-  const auto& r = f.r;
-  const auto& p = f.p;
-  const auto& curvature = f.curvature;  // N[k][k'] of §12.3
-  std::vector<Tensor> kappas(out + 1);
-  for (int64_t k = 1; k <= out; ++k) kappas[k] = kappa(f, t, k);
   Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
   if (!uses_dual(f)) {  // tr(G²) = Σ_{k,k'} Σ_ij κ_k κ_k' ⟨E^i_{k'k}, E^j_{k'k}⟩
     for (int64_t k = 1; k <= out; ++k) {
       for (int64_t k2 = k; k2 <= out; ++k2) {
-        const Tensor& e = in.right.E[k2][k];
-        const Tensor gram = weighted_gram(kappas[k] * kappas[k2], in.right_rows.E[k2][k], e);
-        sum = sum + (k2 == k ? gram : 2 * gram);
+        const Tensor gram = gram_of(in.right_rows.E[k2][k], in.right.E[k2][k]);
+        sum = sum + w.term(k2 == k ? 1 : 2, gram, k, k2, 0);
       }
     }
   }
@@ -351,39 +436,40 @@ Tensor gram_tile(const TileInputs& in) {
   // product over H² per pair instead of two: these Grams are the engine's cost).
   for (int64_t k = 1; k <= L; ++k) {
     for (int64_t k2 = k; k2 <= L; ++k2) {
-      const Tensor weight = kappas[k] * kappas[k2];
-      if (k == L && k2 == L) {
-        sum = sum + weighted_gram(weight, t.r[L] + 2 * E_diagonal_of(t, L), r[L]);  // Q1 + 2·T1
+      if (k == L && k2 == L) {  // Q1 + 2·T1
+        sum = sum + w.term(1, gram_of(t.r[L] + 2 * E_diagonal_of(t, L), f.r[L]), L, L, 0);
         continue;
       }
       // (k', k): the orientation the chain builds (JacobianChain::curvature), contiguous
-      const Tensor& n_kk = curvature[k2][k];
-      const Tensor pair =
-          weighted_gram(weight, plus_E(in, t.curvature[k2][k], k2, k, 2), n_kk);  // Q1 + 2·T1
-      sum = sum + (k2 == k ? pair : 2 * pair);
+      const Tensor gram = gram_of(plus_E(in, t.curvature[k2][k], k2, k, 2), f.curvature[k2][k]);
+      sum = sum + w.term(k2 == k ? 1 : 2, gram, k, k2, 0);  // Q1 + 2·T1
     }
   }
   for (int64_t m = 2; m <= out; ++m) {
     for (int64_t k = 1; k < m; ++k) {
-      const Tensor pair_weight = kappas[k] * at::mm(t.p[m], p[m].t());
       const Tensor& z_rows = t.z[m - 1];
       // T2 pairs E^i_{mk} with p_j and g^{ij}, Q2 (hidden m only) N^i_{mk} with the same
       const Tensor left = m <= L ? plus_E(in, t.curvature[m][k], m, k, 1) : E_rows(in, m, k);
       if (k == m - 1) {
-        const Tensor& d = f.d1[m - 1];
-        sum = sum + 4 * paired_products_diagonal(kappas[k], left, in.right.p_d[m], z_rows,
-                                                 in.scratch);                   // 2·T2 + Q2
-        sum = sum + 2 * weighted_gram(pair_weight, t.d1[m - 1], d);  // Q3
+        sum = sum + w.term(4, paired_values_diagonal(left, in.right.p_d[m], z_rows, in.scratch),
+                           k, 0, 0);                                          // 2·T2 + Q2
+        sum = sum + w.term(2, gram_of(t.d1[m - 1], f.d1[m - 1]), k, 0, m);  // Q3
         continue;
       }
       // g_ij = F_{j,m-1,k}ᵀ(φ'_{j,m-1} ∘ z_{i,m-1}): G_j = D'_{j,m-1} F_{j,m-1,k}, samples last
       const Tensor& g = in.right.G[m][k];
-      sum = sum + 4 * (pairs_as_gram(left, z_rows)
-                           ? paired_products_as_gram(kappas[k], left, p[m], g, z_rows, in.scratch)
-                           : paired_products(kappas[k], left, p[m], g, z_rows));  // 2·T2 + Q2
+      Tensor values;
+      if (pairs_as_gram(left, z_rows)) {
+        Tensor gram;
+        values = paired_values_as_gram(left, f.p[m], g, z_rows, in.scratch, &gram);
+        w.add_p_partials(4, gram, k, m);
+      } else {
+        values = paired_values(left, f.p[m], g, z_rows);
+      }
+      sum = sum + w.term(4, values, k, 0, 0);  // 2·T2 + Q2
       const Tensor& g_rows = in.right_rows.G[m][k];
-      sum = sum + 2 * weighted_gram_of_columns(pair_weight, g_rows.reshape({-1, t.N}),
-                                               g.view({-1, f.N}));  // Q3
+      sum = sum + w.term(2, gram_of_columns(g_rows.reshape({-1, t.N}), g.view({-1, f.N})), k, 0,
+                         m);  // Q3
     }
   }
   return sum;
@@ -421,28 +507,33 @@ std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, in
   return tiles;
 }
 
-Tensor tile_sum(const TileInputs& in, const Tile& tile) {
-  return tile.dual ? dual_tile(in) : gram_tile(in);
+// The tile's sum; where `grads`, its weights' partials added into them.
+Tensor tile_sum(const TileInputs& in, const Tile& tile, WeightGrads* grads) {
+  TileWeights w(in.all, in.rows, !tile.dual, grads != nullptr);
+  const Tensor sum = tile.dual ? dual_tile(in, w) : gram_tile(in, w);
+  if (grads != nullptr) w.add_into(in.all, in.rows, tile.rows, *grads);
+  return sum;
 }
 
 // The tile with its rows read as views of every sample's factors; `scratch` where nothing is
 // recorded (else null).
 Tensor tile_sum(const PairFactors& f, const RightFactors& right, const Tile& tile,
-                TileScratch* scratch) {
+                TileScratch* scratch, WeightGrads* grads = nullptr) {
   const PairFactors rows = sample_rows(f, tile.rows);
   const RightFactors right_rows = sample_rows(right, tile.rows);
-  return tile_sum(TileInputs{f, rows, right, right_rows, scratch}, tile);
+  return tile_sum(TileInputs{f, rows, right, right_rows, scratch}, tile, grads);
 }
 
 // ---- The pairs' sums' reverse pass, derived by hand (docs/math.md §12.4) ----
 //
-// Each tile's sum is a sum of weighted Grams Σ_ij W_ij⟨a_i, b_j⟩ of per-sample factors, and its
-// adjoint is W b for the rows' side, Wᵀa for every sample's side and the Gram itself for the
-// weight. The gradients go into buffers of the factors' own shapes, in place: the rows' side
-// into their rows, every sample's side whole (by addmm_, a product accumulated where it is
-// written). Autograd's reverse mode through a recorded tile gave every tile a fresh (N, H, H)
-// gradient per factor, which the kernel faulted in page by page: at [200, 200], N = 500, such a
-// product took 250 ms fresh against 65 ms into a buffer.
+// Each tile's sum is a sum of weighted Grams c·Σ_ij w_ij⟨a_i, b_j⟩ of per-sample factors (and
+// the paired products and the dual matrix, likewise bilinear). Its partials in the weights come
+// with the sum (TileWeights); in the factors they are W b for the rows' side and Wᵀa for every
+// sample's side, W = upstream·c·w. The gradients go into buffers of the factors' own shapes, in
+// place: the rows' side into their rows, every sample's side whole (by addmm_, a product
+// accumulated where it is written). Autograd's reverse mode through a recorded tile gave every
+// tile fresh (N, H, H) gradients, which the kernel faulted in page by page: at [200, 200],
+// N = 500, such a product took 250 ms fresh against 65 ms into a buffer.
 
 // What a tile writes its gradients into: every sample's buffers (views of which are the rows'),
 // undefined where no gradient is wanted.
@@ -453,23 +544,21 @@ struct TileGrads {
   const RightFactors& right_rows;
 };
 
-// The adjoint of Σ_ij W_ij⟨a_i, b_j⟩ (a: the tile's rows, b: every sample's; W scaled by the
-// upstream gradient and the term's multiplier): W b returned (the rows' side, a's shape; in the
-// scratch's kRowsSide where there is one), Wᵀa added into `db` where defined, and the Gram a bᵀ
-// times `dweight_scale` (the weight's adjoint) added into `dweight`.
-Tensor gram_adjoint(const Tensor& W, const Tensor& a, const Tensor& b, const Tensor& db,
-                    const Tensor& dweight_scale, const Tensor& dweight, TileScratch* scratch) {
-  const Tensor a2 = a.reshape({a.size(0), -1}), b2 = b.reshape({b.size(0), -1});
-  if (db.defined()) db.view({b.size(0), -1}).addmm_(W.t(), a2);
-  dweight.add_(at::mm(a2, b2.t()) * dweight_scale);
-  if (scratch == nullptr) return at::mm(W, b2).view(a.sizes());
-  Tensor rows_side = scratch->get(TileScratch::kRowsSide, {a2.size(0), a2.size(1)}, a.options());
-  return at::mm_out(rows_side, W, b2).view(a.sizes());
-}
-
 // dst += term where a gradient is wanted.
 void add_into(const Tensor& dst, const Tensor& term) {
   if (dst.defined()) dst.add_(term);
+}
+
+// The adjoint of Σ_ij W_ij⟨a_i, b_j⟩ in a (the tile's rows) and b (every sample's): W b
+// returned (a's shape; in the scratch's kRowsSide where there is one), Wᵀa added into `db`
+// where defined.
+Tensor gram_adjoint(const Tensor& W, const Tensor& a, const Tensor& b, const Tensor& db,
+                    TileScratch* scratch) {
+  const Tensor a2 = a.reshape({a.size(0), -1}), b2 = b.reshape({b.size(0), -1});
+  if (db.defined()) db.view({b.size(0), -1}).addmm_(W.t(), a2);
+  if (scratch == nullptr) return at::mm(W, b2).view(a.sizes());
+  Tensor rows_side = scratch->get(TileScratch::kRowsSide, {a2.size(0), a2.size(1)}, a.options());
+  return at::mm_out(rows_side, W, b2).view(a.sizes());
 }
 
 // The adjoint of X = α·B_mᵀ S B_k (every sample of the arguments' rows) given dX, into the
@@ -494,23 +583,21 @@ void E_diagonal_adjoint(const Tensor& S, const Tensor& B, const Tensor& dv, doub
   if (dS.defined()) dS.baddbmm_(weighted, B.transpose(1, 2));
 }
 
-// The adjoint of paired_products (same blocks): the weight's adjoint (rows, N) returned; N_i's
-// into dn (rows, H_a, H_b), z_i's into dz (rows, H_y), and every sample's p and G (samples-last,
-// as (H_y, H_b·N)) into dp, dg where wanted. W is the weight times the upstream and multiplier.
-Tensor paired_products_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
-                               const Tensor& g_cols, const Tensor& z, const Tensor& dn,
-                               const Tensor& dz, const Tensor& dp, const Tensor& dg) {
+// The adjoint of Σ_ij W_ij·paired_values_ij (same blocks) in N_i (into dn, (rows, H_a, H_b)), z_i
+// (dz, (rows, H_y)) and every sample's p and G (samples-last, as (H_y, H_b·N)) (dp, dg), each
+// where defined.
+void paired_values_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
+                           const Tensor& g_cols, const Tensor& z, const Tensor& dn,
+                           const Tensor& dz, const Tensor& dp, const Tensor& dg) {
   const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
                 width = n_mats.size(2);
   const Tensor g_flat = g_cols.view({g_cols.size(0), width * n});
   const int64_t block = std::max<int64_t>(1, kTileNumbers / std::max<int64_t>(1, n * width));
-  Tensor dW = at::empty({rows, n}, W.options());
   for (int64_t start = 0; start < rows; start += block) {
     const int64_t stop = std::min(rows, start + block), size = stop - start;
     const Tensor n_t = n_mats.slice(0, start, stop).transpose(1, 2).reshape({size * width, height});
     const Tensor left = at::mm(n_t, p.t()).view({size, width, n});
     const Tensor right = at::mm(z.slice(0, start, stop), g_flat).view({size, width, n});
-    dW.slice(0, start, stop).copy_((left * right).sum(1));
     const Tensor w = W.slice(0, start, stop).unsqueeze(1);
     const Tensor w_right = (w * right).reshape({size * width, n});  // d left
     const Tensor w_left = (w * left).reshape({size, width * n});    // d right
@@ -520,22 +607,18 @@ Tensor paired_products_adjoint(const Tensor& W, const Tensor& n_mats, const Tens
     add_into(dz.defined() ? dz.slice(0, start, stop) : dz, at::mm(w_left, g_flat.t()));
     if (dg.defined()) dg.addmm_(z.slice(0, start, stop).t(), w_left);
   }
-  return dW;
 }
 
-// The adjoint of paired_products_as_gram, with paired_products_adjoint's arguments.
-Tensor paired_products_as_gram_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
-                                       const Tensor& g_cols, const Tensor& z, const Tensor& dn,
-                                       const Tensor& dz, const Tensor& dp, const Tensor& dg,
-                                       TileScratch& scratch) {
+// The same for paired_values_as_gram, with paired_values_adjoint's arguments but p's: its
+// partials come with the sum (TileWeights::add_p_partials), from the Gram formed there.
+void paired_values_as_gram_adjoint(const Tensor& W, const Tensor& n_mats, const Tensor& p,
+                                   const Tensor& g_cols, const Tensor& z, const Tensor& dn,
+                                   const Tensor& dz, const Tensor& dg, TileScratch& scratch) {
   const int64_t rows = n_mats.size(0), n = p.size(0), height = n_mats.size(1),
                 width = n_mats.size(2), width_y = z.size(1);
   const Tensor products = pair_products_of(&scratch, n_mats, z);
   const Tensor g2 = g_cols.view({width_y * width, n});
-  const Tensor gram = at::mm(products, g2).view({rows, height, n});
-  const Tensor p_t = p.t().unsqueeze(0);                      // (1, H_a, N)
-  const Tensor d_gram = (W.unsqueeze(1) * p_t).reshape({rows * height, n});
-  if (dp.defined()) dp.add_((W.unsqueeze(1) * gram).sum(0).t());
+  const Tensor d_gram = (W.unsqueeze(1) * p.t().unsqueeze(0)).reshape({rows * height, n});
   if (dg.defined()) dg.view({width_y * width, n}).addmm_(products.t(), d_gram);
   Tensor d_products = scratch.get(TileScratch::kProductsAdjoint, {rows * height, width_y * width},
                                   W.options());
@@ -544,25 +627,19 @@ Tensor paired_products_as_gram_adjoint(const Tensor& W, const Tensor& n_mats, co
   // Σ_y z_i[y]·blocks[i, a, y, :] and Σ_{a,b} N_i[a, b]·blocks[i, a, :, b], as batched products
   add_into(dn, at::matmul(z.view({rows, 1, 1, width_y}), blocks).squeeze(2));
   add_into(dz, at::matmul(blocks, n_mats.unsqueeze(3)).squeeze(3).sum(1));
-  return (gram * p_t).sum(1);
 }
 
-// The adjoint of gram_tile's sum, scaled by `upstream` (0-dimensional), into `d`; `in` with a
-// scratch (the adjoints run without recording).
+// The adjoint of gram_tile's sum in the factors, scaled by `upstream` (0-dimensional), into `d`;
+// `in` with a scratch (the adjoints run without recording).
 void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileGrads& d) {
   const PairFactors& f = in.all;
   const PairFactors& t = in.rows;
-  TileScratch* scratch = in.scratch;
   const int64_t out = f.out, L = f.L;
-  std::vector<Tensor> kappas(out + 1), d_kappas(out + 1);
-  for (int64_t k = 1; k <= out; ++k) {
-    kappas[k] = kappa(f, t, k);
-    d_kappas[k] = at::zeros_like(kappas[k]);
-  }
-  // The adjoint of a weight κ_k ∘ κ_k2 given its adjoint d (both orders add when k = k2).
-  const auto weight_adjoint = [&](int64_t k, int64_t k2, const Tensor& dw) {
-    d_kappas[k].add_(dw * kappas[k2]);
-    d_kappas[k2].add_(dw * kappas[k]);
+  TileScratch* scratch = in.scratch;
+  const TileWeights w(f, t, /*with_p_grams=*/true, /*partials=*/false);
+  // W = upstream·c·w for the term c·Σ w⟨a, b⟩
+  const auto scaled = [&](double c, int64_t k, int64_t k2, int64_t m) {
+    return w.weight(k, k2, m) * (upstream * c);
   };
   // E(m, k) of the rows scaled by α, given its adjoint: into the E factor formed for every
   // sample where there is one, else into B_m, S, B_k.
@@ -574,117 +651,89 @@ void gram_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
     E_adjoint(t.F[out][m], t.S, t.F[out][k], dX, alpha, d.rows.F[out][m], d.rows.S,
               d.rows.F[out][k]);
   };
+
   if (!uses_dual(f)) {
     for (int64_t k = 1; k <= out; ++k) {
       for (int64_t k2 = k; k2 <= out; ++k2) {
-        const Tensor scale = upstream * (k2 == k ? 1 : 2);
-        Tensor dw = at::zeros_like(kappas[k]);
-        const Tensor da = gram_adjoint(scale * kappas[k] * kappas[k2], in.right_rows.E[k2][k],
-                                       in.right.E[k2][k], d.right.E[k2][k], scale, dw, scratch);
+        const Tensor da = gram_adjoint(scaled(k2 == k ? 1 : 2, k, k2, 0), in.right_rows.E[k2][k],
+                                       in.right.E[k2][k], d.right.E[k2][k], scratch);
         add_into(d.right_rows.E[k2][k], da);
-        weight_adjoint(k, k2, dw);
       }
     }
   }
   for (int64_t k = 1; k <= L; ++k) {
     for (int64_t k2 = k; k2 <= L; ++k2) {
-      const Tensor scale = upstream * (k2 == k ? 1 : 2);
-      const Tensor weight = scale * kappas[k] * kappas[k2];
-      Tensor dw = at::zeros_like(kappas[k]);
       if (k == L && k2 == L) {
         const Tensor a = t.r[L] + 2 * E_diagonal_of(t, L);
-        const Tensor da = gram_adjoint(weight, a, f.r[L], d.all.r[L], scale, dw, nullptr);
+        const Tensor da = gram_adjoint(scaled(1, L, L, 0), a, f.r[L], d.all.r[L], nullptr);
         add_into(d.rows.r[L], da);
         E_diagonal_adjoint(t.S, t.F[out][L], da, 2, d.rows.F[out][L], d.rows.S);
-      } else {
-        const Tensor a = plus_E(in, t.curvature[k2][k], k2, k, 2);
-        const Tensor da = gram_adjoint(weight, a, f.curvature[k2][k], d.all.curvature[k2][k],
-                                       scale, dw, scratch);
-        add_into(d.rows.curvature[k2][k], da);
-        E_rows_adjoint(k2, k, da, 2);
+        continue;
       }
-      weight_adjoint(k, k2, dw);
+      const Tensor a = plus_E(in, t.curvature[k2][k], k2, k, 2);
+      const Tensor da = gram_adjoint(scaled(k2 == k ? 1 : 2, k, k2, 0), a, f.curvature[k2][k],
+                                     d.all.curvature[k2][k], scratch);
+      add_into(d.rows.curvature[k2][k], da);
+      E_rows_adjoint(k2, k, da, 2);
     }
   }
   for (int64_t m = 2; m <= out; ++m) {
-    const Tensor& p = f.p[m];
     const Tensor& z_rows = t.z[m - 1];
     const Tensor& dz_rows = d.rows.z[m - 1];
     for (int64_t k = 1; k < m; ++k) {
-      const Tensor p_gram = at::mm(t.p[m], p.t());  // pair_weight = κ_k ∘ p_gram
       const Tensor left = m <= L ? plus_E(in, t.curvature[m][k], m, k, 1) : E_rows(in, m, k);
       // The left factor's adjoint, into N_{mk} (hidden m) and E(m, k)
       const auto left_adjoint = [&](const Tensor& d_left) {
         if (m <= L) add_into(d.rows.curvature[m][k], d_left);
         E_rows_adjoint(m, k, d_left, 1);
       };
-      // Q3's weight 2·κ_k ∘ p_gram: its adjoint into κ_k and the p's
-      Tensor d_pair_weight = at::zeros_like(kappas[k]);
+      const Tensor W3 = scaled(2, k, 0, m);  // Q3's
       if (k == m - 1) {
-        const Tensor scaled = 4 * upstream;
         const Tensor z = z_rows.unsqueeze(1);
         const Tensor a = mul_into(scratch, TileScratch::kScaled, left, z);
-        Tensor da = gram_adjoint(scaled * kappas[k], a, in.right.p_d[m], d.right.p_d[m], scaled,
-                                 d_kappas[k], scratch);
+        Tensor da = gram_adjoint(scaled(4, k, 0, 0), a, in.right.p_d[m], d.right.p_d[m], scratch);
         add_into(dz_rows, mul_into(scratch, TileScratch::kScaled, da, left).sum(1));
-        left_adjoint(da.mul_(z));  // (before Q3's adjoint, which reuses the scratch)
-        const Tensor q3 = 2 * upstream;
-        const Tensor dd = gram_adjoint(q3 * kappas[k] * p_gram, t.d1[m - 1], f.d1[m - 1],
-                                       d.all.d1[m - 1], q3, d_pair_weight, nullptr);
-        add_into(d.rows.d1[m - 1], dd);
-      } else {
-        const Tensor& g = in.right.G[m][k];
-        const Tensor W = 4 * upstream * kappas[k];
-        const Tensor d_left =
-            scratch->get(TileScratch::kLeftAdjoint, left.sizes(), left.options()).zero_();
-        const Tensor dg = d.right.G[m][k].defined()
-                              ? d.right.G[m][k].view({g.size(0), -1}) : Tensor();
-        const Tensor dw =
-            pairs_as_gram(left, z_rows)
-                ? paired_products_as_gram_adjoint(W, left, p, g, z_rows, d_left, dz_rows,
-                                                  d.all.p[m], dg, *scratch)
-                : paired_products_adjoint(W, left, p, g, z_rows, d_left, dz_rows, d.all.p[m], dg);
-        d_kappas[k].add_(dw * (4 * upstream));
-        left_adjoint(d_left);
-        // Q3: Σ_ij pair_weight_ij⟨g_i, g_j⟩ with the samples as columns
-        const Tensor& g_rows = in.right_rows.G[m][k];
-        const Tensor g_all = g.view({-1, f.N}), g_cols = g_rows.reshape({-1, t.N});
-        const Tensor q3 = 2 * upstream;
-        const Tensor W3 = q3 * kappas[k] * p_gram;
-        if (d.right.G[m][k].defined()) {
-          d.right.G[m][k].view({-1, f.N}).addmm_(g_cols, W3);
-          d.right_rows.G[m][k].view({-1, t.N}).addmm_(g_all, W3.t());
-        }
-        d_pair_weight.add_(at::mm(g_cols.t(), g_all) * q3);
+        left_adjoint(da.mul_(z));  // (before Q3's adjoint, which may reuse the scratch)
+        add_into(d.rows.d1[m - 1], gram_adjoint(W3, t.d1[m - 1], f.d1[m - 1], d.all.d1[m - 1],
+                                                nullptr));
+        continue;
       }
-      // pair_weight = κ_k ∘ (p_i·p_j)
-      d_kappas[k].add_(d_pair_weight * p_gram);
-      const Tensor d_p_gram = d_pair_weight * kappas[k];
-      if (d.rows.p[m].defined()) d.rows.p[m].addmm_(d_p_gram, p);
-      if (d.all.p[m].defined()) d.all.p[m].addmm_(d_p_gram.t(), t.p[m]);
+      const Tensor& g = in.right.G[m][k];
+      const Tensor& dG = d.right.G[m][k];
+      const Tensor d_left =
+          scratch->get(TileScratch::kLeftAdjoint, left.sizes(), left.options()).zero_();
+      const Tensor dg = dG.defined() ? dG.view({g.size(0), -1}) : Tensor();
+      if (pairs_as_gram(left, z_rows)) {
+        paired_values_as_gram_adjoint(scaled(4, k, 0, 0), left, f.p[m], g, z_rows, d_left,
+                                      dz_rows, dg, *scratch);
+      } else {
+        paired_values_adjoint(scaled(4, k, 0, 0), left, f.p[m], g, z_rows, d_left, dz_rows,
+                              d.all.p[m], dg);
+      }
+      left_adjoint(d_left);
+      // Q3: Σ_ij W3_ij⟨g_i, g_j⟩ with the samples as columns, both sides G's
+      if (dG.defined()) {
+        const Tensor g_cols = in.right_rows.G[m][k].reshape({-1, t.N});
+        dG.view({-1, f.N}).addmm_(g_cols, W3);
+        d.right_rows.G[m][k].view({-1, t.N}).addmm_(g.view({-1, f.N}), W3.t());
+      }
     }
-  }
-  // κ_k = z_{k-1} (rows) · z_{k-1} (every sample) (+ 1): into both sides of z_{k-1}.
-  for (int64_t k = 1; k <= out; ++k) {
-    if (d.rows.z[k - 1].defined()) d.rows.z[k - 1].addmm_(d_kappas[k], f.z[k - 1]);
-    if (d.all.z[k - 1].defined()) d.all.z[k - 1].addmm_(d_kappas[k].t(), t.z[k - 1]);
   }
 }
 
-// The adjoint of dual_tile's Σ_{i ∈ rows, j} tr(S_i K_ij S_j K_ijᵀ) (S symmetric), scaled by
-// `upstream`, into `d`: dK = 2 S_i K_ij S_j, dS_i = Σ_j K_ij S_j K_ijᵀ, dS_j = Σ_i K_ijᵀ S_i K_ij,
-// then through K = Σ_k κ_k ∘ B_ik B_jkᵀ into the B's and the κ's.
+// The adjoint of dual_tile's sum in the B's and S's, scaled by `upstream`, into `d`:
+// dK = 2 S_i K_ij S_j, dS_i = Σ_j K_ij S_j K_ijᵀ, dS_j = Σ_i K_ijᵀ S_i K_ij (S symmetric), then
+// through K = Σ_k κ_k ∘ B_ik B_jkᵀ into the B's.
 void dual_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileGrads& d) {
   const PairFactors& f = in.all;
   const int64_t N = f.N, C = f.C, rows = in.rows.N;
-  std::vector<Tensor> products(f.out + 1), kappas(f.out + 1);
+  const TileWeights w(f, in.rows, /*with_p_grams=*/false, /*partials=*/false);
   Tensor K;  // (rows, C, N, C)
   for (int64_t k = 1; k <= f.out; ++k) {
-    products[k] = at::mm(in.rows.F[f.out][k].reshape({rows * C, -1}),
-                         f.F[f.out][k].reshape({N * C, -1}).t())
-                      .view({rows, C, N, C});
-    kappas[k] = kappa(f, in.rows, k);
-    const Tensor term = products[k] * kappas[k].view({rows, 1, N, 1});
+    const Tensor term = at::mm(in.rows.F[f.out][k].reshape({rows * C, -1}),
+                               f.F[f.out][k].reshape({N * C, -1}).t())
+                            .view({rows, C, N, C}) *
+                        w.kappa[k].view({rows, 1, N, 1});
     K = K.defined() ? K + term : term;
   }
   const Tensor SK = at::einsum("iab,ibjc->iajc", {in.rows.S, K});
@@ -695,19 +744,15 @@ void dual_tile_adjoint(const TileInputs& in, const Tensor& upstream, const TileG
   if (d.all.S.defined()) d.all.S.add_(at::einsum("iajc,iajd->jcd", {K, SK}) * upstream);
   const Tensor dK = at::einsum("iajc,jcd->iajd", {SK, f.S}) * (2 * upstream);
   for (int64_t k = 1; k <= f.out; ++k) {
-    const Tensor d_kappa = (dK * products[k]).sum({1, 3});
-    const Tensor d_product =
-        (dK * kappas[k].view({rows, 1, N, 1})).reshape({rows * C, N * C});
-    const Tensor& B_rows = in.rows.F[f.out][k];
-    const Tensor& B_all = f.F[f.out][k];
-    if (d.rows.F[f.out][k].defined()) {
-      d.rows.F[f.out][k].view({rows * C, -1}).addmm_(d_product, B_all.reshape({N * C, -1}));
+    const Tensor d_product = (dK * w.kappa[k].view({rows, 1, N, 1})).reshape({rows * C, N * C});
+    const Tensor& dB_rows = d.rows.F[f.out][k];
+    const Tensor& dB_all = d.all.F[f.out][k];
+    if (dB_rows.defined()) {
+      dB_rows.view({rows * C, -1}).addmm_(d_product, f.F[f.out][k].reshape({N * C, -1}));
     }
-    if (d.all.F[f.out][k].defined()) {
-      d.all.F[f.out][k].view({N * C, -1}).addmm_(d_product.t(), B_rows.reshape({rows * C, -1}));
+    if (dB_all.defined()) {
+      dB_all.view({N * C, -1}).addmm_(d_product.t(), in.rows.F[f.out][k].reshape({rows * C, -1}));
     }
-    if (d.rows.z[k - 1].defined()) d.rows.z[k - 1].addmm_(d_kappa, f.z[k - 1]);
-    if (d.all.z[k - 1].defined()) d.all.z[k - 1].addmm_(d_kappa.t(), in.rows.z[k - 1]);
   }
 }
 
@@ -738,19 +783,13 @@ void right_factors_adjoint(const PairFactors& f, const RightFactors& d_right,
   }
 }
 
-void tile_adjoint(const TileInputs& in, const Tile& tile, const Tensor& upstream,
-                  const TileGrads& d) {
-  if (tile.dual) {
-    dual_tile_adjoint(in, upstream, d);
-  } else {
-    gram_tile_adjoint(in, upstream, d);
-  }
-}
-
 // The pairs' sums' gradients in the factors (each_slot's order of the defined slots; `wanted`
-// says which take one, the others' stay undefined), by the adjoints above, scaled by `upstream`.
+// says which take one, the others' stay undefined), scaled by `upstream`: the adjoints above,
+// plus the weights' partials the forward took (`weight_grads`, WeightGrads' layout, at a unit
+// upstream).
 std::vector<Tensor> pair_sums_gradients(const PairFactors& f, const std::vector<bool>& wanted,
-                                        const std::vector<Tile>& tiles, const Tensor& upstream) {
+                                        const std::vector<Tile>& tiles, const Tensor& upstream,
+                                        const WeightGrads& weight_grads) {
   const at::NoGradGuard no_grad;
   PairFactors d = f;
   std::vector<Tensor> grads;  // the buffers, in the defined slots' order
@@ -771,10 +810,19 @@ std::vector<Tensor> pair_sums_gradients(const PairFactors& f, const std::vector<
     const PairFactors rows = sample_rows(f, tile.rows), d_rows = sample_rows(d, tile.rows);
     const RightFactors right_rows = sample_rows(right, tile.rows),
                        d_right_rows = sample_rows(d_right, tile.rows);
-    tile_adjoint(TileInputs{f, rows, right, right_rows, &scratch}, tile, scale,
-                 TileGrads{d, d_rows, d_right, d_right_rows});
+    const TileInputs in{f, rows, right, right_rows, &scratch};
+    const TileGrads tile_grads{d, d_rows, d_right, d_right_rows};
+    if (tile.dual) {
+      dual_tile_adjoint(in, scale, tile_grads);
+    } else {
+      gram_tile_adjoint(in, scale, tile_grads);
+    }
   }
   right_factors_adjoint(f, d_right, d);
+  for (int64_t l = 0; l < f.out; ++l) add_into(d.z[l], weight_grads.z[l] * scale);
+  for (int64_t m = 2; m <= f.out; ++m) {
+    if (weight_grads.p[m].defined()) add_into(d.p[m], weight_grads.p[m] * scale);
+  }
   return grads;  // filled in place
 }
 
@@ -834,10 +882,15 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     const torch_ws::RightFactors right = torch_ws::right_factors(f);
     at::Tensor sum = at::zeros({}, f.S.options().dtype(at::kDouble));
     torch_ws::TileScratch scratch;  // (a custom Function's forward records nothing)
+    torch_ws::WeightGrads weight_grads = torch_ws::zero_weight_grads(f);
     for (const torch_ws::Tile& tile : tiles) {
-      sum = sum + torch_ws::tile_sum(f, right, tile, &scratch);
+      sum = sum + torch_ws::tile_sum(f, right, tile, &scratch, &weight_grads);
     }
-    ctx->save_for_backward(factors.vec());
+    // The factors, then the weights' partials (z's, then p's, WeightGrads' layout)
+    std::vector<at::Tensor> saved = factors.vec();
+    saved.insert(saved.end(), weight_grads.z.begin(), weight_grads.z.end());
+    saved.insert(saved.end(), weight_grads.p.begin(), weight_grads.p.end());
+    ctx->save_for_backward(saved);
     std::vector<int64_t> bias(f.bias.begin(), f.bias.end()), flat_tiles;
     for (const torch_ws::Tile& tile : tiles) {
       flat_tiles.insert(flat_tiles.end(), {tile.dual ? 1 : 0, tile.rows.begin, tile.rows.end});
@@ -855,7 +908,13 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
     const std::vector<int64_t> defined = ctx->saved_data["defined"].toIntVector();
     const std::vector<int64_t> flat_tiles = ctx->saved_data["tiles"].toIntVector();
-    const torch::autograd::variable_list factors = ctx->get_saved_variables();
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const auto factor_count = std::count(defined.begin(), defined.end(), int64_t{1});
+    const torch::autograd::variable_list factors(saved.begin(), saved.begin() + factor_count);
+    torch_ws::WeightGrads weight_grads;
+    const int64_t out = sizes[0];
+    weight_grads.z.assign(saved.begin() + factor_count, saved.begin() + factor_count + out);
+    weight_grads.p.assign(saved.begin() + factor_count + out, saved.end());
     std::vector<torch_ws::Tile> tiles;
     for (size_t t = 0; t < flat_tiles.size(); t += 3) {
       tiles.push_back({flat_tiles[t] == 1, {flat_tiles[t + 1], flat_tiles[t + 2]}});
@@ -877,7 +936,8 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     const bool any = std::find(wanted.begin(), wanted.end(), true) != wanted.end();
     if (upstream.defined() && any && !at::GradMode::is_enabled()) {
       // The hand-derived adjoints (pair_sums_gradients).
-      grads = torch_ws::pair_sums_gradients(factors_from(factors), wanted, tiles, upstream);
+      grads = torch_ws::pair_sums_gradients(factors_from(factors), wanted, tiles, upstream,
+                                            weight_grads);
     } else if (upstream.defined() && any) {
       // create_graph: each tile recorded again on aliases of the factors (views, so that the
       // result stays attached to their history) and its gradient taken in the aliases, with
