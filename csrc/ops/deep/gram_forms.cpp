@@ -26,9 +26,8 @@ namespace {
 using at::Tensor;
 
 // The numbers of one (rows, N) matrix of a tile: 32 MiB in float64. The paired products' (rows,
-// N, H) arrays are blocked to the same size. Where the tiles are checkpointed (PairSumsBackward),
-// the backward holds one tile's graph, about a hundred such matrices, so its tiles are a quarter
-// of that.
+// N, H) arrays are blocked to the same size. The tiles of PairSumsBackward are a quarter of that:
+// with create_graph its backward holds one tile's graph, about a hundred such matrices.
 constexpr int64_t kTileNumbers = int64_t{1} << 22;
 constexpr int64_t kCheckpointedTileNumbers = int64_t{1} << 20;
 
