@@ -22,4 +22,10 @@ struct DeepForward {
 
 DeepForward deep_forward(const MlpProblem& p);
 
+// The same z, φ', φ'', S, e and e's magnitude (terms' other members left empty), as one autograd
+// node with a hand-derived reverse pass where reverse mode alone records (no tangent, no torch.func
+// transform, no gradient wanted in the target); else deep_forward itself. What the traces' chain
+// reads (coefficient_values).
+DeepForward deep_forward_recorded(const MlpProblem& p);
+
 }  // namespace torch_ws

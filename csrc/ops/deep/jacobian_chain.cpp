@@ -23,7 +23,7 @@ void add_bias_flags(Coefficients& c, const MlpProblem& p) {
 }  // namespace
 
 Coefficients coefficient_values(const MlpProblem& p) {
-  DeepForward f = deep_forward(p);
+  DeepForward f = deep_forward_recorded(p);
   Coefficients c{std::move(f.z), std::move(f.d1), std::move(f.d2), std::move(f.weight), {},
                  f.terms.S, f.terms.e, f.terms.e_magnitude};
   add_bias_flags(c, p);
