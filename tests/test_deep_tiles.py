@@ -1,7 +1,7 @@
 """The deep Gram forms in tiles of rows and in shares of rows (csrc/ops/deep/gram_forms.cpp,
 docs/math.md §12.4): tiles smaller than N, and the shares [begin, end) that the ranks of
 dataset_bounds evaluate, give the explicit Hessian's tr H and ‖H‖²_F (torch.func.hessian of the
-real network), and so do their gradients, which PairSumsBackward takes by the tiles'
+real network), and so do their gradients, which GramFormsBackward takes by the tiles'
 hand-derived adjoints (with create_graph: each tile recorded again, for an exact double
 backward); forward mode and torch.func take the recorded path."""
 import pytest
@@ -60,7 +60,7 @@ def test_tiles_and_shares_give_the_explicit_traces(case):
 
 @pytest.mark.parametrize("case", CASES[::2], ids=lambda c: f"{c[0][0]}-{c[0][2]}-{c[1]}-{c[2]}")
 def test_checkpointed_gradients_match_the_explicit_hessian(case):
-    """Tiles of 3 rows of N = 8: the checkpointed backward (its node is PairSumsBackward), in x
+    """Tiles of 3 rows of N = 8: the checkpointed backward (its node is GramFormsBackward), in x
     and every layer, against autograd through the explicit Hessian; and double backward (the
     gradient of the gradient's squared norm) against the same."""
     head, activation, bias = case
@@ -77,7 +77,7 @@ def test_checkpointed_gradients_match_the_explicit_hessian(case):
         return 0.3 * h.diagonal().sum() - 0.7 * h.pow(2).sum()
 
     value, trace_sq = ours()
-    assert "PairSumsBackward" in trace_sq.grad_fn.name()
+    assert "GramFormsBackward" in trace_sq.grad_fn.name()
     for got, expected in zip(torch.autograd.grad(value, leaves),
                              torch.autograd.grad(truth(), leaves)):
         assert_close(got, expected, 1e-10)
@@ -92,17 +92,19 @@ def test_checkpointed_gradients_match_the_explicit_hessian(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0][0]}-{c[0][2]}-{c[1]}-{c[2]}")
-def test_hand_derived_pair_gradients_on_wider_layers(case):
-    """The hand-derived reverse pass of the tiles (pair_sums_gradients), in x and every layer,
-    against autograd through the explicit Hessian, on three hidden layers [5, 6, 8] (both forms of
-    the paired products occur: §12.3's Q2/T2 for hidden m = 3 as paired_products, for the logits
-    as a Gram where C·8 ≤ 2(C + 8), else paired), every head and bias setting, tiles of 3 rows."""
+def test_hand_derived_gradients_on_wider_layers(case):
+    """The hand-derived reverse pass (gram_forms_gradients: the tiles and tr H's diagonal terms;
+    the chain and the forward pass below them), in x and every layer, against autograd through
+    the explicit Hessian, on three hidden layers [5, 6, 8] (both forms of the paired products
+    occur: §12.3's Q2/T2 for hidden m = 3 as paired_values, for the logits as a Gram where
+    C·8 ≤ 2(C + 8), else paired), every head and bias setting, tiles of 3 rows."""
     head, activation, bias = case
     index = CASES.index(case)
     problem, leaves = leaves_of(make_problem([5, 6, 8], head, bias, seed=40 + index, n=7))
 
     trace, trace_sq, _, _ = gram_traces(problem, activation, head[0], tile_rows=3)
-    assert "PairSumsBackward" in trace_sq.grad_fn.name()
+    assert "GramFormsBackward" in trace_sq.grad_fn.name()
+    assert "GramFormsBackward" in trace.grad_fn.name()  # tr H's diagonal terms: the same node
     h = explicit_hessian(*problem, activation, "mean", head[0])
     for got, expected in zip(torch.autograd.grad(0.3 * trace - 0.7 * trace_sq, leaves),
                              torch.autograd.grad(0.3 * h.diagonal().sum() - 0.7 * h.pow(2).sum(),
@@ -142,7 +144,7 @@ def test_gauss_newton_grams_beyond_the_dual_matrix(monkeypatch):
     that engine against the explicit Hessian)."""
     problem, leaves = leaves_of(make_problem([3, 2], HEADS[3], "all", seed=5, n=2800))
     trace, trace_sq, _, _ = gram_traces(problem, "tanh", "mse")
-    assert "PairSumsBackward" in trace_sq.grad_fn.name()
+    assert "GramFormsBackward" in trace_sq.grad_fn.name()
     grads = torch.autograd.grad(0.3 * trace - 0.7 * trace_sq, leaves)
     monkeypatch.setenv("TORCH_WS_ENGINE", "parameter")
     expected = torch_ws.deep_hessian_traces(*problem, "tanh", "mean", "mse")

@@ -4,7 +4,7 @@
 // against every j, so that no N × N matrix is held whole (each tile's feature kernels and Grams
 // are (rows, N)); the per-sample arrays are O(N·L²H²). A share [begin, end) of the rows i is the
 // part one rank of dataset_bounds evaluates. ATen only, so it runs on any device; the pairs'
-// reverse pass is derived by hand (pair_sums_gradients), the rest autograd's, both exact.
+// reverse pass is derived by hand (gram_forms_gradients), the rest autograd's, both exact.
 #include "ops/deep/engines.h"
 
 #include "autograd/support.h"  // functorch_transform_active
@@ -26,7 +26,7 @@ namespace {
 using at::Tensor;
 
 // The numbers of one (rows, N) matrix of a tile: 32 MiB in float64. The paired products' (rows,
-// N, H) arrays are blocked to the same size. The tiles of PairSumsBackward are a quarter of that:
+// N, H) arrays are blocked to the same size. The tiles of GramFormsBackward are a quarter of that:
 // with create_graph its backward holds one tile's graph, about a hundred such matrices.
 constexpr int64_t kTileNumbers = int64_t{1} << 22;
 constexpr int64_t kCheckpointedTileNumbers = int64_t{1} << 20;
@@ -40,7 +40,7 @@ struct Rows {
 
 // Buffers for a tile's (rows, H, H)-sized arrays, reused by every tile of a call (core/scratch.h:
 // at [200, 200], N = 1000, each such array was 33 MB, faulted in at ~40 ms against ~3 ms for the
-// pass that fills it). Only where nothing is recorded: the forward of PairSumsBackward and its
+// pass that fills it). Only where nothing is recorded: the forward of GramFormsBackward and its
 // adjoints, a value without gradients, the magnitudes; a recorded tile takes fresh arrays
 // (a null TileScratch*).
 struct TileScratch {
@@ -306,7 +306,7 @@ Tensor plus_E(const TileInputs& in, const Tensor& n_block, int64_t m, int64_t k,
 }
 
 // The unit gradients of the pairs' sums in z_l and p_m through the tiles' weights
-// (TileWeights): (N, H) arrays, taken with the sum in the forward of PairSumsBackward.
+// (TileWeights): (N, H) arrays, taken with the sum in the forward of GramFormsBackward.
 struct WeightGrads {
   std::vector<Tensor> z, p;  // z[l], l = 0..o − 1; p[m], m = 2..o (others undefined)
 };
@@ -782,13 +782,61 @@ void right_factors_adjoint(const PairFactors& f, const RightFactors& d_right,
   }
 }
 
-// The pairs' sums' gradients in the factors (each_slot's order of the defined slots; `wanted`
-// says which take one, the others' stay undefined), scaled by `upstream`: the adjoints above,
-// plus the weights' partials the forward took (`weight_grads`, WeightGrads' layout, at a unit
-// upstream).
-std::vector<Tensor> pair_sums_gradients(const PairFactors& f, const std::vector<bool>& wanted,
-                                        const std::vector<Tile>& tiles, const Tensor& upstream,
-                                        const WeightGrads& weight_grads) {
+// tr H = tr G + tr R (§12.3) of the samples `all`, each diagonal term κ_k(i,i)·(per-sample trace).
+Tensor diagonal_trace(const PairFactors& f, Rows all) {
+  Tensor trace = at::zeros({}, f.S.options().dtype(at::kDouble));
+  const PairFactors rows = sample_rows(f, all);
+  for (int64_t k = 1; k <= f.out; ++k) {
+    const Tensor self = rows.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0);
+    trace = trace + (self * E_diagonal_of(rows, k).sum(1)).sum(at::kDouble);
+    for (int64_t l = k; l <= f.L; ++l) {
+      // Σ_a r_l[a]·‖(F_lk)_a‖², where F_kk = I: Σ_a r_k[a] (no pass over the identity)
+      const Tensor weighted =
+          l == k ? rows.r[l] : rows.r[l] * rows.F[l][k].pow(2).sum(2);
+      trace = trace + (self * weighted.sum(1)).sum(at::kDouble);
+    }
+  }
+  return trace;
+}
+
+// The adjoint of diagonal_trace(f, all), scaled by `upstream`, into `d` (buffers of f's shapes,
+// undefined where no gradient is wanted): with s_ik = ‖ã_{i,k−1}‖² and u = upstream·s_ik,
+// z̄_{k−1} += 2ū·z_{k−1}·(the sample's inner sum), diag E's adjoint with u, r̄_k += u, and for
+// l > k r̄_l += u·‖(F_lk)_a‖², F̄_lk += 2u·r_l ∘ F_lk (rows).
+void diagonal_trace_adjoint(const PairFactors& f, Rows all, const Tensor& upstream,
+                            const PairFactors& d) {
+  const PairFactors rows = sample_rows(f, all), d_rows = sample_rows(d, all);
+  for (int64_t k = 1; k <= f.out; ++k) {
+    const Tensor self = rows.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0);
+    const Tensor u = (upstream * self).unsqueeze(1);  // (rows, 1)
+    Tensor inner = E_diagonal_of(rows, k).sum(1);
+    const int64_t width = f.F[f.out][k].size(2);
+    E_diagonal_adjoint(rows.S, rows.F[f.out][k], u.expand({all.size(), width}), 1,
+                       d_rows.F[f.out][k], d_rows.S);
+    for (int64_t l = k; l <= f.L; ++l) {
+      if (l == k) {
+        inner = inner + rows.r[l].sum(1);
+        add_into(d_rows.r[l], u.expand_as(rows.r[l]));
+        continue;
+      }
+      const Tensor squares = rows.F[l][k].pow(2).sum(2);
+      inner = inner + (rows.r[l] * squares).sum(1);
+      add_into(d_rows.r[l], u * squares);
+      add_into(d_rows.F[l][k], rows.F[l][k] * (2 * u * rows.r[l]).unsqueeze(2));
+    }
+    add_into(d_rows.z[k - 1], rows.z[k - 1] * (2 * upstream * inner).unsqueeze(1));
+  }
+}
+
+// The Gram forms' gradients in the factors (each_slot's order of the defined slots; `wanted`
+// says which take one, the others' stay undefined): the pairs' sums' scaled by `upstream` (the
+// adjoints above, plus the weights' partials the forward took, `weight_grads`, WeightGrads'
+// layout, at a unit upstream) and tr H's diagonal terms' of the rows `all` scaled by
+// `trace_upstream`; either upstream may be undefined (no gradient).
+std::vector<Tensor> gram_forms_gradients(const PairFactors& f, const std::vector<bool>& wanted,
+                                         const std::vector<Tile>& tiles, const Tensor& upstream,
+                                         const WeightGrads& weight_grads, Rows all,
+                                         const Tensor& trace_upstream) {
   const at::NoGradGuard no_grad;
   PairFactors d = f;
   std::vector<Tensor> grads;  // the buffers, in the defined slots' order
@@ -798,6 +846,8 @@ std::vector<Tensor> pair_sums_gradients(const PairFactors& f, const std::vector<
     t = wanted[slot++] ? at::zeros_like(t, at::MemoryFormat::Contiguous) : Tensor();
     grads.push_back(t);
   });
+  if (trace_upstream.defined()) diagonal_trace_adjoint(f, all, trace_upstream.to(at::kDouble), d);
+  if (!upstream.defined()) return grads;
   const RightFactors right = right_factors(f);
   RightFactors d_right = right;
   each_right(d_right, [](Tensor& t, int64_t) {
@@ -842,7 +892,7 @@ Recording recording_of(PairFactors& f) {
 }
 
 // Reverse mode only (a C++ Function serves neither forward mode nor torch.func): then the pairs
-// may be checkpointed (PairSumsBackward).
+// may be checkpointed (GramFormsBackward).
 bool records_reverse_only(PairFactors& f) {
   const Recording r = recording_of(f);
   return r.reverse && !r.forward && !r.transform;
@@ -857,24 +907,26 @@ bool records_anything(PairFactors& f) {
 }  // namespace
 }  // namespace torch_ws
 
-// The pairs' sums with a reverse pass of their own (docs/math.md §12.4): the forward runs
-// without recording, so autograd keeps only the per-sample factors (O(N·L²H²)), never a tile's
-// (rows, N) matrices; the backward runs the hand-derived adjoints tile by tile
-// (pair_sums_gradients), or, with create_graph, evaluates each tile again with recording and
-// takes its gradient with create_graph (one tile's graph at a time), so that double backward
-// stays exact. Reverse mode only (forward-mode tangents take the recorded path). At global scope
-// for its grad_fn's name (autograd/skeleton.h).
-class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
+// The Gram forms' traces of a share of rows with a reverse pass of their own (docs/math.md
+// §12.4): tr(H²)'s pair sums and tr H's diagonal terms. The forward runs without recording, so
+// autograd keeps only the per-sample factors (O(N·L²H²)), never a tile's (rows, N) matrices; the
+// backward runs the hand-derived adjoints tile by tile (gram_forms_gradients), or, with
+// create_graph, evaluates each tile again with recording and takes its gradient with
+// create_graph (one tile's graph at a time), so that double backward stays exact. Reverse mode
+// only (forward-mode tangents take the recorded path). At global scope for its grad_fn's name
+// (autograd/skeleton.h).
+class GramFormsBackward : public torch::autograd::Function<GramFormsBackward> {
  public:
   using Factors = torch_ws::PairFactors;
 
   // `shape`: the factors, which the forward evaluates (their sizes, bias flags and which slots
-  // are defined are saved for the backward); `factors`: the same defined tensors in each_slot's
-  // order, passed as a list so that autograd connects the node to them and saves them.
+  // are defined are saved for the backward); `all`: the share's rows; `factors`: the same
+  // defined tensors in each_slot's order, passed as a list so that autograd connects the node to
+  // them and saves them. Returns tr(H²)'s pair sums and tr H's diagonal terms.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 const Factors& shape,
                                                 const std::vector<torch_ws::Tile>& tiles,
-                                                at::TensorList factors) {
+                                                torch_ws::Rows all, at::TensorList factors) {
     Factors f = shape;
     std::vector<int64_t> defined;
     torch_ws::each_slot(f, [&](at::Tensor& t) { defined.push_back(t.defined() ? 1 : 0); });
@@ -898,7 +950,8 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     ctx->saved_data["bias"] = bias;
     ctx->saved_data["defined"] = defined;
     ctx->saved_data["tiles"] = flat_tiles;
-    return {sum};
+    ctx->saved_data["rows"] = std::vector<int64_t>{all.begin, all.end};
+    return {sum, torch_ws::diagonal_trace(f, all)};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -907,6 +960,8 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
     const std::vector<int64_t> defined = ctx->saved_data["defined"].toIntVector();
     const std::vector<int64_t> flat_tiles = ctx->saved_data["tiles"].toIntVector();
+    const std::vector<int64_t> rows = ctx->saved_data["rows"].toIntVector();
+    const torch_ws::Rows all{rows[0], rows[1]};
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const auto factor_count = std::count(defined.begin(), defined.end(), int64_t{1});
     const torch::autograd::variable_list factors(saved.begin(), saved.begin() + factor_count);
@@ -929,15 +984,17 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
     };
 
     torch::autograd::variable_list grads(factors.size());
-    const at::Tensor& upstream = grad_outputs[0];
+    const at::Tensor& upstream = grad_outputs[0];        // of the pair sums
+    const at::Tensor& trace_upstream = grad_outputs[1];  // of tr H's diagonal terms
     std::vector<bool> wanted;
     for (const at::Tensor& t : factors) wanted.push_back(t.requires_grad());
-    const bool any = std::find(wanted.begin(), wanted.end(), true) != wanted.end();
-    if (upstream.defined() && any && !at::GradMode::is_enabled()) {
-      // The hand-derived adjoints (pair_sums_gradients).
-      grads = torch_ws::pair_sums_gradients(factors_from(factors), wanted, tiles, upstream,
-                                            weight_grads);
-    } else if (upstream.defined() && any) {
+    const bool any = std::find(wanted.begin(), wanted.end(), true) != wanted.end() &&
+                     (upstream.defined() || trace_upstream.defined());
+    if (any && !at::GradMode::is_enabled()) {
+      // The hand-derived adjoints (gram_forms_gradients).
+      grads = torch_ws::gram_forms_gradients(factors_from(factors), wanted, tiles, upstream,
+                                             weight_grads, all, trace_upstream);
+    } else if (any) {
       // create_graph: each tile recorded again on aliases of the factors (views, so that the
       // result stays attached to their history) and its gradient taken in the aliases, with
       // create_graph, so that double backward is exact. (Taken in the factors themselves, the
@@ -953,20 +1010,25 @@ class PairSumsBackward : public torch::autograd::Function<PairSumsBackward> {
         index.push_back(k);
       }
       const Factors f = factors_from(recorded);
-      const torch_ws::RightFactors right = torch_ws::right_factors(f);
-      for (const torch_ws::Tile& tile : tiles) {
-        const at::Tensor sum = torch_ws::tile_sum(f, right, tile, nullptr);
-        if (!sum.requires_grad()) continue;
-        const torch::autograd::variable_list tile_grads = torch::autograd::grad(
-            {sum}, aliases, {upstream.to(sum.scalar_type())}, /*retain_graph=*/true,
+      const auto add_gradient_of = [&](const at::Tensor& value, const at::Tensor& upstream_of) {
+        if (!value.requires_grad()) return;
+        const torch::autograd::variable_list part = torch::autograd::grad(
+            {value}, aliases, {upstream_of.to(value.scalar_type())}, /*retain_graph=*/true,
             /*create_graph=*/true, /*allow_unused=*/true);
         for (size_t k = 0; k < index.size(); ++k) {
           at::Tensor& g = grads[index[k]];
-          if (tile_grads[k].defined()) g = g.defined() ? g + tile_grads[k] : tile_grads[k];
+          if (part[k].defined()) g = g.defined() ? g + part[k] : part[k];
+        }
+      };
+      if (trace_upstream.defined()) add_gradient_of(torch_ws::diagonal_trace(f, all), trace_upstream);
+      if (upstream.defined()) {
+        const torch_ws::RightFactors right = torch_ws::right_factors(f);
+        for (const torch_ws::Tile& tile : tiles) {
+          add_gradient_of(torch_ws::tile_sum(f, right, tile, nullptr), upstream);
         }
       }
     }
-    grads.insert(grads.begin(), {at::Tensor(), at::Tensor()});  // shape, tiles
+    grads.insert(grads.begin(), {at::Tensor(), at::Tensor(), at::Tensor()});  // shape, tiles, rows
     return grads;
   }
 };
@@ -982,22 +1044,6 @@ Rows share_rows(const PairFactors& f, GramShare share) {
   return {share.begin, end};
 }
 
-// tr H = tr G + tr R (§12.3) of the samples `all`, each diagonal term κ_k(i,i)·(per-sample trace).
-Tensor diagonal_trace(const PairFactors& f, Rows all) {
-  Tensor trace = at::zeros({}, f.S.options().dtype(at::kDouble));
-  const PairFactors rows = sample_rows(f, all);
-  for (int64_t k = 1; k <= f.out; ++k) {
-    const Tensor self = rows.z[k - 1].pow(2).sum(1) + (f.bias[k] ? 1 : 0);
-    trace = trace + (self * E_diagonal_of(rows, k).sum(1)).sum(at::kDouble);
-    for (int64_t l = k; l <= f.L; ++l) {
-      // Σ_a r_l[a]·‖(F_lk)_a‖², where F_kk = I: Σ_a r_k[a] (no pass over the identity)
-      const Tensor weighted =
-          l == k ? rows.r[l] : rows.r[l] * rows.F[l][k].pow(2).sum(2);
-      trace = trace + (self * weighted.sum(1)).sum(at::kDouble);
-    }
-  }
-  return trace;
-}
 
 // Σ_{i ∈ rows} X_iᵀ α_i: per-sample arrays X_i (flattened to K numbers, made by `values` for a
 // block of samples) weighted by the columns of `alphas` (N, A), as (K, A); in blocks of samples
@@ -1173,27 +1219,26 @@ std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain) {
 std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare share) {
   PairFactors f = factors_of(chain);
   const Rows all = share_rows(f, share);
-
-  const Tensor trace = diagonal_trace(f, all);
-  if (all.size() == 0) return {trace, at::zeros({}, trace.options())};
+  const bool reverse_only = records_reverse_only(f);
+  if (all.size() == 0) {
+    const Tensor trace = diagonal_trace(f, all);
+    return {trace, at::zeros({}, trace.options())};
+  }
 
   // tr(H²) = tr(G²) + 2 tr(GR) + tr(R²): the pairs (i, j), i in the share, tile by tile.
-  const bool reverse_only = records_reverse_only(f);
   const std::vector<Tile> tiles = tiles_of(
       f, all, share.tile_rows, reverse_only ? kCheckpointedTileNumbers : kTileNumbers);
-  // Checkpointed where a kind of tile repeats (with one tile of each kind, a tile's graph is the
-  // whole graph anyway).
-  const auto dual_tiles = std::count_if(tiles.begin(), tiles.end(), [](const Tile& t) {
-    return t.dual;
-  });
-  const bool repeats = dual_tiles > 1 || static_cast<int64_t>(tiles.size()) - dual_tiles > 1;
-  if (repeats && reverse_only) {
+  // Reverse mode alone: the Gram forms' own node, whose reverse pass is derived by hand.
+  if (reverse_only) {
     std::vector<Tensor> factors;
     each_slot(f, [&](Tensor& t) {
       if (t.defined()) factors.push_back(t);
     });
-    return {trace, PairSumsBackward::apply(f, tiles, at::TensorList(factors))[0]};
+    const std::vector<Tensor> traces =
+        GramFormsBackward::apply(f, tiles, all, at::TensorList(factors));
+    return {traces[1], traces[0]};
   }
+  const Tensor trace = diagonal_trace(f, all);
   const RightFactors right = right_factors(f);
   Tensor trace_sq = at::zeros({}, trace.options());
   TileScratch scratch;
