@@ -4,9 +4,10 @@
 //
 // Composite ATen kernels (CompositeImplicitAutograd): autograd differentiates the chosen engine
 // exactly, in every layer and in x; they run on any device and trace with fake tensors at static
-// shapes (opcheck). The backward is autograd's, not a hand-derived one (the one-hidden-layer ops
-// have those, docs/math.md §6): it keeps the engine's intermediates. bfloat16/float16 inputs are
-// taken as the other ops take them (deep_low_precision in deep_traces.h).
+// shapes (opcheck). In reverse mode the forward pass, the per-sample chain and the Gram forms are
+// autograd nodes with hand-derived reverse passes (docs/math.md §12.4); the assembled Hessian's
+// products take autograd's. bfloat16/float16 inputs are taken as the other ops take them
+// (deep_low_precision in deep_traces.h).
 #include "core/threads.h"
 #include "core/problem.h"
 #include "core/rounding.h"

@@ -2,7 +2,8 @@
 // (engines.cpp): each row says what it costs and why it refuses a problem; the automatic choice,
 // TORCH_WS_ENGINE (read as for one hidden layer, engines/dispatch.h), the error messages, the
 // _deep_engines op and the certified rounding errors all read it. Both engines are ATen: autograd
-// differentiates them (every mode, torch.func), and they run on any device.
+// differentiates them (every mode, torch.func; in reverse mode through hand-derived nodes where
+// docs/math.md §12.4 says), and they run on any device.
 #pragma once
 
 #include "core/problem.h"
