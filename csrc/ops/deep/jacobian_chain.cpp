@@ -73,13 +73,17 @@ struct ChainParts {
   std::vector<at::Tensor> p, r;
 };
 
+// Every part undefined, indexed 0..o.
+ChainParts empty_chain_parts(int64_t out) {
+  const std::vector<at::Tensor> column(out + 1);
+  return {std::vector<std::vector<at::Tensor>>(out + 1, column),
+          std::vector<std::vector<at::Tensor>>(out + 1, column), column, column};
+}
+
 ChainParts build_chain(const std::vector<at::Tensor>& d1, const std::vector<at::Tensor>& d2,
-                       const std::vector<at::Tensor>& weight, const at::Tensor& e, int64_t out,
-                       int64_t N) {
+                       const std::vector<at::Tensor>& weight, const at::Tensor& e, int64_t out) {
   const int64_t L = out - 1;
-  ChainParts c{std::vector<std::vector<at::Tensor>>(out + 1, std::vector<at::Tensor>(out + 1)),
-               std::vector<std::vector<at::Tensor>>(out + 1, std::vector<at::Tensor>(out + 1)),
-               std::vector<at::Tensor>(out + 1), std::vector<at::Tensor>(out + 1)};
+  ChainParts c = empty_chain_parts(out);
   auto& F = c.F;
   // F_kk = I is used as such only where a product with it is free: F_{k+1,k} = W_{k+1} D'_k is
   // a column scaling, and the curvature blocks' l = k terms scale rows (an H³ product each
@@ -117,7 +121,6 @@ ChainParts build_chain(const std::vector<at::Tensor>& d1, const std::vector<at::
       c.curvature[k][k2] = sum;
     }
   }
-  (void)N;
   return c;
 }
 
@@ -157,24 +160,23 @@ bool chain_records_reverse_only(const std::vector<at::Tensor>& inputs) {
 // The per-sample chain (build_chain) as one autograd node with a hand-derived reverse pass
 // (docs/math.md §12.4): autograd through it kept every step's operands, products of (N, H, H)
 // arrays such as φ'_{l-1} ∘ F_{l-1,k} and r_l ∘ F_lk2, and formed the same products again in
-// its backward. The node keeps the chain's own tensors (which its readers keep anyway). Its
-// backward is written in out-of-place ATen operations: with create_graph autograd records them,
-// so double backward stays exact. At global scope for its grad_fn's name (autograd/skeleton.h).
+// its backward. The node keeps the chain's own tensors (which its readers keep anyway). Without
+// create_graph its backward accumulates the (N, H, H) adjoints in place; with it every step is
+// out of place, so that autograd records it and double backward stays exact. At global scope
+// for its grad_fn's name (autograd/skeleton.h).
 class JacobianChainBackward : public torch::autograd::Function<JacobianChainBackward> {
  public:
   // inputs: φ'_1..φ'_L, φ''_1..φ''_L, W_1..W_o, e (out = o); outputs in each_part's order.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 int64_t out, at::TensorList inputs) {
-    const int64_t L = out - 1;
     const auto [d1, d2, weight, e] = split(inputs, out);
-    torch_ws::ChainParts c = torch_ws::build_chain(d1, d2, weight, e, out, e.size(0));
+    torch_ws::ChainParts c = torch_ws::build_chain(d1, d2, weight, e, out);
     torch::autograd::variable_list outputs;
     torch_ws::each_part(c, out, [&](at::Tensor& t) { outputs.push_back(t); });
     std::vector<at::Tensor> saved = inputs.vec();
     saved.insert(saved.end(), outputs.begin(), outputs.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["out"] = out;
-    (void)L;
     return outputs;
   }
 
@@ -185,7 +187,8 @@ class JacobianChainBackward : public torch::autograd::Function<JacobianChainBack
     const size_t input_count = static_cast<size_t>(2 * L + out + 1);
     const std::vector<at::Tensor> inputs(saved.begin(), saved.begin() + input_count);
     const auto [d1, d2, weight, e] = split(inputs, out);
-    torch_ws::ChainParts c = empty_parts(out), bar = empty_parts(out);
+    torch_ws::ChainParts c = torch_ws::empty_chain_parts(out),
+                         bar = torch_ws::empty_chain_parts(out);
     {
       size_t k = input_count;
       torch_ws::each_part(c, out, [&](at::Tensor& t) { t = saved[k++]; });
@@ -305,11 +308,6 @@ class JacobianChainBackward : public torch::autograd::Function<JacobianChainBack
     for (int64_t l = 1; l <= out; ++l) in.weight[l] = inputs[2 * L + l - 1];
     return in;
   }
-  static torch_ws::ChainParts empty_parts(int64_t out) {
-    return {std::vector<std::vector<at::Tensor>>(out + 1, std::vector<at::Tensor>(out + 1)),
-            std::vector<std::vector<at::Tensor>>(out + 1, std::vector<at::Tensor>(out + 1)),
-            std::vector<at::Tensor>(out + 1), std::vector<at::Tensor>(out + 1)};
-  }
 };
 
 namespace torch_ws {
@@ -329,13 +327,11 @@ JacobianChain::JacobianChain(const Coefficients& coefficients)
   ChainParts parts;
   if (chain_records_reverse_only(inputs)) {
     const torch::autograd::variable_list outputs = JacobianChainBackward::apply(out, at::TensorList(inputs));
-    parts = ChainParts{std::vector<std::vector<at::Tensor>>(out + 1, std::vector<at::Tensor>(out + 1)),
-                       std::vector<std::vector<at::Tensor>>(out + 1, std::vector<at::Tensor>(out + 1)),
-                       std::vector<at::Tensor>(out + 1), std::vector<at::Tensor>(out + 1)};
+    parts = empty_chain_parts(out);
     size_t k = 0;
     each_part(parts, out, [&](at::Tensor& t) { t = outputs[k++]; });
   } else {
-    parts = build_chain(c.d1, c.d2, c.weight, c.e, out, N);
+    parts = build_chain(c.d1, c.d2, c.weight, c.e, out);
   }
   F = std::move(parts.F);
   p = std::move(parts.p);
