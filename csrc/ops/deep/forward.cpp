@@ -7,8 +7,10 @@
 #include <torch/autograd.h>
 
 namespace torch_ws {
+namespace {
 
-DeepForward deep_forward(const MlpProblem& p) {
+// A DeepForward of p's depth with z_0 = x and the weights in place, the rest to fill.
+DeepForward forward_frame(const MlpProblem& p) {
   const int64_t out = static_cast<int64_t>(p.layers.size());
   DeepForward f;
   f.z.resize(out + 1);
@@ -16,10 +18,18 @@ DeepForward deep_forward(const MlpProblem& p) {
   f.d2.resize(out + 1);
   f.weight.resize(out + 1);
   f.z[0] = p.x;
+  for (int64_t l = 1; l <= out; ++l) f.weight[l] = p.layers[l - 1].weight;
+  return f;
+}
+
+}  // namespace
+
+DeepForward deep_forward(const MlpProblem& p) {
+  const int64_t out = static_cast<int64_t>(p.layers.size());
+  DeepForward f = forward_frame(p);
   at::Tensor logits;
   for (int64_t l = 1; l <= out; ++l) {
     const Layer& layer = p.layers[l - 1];
-    f.weight[l] = layer.weight;
     at::Tensor a = at::matmul(f.z[l - 1], layer.weight.t());
     if (layer.bias) a = a + *layer.bias;
     if (l == out) {
@@ -175,14 +185,8 @@ DeepForward deep_forward_recorded(const MlpProblem& p) {
   }
   const torch::autograd::variable_list outputs =
       DeepForwardBackward::apply(p, at::TensorList(inputs));
-  const int64_t out = static_cast<int64_t>(p.layers.size()), L = out - 1;
-  DeepForward f;
-  f.z.resize(out + 1);
-  f.d1.resize(out + 1);
-  f.d2.resize(out + 1);
-  f.weight.resize(out + 1);
-  f.z[0] = p.x;
-  for (int64_t l = 1; l <= out; ++l) f.weight[l] = p.layers[l - 1].weight;
+  const int64_t L = static_cast<int64_t>(p.layers.size()) - 1;
+  DeepForward f = forward_frame(p);
   for (int64_t l = 1; l <= L; ++l) {
     f.z[l] = outputs[l - 1];
     f.d1[l] = outputs[L + l - 1];
