@@ -3,8 +3,9 @@
 // pair kernels. O(N²·(Σ_l H_l)²) time. Tiled (§12.4): the pairs (i, j) run in tiles of rows i
 // against every j, so that no N × N matrix is held whole (each tile's feature kernels and Grams
 // are (rows, N)); the per-sample arrays are O(N·L²H²). A share [begin, end) of the rows i is the
-// part one rank of dataset_bounds evaluates. ATen only, so it runs on any device; the pairs'
-// reverse pass is derived by hand (gram_forms_gradients), the rest autograd's, both exact.
+// part one rank of dataset_bounds evaluates. ATen only, so it runs on any device. In reverse mode
+// the traces are one autograd node (GramFormsBackward) whose reverse pass is derived by hand
+// (gram_forms_gradients); forward mode and torch.func take the ATen operations. Both exact.
 #include "ops/deep/engines.h"
 
 #include "autograd/support.h"  // functorch_transform_active
@@ -29,7 +30,7 @@ using at::Tensor;
 // N, H) arrays are blocked to the same size. The tiles of GramFormsBackward are a quarter of that:
 // with create_graph its backward holds one tile's graph, about a hundred such matrices.
 constexpr int64_t kTileNumbers = int64_t{1} << 22;
-constexpr int64_t kCheckpointedTileNumbers = int64_t{1} << 20;
+constexpr int64_t kReverseTileNumbers = int64_t{1} << 20;
 
 // Samples [begin, end) of a per-sample array (N, ...).
 struct Rows {
@@ -140,7 +141,7 @@ Tensor paired_values_diagonal(const Tensor& n_mats, const Tensor& p_d, const Ten
 }
 
 // What the pair sums read of a chain (tensor handles), and its sizes: built from a chain, or from
-// the tensors a checkpointed backward saved (each_slot visits them in one fixed order).
+// the tensors GramFormsBackward saved (each_slot visits them in one fixed order).
 struct PairFactors {
   int64_t out, L, N, C;
   std::vector<bool> bias;
@@ -484,8 +485,8 @@ int64_t widest_layer(const PairFactors& f) {
 
 // The tiles of the rows [begin, end): each holds (rows, N) matrices of at most `numbers` numbers
 // ((rows·C, N·C) for the dual matrix) and per-sample arrays of at most kTileNumbers (rows × the
-// widest layer's H × H), so a single tile up to N = 2048 on ordinary widths (1024 where
-// checkpointed); or tiles of the caller's count of rows.
+// widest layer's H × H), so a single tile up to N = 2048 on ordinary widths (1024 in reverse
+// mode, kReverseTileNumbers); or tiles of the caller's count of rows.
 std::vector<Tile> tiles_of(const PairFactors& f, Rows all, int64_t tile_rows, int64_t numbers) {
   const int64_t widest = widest_layer(f);
   // Rows such that a (rows, N·…) matrix holds at most `numbers` and a tile's per-sample arrays at
@@ -891,8 +892,8 @@ Recording recording_of(PairFactors& f) {
   return {at::GradMode::is_enabled() && reverse, forward, functorch_transform_active()};
 }
 
-// Reverse mode only (a C++ Function serves neither forward mode nor torch.func): then the pairs
-// may be checkpointed (GramFormsBackward).
+// Reverse mode only (a C++ Function serves neither forward mode nor torch.func): then the traces
+// are one node with a hand-derived reverse pass (GramFormsBackward).
 bool records_reverse_only(PairFactors& f) {
   const Recording r = recording_of(f);
   return r.reverse && !r.forward && !r.transform;
@@ -1227,7 +1228,7 @@ std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare
 
   // tr(H²) = tr(G²) + 2 tr(GR) + tr(R²): the pairs (i, j), i in the share, tile by tile.
   const std::vector<Tile> tiles = tiles_of(
-      f, all, share.tile_rows, reverse_only ? kCheckpointedTileNumbers : kTileNumbers);
+      f, all, share.tile_rows, reverse_only ? kReverseTileNumbers : kTileNumbers);
   // Reverse mode alone: the Gram forms' own node, whose reverse pass is derived by hand.
   if (reverse_only) {
     std::vector<Tensor> factors;
