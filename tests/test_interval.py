@@ -100,6 +100,26 @@ def test_products_in_runs_match_autograd(head):
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_products_reuse_the_threads_scratch_across_calls():
+    """The products' scratch arrays are kept by the thread across calls (hessian_products.cpp
+    scratch_for): calls of another size, dtype and head in turn, then the first again, each against
+    autograd's double-backward HVP (a stale or mistyped array would give wrong numbers or fail)."""
+    calls = [(("bce", 1, "labels"), 40, torch.float64), (("cross_entropy", 4, "indices"), 300,
+             torch.float64), (("bce", 1, "labels"), 200, torch.float32),
+             (("bce", 1, "labels"), 40, torch.float64)]
+    for head, n, dtype in calls:
+        args = head_problem(*head, n=n, d=4, h=7, bias="both", seed=n)
+        vectors = torch.randn(5, torch_ws.num_params(*args[2:]), dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(n))
+        expected = autograd_hvp(args, vectors, "tanh", "mean", head[0])
+        cast = tuple(a.to(dtype) if a is not None and a.is_floating_point() else a for a in args)
+        actual = torch_ws.hessian_vector_products(*cast, vectors.to(dtype), "tanh", "mean", head[0])
+        assert actual.dtype == dtype
+        tolerance = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else \
+            {"rtol": 1e-4, "atol": 1e-5}
+        torch.testing.assert_close(actual.double(), expected, **tolerance)
+
+
 def test_products_float32():
     args = head_problem("cross_entropy", 4, "indices", n=30, d=5, h=6, seed=1)
     args32 = tuple(a.float() if a is not None and a.is_floating_point() else a for a in args)

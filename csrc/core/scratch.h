@@ -11,10 +11,14 @@
 namespace torch_ws {
 
 // `slot`'s first numel(shape) numbers as a contiguous array of that shape, `slot` grown (never
-// shrunk) where it holds fewer. Not for arrays autograd records (written in place).
+// shrunk) where it holds fewer, and made anew for another dtype or device. Not for arrays
+// autograd records (written in place).
 inline at::Tensor reused(at::Tensor& slot, at::IntArrayRef shape, const at::TensorOptions& options) {
   const int64_t numel = c10::multiply_integers(shape);
-  if (!slot.defined() || slot.numel() < numel) slot = at::empty({numel}, options);
+  if (!slot.defined() || slot.numel() < numel || slot.dtype() != options.dtype() ||
+      slot.device() != options.device()) {
+    slot = at::empty({numel}, options);
+  }
   return slot.narrow(0, 0, numel).view(shape);
 }
 

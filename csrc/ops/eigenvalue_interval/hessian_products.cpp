@@ -225,6 +225,16 @@ HessianProducts::Blocks HessianProducts::split(const at::Tensor& directions) con
   return out;
 }
 
+HessianProducts::Scratch& HessianProducts::scratch_for(int64_t numbers,
+                                                       const at::TensorOptions& options) const {
+  // Kept by the thread across calls up to 64 MiB (each call of the op builds a new object, whose
+  // own arrays were faulted in again on every call); larger runs take the object's own.
+  constexpr int64_t kKeptScratchBytes = int64_t{64} << 20;
+  static thread_local Scratch kept;
+  const int64_t bytes = numbers * static_cast<int64_t>(options.dtype().itemsize());
+  return options.device().is_cpu() && bytes <= kKeptScratchBytes ? kept : scratch_;
+}
+
 at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) const {
   const int64_t k = directions.size(0), N = c.x.size(0), H = hidden_, D = in_dim_,
                 C = num_outputs_;
@@ -232,7 +242,8 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
   // Sample-major layout (N, k, ·): the k directions share every product with the data, so each
   // step is one large GEMM (N rows against k·H or k·C columns), not k small ones.
   const at::TensorOptions options = c.x.options();
-  at::Tensor dz = reused(scratch_.dz, {N, k * H}, options);
+  Scratch& scratch = scratch_for(N * k * (3 * H + 2 * C), options);
+  at::Tensor dz = reused(scratch.dz, {N, k * H}, options);
   at::mm_out(dz, c.x, v.w1.reshape({k * H, D}).t());
   dz = dz.view({N, k, H});
   // One logit on the CPU: every step between the two products with the data in one pass.
@@ -259,14 +270,14 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
   // object's scratch arrays: the steps between the products are four passes over (N, k, H)
   // arrays (b1, da, dε's two terms), where a dozen ATen steps allocated a fresh array each.
   if (has_b1_) dz.add_(v.b1.unsqueeze(0));
-  at::Tensor da = reused(scratch_.da, {N, k, H}, options);
+  at::Tensor da = reused(scratch.da, {N, k, H}, options);
   at::mul_out(da, c.phi1.unsqueeze(1), dz);
-  at::Tensor df = reused(scratch_.df, {N, k * C}, options);
+  at::Tensor df = reused(scratch.df, {N, k * C}, options);
   at::mm_out(df, c.phi0, v.w2.reshape({k * C, H}).t());  // Φ dW2ᵀ
   if (has_b2_) df.view({N, k, C}).add_(v.b2.unsqueeze(0));
   df.view({N * k, C}).addmm_(da.view({N * k, H}), c.w2.t());
   // dg_i = S_i df_i (S_i symmetric); one logit: a scalar per sample.
-  at::Tensor dg = reused(scratch_.dg, {N, k, C}, options);
+  at::Tensor dg = reused(scratch.dg, {N, k, C}, options);
   if (C == 1) {
     at::mul_out(dg, df.view({N, k, C}), c.S.view({N, 1, 1}));
   } else {
@@ -276,7 +287,7 @@ at::Tensor HessianProducts::run(const Chain& c, const at::Tensor& directions) co
       at::mm(dg.reshape({N, k * C}).t(), c.phi0).view({k, C, H}) +
       at::mm(c.e.t(), da.view({N, k * H})).view({C, k, H}).transpose(0, 1);
   // dε = φ'(A) ∘ (dg W2 + e dW2) + φ''(A) ∘ dz ∘ (eW2), into the array of e dW2.
-  at::Tensor d_eps = reused(scratch_.d_eps, {N, k * H}, options);
+  at::Tensor d_eps = reused(scratch.d_eps, {N, k * H}, options);
   at::mm_out(d_eps, c.e, v.w2.transpose(0, 1).reshape({C, k * H}));
   d_eps.view({N * k, H}).addmm_(dg.view({N * k, C}), c.w2);
   d_eps = d_eps.view({N, k, H});

@@ -78,6 +78,9 @@ class HessianProducts final : public SymmetricProducts {
     at::Tensor dz, da, df, dg, d_eps;
   };
   mutable Scratch scratch_;
+  // The scratch a run of `numbers` numbers in all uses: the thread's, kept across calls, where
+  // small; else the object's.
+  Scratch& scratch_for(int64_t numbers, const at::TensorOptions& options) const;
 
   Chain values_, magnitudes_;
   at::Tensor w1_, phi3_;  // for bilinear_backward
