@@ -90,8 +90,8 @@ def test_one_logit_products_in_blocks_of_samples(bias):
 @pytest.mark.parametrize("head", [("bce", 1, "probabilities"), ("cross_entropy", 4, "indices")])
 def test_products_in_runs_match_autograd(head):
     """N·H large enough that the directions go through in runs of one (core/ritz_certificate.cpp
-    in_runs; 2¹⁸ numbers a run for this family): the fused one-logit pass and the in-place steps
-    of C logits, against autograd's double-backward HVP."""
+    in_runs; 2¹⁸ numbers a run for one logit, 2¹⁹ for C logits): the fused one-logit pass and the
+    in-place steps of C logits, against autograd's double-backward HVP."""
     args = head_problem(*head, n=3000, d=3, h=90, bias="both", seed=7)
     n = torch_ws.num_params(*args[2:])
     vectors = torch.randn(3, n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)

@@ -190,23 +190,28 @@ HessianProducts::HessianProducts(const MlpProblem& p, Uses uses, Curvature curva
   error_factor_ = 2 * depth * u / (1 - depth * u);
 }
 
-// Twice the family default (core/ritz_certificate.h): with the steps between the products in
-// place (or one fused pass), runs of 2¹⁸ numbers were faster per vector in one alternation: on
-// digits (C = 10) 4.1-4.7 ms per block of 16 against 5.2-5.6 (four directions a run instead of
-// two; 2¹⁹: 4.5-6.6), at N = 1000, H = 64 3.1 ms against 3.3; N = 2048, H = 256 (one direction
-// a run either way) the same.
-constexpr int64_t kOneLayerRunNumbers = int64_t{1} << 18;
+// Twice the family default (core/ritz_certificate.h) for one logit: with the steps between the
+// products in one fused pass, runs of 2¹⁸ numbers were faster per vector in one alternation (at
+// N = 1000, H = 64 3.1 ms per block of 16 against 3.3, and 233-237 µs per vector against 269-275
+// at 2¹⁹; N = 2048, H = 256, one direction a run either way, the same). Four times it for C
+// logits, whose steps run in place in the thread's kept scratch: digits (C = 10) 258-266 µs per
+// vector against 285 at 2¹⁸ (nine directions a run instead of four; before the scratch was kept
+// across calls, 2¹⁹ was the slower, 4.5-6.6 ms a block against 4.1-4.7).
+static int64_t one_layer_run_numbers(int64_t num_outputs) {
+  return num_outputs == 1 ? int64_t{1} << 18 : int64_t{1} << 19;
+}
 
 at::Tensor HessianProducts::apply(const at::Tensor& directions) const {
   return in_runs(directions, num_samples_, std::max(hidden_, num_outputs_),
-                 [&](const at::Tensor& rows) { return run(values_, rows); }, kOneLayerRunNumbers);
+                 [&](const at::Tensor& rows) { return run(values_, rows); },
+                 one_layer_run_numbers(num_outputs_));
 }
 
 at::Tensor HessianProducts::majorant(const at::Tensor& directions) const {
   TORCH_INTERNAL_ASSERT(magnitudes_.x.defined(), "HessianProducts::majorant: built for products");
   return in_runs(directions.abs(), num_samples_, std::max(hidden_, num_outputs_),
                  [&](const at::Tensor& rows) { return run(magnitudes_, rows); },
-                 kOneLayerRunNumbers);
+                 one_layer_run_numbers(num_outputs_));
 }
 
 HessianProducts::Blocks HessianProducts::split(const at::Tensor& directions) const {
