@@ -119,6 +119,16 @@ void refuse_tangents(const std::vector<Tensor>& inputs, const char* op) {
   }
 }
 
+Recording recording_of(at::TensorList inputs) {
+  bool reverse = false, forward = false;
+  for (const Tensor& t : inputs) {
+    if (!t.defined()) continue;
+    reverse = reverse || t.requires_grad();
+    forward = forward || t._fw_grad(/*level=*/0).defined();
+  }
+  return {at::GradMode::is_enabled() && reverse, forward, functorch_transform_active()};
+}
+
 bool functorch_transform_active() {
   const auto& tls = at::functorch::functorchTLSAccessor();
   if (!tls) return false;

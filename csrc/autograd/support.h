@@ -134,4 +134,15 @@ void refuse_tangents(const std::vector<at::Tensor>& inputs, const char* op);
 // one takes its recorded path instead.
 bool functorch_transform_active();
 
+// What autograd would record through `inputs` (undefined ones skipped): reverse mode (one
+// requires grad, with grad mode on), forward-mode tangents, a torch.func transform.
+struct Recording {
+  bool reverse, forward, transform;
+  // Reverse mode alone: what a C++ Function with a backward of its own serves (neither of the
+  // others); the deep family's nodes take the ATen operations otherwise.
+  bool reverse_only() const { return reverse && !forward && !transform; }
+  bool any() const { return reverse || forward || transform; }
+};
+Recording recording_of(at::TensorList inputs);
+
 }  // namespace torch_ws

@@ -24,6 +24,7 @@
 #include "core/problem.h"
 #include "ops/deep/deep_products.h"
 #include "ops/deep/deep_traces.h"
+#include "ops/deep/forward.h"  // tensors_of, kind_of, problem_of
 #include "ops/deep/low_precision.h"
 #include "ops/schemas.h"  // find_op
 
@@ -50,27 +51,6 @@ Tensor ritz_forms(const MlpProblem& p, const Tensor& left, const Tensor& right) 
   return (left * DeepHessianProducts(p, DeepHessianProducts::Uses::Products).apply(right)).sum(1);
 }
 
-// p's differentiable tensors: x, then each layer's weight and bias (where it has one).
-std::vector<Tensor> tensors_of(const MlpProblem& p) {
-  std::vector<Tensor> tensors = {p.x};
-  for (const Layer& layer : p.layers) {
-    tensors.push_back(layer.weight);
-    if (layer.bias) tensors.push_back(*layer.bias);
-  }
-  return tensors;
-}
-
-// p with those tensors replaced, in tensors_of's order.
-MlpProblem with_tensors(MlpProblem p, const std::vector<Tensor>& tensors) {
-  size_t next = 0;
-  p.x = tensors[next++];
-  for (Layer& layer : p.layers) {
-    layer.weight = tensors[next++];
-    if (layer.bias) layer.bias = tensors[next++];
-  }
-  return p;
-}
-
 }  // namespace
 }  // namespace torch_ws
 
@@ -93,19 +73,13 @@ class DeepRitzFormsBackward : public torch::autograd::Function<DeepRitzFormsBack
     std::vector<at::Tensor> saved = tensors.vec();
     saved.insert(saved.end(), {left, right, shape.target});
     ctx->save_for_backward(saved);
-    std::vector<int64_t> bias;
-    for (const torch_ws::Layer& layer : shape.layers) bias.push_back(layer.bias ? 1 : 0);
-    ctx->saved_data["bias"] = bias;
-    ctx->saved_data["kind"] = std::vector<int64_t>{static_cast<int64_t>(shape.activation),
-                                                   static_cast<int64_t>(shape.reduction),
-                                                   static_cast<int64_t>(shape.loss)};
+    ctx->saved_data["kind"] = torch_ws::kind_of(shape);
     return {torch_ws::ritz_forms(shape, left, right)};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
     const std::vector<int64_t> kind = ctx->saved_data["kind"].toIntVector();
     const size_t count = saved.size() - 3;  // the problem's tensors, then left, right, target
     const at::Tensor &left = saved[count], &right = saved[count + 1];
@@ -124,16 +98,7 @@ class DeepRitzFormsBackward : public torch::autograd::Function<DeepRitzFormsBack
     }
     if (upstream.defined() && !leaves.empty()) {
       const at::AutoGradMode recording(true);
-      torch_ws::MlpProblem p;
-      p.target = saved[count + 2];
-      p.activation = static_cast<torch_ws::Activation>(kind[0]);
-      p.reduction = static_cast<torch_ws::Reduction>(kind[1]);
-      p.loss = static_cast<torch_ws::Loss>(kind[2]);
-      p.layers.resize(bias.size());
-      for (size_t l = 0; l < bias.size(); ++l) {
-        if (bias[l] == 1) p.layers[l].bias = at::Tensor();  // present; with_tensors fills it
-      }
-      p = torch_ws::with_tensors(std::move(p), recorded);
+      const torch_ws::MlpProblem p = torch_ws::problem_of(kind, saved[count + 2], recorded);
       // One products object (its per-layer chain recorded once, O(N·ΣH_l), kept across the
       // runs), then runs of rows whose (N, rows, H) arrays hold about 2²⁰ numbers each.
       const torch_ws::DeepHessianProducts products(

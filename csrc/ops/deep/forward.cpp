@@ -1,6 +1,6 @@
 #include "ops/deep/forward.h"
 
-#include "autograd/support.h"  // functorch_transform_active
+#include "autograd/support.h"  // recording_of
 #include "core/activations.h"
 
 #include <ATen/core/grad_mode.h>
@@ -16,6 +16,7 @@ DeepForward forward_frame(const MlpProblem& p) {
   f.z.resize(out + 1);
   f.d1.resize(out + 1);
   f.d2.resize(out + 1);
+  f.d3.resize(out + 1);
   f.weight.resize(out + 1);
   f.z[0] = p.x;
   for (int64_t l = 1; l <= out; ++l) f.weight[l] = p.layers[l - 1].weight;
@@ -24,7 +25,7 @@ DeepForward forward_frame(const MlpProblem& p) {
 
 }  // namespace
 
-DeepForward deep_forward(const MlpProblem& p) {
+DeepForward deep_forward(const MlpProblem& p, int derivatives) {
   const int64_t out = static_cast<int64_t>(p.layers.size());
   DeepForward f = forward_frame(p);
   at::Tensor logits;
@@ -36,29 +37,50 @@ DeepForward deep_forward(const MlpProblem& p) {
       logits = a;
       break;
     }
-    const ActivationValues<at::Tensor> phi = activation_values(p.activation, a, 2);
+    const ActivationValues<at::Tensor> phi = activation_values(p.activation, a, derivatives);
     f.z[l] = phi.phi0;
     f.d1[l] = phi.phi1;
     f.d2[l] = phi.phi2;
+    f.d3[l] = phi.phi3;
   }
   f.target = p.target.view(logits.sizes());
   f.terms = output_terms(p.loss, logits, f.target, p.loss_scale());
   return f;
 }
 
-namespace {
-
-// x, then each layer's weight and bias (where it has one): the tensors the forward pass reads.
-std::vector<at::Tensor> parameters_of(const MlpProblem& p) {
-  std::vector<at::Tensor> inputs{p.x};
+std::vector<at::Tensor> tensors_of(const MlpProblem& p) {
+  std::vector<at::Tensor> tensors{p.x};
   for (const Layer& layer : p.layers) {
-    inputs.push_back(layer.weight);
-    if (layer.bias) inputs.push_back(*layer.bias);
+    tensors.push_back(layer.weight);
+    if (layer.bias) tensors.push_back(*layer.bias);
   }
-  return inputs;
+  return tensors;
 }
 
-}  // namespace
+std::vector<int64_t> kind_of(const MlpProblem& p) {
+  std::vector<int64_t> kind{static_cast<int64_t>(p.activation), static_cast<int64_t>(p.reduction),
+                            static_cast<int64_t>(p.loss)};
+  for (const Layer& layer : p.layers) kind.push_back(layer.bias ? 1 : 0);
+  return kind;
+}
+
+MlpProblem problem_of(const std::vector<int64_t>& kind, const at::Tensor& target,
+                      const std::vector<at::Tensor>& tensors) {
+  MlpProblem p;
+  p.target = target;
+  p.activation = static_cast<Activation>(kind[0]);
+  p.reduction = static_cast<Reduction>(kind[1]);
+  p.loss = static_cast<Loss>(kind[2]);
+  p.layers.resize(kind.size() - 3);
+  size_t next = 0;
+  p.x = tensors[next++];
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    p.layers[l].weight = tensors[next++];
+    if (kind[3 + l] == 1) p.layers[l].bias = tensors[next++];
+  }
+  return p;
+}
+
 }  // namespace torch_ws
 
 // The forward pass as one autograd node with a hand-derived reverse pass (docs/math.md §12.4):
@@ -69,7 +91,7 @@ std::vector<at::Tensor> parameters_of(const MlpProblem& p) {
 // global scope for its grad_fn's name (autograd/skeleton.h).
 class DeepForwardBackward : public torch::autograd::Function<DeepForwardBackward> {
  public:
-  // `p`: the problem (its tensors are `inputs`, parameters_of's order).
+  // `p`: the problem (its tensors are `inputs`, tensors_of's order).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 const torch_ws::MlpProblem& p,
                                                 at::TensorList inputs) {
@@ -84,103 +106,57 @@ class DeepForwardBackward : public torch::autograd::Function<DeepForwardBackward
     outputs.push_back(f.terms.e_magnitude);
     ctx->mark_non_differentiable({f.terms.e_magnitude});
     std::vector<at::Tensor> saved = inputs.vec();
-    saved.push_back(f.target);
+    saved.push_back(p.target);
     ctx->save_for_backward(saved);
-    std::vector<int64_t> bias;
-    for (const torch_ws::Layer& layer : p.layers) bias.push_back(layer.bias ? 1 : 0);
-    ctx->saved_data["bias"] = bias;
-    ctx->saved_data["activation"] = static_cast<int64_t>(p.activation);
-    ctx->saved_data["loss"] = static_cast<int64_t>(p.loss);
-    ctx->saved_data["scale"] = p.loss_scale();
+    ctx->saved_data["kind"] = torch_ws::kind_of(p);
     return outputs;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
-    const std::vector<int64_t> bias = ctx->saved_data["bias"].toIntVector();
-    const auto activation =
-        static_cast<torch_ws::Activation>(ctx->saved_data["activation"].toInt());
-    const auto loss = static_cast<torch_ws::Loss>(ctx->saved_data["loss"].toInt());
-    const double scale = ctx->saved_data["scale"].toDouble();
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const int64_t out = static_cast<int64_t>(bias.size()), L = out - 1;
-    // The inputs back in their layers, and the adjoints in the outputs' order.
-    const at::Tensor& x = saved[0];
-    const at::Tensor& target = saved.back();
-    std::vector<at::Tensor> weight(out + 1), b(out + 1);
-    std::vector<size_t> weight_at(out + 1), bias_at(out + 1);
-    size_t next = 1;
-    for (int64_t l = 1; l <= out; ++l) {
-      weight_at[l] = next;
-      weight[l] = saved[next++];
-      if (bias[l - 1] == 1) {
-        bias_at[l] = next;
-        b[l] = saved[next++];
-      }
-    }
-    std::vector<at::Tensor> z_bar(out + 1), d1_bar(out + 1), d2_bar(out + 1);
-    for (int64_t l = 1; l <= L; ++l) {
-      z_bar[l] = grad_outputs[l - 1];
-      d1_bar[l] = grad_outputs[L + l - 1];
-      d2_bar[l] = grad_outputs[2 * L + l - 1];
-    }
-    const at::Tensor& S_bar = grad_outputs[3 * L];
-    const at::Tensor& e_bar = grad_outputs[3 * L + 1];
-
-    // The forward again, per layer: the pre-activations and φ, φ', φ'', φ''' (O(N·H) each).
-    std::vector<at::Tensor> z(out + 1), phi1(out + 1), phi2(out + 1), phi3(out + 1);
-    z[0] = x;
-    at::Tensor logits;
-    for (int64_t l = 1; l <= out; ++l) {
-      at::Tensor a = at::matmul(z[l - 1], weight[l].t());
-      if (b[l].defined()) a = a + b[l];
-      if (l == out) {
-        logits = a;
-        break;
-      }
-      const torch_ws::ActivationValues<at::Tensor> phi =
-          torch_ws::activation_values(activation, a, 3);
-      z[l] = phi.phi0;
-      phi1[l] = phi.phi1;
-      phi2[l] = phi.phi2;
-      phi3[l] = phi.phi3;
-    }
-    const torch_ws::OutputTerms terms = torch_ws::output_terms(loss, logits, target, scale);
+    const torch_ws::MlpProblem p = torch_ws::problem_of(
+        ctx->saved_data["kind"].toIntVector(), saved.back(),
+        std::vector<at::Tensor>(saved.begin(), saved.end() - 1));
+    const int64_t out = static_cast<int64_t>(p.layers.size()), L = out - 1;
+    // The forward again (O(N·H) a layer), with φ''' too; the adjoints in the outputs' order.
+    const torch_ws::DeepForward f = torch_ws::deep_forward(p, 3);
+    const auto adjoint = [&](int64_t index) { return grad_outputs[index]; };
+    const at::Tensor &S_bar = adjoint(3 * L), &e_bar = adjoint(3 * L + 1);
     at::Tensor a_bar = (S_bar.defined() || e_bar.defined())
-                           ? torch_ws::output_terms_backward(loss, terms, S_bar, e_bar)
-                           : at::zeros_like(logits);
-    std::vector<at::Tensor> grads(saved.size() - 1);  // x, the weights and biases
+                           ? torch_ws::output_terms_backward(p.loss, f.terms, S_bar, e_bar)
+                           : at::zeros_like(f.terms.e);
+    // The gradients as a problem of their own, read off in tensors_of's order.
+    torch_ws::MlpProblem grads = p;
     for (int64_t l = out; l >= 1; --l) {
-      grads[weight_at[l]] = at::matmul(a_bar.t(), z[l - 1]);
-      if (b[l].defined()) grads[bias_at[l]] = a_bar.sum(0);
-      at::Tensor below = at::matmul(a_bar, weight[l]);  // z̄_{l-1}
+      torch_ws::Layer& layer = grads.layers[l - 1];
+      layer.weight = at::matmul(a_bar.t(), f.z[l - 1]);
+      if (layer.bias) layer.bias = a_bar.sum(0);
+      at::Tensor below = at::matmul(a_bar, f.weight[l]);  // z̄_{l-1}
       if (l == 1) {
-        grads[0] = below;
+        grads.x = below;
         break;
       }
       const int64_t h = l - 1;
-      if (z_bar[h].defined()) below = below + z_bar[h];
-      a_bar = below * phi1[h];
-      if (d1_bar[h].defined()) a_bar = a_bar + d1_bar[h] * phi2[h];
-      if (d2_bar[h].defined()) a_bar = a_bar + d2_bar[h] * phi3[h];
+      const at::Tensor &z_bar = adjoint(h - 1), &d1_bar = adjoint(L + h - 1),
+                       &d2_bar = adjoint(2 * L + h - 1);
+      if (z_bar.defined()) below = below + z_bar;
+      a_bar = below * f.d1[h];
+      if (d1_bar.defined()) a_bar = a_bar + d1_bar * f.d2[h];
+      if (d2_bar.defined()) a_bar = a_bar + d2_bar * f.d3[h];
     }
-    grads.insert(grads.begin(), at::Tensor());  // p
-    return grads;
+    torch::autograd::variable_list out_grads = torch_ws::tensors_of(grads);
+    out_grads.insert(out_grads.begin(), at::Tensor());  // p
+    return out_grads;
   }
 };
 
 namespace torch_ws {
 
 DeepForward deep_forward_recorded(const MlpProblem& p) {
-  const std::vector<at::Tensor> inputs = parameters_of(p);
-  bool reverse = false, forward = false;
-  for (const at::Tensor& t : inputs) {
-    reverse = reverse || t.requires_grad();
-    forward = forward || t._fw_grad(/*level=*/0).defined();
-  }
+  const std::vector<at::Tensor> inputs = tensors_of(p);
   // The target's gradient, forward mode and torch.func take the forward pass as ATen operations.
-  if (!at::GradMode::is_enabled() || !reverse || forward || p.target.requires_grad() ||
-      functorch_transform_active()) {
+  if (!recording_of(at::TensorList(inputs)).reverse_only() || p.target.requires_grad()) {
     return deep_forward(p);
   }
   const torch::autograd::variable_list outputs =

@@ -876,33 +876,13 @@ std::vector<Tensor> gram_forms_gradients(const PairFactors& f, const std::vector
   return grads;  // filled in place
 }
 
-// What autograd would record of the pairs: reverse mode (a factor requires grad, grad mode on),
-// forward mode (a tangent on a factor), or a torch.func transform.
-struct Recording {
-  bool reverse, forward, transform;
-};
-
+// What autograd would record through the factors (autograd/support.h): in reverse mode alone
+// the traces are one node with a hand-derived reverse pass (GramFormsBackward); where nothing
+// records, the tiles may write into scratch arrays (TileScratch).
 Recording recording_of(PairFactors& f) {
-  bool reverse = false, forward = false;
-  each_slot(f, [&](Tensor& t) {
-    if (!t.defined()) return;
-    reverse = reverse || t.requires_grad();
-    forward = forward || t._fw_grad(/*level=*/0).defined();
-  });
-  return {at::GradMode::is_enabled() && reverse, forward, functorch_transform_active()};
-}
-
-// Reverse mode only (a C++ Function serves neither forward mode nor torch.func): then the traces
-// are one node with a hand-derived reverse pass (GramFormsBackward).
-bool records_reverse_only(PairFactors& f) {
-  const Recording r = recording_of(f);
-  return r.reverse && !r.forward && !r.transform;
-}
-
-// Nothing recorded: the tiles may write into scratch arrays (TileScratch).
-bool records_anything(PairFactors& f) {
-  const Recording r = recording_of(f);
-  return r.reverse || r.forward || r.transform;
+  std::vector<Tensor> tensors;
+  each_slot(f, [&](Tensor& t) { tensors.push_back(t); });
+  return torch_ws::recording_of(at::TensorList(tensors));  // autograd/support.h
 }
 
 }  // namespace
@@ -1220,7 +1200,7 @@ std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain) {
 std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare share) {
   PairFactors f = factors_of(chain);
   const Rows all = share_rows(f, share);
-  const bool reverse_only = records_reverse_only(f);
+  const bool reverse_only = recording_of(f).reverse_only();
   if (all.size() == 0) {
     const Tensor trace = diagonal_trace(f, all);
     return {trace, at::zeros({}, trace.options())};
@@ -1243,7 +1223,7 @@ std::pair<Tensor, Tensor> gram_form_traces(const JacobianChain& chain, GramShare
   const RightFactors right = right_factors(f);
   Tensor trace_sq = at::zeros({}, trace.options());
   TileScratch scratch;
-  TileScratch* reuse = records_anything(f) ? nullptr : &scratch;
+  TileScratch* reuse = recording_of(f).any() ? nullptr : &scratch;
   for (const Tile& tile : tiles) trace_sq = trace_sq + tile_sum(f, right, tile, reuse);
   return {trace, trace_sq};
 }

@@ -3,7 +3,7 @@
 #include "core/losses.h"
 #include "ops/deep/forward.h"
 
-#include "autograd/support.h"  // functorch_transform_active
+#include "autograd/support.h"  // recording_of
 
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
@@ -139,19 +139,6 @@ void each_part(ChainParts& c, int64_t out, const Each& each) {
       if (k != L || k2 != L) each(c.curvature[k][k2]);
     }
   }
-}
-
-// Whether the chain should be one autograd node with the reverse pass below: reverse mode
-// records through its inputs, with no forward-mode tangent and no torch.func transform (a C++
-// Function serves neither; they take the chain as ATen operations).
-bool chain_records_reverse_only(const std::vector<at::Tensor>& inputs) {
-  bool reverse = false, forward = false;
-  for (const at::Tensor& t : inputs) {
-    if (!t.defined()) continue;
-    reverse = reverse || t.requires_grad();
-    forward = forward || t._fw_grad(/*level=*/0).defined();
-  }
-  return at::GradMode::is_enabled() && reverse && !forward && !functorch_transform_active();
 }
 
 }  // namespace
@@ -325,7 +312,8 @@ JacobianChain::JacobianChain(const Coefficients& coefficients)
   for (int64_t l = 1; l <= out; ++l) inputs.push_back(c.weight[l]);
   inputs.push_back(c.e);
   ChainParts parts;
-  if (chain_records_reverse_only(inputs)) {
+  // In reverse mode alone one autograd node with the reverse pass above (autograd/support.h).
+  if (recording_of(at::TensorList(inputs)).reverse_only()) {
     const torch::autograd::variable_list outputs = JacobianChainBackward::apply(out, at::TensorList(inputs));
     parts = empty_chain_parts(out);
     size_t k = 0;
