@@ -153,7 +153,18 @@ void each_part(ChainParts& c, int64_t out, const Each& each) {
 // for its grad_fn's name (autograd/skeleton.h).
 class JacobianChainBackward : public torch::autograd::Function<JacobianChainBackward> {
  public:
-  // inputs: φ'_1..φ'_L, φ''_1..φ''_L, W_1..W_o, e (out = o); outputs in each_part's order.
+  // The node's inputs from the coefficients: φ'_1..φ'_L, φ''_1..φ''_L, W_1..W_o, e (split reads
+  // them back).
+  static std::vector<at::Tensor> inputs_of(const torch_ws::Coefficients& c, int64_t out) {
+    std::vector<at::Tensor> inputs;
+    for (int64_t l = 1; l < out; ++l) inputs.push_back(c.d1[l]);
+    for (int64_t l = 1; l < out; ++l) inputs.push_back(c.d2[l]);
+    for (int64_t l = 1; l <= out; ++l) inputs.push_back(c.weight[l]);
+    inputs.push_back(c.e);
+    return inputs;
+  }
+
+  // inputs: inputs_of's (out = o); outputs in each_part's order.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 int64_t out, at::TensorList inputs) {
     const auto [d1, d2, weight, e] = split(inputs, out);
@@ -306,11 +317,7 @@ JacobianChain::JacobianChain(const Coefficients& coefficients)
       N(coefficients.z[0].size(0)),
       C(coefficients.e.size(1)) {
   const auto options = c.z[0].options();
-  std::vector<at::Tensor> inputs;
-  for (int64_t l = 1; l <= L; ++l) inputs.push_back(c.d1[l]);
-  for (int64_t l = 1; l <= L; ++l) inputs.push_back(c.d2[l]);
-  for (int64_t l = 1; l <= out; ++l) inputs.push_back(c.weight[l]);
-  inputs.push_back(c.e);
+  const std::vector<at::Tensor> inputs = JacobianChainBackward::inputs_of(c, out);
   ChainParts parts;
   // In reverse mode alone one autograd node with the reverse pass above (autograd/support.h).
   if (recording_of(at::TensorList(inputs)).reverse_only()) {
